@@ -1,0 +1,1 @@
+"""mmntrace: trace Linux MMU notifiers."""

@@ -1,0 +1,112 @@
+"""Guest side of the lab: prepare the kernel, run the command, check the kernel log.
+
+Runs as root inside the VM that :func:`mmntrace.lab.run` boots, as
+``python -m mmntrace.guest RUN_DIR``. It always writes ``RUN_DIR/result.json``
+last; a run directory without it means the VM died.
+
+Commands may declare expected kernel-log lines (for example a test that injects
+a sleep in atomic context expects "BUG: scheduling while atomic") by appending
+regular expressions, one per line, to ``$MMNTRACE_LAB_DIR/dmesg-expected``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROBLEM = re.compile(r"\b(BUG:|WARNING:|Oops|general protection fault|Kernel panic)")
+
+
+def _log(msg: str) -> None:
+    print(f"lab(guest): {msg}", file=sys.stderr, flush=True)
+
+
+def _mounted(path: str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def prepare(kmod_dir: str) -> dict:
+    info: dict = {"release": os.uname().release}
+    for fstype, path in (("debugfs", "/sys/kernel/debug"), ("tracefs", "/sys/kernel/tracing")):
+        if not _mounted(path):
+            subprocess.run(["mount", "-t", fstype, fstype, path], check=False)
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    kvm_mod = "kvm_amd" if "svm" in flags else "kvm_intel" if "vmx" in flags else None
+    info["kvm"] = False
+    if kvm_mod:
+        r = subprocess.run(["modprobe", kvm_mod], capture_output=True, text=True)
+        info["kvm"] = r.returncode == 0 and os.path.exists("/dev/kvm")
+        if not info["kvm"]:
+            _log(f"modprobe {kvm_mod} failed: {r.stderr.strip()}")
+    ko = Path(kmod_dir) / info["release"] / "mmnt_test.ko"
+    info["test_module"] = False
+    if ko.exists():
+        if not Path("/sys/module/mmnt_test").exists():
+            r = subprocess.run(["insmod", str(ko)], capture_output=True, text=True)
+            if r.returncode != 0:
+                _log(f"insmod {ko} failed: {r.stderr.strip()}")
+        info["test_module"] = Path("/dev/mmnt_test").exists()
+    else:
+        _log(f"test module not built for {info['release']} ({ko} missing)")
+    # bpftrace and bcc want these; harmless otherwise.
+    for knob, val in (("/proc/sys/kernel/kptr_restrict", "0"), ("/proc/sys/kernel/perf_event_paranoid", "-1")):
+        try:
+            Path(knob).write_text(val)
+        except OSError:
+            pass
+    return info
+
+
+def dmesg_verdict(text: str, expected_patterns: list[str]) -> tuple[list[str], list[str]]:
+    """Split the kernel log's problem lines into (unexpected, expected)."""
+    pats = [re.compile(p) for p in expected_patterns if p.strip()]
+    bad, ok = [], []
+    for line in text.splitlines():
+        if PROBLEM.search(line):
+            (ok if any(p.search(line) for p in pats) else bad).append(line.strip())
+    return bad, ok
+
+
+def main(run_dir: str) -> int:
+    rd = Path(run_dir)
+    spec = json.loads((rd / "argv.json").read_text())
+    t_boot = time.monotonic()  # CLOCK_MONOTONIC starts at boot in the guest
+    info = prepare(spec["kmod_dir"])
+    (rd / "guest.json").write_text(json.dumps(info))
+    env = dict(os.environ)
+    env.update(spec.get("env", {}))
+    env["MMNTRACE_LAB_DIR"] = str(rd)
+    env["MMNTRACE_LAB_KERNEL"] = info["release"]
+    env["PATH"] = str(Path(spec["python"]).parent) + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    try:
+        rc = subprocess.call(spec["argv"], cwd=spec["cwd"], env=env)
+    except FileNotFoundError:
+        _log(f"command not found: {spec['argv'][0]}")
+        rc = 127
+    except KeyboardInterrupt:
+        rc = 130
+    dmesg = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    (rd / "dmesg.txt").write_text(dmesg)
+    exp_file = rd / "dmesg-expected"
+    patterns = exp_file.read_text().splitlines() if exp_file.exists() else []
+    bad, ok = dmesg_verdict(dmesg, patterns)
+    result = {"returncode": rc, "dmesg_problems": bad, "dmesg_expected": ok,
+              "boot_s": t_boot, "guest": info}
+    tmp = rd / "result.json.tmp"
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, rd / "result.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# mmntrace set-up for a Debian 12 machine. Idempotent: a second run that finds
+# everything in place does no apt work and prints one line.
+#
+#  - adds the bookworm-backports suite, copying the URI of the machine's own
+#    Debian source (no host name is written in this repository);
+#  - installs QEMU, the newest Debian 6.1 and backports 6.12 kernels with their
+#    exact matching headers, bcc (python3-bpfcc), bpftrace, bpftool, numactl and
+#    the tools to build kernel modules;
+#  - makes .venv/ from /usr/bin/python3 with --system-site-packages (bcc lives in
+#    Debian's dist-packages) and installs mmntrace editable with its dev extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+log() { printf 'setup: %s\n' "$*" >&2; }
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { log "not root and sudo is missing: run this as root"; exit 1; }
+    SUDO=sudo
+fi
+
+BPO=/etc/apt/sources.list.d/mmntrace-backports.sources
+add_backports() {
+    [ -f "$BPO" ] && return 0
+    local uri=""
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        uri=$(awk '/^URIs:/{u=$2} /^Suites:/{for(i=2;i<=NF;i++) if($i=="bookworm"){print u; exit}}' \
+              /etc/apt/sources.list.d/debian.sources)
+    fi
+    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+        uri=$(awk '$1=="deb" && $0 ~ / bookworm / {for(i=2;i<=NF;i++) if($i ~ /^[a-z]+:\/\//){print $i; exit}}' \
+              /etc/apt/sources.list)
+    fi
+    [ -n "$uri" ] || { log "cannot find the machine's Debian bookworm apt source to derive bookworm-backports from"; exit 1; }
+    log "adding bookworm-backports from $uri"
+    $SUDO tee "$BPO" >/dev/null <<SRC
+Types: deb
+URIs: $uri
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    $SUDO apt-get update -q >/dev/null
+}
+
+# Newest linux-image-<abi>-amd64 of a series, from the linux-image-amd64 metapackage.
+kernel_pkg() {  # $1 = series regex, e.g. '6\.1\.0-[0-9]+' or '6\.12\.[0-9]+\+deb12'
+    apt-cache show linux-image-amd64 2>/dev/null \
+      | grep -oE "linux-image-$1-amd64" | sort -V | tail -n 1
+}
+
+BASE_PKGS="qemu-system-x86 python3-bpfcc bpftrace bpftool numactl build-essential bc kmod
+           python3-venv busybox-static cpio procps iproute2 util-linux"
+
+missing=()
+for p in $BASE_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# Kernels: one of each series must be installed with its exact headers.
+have_series() {  # $1 = glob of the image in /boot
+    local v
+    for f in /boot/vmlinuz-$1; do
+        [ -e "$f" ] || continue
+        v=${f#/boot/vmlinuz-}
+        [ -d "/usr/src/linux-headers-$v" ] && return 0
+    done
+    return 1
+}
+need_kernels=0
+have_series '6.1.0-*-amd64' || need_kernels=1
+have_series '6.12.*-amd64' || need_kernels=1
+
+if [ ${#missing[@]} -gt 0 ] || [ $need_kernels = 1 ]; then
+    add_backports
+    $SUDO apt-get update -q >/dev/null
+    if [ $need_kernels = 1 ]; then
+        k61=$(kernel_pkg '6\.1\.0-[0-9]+')
+        k612=$(kernel_pkg '6\.12\.[0-9]+\+deb12')
+        [ -n "$k61" ] && [ -n "$k612" ] || { log "cannot find Debian 6.1 and 6.12 kernel packages (got '$k61' '$k612')"; exit 1; }
+        missing+=("$k61" "${k61/image/headers}" "$k612" "${k612/image/headers}")
+    fi
+    log "installing: ${missing[*]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+        >/tmp/mmntrace-apt.log 2>&1 || { tail -n 30 /tmp/mmntrace-apt.log; log "apt-get install failed (full log: /tmp/mmntrace-apt.log)"; exit 1; }
+fi
+
+# The guest boots these images as a normal user too: Debian installs them 0600.
+$SUDO chmod a+r /boot/vmlinuz-* 2>/dev/null || true
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; then
+    log "creating .venv (system site packages, for Debian's bcc)"
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.mmntrace-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    log "installing mmntrace (editable) and its dev extras into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]" >/tmp/mmntrace-pip.log 2>&1 \
+        || { tail -n 30 /tmp/mmntrace-pip.log; log "pip install failed (full log: /tmp/mmntrace-pip.log)"; exit 1; }
+    touch "$stamp"
+fi
+log "ready ($(ls /boot/vmlinuz-* | sed 's|/boot/vmlinuz-||' | tr '\n' ' '))"
