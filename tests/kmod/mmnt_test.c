@@ -127,10 +127,25 @@ static bool mmnt_inject(struct mmnt_client *c, unsigned int hook)
 		if (arg)
 			udelay(arg);
 		break;
-	case MMNT_B_MSLEEP:
-		/* Deliberately sleeps even in atomic context. */
+	case MMNT_B_MSLEEP: {
+		/*
+		 * Deliberately sleeps even in atomic context: that is the bug the
+		 * tracer must catch. The scheduler then prints "BUG: scheduling
+		 * while atomic" and resets preempt_count to 0; put back the count
+		 * (and irq state) our caller's locks expect, or the count would
+		 * underflow at their unlock and every later user page fault of
+		 * the task would see in_atomic() and end in SIGSEGV.
+		 */
+		int pc = preempt_count();
+		bool irqs_off = irqs_disabled();
+
 		msleep(arg);
+		if (irqs_off && !irqs_disabled())
+			local_irq_disable();
+		if (preempt_count() != pc)
+			preempt_count_set(pc);
 		break;
+	}
 	case MMNT_B_MUTEX:
 		mutex_lock(&mmnt_behaviour_mutex);
 		mutex_unlock(&mmnt_behaviour_mutex);
@@ -191,6 +206,12 @@ static int mmnt_invalidate_range_start(struct mmu_notifier *sub,
 
 	MMNT_ENTRY(e);
 	blockable = mmu_notifier_range_blockable(range);
+	/*
+	 * Note: since 5.13 the core does WARN_ON(ops->invalidate_range_end)
+	 * when a start fails, and subscription A has an end, so an injected
+	 * -EAGAIN also produces that WARNING (and the core then calls our end
+	 * for the failed range). Non-blockable ranges come from the OOM reaper.
+	 */
 	if (mmnt_inject(c, MMNT_T_START) && !blockable)
 		ret = -EAGAIN;
 	mmnt_record(c, &e, MMNT_T_START, range->event, range->mm, range->start,
@@ -469,6 +490,14 @@ static long mmnt_ioctl(struct file *file, unsigned int cmd, unsigned long uarg)
 	void __user *up = (void __user *)uarg;
 	long ret = 0;
 
+	if (cmd == MMNT_IOC_DSLEEP) {	/* no client state: never under c->ctl */
+		__u32 ms;
+
+		if (get_user(ms, (__u32 __user *)up))
+			return -EFAULT;
+		msleep(min_t(__u32, ms, 60000));
+		return 0;
+	}
 	mutex_lock(&c->ctl);
 	switch (cmd) {
 	case MMNT_IOC_INFO: {

@@ -105,6 +105,10 @@ struct mmnt_test_counts {
 #define MMNT_IOC_BEHAVE		_IOW(MMNT_IOC_MAGIC, 5, struct mmnt_test_behave)
 #define MMNT_IOC_COUNTS		_IOR(MMNT_IOC_MAGIC, 6, struct mmnt_test_counts)
 #define MMNT_IOC_RESET		_IO(MMNT_IOC_MAGIC, 7)
+/* Sleep uninterruptibly (D state) for N ms (at most 60000). A thread parked
+ * here keeps an OOM victim's mm alive, so that the OOM reaper, which may not
+ * block, is the one that unmaps it. */
+#define MMNT_IOC_DSLEEP		_IOW(MMNT_IOC_MAGIC, 8, __u32)
 
 /* read(2) on the file returns whole struct mmnt_test_record entries, oldest
  * first, and consumes them. */

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * mmntrace record layouts: the ONE definition shared by the BPF programs
+ * (bpf/mmntrace.bpf.c) and the Python decoder (mmntrace/layout.py parses this
+ * file to build its numpy dtypes; keep to fixed-width fields, one per line).
+ *
+ * Every record on the ring buffer is a struct mmnt_record (fixed size, so
+ * user space decodes a whole batch with one numpy.frombuffer). Its `type`
+ * says which fields mean what (retsnoop's tagged records, with one size).
+ */
+#ifndef MMNTRACE_H
+#define MMNTRACE_H
+
+#define MMNT_FORMAT_VERSION 1
+#define MMNT_COMM_LEN 16
+#define MMNT_MAX_STACK 32
+#define MMNT_MAX_SUBS 8		/* subscriptions walked per mm on discovery */
+#define MMNT_NR_SLOTS 40	/* log2 latency slots (ns) */
+
+/* Record types. */
+enum mmnt_type {
+	MMNT_REC_HOOK = 1,	/* an __mmu_notifier_* entry point returned */
+	MMNT_REC_CALLBACK = 2,	/* a subscriber's op returned */
+	MMNT_REC_SLEEP = 3,	/* a must-not-sleep callback slept or called a might-sleep function */
+	MMNT_REC_OPS = 4,	/* a subscription's ops table was seen (discovery) */
+	MMNT_REC_REGISTER = 5,	/* (un)registration of a subscription */
+};
+
+/* Hooks. Same numbering as tests/kmod/mmnt_test_uapi.h. */
+enum mmnt_hook {
+	MMNT_HOOK_START = 0,		/* invalidate_range_start */
+	MMNT_HOOK_END = 1,		/* invalidate_range_end */
+	MMNT_HOOK_SECONDARY_TLB = 2,	/* invalidate_range (<6.6) / arch_invalidate_secondary_tlbs */
+	MMNT_HOOK_RELEASE = 3,
+	MMNT_HOOK_CLEAR_FLUSH_YOUNG = 4,
+	MMNT_HOOK_CLEAR_YOUNG = 5,
+	MMNT_HOOK_TEST_YOUNG = 6,
+	MMNT_HOOK_CHANGE_PTE = 7,
+	MMNT_HOOK_INTERVAL = 8,		/* mmu_interval_notifier_ops.invalidate / mn_itree_invalidate */
+	MMNT_NR_HOOKS = 9,
+	MMNT_HOOK_NONE = 255,
+};
+
+/* flags */
+#define MMNT_FL_BLOCKABLE	(1 << 0)	/* range was blockable (1 for hooks without a range) */
+#define MMNT_FL_ATOMIC		(1 << 1)	/* preempt_count() != 0 at entry (calibrated) */
+#define MMNT_FL_IRQS_OFF	(1 << 2)	/* IRQs disabled at entry */
+#define MMNT_FL_MUST_NOT_SLEEP	(1 << 3)	/* the rules forbid sleeping here */
+#define MMNT_FL_PC_UNKNOWN	(1 << 4)	/* preempt count could not be read */
+#define MMNT_FL_IRQ_UNKNOWN	(1 << 5)	/* IRQ state could not be read (fentry) */
+#define MMNT_FL_UNREGISTER	(1 << 6)	/* MMNT_REC_REGISTER: removal */
+
+/* MMNT_REC_SLEEP kinds */
+#define MMNT_SLEEP_SWITCH	1	/* scheduled out voluntarily (rule "sleep") */
+#define MMNT_SLEEP_MIGHT	2	/* called a might-sleep function (rule "might_sleep") */
+
+struct mmnt_record {
+	__u8 type;		/* enum mmnt_type */
+	__u8 hook;		/* enum mmnt_hook */
+	__u8 flags;		/* MMNT_FL_* */
+	__u8 kind;		/* SLEEP: MMNT_SLEEP_*; OPS: op slot count */
+	__u32 cpu;
+	__u32 pid;		/* tgid */
+	__u32 tid;
+	__u32 preempt_count;	/* at entry, calibrated (probe overhead removed) */
+	__s32 ret;		/* return value (int or bool); 0 for void */
+	__s32 event;		/* enum mmu_notifier_event value, -1 if none */
+	__s32 stack_id;		/* kernel stack (stacks map), -1 if none */
+	__u64 seq;		/* HOOK/CALLBACK/SLEEP: invocation id of the callback (or hook) */
+	__u64 ts_ns;		/* bpf_ktime_get_ns() at entry (SLEEP: at the sleep) */
+	__u64 dur_ns;
+	__u64 mm;
+	__u64 start;
+	__u64 end;
+	__u64 func;		/* CALLBACK: the op's address; HOOK: 0; SLEEP: callback (or 0 = hook) */
+	__u64 addr;		/* SLEEP: might-sleep function address; OPS: ops table; REGISTER: subscription */
+	char comm[MMNT_COMM_LEN];
+};
+
+/* MMNT_REC_OPS carries the ops table's function pointers in start/end/...:
+ * they do not fit one record, so one OPS record is sent per (ops, hook) that
+ * is implemented: hook = the op, func = the function, addr = the ops table. */
+
+/* In-kernel aggregation (--aggregate): log2 histogram of durations. */
+struct mmnt_hist_key {
+	__u64 func;		/* callback address, 0 for the hook itself */
+	__u32 hook;
+	__s32 event;
+	__u32 slot;		/* log2(dur_ns) */
+	__u32 pad;
+};
+
+#endif /* MMNTRACE_H */

@@ -1,0 +1,247 @@
+"""A small reader of raw BTF (``/sys/kernel/btf/vmlinux`` and module BTF).
+
+Pure Python, no root needed when the file is readable. It answers the few
+questions mmntrace asks of the running kernel's types:
+
+- the members of an enum (``ENUM`` and ``ENUM64``), or one enumerator by name;
+- a struct's size and a member's byte offset;
+- whether a ``FUNC`` of a given name exists.
+
+Module BTF is *split* BTF: its type ids and string offsets continue those of
+vmlinux, so open it with ``Btf.load(path, base=vmlinux_btf)``.
+
+Format: Documentation/bpf/btf.rst (struct btf_header, struct btf_type and the
+per-kind trailers).
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+BTF_MAGIC = 0xEB9F
+
+# BTF_KIND_*
+KIND_INT = 1
+KIND_PTR = 2
+KIND_ARRAY = 3
+KIND_STRUCT = 4
+KIND_UNION = 5
+KIND_ENUM = 6
+KIND_FWD = 7
+KIND_TYPEDEF = 8
+KIND_VOLATILE = 9
+KIND_CONST = 10
+KIND_RESTRICT = 11
+KIND_FUNC = 12
+KIND_FUNC_PROTO = 13
+KIND_VAR = 14
+KIND_DATASEC = 15
+KIND_FLOAT = 16
+KIND_DECL_TAG = 17
+KIND_TYPE_TAG = 18
+KIND_ENUM64 = 19
+
+# Bytes that follow struct btf_type, per kind: (fixed, per vlen item).
+_TRAILER = {
+    KIND_INT: (4, 0), KIND_PTR: (0, 0), KIND_ARRAY: (12, 0), KIND_STRUCT: (0, 12),
+    KIND_UNION: (0, 12), KIND_ENUM: (0, 8), KIND_FWD: (0, 0), KIND_TYPEDEF: (0, 0),
+    KIND_VOLATILE: (0, 0), KIND_CONST: (0, 0), KIND_RESTRICT: (0, 0), KIND_FUNC: (0, 0),
+    KIND_FUNC_PROTO: (0, 8), KIND_VAR: (4, 0), KIND_DATASEC: (0, 12), KIND_FLOAT: (0, 0),
+    KIND_DECL_TAG: (4, 0), KIND_TYPE_TAG: (0, 0), KIND_ENUM64: (0, 12),
+}
+
+
+class BtfError(ValueError):
+    """The blob is not BTF, or is truncated or of an unknown kind."""
+
+
+class Btf:
+    """Parsed BTF. ``types[i]`` is ``(kind, name, kind_flag, vlen, size_or_type, trailer_off)``
+    for type id ``first_id + i``."""
+
+    def __init__(self, data: bytes, base: "Btf | None" = None):
+        if len(data) < 24:
+            raise BtfError("BTF blob too short")
+        magic, = struct.unpack_from("<H", data, 0)
+        if magic != BTF_MAGIC:
+            raise BtfError("not a BTF blob (bad magic)")
+        _m, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
+            "<HBBIIIII", data, 0)
+        self.base = base
+        self._data = data
+        self._types_start = hdr_len + type_off
+        self._types_end = self._types_start + type_len
+        s0 = hdr_len + str_off
+        self._strings = data[s0:s0 + str_len]
+        if len(self._strings) != str_len or self._types_end > len(data):
+            raise BtfError("BTF blob truncated")
+        self._str_base = base.str_total if base else 0
+        self.str_total = self._str_base + str_len
+        self.first_id = (base.next_id if base else 1)
+        self.types: list[tuple] = []
+        self._parse()
+        self.next_id = self.first_id + len(self.types)
+        self._by_name: dict[str, list[int]] | None = None
+        self._enumerators: dict[str, int] | None = None
+
+    # -- loading ---------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path = "/sys/kernel/btf/vmlinux", base: "Btf | None" = None) -> "Btf":
+        return cls(Path(path).read_bytes(), base=base)
+
+    # -- parsing -----------------------------------------------------------
+    def _parse(self) -> None:
+        data, off, end = self._data, self._types_start, self._types_end
+        unpack = struct.unpack_from
+        while off < end:
+            name_off, info, size_or_type = unpack("<III", data, off)
+            kind = (info >> 24) & 0x1F
+            vlen = info & 0xFFFF
+            kflag = info >> 31
+            tr = _TRAILER.get(kind)
+            if tr is None:
+                raise BtfError(f"unknown BTF kind {kind} at offset {off}")
+            self.types.append((kind, name_off, kflag, vlen, size_or_type, off + 12))
+            off += 12 + tr[0] + tr[1] * vlen
+        if off != end:
+            raise BtfError("BTF type section ends mid-type")
+
+    def string(self, off: int) -> str:
+        if off < self._str_base:
+            return self.base.string(off)
+        o = off - self._str_base
+        e = self._strings.index(b"\0", o)
+        return self._strings[o:e].decode("utf-8", "replace")
+
+    def type(self, type_id: int) -> tuple:
+        """Raw entry of ``type_id`` (looks in the base for base ids)."""
+        if type_id < self.first_id:
+            if self.base is None:
+                raise KeyError(type_id)
+            return self.base.type(type_id)
+        return self.types[type_id - self.first_id]
+
+    # -- enumeration -------------------------------------------------------
+    def iter_types(self):
+        """Yield ``(type_id, kind, name)`` for every type of this blob (not the base)."""
+        for i, t in enumerate(self.types):
+            yield self.first_id + i, t[0], self.string(t[1])
+
+    def _index(self) -> dict[str, list[int]]:
+        if self._by_name is None:
+            idx: dict[str, list[int]] = {}
+            for i, t in enumerate(self.types):
+                if t[1]:
+                    idx.setdefault(self.string(t[1]), []).append(self.first_id + i)
+            self._by_name = idx
+        return self._by_name
+
+    def find(self, name: str, kinds: tuple[int, ...]) -> int | None:
+        """Type id of the first type called ``name`` of one of ``kinds`` (base included)."""
+        for tid in self._index().get(name, ()):
+            if self.type(tid)[0] in kinds:
+                return tid
+        if self.base is not None:
+            return self.base.find(name, kinds)
+        return None
+
+    # -- enums -------------------------------------------------------------
+    def _enum_members(self, t: tuple) -> dict[str, int]:
+        kind, _n, kflag, vlen, _sz, toff = t
+        out: dict[str, int] = {}
+        data = self._data  # t is always one of self.types
+        for k in range(vlen):
+            if kind == KIND_ENUM:
+                name_off, val = struct.unpack_from("<Ii" if kflag else "<II", data, toff + 8 * k)
+            else:
+                name_off, lo, hi = struct.unpack_from("<III", data, toff + 12 * k)
+                val = (hi << 32) | lo
+                if kflag and val >= 1 << 63:
+                    val -= 1 << 64
+            out[self.string(name_off)] = val
+        return out
+
+    def enum(self, name: str) -> dict[str, int] | None:
+        """Members (name -> value) of ``enum name`` (ENUM or ENUM64), None if absent."""
+        btf, tid = self._locate(name, (KIND_ENUM, KIND_ENUM64))
+        return None if btf is None else btf._enum_members(btf.type(tid))
+
+    def enumerator(self, name: str) -> int | None:
+        """Value of the enumerator ``name`` in any enum, named or anonymous."""
+        if self._enumerators is None:
+            vals: dict[str, int] = {}
+            for t in self.types:
+                if t[0] in (KIND_ENUM, KIND_ENUM64):
+                    for k, v in self._enum_members(t).items():
+                        vals.setdefault(k, v)
+            self._enumerators = vals
+        if name in self._enumerators:
+            return self._enumerators[name]
+        return self.base.enumerator(name) if self.base is not None else None
+
+    def _locate(self, name: str, kinds: tuple[int, ...]):
+        for tid in self._index().get(name, ()):
+            if self.types[tid - self.first_id][0] in kinds:
+                return self, tid
+        if self.base is not None:
+            return self.base._locate(name, kinds)
+        return None, None
+
+    # -- structs -----------------------------------------------------------
+    def struct_size(self, name: str) -> int | None:
+        btf, tid = self._locate(name, (KIND_STRUCT, KIND_UNION))
+        return None if btf is None else btf.type(tid)[4]
+
+    def struct_members(self, name: str) -> dict[str, int] | None:
+        """Direct members (name -> byte offset) of ``struct name``; anonymous
+        struct/union members are flattened in. Bitfields give the byte holding their first bit."""
+        btf, tid = self._locate(name, (KIND_STRUCT, KIND_UNION))
+        if btf is None:
+            return None
+        out: dict[str, int] = {}
+        btf._members_into(tid, 0, out, depth=0)
+        return out
+
+    def _resolve(self, tid: int) -> int:
+        for _ in range(32):
+            t = self.type(tid)
+            if t[0] in (KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG):
+                tid = t[4]
+            else:
+                return tid
+        return tid
+
+    def _members_into(self, tid: int, base_bits: int, out: dict[str, int], depth: int) -> None:
+        kind, _n, kflag, vlen, _sz, toff = self.type(tid)
+        data = self._data if tid >= self.first_id else None
+        if data is None:
+            return self.base._members_into(tid, base_bits, out, depth)
+        for k in range(vlen):
+            name_off, mtype, moff = struct.unpack_from("<III", data, toff + 12 * k)
+            bits = base_bits + ((moff & 0xFFFFFF) if kflag else moff)
+            mname = self.string(name_off)
+            if mname:
+                out.setdefault(mname, bits // 8)
+            elif depth < 8:
+                rt = self._resolve(mtype)
+                if self.type(rt)[0] in (KIND_STRUCT, KIND_UNION):
+                    owner = self if rt >= self.first_id else self.base
+                    owner._members_into(rt, bits, out, depth + 1)
+
+    def member_offset(self, struct_name: str, member: str) -> int | None:
+        """Byte offset of ``member`` in ``struct struct_name`` (None if either is absent)."""
+        m = self.struct_members(struct_name)
+        return None if m is None else m.get(member)
+
+    # -- functions ---------------------------------------------------------
+    def has_func(self, name: str) -> bool:
+        return self.find(name, (KIND_FUNC,)) is not None
+
+
+def load_vmlinux(path: str = "/sys/kernel/btf/vmlinux") -> Btf | None:
+    """The running kernel's BTF, or None if absent or unreadable."""
+    try:
+        return Btf.load(path)
+    except (OSError, BtfError):
+        return None

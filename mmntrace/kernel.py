@@ -1,0 +1,289 @@
+"""What the running kernel offers mmntrace: a feature probe run once.
+
+Everything here is *detected* (kallsyms, tracefs, BTF, the headers' own
+release string); no kernel version number is ever compared, because
+distribution kernels backport. :func:`probe` fills a frozen :class:`Features`;
+:func:`require_recording` turns a missing hard requirement into one sentence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+from pathlib import Path
+
+from . import errors
+from .btf import Btf, load_vmlinux
+
+# enum mmnt_hook (bpf/mmntrace.h)
+HOOK_START, HOOK_END, HOOK_SECONDARY_TLB, HOOK_RELEASE = 0, 1, 2, 3
+HOOK_CLEAR_FLUSH_YOUNG, HOOK_CLEAR_YOUNG, HOOK_TEST_YOUNG, HOOK_CHANGE_PTE, HOOK_INTERVAL = 4, 5, 6, 7, 8
+NR_HOOKS = 9
+
+#: hook id -> candidate (kernel entry point, report name), first present wins
+HOOK_CANDIDATES: dict[int, tuple[tuple[str, str], ...]] = {
+    HOOK_START: (("__mmu_notifier_invalidate_range_start", "invalidate_range_start"),),
+    HOOK_END: (("__mmu_notifier_invalidate_range_end", "invalidate_range_end"),),
+    # renamed by upstream 1af5a8109904 ("mmu_notifiers: rename invalidate_range notifier", 6.6)
+    HOOK_SECONDARY_TLB: (("__mmu_notifier_arch_invalidate_secondary_tlbs", "arch_invalidate_secondary_tlbs"),
+                         ("__mmu_notifier_invalidate_range", "invalidate_range")),
+    HOOK_RELEASE: (("__mmu_notifier_release", "release"),),
+    HOOK_CLEAR_FLUSH_YOUNG: (("__mmu_notifier_clear_flush_young", "clear_flush_young"),),
+    HOOK_CLEAR_YOUNG: (("__mmu_notifier_clear_young", "clear_young"),),
+    HOOK_TEST_YOUNG: (("__mmu_notifier_test_young", "test_young"),),
+    # removed by upstream 3c6a1af6a24b ("mm/mmu_notifier: remove change_pte", 6.9)
+    HOOK_CHANGE_PTE: (("__mmu_notifier_change_pte", "change_pte"),),
+    # static in mm/mmu_notifier.c: only when the compiler kept it out of line
+    HOOK_INTERVAL: (("mn_itree_invalidate", "interval_invalidate"),),
+}
+
+#: struct mmu_notifier_ops member -> hook id
+OP_HOOK = {
+    "invalidate_range_start": HOOK_START,
+    "invalidate_range_end": HOOK_END,
+    "invalidate_range": HOOK_SECONDARY_TLB,
+    "arch_invalidate_secondary_tlbs": HOOK_SECONDARY_TLB,
+    "release": HOOK_RELEASE,
+    "clear_flush_young": HOOK_CLEAR_FLUSH_YOUNG,
+    "clear_young": HOOK_CLEAR_YOUNG,
+    "test_young": HOOK_TEST_YOUNG,
+    "change_pte": HOOK_CHANGE_PTE,
+}
+
+HOOK_NAMES = {
+    HOOK_START: "invalidate_range_start", HOOK_END: "invalidate_range_end",
+    HOOK_SECONDARY_TLB: "secondary_tlb", HOOK_RELEASE: "release",
+    HOOK_CLEAR_FLUSH_YOUNG: "clear_flush_young", HOOK_CLEAR_YOUNG: "clear_young",
+    HOOK_TEST_YOUNG: "test_young", HOOK_CHANGE_PTE: "change_pte", HOOK_INTERVAL: "interval_invalidate",
+}
+
+REGISTRATION = ("__mmu_notifier_register", "mmu_notifier_unregister", "mmu_interval_notifier_insert",
+                "mmu_interval_notifier_insert_locked", "mmu_interval_notifier_remove")
+
+#: might-sleep functions: name -> gfp argument index (1-based), 0 = always counts
+SLEEPER_CANDIDATES: dict[str, int] = {
+    **{n: 0 for n in (
+        "mutex_lock", "mutex_lock_interruptible", "mutex_lock_killable",
+        "down_read", "down_write", "down_read_killable", "down_write_killable",
+        "down", "down_interruptible", "down_killable", "down_timeout",
+        "msleep", "msleep_interruptible", "usleep_range_state",
+        "wait_for_completion", "wait_for_completion_timeout", "wait_for_completion_interruptible",
+        "wait_for_completion_interruptible_timeout", "wait_for_completion_killable",
+        "wait_for_completion_killable_timeout", "wait_for_completion_io",
+        "wait_for_completion_io_timeout",
+        "schedule_timeout", "schedule_timeout_interruptible", "schedule_timeout_killable",
+        "schedule_timeout_uninterruptible", "schedule_timeout_idle",
+        "__might_sleep",
+        "vmalloc", "__vmalloc_node_range", "__vmalloc_node_range_noprof")},
+    "__alloc_pages": 1, "__alloc_pages_noprof": 1,
+    "__kmalloc": 2, "__kmalloc_noprof": 2,
+    "kmem_cache_alloc": 2, "kmem_cache_alloc_noprof": 2,
+    "kmalloc_trace": 2, "__kmalloc_cache_noprof": 2,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    release: str                     # uname -r
+    is_root: bool                    # euid 0: needed to load BPF and read kallsyms addresses
+    kallsyms: bool                   # /proc/kallsyms readable with real (non-zero) addresses
+    kprobes: bool                    # kprobe_events (tracefs/debugfs) or the kprobe PMU, and register_kprobe in kallsyms
+    btf: bool                        # /sys/kernel/btf/vmlinux parses (CONFIG_DEBUG_INFO_BTF)
+    headers: str | None              # /lib/modules/<rel>/build when it exists
+    headers_release: str | None      # release string the headers were built for
+    headers_match: bool              # headers_release == uname -r
+    ringbuf: bool                    # BPF ring buffer (bpf_ringbuf_output in kallsyms; upstream 457f44363a88, 5.8)
+    fentry_possible: bool            # BTF + BPF trampolines (bpf_trampoline_link_prog); a trial attach decides
+    mmu_notifiers: bool              # CONFIG_MMU_NOTIFIER (__mmu_notifier_invalidate_range_start in kallsyms)
+    hooks: tuple                     # ((hook id, kernel symbol, report name), ...) present in kallsyms
+    registration: tuple              # registration functions present in kallsyms
+    events: tuple                    # ((value, name), ...) of enum mmu_notifier_event, MMU_NOTIFY_ stripped, lower-case
+    ops: tuple                       # member names of struct mmu_notifier_ops
+    preempt_count_sym: str | None    # per-cpu symbol holding preempt_count (__preempt_count or pcpu_hot)
+    preempt_count_addr: int | None   # its per-cpu address (+ member offset), to add to __per_cpu_offset[cpu]
+    per_cpu_offset_addr: int | None  # address of the __per_cpu_offset[] array
+    subs_list_off: int | None        # offsetof(struct mmu_notifier_subscriptions, list), private struct, from BTF
+    sleepers: tuple                  # ((symbol, gfp arg index or 0 = always), ...) present in kallsyms
+    gfp_direct_reclaim: int | None   # __GFP_DIRECT_RECLAIM bit value (BTF enum or header)
+
+    def hook_symbol(self, hook: int) -> str | None:
+        for h, sym, _n in self.hooks:
+            if h == hook:
+                return sym
+        return None
+
+    def has_op(self, name: str) -> bool:
+        return name in self.ops
+
+
+@functools.lru_cache(maxsize=1)
+def kallsyms() -> dict[str, int]:
+    """name -> address from /proc/kallsyms (first occurrence wins; module symbols included)."""
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] not in out:
+                    out[parts[2]] = int(parts[0], 16)
+    except OSError:
+        pass
+    return out
+
+
+def _headers_release(build: Path) -> str | None:
+    p = build / "include" / "config" / "kernel.release"
+    try:
+        return p.read_text().strip()
+    except OSError:
+        pass
+    try:
+        m = re.search(r'#define\s+UTS_RELEASE\s+"([^"]+)"',
+                      (build / "include" / "generated" / "utsrelease.h").read_text())
+        return m.group(1) if m else None
+    except OSError:
+        return None
+
+
+def _events_from_header(build: Path | None) -> tuple:
+    if build is None:
+        return ()
+    try:
+        text = (build / "include" / "linux" / "mmu_notifier.h").read_text()
+    except OSError:
+        return ()
+    m = re.search(r"enum\s+mmu_notifier_event\s*\{(.*?)\}", text, re.S)
+    if not m:
+        return ()
+    body = re.sub(r"/\*.*?\*/", "", m.group(1), flags=re.S)
+    out, nxt = [], 0
+    for item in body.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, val = item.partition("=")
+        nxt = int(val.strip(), 0) if val.strip() else nxt
+        out.append((nxt, name.strip()))
+        nxt += 1
+    return tuple((v, n.removeprefix("MMU_NOTIFY_").lower()) for v, n in out)
+
+
+def _gfp_from_header(build: Path | None) -> int | None:
+    if build is None:
+        return None
+    for rel in ("include/linux/gfp_types.h", "include/linux/gfp.h"):
+        try:
+            text = (build / rel).read_text()
+        except OSError:
+            continue
+        m = re.search(r"#define\s+___GFP_DIRECT_RECLAIM\s+(0x[0-9a-fA-F]+|\d+)u?", text)
+        if m:
+            return int(m.group(1), 0)
+    return None
+
+
+def _kprobes_interface() -> bool:
+    return any(os.path.exists(p) for p in ("/sys/kernel/tracing/kprobe_events",
+                                          "/sys/kernel/debug/tracing/kprobe_events",
+                                          "/sys/bus/event_source/devices/kprobe"))
+
+
+@functools.lru_cache(maxsize=1)
+def probe() -> Features:
+    """Detect once what this kernel offers (cached)."""
+    rel = os.uname().release
+    ks = kallsyms()
+    addrs_real = bool(ks) and any(v for v in list(ks.values())[:64])
+    b: Btf | None = load_vmlinux()
+    build = Path("/lib/modules") / rel / "build"
+    build_ok = build.is_dir()
+    hrel = _headers_release(build) if build_ok else None
+
+    hooks = []
+    for hook, cands in HOOK_CANDIDATES.items():
+        for sym, name in cands:
+            if sym in ks:
+                hooks.append((hook, sym, name))
+                break
+
+    events: tuple = ()
+    if b is not None:
+        e = b.enum("mmu_notifier_event")
+        if e:
+            events = tuple(sorted((v, n.removeprefix("MMU_NOTIFY_").lower()) for n, v in e.items()))
+    if not events:
+        events = _events_from_header(build if build_ok else None)
+
+    ops: tuple = ()
+    if b is not None:
+        m = b.struct_members("mmu_notifier_ops")
+        if m:
+            ops = tuple(m)
+    if not ops and build_ok:
+        try:
+            text = (build / "include" / "linux" / "mmu_notifier.h").read_text()
+            mm_ = re.search(r"struct\s+mmu_notifier_ops\s*\{(.*?)\n\};", text, re.S)
+            if mm_:
+                ops = tuple(re.findall(r"\(\*(\w+)\)\s*\(", mm_.group(1)))
+        except OSError:
+            pass
+
+    pc_sym = pc_addr = None
+    if "__preempt_count" in ks:
+        pc_sym, pc_addr = "__preempt_count", ks["__preempt_count"]
+    elif "pcpu_hot" in ks and b is not None:
+        off = b.member_offset("pcpu_hot", "preempt_count")
+        if off is not None:
+            pc_sym, pc_addr = "pcpu_hot", ks["pcpu_hot"] + off
+
+    gfp = None
+    if b is not None:
+        bit = b.enumerator("___GFP_DIRECT_RECLAIM_BIT")
+        gfp = (1 << bit) if bit is not None else b.enumerator("___GFP_DIRECT_RECLAIM")
+    if gfp is None:
+        gfp = _gfp_from_header(build if build_ok else None)
+
+    return Features(
+        release=rel,
+        is_root=os.geteuid() == 0,
+        kallsyms=addrs_real,
+        kprobes=_kprobes_interface() and ("register_kprobe" in ks or "kprobe_ftrace_handler" in ks),
+        btf=b is not None,
+        headers=str(build) if build_ok else None,
+        headers_release=hrel,
+        headers_match=hrel == rel,
+        ringbuf="bpf_ringbuf_output" in ks,
+        fentry_possible=b is not None and "bpf_trampoline_link_prog" in ks,
+        mmu_notifiers="__mmu_notifier_invalidate_range_start" in ks,
+        hooks=tuple(hooks),
+        registration=tuple(s for s in REGISTRATION if s in ks),
+        events=events,
+        ops=ops,
+        preempt_count_sym=pc_sym,
+        preempt_count_addr=pc_addr,
+        per_cpu_offset_addr=ks.get("__per_cpu_offset"),
+        subs_list_off=b.member_offset("mmu_notifier_subscriptions", "list") if b is not None else None,
+        sleepers=tuple((s, a) for s, a in SLEEPER_CANDIDATES.items() if s in ks),
+        gfp_direct_reclaim=gfp,
+    )
+
+
+def require_recording(f: Features) -> None:
+    """Raise the matching :mod:`mmntrace.errors` exception if ``f`` cannot record."""
+    if not f.is_root:
+        raise errors.NotRootError("recording needs root (loading BPF programs and reading kernel addresses): run it with sudo")
+    if not f.kprobes:
+        raise errors.NoKprobesError("kprobes are not available on this kernel (CONFIG_KPROBES is off or tracefs is missing): use `mmntrace lab`")
+    if not f.kallsyms:
+        raise errors.NoKprobesError("/proc/kallsyms shows no real addresses (kptr_restrict): set kernel.kptr_restrict=0 or use `mmntrace lab`")
+    if f.headers is None:
+        if not f.btf:
+            raise errors.NoKernelInfoError(f"this kernel has neither BTF nor headers: install linux-headers-{f.release}")
+        raise errors.NoKernelInfoError(f"kernel headers for {f.release} are missing (/lib/modules/{f.release}/build): install linux-headers-{f.release}")
+    if not f.headers_match:
+        raise errors.HeadersMismatchError(
+            f"the headers in {f.headers} are for {f.headers_release or 'an unknown release'}, not the running {f.release}: install linux-headers-{f.release}")
+    if not f.mmu_notifiers:
+        raise errors.NoMmuNotifierError("this kernel has no MMU notifiers (CONFIG_MMU_NOTIFIER is off): nothing to trace")

@@ -1,0 +1,498 @@
+"""Workload scenarios that make a real kernel send every MMU-notifier event.
+
+Each scenario works on memory of its own and tells which address range it
+used, so a test can pick its callbacks out of the test module's log. The
+subscribers are real: the test module (tests/kmod, our own driver) and KVM
+(``KVM_CREATE_VM`` plus a memory slot registers KVM's mmu_notifier on the mm).
+
+Run as a process, a workload talks a tiny line protocol so that a test or a
+benchmark can start tracers between set-up and the work, and read the ground
+truth before the process exits (exit itself sends notifier events)::
+
+    python -m mmntrace.workload --kvm --out DIR mprotect cow ...
+    -> "ready PID"        (subscribers registered; waits for a line on stdin)
+    <- "go"
+    -> "done"             (results in DIR/workload.json and DIR/module.npy)
+    <- "exit"             (or EOF)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import errno
+import json
+import mmap as _mmap
+import os
+import signal
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import testmod
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+HPAGE = 2 << 20
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.syscall.restype = ctypes.c_long
+
+PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
+MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
+MADV_DONTNEED, MADV_MERGEABLE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT = 4, 12, 14, 15, 21
+SYS_move_pages = 279  # x86_64
+MPOL_MF_MOVE = 1 << 1
+
+
+def _check(ret: int, what: str) -> int:
+    if ret == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+    return ret
+
+
+def mmap_anon(length: int, prot: int = PROT_READ | PROT_WRITE, align: int = 0) -> int:
+    if align:
+        raw = libc.mmap(None, length + align, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if raw in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        addr = (raw + align - 1) & ~(align - 1)
+        if addr > raw:
+            libc.munmap(raw, addr - raw)
+        tail = raw + length + align - (addr + length)
+        if tail:
+            libc.munmap(addr + length, tail)
+        return addr
+    addr = libc.mmap(None, length, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap failed")
+    return addr
+
+
+def touch(addr: int, length: int, value: int = 1) -> None:
+    for off in range(0, length, PAGE):
+        ctypes.c_char.from_address(addr + off).value = bytes([value & 0xFF])
+
+
+def fill(addr: int, length: int, value: int) -> None:
+    ctypes.memset(addr, value, length)
+
+
+# ---------------------------------------------------------------- KVM
+
+KVM_CREATE_VM = 0xAE01
+KVM_SET_USER_MEMORY_REGION = 0x4020AE46
+
+
+class Kvm:
+    """A VM with one memory slot: KVM's mmu_notifier on this process's mm."""
+
+    def __init__(self, slot_bytes: int = 16 * PAGE):
+        self.dev = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        import fcntl
+        self.vm = fcntl.ioctl(self.dev, KVM_CREATE_VM, 0)
+        self.slot_addr = mmap_anon(slot_bytes)
+        touch(self.slot_addr, slot_bytes)
+        region = struct.pack("IIQQQ", 0, 0, 0, slot_bytes, self.slot_addr)
+        fcntl.ioctl(self.vm, KVM_SET_USER_MEMORY_REGION, region)
+
+    def close(self):
+        os.close(self.vm)
+        os.close(self.dev)
+
+
+# ---------------------------------------------------------------- scenarios
+# Each takes the workload and returns facts: at least "region" = [start, end).
+
+SCENARIOS = {}
+
+
+def scenario(fn):
+    SCENARIOS[fn.__name__.removeprefix("s_")] = fn
+    return fn
+
+
+@scenario
+def s_munmap(w):
+    n = 16 * PAGE
+    a = mmap_anon(n)
+    touch(a, n)
+    _check(libc.munmap(a, n), "munmap")
+    return {"region": [a, a + n], "expect": "unmap"}
+
+
+@scenario
+def s_dontneed(w):
+    n = 16 * PAGE
+    a = mmap_anon(n)
+    touch(a, n)
+    _check(libc.madvise(a, n, MADV_DONTNEED), "madvise(DONTNEED)")
+    libc.munmap(a, n)
+    return {"region": [a, a + n], "expect": "clear"}
+
+
+@scenario
+def s_mprotect(w):
+    n = 16 * PAGE
+    a = mmap_anon(n)
+    touch(a, n)
+    _check(libc.mprotect(a, n, PROT_READ), "mprotect")
+    libc.munmap(a, n)
+    return {"region": [a, a + n], "expect": "protection_vma"}
+
+
+@scenario
+def s_soft_dirty(w):
+    n = 16 * PAGE
+    a = mmap_anon(n)
+    touch(a, n)
+    before = w.take_records()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("4")
+    touch(a, n, 2)
+    libc.munmap(a, n)
+    return {"region": [a, a + n], "expect": "soft_dirty", "records_before": before}
+
+
+@scenario
+def s_exit(w):
+    """A child whose mm the module watches by pid; its exit sends release."""
+    r, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(wr)
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    with testmod.TestModule() as m:
+        m.register(pid)
+        os.close(wr)
+        os.waitpid(pid, 0)
+        recs = m.records()
+        counts = m.counts()
+    return {"region": [0, 2**64 - 1], "expect": "release", "child": pid,
+            "child_records": recs, "child_counts": counts}
+
+
+@scenario
+def s_migrate(w):
+    n = 16 * PAGE
+    a = mmap_anon(n)
+    touch(a, n)
+    pages = (ctypes.c_void_p * 16)(*[a + i * PAGE for i in range(16)])
+    status = (ctypes.c_int * 16)()
+    libc.syscall(SYS_move_pages, 0, 16, pages, None, status, 0)
+    here = set(status)
+    target = 1 if 0 in here else 0
+    nodes = (ctypes.c_int * 16)(*([target] * 16))
+    ret = libc.syscall(SYS_move_pages, 0, 16, pages, nodes, status, MPOL_MF_MOVE)
+    if ret < 0:
+        raise OSError(ctypes.get_errno(), "move_pages failed (is the guest NUMA?)")
+    moved = sum(1 for s in status if s == target)
+    libc.munmap(a, n)
+    return {"region": [a, a + n], "expect": "migrate", "moved": moved, "target_node": target}
+
+
+@scenario
+def s_cow(w):
+    """fork, then the parent writes: copy-on-write replaces PTEs under the PTL."""
+    n = 16 * PAGE
+    a = mmap_anon(n)
+    touch(a, n)
+    r, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(wr)
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    touch(a, n, 3)          # COW in the parent, child still shares the pages
+    os.close(wr)
+    os.waitpid(pid, 0)
+    libc.munmap(a, n)
+    return {"region": [a, a + n], "expect": "secondary_tlb", "pages": n // PAGE}
+
+
+def _thp_enabled() -> str:
+    try:
+        s = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+        return s[s.index("[") + 1:s.index("]")]
+    except (OSError, ValueError):
+        return "never"
+
+
+@scenario
+def s_thp_split(w):
+    if _thp_enabled() == "never":
+        raise RuntimeError("transparent huge pages are disabled on this kernel")
+    a = mmap_anon(HPAGE, align=HPAGE)
+    _check(libc.madvise(a, HPAGE, MADV_HUGEPAGE), "madvise(HUGEPAGE)")
+    touch(a, HPAGE)
+    huge = _anon_huge_kb(a)
+    # Changing the protection of one 4 KiB page splits the PMD mapping.
+    _check(libc.mprotect(a, PAGE, PROT_READ), "mprotect")
+    libc.munmap(a, HPAGE)
+    return {"region": [a, a + HPAGE], "expect": "clear", "anon_huge_kb": huge}
+
+
+def _anon_huge_kb(addr: int) -> int:
+    cur = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split()[0] and ":" not in line.split()[0]:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            cur = lo <= addr < hi
+        elif cur and line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+@scenario
+def s_ksm(w):
+    ksm = Path("/sys/kernel/mm/ksm")
+    if not ksm.exists():
+        raise RuntimeError("KSM is not available on this kernel")
+    n = 32 * PAGE
+    a = mmap_anon(n)
+    fill(a, n, 0x5A)
+    _check(libc.madvise(a, n, MADV_MERGEABLE), "madvise(MERGEABLE)")
+    (ksm / "sleep_millisecs").write_text("10")
+    (ksm / "pages_to_scan").write_text("1000")
+    (ksm / "run").write_text("1")
+    merged = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        merged = _ksm_merging_pages()
+        if merged >= n // PAGE - 1:
+            break
+        time.sleep(0.1)
+    (ksm / "run").write_text("2")   # unmerge everything, stop ksmd
+    libc.munmap(a, n)
+    return {"region": [a, a + n], "expect": "clear", "merged": merged}
+
+
+def _ksm_merging_pages() -> int:
+    p = Path("/proc/self/ksm_merging_pages")
+    if p.exists():
+        return int(p.read_text())
+    return int(Path("/sys/kernel/mm/ksm/pages_sharing").read_text()) + int(Path("/sys/kernel/mm/ksm/pages_shared").read_text())
+
+
+def _pfn(addr: int) -> int:
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek((addr // PAGE) * 8)
+        v = struct.unpack("Q", f.read(8))[0]
+    if not v >> 63:
+        raise RuntimeError(f"page {addr:#x} not present")
+    return v & ((1 << 55) - 1)
+
+
+@scenario
+def s_page_idle(w):
+    """Mark our pages idle through the page_idle bitmap: the rmap walk clears young bits."""
+    bitmap = Path("/sys/kernel/mm/page_idle/bitmap")
+    if not bitmap.exists():
+        raise RuntimeError("idle page tracking is not available on this kernel")
+    n = 16 * PAGE
+    a = mmap_anon(n)
+    touch(a, n)
+    pfns = [_pfn(a + i * PAGE) for i in range(n // PAGE)]
+    with open(bitmap, "r+b", buffering=0) as f:
+        for pfn in pfns:
+            f.seek((pfn // 64) * 8)
+            f.write(struct.pack("Q", 1 << (pfn % 64)))
+    libc.munmap(a, n)
+    return {"region": [a, a + n], "expect": "clear_young", "pfns": len(pfns)}
+
+
+@scenario
+def s_pageout(w):
+    """MADV_PAGEOUT reclaims our pages: the rmap walk asks secondary MMUs
+    whether each page is young (clear_flush_young), swap or not."""
+    n = 16 * PAGE
+    a = mmap_anon(n)
+    touch(a, n)
+    _check(libc.madvise(a, n, MADV_PAGEOUT), "madvise(PAGEOUT)")
+    libc.munmap(a, n)
+    return {"region": [a, a + n], "expect": "clear_flush_young"}
+
+
+DAMON = Path("/sys/kernel/mm/damon/admin/kdamonds")
+
+
+@scenario
+def s_damon(w):
+    """DAMON's virtual-address monitoring of this process: it clears and tests
+    young bits through the notifiers (clear_young, test_young)."""
+    if not DAMON.exists():
+        raise RuntimeError("DAMON (CONFIG_DAMON_SYSFS, CONFIG_DAMON_VADDR) is not available on this kernel")
+    n = 64 * PAGE
+    a = mmap_anon(n)
+    touch(a, n)
+    (DAMON / "nr_kdamonds").write_text("1")
+    k = DAMON / "0"
+    (k / "contexts" / "nr_contexts").write_text("1")
+    c = k / "contexts" / "0"
+    (c / "operations").write_text("vaddr")
+    iv = c / "monitoring_attrs" / "intervals"
+    (iv / "sample_us").write_text("1000")
+    (iv / "aggr_us").write_text("20000")
+    (c / "targets" / "nr_targets").write_text("1")
+    (c / "targets" / "0" / "pid_target").write_text(str(os.getpid()))
+    (k / "state").write_text("on")
+    time.sleep(1.0)
+    (k / "state").write_text("off")
+    while (k / "state").read_text().strip() != "off":
+        time.sleep(0.05)
+    (DAMON / "nr_kdamonds").write_text("0")
+    libc.munmap(a, n)
+    return {"region": [0, 2**64 - 1], "expect": "clear_young"}
+
+
+@scenario
+def s_oom(w):
+    """A child in a small memory cgroup allocates until the OOM killer takes it.
+    The module watches the child's mm: the OOM reaper's start is not blockable."""
+    cg = Path("/sys/fs/cgroup/mmntrace-oom")
+    if not (Path("/sys/fs/cgroup") / "cgroup.controllers").exists():
+        raise RuntimeError("cgroup v2 is not mounted")
+    ctl = Path("/sys/fs/cgroup/cgroup.subtree_control")
+    if "memory" not in ctl.read_text():
+        ctl.write_text("+memory")
+    cg.mkdir(exist_ok=True)
+    (cg / "memory.max").write_text(str(32 << 20))
+    if (cg / "memory.swap.max").exists():
+        (cg / "memory.swap.max").write_text("0")
+    r, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            import threading
+            os.close(wr)
+            os.read(r, 1)
+            # A thread parked in D state keeps the mm alive after the OOM kill,
+            # so the OOM reaper (non-blockable) unmaps it, not exit_mmap.
+            park = testmod.TestModule()
+            threading.Thread(target=park.dsleep, args=(5000,), daemon=True).start()
+            time.sleep(0.2)
+            chunk = 4 << 20
+            while True:
+                a = libc.mmap(None, chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                ctypes.memset(a, 7, chunk)
+        finally:
+            os._exit(1)
+    os.close(r)
+    (cg / "cgroup.procs").write_text(str(pid))
+    with testmod.TestModule() as m:
+        m.register(pid)
+        os.close(wr)
+        _, status = os.waitpid(pid, 0)
+        recs = m.records()
+        counts = m.counts()
+    try:
+        cg.rmdir()
+    except OSError:
+        pass
+    killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    return {"region": [0, 2**64 - 1], "expect": "nonblockable_start", "child": pid,
+            "oom_killed": killed, "child_records": recs, "child_counts": counts}
+
+
+# ---------------------------------------------------------------- driver
+
+class Workload:
+    def __init__(self, kvm: bool = False, module: bool = True, interval: bool = False):
+        self.mod = testmod.TestModule() if module else None
+        if self.mod:
+            self.mod.register(0)
+        self.kvm = Kvm() if kvm else None
+        self.interval_region = None
+        if interval and self.mod:
+            n = 16 * PAGE
+            a = mmap_anon(n)
+            touch(a, n)
+            self.mod.interval(a, n)
+            self.interval_region = [a, a + n]
+        self._pending = []
+
+    def take_records(self) -> np.ndarray:
+        return self.mod.records() if self.mod else np.zeros(0, testmod.RECORD)
+
+    def run(self, name: str) -> dict:
+        if self.mod:
+            self.take_records()
+        t0 = time.monotonic_ns()
+        facts = SCENARIOS[name](self)
+        facts["name"] = name
+        facts["t_ns"] = [t0, time.monotonic_ns()]
+        facts["records"] = self.take_records()
+        return facts
+
+    def close(self):
+        if self.kvm:
+            self.kvm.close()
+        if self.mod:
+            self.mod.close()
+
+
+def _jsonable(facts: dict, out: Path, idx: int) -> dict:
+    res = {}
+    for k, v in facts.items():
+        if isinstance(v, np.ndarray):
+            fn = out / f"{idx:02d}-{facts['name']}-{k}.npy"
+            np.save(fn, v)
+            res[k] = str(fn)
+        else:
+            res[k] = v
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mmntrace.workload",
+                                 description="Run MMU-notifier workload scenarios against real subscribers.")
+    ap.add_argument("scenarios", nargs="+", choices=sorted(SCENARIOS) + ["all"])
+    ap.add_argument("--kvm", action="store_true", help="also create a KVM VM with a memory slot on this mm")
+    ap.add_argument("--no-module", action="store_true", help="do not subscribe the test module")
+    ap.add_argument("--interval", action="store_true", help="add an interval notifier on a region, then unmap it")
+    ap.add_argument("--out", type=Path, required=True, help="directory for results")
+    ap.add_argument("--sync", action="store_true", help="line protocol on stdin/stdout (see module doc)")
+    ap.add_argument("--repeat", type=int, default=1)
+    a = ap.parse_args(argv)
+    names = sorted(SCENARIOS) if "all" in a.scenarios else a.scenarios
+    a.out.mkdir(parents=True, exist_ok=True)
+    w = Workload(kvm=a.kvm, module=not a.no_module, interval=a.interval)
+    if a.sync:
+        print(f"ready {os.getpid()}", flush=True)
+        sys.stdin.readline()
+    if w.mod:
+        w.mod.reset()
+    results = []
+    for _ in range(a.repeat):
+        for name in names:
+            results.append(w.run(name))
+    if w.interval_region:
+        lo, hi = w.interval_region
+        libc.munmap(lo, hi - lo)
+        results.append({"name": "interval_unmap", "region": w.interval_region, "records": w.take_records()})
+    summary = {"pid": os.getpid(), "counts": w.mod.counts() if w.mod else None,
+               "scenarios": [_jsonable(f, a.out, i) for i, f in enumerate(results)]}
+    tmp = a.out / "workload.json.tmp"
+    tmp.write_text(json.dumps(summary, default=str))
+    os.replace(tmp, a.out / "workload.json")
+    if a.sync:
+        print("done", flush=True)
+        sys.stdin.readline()
+    w.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
