@@ -76,7 +76,7 @@ SLEEPER_CANDIDATES: dict[str, int] = {
         "schedule_timeout", "schedule_timeout_interruptible", "schedule_timeout_killable",
         "schedule_timeout_uninterruptible", "schedule_timeout_idle",
         "__might_sleep",
-        "vmalloc", "__vmalloc_node_range", "__vmalloc_node_range_noprof")},
+        "vmalloc", "vmalloc_noprof", "__vmalloc_node_range", "__vmalloc_node_range_noprof")},
     "__alloc_pages": 1, "__alloc_pages_noprof": 1,
     "__kmalloc": 2, "__kmalloc_noprof": 2,
     "kmem_cache_alloc": 2, "kmem_cache_alloc_noprof": 2,
@@ -134,25 +134,36 @@ def kallsyms() -> dict[str, int]:
 
 
 def _headers_release(build: Path) -> str | None:
-    p = build / "include" / "config" / "kernel.release"
-    try:
-        return p.read_text().strip()
-    except OSError:
-        pass
+    # utsrelease.h first: Debian's include/config/kernel.release holds the upstream
+    # version (6.1.192) while UTS_RELEASE is the real release (6.1.0-56-amd64)
     try:
         m = re.search(r'#define\s+UTS_RELEASE\s+"([^"]+)"',
                       (build / "include" / "generated" / "utsrelease.h").read_text())
-        return m.group(1) if m else None
+        if m:
+            return m.group(1)
+    except OSError:
+        pass
+    try:
+        return (build / "include" / "config" / "kernel.release").read_text().strip()
     except OSError:
         return None
 
 
-def _events_from_header(build: Path | None) -> tuple:
+def _header_text(build: Path | None, rel: str) -> str | None:
+    """A header from the build tree or, for split packages (Debian's -common), the source tree."""
     if build is None:
-        return ()
-    try:
-        text = (build / "include" / "linux" / "mmu_notifier.h").read_text()
-    except OSError:
+        return None
+    for root in (build, build.parent / "source"):
+        try:
+            return (root / rel).read_text()
+        except OSError:
+            continue
+    return None
+
+
+def _events_from_header(build: Path | None) -> tuple:
+    text = _header_text(build, "include/linux/mmu_notifier.h")
+    if text is None:
         return ()
     m = re.search(r"enum\s+mmu_notifier_event\s*\{(.*?)\}", text, re.S)
     if not m:
@@ -171,12 +182,9 @@ def _events_from_header(build: Path | None) -> tuple:
 
 
 def _gfp_from_header(build: Path | None) -> int | None:
-    if build is None:
-        return None
     for rel in ("include/linux/gfp_types.h", "include/linux/gfp.h"):
-        try:
-            text = (build / rel).read_text()
-        except OSError:
+        text = _header_text(build, rel)
+        if text is None:
             continue
         m = re.search(r"#define\s+___GFP_DIRECT_RECLAIM\s+(0x[0-9a-fA-F]+|\d+)u?", text)
         if m:
@@ -221,14 +229,11 @@ def probe() -> Features:
         m = b.struct_members("mmu_notifier_ops")
         if m:
             ops = tuple(m)
-    if not ops and build_ok:
-        try:
-            text = (build / "include" / "linux" / "mmu_notifier.h").read_text()
-            mm_ = re.search(r"struct\s+mmu_notifier_ops\s*\{(.*?)\n\};", text, re.S)
-            if mm_:
-                ops = tuple(re.findall(r"\(\*(\w+)\)\s*\(", mm_.group(1)))
-        except OSError:
-            pass
+    if not ops:
+        text = _header_text(build if build_ok else None, "include/linux/mmu_notifier.h")
+        mm_ = re.search(r"struct\s+mmu_notifier_ops\s*\{(.*?)\n\};", text or "", re.S)
+        if mm_:
+            ops = tuple(re.findall(r"\(\*(\w+)\)\s*\(", mm_.group(1)))
 
     pc_sym = pc_addr = None
     if "__preempt_count" in ks:

@@ -140,7 +140,9 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
     guest_cmd = " ".join(shlex.quote(x) for x in
                          [sys.executable, "-m", "mmntrace.guest", str(run_dir)])
     cmd = [_vng(), "-r", str(kernel.image), "--cpus", str(cpus), "--memory", memory,
-           "--rwdir", str(run_dir), "--cwd", str(REPO)]
+           "--rwdir", str(run_dir), "--cwd", str(REPO),
+           # injected sleeps in atomic context log many BUG lines: keep them all
+           "--append", "log_buf_len=8M"]
     if not _kvm_usable():
         cmd.append("--disable-kvm")
     if numa and cpus >= 2:

@@ -315,13 +315,26 @@ def s_page_idle(w):
 
 @scenario
 def s_pageout(w):
-    """MADV_PAGEOUT reclaims our pages: the rmap walk asks secondary MMUs
-    whether each page is young (clear_flush_young), swap or not."""
+    """MADV_PAGEOUT reclaims pages of a file mapping: the rmap walk asks each
+    secondary MMU whether the page was used (clear_flush_young). Anonymous
+    pages are not reclaimed without swap, so the pages come from a file."""
+    import tempfile
     n = 16 * PAGE
-    a = mmap_anon(n)
-    touch(a, n)
-    _check(libc.madvise(a, n, MADV_PAGEOUT), "madvise(PAGEOUT)")
-    libc.munmap(a, n)
+    d = os.environ.get("MMNTRACE_LAB_DIR") or tempfile.gettempdir()
+    fd, path = tempfile.mkstemp(prefix="mmntrace-pageout-", dir=d)
+    try:
+        os.write(fd, b"\x42" * n)
+        os.fsync(fd)
+        a = libc.mmap(None, n, PROT_READ, 0x01, fd, 0)   # MAP_SHARED
+        if a in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap of the page-out file failed")
+        for off in range(0, n, PAGE):
+            ctypes.c_char.from_address(a + off).value
+        _check(libc.madvise(a, n, MADV_PAGEOUT), "madvise(PAGEOUT)")
+        libc.munmap(a, n)
+    finally:
+        os.close(fd)
+        os.unlink(path)
     return {"region": [a, a + n], "expect": "clear_flush_young"}
 
 

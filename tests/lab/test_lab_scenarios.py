@@ -107,7 +107,8 @@ def test_exit_release(wl):
     assert rel["pid"][0] == f["child"]
     assert f["child_counts"]["calls"]["release"] == 1
     # release comes after the last range callback of the exiting mm
-    assert c["seq"][c["hook"] == H["release"]][0] > c["seq"][c["hook"] == H["start"]].max(initial=-1)
+    range_seqs = c["seq"][c["hook"] == H["start"]].astype(np.int64)
+    assert int(rel["seq"][0]) > int(range_seqs.max(initial=-1))
 
 
 def test_migrate_between_numa_nodes(wl, ev):
@@ -163,8 +164,9 @@ def test_pageout_clear_flush_young(wl):
     f = wl.run("pageout")
     r = in_range(f)
     cfy = r[r["hook"] == H["clear_flush_young"]]
-    assert len(cfy) == 16
+    assert len(cfy) >= 1, "reclaim did not ask the secondary MMU about any page"
     assert set(((cfy["end"] - cfy["start"])).tolist()) == {W.PAGE}
+    assert (cfy["blockable"] == 1).all()
 
 
 def test_young_clear_and_test(wl):

@@ -1,0 +1,409 @@
+"""The tracing core: compile bpf/mmntrace.bpf.c with bcc, attach it, and hand
+raw records to the caller.
+
+    t = Tracer(kernel.probe())
+    t.start()                    # compile, calibrate, attach (BpfLoadError on failure)
+    raw = t.poll(100)            # bytes: concatenated struct mmnt_record
+    ...
+    t.stop()                     # nothing of ours left attached
+
+Driver callbacks are found while tracing: the BPF side reports every ops table
+it sees (registration, or the subscription list of an mm on its first hook),
+and :meth:`poll` attaches the generic callback probes to each new op function.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import kernel
+from .errors import BpfLoadError, MmntraceError
+from .layout import header, record_dtype
+
+REPO = Path(__file__).resolve().parent.parent
+BPF_SRC = REPO / "bpf" / "mmntrace.bpf.c"
+MAXACTIVE = 4096  # kretprobe instances: large, so that deep concurrency is not missed
+
+_H = header()
+REC_HOOK = _H.defines["MMNT_REC_HOOK"]
+REC_CALLBACK = _H.defines["MMNT_REC_CALLBACK"]
+REC_SLEEP = _H.defines["MMNT_REC_SLEEP"]
+REC_OPS = _H.defines["MMNT_REC_OPS"]
+REC_REGISTER = _H.defines["MMNT_REC_REGISTER"]
+REC_NAMES = {REC_HOOK: "hook", REC_CALLBACK: "callback", REC_SLEEP: "sleep", REC_OPS: "ops",
+             REC_REGISTER: "register"}
+
+
+class _CbInfo(ctypes.Structure):
+    _fields_ = [("func", ctypes.c_uint64), ("hook", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class _Ksyms:
+    """Address -> (name, module) from /proc/kallsyms, reloaded when an address is unknown
+    (modules load while we trace)."""
+
+    def __init__(self):
+        self._load()
+
+    def _load(self):
+        rows = []
+        self.by_name: dict[str, list[int]] = {}
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                p = line.split()
+                if len(p) < 3 or p[1] not in "tTwW":
+                    continue
+                a = int(p[0], 16)
+                mod = p[3].strip("[]") if len(p) > 3 else None
+                rows.append((a, p[2], mod))
+                self.by_name.setdefault(p[2], []).append(a)
+        rows.sort()
+        self.addrs = [r[0] for r in rows]
+        self.rows = rows
+        self.loaded = time.monotonic()
+
+    def lookup(self, addr: int, exact: bool = False):
+        for attempt in range(2):
+            i = bisect.bisect_right(self.addrs, addr) - 1
+            if i >= 0 and (not exact or self.addrs[i] == addr):
+                a, name, mod = self.rows[i]
+                if exact or addr - a < 1 << 20:
+                    return name, mod, addr - a
+            if attempt == 0 and time.monotonic() - self.loaded > 0.5:
+                self._load()
+            else:
+                break
+        return None
+
+
+class Tracer:
+    def __init__(self, features: kernel.Features, *, backend: str = "kprobe", hooks=None,
+                 pid: int | None = None, comm: str | None = None, aggregate: bool = False,
+                 ringbuf_pages: int = 256):
+        if backend not in ("kprobe", "fentry"):
+            raise MmntraceError(f"unknown backend {backend!r}: use kprobe or fentry")
+        if backend == "fentry":
+            raise MmntraceError("the fentry backend is not implemented yet: use the kprobe backend")
+        self.f = features
+        self.backend = backend
+        self.hooks = self._hook_ids(hooks)
+        self.pid = pid
+        self.comm = comm
+        self.aggregate = aggregate
+        self.ringbuf_pages = ringbuf_pages
+        self.bpf = None
+        self.calibration: int | None = None
+        self.calibration_irqs_off = False
+        self.timing: dict[str, float] = {}
+        self._attached: list[dict] = []
+        self._cb_known: dict[int, dict] = {}
+        self._chunks: list[bytes] = []
+        self._perf_lost = 0
+        self._ksyms: _Ksyms | None = None
+        self._dtype = record_dtype()
+        self._final: dict | None = None
+
+    @staticmethod
+    def _hook_ids(hooks) -> set[int]:
+        if hooks is None:
+            return set(range(kernel.NR_HOOKS))
+        out = set()
+        names = {v: k for k, v in kernel.HOOK_NAMES.items()}
+        for h in hooks:
+            if isinstance(h, int):
+                out.add(h)
+            elif h in names:
+                out.add(names[h])
+            elif h in kernel.OP_HOOK:
+                out.add(kernel.OP_HOOK[h])
+            else:
+                raise MmntraceError(f"unknown hook {h!r}")
+        return out
+
+    # -- start ----------------------------------------------------------------
+    def _cflags(self) -> list[str]:
+        f = self.f
+        fl = ["-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes", "-Wno-unknown-warning-option",
+              f"-I{REPO / 'bpf'}", f"-DMMNT_RINGBUF={1 if f.ringbuf else 0}",
+              f"-DMMNT_RINGBUF_PAGES={self.ringbuf_pages}", f"-DMMNT_SELF_TGID={os.getpid()}"]
+        if f.preempt_count_addr is not None and f.per_cpu_offset_addr:
+            fl += [f"-DMMNT_PC_ADDR={f.preempt_count_addr:#x}ULL",
+                   f"-DMMNT_PCPU_OFF_ADDR={f.per_cpu_offset_addr:#x}ULL"]
+        if f.subs_list_off is not None:
+            fl.append(f"-DMMNT_SUBS_LIST_OFF={f.subs_list_off}")
+        for op, define in (("invalidate_range", "MMNT_HAVE_OP_INVALIDATE_RANGE"),
+                           ("arch_invalidate_secondary_tlbs", "MMNT_HAVE_OP_ARCH_SECONDARY"),
+                           ("change_pte", "MMNT_HAVE_OP_CHANGE_PTE")):
+            if f.has_op(op):
+                fl.append(f"-D{define}")
+        if f.gfp_direct_reclaim is not None:
+            fl.append(f"-DMMNT_GFP_DIRECT_RECLAIM={f.gfp_direct_reclaim:#x}ULL")
+        if self.pid is not None:
+            fl.append(f"-DMMNT_FILTER_PID={int(self.pid)}")
+        if self.comm:
+            c = self.comm[:15].replace("\\", "\\\\").replace('"', '\\"')
+            fl.append(f'-DMMNT_FILTER_COMM="{c}"')
+        if self.aggregate:
+            fl.append("-DMMNT_AGGREGATE")
+        return fl
+
+    def start(self) -> None:
+        kernel.require_recording(self.f)
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise BpfLoadError(f"the bcc Python module is missing ({e}): install python3-bpfcc") from e
+        self._BPF = BPF
+        self._ksyms = _Ksyms()
+        t0 = time.monotonic()
+        try:
+            self.bpf = BPF(src_file=str(BPF_SRC).encode(), cflags=self._cflags())
+        except Exception as e:
+            raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e}") from e
+        self.timing["compile_s"] = time.monotonic() - t0
+        t1 = time.monotonic()
+        try:
+            self._calibrate()
+            self._attach_hooks()
+            self._attach_registration()
+            self._attach_sleepers()
+            self._attached.append(dict(kind="tracepoint", symbol="sched:sched_switch", hook=None,
+                                       module=None, status="attached"))
+            self._open_buffer()
+        except BpfLoadError:
+            self.stop()
+            raise
+        except Exception as e:
+            self.stop()
+            raise BpfLoadError(f"attaching the probes failed: {e}") from e
+        self.timing["attach_s"] = time.monotonic() - t1
+
+    def _calibrate(self) -> None:
+        """preempt_count that the probe machinery itself adds, seen on getppid()."""
+        calib = self.bpf[b"calib"]
+        calib[ctypes.c_int(1)] = ctypes.c_uint32(0xFFFFFFFF)
+        fn = self.bpf.get_syscall_fnname(b"getppid")
+        self.bpf.attach_kprobe(event=fn, fn_name=b"calib_entry")
+        try:
+            for _ in range(16):
+                os.getppid()
+        finally:
+            self.bpf.detach_kprobe(event=fn, fn_name=b"calib_entry")
+        hits = calib[ctypes.c_int(2)].value
+        raw = calib[ctypes.c_int(1)].value
+        if hits == 0 or raw == 0xFFFFFFFF:
+            self.calibration = None  # preempt count unreadable: records say PC_UNKNOWN
+            calib[ctypes.c_int(0)] = ctypes.c_uint32(0)
+            return
+        self.calibration = raw
+        self.calibration_irqs_off = calib[ctypes.c_int(3)].value > 0
+        calib[ctypes.c_int(0)] = ctypes.c_uint32(raw)
+
+    def _try_attach(self, kind: str, symbol: str, hook, module, entry: str, ret: str | None,
+                    hook_id: int | None = None) -> bool:
+        rec = dict(kind=kind, symbol=symbol, hook=hook, module=module, status="attached", hook_id=hook_id)
+        try:
+            self.bpf.attach_kprobe(event=symbol.encode(), fn_name=entry.encode())
+        except Exception as e:
+            rec["status"] = f"skipped: {str(e).split(',')[0]}"
+            self._attached.append(rec)
+            return False
+        if ret:
+            try:
+                self.bpf.attach_kretprobe(event=symbol.encode(), fn_name=ret.encode(), maxactive=MAXACTIVE)
+            except Exception as e:
+                self.bpf.detach_kprobe(event=symbol.encode(), fn_name=entry.encode())
+                rec["status"] = f"skipped: kretprobe: {str(e).split(',')[0]}"
+                self._attached.append(rec)
+                return False
+        self._attached.append(rec)
+        return True
+
+    def _attach_hooks(self) -> None:
+        n = 0
+        for hook, sym, name in self.f.hooks:
+            if hook not in self.hooks:
+                continue
+            n += self._try_attach("hook", sym, name, None, f"hk_entry_{hook}", f"hk_return_{hook}", hook)
+        if n == 0:
+            raise BpfLoadError("no MMU-notifier hook function could be probed on this kernel")
+
+    def _attach_registration(self) -> None:
+        progs = {"__mmu_notifier_register": "reg_register", "mmu_notifier_unregister": "reg_unregister",
+                 "mmu_interval_notifier_insert": "reg_insert", "mmu_interval_notifier_insert_locked": "reg_insert",
+                 "mmu_interval_notifier_remove": "reg_remove"}
+        for sym in self.f.registration:
+            self._try_attach("register", sym, None, None, progs[sym], None)
+
+    def _attach_sleepers(self) -> None:
+        table = self.bpf[b"sleeper_info"]
+        for sym, gfp_arg in self.f.sleepers:
+            addrs = self._ksyms.by_name.get(sym, [])
+            for a in addrs[:1]:
+                for k in (a, a + 4):  # with IBT the probe sits after endbr64
+                    table[ctypes.c_uint64(k)] = _CbInfo(a, gfp_arg, 0)
+            self._try_attach("sleeper", sym, None, None, "ms_entry", None)
+
+    def _open_buffer(self) -> None:
+        chunks = self._chunks
+        string_at = ctypes.string_at
+
+        if self.f.ringbuf:
+            def cb(_ctx, data, size):
+                chunks.append(string_at(data, size))
+            self.bpf[b"events"].open_ring_buffer(cb)
+            self._poll = self.bpf.ring_buffer_poll
+        else:
+            def cb(_cpu, data, size):
+                chunks.append(string_at(data, size))
+
+            def lost(n):
+                self._perf_lost += n
+            self.bpf[b"events"].open_perf_buffer(cb, page_cnt=self.ringbuf_pages, lost_cb=lost)
+            self._poll = self.bpf.perf_buffer_poll
+
+    # -- running ---------------------------------------------------------------
+    def poll(self, timeout_ms: int = 100) -> bytes:
+        """Raw records (concatenated struct mmnt_record) received since the last poll.
+        New ops tables among them get their callbacks probed before returning."""
+        if self.bpf is None:
+            return b""
+        self._poll(timeout_ms)
+        if not self._chunks:
+            return b""
+        raw = b"".join(self._chunks)
+        self._chunks.clear()
+        self.process_discovery(raw)
+        return raw
+
+    def process_discovery(self, raw: bytes) -> None:
+        if not raw:
+            return
+        recs = np.frombuffer(raw, self._dtype)
+        ops = recs[recs["type"] == REC_OPS]
+        for r in ops:
+            func, hook = int(r["func"]), int(r["hook"])
+            if func in self._cb_known or hook not in self.hooks:
+                continue
+            self._attach_callback(func, hook)
+
+    def _attach_callback(self, func: int, hook: int) -> None:
+        hit = self._ksyms.lookup(func, exact=True)
+        info = dict(kind="callback", symbol=hex(func), hook=kernel.HOOK_NAMES.get(hook, str(hook)),
+                    module=None, status="attached", addr=func, hook_id=hook)
+        self._cb_known[func] = info
+        if hit is None:
+            info["status"] = "skipped: no symbol at this address"
+            self._attached.append(info)
+            return
+        name, mod, _ = hit
+        info["symbol"], info["module"] = name, mod
+        if len(set(self._ksyms.by_name.get(name, []))) > 1 and self._ksyms.by_name[name][0] != func:
+            info["status"] = "skipped: symbol name is ambiguous"
+            self._attached.append(info)
+            return
+        table = self.bpf[b"cb_info"]
+        for k in (func, func + 4):
+            table[ctypes.c_uint64(k)] = _CbInfo(func, hook, 0)
+        rec_before = len(self._attached)
+        ok = self._try_attach("callback", name, info["hook"], mod, "cb_entry", "cb_return", hook)
+        self._attached[rec_before]["addr"] = func
+        self._cb_known[func] = self._attached[rec_before]
+        if not ok:
+            for k in (func, func + 4):
+                try:
+                    del table[ctypes.c_uint64(k)]
+                except KeyError:
+                    pass
+
+    # -- queries -----------------------------------------------------------------
+    def attached(self) -> list[dict]:
+        return [dict(r) for r in self._attached]
+
+    def drops(self) -> dict:
+        if self.bpf is None and self._final:
+            return dict(self._final["drops"])
+        out = {name: 0 for name in REC_NAMES.values()}
+        if self.bpf is not None:
+            d = self.bpf[b"drops"]
+            for t, name in REC_NAMES.items():
+                out[name] = int(sum(d[ctypes.c_int(t)]))
+        out["perf_lost"] = self._perf_lost
+        out["kretprobe_missed"] = self._kprobe_missed()
+        out["total"] = sum(out.values())
+        return out
+
+    def _kprobe_missed(self) -> int:
+        suffix = f"_bcc_{os.getpid()}"
+        total = 0
+        for p in ("/sys/kernel/tracing/kprobe_profile", "/sys/kernel/debug/tracing/kprobe_profile"):
+            try:
+                with open(p) as f:
+                    for line in f:
+                        parts = line.split()
+                        if len(parts) == 3 and parts[0].endswith(suffix):
+                            total += int(parts[2])
+                return total
+            except OSError:
+                continue
+        return total
+
+    def ksym(self, addr: int) -> str:
+        hit = self._ksyms.lookup(addr) if self._ksyms else None
+        if hit is None:
+            return f"{addr:#x}"
+        name, mod, off = hit
+        s = name if off == 0 else f"{name}+{off:#x}"
+        return f"{s} [{mod}]" if mod else s
+
+    def stack(self, stack_id: int) -> list[str]:
+        if self.bpf is None or stack_id < 0:
+            return []
+        try:
+            return [self.ksym(a) for a in self.bpf[b"stacks"].walk(stack_id)]
+        except KeyError:
+            return []
+
+    def histograms(self) -> list[tuple]:
+        if self.bpf is None and self._final:
+            return list(self._final["hist"])
+        if self.bpf is None or not self.aggregate:
+            return []
+        return sorted((int(k.func), int(k.hook), int(k.event), int(k.slot), int(v.value))
+                      for k, v in self.bpf[b"hist"].items())
+
+    def totals(self) -> list[tuple]:
+        """(func, hook, event, count, sum_ns) of the aggregated durations."""
+        if self.bpf is None and self._final:
+            return list(self._final["totals"])
+        if self.bpf is None or not self.aggregate:
+            return []
+        return sorted((int(k.func), int(k.hook), int(k.event), int(v.count), int(v.sum_ns))
+                      for k, v in self.bpf[b"totals"].items())
+
+    def stop(self) -> None:
+        """Detach and unload everything; drops and histograms stay readable."""
+        if self.bpf is None:
+            return
+        try:
+            try:
+                self._final = dict(drops=self.drops(), hist=self.histograms(), totals=self.totals())
+            except Exception:
+                self._final = None
+            self.bpf.cleanup()
+        finally:
+            self.bpf = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
