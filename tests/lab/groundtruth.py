@@ -22,9 +22,11 @@ REPO = Path(__file__).resolve().parents[2]
 class Bpftrace:
     """Count calls of kernel functions by one process, with bpftrace."""
 
-    def __init__(self, funcs: list[str], pid: int, timeout: float = 120):
-        probes = ",".join(f"kprobe:{f}" for f in funcs)
-        prog = f"{probes} /pid == {pid}/ {{ @[func] = count(); }}"
+    def __init__(self, funcs: list[str], pid: int, timeout: float = 240):
+        # One map per function: keying one map by `func` makes bpftrace
+        # symbolize at exit, which took minutes under QEMU TCG.
+        self.funcs = list(funcs)
+        prog = " ".join(f"kprobe:{f} /pid == {pid}/ {{ @c{i} = count(); }}" for i, f in enumerate(funcs))
         self.proc = subprocess.Popen(["bpftrace", "-f", "json", "-e", prog], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -39,13 +41,12 @@ class Bpftrace:
 
     def stop(self) -> dict[str, int]:
         self.proc.send_signal(signal.SIGINT)
-        out, err = self.proc.communicate(timeout=120)
-        counts: dict[str, int] = {}
+        out, err = self.proc.communicate(timeout=240)
+        counts = {f: 0 for f in self.funcs}
         for line in out.splitlines():
             if '"type": "map"' in line:
-                data = json.loads(line)["data"]
-                for m in data.values():
-                    counts.update({k: int(v) for k, v in m.items()})
+                for name, v in json.loads(line)["data"].items():
+                    counts[self.funcs[int(name.lstrip("@c"))]] = int(v)
         return counts
 
 
