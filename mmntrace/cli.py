@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -77,6 +78,110 @@ def lab(kernel, share, cpus, memory, no_numa, timeout, verbose, cmd):
     click.echo(f"lab: {k.release or k.image}: exit {res.returncode}, {res.wall_s:.1f} s "
                f"(guest ready after {res.boot_s:.1f} s)", err=True)
     sys.exit(res.returncode)
+
+
+HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb", "release",
+                "clear_flush_young", "clear_young", "test_young", "change_pte", "interval_invalidate"]
+
+
+@main.command()
+@click.option("-d", "--duration", type=float, metavar="SECONDS", help="Stop after SECONDS (default: until Ctrl-C).")
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False), default="mmntrace-rec", show_default=True,
+              help="New directory for the recording (must not exist or be empty).")
+@click.option("--pid", type=int, help="Only this process (tgid).")
+@click.option("--comm", help="Only tasks with this command name.")
+@click.option("--hooks", help="Comma-separated hooks to trace (default: all): " + ", ".join(HOOK_CHOICES))
+@click.option("--aggregate", is_flag=True, help="Keep log2 latency histograms in the kernel; stream only violations.")
+@click.option("--backend", type=click.Choice(["kprobe", "fentry"]), default="kprobe", show_default=True,
+              help="Probe type.")
+@click.option("--ready-file", type=click.Path(dir_okay=False),
+              help="Written (JSON: attached probes) once every probe is attached, and again when new driver callbacks are.")
+@click.option("--redact", is_flag=True, help="Drop raw kernel addresses (mm, ranges, functions); keep symbols.")
+@click.option("-q", "--quiet", is_flag=True, help="No live status line.")
+@_friendly
+def record(duration, out, pid, comm, hooks, aggregate, backend, ready_file, redact, quiet):
+    """Record MMU-notifier activity into a recording directory (needs root).
+
+    Attaches to every notifier entry point the running kernel has
+    (invalidate_range_start/end, the secondary-TLB hook, release, the young
+    ops, change_pte) and to every subscriber's own callbacks (KVM, IOMMU SVA,
+    GPU/HMM drivers...), found from their ops tables when they register or
+    first fire. Each invocation gets its event type, range, blockable flag,
+    preempt count, IRQ state, duration and caller. Inside callbacks that must
+    not sleep, every sleep and might-sleep call is recorded with its stack.
+
+    Stops on Ctrl-C, SIGTERM or after --duration, always writing complete
+    metadata. Then: `mmntrace report DIR`.
+
+    \b
+    Examples:
+      sudo mmntrace record -d 10 -o rec
+      sudo mmntrace record --comm qemu-system-x86 --aggregate -o rec
+    """
+    from . import kernel, record as rec, tracer
+    f = kernel.probe()
+    kernel.require_recording(f)
+    hook_list = [h.strip() for h in hooks.split(",")] if hooks else None
+    t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate)
+    status = None
+    if not quiet and sys.stderr.isatty():
+        def status(rate, total, drops, viol, elapsed):
+            click.echo(f"\r{elapsed:6.0f} s  {rate:9.0f} events/s  {total:10d} events  {drops} dropped  "
+                       f"{viol} violations ", err=True, nl=False)
+    elif not quiet:
+        click.echo("mmntrace: compiling and attaching probes...", err=True)
+    s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,
+                    status=status, redact=redact)
+    rec.install_signal_handlers(s)
+    res = s.run()
+    if status:
+        click.echo("", err=True)
+    click.echo(f"mmntrace: {res['events']} records, {res['violations']} sleep records, {res['drops']} dropped "
+               f"-> {res['dir']}", err=True)
+
+
+@main.command()
+@click.argument("recording", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_friendly
+def report(recording, fmt):
+    """Latency per hook x callback x event, and sleeping-rule violations.
+
+    \b
+    JSON schema: docs/report-schema.md. Example:
+      mmntrace report rec --format json | jq '.violations'
+    """
+    from . import report as rep
+    from .recording import Recording
+    r = rep.build(Recording(recording))
+    click.echo(rep.to_json(r) if fmt == "json" else rep.to_text(r), nl=fmt == "json")
+
+
+@main.command()
+@_friendly
+def doctor():
+    """Say what `record` would attach on this kernel, and why anything cannot be.
+
+    Exits non-zero when recording is impossible here (for example: no kprobes,
+    not root); the message says what to do instead.
+    """
+    from . import kernel
+    f = kernel.probe()
+    ok = lambda b: "yes" if b else "NO"
+    click.echo(f"kernel          {f.release}")
+    click.echo(f"root            {ok(f.is_root)}")
+    click.echo(f"kprobes         {ok(f.kprobes)}")
+    click.echo(f"kallsyms        {ok(f.kallsyms)}")
+    click.echo(f"BTF             {ok(f.btf)}")
+    click.echo(f"headers         {f.headers or 'NO'}{'' if f.headers_match else ' (do not match the running kernel)' if f.headers else ''}")
+    click.echo(f"ring buffer     {ok(f.ringbuf)}")
+    click.echo(f"MMU notifiers   {ok(f.mmu_notifiers)}")
+    for hid, sym, name in f.hooks:
+        click.echo(f"  hook {name:<32} {sym}")
+    click.echo(f"events          {', '.join(n for _v, n in f.events)}")
+    click.echo(f"might-sleep     {len(f.sleepers)} functions")
+    kernel.require_recording(f)
+    click.echo("recording is possible: sudo mmntrace record -d 10 -o rec")
 
 
 if __name__ == "__main__":

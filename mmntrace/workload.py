@@ -478,6 +478,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="directory for results")
     ap.add_argument("--sync", action="store_true", help="line protocol on stdin/stdout (see module doc)")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--behave", action="append", default=[], metavar="HOOK:KIND[:ARG]",
+                    help="inject behaviour in the test module, e.g. secondary_tlb:msleep:1, start:delay:200")
     a = ap.parse_args(argv)
     names = sorted(SCENARIOS) if "all" in a.scenarios else a.scenarios
     a.out.mkdir(parents=True, exist_ok=True)
@@ -485,8 +487,12 @@ def main(argv=None) -> int:
     if a.sync:
         print(f"ready {os.getpid()}", flush=True)
         sys.stdin.readline()
+    for b in a.behave:
+        hook, kind, *arg = b.split(":")
+        w.mod.behave(hook, kind, int(arg[0]) if arg else 0)
     if w.mod:
         w.mod.reset()
+    t_reset = time.monotonic_ns()
     results = []
     for _ in range(a.repeat):
         for name in names:
@@ -495,7 +501,12 @@ def main(argv=None) -> int:
         lo, hi = w.interval_region
         libc.munmap(lo, hi - lo)
         results.append({"name": "interval_unmap", "region": w.interval_region, "records": w.take_records()})
-    summary = {"pid": os.getpid(), "counts": w.mod.counts() if w.mod else None,
+    counts = w.mod.counts() if w.mod else None
+    t_done = time.monotonic_ns()
+    if w.mod:
+        for hook in testmod.HOOKS:
+            w.mod.behave(hook, "none")
+    summary = {"pid": os.getpid(), "counts": counts, "window_ns": [t_reset, t_done],
                "scenarios": [_jsonable(f, a.out, i) for i, f in enumerate(results)]}
     tmp = a.out / "workload.json.tmp"
     tmp.write_text(json.dumps(summary, default=str))

@@ -1,0 +1,232 @@
+"""Recording session: drain the tracer, symbolize, write segments.
+
+The only module that joins the tracer (kernel side) and the recording (disk).
+Symbolization happens here, at record time, so reports work elsewhere
+without root.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import decode, kernel
+from .recording import RecordingWriter
+
+#: frames that say which path invoked the secondary-TLB hook
+TLB_FLUSH = ("flush_tlb_mm_range", "arch_tlbbatch_flush", "tlb_finish_mmu", "tlb_flush_mmu",
+             "flush_tlb_page", "__flush_tlb_range", "__flush_tlb_page_nosync", "flush_tlb_mm")
+UPGRADE = ("set_access_flags", "wp_page_reuse")
+RANGE_END = ("invalidate_range_end",)
+
+
+def _bare(sym: str) -> str:
+    return sym.split("+", 1)[0].split(" ", 1)[0]
+
+
+def classify_secondary_tlb(stack: list[str]) -> str:
+    """ptl_clear / tlb_flush / permission_upgrade / range_end, from a symbolized stack."""
+    names = [_bare(s) for s in stack]
+    if any(any(u in n for u in UPGRADE) for n in names):
+        return "permission_upgrade"
+    if any(n in TLB_FLUSH for n in names):
+        return "tlb_flush"
+    if any(n.endswith(RANGE_END) for n in names[1:]):
+        return "range_end"
+    return "ptl_clear"
+
+
+def caller_of(stack: list[str]) -> str | None:
+    """First frame outside the notifier core: which kernel path invoked the hook."""
+    for s in stack:
+        n = _bare(s)
+        if "mmu_notifier" in n or n.startswith("mn_") or n.startswith("mmnt_") or n.startswith("kvm_mmu_notifier"):
+            continue
+        return n
+    return None
+
+
+class Symbolizer:
+    def __init__(self, tracer, features: kernel.Features):
+        self.t = tracer
+        self.hook_names = dict(kernel.HOOK_NAMES)
+        for hid, _sym, name in features.hooks:
+            self.hook_names[hid] = name
+        self.events = {v: n for v, n in features.events}
+        self._stacks: dict[int, list[str]] = {}
+        self._syms: dict[int, str] = {}
+
+    def stack(self, sid: int) -> list[str]:
+        if sid < 0:
+            return []
+        if sid not in self._stacks:
+            self._stacks[sid] = self.t.stack(sid)
+        return self._stacks[sid]
+
+    def sym(self, addr: int) -> str | None:
+        if not addr:
+            return None
+        if addr not in self._syms:
+            self._syms[addr] = self.t.ksym(addr)
+        return self._syms[addr]
+
+    def frames(self, recs: np.ndarray, kind: str) -> pd.DataFrame:
+        c = decode.columns(recs)
+        df = pd.DataFrame(c)
+        if kind != "sleep":
+            df.insert(0, "kind", kind)
+        df["hook"] = pd.Categorical([self.hook_names.get(int(h), str(h)) for h in c["hook_id"]])
+        df["event"] = [self.events.get(int(e)) if e >= 0 else None for e in c["event_id"]]
+        df["callback"] = [self.sym(int(f)) for f in c["func"]]
+        stacks = [self.stack(int(s)) for s in c["stack_id"]]
+        if kind == "sleep":
+            df["rule"] = [decode.SLEEP_KIND.get(int(k), "unknown") for k in c["kind"]]
+            df["sleeper"] = [self.sym(int(a)) if a else None for a in c["addr"]]
+            df["stack"] = stacks
+        else:
+            df["caller"] = [caller_of(s) for s in stacks]
+            sec = c["hook_id"] == kernel.HOOK_SECONDARY_TLB
+            df["caller_class"] = [classify_secondary_tlb(s) if is_sec else None
+                                  for s, is_sec in zip(stacks, sec)]
+            df = df.drop(columns=["addr"])
+        return df
+
+
+class Session:
+    """One `mmntrace record` run. ``stop()`` may be called from a signal handler."""
+
+    def __init__(self, tracer, features: kernel.Features, out: Path, *, duration: float | None = None,
+                 ready_file: Path | None = None, status=None, segment_s: float = 2.0,
+                 redact: bool = False):
+        self.t = tracer
+        self.f = features
+        self.out = Path(out)
+        self.duration = duration
+        self.ready_file = Path(ready_file) if ready_file else None
+        self.status = status
+        self.segment_s = segment_s
+        self.redact = redact
+        self._stop = False
+        self.counts = {"events": 0, "violations": 0}
+
+    def stop(self, *_):
+        self._stop = True
+
+    def _meta(self) -> dict:
+        return {
+            "kernel": {"release": self.f.release, "arch": platform.machine()},
+            "backend": self.t.backend,
+            "aggregate": self.t.aggregate,
+            "filters": {"pid": self.t.pid, "comm": self.t.comm},
+            "hooks": [name for _h, _s, name in self.f.hooks],
+            "events_enum": {str(v): n for v, n in self.f.events},
+            "host": platform.node(),
+            "redacted": self.redact,
+        }
+
+    def _write_ready(self) -> None:
+        if self.ready_file:
+            import json
+            tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "attached": [
+                {k: a.get(k) for k in ("kind", "symbol", "hook", "module", "status")} for a in self.t.attached()]}))
+            os.replace(tmp, self.ready_file)
+
+    def _drain(self, sym: Symbolizer, pending: list) -> tuple[int, int]:
+        raw = self.t.poll(100)
+        n_cb = len(self.t.attached())
+        if raw:
+            pending.append(raw)
+        if len(self.t.attached()) != n_cb:
+            self._write_ready()     # new driver callbacks attached: tell the waiter
+        return len(raw) // decode.DTYPE.itemsize if raw else 0, n_cb
+
+    def _flush(self, writer: RecordingWriter, sym: Symbolizer, pending: list) -> None:
+        if not pending:
+            return
+        recs = decode.decode(b"".join(pending))
+        pending.clear()
+        parts = decode.split(recs)
+        ev = np.concatenate([parts["hook"], parts["callback"]])
+        ev_df = pd.concat([sym.frames(parts["hook"], "hook"), sym.frames(parts["callback"], "callback")],
+                          ignore_index=True) if len(ev) else pd.DataFrame()
+        sl_df = sym.frames(parts["sleep"], "sleep") if len(parts["sleep"]) else pd.DataFrame()
+        if self.redact:
+            for df in (ev_df, sl_df):
+                for col in ("mm", "start", "end", "func"):
+                    if col in df:
+                        df[col] = 0
+        self.counts["violations"] += len(sl_df)
+        writer.write_segment(ev_df, sl_df)
+
+    def run(self) -> dict:
+        self.t.start()
+        writer = RecordingWriter(self.out, self._meta())
+        sym = Symbolizer(self.t, self.f)
+        writer.meta["attached"] = self.t.attached()
+        writer.meta["timing"] = dict(self.t.timing)
+        writer.meta["calibration"] = self.t.calibration
+        writer.flush_meta()
+        self._write_ready()
+        pending: list[bytes] = []
+        t0 = time.monotonic()
+        last_flush = last_status = t0
+        n_since = 0
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                if self.duration is not None and now - t0 >= self.duration:
+                    break
+                n, _ = self._drain(sym, pending)
+                self.counts["events"] += n
+                n_since += n
+                now = time.monotonic()
+                if now - last_flush >= self.segment_s:
+                    self._flush(writer, sym, pending)
+                    writer.meta["attached"] = self.t.attached()
+                    writer.meta["drops"] = self.t.drops()
+                    writer.flush_meta()
+                    last_flush = now
+                if self.status and now - last_status >= 1.0:
+                    self.status(n_since / (now - last_status), self.counts["events"],
+                                self.t.drops().get("total", 0), self.counts["violations"], now - t0)
+                    n_since, last_status = 0, now
+        finally:
+            # drain what is still in the ring buffer, then detach
+            for _ in range(3):
+                n, _ = self._drain(sym, pending)
+                self.counts["events"] += n
+                if not n:
+                    break
+            self._flush(writer, sym, pending)
+            drops = self.t.drops()
+            attached = self.t.attached()
+            hist = pd.DataFrame(self.t.histograms(), columns=["func", "hook_id", "event_id", "slot", "count"])
+            totals = pd.DataFrame(self.t.totals(), columns=["func", "hook_id", "event_id", "count", "sum_ns"])
+            self.t.stop()
+            if self.t.aggregate:
+                hist["hook"] = [sym.hook_names.get(int(h), str(h)) for h in hist["hook_id"]]
+                hist["event"] = [sym.events.get(int(e)) if e >= 0 else None for e in hist["event_id"]]
+                hist["callback"] = [sym.sym(int(f)) for f in hist["func"]]
+                writer.write_hist(hist)
+                writer.meta["totals"] = [
+                    {"hook": sym.hook_names.get(int(r.hook_id)), "event": sym.events.get(int(r.event_id)),
+                     "callback": sym.sym(int(r.func)), "count": int(r.count), "sum_ns": int(r.sum_ns)}
+                    for r in totals.itertuples()]
+            writer.finish(drops=drops, attached=attached)
+        return {"events": self.counts["events"], "violations": self.counts["violations"],
+                "drops": drops.get("total", 0), "dir": str(self.out)}
+
+
+def install_signal_handlers(session: Session) -> None:
+    """Ctrl-C and SIGTERM finish cleanly. SIGINT is re-installed explicitly: a
+    job started with `&` from a non-interactive shell inherits it ignored."""
+    signal.signal(signal.SIGINT, session.stop)
+    signal.signal(signal.SIGTERM, session.stop)

@@ -1,0 +1,146 @@
+"""A recording: a self-contained directory (format in docs/recording-format.md).
+
+    metadata.json        kernel, probes attached/skipped, backend, drops, start/end, status
+    events-NNNNNN.parquet  hook and callback invocations, symbolized
+    sleeps-NNNNNN.parquet  sleeps / might-sleep calls inside must-not-sleep callbacks
+    hist.parquet         --aggregate: in-kernel log2 latency histograms and totals
+
+Segments are written whole (temporary name, then rename), so a recorder killed
+with SIGKILL loses at most the segment it was filling; ``metadata.json`` says
+``"status": "recording"`` until the recorder finishes, which is how a reader
+knows a recording was cut short. Files are 0600: recordings hold kernel
+addresses, which defeat KASLR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import RecordingError, RecordingVersionError, UsageError
+
+FORMAT_VERSION = 1
+META = "metadata.json"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class RecordingWriter:
+    def __init__(self, path: str | Path, meta: dict):
+        self.dir = Path(path)
+        if self.dir.is_symlink():
+            raise UsageError(f"{self.dir} is a symbolic link: give the real directory")
+        if self.dir.exists() and any(self.dir.iterdir()):
+            raise UsageError(f"{self.dir} exists and is not empty: choose a new directory")
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.meta = dict(meta)
+        self.meta.update(format_version=FORMAT_VERSION, status="recording", segments=0,
+                         events=0, sleeps=0, start_time=time.time(), end_time=None)
+        self._seg = 0
+        self.flush_meta()
+
+    def flush_meta(self) -> None:
+        _write_atomic(self.dir / META, json.dumps(self.meta, indent=1, default=str).encode())
+
+    def _write_table(self, name: str, df: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        _write_atomic(self.dir / name, sink.getvalue().to_pybytes())
+
+    def write_segment(self, events: pd.DataFrame, sleeps: pd.DataFrame) -> None:
+        if events.empty and sleeps.empty:
+            return
+        self._seg += 1
+        if not events.empty:
+            self._write_table(f"events-{self._seg:06d}.parquet", events)
+        if not sleeps.empty:
+            self._write_table(f"sleeps-{self._seg:06d}.parquet", sleeps)
+        self.meta["segments"] = self._seg
+        self.meta["events"] += len(events)
+        self.meta["sleeps"] += len(sleeps)
+        self.flush_meta()
+
+    def write_hist(self, hist: pd.DataFrame) -> None:
+        self._write_table("hist.parquet", hist)
+
+    def finish(self, **extra) -> None:
+        self.meta.update(extra)
+        self.meta["status"] = "complete"
+        self.meta["end_time"] = time.time()
+        self.flush_meta()
+
+
+class Recording:
+    """Read side. Raises RecordingError with one sentence for anything unreadable."""
+
+    def __init__(self, path: str | Path):
+        self.dir = Path(path)
+        if not self.dir.is_dir():
+            raise RecordingError(f"{self.dir} is not a directory")
+        mp = self.dir / META
+        if not mp.exists():
+            raise RecordingError(f"{self.dir} is not an mmntrace recording (no {META})")
+        try:
+            self.meta = json.loads(mp.read_text())
+            if not isinstance(self.meta, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RecordingError(f"{mp} is corrupt ({e})") from None
+        v = self.meta.get("format_version")
+        if not isinstance(v, int):
+            raise RecordingError(f"{mp} has no format_version")
+        if v > FORMAT_VERSION:
+            raise RecordingVersionError(f"{self.dir} was written by a newer mmntrace (format {v}; "
+                                        f"this one reads up to {FORMAT_VERSION}): upgrade mmntrace")
+
+    @property
+    def complete(self) -> bool:
+        return self.meta.get("status") == "complete"
+
+    def _read(self, prefix: str, columns=None) -> pd.DataFrame:
+        files = sorted(self.dir.glob(f"{prefix}-*.parquet"))
+        frames = []
+        for f in files:
+            try:
+                frames.append(pq.read_table(f, columns=columns).to_pandas())
+            except (pa.ArrowException, OSError) as e:
+                raise RecordingError(f"segment {f.name} of {self.dir} is corrupt ({str(e).splitlines()[0]})") from None
+        if not frames:
+            return pd.DataFrame()
+        return pd.concat(frames, ignore_index=True)
+
+    def events(self, columns=None) -> pd.DataFrame:
+        return self._read("events", columns)
+
+    def sleeps(self) -> pd.DataFrame:
+        return self._read("sleeps")
+
+    def hist(self) -> pd.DataFrame:
+        p = self.dir / "hist.parquet"
+        if not p.exists():
+            return pd.DataFrame()
+        try:
+            return pq.read_table(p).to_pandas()
+        except (pa.ArrowException, OSError) as e:
+            raise RecordingError(f"hist.parquet of {self.dir} is corrupt ({e})") from None
+
+
+def load(path: str | Path) -> pd.DataFrame:
+    """The events of a recording as one DataFrame (columns: docs/recording-format.md)."""
+    return Recording(path).events()
