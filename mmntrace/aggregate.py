@@ -15,7 +15,7 @@ RANGE_HOOKS = {"invalidate_range_start", "invalidate_range_end", "interval_inval
 
 
 def _none(v):
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) else v
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else v
 
 
 def latency(events: pd.DataFrame) -> list[dict]:
@@ -30,13 +30,12 @@ def latency(events: pd.DataFrame) -> list[dict]:
     df["hook"] = df["hook"].astype(str)
     df.loc[df["kind"] == "hook", "callback"] = None
     df.loc[~df["hook"].isin(RANGE_HOOKS), "event"] = None
-    df["callback"] = df["callback"].astype(object).where(df["callback"].notna(), "\0")
-    df["event"] = df["event"].astype(object).where(df["event"].notna(), "\0")
+    df["callback"] = df["callback"].astype(object)
+    df["event"] = df["event"].astype(object)
     rows = []
-    for (hook, cb, ev), g in df.groupby(["hook", "callback", "event"], sort=True):
+    for (hook, cb, ev), g in df.groupby(["hook", "callback", "event"], sort=True, dropna=False):
         d = g["dur_ns"].to_numpy(dtype=np.float64)
-        row = {"hook": hook, "callback": None if cb == "\0" else cb, "event": None if ev == "\0" else ev,
-               "count": int(len(d))}
+        row = {"hook": hook, "callback": _none(cb), "event": _none(ev), "count": int(len(d))}
         for k, q in QUANTILES.items():
             row[k] = int(np.percentile(d, q * 100, method="lower"))
         row["max_ns"] = int(d.max())
@@ -50,17 +49,16 @@ def latency_from_hist(hist: pd.DataFrame, totals: list[dict]) -> list[dict]:
     if hist.empty:
         return []
     h = hist.copy()
-    h["callback"] = h["callback"].astype(object).where(h["callback"].notna(), "\0")
-    h["event"] = h["event"].astype(object).where(h["event"].notna() & h["hook"].isin(RANGE_HOOKS), "\0")
+    h["callback"] = h["callback"].astype(object)
+    h["event"] = h["event"].astype(object).where(h["hook"].isin(RANGE_HOOKS), None)
     rows = []
-    for (hook, cb, ev), g in h.groupby(["hook", "callback", "event"], sort=True):
+    for (hook, cb, ev), g in h.groupby(["hook", "callback", "event"], sort=True, dropna=False):
         g = g.sort_values("slot")
         counts = g["count"].to_numpy()
         upper = (2 ** (g["slot"].to_numpy().astype(np.float64) + 1)).astype(np.int64)
         cum = np.cumsum(counts)
         n = int(cum[-1])
-        row = {"hook": hook, "callback": None if cb == "\0" else cb, "event": None if ev == "\0" else ev,
-               "count": n}
+        row = {"hook": hook, "callback": _none(cb), "event": _none(ev), "count": n}
         for k, q in QUANTILES.items():
             row[k] = int(upper[np.searchsorted(cum, q * n)])
         row["max_ns"] = int(upper[-1])

@@ -87,15 +87,16 @@ class Symbolizer:
         df["callback"] = [self.sym(int(f)) for f in c["func"]]
         stacks = [self.stack(int(s)) for s in c["stack_id"]]
         if kind == "sleep":
-            df["rule"] = [decode.SLEEP_KIND.get(int(k), "unknown") for k in c["kind"]]
+            df["rule"] = [decode.SLEEP_KIND.get(int(k), "unknown") for k in c["sleep_kind"]]
             df["sleeper"] = [self.sym(int(a)) if a else None for a in c["addr"]]
             df["stack"] = stacks
+            df = df.drop(columns=["sleep_kind"])
         else:
             df["caller"] = [caller_of(s) for s in stacks]
             sec = c["hook_id"] == kernel.HOOK_SECONDARY_TLB
             df["caller_class"] = [classify_secondary_tlb(s) if is_sec else None
                                   for s, is_sec in zip(stacks, sec)]
-            df = df.drop(columns=["addr"])
+            df = df.drop(columns=["addr", "sleep_kind"])
         return df
 
 

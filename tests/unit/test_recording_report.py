@@ -1,0 +1,187 @@
+"""Decode, recording, aggregation and report on synthetic data with known answers."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings, strategies as st
+
+from mmntrace import aggregate, decode, report
+from mmntrace.cli import main
+from mmntrace.errors import RecordingError, RecordingVersionError, UsageError
+from mmntrace.recording import Recording, RecordingWriter, load
+from mmntrace.record import caller_of, classify_secondary_tlb
+
+META = {"kernel": {"release": "6.12.0-test", "arch": "x86_64"}, "backend": "kprobe", "aggregate": False}
+
+
+def _events(rows):
+    base = dict(kind="hook", ts_ns=0, cpu=0, pid=1, tid=1, comm="t", mm=1, hook_id=0, event_id=-1,
+                start=0, end=0, blockable=True, atomic=False, irqs_off=False, must_not_sleep=False,
+                preempt_count=0, dur_ns=0, ret=0, seq=0, stack_id=-1, func=0, hook="invalidate_range_start",
+                event=None, callback=None, caller=None, caller_class=None)
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def _sleeps(rows):
+    base = dict(ts_ns=0, cpu=0, pid=1, tid=1, comm="t", mm=1, hook_id=2, event_id=-1, start=0, end=0,
+                blockable=True, atomic=True, irqs_off=False, must_not_sleep=True, preempt_count=1, dur_ns=0,
+                ret=0, seq=0, stack_id=1, func=0, hook="arch_invalidate_secondary_tlbs", event=None,
+                callback="cb [mod]", rule="might_sleep", sleeper="mutex_lock", stack=["mutex_lock", "cb [mod]"])
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def _write(tmp_path, events, sleeps=None, **meta):
+    w = RecordingWriter(tmp_path / "rec", {**META, **meta})
+    w.write_segment(events, sleeps if sleeps is not None else pd.DataFrame())
+    w.finish(drops={"total": 0})
+    return tmp_path / "rec"
+
+
+def test_decode_roundtrip_and_errors():
+    recs = np.zeros(3, decode.DTYPE)
+    recs["type"] = [decode.REC["hook"], decode.REC["callback"], decode.REC["sleep"]]
+    recs["flags"] = [decode.FL["blockable"] | decode.FL["atomic"], 0, decode.FL["irqs_off"]]
+    recs["dur_ns"] = [5, 6, 7]
+    out = decode.decode(recs.tobytes())
+    parts = decode.split(out)
+    assert [len(parts[k]) for k in ("hook", "callback", "sleep")] == [1, 1, 1]
+    c = decode.columns(out)
+    assert c["blockable"].tolist() == [True, False, False]
+    assert c["atomic"].tolist() == [True, False, False]
+    assert c["irqs_off"].tolist() == [False, False, True]
+    with pytest.raises(decode.DecodeError):
+        decode.decode(b"x" * (decode.DTYPE.itemsize + 1))
+
+
+def test_latency_matches_numpy(tmp_path):
+    rng = np.random.default_rng(1)
+    d = rng.integers(100, 100000, 1000)
+    rows = [dict(dur_ns=int(x), event="clear") for x in d]
+    rows += [dict(kind="callback", callback="kvm_cb [kvm]", dur_ns=int(x), event="clear") for x in d[:10]]
+    rows += [dict(hook="arch_invalidate_secondary_tlbs", dur_ns=7, event="unmap")]
+    rep = report.build(Recording(_write(tmp_path, _events(rows))))
+    by = {(r["hook"], r["callback"], r["event"]): r for r in rep["latency"]}
+    h = by[("invalidate_range_start", None, "clear")]
+    assert h["count"] == 1000
+    for key, q in (("p50_ns", 50), ("p90_ns", 90), ("p99_ns", 99)):
+        assert h[key] == int(np.percentile(d, q, method="lower"))
+    assert h["max_ns"] == int(d.max())
+    assert by[("invalidate_range_start", "kvm_cb [kvm]", "clear")]["count"] == 10
+    # the secondary-TLB hook has no event type
+    assert by[("arch_invalidate_secondary_tlbs", None, None)]["count"] == 1
+    assert rep["events"] == 1011 and rep["dropped"] == 0 and rep["complete"]
+
+
+def test_empty_recording(tmp_path):
+    rep = report.build(Recording(_write(tmp_path, pd.DataFrame())))
+    assert rep["latency"] == [] and rep["violations"] == [] and rep["events"] == 0
+
+
+def test_violations_grouped_by_invocation(tmp_path):
+    sl = _sleeps([
+        # invocation 1: might-sleep then slept -> counts as sleep only, sleeper msleep
+        dict(seq=1, ts_ns=1, rule="might_sleep", sleeper="msleep", stack=["msleep", "cb [mod]"]),
+        dict(seq=1, ts_ns=2, rule="sleep", sleeper=None, stack=["__schedule", "schedule", "msleep", "cb [mod]"]),
+        # invocations 2 and 3: mutex only
+        dict(seq=2, ts_ns=3), dict(seq=3, ts_ns=4, atomic=False),
+        # invocation 4: slept with no might-sleep record: sleeper from the stack
+        dict(seq=4, ts_ns=5, rule="sleep", sleeper=None,
+             stack=["__schedule", "schedule", "wait_woken+0x10", "cb+0x20 [mod]"]),
+    ])
+    rep = report.build(Recording(_write(tmp_path, pd.DataFrame(), sl)))
+    v = {(r["rule"], r["sleeper"]): r for r in rep["violations"]}
+    assert v[("sleep", "msleep")]["count"] == 1
+    assert v[("might_sleep", "mutex_lock")]["count"] == 2
+    assert v[("might_sleep", "mutex_lock")]["atomic"] is True
+    assert v[("sleep", "wait_woken")]["count"] == 1
+    assert sum(r["count"] for r in rep["violations"]) == 4
+
+
+def test_aggregate_histogram_quantiles():
+    hist = pd.DataFrame({"func": [0, 0, 0], "hook_id": [0, 0, 0], "event_id": [1, 1, 1], "slot": [9, 10, 12],
+                         "count": [50, 40, 10], "hook": ["invalidate_range_start"] * 3, "event": ["clear"] * 3,
+                         "callback": [None] * 3})
+    (row,) = aggregate.latency_from_hist(hist, [])
+    assert row["count"] == 100
+    assert row["p50_ns"] == 1024 and row["p90_ns"] == 2048 and row["p99_ns"] == 8192 and row["max_ns"] == 8192
+
+
+def test_files_are_private_and_load_api(tmp_path):
+    d = _write(tmp_path, _events([dict(dur_ns=1)]))
+    for f in d.iterdir():
+        assert (f.stat().st_mode & 0o077) == 0, f
+    assert len(load(d)) == 1
+
+
+def test_cut_short_recording_is_readable(tmp_path):
+    w = RecordingWriter(tmp_path / "rec", META)
+    w.write_segment(_events([dict(dur_ns=1)]), pd.DataFrame())
+    # no finish(): the recorder was killed
+    rep = report.build(Recording(tmp_path / "rec"))
+    assert rep["complete"] is False and rep["events"] == 1
+    assert "cut short" in report.to_text(rep)
+
+
+@pytest.mark.parametrize("setup,code,msg", [
+    (lambda d: None, 20, "is not a directory"),
+    (lambda d: d.mkdir(), 20, "not an mmntrace recording"),
+    (lambda d: (d.mkdir(), (d / "metadata.json").write_text("{nope")), 20, "corrupt"),
+    (lambda d: (d.mkdir(), (d / "metadata.json").write_text(json.dumps({"format_version": 99}))), 21, "newer"),
+])
+def test_bad_recordings_one_sentence(tmp_path, setup, code, msg):
+    d = tmp_path / "r"
+    setup(d)
+    r = CliRunner().invoke(main, ["report", str(d)])
+    assert r.exit_code == code
+    assert msg in r.output and "Traceback" not in r.output
+
+
+def test_corrupt_segment(tmp_path):
+    d = _write(tmp_path, _events([dict(dur_ns=1)]))
+    seg = next(d.glob("events-*.parquet"))
+    seg.write_bytes(b"garbage")
+    r = CliRunner().invoke(main, ["report", str(d)])
+    assert r.exit_code == 20 and "corrupt" in r.output
+
+
+def test_writer_refuses_nonempty_and_symlink(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(UsageError):
+        RecordingWriter(tmp_path / "full", META)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "link")
+    with pytest.raises(UsageError):
+        RecordingWriter(tmp_path / "link", META)
+
+
+def test_report_json_contract_keys(tmp_path):
+    d = _write(tmp_path, _events([dict(dur_ns=3, event="unmap")]))
+    r = CliRunner().invoke(main, ["report", str(d), "--format", "json"])
+    assert r.exit_code == 0
+    rep = json.loads(r.output)
+    assert {"kernel", "duration_s", "events", "dropped", "latency", "violations"} <= rep.keys()
+    assert set(rep["latency"][0]) >= {"hook", "callback", "event", "count", "p50_ns", "p90_ns", "p99_ns", "max_ns"}
+
+
+def test_caller_classification():
+    assert classify_secondary_tlb(["__mmu_notifier_arch_invalidate_secondary_tlbs", "flush_tlb_mm_range+0x1",
+                                   "ptep_clear_flush"]) == "tlb_flush"
+    assert classify_secondary_tlb(["__mmu_notifier_invalidate_range", "wp_page_copy+0x3"]) == "ptl_clear"
+    assert classify_secondary_tlb(["__mmu_notifier_invalidate_range", "__mmu_notifier_invalidate_range_end",
+                                   "unmap_vmas"]) == "range_end"
+    assert caller_of(["__mmu_notifier_invalidate_range_start", "change_protection+0x10", "x"]) == "change_protection"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=600))
+def test_fuzz_metadata_reader(tmp_path_factory, blob):
+    d = tmp_path_factory.mktemp("fz")
+    (d / "metadata.json").write_bytes(blob)
+    try:
+        Recording(d)
+    except RecordingError:
+        pass
