@@ -12,7 +12,9 @@ truth before the process exits (exit itself sends notifier events)::
     python -m mmntrace.workload --kvm --out DIR mprotect cow ...
     -> "ready PID"        (subscribers registered; waits for a line on stdin)
     <- "go"
-    -> "done"             (results in DIR/workload.json and DIR/module.npy)
+    -> "counted"          (scenarios ran, module counters read; now idle)
+    <- "save"
+    -> "done"             (results in DIR/workload.json and DIR/*.npy)
     <- "exit"             (or EOF)
 """
 
@@ -435,11 +437,11 @@ class Workload:
         return self.mod.records() if self.mod else np.zeros(0, testmod.RECORD)
 
     def run(self, name: str) -> dict:
-        if self.mod:
-            self.take_records()
+        pre = self.take_records()     # callbacks since the last scenario (interpreter activity)
         t0 = time.monotonic_ns()
         facts = SCENARIOS[name](self)
         facts["name"] = name
+        facts["records_pre"] = pre
         facts["t_ns"] = [t0, time.monotonic_ns()]
         facts["records"] = self.take_records()
         return facts
@@ -496,8 +498,12 @@ def main(argv=None) -> int:
         lo, hi = w.interval_region
         libc.munmap(lo, hi - lo)
         results.append({"name": "interval_unmap", "region": w.interval_region, "records": w.take_records()})
+    results.append({"name": "tail", "region": [0, 0], "records": w.take_records()})
     counts = w.mod.counts() if w.mod else None
     t_done = time.monotonic_ns()
+    if a.sync:   # idle until told to save: peers may stop counting now
+        print("counted", flush=True)
+        sys.stdin.readline()
     if w.mod:
         for hook in testmod.HOOKS:
             w.mod.behave(hook, "none")

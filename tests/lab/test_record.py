@@ -21,44 +21,13 @@ import pytest
 import mmntrace
 from mmntrace import report, testmod
 from mmntrace.recording import Recording
-from groundtruth import Bpftrace, WorkloadProcess, expect_dmesg, kernel_symbols
+from groundtruth import Bpftrace, Recorder, WorkloadProcess, expect_dmesg
 
 pytestmark = pytest.mark.lab
 
 SCENARIOS = ["munmap", "dontneed", "mprotect", "cow"]
 MODULE_CB = {"start": "mmnt_invalidate_range_start", "end": "mmnt_invalidate_range_end",
              "secondary_tlb": "mmnt_secondary_tlb"}
-
-
-class Recorder:
-    def __init__(self, out: Path, *extra):
-        self.ready = out.parent / (out.name + ".ready")
-        self.out = out
-        self.proc = subprocess.Popen([sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(out),
-                                      "--ready-file", str(self.ready), *extra],
-                                     stderr=subprocess.PIPE, text=True)
-        self.wait_for(lambda att: True, timeout=300)
-
-    def wait_for(self, pred, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"recorder exited: {self.proc.stderr.read()}")
-            if self.ready.exists():
-                att = json.loads(self.ready.read_text())["attached"]
-                if pred(att):
-                    return att
-            time.sleep(0.2)
-        raise TimeoutError("recorder did not become ready")
-
-    def wait_callbacks(self, names):
-        return self.wait_for(lambda att: set(names) <= {a["symbol"] for a in att if a["status"] == "attached"})
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        _, err = self.proc.communicate(timeout=180)
-        self.stderr = err
-        return self.proc.returncode
 
 
 def _session(tmp_path, behave=(), kvm=True, rec_args=()):
@@ -69,16 +38,23 @@ def _session(tmp_path, behave=(), kvm=True, rec_args=()):
     want = list(MODULE_CB.values()) + (["kvm_mmu_notifier_invalidate_range_start"] if kvm else [])
     rec.wait_callbacks(want)
     kvm_fns = ["kvm_mmu_notifier_invalidate_range_start", "kvm_mmu_notifier_invalidate_range_end"]
-    bt = Bpftrace(kvm_fns, wp.pid) if kvm else None
-    res = wp.go()
+    bt = Bpftrace(kvm_fns) if kvm else None   # the workload's VM is the guest's only one
+    wp.go()
     bt_counts = bt.stop() if bt else {}
+    res = wp.collect()
     wp.finish()
-    assert rec.stop() == 0, rec.stderr
+    assert rec.stop() == 0, rec.log.read_text()
     r = Recording(tmp_path / "rec")
     ev = r.events()
     lo, hi = res["window_ns"]
-    win = ev[(ev["pid"] == res["pid"]) & (ev["ts_ns"] >= lo) & (ev["ts_ns"] <= hi)]
-    mod_recs = np.concatenate([np.load(s["records"]) for s in res["scenarios"]])
+    # every callback the module logged between its reset and its counts
+    mod_recs = np.concatenate([np.load(s[k]) for s in res["scenarios"] for k in ("records_pre", "records_before", "records")
+                               if k in s])
+    mod_recs = np.sort(mod_recs, order="seq")
+    assert len(mod_recs) == sum(res["counts"]["calls"].values())
+    mm = int(mod_recs["mm"][0])   # the workload's mm, as the module saw it
+    assert (mod_recs["mm"] == mm).all()
+    win = ev[(ev["mm"] == mm) & (ev["ts_ns"] >= lo) & (ev["ts_ns"] <= hi)]
     return r, ev, win, res, bt_counts, mod_recs
 
 

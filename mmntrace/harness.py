@@ -1,0 +1,186 @@
+"""Harness: drive a recorder, a workload process and bpftrace together.
+
+Used by the lab tests, `make demo` and the benchmarks. bpftrace is an
+independent peer: it attaches its own kprobes, so a count it takes agrees
+with mmntrace only if both are right. Everything waits on explicit readiness
+signals (ready files, protocol lines, bpftrace's BEGIN), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Bpftrace:
+    """Count calls of kernel functions (by one process, or by anyone), with bpftrace."""
+
+    def __init__(self, funcs: list[str], pid: int | None = None, timeout: float = 240):
+        # One map per function: keying one map by `func` makes bpftrace
+        # symbolize at exit, which took minutes under QEMU TCG.
+        self.funcs = list(funcs)
+        # BEGIN runs only once every probe is attached ("attached_probes" is
+        # printed before attaching starts), so READY means counting has begun.
+        prog = 'BEGIN { printf("READY\\n"); } ' + " ".join(
+            f"kprobe:{f} {'' if pid is None else f'/pid == {pid}/ '}{{ @c{i} = count(); }}"
+            for i, f in enumerate(funcs))
+        self.proc = subprocess.Popen(["bpftrace", "-f", "json", "-e", prog], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:   # wait until attached
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"bpftrace did not attach: {self.proc.stderr.read()}")
+            r, _, _ = select.select([self.proc.stdout], [], [], 1)
+            if r:
+                line = self.proc.stdout.readline()
+                if "READY" in line:
+                    break
+
+    def stop(self) -> dict[str, int]:
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=240)
+        counts = {f: 0 for f in self.funcs}
+        for line in out.splitlines():
+            if '"type": "map"' in line:
+                for name, v in json.loads(line)["data"].items():
+                    counts[self.funcs[int(name.lstrip("@c"))]] = int(v)
+        return counts
+
+
+class WorkloadProcess:
+    """`python -m mmntrace.workload --sync`: set up, wait for go, run, report, wait for exit."""
+
+    def __init__(self, scenarios: list[str], out: Path, kvm: bool = False, extra: list[str] = ()):
+        cmd = [sys.executable, "-m", "mmntrace.workload", "--sync", "--out", str(out), *extra, *scenarios]
+        if kvm:
+            cmd.insert(3, "--kvm")
+        self.out = out
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        line = self.proc.stdout.readline()
+        if not line.startswith("ready "):
+            self.proc.kill()
+            raise RuntimeError(f"workload did not start: {line!r}")
+        self.pid = int(line.split()[1])
+
+    def _say(self, word: str, expect: str) -> None:
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if line.strip() != expect:
+            raise RuntimeError(f"workload failed (expected {expect!r}, got {line!r})")
+
+    def go(self) -> None:
+        """Run the scenarios; returns once the module's counters are read.
+        The process then stays idle (no mm activity) until collect()."""
+        self._say("go", "counted")
+
+    def collect(self) -> dict:
+        self._say("save", "done")
+        return json.loads((self.out / "workload.json").read_text())
+
+    def finish(self) -> int:
+        try:
+            self.proc.stdin.write("exit\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        return self.proc.wait(timeout=60)
+
+
+class Recorder:
+    """`mmntrace record` as a subprocess, ready once --ready-file says so."""
+
+    def __init__(self, out: Path, *extra, timeout: float = 600):
+        self.out = Path(out)
+        self.ready = self.out.parent / (self.out.name + ".ready.json")
+        self.log = self.out.parent / (self.out.name + ".log")
+        self._log = open(self.log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(self.out),
+                                      "--ready-file", str(self.ready), *extra],
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.wait_for(lambda att: True, timeout=timeout)
+
+    def wait_for(self, pred, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"recorder exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}")
+            if self.ready.exists():
+                att = json.loads(self.ready.read_text())["attached"]
+                if pred(att):
+                    return att
+            time.sleep(0.2)
+        raise TimeoutError(f"recorder not ready after {timeout:.0f} s: {self.log.read_text()[-2000:]}")
+
+    def wait_callbacks(self, names, timeout: float = 120):
+        """Wait until every named driver callback is attached (they are found
+        when their subscriber registers, and attached asynchronously)."""
+        return self.wait_for(lambda att: set(names) <= {a["symbol"] for a in att if a["status"] == "attached"},
+                             timeout)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=300)
+        finally:
+            self._log.close()
+        return self.proc.returncode
+
+
+def expect_dmesg(pattern: str) -> None:
+    """Declare a kernel-log line this test provokes on purpose (see mmntrace.guest)."""
+    d = os.environ.get("MMNTRACE_LAB_DIR")
+    if d:
+        with open(Path(d) / "dmesg-expected", "a") as f:
+            f.write(pattern + "\n")
+
+
+def kernel_symbols(prefix: str) -> list[str]:
+    names = []
+    with open("/proc/kallsyms") as f:
+        for line in f:
+            parts = line.split()
+            if parts[1] in "tT" and parts[2].startswith(prefix):
+                names.append(parts[2])
+    return sorted(set(names))
+
+
+def demo(out: Path, scenarios=("munmap", "dontneed", "mprotect", "soft_dirty", "cow", "thp_split"),
+         repeat: int = 3) -> Path:
+    """Record KVM + the test module running the scenarios; returns the recording."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kvm = Path("/dev/kvm").exists()
+    print("demo: compiling and attaching the probes (bcc)...", file=sys.stderr, flush=True)
+    rec = Recorder(out / "rec")
+    try:
+        wp = WorkloadProcess(list(scenarios), out / "workload", kvm=kvm, extra=["--repeat", str(repeat)])
+        names = ["mmnt_invalidate_range_start", "mmnt_secondary_tlb"]
+        if kvm:
+            names.append("kvm_mmu_notifier_invalidate_range_start")
+        print("demo: subscribers registered (test module" + (", KVM" if kvm else "") +
+              "); waiting for their callbacks to be attached...", file=sys.stderr, flush=True)
+        rec.wait_callbacks(names)
+        wp.go()
+        wp.collect()
+        wp.finish()
+    finally:
+        rc = rec.stop()
+    if rc != 0:
+        raise RuntimeError(f"recorder failed ({rc}): {rec.log.read_text()[-2000:]}")
+    return out / "rec"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "demo":
+        sys.exit("usage: python -m mmntrace.harness demo OUTDIR")
+    demo(Path(sys.argv[2]))
