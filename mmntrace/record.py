@@ -140,14 +140,14 @@ class Session:
                 {k: a.get(k) for k in ("kind", "symbol", "hook", "module", "status")} for a in self.t.attached()]}))
             os.replace(tmp, self.ready_file)
 
-    def _drain(self, sym: Symbolizer, pending: list) -> tuple[int, int]:
-        raw = self.t.poll(100)
-        n_cb = len(self.t.attached())
+    def _drain(self, pending: list) -> int:
+        n_probes = len(self.t.attached())
+        raw = self.t.poll(100)      # also attaches newly discovered driver callbacks
         if raw:
             pending.append(raw)
-        if len(self.t.attached()) != n_cb:
-            self._write_ready()     # new driver callbacks attached: tell the waiter
-        return len(raw) // decode.DTYPE.itemsize if raw else 0, n_cb
+        if len(self.t.attached()) != n_probes:
+            self._write_ready()     # tell whoever waits on --ready-file
+        return len(raw) // decode.DTYPE.itemsize if raw else 0
 
     def _flush(self, writer: RecordingWriter, sym: Symbolizer, pending: list) -> None:
         if not pending:
@@ -185,7 +185,7 @@ class Session:
                 now = time.monotonic()
                 if self.duration is not None and now - t0 >= self.duration:
                     break
-                n, _ = self._drain(sym, pending)
+                n = self._drain(pending)
                 self.counts["events"] += n
                 n_since += n
                 now = time.monotonic()
@@ -202,7 +202,7 @@ class Session:
         finally:
             # drain what is still in the ring buffer, then detach
             for _ in range(3):
-                n, _ = self._drain(sym, pending)
+                n = self._drain(pending)
                 self.counts["events"] += n
                 if not n:
                     break

@@ -96,9 +96,10 @@ class TestModule:
     def interval(self, start: int, length: int) -> None:
         self._ioctl_in(IOC_INTERVAL, _H.structs["mmnt_test_interval"], start=start, length=length)
 
-    def behave(self, hook: str, behaviour: str, arg: int = 0) -> None:
+    def behave(self, hook: str, behaviour: str, arg: int = 0, count: int = 0) -> None:
+        """Inject ``behaviour`` in ``hook``'s callback, for the next ``count`` invocations (0: all)."""
         self._ioctl_in(IOC_BEHAVE, _H.structs["mmnt_test_behave"],
-                       hook=HOOKS[hook], behaviour=BEHAVIOURS[behaviour], arg=arg)
+                       hook=HOOKS[hook], behaviour=BEHAVIOURS[behaviour], arg=arg, count=count)
 
     def counts(self) -> dict:
         c = self._ioctl_out(IOC_COUNTS, COUNTS)

@@ -335,6 +335,61 @@ def s_pageout(w):
     return {"region": [a, a + n], "expect": "clear_flush_young", "pages": n // PAGE}
 
 
+def _ensure_swap() -> None:
+    """Reclaim only scans anonymous pages when there is swap: add a zram one."""
+    if len(Path("/proc/swaps").read_text().splitlines()) > 1:
+        return
+    import subprocess
+    subprocess.run(["modprobe", "zram"], check=True, capture_output=True)
+    z = Path("/sys/block/zram0")
+    if (z / "disksize").read_text().strip() == "0":
+        (z / "disksize").write_text(str(128 << 20))
+    subprocess.run(["mkswap", "/dev/zram0"], check=True, capture_output=True)
+    subprocess.run(["swapon", "/dev/zram0"], check=True, capture_output=True)
+
+
+@scenario
+def s_reclaim(w):
+    """Memory-cgroup reclaim of our pages (memory.reclaim), with the classic
+    LRU: its rmap walk asks each secondary MMU whether a page was used
+    (clear_flush_young). The multi-gen LRU's look-around skips the notifiers
+    on kernels before the mmu_notifier_test_clear_young work, so it is turned
+    off for the scenario. Changes system settings: meant for the lab."""
+    cgroot = Path("/sys/fs/cgroup")
+    if not (cgroot / "memory.stat").exists() and not (cgroot / "cgroup.controllers").exists():
+        raise RuntimeError("cgroup v2 is not mounted")
+    if not Path("/proc/swaps").exists():
+        raise RuntimeError("this kernel has no swap support")
+    _ensure_swap()
+    lru_gen = Path("/sys/kernel/mm/lru_gen/enabled")
+    old_lru = lru_gen.read_text().strip() if lru_gen.exists() else None
+    if old_lru is not None:
+        lru_gen.write_text("n")
+    ctl = cgroot / "cgroup.subtree_control"
+    if "memory" not in ctl.read_text():
+        ctl.write_text("+memory")
+    cg = cgroot / "mmntrace-reclaim"
+    cg.mkdir(exist_ok=True)
+    me = str(os.getpid())
+    home = Path(f"/proc/self/cgroup").read_text().strip().split("::", 1)[-1] or "/"
+    n = 64 * PAGE
+    try:
+        (cg / "cgroup.procs").write_text(me)
+        a = mmap_anon(n)
+        touch(a, n)              # charged to the new cgroup
+        (cg / "memory.reclaim").write_text(str(n))
+        libc.munmap(a, n)
+    finally:
+        (cgroot / home.lstrip("/") / "cgroup.procs").write_text(me)
+        if old_lru is not None:
+            lru_gen.write_text(old_lru)
+        try:
+            cg.rmdir()
+        except OSError:
+            pass
+    return {"region": [a, a + n], "expect": "clear_flush_young", "pages": n // PAGE}
+
+
 DAMON = Path("/sys/kernel/mm/damon/admin/kdamonds")
 
 
@@ -475,8 +530,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="directory for results")
     ap.add_argument("--sync", action="store_true", help="line protocol on stdin/stdout (see module doc)")
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--behave", action="append", default=[], metavar="HOOK:KIND[:ARG]",
-                    help="inject behaviour in the test module, e.g. secondary_tlb:msleep:1, start:delay:200")
+    ap.add_argument("--behave", action="append", default=[], metavar="HOOK:KIND[:ARG[:COUNT]]",
+                    help="inject behaviour in the test module, e.g. secondary_tlb:msleep:1:3 (sleep 1 ms in the "
+                         "next 3 calls), start:delay:200 (busy 200 us in every call)")
     a = ap.parse_args(argv)
     names = sorted(SCENARIOS) if "all" in a.scenarios else a.scenarios
     a.out.mkdir(parents=True, exist_ok=True)
@@ -485,8 +541,9 @@ def main(argv=None) -> int:
         print(f"ready {os.getpid()}", flush=True)
         sys.stdin.readline()
     for b in a.behave:
-        hook, kind, *arg = b.split(":")
-        w.mod.behave(hook, kind, int(arg[0]) if arg else 0)
+        hook, kind, *rest = b.split(":")
+        nums = [int(x) for x in rest] + [0, 0]
+        w.mod.behave(hook, kind, nums[0], nums[1])
     if w.mod:
         w.mod.reset()
     t_reset = time.monotonic_ns()

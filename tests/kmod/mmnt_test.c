@@ -69,6 +69,8 @@ struct mmnt_interval {
 struct mmnt_behave_slot {
 	u32 behaviour;
 	u32 arg;
+	u32 limited;		/* count was given: only `left` more invocations */
+	atomic_t left;
 };
 
 struct mmnt_client {
@@ -118,6 +120,9 @@ static bool mmnt_inject(struct mmnt_client *c, unsigned int hook)
 	u32 b = READ_ONCE(c->behave[hook].behaviour);
 	u32 arg = READ_ONCE(c->behave[hook].arg);
 
+	if (b != MMNT_B_NONE && READ_ONCE(c->behave[hook].limited) &&
+	    atomic_dec_if_positive(&c->behave[hook].left) < 0)
+		return false;
 	switch (b) {
 	case MMNT_B_DELAY:
 		while (arg > 1000) {
@@ -543,7 +548,10 @@ static long mmnt_ioctl(struct file *file, unsigned int cmd, unsigned long uarg)
 			ret = -EINVAL;
 			break;
 		}
+		WRITE_ONCE(c->behave[b.hook].behaviour, MMNT_B_NONE);
 		WRITE_ONCE(c->behave[b.hook].arg, b.arg);
+		atomic_set(&c->behave[b.hook].left, b.count);
+		WRITE_ONCE(c->behave[b.hook].limited, b.count ? 1 : 0);
 		WRITE_ONCE(c->behave[b.hook].behaviour, b.behaviour);
 		break;
 	}

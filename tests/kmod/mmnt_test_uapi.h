@@ -70,7 +70,7 @@ struct mmnt_test_behave {
 	__u32 hook;		/* enum mmnt_test_hook */
 	__u32 behaviour;	/* enum mmnt_test_behaviour */
 	__u32 arg;
-	__u32 pad;
+	__u32 count;		/* only the next `count` invocations (0: every one) */
 };
 
 /* One callback the module received. */

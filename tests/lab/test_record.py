@@ -51,7 +51,6 @@ def _session(tmp_path, behave=(), kvm=True, rec_args=()):
     mod_recs = np.concatenate([np.load(s[k]) for s in res["scenarios"] for k in ("records_pre", "records_before", "records")
                                if k in s])
     mod_recs = np.sort(mod_recs, order="seq")
-    assert len(mod_recs) == sum(res["counts"]["calls"].values())
     mm = int(mod_recs["mm"][0])   # the workload's mm, as the module saw it
     assert (mod_recs["mm"] == mm).all()
     win = ev[(ev["mm"] == mm) & (ev["ts_ns"] >= lo) & (ev["ts_ns"] <= hi)]
@@ -68,6 +67,7 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path):
     rep = report.build(r)
     assert rep["dropped"] == 0
     calls = res["counts"]["calls"]
+    assert len(mod) == sum(calls.values())      # the module's log is complete
     # per-callback counts equal the module's ground truth exactly
     for hook, fn in MODULE_CB.items():
         assert len(_cb(win, fn)) == calls[hook], hook
@@ -104,23 +104,22 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path):
 def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path):
     expect_dmesg(r"BUG: scheduling while atomic")
     expect_dmesg(r"WARNING: .*rcu")
-    r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:msleep:1"], kvm=False)
-    calls = res["counts"]["calls"]["secondary_tlb"]
-    assert calls > 0
+    # A real sleep under the page-table lock destabilises the kernel: inject it
+    # in exactly 3 invocations (the module's count), and expect exactly 3.
+    r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:msleep:1:3"], kvm=False)
+    assert res["counts"]["calls"]["secondary_tlb"] >= 3
     v = report.build(r)["violations"]
     rows = [x for x in v if x["callback"] and x["callback"].startswith("mmnt_secondary_tlb")]
     assert len(rows) == 1, v
     row = rows[0]
     assert row["rule"] == "sleep" and row["sleeper"] == "msleep"
     assert row["hook"] in ("invalidate_range", "arch_invalidate_secondary_tlbs")
-    assert row["atomic"] == bool((mod["preempt_count"][mod["hook"] == testmod.HOOKS["secondary_tlb"]] > 0).any())
-    # every invocation in the window broke the rule; the workload's own exit may add more after it
-    assert row["count"] >= calls
-    inwin = r.sleeps()
-    lo, hi = res["window_ns"]
-    inwin = inwin[(inwin["ts_ns"] >= lo) & (inwin["ts_ns"] <= hi) & (inwin["rule"] == "sleep")]
-    assert inwin["seq"].nunique() == calls
+    assert row["count"] == 3
+    # atomic exactly when the module saw the first 3 secondary-TLB calls in atomic context
+    first3 = np.sort(mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]], order="seq")[:3]
+    assert row["atomic"] == bool((first3["preempt_count"] > 0).any() or (first3["irqs_disabled"] > 0).any())
     assert any("mmnt_secondary_tlb" in f for f in row["stack"])
+    assert any(f.startswith("msleep") or "schedule" in f for f in row["stack"])
 
 
 def test_injected_mutex_and_delay(tmp_path):
