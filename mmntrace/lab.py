@@ -162,6 +162,9 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
     penv["PATH"] = venv_bin + os.pathsep + penv.get("PATH", "")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=penv, start_new_session=True)
+    # QEMU runs in its own session: SIGTERM to us (e.g. from `timeout`) must
+    # take the VM down too, not leave it running.
+    old_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -169,7 +172,9 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
         raise LabTimeout(f"the lab VM ({kernel.release or kernel.image}) did not finish within {timeout:.0f} s and was killed")
     except KeyboardInterrupt:
         _kill_group(proc)
-        raise
+        raise LabError("interrupted: the lab VM was stopped") from None
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
     wall = time.monotonic() - t0
     res_file = run_dir / "result.json"
     if not res_file.exists():

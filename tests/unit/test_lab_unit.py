@@ -105,3 +105,28 @@ def test_lab_help_teaches():
     assert r.exit_code == 0
     for word in ("--kernel", "--share", "tests/kmod", "Examples"):
         assert word in r.output
+
+
+def test_sigterm_takes_the_vm_down(tmp_path):
+    """`timeout mmntrace lab ...` must not leave QEMU running (it has its own session)."""
+    import os, signal, subprocess, sys, time
+    pidfile = tmp_path / "vm.pid"
+    fake_vng = tmp_path / "vng"
+    fake_vng.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 60\n")
+    fake_vng.chmod(0o755)
+    img = tmp_path / "vmlinuz-1.0"
+    img.write_bytes(b"x")
+    code = ("import sys; from mmntrace import lab, cli; v = sys.argv[1]; lab._vng = lambda: v; "
+            "sys.argv = ['mmntrace', 'lab', '--kernel', sys.argv[2], '--', 'true']; cli.main()")
+    p = subprocess.Popen([sys.executable, "-c", code, str(fake_vng), str(img)], stderr=subprocess.PIPE, text=True)
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.1)
+    vm = int(pidfile.read_text())
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 30 and "interrupted" in err
+    time.sleep(0.2)
+    with __import__("pytest").raises(ProcessLookupError):
+        os.kill(vm, 0)
