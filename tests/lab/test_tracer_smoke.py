@@ -194,31 +194,6 @@ def test_callback_counts_match_module(run):
     assert got == want
 
 
-def test_callback_fields_match_module_log(run):
-    """Each callback the module logged is one tracer record with the same hook,
-    event, range, blockable flag, calibrated preempt_count and IRQ state."""
-    w = _window(run, run["recs"])
-    funcs = _module_funcs(run)
-    cb = w[(w["type"] == REC_CALLBACK) & np.isin(w["func"], list(funcs))]
-    cb = cb[np.argsort(cb["ts_ns"], kind="stable")]
-    mod = np.sort(run["mod"], order="seq")
-    assert len(cb) == len(mod)
-    for t_rec, m_rec in zip(cb, mod):
-        assert funcs[int(t_rec["func"])] == int(m_rec["hook"])
-        if int(m_rec["event"]) != -1:
-            # ops without a range report the enclosing hook's event instead (on
-            # kernels whose invalidate_range_end calls the secondary-TLB op, that
-            # is the end's event), so compare the range ops only
-            assert int(t_rec["event"]) == int(m_rec["event"])
-        assert (int(t_rec["start"]), int(t_rec["end"])) == (int(m_rec["start"]), int(m_rec["end"]))
-        assert bool(t_rec["flags"] & FL_BLOCKABLE) == bool(m_rec["blockable"])
-        assert int(t_rec["preempt_count"]) == int(m_rec["preempt_count"]), (t_rec, m_rec)
-        assert bool(t_rec["flags"] & FL_IRQS_OFF) == bool(m_rec["irqs_disabled"])
-        assert int(t_rec["tid"]) == int(m_rec["tid"])
-        if int(m_rec["hook"]) == HOOK_SECONDARY:
-            assert t_rec["flags"] & FL_MNS
-
-
 def test_hook_counts_match_module(run):
     """Every hook invocation on the mm calls the module's op exactly once: the
     number of hook records equals the module callbacks nested inside them."""
