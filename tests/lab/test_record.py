@@ -130,8 +130,10 @@ def test_injected_mutex_and_delay(tmp_path):
     assert len(rows) == 1, rep["violations"]
     assert rows[0]["rule"] == "might_sleep" and rows[0]["sleeper"] == "mutex_lock"
     lo, hi = res["window_ns"]
+    mm = int(mod["mm"][0])
     s = r.sleeps()
-    s = s[(s["ts_ns"] >= lo) & (s["ts_ns"] <= hi)]
+    s = s[(s["ts_ns"] >= lo) & (s["ts_ns"] <= hi) & (s["mm"] == mm)
+          & s["callback"].astype(str).str.startswith("mmnt_secondary_tlb")]
     assert s["seq"].nunique() == calls["secondary_tlb"]
     # busy delay: p50 >= 300 us on the module's start only
     lat = {(x["hook"], x["callback"]): x for x in rep["latency"] if x["callback"]}

@@ -119,8 +119,8 @@ def run():
         end = time.monotonic() + 20
         while time.monotonic() < end:
             _drain(t, chunks, quiet_polls=1)
-            if sum(1 for a in t.attached() if a["kind"] == "callback" and a["module"] == "mmnt_test"
-                   and a["status"] == "attached") >= 2:
+            have = {a["symbol"] for a in t.attached() if a["kind"] == "callback" and a["status"] == "attached"}
+            if {"mmnt_invalidate_range_start", "mmnt_invalidate_range_end", "mmnt_secondary_tlb"} <= have:
                 break
         child.stdin.write("go\n")
         child.stdin.flush()
