@@ -555,9 +555,14 @@ def main(argv=None) -> int:
         lo, hi = w.interval_region
         libc.munmap(lo, hi - lo)
         results.append({"name": "interval_unmap", "region": w.interval_region, "records": w.take_records()})
-    results.append({"name": "tail", "region": [0, 0], "records": w.take_records()})
     counts = w.mod.counts() if w.mod else None
     t_done = time.monotonic_ns()
+    # Reading the log allocates and frees buffers, which can itself unmap memory
+    # and log callbacks: keep exactly the records logged before the counters were read.
+    tail = w.take_records()
+    if counts is not None:
+        tail = tail[tail["seq"] < counts["logged"]]
+    results.append({"name": "tail", "region": [0, 0], "records": tail})
     if a.sync:   # idle until told to save: peers may stop counting now
         print("counted", flush=True)
         sys.stdin.readline()
