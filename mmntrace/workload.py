@@ -486,10 +486,12 @@ class Workload:
             touch(a, n)
             self.mod.interval(a, n)
             self.interval_region = [a, a + n]
-        self._pending = []
+        self.taken = 0      # records read since the last reset
 
     def take_records(self) -> np.ndarray:
-        return self.mod.records() if self.mod else np.zeros(0, testmod.RECORD)
+        recs = self.mod.records() if self.mod else np.zeros(0, testmod.RECORD)
+        self.taken += len(recs)
+        return recs
 
     def run(self, name: str) -> dict:
         pre = self.take_records()     # callbacks since the last scenario (interpreter activity)
@@ -546,6 +548,7 @@ def main(argv=None) -> int:
         w.mod.behave(hook, kind, nums[0], nums[1])
     if w.mod:
         w.mod.reset()
+        w.taken = 0
     t_reset = time.monotonic_ns()
     results = []
     for _ in range(a.repeat):
@@ -559,9 +562,10 @@ def main(argv=None) -> int:
     t_done = time.monotonic_ns()
     # Reading the log allocates and frees buffers, which can itself unmap memory
     # and log callbacks: keep exactly the records logged before the counters were read.
+    before = w.taken
     tail = w.take_records()
     if counts is not None:
-        tail = tail[tail["seq"] < counts["logged"]]
+        tail = tail[:max(0, counts["logged"] - before)]   # the log is read oldest first
     results.append({"name": "tail", "region": [0, 0], "records": tail})
     if a.sync:   # idle until told to save: peers may stop counting now
         print("counted", flush=True)
