@@ -68,13 +68,20 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path):
     assert rep["dropped"] == 0
     calls = res["counts"]["calls"]
     assert len(mod) == sum(calls.values())      # the module's log is complete
+    # Compare what the workload's own thread did: kcompactd, khugepaged or NUMA
+    # balancing may also invalidate this mm from other tasks, at any time.
+    pid = res["pid"]
+    mod = mod[mod["tid"] == pid]
+    all_win, win = win, win[win["tid"] == pid]
+    mine = {h: int((mod["hook"] == testmod.HOOKS[h]).sum()) for h in MODULE_CB}
+    assert mine["start"] > 0 and mine["secondary_tlb"] > 0
     # per-callback counts equal the module's ground truth exactly
     for hook, fn in MODULE_CB.items():
-        assert len(_cb(win, fn)) == calls[hook], hook
+        assert len(_cb(win, fn)) == mine[hook], hook
     # hook counts: every start/end on this mm calls the module exactly once
     hooks = win[win["kind"] == "hook"]
-    assert (hooks["hook"] == "invalidate_range_start").sum() == calls["start"]
-    assert (hooks["hook"] == "invalidate_range_end").sum() == calls["end"]
+    assert (hooks["hook"] == "invalidate_range_start").sum() == mine["start"]
+    assert (hooks["hook"] == "invalidate_range_end").sum() == mine["end"]
     # lock state of each callback equals what the module recorded for the same call
     for hook, fn in MODULE_CB.items():
         m = np.sort(mod[mod["hook"] == testmod.HOOKS[hook]], order="seq")
@@ -89,10 +96,11 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path):
     assert (mod["preempt_count"][mod["hook"] == testmod.HOOKS["secondary_tlb"]] > 0).any()
     # nothing injected: zero violations, KVM included
     assert rep["violations"] == []
-    if bt:
-        k = _cb(win, "kvm_mmu_notifier_invalidate_range_start")
-        assert len(k) == bt["kvm_mmu_notifier_invalidate_range_start"] == calls["start"]
-        assert len(_cb(win, "kvm_mmu_notifier_invalidate_range_end")) == bt["kvm_mmu_notifier_invalidate_range_end"]
+    if bt:   # bpftrace counted every task: compare with every task's records on this mm
+        k = _cb(all_win, "kvm_mmu_notifier_invalidate_range_start")
+        assert len(k) == bt["kvm_mmu_notifier_invalidate_range_start"]
+        assert len(_cb(all_win, "kvm_mmu_notifier_invalidate_range_end")) == bt["kvm_mmu_notifier_invalidate_range_end"]
+        assert len(_cb(win, "kvm_mmu_notifier_invalidate_range_start")) == mine["start"]
     # the public API gives the same frame
     assert len(mmntrace.load(tmp_path / "rec")) == len(ev)
     # secondary-TLB hook records say which path called them
