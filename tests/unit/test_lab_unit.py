@@ -53,26 +53,27 @@ def test_dmesg_verdict_splits_expected():
     assert [l.split("] ")[1][:8] for l in bad] == ["WARNING:", "BUG: una"]
 
 
-def test_vm_that_dies_is_a_failure(tmp_path, monkeypatch):
-    """A guest that never writes result.json is reported as dead (exit 125), never as a pass."""
+def _fake_vm(tmp_path, monkeypatch, script: str):
+    """A stand-in for vng that runs ``script``, and a kernel image to pass it."""
     fake_vng = tmp_path / "vng"
-    fake_vng.write_text("#!/bin/sh\nexit 0\n")
+    fake_vng.write_text("#!/bin/sh\n" + script)
     fake_vng.chmod(0o755)
     monkeypatch.setattr(lab, "_vng", lambda: str(fake_vng))
     img = tmp_path / "vmlinuz-1.0"
     img.write_bytes(b"x")
+    return img
+
+
+def test_vm_that_dies_is_a_failure(tmp_path, monkeypatch):
+    """A guest that never writes result.json is reported as dead (exit 125), never as a pass."""
+    img = _fake_vm(tmp_path, monkeypatch, "exit 0\n")
     r = CliRunner().invoke(main, ["lab", "--kernel", str(img), "--", "true"])
     assert r.exit_code == 125
     assert "before the command finished" in r.output
 
 
 def test_vm_timeout_is_a_failure(tmp_path, monkeypatch):
-    fake_vng = tmp_path / "vng"
-    fake_vng.write_text("#!/bin/sh\nsleep 30\n")
-    fake_vng.chmod(0o755)
-    monkeypatch.setattr(lab, "_vng", lambda: str(fake_vng))
-    img = tmp_path / "vmlinuz-1.0"
-    img.write_bytes(b"x")
+    img = _fake_vm(tmp_path, monkeypatch, "sleep 30\n")
     r = CliRunner().invoke(main, ["lab", "--kernel", str(img), "--timeout", "1", "--", "true"])
     assert r.exit_code == 124
     assert "did not finish within 1 s" in r.output
@@ -80,10 +81,7 @@ def test_vm_timeout_is_a_failure(tmp_path, monkeypatch):
 
 def test_guest_result_carries_exit_code_and_dmesg(tmp_path, monkeypatch):
     """The host side turns the guest's result into the exit status (3 for an unexpected BUG)."""
-    fake_vng = tmp_path / "vng"
-    fake_vng.write_text("#!/bin/sh\n")
-    fake_vng.chmod(0o755)
-    monkeypatch.setattr(lab, "_vng", lambda: str(fake_vng))
+    _fake_vm(tmp_path, monkeypatch, "")
     real_mkdtemp = lab.tempfile.mkdtemp
     rd = {}
 
