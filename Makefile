@@ -18,6 +18,7 @@ unit: setup
 
 # One boot per kernel; pytest runs inside the guest.
 lab-test: setup kmod
+	@mkdir -p build
 	@set -e; for k in $(KERNELS); do \
 	  echo "== lab tests on $$k"; \
 	  .venv/bin/mmntrace lab --kernel $$k --share $(CURDIR)/build -- \
