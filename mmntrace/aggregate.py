@@ -92,7 +92,7 @@ def violations(sleeps: pd.DataFrame) -> list[dict]:
         rule = "sleep" if slept else "might_sleep"
         if slept:
             stack = list(g[g["rule"] == "sleep"].iloc[0]["stack"])
-        key = (rule, str(first["hook"]), cb, _bare(sleeper) if sleeper else None)
+        key = (rule, str(first["hook"]), cb, bare_symbol(sleeper) if sleeper else None)
         r = rows.setdefault(key, {"rule": rule, "hook": key[1], "callback": cb, "sleeper": key[3],
                                   "atomic": False, "count": 0, "stack": stack,
                                   "first_ns": int(first["ts_ns"]), "last_ns": int(first["ts_ns"]),
@@ -108,13 +108,14 @@ def violations(sleeps: pd.DataFrame) -> list[dict]:
     return sorted(out, key=lambda r: (-r["count"], r["rule"], r["hook"]))
 
 
-def _bare(sym: str) -> str:
+def bare_symbol(sym: str) -> str:
+    """"name+0x10 [module]" -> "name"."""
     return sym.split("+", 1)[0].split(" ", 1)[0]
 
 
 def _frame_below(stack: list[str], callback: str) -> str | None:
-    names = [_bare(f) for f in stack]
-    cb = _bare(callback)
+    names = [bare_symbol(f) for f in stack]
+    cb = bare_symbol(callback)
     if cb in names:
         i = names.index(cb)
         return names[i - 1] if i > 0 else None

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import decode, kernel
+from .aggregate import bare_symbol
 from .recording import RecordingWriter
 
 #: frames that say which path invoked the secondary-TLB hook
@@ -27,13 +28,9 @@ UPGRADE = ("set_access_flags", "wp_page_reuse")
 RANGE_END = ("invalidate_range_end",)
 
 
-def _bare(sym: str) -> str:
-    return sym.split("+", 1)[0].split(" ", 1)[0]
-
-
 def classify_secondary_tlb(stack: list[str]) -> str:
     """ptl_clear / tlb_flush / permission_upgrade / range_end, from a symbolized stack."""
-    names = [_bare(s) for s in stack]
+    names = [bare_symbol(s) for s in stack]
     if any(any(u in n for u in UPGRADE) for n in names):
         return "permission_upgrade"
     if any(n in TLB_FLUSH for n in names):
@@ -46,7 +43,7 @@ def classify_secondary_tlb(stack: list[str]) -> str:
 def caller_of(stack: list[str]) -> str | None:
     """First frame outside the notifier core: which kernel path invoked the hook."""
     for s in stack:
-        n = _bare(s)
+        n = bare_symbol(s)
         if "mmu_notifier" in n or n.startswith("mn_") or n.startswith("mmnt_") or n.startswith("kvm_mmu_notifier"):
             continue
         return n
