@@ -60,7 +60,46 @@ BPF_RINGBUF_OUTPUT(events, MMNT_RINGBUF_PAGES);
 BPF_PERF_OUTPUT(events);
 #endif
 BPF_PERCPU_ARRAY(drops, u64, 8);		/* by record type */
-BPF_STACK_TRACE(stacks, 8192);
+/*
+ * Stacks are keyed by their content, not by BPF_STACK_TRACE's hash bucket:
+ * a stackmap answers -EEXIST when two different stacks share a bucket, and
+ * lost one stack in ten on a busy run. Ids are unique, not dense; user
+ * space looks a new id up in stack_by_id.
+ */
+struct stack_key { u64 ip[MMNT_MAX_STACK]; };
+BPF_PERCPU_ARRAY(stack_scratch, struct stack_key, 1);
+BPF_HASH(stack_ids, struct stack_key, u32, MMNT_MAX_STACKS);
+BPF_HASH(stack_by_id, u32, struct stack_key, MMNT_MAX_STACKS);
+BPF_PERCPU_ARRAY(stack_next, u32, 1);	/* ids: cpu << 20 | per-CPU count */
+
+static __always_inline s32 get_stack_id(struct pt_regs *ctx)
+{
+	u32 z = 0, nid;
+	struct stack_key *k = stack_scratch.lookup(&z);
+	u32 *id, *next;
+
+	if (!k)
+		return -1;
+	/* bpf_get_stack zero-fills the rest of the buffer */
+	if (bpf_get_stack(ctx, k->ip, sizeof(k->ip), 0) < 0)
+		return -2;
+	id = stack_ids.lookup(k);
+	if (id)
+		return *id;
+	next = stack_next.lookup(&z);
+	if (!next)
+		return -1;
+	/* no atomic fetch-add before BPF v3: count per CPU (kprobe programs
+	 * do not nest on one CPU), and put the CPU in the high bits */
+	nid = (bpf_get_smp_processor_id() << 20) | (*next & 0xfffff);
+	*next += 1;
+	if (stack_ids.insert(k, &nid) == 0) {
+		stack_by_id.update(&nid, k);
+		return nid;
+	}
+	id = stack_ids.lookup(k);	/* another CPU inserted it first */
+	return id ? *id : -3;		/* -3: the map is full */
+}
 
 struct hstate {				/* a hook in progress, per tid */
 	u64 ts, mm, start, end, seq;
@@ -388,7 +427,7 @@ static __always_inline int hook_entry(struct pt_regs *ctx, u32 hook)
 		s.flags |= MMNT_FL_MUST_NOT_SLEEP;
 		nosleep_add(1);
 	}
-	s.stack_id = stacks.get_stackid(ctx, 0);
+	s.stack_id = get_stack_id(ctx);
 	s.seq = next_seq();
 	walk_subs(ctx, s.mm);
 	struct hstate *old = hook_state.lookup(&tid);
@@ -603,7 +642,7 @@ static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr)
 	r.kind = kind;
 	r.addr = addr;
 	r.ts_ns = bpf_ktime_get_ns();
-	r.stack_id = stacks.get_stackid(ctx, 0);
+	r.stack_id = get_stack_id(ctx);
 	emit(ctx, &r);
 	return 0;
 }

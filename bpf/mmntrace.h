@@ -13,7 +13,8 @@
 
 #define MMNT_FORMAT_VERSION 1
 #define MMNT_COMM_LEN 16
-#define MMNT_MAX_STACK 32
+#define MMNT_MAX_STACK 32	/* frames kept per stack */
+#define MMNT_MAX_STACKS 16384	/* distinct stacks per session */
 #define MMNT_MAX_SUBS 8		/* subscriptions walked per mm on discovery */
 #define MMNT_NR_SLOTS 40	/* log2 latency slots (ns) */
 
@@ -65,7 +66,7 @@ struct mmnt_record {
 	__u32 preempt_count;	/* at entry, calibrated (probe overhead removed) */
 	__s32 ret;		/* return value (int or bool); 0 for void */
 	__s32 event;		/* enum mmu_notifier_event value, -1 if none */
-	__s32 stack_id;		/* kernel stack (stacks map), -1 if none */
+	__s32 stack_id;		/* kernel stack (stack_ids map), < 0 if none */
 	__u64 seq;		/* HOOK/CALLBACK/SLEEP: invocation id of the callback (or hook) */
 	__u64 ts_ns;		/* bpf_ktime_get_ns() at entry (SLEEP: at the sleep) */
 	__u64 dur_ns;

@@ -22,19 +22,31 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class Bpftrace:
-    """Count calls of kernel functions (by one process, or by anyone), with bpftrace."""
+    """Count calls of kernel functions (by one process, or by anyone), with bpftrace.
 
-    def __init__(self, funcs: list[str], pid: int | None = None, timeout: float = 240):
+    With ``events=True`` every call is also kept with its tid and ``nsecs`` (the
+    clock the tracer and the test module use), so counts can be taken over an
+    exact window afterwards with :meth:`count`.
+    """
+
+    MAX_EVENTS = 262144    # per function, in events mode
+
+    def __init__(self, funcs: list[str], pid: int | None = None, timeout: float = 240, events: bool = False):
         # One map per function: keying one map by `func` makes bpftrace
         # symbolize at exit, which took minutes under QEMU TCG.
         self.funcs = list(funcs)
-        # BEGIN runs only once every probe is attached ("attached_probes" is
-        # printed before attaching starts), so READY means counting has begun.
+        self.events: list[tuple[str, int, int]] = []
+        self.event_mode = events
+        flt = "" if pid is None else f"/pid == {pid}/ "
+        # Per-call keys live in a map, read whole at exit (printf goes through a
+        # perf buffer that bpftrace does not drain at SIGINT: calls went missing).
+        act = ((lambda i: f"@c{i} = count(); @e{i}[tid, nsecs] = count();") if events
+               else (lambda i: f"@c{i} = count();"))
         prog = 'BEGIN { printf("READY\\n"); } ' + " ".join(
-            f"kprobe:{f} {'' if pid is None else f'/pid == {pid}/ '}{{ @c{i} = count(); }}"
-            for i, f in enumerate(funcs))
+            f"kprobe:{f} {flt}{{ {act(i)} }}" for i, f in enumerate(funcs))
+        env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX=str(self.MAX_EVENTS))
         self.proc = subprocess.Popen(["bpftrace", "-f", "json", "-e", prog], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
         deadline = time.monotonic() + timeout
         while True:   # wait until attached
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -50,10 +62,23 @@ class Bpftrace:
         out, err = self.proc.communicate(timeout=240)
         counts = {f: 0 for f in self.funcs}
         for line in out.splitlines():
-            if '"type": "map"' in line:
-                for name, v in json.loads(line)["data"].items():
-                    counts[self.funcs[int(name.lstrip("@c"))]] = int(v)
+            if '"type": "map"' not in line:
+                continue
+            for name, v in json.loads(line)["data"].items():
+                f = self.funcs[int(name[2:])]
+                if name.startswith("@c"):
+                    counts[f] = int(v)
+                else:
+                    for key, n in v.items():
+                        tid, ts = key.split(",")
+                        self.events += [(f, int(tid), int(ts))] * int(n)
+        if self.event_mode and any(counts[f] != sum(1 for e in self.events if e[0] == f) for f in self.funcs):
+            raise RuntimeError("bpftrace's per-call map is incomplete (more calls than BPFTRACE_MAP_KEYS_MAX?)")
         return counts
+
+    def count(self, func: str, lo: int, hi: int, tid: int | None = None) -> int:
+        """Calls of `func` with lo <= nsecs <= hi (by `tid` if given); needs events=True."""
+        return sum(1 for f, t, ts in self.events if f == func and lo <= ts <= hi and (tid is None or t == tid))
 
 
 class WorkloadProcess:

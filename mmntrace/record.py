@@ -28,8 +28,11 @@ UPGRADE = ("set_access_flags", "wp_page_reuse")
 RANGE_END = ("invalidate_range_end",)
 
 
-def classify_secondary_tlb(stack: list[str]) -> str:
-    """ptl_clear / tlb_flush / permission_upgrade / range_end, from a symbolized stack."""
+def classify_secondary_tlb(stack: list[str]) -> str | None:
+    """ptl_clear / tlb_flush / permission_upgrade / range_end, from a symbolized
+    stack; None when no stack was taken."""
+    if not stack:
+        return None
     names = [bare_symbol(s) for s in stack]
     if any(any(u in n for u in UPGRADE) for n in names):
         return "permission_upgrade"

@@ -109,6 +109,10 @@ class TestModule:
             "atomic": {n: int(c["atomic"][HOOKS[n]]) for n in names},
             "logged": int(c["logged"]),
             "lost": int(c["lost"]),
+            # the module's clock (CLOCK_MONOTONIC, as bpf_ktime_get_ns): counting
+            # covered exactly the callbacks logged in [reset_ns, read_ns]
+            "reset_ns": int(c["reset_ns"]),
+            "read_ns": int(c["read_ns"]),
         }
 
     def reset(self) -> None:

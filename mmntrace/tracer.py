@@ -99,6 +99,7 @@ class Tracer:
         self.aggregate = aggregate
         self.ringbuf_pages = ringbuf_pages
         self.bpf = None
+        self._stack_ips: dict[int, list[int]] = {}
         self.calibration: int | None = None
         self.calibration_irqs_off = False
         self.timing: dict[str, float] = {}
@@ -364,12 +365,17 @@ class Tracer:
         return f"{s} [{mod}]" if mod else s
 
     def stack(self, stack_id: int) -> list[str]:
-        if self.bpf is None or stack_id < 0:
+        """Symbolized frames of a stack id, innermost first ([] for -1/-2/-3)."""
+        if stack_id < 0:
             return []
-        try:
-            return [self.ksym(a) for a in self.bpf[b"stacks"].walk(stack_id)]
-        except KeyError:
-            return []
+        if stack_id not in self._stack_ips and self.bpf is not None:
+            # ids are content-keyed and never reused, so a stack is read once
+            t = self.bpf[b"stack_by_id"]
+            try:
+                self._stack_ips[stack_id] = [a for a in t[t.Key(stack_id)].ip if a]
+            except KeyError:
+                return []
+        return [self.ksym(a) for a in self._stack_ips.get(stack_id, [])]
 
     def histograms(self) -> list[tuple]:
         if self.bpf is None and self._final:
@@ -395,6 +401,8 @@ class Tracer:
         try:
             try:
                 self._final = dict(drops=self.drops(), hist=self.histograms(), totals=self.totals())
+                for k, v in self.bpf[b"stack_by_id"].items():   # readable after unload
+                    self._stack_ips.setdefault(k.value, [a for a in v.ip if a])
             except Exception:
                 self._final = None
             self.bpf.cleanup()

@@ -573,7 +573,10 @@ def main(argv=None) -> int:
     if w.mod:
         for hook in testmod.HOOKS:
             w.mod.behave(hook, "none")
-    summary = {"pid": os.getpid(), "counts": counts, "window_ns": [t_reset, t_done],
+    # The window the counters cover, on the module's own clock when there is one
+    # (taken under its log lock, so it is exact for this thread's callbacks).
+    window = [counts["reset_ns"], counts["read_ns"]] if counts else [t_reset, t_done]
+    summary = {"pid": os.getpid(), "counts": counts, "window_ns": window,
                "scenarios": [_jsonable(f, a.out, i) for i, f in enumerate(results)]}
     tmp = a.out / "workload.json.tmp"
     tmp.write_text(json.dumps(summary, default=str))

@@ -561,6 +561,8 @@ static long mmnt_ioctl(struct file *file, unsigned int cmd, unsigned long uarg)
 
 		spin_lock_irqsave(&c->lock, flags);
 		counts = c->counts;
+		/* Under the lock: a callback is counted iff it logged before read_ns. */
+		counts.read_ns = ktime_get_ns();
 		spin_unlock_irqrestore(&c->lock, flags);
 		if (copy_to_user(up, &counts, sizeof(counts)))
 			ret = -EFAULT;
@@ -571,6 +573,7 @@ static long mmnt_ioctl(struct file *file, unsigned int cmd, unsigned long uarg)
 
 		spin_lock_irqsave(&c->lock, flags);
 		memset(&c->counts, 0, sizeof(c->counts));
+		c->counts.reset_ns = ktime_get_ns();
 		c->head = 0;
 		c->count = 0;
 		spin_unlock_irqrestore(&c->lock, flags);
@@ -643,6 +646,7 @@ static int mmnt_open(struct inode *inode, struct file *file)
 	}
 	mutex_init(&c->ctl);
 	spin_lock_init(&c->lock);
+	c->counts.reset_ns = ktime_get_ns();
 	file->private_data = c;
 	return nonseekable_open(inode, file);
 }

@@ -95,6 +95,8 @@ struct mmnt_test_counts {
 	__u64 atomic[MMNT_T_NR_HOOKS];	/* of which preempt_count() != 0 or irqs disabled */
 	__u64 logged;			/* records written to the log */
 	__u64 lost;			/* records that did not fit in the log */
+	__u64 reset_ns;			/* ktime_get_ns() at open or at the last RESET */
+	__u64 read_ns;			/* ktime_get_ns() when these counts were read */
 };
 
 #define MMNT_IOC_MAGIC 'M'

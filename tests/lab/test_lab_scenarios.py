@@ -212,24 +212,27 @@ def test_oom_reaper_nonblockable_start(wl):
 
 def test_kvm_callbacks_match_module(tmp_path):
     """KVM and the module subscribe to the same mm, so each range callback
-    goes to both: bpftrace's KVM counts equal the module's counts exactly."""
+    goes to both: bpftrace's KVM calls equal the module's log exactly, call by
+    call, over the window the module's counters cover, for the workload's thread
+    (khugepaged, kcompactd... may invalidate this mm too, at any moment)."""
     if not os.path.exists("/dev/kvm"):
         pytest.skip("no /dev/kvm in this guest")
     kvm_fns = [f for f in ("kvm_mmu_notifier_invalidate_range_start",
-                           "kvm_mmu_notifier_invalidate_range_end",
-                           "kvm_mmu_notifier_release") if f in kernel_symbols("kvm_mmu_notifier_")]
-    assert "kvm_mmu_notifier_invalidate_range_start" in kvm_fns
-    # No thp_split here: khugepaged may collapse that region later, after the
-    # module's counters are read but while bpftrace still counts.
-    wp = WorkloadProcess(["munmap", "dontneed", "mprotect", "cow"], tmp_path, kvm=True)
-    # No pid filter: khugepaged, kcompactd... also invalidate this mm, and the
-    # workload's VM is the only one in the guest, as the module's the only client.
-    bt = Bpftrace(kvm_fns)
+                           "kvm_mmu_notifier_invalidate_range_end") if f in kernel_symbols("kvm_mmu_notifier_")]
+    assert len(kvm_fns) == 2
+    wp = WorkloadProcess(["munmap", "dontneed", "mprotect", "cow", "thp_split"], tmp_path, kvm=True)
+    bt = Bpftrace(kvm_fns, events=True)
     wp.go()
-    counts = bt.stop()
+    bt.stop()
     res = wp.collect()
     wp.finish()
-    mod = res["counts"]["calls"]
-    assert mod["start"] > 0
-    assert counts.get("kvm_mmu_notifier_invalidate_range_start", 0) == mod["start"]
-    assert counts.get("kvm_mmu_notifier_invalidate_range_end", 0) == mod["end"]
+    lo, hi = res["window_ns"]
+    pid = res["pid"]
+    recs = np.concatenate([np.load(sc[k]) for sc in res["scenarios"] for k in ("records_pre", "records_before", "records")
+                           if k in sc])
+    assert len(recs) == res["counts"]["logged"]
+    mine = recs[recs["tid"] == pid]
+    n_start = int((mine["hook"] == H["start"]).sum())
+    assert n_start > 0
+    assert bt.count("kvm_mmu_notifier_invalidate_range_start", lo, hi, tid=pid) == n_start
+    assert bt.count("kvm_mmu_notifier_invalidate_range_end", lo, hi, tid=pid) == int((mine["hook"] == H["end"]).sum())
