@@ -37,6 +37,7 @@ def main():
       mmntrace doctor                  what can be traced on this kernel
       sudo mmntrace record -d 10 -o rec    record 10 s of notifier activity
       mmntrace report rec              latency and rule-violation report
+      mmntrace plot rec                latency CDFs, heatmap, timelines (PNG)
       mmntrace lab --kernel 6.12 -- CMD    run CMD in a lab VM of another kernel
     """
 
@@ -140,21 +141,114 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, ready_file, reda
                f"-> {res['dir']}", err=True)
 
 
-@main.command()
+@main.command(epilog="""\b
+Examples:
+  mmntrace report rec                                  tables in the terminal
+  mmntrace report rec --format json | jq '.violations'  JSON (schema: docs/report-schema.md)
+  mmntrace report rec --format html -o rec.html        one self-contained file with plots
+  mmntrace report before --compare after               side by side, with after/before ratios
+  mmntrace report before --compare after --format html -o diff.html
+""")
 @click.argument("recording", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
+              help="text: terminal tables; json: the documented schema; html: one file with embedded plots.")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the report to FILE instead of standard output (html needs it).")
+@click.option("--compare", "other", type=click.Path(), metavar="DIR2",
+              help="A second recording: every table side by side with DIR2/RECORDING ratios.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="Rows in the process, mm and caller tables.")
 @_friendly
-def report(recording, fmt):
-    """Latency per hook x callback x event, and sleeping-rule violations.
+def report(recording, fmt, out, other, top):
+    """Report on a recording: latency, rate, time, processes, callers, violations.
 
     \b
-    JSON schema: docs/report-schema.md. Example:
-      mmntrace report rec --format json | jq '.violations'
+    Sections:
+      latency     per hook x callback x event: count, rate, p50/p90/p99/p99.9/max, log2 histogram
+      over time   invocation rate and p99 latency per time bucket, per hook
+      processes   top processes and top mms by hook invocations
+      callers     who invoked the secondary-TLB hook: ptl_clear / tlb_flush / permission_upgrade / range_end
+      violations  sleeping-rule violations by rule, callback and sleeper, with an example stack
+      coverage    drops, and which probes were attached or skipped
+
+    Recordings made with --aggregate hold only in-kernel log2 histograms:
+    their quantiles are log2 upper bounds and the time, process and caller
+    sections are absent.
     """
-    from . import report as rep
+    from . import aggregate, report as rep
     from .recording import Recording
-    r = rep.build(Recording(recording))
-    click.echo(rep.to_json(r) if fmt == "json" else rep.to_text(r), nl=fmt == "json")
+    if fmt == "html" and not out:
+        raise errors.UsageError("--format html writes a file: add -o FILE (for example -o report.html)")
+    sa = aggregate.summarize(Recording(recording), top=top)
+    rep.require_data(sa)
+    r = rep.from_summary(sa)
+    sb = None
+    if other:
+        sb = aggregate.summarize(Recording(other), top=top)
+        rep.require_data(sb)
+        r = rep.with_compare(r, rep.from_summary(sb))
+    if fmt == "json":
+        text = rep.to_json(r) + "\n"
+    elif fmt == "html":
+        text = rep.to_html(r, sa, sb)
+    else:
+        text = rep.to_text(r, width=None if out else _term_width(), color=not out and sys.stdout.isatty())
+    if out:
+        _write_output(Path(out), text)
+        click.echo(f"mmntrace: wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+def _term_width() -> int | None:
+    if not sys.stdout.isatty():
+        return None
+    import shutil
+    return max(shutil.get_terminal_size((200, 50)).columns, 100)
+
+
+def _write_output(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise errors.UsageError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+@main.command(epilog="""\b
+Examples:
+  mmntrace plot rec                         PNGs in rec-plots/
+  mmntrace plot rec -o figs --format svg    SVGs in figs/
+""")
+@click.argument("recording", type=click.Path())
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), metavar="OUTDIR",
+              help="Directory for the figures (default: RECORDING-plots next to the recording).")
+@click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
+@_friendly
+def plot(recording, outdir, fmt):
+    """Plot a recording: latency CDFs, latency heatmap, rate and violation timelines.
+
+    \b
+    Figures (one file each, named so):
+      latency-cdf           latency CDF per callback, one panel per hook
+      latency-heatmap       log2 latency buckets x time buckets, per hook
+      rate-timeline         invocations per second and p99 latency through the recording
+      violations-timeline   one mark per sleeping-rule violation, by rule and callback
+
+    Prints the files written. Recordings made with --aggregate have no
+    per-event times: their heatmap and rate timeline are skipped, saying so.
+    """
+    from . import plot as plotmod, report as rep
+    src = Path(recording)
+    s = rep.load_summary(src)
+    outdir = Path(outdir) if outdir else src.resolve().parent / f"{src.resolve().name}-plots"
+    try:
+        written, skipped = plotmod.write_all(s, outdir, fmt)
+    except OSError as e:
+        raise errors.UsageError(f"cannot write the figures to {outdir}: {e.strerror or e}") from None
+    for p in written:
+        click.echo(str(p))
+    for why in skipped:
+        click.echo(f"mmntrace: skipped {why}", err=True)
 
 
 @main.command()

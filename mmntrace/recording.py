@@ -125,6 +125,58 @@ class Recording:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
 
+    def segment_files(self, prefix: str) -> list[Path]:
+        """The segments of one kind (``events`` or ``sleeps``), in recording order."""
+        return sorted(self.dir.glob(f"{prefix}-*.parquet"))
+
+    def _parquet(self, f: Path, read_dictionary=()) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(f, read_dictionary=list(read_dictionary) or None)
+        except (pa.ArrowException, OSError) as e:
+            raise RecordingError(f"segment {f.name} of {self.dir} is corrupt ({str(e).splitlines()[0]})") from None
+
+    def rows(self, prefix: str) -> int:
+        """Rows in all segments of one kind, from the Parquet footers (reads no data)."""
+        return sum(self._parquet(f).metadata.num_rows for f in self.segment_files(prefix))
+
+    def tables(self, prefix: str, columns=None, dictionary=()):
+        """Segments one at a time as pyarrow Tables: only ``columns`` (those a
+        segment lacks are absent from its table), string columns named in
+        ``dictionary`` read dictionary-encoded (no Python strings made)."""
+        for f in self.segment_files(prefix):
+            names = self._parquet(f).schema_arrow.names
+            cols = [c for c in columns if c in names] if columns is not None else None
+            try:
+                yield self._parquet(f, [c for c in dictionary if c in names and (cols is None or c in cols)]
+                                    ).read(columns=cols)
+            except (pa.ArrowException, OSError) as e:
+                raise RecordingError(f"segment {f.name} of {self.dir} is corrupt ({str(e).splitlines()[0]})") from None
+
+    def column_range(self, prefix: str, column: str) -> tuple[int, int] | None:
+        """(min, max) of an integer column over all segments: from the Parquet
+        statistics where every row group has them, else by reading that column."""
+        lo = hi = None
+        for f in self.segment_files(prefix):
+            pf = self._parquet(f)
+            idx = pf.schema_arrow.get_field_index(column)
+            if idx < 0:
+                continue
+            md = pf.metadata
+            stats = [md.row_group(i).column(idx).statistics for i in range(md.num_row_groups)]
+            if all(s is not None and s.has_min_max for s in stats):
+                mins = [int(s.min) for s in stats if s.num_values]
+                maxs = [int(s.max) for s in stats if s.num_values]
+            else:
+                try:
+                    col = pf.read(columns=[column]).column(column).to_numpy()
+                except (pa.ArrowException, OSError) as e:
+                    raise RecordingError(f"segment {f.name} of {self.dir} is corrupt ({str(e).splitlines()[0]})") from None
+                mins, maxs = ([int(col.min())], [int(col.max())]) if len(col) else ([], [])
+            if mins:
+                lo = min(mins) if lo is None else min(lo, *mins)
+                hi = max(maxs) if hi is None else max(hi, *maxs)
+        return None if lo is None else (lo, hi)
+
     def events(self, columns=None) -> pd.DataFrame:
         return self._read("events", columns)
 

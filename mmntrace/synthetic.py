@@ -1,0 +1,207 @@
+"""Synthetic recordings in the real format, for tests, benchmarks and trying the
+report, plots and notebooks without a traceable kernel.
+
+    python -m mmntrace.synthetic OUTDIR [--events N] [--segments K] [--aggregate]
+
+The mix imitates a KVM host with the project's test module loaded: range
+start/end with KVM and test-module callbacks, the secondary-TLB hook with its
+four caller classes, the young ops, a release, and an injected might-sleep and
+sleep in the test module's secondary-TLB callback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .recording import RecordingWriter
+
+SEC = "arch_invalidate_secondary_tlbs"
+#: (kind, hook, callback, weight, median ns, sigma of log)
+MIX = [
+    ("hook", "invalidate_range_start", None, 0.17, 1500, 0.8),
+    ("callback", "invalidate_range_start", "kvm_mmu_notifier_invalidate_range_start [kvm]", 0.15, 800, 0.9),
+    ("callback", "invalidate_range_start", "mmnt_invalidate_range_start [mmnt_test]", 0.05, 300, 0.5),
+    ("hook", "invalidate_range_end", None, 0.17, 900, 0.7),
+    ("callback", "invalidate_range_end", "kvm_mmu_notifier_invalidate_range_end [kvm]", 0.15, 200, 0.6),
+    ("callback", "invalidate_range_end", "mmnt_invalidate_range_end [mmnt_test]", 0.05, 150, 0.5),
+    ("hook", SEC, None, 0.12, 400, 0.6),
+    ("callback", SEC, "mmnt_secondary_tlb [mmnt_test]", 0.06, 150, 0.5),
+    ("hook", "clear_flush_young", None, 0.04, 2000, 0.9),
+    ("callback", "clear_flush_young", "kvm_mmu_notifier_clear_flush_young [kvm]", 0.0399, 1500, 0.9),
+    ("hook", "release", None, 0.0001, 50000, 0.3),
+]
+HOOK_IDS = {"invalidate_range_start": 0, "invalidate_range_end": 1, SEC: 2, "release": 3, "clear_flush_young": 4}
+EVENTS = ["unmap", "clear", "protection_vma", "protection_page", "soft_dirty", "release", "migrate", "exclusive"]
+EVENT_P = [0.3, 0.4, 0.1, 0.05, 0.02, 0.01, 0.1, 0.02]
+RANGE_CALLERS = ["zap_pte_range", "change_protection", "migrate_vma_collect", "try_to_unmap_one",
+                 "__split_huge_pmd", "wp_page_copy", "madvise_free_pte_range", "unmap_vmas"]
+#: secondary-TLB hook: (caller, caller_class, weight)
+SEC_CALLERS = [("ptep_clear_flush", "ptl_clear", 0.35), ("wp_page_copy", "ptl_clear", 0.15),
+               ("flush_tlb_mm_range", "tlb_flush", 0.25), ("arch_tlbbatch_flush", "tlb_flush", 0.05),
+               ("wp_page_reuse", "permission_upgrade", 0.08), ("ptep_set_access_flags", "permission_upgrade", 0.02),
+               ("__mmu_notifier_invalidate_range_end", "range_end", 0.10)]
+COMMS = ["qemu-system-x86", "qemu-system-x86", "kvm-nx-lpage-re", "khugepaged", "kcompactd0", "python3",
+         "postgres", "java", "kswapd0", "numad"]
+META = {"kernel": {"release": "6.12.0-synthetic", "arch": "x86_64"}, "backend": "kprobe", "aggregate": False,
+        "hooks": list(HOOK_IDS), "filters": {"pid": None, "comm": None}, "synthetic": True}
+
+
+def attached() -> list[dict]:
+    out = [{"kind": "hook", "symbol": f"__mmu_notifier_{h}", "module": None, "hook": h, "status": "attached"}
+           for h in HOOK_IDS]
+    out += [{"kind": "callback", "symbol": cb, "module": cb.split("[")[-1].rstrip("]"), "hook": h,
+             "status": "attached"} for k, h, cb, *_ in MIX if cb]
+    out += [{"kind": "sleeper", "symbol": s, "module": None, "hook": None, "status": "attached"}
+            for s in ("mutex_lock", "msleep", "down_read", "__cond_resched")]
+    out.append({"kind": "tracepoint", "symbol": "sched:sched_switch", "module": None, "hook": None,
+                "status": "attached"})
+    out.append({"kind": "callback", "symbol": "amdgpu_mn_invalidate_gfx [amdgpu]", "module": "amdgpu",
+                "hook": "invalidate_range_start", "status": "skipped: module not loaded"})
+    return out
+
+
+def events(n: int, rng: np.random.Generator, ts0: int, span_ns: int, seq0: int = 0, slow=None) -> pd.DataFrame:
+    """n event records, timestamps spread evenly over [ts0, ts0 + span_ns);
+    latency x3 while ``slow[0] <= ts < slow[1]`` (shows on the heatmap)."""
+    w = np.array([m[3] for m in MIX])
+    mi = rng.choice(len(MIX), n, p=w / w.sum())
+    kind = np.array([m[0] for m in MIX], dtype=object)[mi]
+    hook = np.array([m[1] for m in MIX], dtype=object)[mi]
+    cb = np.array([m[2] for m in MIX], dtype=object)[mi]
+    med = np.array([m[4] for m in MIX], float)[mi]
+    sig = np.array([m[5] for m in MIX], float)[mi]
+    ts = np.uint64(ts0) + np.sort(rng.integers(0, span_ns, n)).astype(np.uint64)
+    phase = (ts >= slow[0]) & (ts < slow[1]) if slow else np.zeros(n, bool)
+    dur = np.maximum(1, med * np.exp(rng.normal(0, 1, n) * sig) * np.where(phase, 3.0, 1.0)).astype(np.uint64)
+    is_range = np.isin(hook, ["invalidate_range_start", "invalidate_range_end"])
+    ev = np.where(is_range, np.array(EVENTS, dtype=object)[rng.choice(len(EVENTS), n, p=EVENT_P)], None)
+    pidx = np.minimum(rng.zipf(1.6, n) - 1, len(COMMS) - 1)
+    pid = (1000 + pidx * 7).astype(np.uint32)
+    comm = np.array(COMMS, dtype=object)[pidx]
+    mm = np.uint64(0xffff888100000000) + (pidx // 2).astype(np.uint64) * np.uint64(0x1000)
+    is_sec = (hook == SEC) & (kind == "hook")
+    sw = np.array([c[2] for c in SEC_CALLERS])
+    si = rng.choice(len(SEC_CALLERS), n, p=sw / sw.sum())
+    caller = np.where(kind == "hook", np.array(RANGE_CALLERS, dtype=object)[rng.integers(0, len(RANGE_CALLERS), n)],
+                      None)
+    caller = np.where(is_sec, np.array([c[0] for c in SEC_CALLERS], dtype=object)[si], caller)
+    caller_class = np.where(is_sec, np.array([c[1] for c in SEC_CALLERS], dtype=object)[si], None)
+    must = (hook == SEC) | (hook == "clear_flush_young")
+    return pd.DataFrame({
+        "kind": kind, "ts_ns": ts, "cpu": rng.integers(0, 16, n).astype(np.uint32), "pid": pid, "tid": pid,
+        "comm": comm, "mm": mm, "hook_id": np.array([HOOK_IDS[h] for h in MIX_HOOKS], np.uint8)[mi],
+        "event_id": np.where(is_range, 1, -1).astype(np.int32), "start": np.zeros(n, np.uint64),
+        "end": np.full(n, 4096, np.uint64), "blockable": ~must, "preempt_count": must.astype(np.uint32),
+        "atomic": must, "irqs_off": np.zeros(n, bool), "must_not_sleep": must, "dur_ns": dur,
+        "ret": np.zeros(n, np.int32), "seq": np.arange(seq0, seq0 + n, dtype=np.uint64),
+        "stack_id": np.where(kind == "hook", 7, -1).astype(np.int32), "func": np.zeros(n, np.uint64),
+        "hook": pd.Categorical(hook), "event": ev, "callback": cb, "caller": caller, "caller_class": caller_class,
+    })
+
+
+MIX_HOOKS = [m[1] for m in MIX]
+
+SLEEP_STACK = ["__schedule", "schedule", "msleep", "mmnt_secondary_tlb+0x40 [mmnt_test]",
+               "__mmu_notifier_arch_invalidate_secondary_tlbs", "ptep_clear_flush", "wp_page_copy",
+               "handle_mm_fault", "do_user_addr_fault", "exc_page_fault", "asm_exc_page_fault"]
+MUTEX_STACK = ["mutex_lock", "mmnt_secondary_tlb+0x20 [mmnt_test]", "__mmu_notifier_arch_invalidate_secondary_tlbs",
+               "flush_tlb_mm_range", "zap_pte_range", "unmap_vmas", "exit_mmap", "mmput", "do_exit"]
+
+
+def sleeps(n_inv: int, rng: np.random.Generator, ts0: int, span_ns: int, seq0: int = 10 ** 12) -> pd.DataFrame:
+    """n_inv violating invocations of the test module's secondary-TLB callback:
+    most take a mutex (might_sleep), one in ten msleeps (might_sleep then sleep)."""
+    rows = []
+    for i, t in enumerate(np.sort(rng.integers(0, span_ns, n_inv))):
+        base = dict(ts_ns=np.uint64(ts0 + int(t)), cpu=1, pid=1000, tid=1000, comm="qemu-system-x86",
+                    mm=0xffff888100000000, hook_id=2, event_id=-1, start=0, end=4096, blockable=False,
+                    atomic=bool(i % 3), irqs_off=False, must_not_sleep=True, preempt_count=1, dur_ns=0, ret=0,
+                    seq=seq0 + i, stack_id=3, func=0, hook=SEC, event=None, callback="mmnt_secondary_tlb [mmnt_test]")
+        if i % 10 == 0:
+            rows.append(base | dict(rule="might_sleep", sleeper="msleep", stack=SLEEP_STACK[2:]))
+            rows.append(base | dict(ts_ns=base["ts_ns"] + np.uint64(1000), rule="sleep", sleeper=None, stack_id=4,
+                                    stack=SLEEP_STACK))
+        else:
+            rows.append(base | dict(rule="might_sleep", sleeper="mutex_lock", stack=MUTEX_STACK))
+    return pd.DataFrame(rows)
+
+
+def hist_frame(ev: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """What --aggregate would have kept of these events: log2 histograms (bcc's
+    bpf_log2l slots) and exact totals."""
+    from .aggregate import log2_bucket
+    d = ev.assign(slot=log2_bucket(ev["dur_ns"].to_numpy()), callback=ev["callback"].astype(object),
+                  hook=ev["hook"].astype(str))
+    d.loc[d["slot"] == 0, "slot"] = 1
+    keys = ["hook", "callback", "event"]
+    h = d.groupby(keys + ["slot"], dropna=False).size().rename("count").reset_index()
+    h["func"] = 0
+    h["hook_id"] = [HOOK_IDS.get(x, 0) for x in h["hook"]]
+    h["event_id"] = -1
+    tot = d.groupby(keys, dropna=False)["dur_ns"].agg(["size", "sum"]).reset_index()
+    totals = [{"hook": r.hook, "event": None if pd.isna(r.event) else r.event,
+               "callback": None if pd.isna(r.callback) else r.callback, "count": int(r.size), "sum_ns": int(r.sum)}
+              for r in tot.itertuples()]
+    h["callback"] = h["callback"].map(lambda v: None if pd.isna(v) else v)
+    h["event"] = h["event"].map(lambda v: None if pd.isna(v) else v)
+    return h[["func", "hook_id", "event_id", "slot", "count", "hook", "event", "callback"]], totals
+
+
+def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30, *, aggregate: bool = False,
+          span_s: float = 30.0, seed: int = 1, ts0: int = 5_000_000_000_000) -> Path:
+    """Write a synthetic recording to ``path`` (a new directory) and return it."""
+    rng = np.random.default_rng(seed)
+    span = int(span_s * 1e9)
+    w = RecordingWriter(path, META | {"aggregate": aggregate, "attached": attached(),
+                                      "events_enum": {str(i): e for i, e in enumerate(EVENTS)}})
+    start = time.time()
+    per = -(-n_events // segments) if segments else 0
+    seg_span = span // max(segments, 1)
+    hist_parts = []
+    sl_all = sleeps(violations, rng, ts0, span) if violations else pd.DataFrame()
+    for k in range(segments):
+        n = min(per, n_events - k * per)
+        if n <= 0:
+            break
+        ev = events(n, rng, ts0 + k * seg_span, seg_span, seq0=k * per,
+                    slow=(ts0 + span // 2, ts0 + span // 2 + span // 6))
+        lo, hi = ts0 + k * seg_span, ts0 + (k + 1) * seg_span
+        sl = sl_all[(sl_all["ts_ns"] >= lo) & (sl_all["ts_ns"] < hi)] if len(sl_all) else sl_all
+        if aggregate:
+            hist_parts.append(ev)
+            w.write_segment(pd.DataFrame(), sl.reset_index(drop=True))
+        else:
+            w.write_segment(ev, sl.reset_index(drop=True))
+    extra = {}
+    if aggregate and hist_parts:
+        h, totals = hist_frame(pd.concat(hist_parts, ignore_index=True))
+        w.write_hist(h)
+        extra["totals"] = totals
+    w.meta["start_time"] = start
+    w.finish(drops={"hook": 0, "callback": 0, "sleep": 0, "kretprobe_missed": 3, "perf_lost": 0, "total": 3},
+             **extra)
+    # a recording of span_s seconds, whatever the time it took to write
+    w.meta["end_time"] = start + span_s
+    w.flush_meta()
+    return Path(path)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Write a synthetic mmntrace recording.")
+    ap.add_argument("out")
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--segments", type=int, default=10)
+    ap.add_argument("--violations", type=int, default=40)
+    ap.add_argument("--aggregate", action="store_true")
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args(argv)
+    print(write(a.out, a.events, a.segments, a.violations, aggregate=a.aggregate, seed=a.seed))
+
+
+if __name__ == "__main__":
+    main()
