@@ -208,6 +208,8 @@ class _EventAcc:
         if n == 0:
             return
         self.records += n
+        if not isinstance(df.index, pd.RangeIndex) or df.index.start != 0:
+            df = df.reset_index(drop=True)      # columns made here are positional
         hc, hv = _codes(df["hook"])
         cc, cv = _codes(_col(df, "callback", n))
         ec, ev = _codes(_col(df, "event", n))

@@ -1,0 +1,90 @@
+"""Run the project's notebooks (notebooks/*.ipynb) against a recording.
+
+    python -m mmntrace.notebooks RECORDING OUTDIR
+
+Each notebook reads the recording named by ``MMNTRACE_RECORDING``; the
+executed copies (with outputs) are written to OUTDIR. Used by the unit test
+(synthetic recording) and the lab test (a real one). Needs the dev extras
+(nbclient, nbformat, ipykernel).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .errors import MmntraceError
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+class NotebookError(MmntraceError):
+    exit_code = 40
+
+
+def notebook_paths(notebooks_dir: str | Path | None = None) -> list[Path]:
+    d = Path(notebooks_dir) if notebooks_dir else NOTEBOOKS
+    paths = sorted(d.glob("*.ipynb"))
+    if not paths:
+        raise NotebookError(f"no notebooks in {d}")
+    return paths
+
+
+def run_notebooks(recording_dir: str | Path, out_dir: str | Path, *, notebooks_dir: str | Path | None = None,
+                  timeout: int = 600) -> list[Path]:
+    """Execute every notebook with MMNTRACE_RECORDING=recording_dir; write the
+    executed copies to out_dir and return their paths. Raises NotebookError
+    (one sentence: notebook, cell, exception) when a cell fails."""
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+        from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    except ImportError as e:
+        raise NotebookError(f"running notebooks needs the dev extras ({e.name} is missing): "
+                            "pip install -e '.[dev]'") from None
+    rec = Path(recording_dir).resolve()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, MMNTRACE_RECORDING=str(rec), MPLBACKEND="module://matplotlib_inline.backend_inline")
+    # the kernel must import this checkout's mmntrace, whatever its working directory
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    written = []
+    for nb_path in notebook_paths(notebooks_dir):
+        nb = nbformat.read(nb_path, as_version=4)
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(nb_path.parent)}})
+        try:
+            client.execute(env=env)
+        except CellExecutionError as e:
+            line = next((ln for ln in str(e).splitlines() if ln.strip() and not ln.startswith("-")), str(e))
+            ename = getattr(e, "ename", "") or "error"
+            evalue = getattr(e, "evalue", "") or line
+            raise NotebookError(f"{nb_path.name} failed on {rec}: {ename}: {evalue}") from None
+        except (CellTimeoutError, DeadKernelError, RuntimeError) as e:
+            raise NotebookError(f"{nb_path.name} did not finish on {rec}: {str(e).splitlines()[0] if str(e) else e}") \
+                from None
+        finally:
+            dest = out / nb_path.name
+            nbformat.write(nb, dest)
+        written.append(dest)
+    return written
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    try:
+        for p in run_notebooks(argv[0], argv[1]):
+            print(p)
+    except MmntraceError as e:
+        print(f"mmntrace: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
