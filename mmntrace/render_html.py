@@ -30,6 +30,7 @@ pre { background: #f7f7f9; padding: 8px 12px; border-radius: 4px; overflow-x: au
 img { max-width: 100%; border: 1px solid #e4e4e4; margin: 6px 0; }
 .up { color: #b00020; } .down { color: #0a7d32; }
 details { margin: 4px 0 10px; }
+.scroll { overflow-x: auto; max-width: 100%; }
 """
 
 
@@ -45,7 +46,7 @@ def _table(headers, rows, left=()) -> str:
         tds = "".join(f'<td class="{"l" if i in left else ""}">{c if isinstance(c, _Raw) else _e(c)}</td>'
                       for i, c in enumerate(cells))
         body.append(f'<tr class="{cls}">{tds}</tr>')
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{h}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 class _Raw(str):
@@ -85,16 +86,23 @@ def _latency(rep) -> str:
     if not rows:
         return "<p>No hook or callback invocations.</p>"
     span = T.hist_span(rows)
-    hist_hdr = f"log2 histogram ({T.dur(1 << (span[0] - 1) if span and span[0] else 0)} … {T.dur(1 << span[1]) if span else ''})"
-    out, prev = [], None
+    hist_hdr = _Raw(f"log2 histogram<br><small>{_e(T.dur(1 << (span[0] - 1)) if span and span[0] else '0 ns')} … "
+                    f"{_e(T.dur(1 << span[1]) if span else '')}</small>")
+    headers = ["callback", "event", "count", "rate/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", hist_hdr]
+    body, prev = [], None
     for r in rows:
-        cells = [r["hook"] if r["hook"] != prev else "", T._cb(r), r["event"] or "-", T.num(r["count"]),
-                 T.num(r.get("rate_per_s")), T.us(r["p50_ns"]), T.us(r["p90_ns"]), T.us(r["p99_ns"]),
-                 T.us(r.get("p999_ns")), T.us(r["max_ns"]), _spark(T.hist_spark(r.get("hist_log2"), span))]
-        out.append(("hookrow" if r["hook"] != prev else "", cells))
-        prev = r["hook"]
-    return _table(["hook", "callback", "event", "count", "rate/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs",
-                   hist_hdr], out, left={0, 1, 2, 10})
+        if r["hook"] != prev:
+            body.append(f'<tr class="hookrow"><td class="l" colspan="{len(headers)}"><b>{_e(r["hook"])}</b></td></tr>')
+            prev = r["hook"]
+        cells = [T._cb(r), r["event"] or "-", T.num(r["count"]), T.num(r.get("rate_per_s")), T.us(r["p50_ns"]),
+                 T.us(r["p90_ns"]), T.us(r["p99_ns"]), T.us(r.get("p999_ns")), T.us(r["max_ns"]),
+                 _spark(T.hist_spark(r.get("hist_log2"), span))]
+        body.append("<tr>" + "".join(f'<td class="{"l" if i in (0, 1, 9) else ""}">'
+                                     f'{c if isinstance(c, _Raw) else _e(c)}</td>' for i, c in enumerate(cells))
+                    + "</tr>")
+    h = "".join(f'<th class="{"l" if i in (0, 1, 9) else ""}">{x if isinstance(x, _Raw) else _e(x)}</th>'
+                for i, x in enumerate(headers))
+    return f'<div class="scroll"><table><thead><tr>{h}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _timeline(rep) -> str:

@@ -47,8 +47,8 @@ def from_summary(s: aggregate.Summary) -> dict:
         viol.append({k: r[k] for k in ("rule", "hook", "callback", "sleeper", "atomic", "count", "stack")}
                     | {"first_ns": r["first_ns"], "last_ns": r["last_ns"], "pids": r["pids"],
                        "comms": r.get("comms", []),
-                       "first_s": round((r["first_ns"] - t0) / 1e9, 6) if t0 is not None else None,
-                       "last_s": round((r["last_ns"] - t0) / 1e9, 6) if t0 is not None else None})
+                       "first_s": round((r["first_ns"] - t0) / 1e9, 9) if t0 is not None else None,
+                       "last_s": round((r["last_ns"] - t0) / 1e9, 9) if t0 is not None else None})
     rate_s = s.rate_s
     return {
         "schema_version": SCHEMA_VERSION,

@@ -1,0 +1,219 @@
+"""`mmntrace report` (text, json, html, --compare) and `mmntrace plot` through
+the CLI; bad input gives one sentence and a non-zero exit; the notebooks run;
+the HTML renders in a real browser."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mmntrace import synthetic
+from mmntrace.cli import main
+from mmntrace.recording import RecordingWriter
+
+META = {"kernel": {"release": "6.12.0-test", "arch": "x86_64"}, "backend": "kprobe", "aggregate": False}
+
+
+@pytest.fixture(scope="module")
+def recs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("recs")
+    a = synthetic.write(d / "a", n_events=6000, segments=3, violations=12, span_s=10.0, seed=1)
+    b = synthetic.write(d / "b", n_events=3000, segments=2, violations=0, span_s=10.0, seed=2)
+    agg = synthetic.write(d / "agg", n_events=3000, segments=2, violations=4, aggregate=True, span_s=10.0, seed=3)
+    empty = d / "empty"
+    RecordingWriter(empty, META).finish(drops={"total": 0})
+    return {"a": a, "b": b, "agg": agg, "empty": empty, "dir": d}
+
+
+def _run(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in r.output, r.output
+    return r
+
+
+def test_text_report_sections(recs):
+    r = _run("report", recs["a"])
+    assert r.exit_code == 0, r.output
+    for s in ("Latency (µs) by hook x callback x event", "Over time:", "Top processes", "Top mms",
+              "Callers of the secondary-TLB hook", "ptl_clear", "Rule violations (12 callback invocations)",
+              "example stack 1", "Drops: 3 records lost", "Coverage: 16 probes attached, 1 skipped",
+              "kvm_mmu_notifier_invalidate_range_start [kvm]", "p99.9"):
+        assert s in r.output, s
+
+
+def test_json_report_contract_and_additions(recs):
+    r = _run("report", recs["a"], "--format", "json")
+    assert r.exit_code == 0
+    rep = json.loads(r.output)
+    # the schema-1 contract (docs/report-schema.md) ...
+    assert rep["schema_version"] == 1
+    assert {"kernel", "complete", "backend", "aggregate", "duration_s", "events", "dropped", "drops", "latency",
+            "violations", "coverage"} <= rep.keys()
+    assert {"hook", "callback", "event", "count", "p50_ns", "p90_ns", "p99_ns", "max_ns"} <= rep["latency"][0].keys()
+    assert {"rule", "hook", "callback", "sleeper", "atomic", "count", "stack", "first_ns", "last_ns", "pids"} \
+        <= rep["violations"][0].keys()
+    assert {"attached", "skipped"} <= rep["coverage"].keys()
+    # ... and what minor 1 added
+    assert rep["schema_minor"] == 1
+    assert {"p999_ns", "rate_per_s", "mean_ns", "min_ns", "total_ns", "hist_log2"} <= rep["latency"][0].keys()
+    assert {"timeline", "processes", "mms", "secondary_tlb", "quantile_method", "hook_invocations",
+            "callback_invocations", "events_per_s", "violation_invocations"} <= rep.keys()
+    assert rep["events"] == 6000 and rep["violation_invocations"] == 12
+    assert "compare" not in rep
+
+
+def test_compare_text_json_html(recs, tmp_path):
+    r = _run("report", recs["a"], "--compare", recs["b"], "--format", "json")
+    assert r.exit_code == 0
+    rep = json.loads(r.output)
+    c = rep["compare"]
+    assert c["a"] == str(recs["a"]) and c["b"] == str(recs["b"])
+    summ = {x["metric"]: x for x in c["summary"]}
+    assert summ["events"]["a"] == 6000 and summ["events"]["b"] == 3000 and summ["events"]["ratio"] == 0.5
+    a_rows = {(x["hook"], x["callback"], x["event"]): x for x in rep["latency"]}
+    b_rows = {(x["hook"], x["callback"], x["event"]): x for x in c["report_b"]["latency"]}
+    for row in c["latency"]:
+        k = (row["hook"], row["callback"], row["event"])
+        if k in a_rows and k in b_rows:
+            assert row["ratio"]["p99_ns"] == round(b_rows[k]["p99_ns"] / a_rows[k]["p99_ns"], 4)
+            assert row["ratio"]["count"] == round(b_rows[k]["count"] / a_rows[k]["count"], 4)
+        else:
+            assert row["ratio"]["count"] is None
+    v = c["violations"]
+    assert v and all(x["b_count"] == 0 and x["ratio"] == 0.0 for x in v)     # none in B
+    t = _run("report", recs["a"], "--compare", recs["b"])
+    assert t.exit_code == 0 and "Latency (µs), A vs B" in t.output and "B/A" in t.output
+    out = tmp_path / "cmp.html"
+    h = _run("report", recs["a"], "--compare", recs["b"], "--format", "html", "-o", out)
+    assert h.exit_code == 0 and "Comparison (B/A)" in out.read_text()
+
+
+def test_html_is_self_contained(recs, tmp_path):
+    out = tmp_path / "r.html"
+    r = _run("report", recs["a"], "--format", "html", "-o", out)
+    assert r.exit_code == 0 and str(out) in r.output
+    html = out.read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert html.count("data:image/png;base64,") >= 4
+    assert not re.search(r'(src|href)="(?!data:)', html)          # nothing fetched from anywhere
+    assert "<script" not in html
+    for s in ("Latency by hook × callback × event", "Over time", "Top processes", "Callers of the secondary-TLB hook",
+              "Sleeping-rule violations", "Drops and coverage", "mutex_lock"):
+        assert s in html, s
+
+
+def test_plot_png_and_svg(recs, tmp_path):
+    r = _run("plot", recs["a"], "-o", tmp_path / "p")
+    assert r.exit_code == 0, r.output
+    files = r.output.split()
+    assert [os.path.basename(f) for f in files] == ["latency-cdf.png", "latency-heatmap.png", "rate-timeline.png",
+                                                    "violations-timeline.png"]
+    for f in files:
+        assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    r = _run("plot", recs["a"], "-o", tmp_path / "s", "--format", "svg")
+    assert r.exit_code == 0 and all(open(f).read(200).lstrip().startswith("<?xml") for f in r.output.split())
+
+
+def test_plot_default_dir_and_aggregate(recs):
+    r = _run("plot", recs["agg"])
+    assert r.exit_code == 0
+    out = r.stdout.split()
+    assert [os.path.basename(f) for f in out] == ["latency-cdf.png", "violations-timeline.png"]
+    assert all(os.path.dirname(f) == str(recs["dir"] / "agg-plots") for f in out)
+    assert "skipped latency-heatmap" in r.stderr
+
+
+def test_aggregate_recording_report(recs):
+    r = _run("report", recs["agg"])
+    assert r.exit_code == 0 and "aggregated in kernel" in r.output and "log2 slots" in r.output
+    rep = json.loads(_run("report", recs["agg"], "--format", "json").output)
+    assert rep["aggregate"] and rep["quantile_method"] == "log2_upper" and rep["timeline"] is None
+
+
+@pytest.mark.parametrize("args,code,msg", [
+    (["report", "{empty}"], 20, "holds no events, violations or histograms"),
+    (["plot", "{empty}"], 20, "holds no events, violations or histograms"),
+    (["report", "{a}", "--compare", "{dir}/missing"], 20, "is not a directory"),
+    (["report", "{a}", "--compare", "{dir}"], 20, "not an mmntrace recording"),
+    (["report", "{a}", "--format", "html"], 2, "add -o FILE"),
+    (["report", "{a}", "-o", "{dir}/no/such/dir/r.txt"], 2, "cannot write"),
+    (["plot", "{dir}/missing"], 20, "is not a directory"),
+    (["report", "{a}", "--format", "pdf"], 2, "Invalid value"),
+])
+def test_bad_input_one_sentence(recs, args, code, msg):
+    r = _run(*[a.format(**{k: str(v) for k, v in recs.items()}) for a in args])
+    assert r.exit_code == code, r.output
+    assert msg in r.output
+
+
+def test_help_teaches():
+    for cmd in ("report", "plot"):
+        r = _run(cmd, "--help")
+        assert r.exit_code == 0 and "Examples:" in r.output and f"mmntrace {cmd} rec" in r.output
+
+
+def test_notebooks_run(recs, tmp_path):
+    pytest.importorskip("nbclient")
+    from mmntrace.notebooks import notebook_paths, run_notebooks
+    import nbformat
+    for p in notebook_paths():      # kept in git with outputs cleared
+        nb = nbformat.read(p, as_version=4)
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"), p
+    out = run_notebooks(recs["a"], tmp_path / "nb")
+    assert sorted(p.name for p in out) == ["latency.ipynb", "violations.ipynb"]
+    for p in out:
+        nb = nbformat.read(p, as_version=4)
+        outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert not [o for o in outs if o.output_type == "error"]
+        assert any("image/png" in o.get("data", {}) for o in outs), p.name
+
+
+def test_notebook_failure_is_one_sentence(recs, tmp_path):
+    pytest.importorskip("nbclient")
+    from mmntrace.notebooks import NotebookError, run_notebooks
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    nb = new_notebook(cells=[new_code_cell("raise ValueError('boom')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nbdir / "bad.ipynb")
+    with pytest.raises(NotebookError, match="bad.ipynb failed.*ValueError: boom"):
+        run_notebooks(recs["a"], tmp_path / "o", notebooks_dir=nbdir)
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (scripts/setup.sh installs Debian's "
+                                                 "chromium package): cannot check that the HTML report renders")
+def test_html_renders_in_chromium(recs, tmp_path):
+    from PIL import Image
+    html = tmp_path / "r.html"
+    assert _run("report", recs["a"], "--format", "html", "-o", html).exit_code == 0
+    shot = tmp_path / "shot.png"
+    args = [_chromium(), "--headless", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+            html.as_uri()]
+    if os.geteuid() == 0:
+        args.insert(1, "--no-sandbox")
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert shot.exists(), p.stderr[-2000:]
+    img = Image.open(shot)
+    img.verify()                                 # a valid PNG ...
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1200, 2000)
+    px = np.asarray(img).reshape(-1, 3).astype(int)
+    nonwhite = (px < 240).any(axis=1).mean()
+    colored = ((px.max(axis=1) - px.min(axis=1)) > 60).mean()
+    assert nonwhite > 0.03, f"only {nonwhite:.1%} of the screenshot is not white: blank page?"
+    assert colored > 0.001, "no coloured pixels: the embedded plots did not render"
