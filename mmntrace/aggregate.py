@@ -409,7 +409,8 @@ class _EventAcc:
         c = c.groupby(["hook", "caller", "caller_class"], dropna=False, sort=False)[["size", "sum"]].sum().reset_index()
         n = int(c["size"].sum())
         classes = []
-        cls = c.assign(caller_class=c["caller_class"].fillna("unknown")).groupby("caller_class")[["size", "sum"]].sum()
+        cls = c.assign(caller_class=[x if x is not None and not pd.isna(x) else "unknown" for x in c["caller_class"]]
+                       ).groupby("caller_class")[["size", "sum"]].sum()
         for name in CALLER_CLASSES + sorted(set(cls.index) - set(CALLER_CLASSES)):
             cnt = int(cls["size"].get(name, 0))
             classes.append({"caller_class": name, "count": cnt, "share": round(cnt / n, 6),

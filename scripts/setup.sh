@@ -5,8 +5,8 @@
 #  - adds the bookworm-backports suite, copying the URI of the machine's own
 #    Debian source (no host name is written in this repository);
 #  - installs QEMU, the newest Debian 6.1 and backports 6.12 kernels with their
-#    exact matching headers, bcc (python3-bpfcc), bpftrace, bpftool, numactl and
-#    the tools to build kernel modules;
+#    exact matching headers, bcc (python3-bpfcc), bpftrace, bpftool, numactl,
+#    the tools to build kernel modules, and chromium (renders the HTML report in a test);
 #  - makes .venv/ from /usr/bin/python3 with --system-site-packages (bcc lives in
 #    Debian's dist-packages) and installs mmntrace editable with its dev extras.
 set -euo pipefail
@@ -49,8 +49,9 @@ kernel_pkg() {  # $1 = series regex, e.g. '6\.1\.0-[0-9]+' or '6\.12\.[0-9]+\+de
       | grep -oE "linux-image-$1-amd64" | sort -V | tail -n 1
 }
 
+# chromium: the unit test that renders the HTML report headless (skipped without it)
 BASE_PKGS="qemu-system-x86 python3-bpfcc bpftrace bpftool numactl build-essential bc kmod
-           python3-venv busybox-static cpio procps iproute2 util-linux"
+           python3-venv busybox-static cpio procps iproute2 util-linux chromium"
 
 missing=()
 for p in $BASE_PKGS; do
