@@ -103,8 +103,8 @@ def header(rep) -> list[str]:
              f"kernel {k['release']} ({k['arch']}), backend {rep['backend']}"
              f"{', aggregated in kernel (--aggregate)' if rep['aggregate'] else ''}"]
     rate = f" ({rep['events_per_s']:,.1f}/s)" if rep.get("events_per_s") is not None else ""
-    lines.append(f"duration {rep['duration_s']} s, {rep.get('hook_invocations', rep['events'])} hook invocations{rate}, "
-                 f"{rep.get('callback_invocations', 0)} callback invocations, {rep['dropped']} dropped"
+    lines.append(f"duration {rep['duration_s']} s, {num(rep.get('hook_invocations', rep['events']))} hook invocations"
+                 f"{rate}, {num(rep.get('callback_invocations', 0))} callback invocations, {num(rep['dropped'])} dropped"
                  + ("" if rep["complete"] else "  [recording was cut short: metadata incomplete]"))
     q = {"exact": "exact", "loglinear": "from log-linear histograms (within 0.8%)",
          "log2_upper": "upper bounds of log2 slots (within 2x)"}.get(rep.get("quantile_method"), "")
