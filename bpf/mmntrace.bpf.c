@@ -129,6 +129,8 @@ BPF_TABLE("lru_hash", u64, u8, seen_mm, 4096);		/* mms whose subscriptions were 
 BPF_ARRAY(nosleep, s64, 1);			/* must-not-sleep sections active, all CPUs */
 BPF_ARRAY(calib, u32, 4);			/* [0] preempt offset; [1] raw seen; [2] hits; [3] irqs off hits */
 BPF_PERCPU_ARRAY(seqs, u64, 1);
+BPF_ARRAY(sampling, u32, 1);			/* trace 1 hook invocation in N (0, 1: all) */
+BPF_PERCPU_ARRAY(sample_ctr, u64, 1);
 
 #ifdef MMNT_AGGREGATE
 struct tot_key {
@@ -395,6 +397,21 @@ static __always_inline void walk_subs(void *ctx, u64 mm)
 
 /* ---- hooks ---------------------------------------------------------------- */
 
+/* The daemon's event budget: true when this hook invocation is not sampled. */
+static __always_inline bool sampled_out(void)
+{
+	u32 z = 0;
+	u32 *n = sampling.lookup(&z);
+	u64 *c;
+
+	if (!n || *n <= 1)
+		return false;
+	c = sample_ctr.lookup(&z);
+	if (!c)
+		return false;
+	return ((*c)++ % *n) != 0;
+}
+
 static __always_inline int hook_entry(struct pt_regs *ctx, u32 hook)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -403,6 +420,16 @@ static __always_inline int hook_entry(struct pt_regs *ctx, u32 hook)
 
 	if (!pass_filter(id >> 32))
 		return 0;
+	if (sampled_out()) {
+		/* remembered, so that its callbacks are skipped too */
+		struct hstate *old = hook_state.lookup(&tid);
+		if (old && (old->flags & MMNT_FL_MUST_NOT_SLEEP))
+			nosleep_add(-1);
+		s.hook = hook;
+		s.flags = MMNT_FL_SKIP;
+		hook_state.update(&tid, &s);
+		return 0;
+	}
 	s.ts = bpf_ktime_get_ns();
 	s.hook = hook;
 	s.event = -1;
@@ -471,6 +498,10 @@ static __always_inline int hook_return(struct pt_regs *ctx, u32 hook)
 
 	if (!s || s->hook != hook)
 		return 0;
+	if (s->flags & MMNT_FL_SKIP) {
+		hook_state.delete(&tid);
+		return 0;
+	}
 	u64 now = bpf_ktime_get_ns();
 	if (s->flags & MMNT_FL_MUST_NOT_SLEEP)
 		nosleep_add(-1);
@@ -524,6 +555,9 @@ int cb_entry(struct pt_regs *ctx)
 
 	if (!ci || !pass_filter(id >> 32))
 		return 0;
+	struct hstate *hs = hook_state.lookup(&tid);
+	if (hs && (hs->flags & MMNT_FL_SKIP))
+		return 0;		/* its hook invocation was not sampled */
 	u32 hook = ci->hook;
 	c.ts = bpf_ktime_get_ns();
 	c.func = ci->func;

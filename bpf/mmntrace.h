@@ -50,6 +50,7 @@ enum mmnt_hook {
 #define MMNT_FL_PC_UNKNOWN	(1 << 4)	/* preempt count could not be read */
 #define MMNT_FL_IRQ_UNKNOWN	(1 << 5)	/* IRQ state could not be read (fentry) */
 #define MMNT_FL_UNREGISTER	(1 << 6)	/* MMNT_REC_REGISTER: removal */
+#define MMNT_FL_SKIP		(1 << 7)	/* in-kernel only: hook invocation not sampled */
 
 /* MMNT_REC_SLEEP kinds */
 #define MMNT_SLEEP_SWITCH	1	/* scheduled out voluntarily (rule "sleep") */

@@ -278,5 +278,89 @@ def doctor():
     click.echo("recording is possible: sudo mmntrace record -d 10 -o rec")
 
 
+@main.command(epilog="""\b
+Examples:
+  sudo mmntrace daemon --every 10m --for 30s -o /var/lib/mmntrace
+  sudo mmntrace daemon --once --for 30s -o /var/lib/mmntrace     one window, for cron
+  sudo mmntrace daemon --config /etc/mmntrace/daemon.toml         flags mirrored in TOML
+  sudo mmntrace daemon --max-events-per-s 50000 --http 9475       budget + /metrics on 127.0.0.1
+
+\b
+Output (Hive-partitioned; read a fleet's files with pyarrow.dataset, DuckDB or Spark):
+  OUT/hist/host=H/date=D/WINDOW.parquet         log2 latency histograms
+  OUT/violations/host=H/date=D/WINDOW.parquet   sleep attempts with stacks
+  OUT/windows/host=H/date=D/WINDOW.json         the window's summary
+  OUT/mmntrace.prom                             node_exporter textfile metrics
+See docs/daemon.md for the rollout and what it costs per host.
+""")
+@click.option("--every", default="10m", show_default=True, metavar="DURATION",
+              help="Start a window this often (30s, 10m, 1h...).")
+@click.option("--for", "for_", default="30s", show_default=True, metavar="DURATION",
+              help="How long each window stays attached.")
+@click.option("--once", is_flag=True, help="Run a single window and exit (for cron or a systemd timer).")
+@click.option("--count", type=click.IntRange(1), metavar="N", help="Run N windows and exit.")
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False), metavar="DIR",
+              help="Output directory [default: /var/lib/mmntrace].")
+@click.option("--config", type=click.Path(dir_okay=False), metavar="FILE.toml",
+              help="TOML file whose keys mirror these flags (flags given here win); SIGHUP re-reads it.")
+@click.option("--max-events-per-s", type=float, metavar="N",
+              help="Event budget: past it, trace 1 hook invocation in N (N is in the window's metadata).")
+@click.option("--textfile", type=click.Path(dir_okay=False), metavar="FILE",
+              help="node_exporter textfile-collector file [default: OUT/mmntrace.prom].")
+@click.option("--http", metavar="[ADDR:]PORT", help="Also serve /metrics over HTTP (ADDR defaults to 127.0.0.1).")
+@click.option("--retention-age", metavar="DURATION", help="Delete windows older than this [default: 14d].")
+@click.option("--retention-size", metavar="SIZE", help="Keep at most this much output, oldest deleted first "
+              "[default: 1G].")
+@click.option("--host", help="Host name in the partitions [default: this host's name].")
+@click.option("--pid", type=int, help="Only this process (tgid).")
+@click.option("--comm", help="Only tasks with this command name.")
+@click.option("--hooks", help="Comma-separated hooks to trace (default: all).")
+@click.option("--max-bpf-cpu", type=float, metavar="SHARE",
+              help="Stop when our BPF programs use more than SHARE of one CPU in a window [default: 0.05].")
+@_friendly
+def daemon(every, for_, once, count, out, config, max_events_per_s, textfile, http, retention_age,
+           retention_size, host, pid, comm, hooks, max_bpf_cpu):
+    """Sample MMU-notifier latency and rule violations periodically, at bounded cost.
+
+    The BPF program is compiled once; each window attaches every probe, keeps
+    latency histograms in the kernel and streams only violations, then
+    detaches everything, so between windows the probe overhead is zero.
+    SIGTERM cancels the current window (nothing partial is written) and
+    detaches; SIGHUP re-reads --config. One JSON log line per window on stdout.
+    """
+    from . import daemon as d
+    cfg = d.load_config(Path(config)) if config else d.DaemonConfig()
+    kw = {}
+    ctx = click.get_current_context()
+    given = lambda name: ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT  # noqa: E731
+    if given("every") or not config:
+        kw["every_s"] = d.parse_duration(every)
+    if given("for_") or not config:
+        kw["for_s"] = d.parse_duration(for_)
+    if once:
+        kw["count"] = 1
+    elif count:
+        kw["count"] = count
+    for name, val, conv in (("out", out, Path), ("max_events_per_s", max_events_per_s, float),
+                            ("textfile", textfile, Path), ("http", http, str), ("host", host, str),
+                            ("pid", pid, int), ("comm", comm, str), ("max_bpf_cpu", max_bpf_cpu, float)):
+        if val is not None:
+            kw[name] = conv(val)
+    if retention_age:
+        kw["retention_age_s"] = d.parse_duration(retention_age)
+    if retention_size:
+        kw["retention_bytes"] = d.parse_size(retention_size)
+    if hooks:
+        kw["hooks"] = [h.strip() for h in hooks.split(",") if h.strip()]
+    import dataclasses
+    try:
+        cfg = dataclasses.replace(cfg, **kw)
+    except TypeError as e:
+        raise errors.UsageError(str(e)) from e
+    from . import kernel
+    kernel.require_recording(kernel.probe())
+    sys.exit(d.Daemon(cfg, Path(config) if config else None).run())
+
+
 if __name__ == "__main__":
     main()

@@ -156,6 +156,13 @@ class Tracer:
         return fl
 
     def start(self) -> None:
+        """Compile, load and attach everything (`record`)."""
+        self.load()
+        self.attach()
+
+    def load(self) -> None:
+        """Compile and load the BPF program, calibrate, open the ring buffer.
+        Nothing stays attached: see attach()/detach() (the daemon's windows)."""
         kernel.require_recording(self.f)
         try:
             from bcc import BPF
@@ -169,15 +176,31 @@ class Tracer:
         except Exception as e:
             raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e}") from e
         self.timing["compile_s"] = time.monotonic() - t0
-        t1 = time.monotonic()
         try:
+            # TRACEPOINT_PROBE programs are attached by bcc at load: take that back
+            self._detach_all()
             self._calibrate()
+            self._open_buffer()
+        except Exception as e:
+            self.stop()
+            raise BpfLoadError(f"loading the probes failed: {e}") from e
+
+    def attach(self) -> None:
+        """Attach every hook, registration, might-sleep and known callback probe."""
+        t1 = time.monotonic()
+        known = [(a["addr"], a["hook_id"]) for a in self._attached
+                 if a["kind"] == "callback" and a["status"] == "attached"]
+        self._attached = []
+        self._cb_known = {}
+        try:
             self._attach_hooks()
             self._attach_registration()
             self._attach_sleepers()
+            self.bpf.attach_tracepoint(tp=b"sched:sched_switch", fn_name=b"tracepoint__sched__sched_switch")
             self._attached.append(dict(kind="tracepoint", symbol="sched:sched_switch", hook=None,
                                        module=None, status="attached"))
-            self._open_buffer()
+            for func, hook in known:      # callbacks found in an earlier window
+                self._attach_callback(func, hook)
         except BpfLoadError:
             self.stop()
             raise
@@ -185,6 +208,35 @@ class Tracer:
             self.stop()
             raise BpfLoadError(f"attaching the probes failed: {e}") from e
         self.timing["attach_s"] = time.monotonic() - t1
+
+    def _detach_all(self) -> None:
+        for ev in list(self.bpf.kprobe_fds):
+            self.bpf.detach_kprobe_event(ev)
+        for tp in list(self.bpf.tracepoint_fds):
+            self.bpf.detach_tracepoint(tp)
+
+    def detach(self) -> None:
+        """Detach every probe; the program stays loaded (no overhead) for the next attach()."""
+        if self.bpf is not None:
+            self._detach_all()
+
+    def set_sampling(self, n: int) -> None:
+        """Trace 1 hook invocation in n (and its callbacks); 1 = all."""
+        self.bpf[b"sampling"][ctypes.c_int(0)] = ctypes.c_uint32(max(1, int(n)))
+
+    def reset_window(self) -> None:
+        """Zero the in-kernel histograms, totals and drop counters."""
+        for name in (b"hist", b"totals"):
+            if self.aggregate:
+                self.bpf[name].clear()
+        d = self.bpf[b"drops"]
+        for k in list(d.keys()):
+            d[k] = d.Leaf()
+        self._perf_lost = 0
+        self._kprobe_missed_base = self._kprobe_missed_raw()
+
+    def prog_fds(self) -> list[int]:
+        return [int(fn.fd) for fn in self.bpf.funcs.values()] if self.bpf is not None else []
 
     def _calibrate(self) -> None:
         """preempt_count that the probe machinery itself adds, seen on getppid()."""
@@ -342,6 +394,9 @@ class Tracer:
         return out
 
     def _kprobe_missed(self) -> int:
+        return self._kprobe_missed_raw() - getattr(self, "_kprobe_missed_base", 0)
+
+    def _kprobe_missed_raw(self) -> int:
         suffix = f"_bcc_{os.getpid()}"
         total = 0
         for p in ("/sys/kernel/tracing/kprobe_profile", "/sys/kernel/debug/tracing/kprobe_profile"):

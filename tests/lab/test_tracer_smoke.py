@@ -143,6 +143,13 @@ def run():
         stacks = {int(i): t.stack(int(i)) for i in np.unique(recs["stack_id"][recs["type"] == H.defines["MMNT_REC_SLEEP"]])}
         t.stop()
     mod = np.frombuffer(base64.b64decode(result["records"]), testmod.RECORD)
+    if os.environ.get("MMNT_DEBUG_DIR"):
+        d = Path(os.environ["MMNT_DEBUG_DIR"])
+        d.mkdir(parents=True, exist_ok=True)
+        np.save(d / "recs.npy", recs)
+        np.save(d / "mod.npy", mod)
+        (d / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "records"}))
+        (d / "attached.json").write_text(json.dumps(attached, default=str))
     print(f"\nstart (compile+calibrate+attach): {start_s:.1f} s {t.timing}; calibration {t.calibration}")
     for a in attached:
         if a["kind"] != "sleeper" or a["status"] != "attached":
@@ -151,9 +158,11 @@ def run():
 
 
 def _window(run, recs, phase="result"):
-    r = run[phase]
+    # the window the module's counters cover, on its own clock (taken under its
+    # log lock): Python may itself unmap memory between an ioctl and a clock read
+    c = run[phase]["counts"]
     mm = int(run["mod"]["mm"][0]) if len(run["mod"]) else None
-    sel = (recs["mm"] == mm) & (recs["ts_ns"] >= r["t0"]) & (recs["ts_ns"] <= r["t1"])
+    sel = (recs["mm"] == mm) & (recs["ts_ns"] >= c["reset_ns"]) & (recs["ts_ns"] <= c["read_ns"])
     return recs[sel]
 
 

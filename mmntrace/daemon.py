@@ -1,0 +1,529 @@
+"""`mmntrace daemon`: periodic, bounded-cost sampling windows for fleets.
+
+The BPF program is compiled once. Each window attaches every probe, keeps the
+latency histograms in the kernel (only rule violations are streamed), then
+detaches everything: between windows nothing of ours is attached, so the
+probe overhead there is zero.
+
+Per window the daemon writes (under OUT):
+
+  hist/host=H/date=D/<window>.parquet        log2 latency histograms
+  violations/host=H/date=D/<window>.parquet  one row per sleep attempt
+  windows/host=H/date=D/<window>.json        the window's summary
+  mmntrace.prom                              node_exporter textfile metrics
+
+Files appear atomically (written under a dot name, then renamed), so a
+reader of the Hive-partitioned datasets never sees a partial window.
+A log line (JSON) per window goes to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import decode, kernel
+from .errors import MmntraceError, UsageError
+
+DAY = 86400
+
+
+# -- configuration -------------------------------------------------------------
+def parse_duration(s) -> float:
+    """'30s', '10m', '2h', '1d', '1.5' (seconds) -> seconds."""
+    if isinstance(s, (int, float)):
+        v = float(s)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d)?\s*", str(s))
+        if not m:
+            raise UsageError(f"cannot read {s!r} as a duration: use e.g. 30s, 10m, 2h or 1d")
+        v = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": DAY, None: 1}[m.group(2)]
+    if v <= 0 or not math.isfinite(v):
+        raise UsageError(f"duration {s!r} must be positive")
+    return v
+
+
+def parse_size(s) -> int:
+    """'500M', '2G', '1024' (bytes) -> bytes."""
+    if isinstance(s, int) and s > 0:
+        return s
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*", str(s), re.I)
+    if not m:
+        raise UsageError(f"cannot read {s!r} as a size: use e.g. 500M or 2G")
+    unit = (m.group(2) or "B").upper().rstrip("B").rstrip("I")
+    v = int(float(m.group(1)) * 1024 ** " KMGT".index(unit or " "))
+    if v <= 0:
+        raise UsageError(f"size {s!r} must be positive")
+    return v
+
+
+@dataclass
+class DaemonConfig:
+    every_s: float = 600.0
+    for_s: float = 30.0
+    count: int | None = None          # windows, then exit (None: forever; --once: 1)
+    out: Path = Path("/var/lib/mmntrace")
+    host: str = field(default_factory=socket.gethostname)
+    max_events_per_s: float | None = None
+    textfile: Path | None = None      # default: OUT/mmntrace.prom
+    http: str | None = None           # "[ADDR:]PORT", ADDR defaults to 127.0.0.1
+    retention_age_s: float | None = 14 * DAY
+    retention_bytes: int | None = 1 << 30
+    pid: int | None = None
+    comm: str | None = None
+    hooks: list[str] | None = None
+    backend: str = "kprobe"
+    max_bpf_cpu: float | None = 0.05  # stop when BPF run time exceeds this share of one CPU
+
+    def __post_init__(self):
+        if self.for_s > self.every_s:
+            raise UsageError(f"a window ({self.for_s:g} s) cannot be longer than the period ({self.every_s:g} s)")
+        if self.max_events_per_s is not None and self.max_events_per_s <= 0:
+            raise UsageError("--max-events-per-s must be positive")
+        if self.count is not None and self.count < 1:
+            raise UsageError("--count must be at least 1")
+
+
+# TOML keys mirror the long flags (dashes or underscores).
+_TOML_KEYS = {
+    "every": ("every_s", parse_duration), "for": ("for_s", parse_duration),
+    "count": ("count", int), "once": ("count", lambda v: 1 if v else None),
+    "out": ("out", Path), "host": ("host", str),
+    "max_events_per_s": ("max_events_per_s", float), "textfile": ("textfile", Path),
+    "http": ("http", str), "retention_age": ("retention_age_s", parse_duration),
+    "retention_size": ("retention_bytes", parse_size), "pid": ("pid", int), "comm": ("comm", str),
+    "hooks": ("hooks", lambda v: [str(x) for x in (v if isinstance(v, list) else str(v).split(","))]),
+    "backend": ("backend", str), "max_bpf_cpu": ("max_bpf_cpu", float),
+}
+
+
+def load_config(path: Path, base: DaemonConfig | None = None) -> DaemonConfig:
+    """Read a TOML config (keys = the daemon's long flags); unknown keys are an error."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read config {path}: {e.strerror}") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"config {path} is not valid TOML: {e}") from e
+    data = data.get("daemon", data)
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path}: expected a [daemon] table")
+    kw = {}
+    for k, v in data.items():
+        key = k.replace("-", "_")
+        if key not in _TOML_KEYS:
+            raise UsageError(f"config {path}: unknown key {k!r} (known: {', '.join(sorted(_TOML_KEYS))})")
+        name, conv = _TOML_KEYS[key]
+        try:
+            kw[name] = conv(v)
+        except MmntraceError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"config {path}: bad value for {k!r}: {v!r}") from e
+    cfg = base or DaemonConfig()
+    try:
+        return replace(cfg, **kw)
+    except TypeError as e:
+        raise UsageError(f"config {path}: {e}") from e
+
+
+def parse_http(s: str) -> tuple[str, int]:
+    addr, _, port = s.rpartition(":")
+    try:
+        p = int(port)
+    except ValueError:
+        raise UsageError(f"--http {s!r}: expected [ADDR:]PORT, e.g. 9475 or 127.0.0.1:9475") from None
+    if not 0 < p < 65536:
+        raise UsageError(f"--http {s!r}: port out of range")
+    return (addr.strip("[]") or "127.0.0.1"), p
+
+
+# -- BPF run time (kernel.bpf_stats_enabled) -----------------------------------
+class BpfStats:
+    """Run time of our BPF programs, from the kernel's per-program stats."""
+
+    PATH = "/proc/sys/kernel/bpf_stats_enabled"
+
+    def __init__(self):
+        self.enabled = False
+        self._was = None
+        try:
+            self._was = Path(self.PATH).read_text().strip()
+            if self._was != "1":
+                Path(self.PATH).write_text("1")
+            self.enabled = True
+        except OSError:
+            pass
+
+    def close(self):
+        if self._was is not None and self._was != "1":
+            try:
+                Path(self.PATH).write_text(self._was)
+            except OSError:
+                pass
+
+    @staticmethod
+    def run_time_ns(prog_fds: list[int]) -> int | None:
+        """Sum of run_time_ns over the given program fds (from /proc/self/fdinfo)."""
+        total, seen = 0, False
+        for fd in prog_fds:
+            try:
+                for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+                    if line.startswith("run_time_ns:"):
+                        total += int(line.split()[1])
+                        seen = True
+            except OSError:
+                continue
+        return total if seen else None
+
+
+# -- output ----------------------------------------------------------------------
+HIST_SCHEMA = pa.schema([("window", pa.string()), ("start_ns", pa.int64()), ("hook", pa.string()),
+                         ("callback", pa.string()), ("event", pa.string()), ("slot", pa.int32()),
+                         ("count", pa.int64())])
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    write(tmp)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def write_window(out: Path, host: str, summary: dict, hist_rows: list[dict], sleeps: pd.DataFrame) -> dict:
+    """Write one window's partitions; returns the paths written."""
+    date = datetime.fromtimestamp(summary["start_time"], timezone.utc).strftime("%Y-%m-%d")
+    name = summary["window"]
+    part = f"host={host}/date={date}"
+    paths = {}
+    hist = pa.Table.from_pylist(hist_rows, schema=HIST_SCHEMA)
+    p = out / "hist" / part / f"{name}.parquet"
+    _atomic_write(p, lambda t: pq.write_table(hist, t))
+    paths["hist"] = str(p)
+    if sleeps is not None and len(sleeps):
+        cols = ["ts_ns", "cpu", "pid", "tid", "comm", "hook", "callback", "rule", "sleeper", "atomic", "seq",
+                "stack"]
+        v = sleeps[[c for c in cols if c in sleeps.columns]].copy()
+        v.insert(0, "window", name)
+        for c in ("hook", "callback", "rule", "sleeper", "comm"):
+            if c in v:
+                v[c] = v[c].astype(object).where(v[c].notna(), None).astype(str)
+        p = out / "violations" / part / f"{name}.parquet"
+        _atomic_write(p, lambda t: pq.write_table(pa.Table.from_pandas(v, preserve_index=False), t))
+        paths["violations"] = str(p)
+    p = out / "windows" / part / f"{name}.json"
+    _atomic_write(p, lambda t: t.write_text(json.dumps(summary, indent=1, default=str)))
+    paths["summary"] = str(p)
+    return paths
+
+
+def enforce_retention(out: Path, max_age_s: float | None, max_bytes: int | None, now: float | None = None) -> list[str]:
+    """Delete whole windows (every file of a window together), oldest first."""
+    now = time.time() if now is None else now
+    windows: dict[str, list[Path]] = {}
+    for sub in ("hist", "violations", "windows"):
+        for p in (out / sub).glob("host=*/date=*/*"):
+            if p.name.startswith("."):
+                continue
+            windows.setdefault(p.stem, []).append(p)
+    order = sorted(windows, key=lambda w: min(p.stat().st_mtime for p in windows[w]))
+    sizes = {w: sum(p.stat().st_size for p in windows[w]) for w in order}
+    total = sum(sizes.values())
+    removed = []
+    for w in order:
+        age = now - min(p.stat().st_mtime for p in windows[w])
+        if (max_age_s is not None and age > max_age_s) or (max_bytes is not None and total > max_bytes):
+            for p in windows[w]:
+                p.unlink(missing_ok=True)
+            total -= sizes[w]
+            removed.append(w)
+    for d in sorted(out.glob("*/host=*/date=*"), reverse=True):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    return removed
+
+
+# -- metrics ---------------------------------------------------------------------
+def build_metrics(summary: dict, totals: dict):
+    """A prometheus_client registry holding the last window's figures."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+    from prometheus_client.core import HistogramMetricFamily
+
+    reg = CollectorRegistry()
+    g = lambda n, d, labels=(): Gauge(n, d, labels, registry=reg)  # noqa: E731
+    g("mmntrace_window_end_timestamp_seconds", "End of the last completed window").set(summary["end_time"])
+    g("mmntrace_window_duration_seconds", "Length of the last window").set(summary["duration_s"])
+    g("mmntrace_window_sample_every", "1 in N hook invocations was traced (1: all)").set(summary["sample_every"])
+    d = g("mmntrace_window_dropped_records", "Records lost in the last window, by type", ["type"])
+    for k, v in summary["drops"].items():
+        if k != "total":
+            d.labels(k).set(v)
+    v = g("mmntrace_window_violations", "Callback invocations that broke a sleeping rule in the last window",
+          ["rule", "hook", "callback", "sleeper"])
+    for r in summary["violations"]:
+        v.labels(r["rule"], r["hook"] or "", r["callback"] or "", r["sleeper"] or "").set(r["count"])
+    c = g("mmntrace_window_calls", "Hook and callback invocations in the last window",
+          ["hook", "callback", "event"])
+    for r in summary["latency"]:
+        c.labels(r["hook"], r["callback"] or "", r["event"] or "").set(r["count"])
+    o = g("mmntrace_daemon_bpf_run_seconds", "BPF run time of our programs in the last window "
+          "(kernel.bpf_stats_enabled)")
+    o.set((summary.get("bpf_run_time_ns") or 0) / 1e9)
+    g("mmntrace_daemon_windows", "Windows completed since the daemon started").set(summary["index"] + 1)
+
+    class _Hist:
+        def collect(self):
+            fam = HistogramMetricFamily("mmntrace_latency_seconds", "Latency of hooks and callbacks in the last "
+                                        "window (log2 buckets)", labels=["hook", "callback", "event"])
+            sums = {(r["hook"], r["callback"], r["event"]): r.get("total_ns") or 0 for r in summary["latency"]}
+            for key, slots in sorted(totals.items(), key=lambda kv: tuple(x or "" for x in kv[0])):
+                acc, buckets = 0, []
+                for slot in range(max(slots) + 1):
+                    acc += slots.get(slot, 0)
+                    buckets.append((f"{(1 << (slot + 1)) / 1e9:.9g}", acc))
+                buckets.append(("+Inf", acc))
+                fam.add_metric([key[0], key[1] or "", key[2] or ""], buckets, sum_value=sums.get(key, 0) / 1e9)
+            yield fam
+
+    reg.register(_Hist())
+    return reg
+
+
+# -- the daemon -------------------------------------------------------------------
+class Daemon:
+    def __init__(self, cfg: DaemonConfig, config_path: Path | None = None, log=None):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.log = log or (lambda d: print(json.dumps(d, default=str), flush=True))
+        self.stopping = threading.Event()
+        self.reload = threading.Event()
+        self.tracer = None
+        self.sample_every = 1
+        self.index = 0
+        self._http = None
+
+    # signals: SIGTERM/SIGINT cancel the current window and exit; SIGHUP reloads
+    def install_signals(self):
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+
+    def _reload(self):
+        self.reload.clear()
+        if not self.config_path:
+            self.log({"event": "reload", "status": "no config file given; nothing to reload"})
+            return
+        try:
+            new = load_config(self.config_path, self.cfg)
+        except MmntraceError as e:
+            self.log({"event": "reload", "status": "error", "error": str(e)})
+            return
+        rebuild = (new.pid, new.comm, new.hooks, new.backend) != (self.cfg.pid, self.cfg.comm, self.cfg.hooks,
+                                                                 self.cfg.backend)
+        self.cfg = new
+        if rebuild and self.tracer is not None:
+            self.tracer.stop()
+            self.tracer = None
+        self.log({"event": "reload", "status": "ok", "recompile": rebuild})
+
+    def _tracer(self):
+        from .tracer import Tracer
+        if self.tracer is None:
+            f = kernel.probe()
+            kernel.require_recording(f)
+            t = Tracer(f, backend=self.cfg.backend, hooks=self.cfg.hooks, pid=self.cfg.pid, comm=self.cfg.comm,
+                       aggregate=True)
+            t0 = time.monotonic()
+            t.load()
+            self.log({"event": "compiled", "seconds": round(time.monotonic() - t0, 2),
+                      "kernel": f.release})
+            self.tracer = t
+        return self.tracer
+
+    def run(self) -> int:
+        self.install_signals()
+        self.stats = BpfStats()
+        try:
+            if self.cfg.http:
+                from prometheus_client import start_http_server
+                addr, port = parse_http(self.cfg.http)
+                self._http_reg = _Forward()
+                self._http = start_http_server(port, addr=addr, registry=self._http_reg)
+                self.log({"event": "http", "listen": f"{addr}:{port}"})
+            self._tracer()
+            next_t = time.monotonic()
+            while not self.stopping.is_set():
+                if self.reload.is_set():
+                    self._reload()
+                self.window()
+                if self.cfg.count is not None and self.index >= self.cfg.count:
+                    break
+                next_t += self.cfg.every_s
+                while not self.stopping.is_set() and time.monotonic() < next_t:
+                    if self.reload.is_set():
+                        self._reload()
+                    self.stopping.wait(min(1.0, max(0.0, next_t - time.monotonic())))
+        finally:
+            if self.tracer is not None:
+                self.tracer.stop()
+            self.stats.close()
+            if self._http is not None:
+                try:
+                    self._http[0].shutdown()
+                except Exception:
+                    pass
+        self.log({"event": "exit", "windows": self.index, "cancelled": self.stopping.is_set()})
+        return 0
+
+    def window(self) -> dict | None:
+        cfg, t = self.cfg, self._tracer()
+        t.reset_window()
+        t.set_sampling(self.sample_every)
+        self._run0 = BpfStats.run_time_ns(t.prog_fds()) if self.stats.enabled else None
+        name = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{self.index:06d}"
+        start_time = time.time()
+        t.attach()
+        start_ns = time.monotonic_ns()
+        self.log({"event": "window_open", "window": name, "index": self.index, "start_ns": start_ns,
+                  "sample_every": self.sample_every,
+                  "attached": sum(1 for a in t.attached() if a["status"] == "attached")})
+        chunks: list[bytes] = []
+        known_cb = {a["symbol"] for a in t.attached() if a["kind"] == "callback" and a["status"] == "attached"}
+        end = time.monotonic() + cfg.for_s
+        last_check, last_calls = time.monotonic(), 0
+        sampled_from = None
+        while time.monotonic() < end and not self.stopping.is_set():
+            raw = t.poll(200)
+            if raw:
+                chunks.append(raw)
+            now_cb = {a["symbol"] for a in t.attached() if a["kind"] == "callback" and a["status"] == "attached"}
+            if now_cb - known_cb:
+                self.log({"event": "callbacks_attached", "window": name, "ns": time.monotonic_ns(),
+                          "callbacks": sorted(now_cb - known_cb)})
+                known_cb = now_cb
+            if cfg.max_events_per_s and time.monotonic() - last_check >= 1.0:
+                calls = sum(n for (_f, _h, _e, n, _s) in t.totals())
+                rate = (calls - last_calls) / (time.monotonic() - last_check)
+                last_check, last_calls = time.monotonic(), calls
+                if rate * self.sample_every > cfg.max_events_per_s:
+                    self.sample_every = max(self.sample_every,
+                                            math.ceil(rate * self.sample_every / cfg.max_events_per_s))
+                    t.set_sampling(self.sample_every)
+                    sampled_from = sampled_from or round(cfg.for_s - (end - time.monotonic()), 3)
+                    self.log({"event": "sampling", "window": name, "sample_every": self.sample_every,
+                              "rate_per_s": round(rate, 1)})
+        end_ns = time.monotonic_ns()
+        cancelled = self.stopping.is_set()
+        t.detach()
+        while True:   # what was emitted before the detach
+            raw = t.poll(50)
+            if not raw:
+                break
+            chunks.append(raw)
+        if cancelled:
+            self.log({"event": "window_cancelled", "window": name, "index": self.index})
+            return None
+        summary, hist_rows, sleeps, totals = self._summarize(t, name, start_time, start_ns, end_ns, chunks,
+                                                             sampled_from)
+        paths = write_window(cfg.out, cfg.host, summary, hist_rows, sleeps)
+        self._metrics(summary, totals)
+        removed = enforce_retention(cfg.out, cfg.retention_age_s, cfg.retention_bytes)
+        self.index += 1
+        if cfg.max_events_per_s and sampled_from is None and self.sample_every > 1:
+            # under budget for a whole window: try tracing everything again
+            calls = sum(r["count"] for r in summary["latency"] if r["callback"] is None)
+            if calls * self.sample_every / summary["duration_s"] < cfg.max_events_per_s / 2:
+                self.sample_every = 1
+        line = {"event": "window", "window": name, "index": summary["index"], "host": cfg.host,
+                "duration_s": summary["duration_s"], "calls": summary["calls"], "dropped": summary["drops"]["total"],
+                "violations": sum(v["count"] for v in summary["violations"]), "sample_every": summary["sample_every"],
+                "bpf_run_time_ns": summary["bpf_run_time_ns"], "files": paths, "retention_removed": removed}
+        self.log(line)
+        if (cfg.max_bpf_cpu is not None and summary["bpf_cpu_share"] is not None
+                and summary["bpf_cpu_share"] > cfg.max_bpf_cpu):
+            self.log({"event": "overhead_guard", "bpf_cpu_share": summary["bpf_cpu_share"],
+                      "limit": cfg.max_bpf_cpu, "action": "stopping"})
+            self.stopping.set()
+        return summary
+
+    def _summarize(self, t, name, start_time, start_ns, end_ns, chunks, sampled_from):
+        from . import aggregate
+        from .record import Symbolizer
+        sym = Symbolizer(t, t.f)
+        sleeps = pd.DataFrame()
+        if chunks:
+            parts = decode.split(decode.decode(b"".join(chunks)))
+            if len(parts["sleep"]):
+                sleeps = sym.frames(parts["sleep"], "sleep")
+        rows, totals = [], {}
+        for func, hook, event, slot, count in t.histograms():
+            key = (sym.hook_names.get(hook, str(hook)), sym.sym(func), sym.events.get(event) if event >= 0 else None)
+            rows.append({"window": name, "start_ns": start_ns, "hook": key[0], "callback": key[1],
+                         "event": key[2], "slot": slot, "count": count})
+            totals.setdefault(key, {})[slot] = totals.get(key, {}).get(slot, 0) + count
+        hdf = pd.DataFrame(rows, columns=[f.name for f in HIST_SCHEMA])
+        dur = (end_ns - start_ns) / 1e9
+        tot = [{"hook": sym.hook_names.get(h, str(h)), "callback": sym.sym(f),
+                "event": sym.events.get(e) if e >= 0 else None, "count": c, "sum_ns": sn}
+               for f, h, e, c, sn in t.totals()]
+        latency = aggregate.latency_from_hist(hdf, tot, dur)
+        viol = aggregate.violations(sleeps) if len(sleeps) else []
+        run_ns = BpfStats.run_time_ns(t.prog_fds()) if self.stats.enabled else None
+        if run_ns is not None and self._run0 is not None:
+            run_ns -= self._run0    # the counters run for the programs' lifetime
+        drops = t.drops()
+        calls = {}
+        for r in latency:
+            k = f"{r['hook']}/{r['callback'] or '-'}"
+            calls[k] = calls.get(k, 0) + r["count"]
+        summary = {
+            "format": "mmntrace-window", "version": 1, "window": name, "index": self.index,
+            "host": self.cfg.host, "kernel": {"release": t.f.release, "arch": os.uname().machine},
+            "start_time": start_time, "end_time": start_time + dur, "start_ns": start_ns, "end_ns": end_ns,
+            "duration_s": round(dur, 3), "sample_every": self.sample_every, "sampled_from_s": sampled_from,
+            "filters": {"pid": self.cfg.pid, "comm": self.cfg.comm, "hooks": self.cfg.hooks},
+            "calls": calls, "latency": latency,
+            "violations": [{k: v for k, v in r.items() if k not in ("first_ns", "last_ns")} for r in viol],
+            "drops": drops, "bpf_run_time_ns": run_ns,
+            "bpf_cpu_share": round(run_ns / 1e9 / dur, 6) if run_ns is not None and dur > 0 else None,
+            "attached": [a for a in t.attached() if a["kind"] in ("hook", "callback")],
+        }
+        return summary, rows, sleeps, totals
+
+    def _metrics(self, summary, totals):
+        from prometheus_client import write_to_textfile
+        reg = build_metrics(summary, totals)
+        path = Path(self.cfg.textfile or (self.cfg.out / "mmntrace.prom"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_to_textfile(str(path), reg)   # writes a temp file and renames it
+        if self._http is not None:
+            self._http_reg.target = reg
+
+
+class _Forward:
+    """Registry stand-in for the HTTP server: serves the latest window's registry."""
+
+    def __init__(self):
+        self.target = None
+
+    def collect(self):
+        if self.target is not None:
+            yield from self.target.collect()
