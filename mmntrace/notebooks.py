@@ -11,7 +11,9 @@ executed copies (with outputs) are written to OUTDIR. Used by the unit test
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import MmntraceError
@@ -37,21 +39,44 @@ def run_notebooks(recording_dir: str | Path, out_dir: str | Path, *, notebooks_d
     executed copies to out_dir and return their paths. Raises NotebookError
     (one sentence: notebook, cell, exception) when a cell fails."""
     try:
-        import nbformat
-        from nbclient import NotebookClient
-        from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+        import nbclient  # noqa: F401
+        import nbformat  # noqa: F401
     except ImportError as e:
         raise NotebookError(f"running notebooks needs the dev extras ({e.name} is missing): "
                             "pip install -e '.[dev]'") from None
     rec = Path(recording_dir).resolve()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, MMNTRACE_RECORDING=str(rec), MPLBACKEND="module://matplotlib_inline.backend_inline")
+    # Writable scratch for Jupyter's connection files, IPython's profile and
+    # matplotlib's cache: HOME may be read-only (a lab guest sees the host's root
+    # file system read-only).
+    scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=out))
+    dirs = {"JUPYTER_RUNTIME_DIR": scratch / "runtime", "IPYTHONDIR": scratch / "ipython",
+            "MPLCONFIGDIR": scratch / "mpl"}
+    env = dict(os.environ, MMNTRACE_RECORDING=str(rec), MPLBACKEND="module://matplotlib_inline.backend_inline",
+               **{k: str(v) for k, v in dirs.items()})
     # the kernel must import this checkout's mmntrace, whatever its working directory
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    saved = {k: os.environ.get(k) for k in dirs}
+    os.environ.update({k: str(v) for k, v in dirs.items()})   # this side writes the connection file
+    try:
+        return _run_all(notebook_paths(notebooks_dir), rec, out, env, timeout)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_all(paths, rec, out, env, timeout) -> list[Path]:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     written = []
-    for nb_path in notebook_paths(notebooks_dir):
+    for nb_path in paths:
         nb = nbformat.read(nb_path, as_version=4)
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(nb_path.parent)}})
