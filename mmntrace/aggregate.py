@@ -506,11 +506,16 @@ def _hist_latency(hist: pd.DataFrame, totals: list[dict], duration_s=None):
         return [], {}
     h = _norm_hist(hist)
     tot = {}
-    for t in totals or []:
+    for t in totals if isinstance(totals, list) else []:
+        if not isinstance(t, dict):
+            continue
         ev = t.get("event") if t.get("hook") in RANGE_HOOKS else None
         k = (t.get("hook"), t.get("callback"), ev)
         c, s = tot.get(k, (0, 0))
-        tot[k] = (c + int(t.get("count", 0)), s + int(t.get("sum_ns", 0)))
+        try:
+            tot[k] = (c + int(t.get("count") or 0), s + int(t.get("sum_ns") or 0))
+        except (TypeError, ValueError):
+            continue
     rows, cdfs = [], {}
     for (hook, cb, ev), g in h.groupby(["hook", "callback", "event"], sort=False, dropna=False):
         cb, ev = _none(cb), _none(ev)
@@ -729,8 +734,10 @@ def summarize(rec, *, buckets: int = TIME_BUCKETS, top: int = TOP, exact_limit: 
         rec = Recording(rec)
     m = rec.meta
     start, end = m.get("start_time"), m.get("end_time")
-    duration_s = round(end - start, 3) if isinstance(start, (int, float)) and isinstance(end, (int, float)) \
-        and start and end else None
+    duration_s = None
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v for v in (start, end)):
+        d = float(end) - float(start)
+        duration_s = round(d, 3) if math.isfinite(d) and d > 0 else None
     rng_e = rec.column_range("events", "ts_ns")
     rng_s = rec.column_range("sleeps", "ts_ns")
     ends = [r for r in (rng_e, rng_s) if r]

@@ -32,11 +32,22 @@ def require_data(s: aggregate.Summary) -> None:
                              "(no MMU-notifier activity matched while it ran, or it was stopped at once)")
 
 
+def _list(v) -> list:
+    return v if isinstance(v, list) else []
+
+
+def _int(v) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def from_summary(s: aggregate.Summary) -> dict:
     m = s.meta
     drops = m.get("drops") if isinstance(m.get("drops"), dict) else {}
     kern = m.get("kernel") if isinstance(m.get("kernel"), dict) else {}
-    attached = [a for a in m.get("attached", []) or [] if isinstance(a, dict)]
+    attached = [a for a in _list(m.get("attached")) if isinstance(a, dict)]
     by_kind: dict = {}
     for a in attached:
         d = by_kind.setdefault(str(a.get("kind", "unknown")), {"attached": 0, "skipped": 0})
@@ -66,7 +77,7 @@ def from_summary(s: aggregate.Summary) -> dict:
         "hook_invocations": s.hook_invocations,
         "callback_invocations": s.callback_invocations,
         "events_per_s": round(s.hook_invocations / rate_s, 3) if rate_s else None,
-        "dropped": int(drops.get("total", 0) or 0),
+        "dropped": _int(drops.get("total")),
         "drops": drops,
         "quantile_method": s.quantile_method,
         "latency": s.latency,
@@ -82,7 +93,7 @@ def from_summary(s: aggregate.Summary) -> dict:
             "skipped": [{"symbol": a.get("symbol"), "why": a.get("status")} for a in attached
                         if a.get("status") != "attached"],
             "by_kind": by_kind,
-            "hooks": list(m.get("hooks") or []),
+            "hooks": _list(m.get("hooks")),
             "filters": m.get("filters"),
         },
     }

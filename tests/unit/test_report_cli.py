@@ -11,6 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mmntrace import synthetic
 from mmntrace.cli import main
@@ -217,3 +218,24 @@ def test_html_renders_in_chromium(recs, tmp_path):
     colored = ((px.max(axis=1) - px.min(axis=1)) > 60).mean()
     assert nonwhite > 0.03, f"only {nonwhite:.1%} of the screenshot is not white: blank page?"
     assert colored > 0.001, "no coloured pixels: the embedded plots did not render"
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats(allow_nan=False)
+                     | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c,
+                                                                                              max_size=3), max_leaves=8)
+_keys = ["kernel", "backend", "aggregate", "drops", "attached", "hooks", "filters", "totals", "start_time", "end_time",
+         "status"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(_keys), _json, max_size=6))
+def test_fuzz_metadata_fields_never_traceback(recs, tmp_path_factory, fields):
+    """Whatever a recording's metadata holds, report and plot say one sentence or report: never a traceback."""
+    d = tmp_path_factory.mktemp("fz") / "r"
+    shutil.copytree(recs["b"], d)
+    meta = json.loads((d / "metadata.json").read_text()) | fields
+    (d / "metadata.json").write_text(json.dumps(meta))
+    for fmt in ("json", "text"):
+        r = CliRunner().invoke(main, ["report", str(d), "--format", fmt])
+        assert r.exit_code in (0, 20), r.output
+        assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
