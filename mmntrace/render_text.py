@@ -36,6 +36,8 @@ def num(v, digits=1) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
+        if 0 < abs(v) < 1 and digits == 1:
+            return f"{v:.2g}"          # a rate of one event in a minute is not 0.0
         return f"{v:,.{digits}f}"
     return f"{v:,}"
 
@@ -103,7 +105,13 @@ def header(rep) -> list[str]:
              f"kernel {k['release']} ({k['arch']}), backend {rep['backend']}"
              f"{', aggregated in kernel (--aggregate)' if rep['aggregate'] else ''}"]
     rate = f" ({rep['events_per_s']:,.1f}/s)" if rep.get("events_per_s") is not None else ""
-    lines.append(f"duration {rep['duration_s']} s, {num(rep.get('hook_invocations', rep['events']))} hook invocations"
+    if rep["duration_s"] is not None:
+        span = f"duration {rep['duration_s']} s"
+    elif rep.get("span_s") is not None:
+        span = f"{rep['span_s']:.3f} s from first to last record"
+    else:
+        span = "duration unknown"
+    lines.append(f"{span}, {num(rep.get('hook_invocations', rep['events']))} hook invocations"
                  f"{rate}, {num(rep.get('callback_invocations', 0))} callback invocations, {num(rep['dropped'])} dropped"
                  + ("" if rep["complete"] else "  [recording was cut short: metadata incomplete]"))
     q = {"exact": "exact", "loglinear": "from log-linear histograms (within 0.8%)",
@@ -116,7 +124,7 @@ def header(rep) -> list[str]:
 def latency_table(rep) -> Table:
     rows = rep["latency"]
     span = hist_span(rows)
-    hist_hdr = f"log2 histogram {bucket_lo(span[0]) if span else 0} ns..{dur(1 << span[1]) if span else ''}"
+    hist_hdr = f"log2 histogram {dur(bucket_lo(span[0])) if span else ''}..{dur(1 << span[1]) if span else ''}"
     t = _table("Latency (µs) by hook x callback x event")
     for name, just in (("hook", "left"), ("callback", "left"), ("event", "left"), ("count", "right"),
                        ("rate/s", "right"), ("p50", "right"), ("p90", "right"), ("p99", "right"),
