@@ -298,7 +298,8 @@ def build_metrics(summary: dict, totals: dict):
                 acc, buckets = 0, []
                 for slot in range(max(slots) + 1):
                     acc += slots.get(slot, 0)
-                    buckets.append((f"{(1 << (slot + 1)) / 1e9:.9g}", acc))
+                    # bcc's bpf_log2l: slot s holds [2^(s-1), 2^s - 1] ns
+                    buckets.append((f"{((1 << slot) - 1) / 1e9:.9g}", acc))
                 buckets.append(("+Inf", acc))
                 fam.add_metric([key[0], key[1] or "", key[2] or ""], buckets, sum_value=sums.get(key, 0) / 1e9)
             yield fam
@@ -400,9 +401,11 @@ class Daemon:
         self._run0 = BpfStats.run_time_ns(t.prog_fds()) if self.stats.enabled else None
         name = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{self.index:06d}"
         start_time = time.time()
+        attach_ns = time.monotonic_ns()
         t.attach()
         start_ns = time.monotonic_ns()
-        self.log({"event": "window_open", "window": name, "index": self.index, "start_ns": start_ns,
+        self.log({"event": "window_open", "window": name, "index": self.index, "attach_ns": attach_ns,
+                  "start_ns": start_ns,
                   "sample_every": self.sample_every,
                   "attached": sum(1 for a in t.attached() if a["status"] == "attached")})
         chunks: list[bytes] = []
@@ -478,7 +481,9 @@ class Daemon:
             key = (sym.hook_names.get(hook, str(hook)), sym.sym(func), sym.events.get(event) if event >= 0 else None)
             rows.append({"window": name, "start_ns": start_ns, "hook": key[0], "callback": key[1],
                          "event": key[2], "slot": slot, "count": count})
-            totals.setdefault(key, {})[slot] = totals.get(key, {}).get(slot, 0) + count
+            # as in the report: the event only for hooks that carry one
+            mkey = key if key[0] in aggregate.RANGE_HOOKS else (key[0], key[1], None)
+            totals.setdefault(mkey, {})[slot] = totals.get(mkey, {}).get(slot, 0) + count
         hdf = pd.DataFrame(rows, columns=[f.name for f in HIST_SCHEMA])
         dur = (end_ns - start_ns) / 1e9
         tot = [{"hook": sym.hook_names.get(h, str(h)), "callback": sym.sym(f),

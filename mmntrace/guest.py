@@ -89,6 +89,7 @@ def main(run_dir: str) -> int:
     env["MMNTRACE_LAB_KERNEL"] = info["release"]
     env["PATH"] = str(Path(spec["python"]).parent) + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     try:
+        env.setdefault("PYTHONUNBUFFERED", "1")    # output streams out, even if the VM is killed
         rc = subprocess.call(spec["argv"], cwd=spec["cwd"], env=env)
     except FileNotFoundError:
         _log(f"command not found: {spec['argv'][0]}")

@@ -129,7 +129,7 @@ def test_metrics_parse_and_equal_the_summary():
     assert calls == {("", "unmap"): 3, ("kvm_cb [kvm]", "unmap"): 3}
     h = [x for x in fams["mmntrace_latency_seconds"].samples if x.labels.get("callback") == ""]
     buckets = {x.labels["le"]: x.value for x in h if x.name.endswith("_bucket")}
-    assert buckets["+Inf"] == 3 and buckets[f"{(1 << 4) / 1e9:.9g}"] == 1
+    assert buckets["+Inf"] == 3 and buckets[f"{((1 << 3) - 1) / 1e9:.9g}"] == 1
     assert fams["mmntrace_window_violations"].samples[0].value == 2
     assert fams["mmntrace_daemon_windows"].samples[0].value == 3
     assert fams["mmntrace_daemon_bpf_run_seconds"].samples[0].value == 5e-6
