@@ -18,12 +18,14 @@ unit: setup
 
 # One boot per kernel; pytest runs inside the guest.
 lab-test: setup kmod
-	@mkdir -p build
+	@mkdir -p build; rm -rf build/lab-recordings
 	@set -e; for k in $(KERNELS); do \
 	  echo "== lab tests on $$k"; \
 	  .venv/bin/mmntrace lab --kernel $$k --share $(CURDIR)/build -- \
 	    $(PY) -m pytest -q -p no:cacheprovider -m lab tests; \
 	done
+	@echo "== notebooks, HTML report and plots on the lab recordings (host)"
+	MMNTRACE_REQUIRE_LAB_RECORDINGS=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_lab_recordings.py
 
 test: setup
 	@mkdir -p build
