@@ -143,3 +143,26 @@ def test_cli_daemon_help_and_bad_flags():
     r = CliRunner().invoke(main, ["daemon", "--every", "10s", "--for", "1m"])
     assert r.exit_code == UsageError.exit_code and "longer than the period" in r.output
     assert "Traceback" not in r.output
+
+
+def test_fleet_notebook_compares_hosts_and_kernels(tmp_path):
+    """notebooks/fleet/fleet.ipynb on a synthetic multi-host, two-kernel daemon dataset."""
+    from mmntrace.notebooks import run_notebooks
+    fleet = tmp_path / "fleet"
+    for i, (host, rel) in enumerate([("a", "6.1.0-56-amd64"), ("b", "6.1.0-56-amd64"), ("c", "6.12.95+deb12-amd64")]):
+        for w in range(2):
+            name = f"2026112{w}T000000Z-00000{w}"
+            s = _summary(name, w, 1_790_000_000.0 + w * 600)
+            s["kernel"] = {"release": rel, "arch": "x86_64"}
+            rows = [{"window": name, "start_ns": 0, "hook": "invalidate_range_start",
+                     "callback": "kvm_mmu_notifier_invalidate_range_start [kvm]", "event": "unmap",
+                     "slot": 10 + i, "count": 100}]
+            sl = pd.DataFrame({"ts_ns": [1], "cpu": [0], "pid": [1], "tid": [1], "comm": ["x"],
+                               "hook": ["invalidate_range"], "callback": ["drv_cb [drv]"], "rule": ["sleep"],
+                               "sleeper": ["msleep"], "atomic": [True], "seq": [1], "stack": [["msleep"]]})
+            d.write_window(fleet, host, s, rows, sl if host == "c" else None)
+    nb_dir = Path(__file__).resolve().parents[2] / "notebooks" / "fleet"
+    done = run_notebooks(fleet, tmp_path / "out", notebooks_dir=nb_dir)
+    text = json.dumps([c.get("outputs", []) for c in json.loads(done[0].read_text())["cells"]])
+    assert "3 hosts, 6 windows, 600 traced calls" in text
+    assert "6.12.95+deb12-amd64" in text and "msleep" in text
