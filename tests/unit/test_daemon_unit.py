@@ -166,3 +166,26 @@ def test_fleet_notebook_compares_hosts_and_kernels(tmp_path):
     text = json.dumps([c.get("outputs", []) for c in json.loads(done[0].read_text())["cells"]])
     assert "3 hosts, 6 windows, 600 traced calls" in text
     assert "6.12.95+deb12-amd64" in text and "msleep" in text
+
+
+def test_sighup_reload_applies_a_good_config_and_keeps_the_old_one_on_error(tmp_path):
+    import signal as sig
+    p = tmp_path / "c.toml"
+    p.write_text('every = "10m"\nfor = "30s"\n')
+    logs = []
+    dm = d.Daemon(d.load_config(p), p, log=logs.append)
+    dm.install_signals()
+    try:
+        p.write_text('every = "5m"\nfor = "10s"\nmax_events_per_s = 100\n')
+        os.kill(os.getpid(), sig.SIGHUP)
+        assert dm.reload.wait(5)
+        dm._reload()
+        assert (dm.cfg.every_s, dm.cfg.for_s, dm.cfg.max_events_per_s) == (300, 10, 100)
+        assert logs[-1] == {"event": "reload", "status": "ok", "recompile": False}
+        p.write_text("every = [")                      # broken: logged, old config kept
+        dm._reload()
+        assert logs[-1]["status"] == "error" and "not valid TOML" in logs[-1]["error"]
+        assert dm.cfg.every_s == 300
+    finally:
+        for s in (sig.SIGTERM, sig.SIGINT, sig.SIGHUP):
+            sig.signal(s, sig.SIG_DFL if s != sig.SIGINT else sig.default_int_handler)
