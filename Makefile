@@ -21,7 +21,7 @@ lab-test: setup kmod
 	@mkdir -p build; rm -rf build/lab-recordings
 	@set -e; for k in $(KERNELS); do \
 	  echo "== lab tests on $$k"; \
-	  .venv/bin/mmntrace lab --kernel $$k --share $(CURDIR)/build -- \
+	  .venv/bin/mmntrace lab --kernel $$k --memory 3G --share $(CURDIR)/build -- \
 	    $(PY) -m pytest -q -p no:cacheprovider -m lab tests; \
 	done
 	@echo "== notebooks, HTML report and plots on the lab recordings (host)"

@@ -29,7 +29,7 @@ class Bpftrace:
     exact window afterwards with :meth:`count`.
     """
 
-    MAX_EVENTS = 262144    # per function, in events mode
+    MAX_EVENTS = 32768     # per function, in events mode (its maps are preallocated, per CPU)
 
     def __init__(self, funcs: list[str], pid: int | None = None, timeout: float = 240, events: bool = False):
         # One map per function: keying one map by `func` makes bpftrace
