@@ -22,7 +22,10 @@ lab-test: setup kmod
 	@set -e; for k in $(KERNELS); do \
 	  echo "== lab tests on $$k"; \
 	  .venv/bin/mmntrace lab --kernel $$k --memory 3G --share $(CURDIR)/build -- \
-	    $(PY) -m pytest -q -p no:cacheprovider -m lab tests; \
+	    $(PY) -m pytest -q -p no:cacheprovider -m lab --ignore=tests/lab/test_daemon.py tests; \
+	  echo "== daemon lab test on $$k (its own boot)"; \
+	  .venv/bin/mmntrace lab --kernel $$k --memory 3G --share $(CURDIR)/build -- \
+	    $(PY) -m pytest -q -p no:cacheprovider -m lab tests/lab/test_daemon.py; \
 	done
 	@echo "== notebooks, HTML report and plots on the lab recordings (host)"
 	MMNTRACE_REQUIRE_LAB_RECORDINGS=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_lab_recordings.py
