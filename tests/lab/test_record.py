@@ -115,20 +115,21 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path):
 def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path):
     expect_dmesg(r"BUG: scheduling while atomic")
     expect_dmesg(r"WARNING: .*rcu")
-    # A real sleep under the page-table lock destabilises the kernel: inject it
-    # in exactly 3 invocations (the module's count), and expect exactly 3.
-    r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:msleep:1:3"], kvm=False)
-    assert res["counts"]["calls"]["secondary_tlb"] >= 3
+    # A real sleep under the page-table lock destabilises the kernel (a 6.12
+    # guest died late in a long suite with 3): inject it in exactly one
+    # invocation (the module's count), and expect exactly one.
+    r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:msleep:1:1"], kvm=False)
+    assert res["counts"]["calls"]["secondary_tlb"] >= 1
     v = report.build(r)["violations"]
     rows = [x for x in v if x["callback"] and x["callback"].startswith("mmnt_secondary_tlb")]
     assert len(rows) == 1, v
     row = rows[0]
     assert row["rule"] == "sleep" and row["sleeper"] == "msleep"
     assert row["hook"] in ("invalidate_range", "arch_invalidate_secondary_tlbs")
-    assert row["count"] == 3
-    # atomic exactly when the module saw the first 3 secondary-TLB calls in atomic context
-    first3 = np.sort(mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]], order="seq")[:3]
-    assert row["atomic"] == bool((first3["preempt_count"] > 0).any() or (first3["irqs_disabled"] > 0).any())
+    assert row["count"] == 1
+    # atomic exactly when the module saw its first secondary-TLB call in atomic context
+    first = np.sort(mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]], order="seq")[:1]
+    assert row["atomic"] == bool((first["preempt_count"] > 0).any() or (first["irqs_disabled"] > 0).any())
     assert any("mmnt_secondary_tlb" in f for f in row["stack"])
     assert any(f.startswith("msleep") or "schedule" in f for f in row["stack"])
 
