@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -161,7 +162,15 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
     penv = dict(os.environ)
     penv["PATH"] = venv_bin + os.pathsep + penv.get("PATH", "")
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=penv, start_new_session=True)
+    # The guest's output comes through pipes we copy, never QEMU's own stdout:
+    # QEMU opens its file chardevs on /proc/self/fd/1 and /proc/self/fd/2 with
+    # O_TRUNC, which emptied a log file our stdout was redirected to.
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=penv, start_new_session=True)
+    pumps = [threading.Thread(target=_pump, args=(src, dst), daemon=True)
+             for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+    for t in pumps:
+        t.start()
     # QEMU runs in its own session: SIGTERM to us (e.g. from `timeout`) must
     # take the VM down too, not leave it running.
     old_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -175,6 +184,8 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
         raise LabError("interrupted: the lab VM was stopped") from None
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        for t in pumps:
+            t.join(timeout=10)
     wall = time.monotonic() - t0
     res_file = run_dir / "result.json"
     if not res_file.exists():
@@ -198,6 +209,17 @@ def _mem_mib(memory: str) -> int:
         raise UsageError(f"--memory {memory}: use a size such as 2G or 1536M")
     n = int(m.group(1))
     return n * 1024 if m.group(2) == "G" else n
+
+
+def _pump(src, dst) -> None:
+    """Copy the VM's output as it comes (raw bytes, flushed)."""
+    out = getattr(dst, "buffer", dst)
+    for chunk in iter(lambda: src.read1(65536), b""):
+        try:
+            out.write(chunk)
+            out.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
