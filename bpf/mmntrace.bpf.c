@@ -18,6 +18,11 @@
  *   ms_entry                   might-sleep functions; sched_switch tracepoint
  *   reg_*                      (un)registration, ops discovery
  *   calib_entry                getppid, to measure the probe's own preempt_count
+ *
+ * With the fentry backend tracer.py appends KFUNC_PROBE/KRETFUNC_PROBE programs
+ * for each hook, might-sleep function and getppid (vmlinux functions that
+ * have BTF) which call the same bodies. Driver callbacks live in modules,
+ * and bcc 0.26 binds trampolines to vmlinux BTF only: they stay kprobes.
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
@@ -72,7 +77,7 @@ BPF_HASH(stack_ids, struct stack_key, u32, MMNT_MAX_STACKS);
 BPF_HASH(stack_by_id, u32, struct stack_key, MMNT_MAX_STACKS);
 BPF_PERCPU_ARRAY(stack_next, u32, 1);	/* ids: cpu << 20 | per-CPU count */
 
-static __always_inline s32 get_stack_id(struct pt_regs *ctx)
+static __always_inline s32 get_stack_id(void *ctx)
 {
 	u32 z = 0, nid;
 	struct stack_key *k = stack_scratch.lookup(&z);
@@ -127,7 +132,12 @@ BPF_HASH(sleeper_info, u64, struct cbinfo, 256);	/* might-sleep function -> gfp 
 BPF_HASH(seen_ops, u64, u8, 4096);		/* ops tables already reported */
 BPF_TABLE("lru_hash", u64, u8, seen_mm, 4096);		/* mms whose subscriptions were walked */
 BPF_ARRAY(nosleep, s64, 1);			/* must-not-sleep sections active, all CPUs */
-BPF_ARRAY(calib, u32, 4);			/* [0] preempt offset; [1] raw seen; [2] hits; [3] irqs off hits */
+/* Calibration, per mechanism (a kprobe handler runs with preemption off, a
+ * trampoline need not): [base+0] preempt offset, [+1] lowest raw seen,
+ * [+2] hits, [+3] hits with IRQs off; base CALIB_KPROBE or CALIB_FENTRY. */
+#define CALIB_KPROBE 0
+#define CALIB_FENTRY 4
+BPF_ARRAY(calib, u32, 8);
 BPF_PERCPU_ARRAY(seqs, u64, 1);
 BPF_ARRAY(sampling, u32, 1);			/* trace 1 hook invocation in N (0, 1: all) */
 BPF_PERCPU_ARRAY(sample_ctr, u64, 1);
@@ -222,10 +232,15 @@ static __always_inline bool read_pc(u32 *out)
 #endif
 }
 
+/* IRQ state at entry: 1 disabled, 0 enabled, -1 unknown (fentry: no saved flags). */
+#define KP_IRQS_OFF(ctx) (!((ctx)->flags & X86_EFLAGS_IF))
+#define IRQS_UNKNOWN (-1)
+
 /* preempt_count (calibrated) and IRQ state at entry, into pc/flags. */
-static __always_inline void entry_context(struct pt_regs *ctx, u32 *pc, u8 *flags)
+static __always_inline void entry_context(int irqs_off, u32 *pc, u8 *flags)
 {
-	u32 raw = 0, z = 0;
+	/* only fentry programs cannot see the IRQ state */
+	u32 raw = 0, z = irqs_off < 0 ? CALIB_FENTRY : CALIB_KPROBE;
 	if (read_pc(&raw)) {
 		u32 *off = calib.lookup(&z);
 		u32 o = off ? *off : 0;
@@ -235,7 +250,9 @@ static __always_inline void entry_context(struct pt_regs *ctx, u32 *pc, u8 *flag
 	} else {
 		*flags |= MMNT_FL_PC_UNKNOWN;
 	}
-	if (!(ctx->flags & X86_EFLAGS_IF))
+	if (irqs_off < 0)
+		*flags |= MMNT_FL_IRQ_UNKNOWN;
+	else if (irqs_off)
 		*flags |= MMNT_FL_IRQS_OFF;
 }
 
@@ -412,7 +429,13 @@ static __always_inline bool sampled_out(void)
 	return ((*c)++ % *n) != 0;
 }
 
-static __always_inline int hook_entry(struct pt_regs *ctx, u32 hook)
+/*
+ * Bodies shared by both backends. The kprobe programs below and the fentry
+ * programs that tracer.py generates per kernel function (bcc binds a
+ * trampoline program to its target by name: kfunc__<symbol>) pass the
+ * arguments they read from pt_regs or from the trampoline's u64 ctx[].
+ */
+static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a3, int irqs_off)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
@@ -435,21 +458,21 @@ static __always_inline int hook_entry(struct pt_regs *ctx, u32 hook)
 	s.event = -1;
 	s.flags = MMNT_FL_BLOCKABLE;
 	if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END) {
-		read_range(PT_REGS_PARM1(ctx), &s.mm, &s.start, &s.end, &s.event, &s.flags);
+		read_range(a1, &s.mm, &s.start, &s.end, &s.event, &s.flags);
 	} else if (hook == MMNT_HOOK_INTERVAL) {
-		read_range(PT_REGS_PARM2(ctx), &s.mm, &s.start, &s.end, &s.event, &s.flags);
+		read_range(a2, &s.mm, &s.start, &s.end, &s.event, &s.flags);
 	} else if (hook == MMNT_HOOK_TEST_YOUNG || hook == MMNT_HOOK_CHANGE_PTE) {
-		s.mm = PT_REGS_PARM1(ctx);
-		s.start = PT_REGS_PARM2(ctx);
+		s.mm = a1;
+		s.start = a2;
 		s.end = s.start + PAGE_SIZE;
 	} else if (hook == MMNT_HOOK_RELEASE) {
-		s.mm = PT_REGS_PARM1(ctx);
+		s.mm = a1;
 	} else {
-		s.mm = PT_REGS_PARM1(ctx);
-		s.start = PT_REGS_PARM2(ctx);
-		s.end = PT_REGS_PARM3(ctx);
+		s.mm = a1;
+		s.start = a2;
+		s.end = a3;
 	}
-	entry_context(ctx, &s.pc, &s.flags);
+	entry_context(irqs_off, &s.pc, &s.flags);
 	if (hook_forbids_sleep(hook, s.flags)) {
 		s.flags |= MMNT_FL_MUST_NOT_SLEEP;
 		nosleep_add(1);
@@ -490,7 +513,7 @@ static __always_inline void aggregate(u64 func, u32 hook, s32 event, u64 dur)
 }
 #endif
 
-static __always_inline int hook_return(struct pt_regs *ctx, u32 hook)
+static __always_inline int hook_return(void *ctx, u32 hook, u64 rc)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct hstate *s = hook_state.lookup(&tid);
@@ -514,7 +537,7 @@ static __always_inline int hook_return(struct pt_regs *ctx, u32 hook)
 	r.preempt_count = s->pc;
 	if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_INTERVAL || hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG ||
 	    hook == MMNT_HOOK_CLEAR_YOUNG || hook == MMNT_HOOK_TEST_YOUNG)
-		r.ret = (s32)PT_REGS_RC(ctx);
+		r.ret = (s32)rc;
 	r.event = s->event;
 	r.stack_id = s->stack_id;
 	r.seq = s->seq;
@@ -530,8 +553,9 @@ static __always_inline int hook_return(struct pt_regs *ctx, u32 hook)
 }
 
 #define HOOK_PROGS(N) \
-int hk_entry_##N(struct pt_regs *ctx) { return hook_entry(ctx, N); } \
-int hk_return_##N(struct pt_regs *ctx) { return hook_return(ctx, N); }
+int hk_entry_##N(struct pt_regs *ctx) \
+{ return hook_entry(ctx, N, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), KP_IRQS_OFF(ctx)); } \
+int hk_return_##N(struct pt_regs *ctx) { return hook_return(ctx, N, PT_REGS_RC(ctx)); }
 
 HOOK_PROGS(0)
 HOOK_PROGS(1)
@@ -581,7 +605,7 @@ int cb_entry(struct pt_regs *ctx)
 			c.end = PT_REGS_PARM4(ctx);
 		}
 	}
-	entry_context(ctx, &c.pc, &c.flags);
+	entry_context(KP_IRQS_OFF(ctx), &c.pc, &c.flags);
 	if (hook_forbids_sleep(hook, c.flags)) {
 		c.flags |= MMNT_FL_MUST_NOT_SLEEP;
 		nosleep_add(1);
@@ -681,6 +705,16 @@ static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr)
 	return 0;
 }
 
+/* a might-sleep function was entered; gfp_arg: 0 always counts, else 1/2 = a1/a2's gfp */
+static __always_inline int might_sleep_hit(void *ctx, u64 func, u32 gfp_arg, u64 a1, u64 a2)
+{
+	if (gfp_arg == 1 && !(a1 & MMNT_GFP_DIRECT_RECLAIM))
+		return 0;
+	if (gfp_arg == 2 && !(a2 & MMNT_GFP_DIRECT_RECLAIM))
+		return 0;
+	return sleep_hit(ctx, MMNT_SLEEP_MIGHT, func);
+}
+
 int ms_entry(struct pt_regs *ctx)
 {
 	u32 z = 0;
@@ -689,15 +723,19 @@ int ms_entry(struct pt_regs *ctx)
 		return 0;
 	u64 ip = bpf_get_func_ip(ctx);
 	struct cbinfo *si = sleeper_info.lookup(&ip);
-	u64 func = ip;
-	if (si) {
-		func = si->func;
-		if (si->hook == 1 && !((u64)PT_REGS_PARM1(ctx) & MMNT_GFP_DIRECT_RECLAIM))
-			return 0;
-		if (si->hook == 2 && !((u64)PT_REGS_PARM2(ctx) & MMNT_GFP_DIRECT_RECLAIM))
-			return 0;
-	}
-	return sleep_hit(ctx, MMNT_SLEEP_MIGHT, func);
+	if (!si)
+		return sleep_hit(ctx, MMNT_SLEEP_MIGHT, ip);
+	return might_sleep_hit(ctx, si->func, si->hook, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx));
+}
+
+/* fentry flavour: the generated program passes the function and its gfp argument */
+static __always_inline int ms_fentry(void *ctx, u64 func, u32 gfp_arg, u64 a1, u64 a2)
+{
+	u32 z = 0;
+	s64 *n = nosleep.lookup(&z);
+	if (!n || *n <= 0)
+		return 0;
+	return might_sleep_hit(ctx, func, gfp_arg, a1, a2);
 }
 
 TRACEPOINT_PROBE(sched, sched_switch)
@@ -768,26 +806,30 @@ int reg_remove(struct pt_regs *ctx)
 
 /* ---- calibration: the probe's own preempt_count, seen on getppid ---------------- */
 
-int calib_entry(struct pt_regs *ctx)
+static __always_inline int calib_hit(int irqs_off, u32 base)
 {
 	u32 raw = 0, k;
 	if ((bpf_get_current_pid_tgid() >> 32) != MMNT_SELF_TGID)
 		return 0;
 	if (!read_pc(&raw))
 		return 0;
-	k = 1;
+	k = base + 1;
 	u32 *lo = calib.lookup(&k);	/* user space starts it at ~0: keep the minimum */
 	if (lo && raw < *lo)
 		*lo = raw;
-	k = 2;
+	k = base + 2;
 	u32 *hits = calib.lookup(&k);
 	if (hits)
 		__sync_fetch_and_add(hits, 1);
-	if (!(ctx->flags & X86_EFLAGS_IF)) {
-		k = 3;
+	if (irqs_off > 0) {
+		k = base + 3;
 		u32 *irq = calib.lookup(&k);
 		if (irq)
 			__sync_fetch_and_add(irq, 1);
 	}
 	return 0;
 }
+
+int calib_entry(struct pt_regs *ctx) { return calib_hit(KP_IRQS_OFF(ctx), CALIB_KPROBE); }
+
+/* fentry programs (generated by tracer.py for the running kernel) follow. */

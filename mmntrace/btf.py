@@ -238,6 +238,17 @@ class Btf:
     def has_func(self, name: str) -> bool:
         return self.find(name, (KIND_FUNC,)) is not None
 
+    def func_signature(self, name: str) -> tuple[int, bool] | None:
+        """(number of parameters, returns a value) of function ``name``, None if absent.
+        A fexit program reads the return value at ctx[nargs], and only when there is one."""
+        btf, tid = self._locate(name, (KIND_FUNC,))
+        if btf is None:
+            return None
+        proto = btf.type(btf.type(tid)[4])
+        if proto[0] != KIND_FUNC_PROTO:
+            return None
+        return proto[3], proto[4] != 0
+
 
 def load_vmlinux(path: str = "/sys/kernel/btf/vmlinux") -> Btf | None:
     """The running kernel's BTF, or None if absent or unreadable."""

@@ -93,14 +93,19 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
 @click.option("--comm", help="Only tasks with this command name.")
 @click.option("--hooks", help="Comma-separated hooks to trace (default: all): " + ", ".join(HOOK_CHOICES))
 @click.option("--aggregate", is_flag=True, help="Keep log2 latency histograms in the kernel; stream only violations.")
-@click.option("--backend", type=click.Choice(["kprobe", "fentry"]), default="kprobe", show_default=True,
-              help="Probe type.")
+@click.option("--backend", type=click.Choice(["auto", "kprobe", "fentry"]), default="auto", show_default=True,
+              help="How hooks and might-sleep functions are probed: fentry/fexit (BPF trampolines, cheaper; "
+                   "auto picks it where the kernel has BTF and trampolines) or kprobes. Driver callbacks "
+                   "live in modules and are always kprobes.")
+@click.option("--transport", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto", show_default=True,
+              help="Record transport: the BPF ring buffer where the kernel has one (5.8+), else the "
+                   "per-CPU perf buffer. `perf` forces the fallback.")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="Written (JSON: attached probes) once every probe is attached, and again when new driver callbacks are.")
 @click.option("--redact", is_flag=True, help="Drop raw kernel addresses (mm, ranges, functions); keep symbols.")
 @click.option("-q", "--quiet", is_flag=True, help="No live status line.")
 @_friendly
-def record(duration, out, pid, comm, hooks, aggregate, backend, ready_file, redact, quiet):
+def record(duration, out, pid, comm, hooks, aggregate, backend, transport, ready_file, redact, quiet):
     """Record MMU-notifier activity into a recording directory (needs root).
 
     Attaches to every notifier entry point the running kernel has
@@ -123,7 +128,10 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, ready_file, reda
     f = kernel.probe()
     kernel.require_recording(f)
     hook_list = [h.strip() for h in hooks.split(",")] if hooks else None
-    t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate)
+    if transport == "ringbuf" and not f.ringbuf:
+        raise errors.UsageError("--transport ringbuf: this kernel has no BPF ring buffer; use --transport perf")
+    t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
+                      ringbuf=None if transport == "auto" else transport == "ringbuf")
     status = None
     if not quiet and sys.stderr.isatty():
         def status(rate, total, drops, viol, elapsed):
@@ -268,7 +276,9 @@ def doctor():
     click.echo(f"kallsyms        {ok(f.kallsyms)}")
     click.echo(f"BTF             {ok(f.btf)}")
     click.echo(f"headers         {f.headers or 'NO'}{'' if f.headers_match else ' (do not match the running kernel)' if f.headers else ''}")
-    click.echo(f"ring buffer     {ok(f.ringbuf)}")
+    click.echo(f"ring buffer     {ok(f.ringbuf)}{'' if f.ringbuf else ' (records go through the perf buffer)'}")
+    click.echo(f"fentry          {ok(f.fentry_possible)}"
+               f"{'  (auto backend: fentry for hooks and might-sleep functions; kprobes for driver callbacks)' if f.fentry_possible else '  (BTF or BPF trampolines missing: the kprobe backend is used)'}")
     click.echo(f"MMU notifiers   {ok(f.mmu_notifiers)}")
     for hid, sym, name in f.hooks:
         click.echo(f"  hook {name:<32} {sym}")

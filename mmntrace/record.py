@@ -124,6 +124,7 @@ class Session:
         return {
             "kernel": {"release": self.f.release, "arch": platform.machine()},
             "backend": self.t.backend,
+            "transport": "ringbuf" if self.t.ringbuf else "perf",
             "aggregate": self.t.aggregate,
             "filters": {"pid": self.t.pid, "comm": self.t.comm},
             "hooks": [name for _h, _s, name in self.f.hooks],
@@ -137,7 +138,8 @@ class Session:
             import json
             tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
             tmp.write_text(json.dumps({"pid": os.getpid(), "attached": [
-                {k: a.get(k) for k in ("kind", "symbol", "hook", "module", "status")} for a in self.t.attached()]}))
+                {k: a.get(k) for k in ("kind", "symbol", "hook", "module", "status", "attach")}
+                for a in self.t.attached()]}))
             os.replace(tmp, self.ready_file)
 
     def _drain(self, pending: list) -> int:
@@ -174,6 +176,7 @@ class Session:
         writer.meta["attached"] = self.t.attached()
         writer.meta["timing"] = dict(self.t.timing)
         writer.meta["calibration"] = self.t.calibration
+        writer.meta["calibration_fentry"] = getattr(self.t, "calibration_fentry", None)
         writer.flush_meta()
         self._write_ready()
         pending: list[bytes] = []

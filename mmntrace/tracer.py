@@ -10,6 +10,15 @@ raw records to the caller.
 Driver callbacks are found while tracing: the BPF side reports every ops table
 it sees (registration, or the subscription list of an mm on its first hook),
 and :meth:`poll` attaches the generic callback probes to each new op function.
+
+Backends. ``kprobe`` attaches kprobes/kretprobes everywhere. ``fentry``
+generates one KFUNC_PROBE/KRETFUNC_PROBE pair per hook, might-sleep function
+and getppid (calibration) of the running kernel, from its BTF, calling the
+same BPF bodies. Driver callbacks stay kprobes with either backend: they are
+found at run time in modules, and bcc (0.26, Debian 12) binds a trampoline
+program to a vmlinux function by name at load. A vmlinux function whose
+trampoline cannot attach falls back to a kprobe; every probe's mechanism is
+in :meth:`attached` (and the recording's metadata).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import btf as btfmod
 from . import kernel
 from .errors import BpfLoadError, MmntraceError
 from .layout import header, record_dtype
@@ -39,6 +49,22 @@ REC_OPS = _H.defines["MMNT_REC_OPS"]
 REC_REGISTER = _H.defines["MMNT_REC_REGISTER"]
 REC_NAMES = {REC_HOOK: "hook", REC_CALLBACK: "callback", REC_SLEEP: "sleep", REC_OPS: "ops",
              REC_REGISTER: "register"}
+
+
+_CALIB_KPROBE, _CALIB_FENTRY = 0, 4   # bpf/mmntrace.bpf.c calib[] bases
+_IRQS_UNKNOWN = "IRQS_UNKNOWN"
+
+
+def resolve_backend(features: kernel.Features, backend: str) -> str:
+    """``auto`` -> fentry where the kernel has BTF and BPF trampolines, else kprobe."""
+    if backend == "auto":
+        return "fentry" if features.fentry_possible else "kprobe"
+    if backend not in ("kprobe", "fentry"):
+        raise MmntraceError(f"unknown backend {backend!r}: use auto, kprobe or fentry")
+    if backend == "fentry" and not features.fentry_possible:
+        raise MmntraceError("the fentry backend needs BTF and BPF trampolines, which this kernel lacks: "
+                            "use --backend kprobe")
+    return backend
 
 
 class _CbInfo(ctypes.Structure):
@@ -86,13 +112,16 @@ class _Ksyms:
 class Tracer:
     def __init__(self, features: kernel.Features, *, backend: str = "kprobe", hooks=None,
                  pid: int | None = None, comm: str | None = None, aggregate: bool = False,
-                 ringbuf_pages: int = 256):
-        if backend not in ("kprobe", "fentry"):
-            raise MmntraceError(f"unknown backend {backend!r}: use kprobe or fentry")
-        if backend == "fentry":
-            raise MmntraceError("the fentry backend is not implemented yet: use the kprobe backend")
+                 ringbuf_pages: int = 256, ringbuf: bool | None = None):
         self.f = features
-        self.backend = backend
+        self.backend = resolve_backend(features, backend)
+        # ringbuf=False forces the perf-buffer transport (kernels before 5.8 have
+        # no BPF ring buffer; tests use it to exercise that path on newer ones)
+        self.ringbuf = features.ringbuf if ringbuf is None else (bool(ringbuf) and features.ringbuf)
+        self._fentry: dict[str, str] = {}      # vmlinux symbol -> generated program kind
+        self._calib_sym: str | None = None
+        self._missed_base = 0
+        self._kprobe_missed_base = 0
         self.hooks = self._hook_ids(hooks)
         self.pid = pid
         self.comm = comm
@@ -132,7 +161,7 @@ class Tracer:
     def _cflags(self) -> list[str]:
         f = self.f
         fl = ["-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes", "-Wno-unknown-warning-option",
-              f"-I{REPO / 'bpf'}", f"-DMMNT_RINGBUF={1 if f.ringbuf else 0}",
+              f"-I{REPO / 'bpf'}", f"-DMMNT_RINGBUF={1 if self.ringbuf else 0}",
               f"-DMMNT_RINGBUF_PAGES={self.ringbuf_pages}", f"-DMMNT_SELF_TGID={os.getpid()}"]
         if f.preempt_count_addr is not None and f.per_cpu_offset_addr:
             fl += [f"-DMMNT_PC_ADDR={f.preempt_count_addr:#x}ULL",
@@ -160,6 +189,44 @@ class Tracer:
         self.load()
         self.attach()
 
+    def _fentry_source(self) -> str:
+        """KFUNC_PROBE/KRETFUNC_PROBE programs for this kernel's hooks, might-sleep
+        functions and getppid, from their BTF signatures (fexit reads the
+        return value at ctx[nargs], and only when the function has one)."""
+        b = btfmod.load_vmlinux()
+        if b is None:
+            return ""
+        out = []
+
+        def args(n, k):
+            return [f"ctx[{i}]" if i < n else "0" for i in range(k)]
+
+        for hook, sym, _name in self.f.hooks:
+            sig = b.func_signature(sym) if hook in self.hooks else None
+            if sig is None:
+                continue
+            n, has_ret = sig
+            a = ", ".join(args(n, 3))
+            rc = f"ctx[{n}]" if has_ret else "0"
+            out.append(f"KFUNC_PROBE({sym}) {{ return hook_entry(ctx, {hook}, {a}, {_IRQS_UNKNOWN}); }}")
+            out.append(f"KRETFUNC_PROBE({sym}) {{ return hook_return(ctx, {hook}, {rc}); }}")
+            self._fentry[sym] = "hook"
+        for sym, gfp_arg in self.f.sleepers:
+            sig = b.func_signature(sym)
+            addrs = self._ksyms.by_name.get(sym, [])
+            if sig is None or not addrs or gfp_arg > sig[0]:
+                continue
+            a = ", ".join(args(sig[0], 2))
+            out.append(f"KFUNC_PROBE({sym}) {{ return ms_fentry(ctx, {addrs[0]:#x}ULL, {gfp_arg}, {a}); }}")
+            self._fentry[sym] = "sleeper"
+        for prefix in ("__x64_sys_", "__arm64_sys_", "__se_sys_", "sys_"):
+            sym = prefix + "getppid"
+            if sym in self._ksyms.by_name and b.func_signature(sym) is not None:
+                out.append(f"KFUNC_PROBE({sym}) {{ return calib_hit({_IRQS_UNKNOWN}, {_CALIB_FENTRY}); }}")
+                self._calib_sym = sym
+                break
+        return "\n".join(out) + "\n"
+
     def load(self) -> None:
         """Compile and load the BPF program, calibrate, open the ring buffer.
         Nothing stays attached: see attach()/detach() (the daemon's windows)."""
@@ -168,16 +235,25 @@ class Tracer:
             from bcc import BPF
         except ImportError as e:
             raise BpfLoadError(f"the bcc Python module is missing ({e}): install python3-bpfcc") from e
-        self._BPF = BPF
+
+        class _BPF(BPF):
+            # bcc attaches kfunc__/tracepoint__ programs as it loads them;
+            # we attach in our own order, after calibration
+            def _trace_autoload(self):
+                pass
+
+        self._BPF = _BPF
         self._ksyms = _Ksyms()
         t0 = time.monotonic()
         try:
-            self.bpf = BPF(src_file=str(BPF_SRC).encode(), cflags=self._cflags())
+            text = BPF_SRC.read_text()
+            if self.backend == "fentry":
+                text += self._fentry_source()
+            self.bpf = _BPF(text=text.encode(), cflags=self._cflags())
         except Exception as e:
             raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e}") from e
         self.timing["compile_s"] = time.monotonic() - t0
         try:
-            # TRACEPOINT_PROBE programs are attached by bcc at load: take that back
             self._detach_all()
             self._calibrate()
             self._open_buffer()
@@ -208,12 +284,18 @@ class Tracer:
             self.stop()
             raise BpfLoadError(f"attaching the probes failed: {e}") from e
         self.timing["attach_s"] = time.monotonic() - t1
+        if self.backend == "fentry":
+            self._ksyms._load()    # trampolines and programs got symbols as they attached
 
     def _detach_all(self) -> None:
         for ev in list(self.bpf.kprobe_fds):
             self.bpf.detach_kprobe_event(ev)
         for tp in list(self.bpf.tracepoint_fds):
             self.bpf.detach_tracepoint(tp)
+        for fn in list(self.bpf.kfunc_entry_fds):
+            self.bpf.detach_kfunc(fn)
+        for fn in list(self.bpf.kfunc_exit_fds):
+            self.bpf.detach_kretfunc(fn)
 
     def detach(self) -> None:
         """Detach every probe; the program stays loaded (no overhead) for the next attach()."""
@@ -234,34 +316,54 @@ class Tracer:
             d[k] = d.Leaf()
         self._perf_lost = 0
         self._kprobe_missed_base = self._kprobe_missed_raw()
+        self._missed_base = self._prog_missed_raw()
 
     def prog_fds(self) -> list[int]:
         return [int(fn.fd) for fn in self.bpf.funcs.values()] if self.bpf is not None else []
 
     def _calibrate(self) -> None:
-        """preempt_count that the probe machinery itself adds, seen on getppid()."""
+        """preempt_count that the probe machinery itself adds, seen on getppid(),
+        for kprobes and (fentry backend) for trampolines, which differ."""
+        self.calibration = self._calibrate_one(_CALIB_KPROBE)
+        self.calibration_fentry = self._calibrate_one(_CALIB_FENTRY) if self._calib_sym else None
+
+    def _calibrate_one(self, base: int) -> int | None:
         calib = self.bpf[b"calib"]
-        calib[ctypes.c_int(1)] = ctypes.c_uint32(0xFFFFFFFF)
-        fn = self.bpf.get_syscall_fnname(b"getppid")
-        self.bpf.attach_kprobe(event=fn, fn_name=b"calib_entry")
+        calib[ctypes.c_int(base + 1)] = ctypes.c_uint32(0xFFFFFFFF)
+        if base == _CALIB_KPROBE:
+            fn = self.bpf.get_syscall_fnname(b"getppid")
+            self.bpf.attach_kprobe(event=fn, fn_name=b"calib_entry")
+        else:
+            self.bpf.attach_kfunc(fn_name=self._calib_sym.encode())
         try:
             for _ in range(16):
                 os.getppid()
         finally:
-            self.bpf.detach_kprobe(event=fn, fn_name=b"calib_entry")
-        hits = calib[ctypes.c_int(2)].value
-        raw = calib[ctypes.c_int(1)].value
+            if base == _CALIB_KPROBE:
+                self.bpf.detach_kprobe(event=fn, fn_name=b"calib_entry")
+            else:
+                self.bpf.detach_kfunc(fn_name=self._calib_sym.encode())
+        hits = calib[ctypes.c_int(base + 2)].value
+        raw = calib[ctypes.c_int(base + 1)].value
         if hits == 0 or raw == 0xFFFFFFFF:
-            self.calibration = None  # preempt count unreadable: records say PC_UNKNOWN
-            calib[ctypes.c_int(0)] = ctypes.c_uint32(0)
-            return
-        self.calibration = raw
-        self.calibration_irqs_off = calib[ctypes.c_int(3)].value > 0
-        calib[ctypes.c_int(0)] = ctypes.c_uint32(raw)
+            calib[ctypes.c_int(base)] = ctypes.c_uint32(0)
+            return None  # preempt count unreadable: records say PC_UNKNOWN
+        if base == _CALIB_KPROBE:
+            self.calibration_irqs_off = calib[ctypes.c_int(base + 3)].value > 0
+        calib[ctypes.c_int(base)] = ctypes.c_uint32(raw)
+        return raw
 
     def _try_attach(self, kind: str, symbol: str, hook, module, entry: str, ret: str | None,
                     hook_id: int | None = None) -> bool:
-        rec = dict(kind=kind, symbol=symbol, hook=hook, module=module, status="attached", hook_id=hook_id)
+        rec = dict(kind=kind, symbol=symbol, hook=hook, module=module, status="attached", hook_id=hook_id,
+                   attach="kprobe")
+        if symbol in self._fentry:
+            err = self._try_fentry(symbol, ret is not None)
+            if err is None:
+                rec["attach"] = "fentry"
+                self._attached.append(rec)
+                return True
+            rec["fentry_error"] = err     # falls back to a kprobe
         try:
             self.bpf.attach_kprobe(event=symbol.encode(), fn_name=entry.encode())
         except Exception as e:
@@ -278,6 +380,21 @@ class Tracer:
                 return False
         self._attached.append(rec)
         return True
+
+    def _try_fentry(self, symbol: str, exit_too: bool) -> str | None:
+        """Attach the generated fentry (and fexit) program of ``symbol``; the error, or None."""
+        sym = symbol.encode()
+        try:
+            self.bpf.attach_kfunc(fn_name=sym)
+        except Exception as e:
+            return str(e).splitlines()[0] if str(e) else type(e).__name__
+        if exit_too:
+            try:
+                self.bpf.attach_kretfunc(fn_name=sym)
+            except Exception as e:
+                self.bpf.detach_kfunc(fn_name=sym)
+                return "fexit: " + (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
 
     def _attach_hooks(self) -> None:
         n = 0
@@ -308,14 +425,19 @@ class Tracer:
         chunks = self._chunks
         string_at = ctypes.string_at
 
-        if self.f.ringbuf:
+        if self.ringbuf:
             def cb(_ctx, data, size):
                 chunks.append(string_at(data, size))
             self.bpf[b"events"].open_ring_buffer(cb)
             self._poll = self.bpf.ring_buffer_poll
         else:
+            rec_size = self._dtype.itemsize
+
             def cb(_cpu, data, size):
-                chunks.append(string_at(data, size))
+                # perf pads each sample so that size + 4 is a multiple of 8
+                # (112-byte records arrive as 116 bytes): keep the record only
+                if size >= rec_size:
+                    chunks.append(string_at(data, rec_size))
 
             def lost(n):
                 self._perf_lost += n
@@ -390,11 +512,33 @@ class Tracer:
                 out[name] = int(sum(d[ctypes.c_int(t)]))
         out["perf_lost"] = self._perf_lost
         out["kretprobe_missed"] = self._kprobe_missed()
+        out["prog_missed"] = self._prog_missed_raw() - self._missed_base
         out["total"] = sum(out.values())
         return out
 
     def _kprobe_missed(self) -> int:
-        return self._kprobe_missed_raw() - getattr(self, "_kprobe_missed_base", 0)
+        return self._kprobe_missed_raw() - self._kprobe_missed_base
+
+    def _prog_missed_raw(self) -> int:
+        """Runs of our hook and callback programs the kernel skipped because a BPF
+        program was already running on that CPU (fdinfo recursion_misses, 5.12+).
+        Might-sleep programs are left out: they fire on every mutex_lock in the
+        system, and skip ones inside bpf() syscalls that could never be ours."""
+        if self.bpf is None:
+            return 0
+        total = 0
+        for name, fn in self.bpf.funcs.items():
+            n = name.decode() if isinstance(name, bytes) else name
+            sym = n.split("__", 1)[1] if n.startswith(("kfunc__", "kretfunc__")) else None
+            if not (n.startswith(("hk_", "cb_")) or (sym and self._fentry.get(sym) == "hook")):
+                continue
+            try:
+                for line in Path(f"/proc/self/fdinfo/{int(fn.fd)}").read_text().splitlines():
+                    if line.startswith("recursion_misses:"):
+                        total += int(line.split()[1])
+            except (OSError, ValueError):
+                continue
+        return total
 
     def _kprobe_missed_raw(self) -> int:
         suffix = f"_bcc_{os.getpid()}"
@@ -430,7 +574,11 @@ class Tracer:
                 self._stack_ips[stack_id] = [a for a in t[t.Key(stack_id)].ip if a]
             except KeyError:
                 return []
-        return [self.ksym(a) for a in self._stack_ips.get(stack_id, [])]
+        frames = [self.ksym(a) for a in self._stack_ips.get(stack_id, [])]
+        # fentry stacks start inside our program and its trampoline: drop them
+        while frames and frames[0].startswith(("bpf_prog_", "bpf_trampoline_")):
+            frames.pop(0)
+        return frames
 
     def histograms(self) -> list[tuple]:
         if self.bpf is None and self._final:

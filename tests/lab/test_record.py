@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 import mmntrace
-from mmntrace import report, testmod
+from mmntrace import kernel, report, testmod
 from mmntrace.recording import Recording
 from groundtruth import Bpftrace, Recorder, WorkloadProcess, expect_dmesg
 
@@ -64,9 +64,32 @@ def _cb(win, name):
     return win[(win["kind"] == "callback") & (win["callback"].astype(str).str.startswith(name))]
 
 
-def test_counts_lock_state_kvm_and_no_violations(tmp_path):
-    r, ev, win, res, bt, mod = _session(tmp_path, kvm=os.path.exists("/dev/kvm"))
+def _need_fentry(backend):
+    if backend == "fentry" and not kernel.probe().fentry_possible:
+        pytest.skip("this kernel offers no BPF trampolines (fentry)")
+
+
+def _check_backend(r, backend, transport):
+    """The metadata says which mechanism each probe used: hooks follow the
+    backend, driver callbacks (modules) are kprobes with either."""
+    m = r.meta
+    assert m["backend"] == backend and m["transport"] == transport
+    hooks = [a for a in m["attached"] if a["kind"] == "hook" and a["status"] == "attached"]
+    cbs = [a for a in m["attached"] if a["kind"] == "callback" and a["status"] == "attached"]
+    assert hooks and cbs
+    assert {a["attach"] for a in hooks} == {backend}, hooks
+    assert {a["attach"] for a in cbs} == {"kprobe"}
+
+
+# Both backends where the kernel offers both; the fentry run also takes the
+# perf-buffer transport (the fallback for kernels without a BPF ring buffer).
+@pytest.mark.parametrize("backend,transport", [("kprobe", "ringbuf"), ("fentry", "perf")])
+def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
+    _need_fentry(backend)
+    r, ev, win, res, bt, mod = _session(tmp_path, kvm=os.path.exists("/dev/kvm"),
+                                        rec_args=("--backend", backend, "--transport", transport))
     assert r.complete
+    _check_backend(r, backend, transport)
     rep = report.build(r)
     assert rep["dropped"] == 0
     calls = res["counts"]["calls"]
@@ -118,7 +141,8 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path):
     # A real sleep under the page-table lock destabilises the kernel (a 6.12
     # guest died late in a long suite with 3): inject it in exactly one
     # invocation (the module's count), and expect exactly one.
-    r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:msleep:1:1"], kvm=False)
+    r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:msleep:1:1"], kvm=False,
+                                       rec_args=("--backend", "kprobe"))
     assert res["counts"]["calls"]["secondary_tlb"] >= 1
     v = report.build(r)["violations"]
     rows = [x for x in v if x["callback"] and x["callback"].startswith("mmnt_secondary_tlb")]
@@ -135,7 +159,11 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path):
 
 
 def test_injected_mutex_and_delay(tmp_path):
+    # the default backend: fentry (mutex_lock through a trampoline) where the kernel has it
     r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:mutex", "start:delay:300"], kvm=False)
+    assert r.meta["backend"] == ("fentry" if kernel.probe().fentry_possible else "kprobe")
+    ms = [a for a in r.meta["attached"] if a["symbol"] == "mutex_lock"]
+    assert ms and ms[0]["attach"] == r.meta["backend"], ms
     calls = res["counts"]["calls"]
     rep = report.build(r)
     rows = [x for x in rep["violations"] if x["callback"] and x["callback"].startswith("mmnt_secondary_tlb")]
