@@ -6,7 +6,20 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 KERNELS ?= 6.1 6.12
 
-.PHONY: setup test unit lab-test kmod demo clean
+.PHONY: setup test unit lab-test kmod demo clean bench bench-tiny
+
+# make bench: the tracer against its peers in the lab (both kernels) plus the
+# host-side decode and report benchmarks -> bench/results.json, BENCHMARKS.md.
+# BENCH_SIZE=tiny is the end-to-end check `make test` runs (into build/).
+BENCH_SIZE ?= full
+BENCH_DIR = build/bench/$(BENCH_SIZE)
+ifeq ($(BENCH_SIZE),full)
+BENCH_RESULTS ?= bench/results.json
+BENCH_MD ?= BENCHMARKS.md
+else
+BENCH_RESULTS ?= $(BENCH_DIR)/results.json
+BENCH_MD ?= $(BENCH_DIR)/BENCHMARKS.md
+endif
 setup:
 	@bash scripts/setup.sh
 
@@ -34,6 +47,28 @@ test: setup
 	@mkdir -p build
 	@start=$$(date +%s); $(MAKE) --no-print-directory unit && $(MAKE) --no-print-directory lab-test; \
 	  rc=$$?; echo "make test: $$(( $$(date +%s) - start )) s"; exit $$rc
+
+build/bench/notifier_bench: bench/notifier_bench.c tests/kmod/mmnt_test_uapi.h
+	@mkdir -p build/bench
+	cc -O2 -Wall -o $@ bench/notifier_bench.c
+
+bench: setup kmod build/bench/notifier_bench
+	@rm -rf $(BENCH_DIR); mkdir -p $(BENCH_DIR)
+	@echo "== host: decode throughput, then report over a large recording"
+	$(PY) bench/decode_bench.py --json-out $(BENCH_DIR)/decode.json \
+	  $(if $(filter tiny,$(BENCH_SIZE)),--events 200000 --naive-events 20000,) || test -s $(BENCH_DIR)/decode.json
+	$(PY) bench/report_bench.py --json-out $(BENCH_DIR)/report.json --dir build/bench/report-rec \
+	  $(if $(filter tiny,$(BENCH_SIZE)),--events 100000 --segments 4 --violations 20 --formats json,) || test -s $(BENCH_DIR)/report.json
+	@set -e; for k in $(KERNELS); do \
+	  echo "== lab benchmark on $$k ($(BENCH_SIZE))"; \
+	  .venv/bin/mmntrace lab --kernel $$k --memory 3G --share $(CURDIR)/build -- \
+	    $(PY) bench/lab_bench.py --size $(BENCH_SIZE) --out $(CURDIR)/$(BENCH_DIR)/lab-$$k.json; \
+	done
+	$(PY) bench/summarize.py $(BENCH_DIR) --results $(BENCH_RESULTS) --markdown $(BENCH_MD)
+
+bench-tiny:
+	@$(MAKE) --no-print-directory bench BENCH_SIZE=tiny KERNELS="$(BENCH_TINY_KERNELS)"
+BENCH_TINY_KERNELS ?= 6.12
 
 demo: setup kmod
 	@bash scripts/demo.sh

@@ -63,6 +63,7 @@ def main() -> int:
     ap.add_argument("--violations", type=int, default=2000)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/mmntrace-bench"))
     ap.add_argument("--formats", default="json,text,html")
+    ap.add_argument("--json-out", type=Path, help="Also write the results to this JSON file.")
     a = ap.parse_args()
     d = a.dir / f"rec-{a.events}-{a.segments}"
     d.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +85,9 @@ def main() -> int:
         print(f"report --format {fmt:<5} {wall:6.2f} s   peak RSS {rss / 2**20:7.1f} MiB   "
               f"{'ok' if met else 'GOAL MISSED'} (goal < {GOAL_S:.0f} s, < {GOAL_RSS >> 30} GiB)")
     print(json.dumps(results))
+    if a.json_out:
+        a.json_out.parent.mkdir(parents=True, exist_ok=True)
+        a.json_out.write_text(json.dumps(results, indent=1))
     return 0 if ok else 1
 
 

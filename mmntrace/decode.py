@@ -8,6 +8,7 @@ boolean-mask selections of it.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from .layout import header, record_dtype
 
@@ -34,6 +35,22 @@ def split(recs: np.ndarray) -> dict[str, np.ndarray]:
     return {name: recs[recs["type"] == t] for name, t in REC.items()}
 
 
+def _comm(c: np.ndarray) -> np.ndarray:
+    """Decode the few distinct command names once, not every record's
+    (np.char.decode is a Python-level loop: it took 2/3 of the decode time)."""
+    if len(c) == 0:
+        return np.zeros(0, "U16")
+    # exact O(n) factorization: the 16 bytes as two u64 halves, hashed by pandas
+    halves = np.ascontiguousarray(c).view(np.uint64).reshape(-1, 2)
+    a, ua = pd.factorize(halves[:, 0])
+    b, ub = pd.factorize(halves[:, 1])
+    codes, uniq = pd.factorize(a.astype(np.int64) * len(ub) + b)
+    first = np.zeros(len(uniq), np.int64)
+    first[codes[::-1]] = np.arange(len(codes))[::-1]       # one record per distinct name
+    names = np.array([bytes(x).decode("utf-8", "replace") for x in c[first]], dtype="U16")
+    return names[codes]
+
+
 def columns(recs: np.ndarray) -> dict[str, np.ndarray]:
     """Hook/callback/sleep records -> plain columns (flags expanded to booleans)."""
     flags = recs["flags"]
@@ -42,7 +59,7 @@ def columns(recs: np.ndarray) -> dict[str, np.ndarray]:
         "cpu": recs["cpu"].astype(np.uint32),
         "pid": recs["pid"].astype(np.uint32),
         "tid": recs["tid"].astype(np.uint32),
-        "comm": np.char.decode(recs["comm"], "utf-8", "replace"),
+        "comm": _comm(recs["comm"]),
         "mm": recs["mm"].astype(np.uint64),
         "hook_id": recs["hook"].astype(np.uint8),
         "event_id": recs["event"].astype(np.int32),

@@ -15,9 +15,8 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 #else
-#include <stdint.h>
+#include <linux/types.h>
 #include <sys/ioctl.h>
-typedef uint8_t __u8; typedef uint32_t __u32; typedef int32_t __s32; typedef uint64_t __u64;
 #endif
 
 /* Hooks, i.e. the callbacks of the module's subscriptions. Same numbering as

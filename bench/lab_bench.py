@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""The tracer's cost against its peers, measured in one VM boot (issue 6).
+
+Run inside a lab guest (``make bench`` boots each kernel and runs this):
+
+    python bench/lab_bench.py --size full|tiny --out FILE.json
+
+The workload is ``notifier_bench`` (bench/notifier_bench.c): KVM and the test
+module subscribed to its mm, a fixed number of rounds of zero-page reads, COW
+writes, mprotect flips and MADV_DONTNEED. Tools, one after another in this
+boot, each started once and kept attached for --reps runs, with a block of
+untraced runs before the first tool and after every tool (so that each tool
+is compared with the untraced runs next to it in time):
+
+  mmntrace-kprobe / mmntrace-fentry            `mmntrace record` streaming
+  mmntrace-agg-kprobe / mmntrace-agg-fentry    `mmntrace record --aggregate`
+  funclatency                                  bcc's funclatency -F on the hook functions
+  bpftrace                                     per-hook kprobe/kretprobe latency hist()
+
+For each tool: median ops/s, slowdown (median traced time / median of the
+neighbouring untraced times), ns added per hook call (the test module counts
+the hook calls), start-up time to ready and peak RSS (VmHWM, compile
+included) of the tool's process, and for mmntrace the events it recorded,
+the events/s it sustained, and its drops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mmntrace import kernel  # noqa: E402
+
+BENCH_BIN = ROOT / "build" / "bench" / "notifier_bench"
+SIZES = {"full": dict(rounds=400, pages=64, reps=5), "tiny": dict(rounds=20, pages=16, reps=1)}
+TOOLS = ["mmntrace-kprobe", "mmntrace-fentry", "mmntrace-agg-kprobe", "mmntrace-agg-fentry",
+         "funclatency", "bpftrace"]
+HOOK_IDS = (kernel.HOOK_START, kernel.HOOK_END, kernel.HOOK_SECONDARY_TLB)
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def run_workload(size: dict) -> dict:
+    out = subprocess.run([str(BENCH_BIN), str(size["rounds"]), str(size["pages"])],
+                         capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"notifier_bench failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def vm_hwm_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class Tool:
+    """A tracer process: started once, ready when it says so, stopped with SIGINT."""
+
+    def __init__(self, name: str, hook_syms: list[str], work: Path):
+        self.name, self.syms, self.work = name, hook_syms, work
+        self.proc = None
+        self.rec = work / f"rec-{name}"
+        self.logf = work / f"{name}.log"
+
+    def argv(self) -> list[str]:
+        n = self.name
+        if n.startswith("mmntrace"):
+            backend = n.rsplit("-", 1)[1]
+            a = [sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(self.rec),
+                 "--ready-file", str(self.work / f"{n}.ready"), "--backend", backend]
+            return a + (["--aggregate"] if "-agg-" in n else [])
+        if n == "funclatency":
+            exe = shutil.which("funclatency-bpfcc") or "/usr/sbin/funclatency-bpfcc"
+            return [exe, "-F", "-r", "^(" + "|".join(self.syms) + ")$"]
+        if n == "bpftrace":
+            prog = ['BEGIN { printf("READY\\n"); }']
+            for i, s in enumerate(self.syms):
+                prog.append(f"kprobe:{s} {{ @t{i}[tid] = nsecs; }}")
+                prog.append(f"kretprobe:{s} /@t{i}[tid]/ {{ @lat_{s} = hist(nsecs - @t{i}[tid]); "
+                            f"delete(@t{i}[tid]); }}")
+            return ["bpftrace", "-e", " ".join(prog)]
+        raise ValueError(n)
+
+    def ready(self) -> bool:
+        if self.name.startswith("mmntrace"):
+            return (self.work / f"{self.name}.ready").exists()
+        text = self.logf.read_text(errors="replace")
+        return ("Tracing" in text) if self.name == "funclatency" else ("READY" in text)
+
+    def start(self, timeout: float = 300) -> float:
+        t0 = time.monotonic()
+        self._log = open(self.logf, "w")
+        self.proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        while not self.ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}): "
+                                   f"{self.logf.read_text(errors='replace')[-1500:]}")
+            if time.monotonic() - t0 > timeout:
+                self.stop()
+                raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s")
+            time.sleep(0.05)
+        return time.monotonic() - t0
+
+    def stop(self) -> dict:
+        hwm = vm_hwm_kib(self.proc.pid)
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            rc = self.proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._log.close()
+        out = {"exit": rc, "peak_rss_mib": round(hwm / 1024, 1) if hwm else None}
+        if self.name.startswith("mmntrace") and (self.rec / "metadata.json").exists():
+            m = json.loads((self.rec / "metadata.json").read_text())
+            out["events"] = m.get("events", 0)
+            if m.get("aggregate"):
+                out["events"] = sum(t["count"] for t in m.get("totals", []))
+            out["drops"] = (m.get("drops") or {}).get("total")
+            out["status"] = m.get("status")
+        return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="full")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tools", default=",".join(TOOLS))
+    a = ap.parse_args()
+    size = SIZES[a.size]
+    if not BENCH_BIN.exists():
+        log(f"{BENCH_BIN} is missing: run `make bench` (it compiles bench/notifier_bench.c)")
+        return 2
+    f = kernel.probe()
+    syms = [sym for hid, sym, _n in f.hooks if hid in HOOK_IDS]
+    tools = [t for t in a.tools.split(",") if t]
+    if not f.fentry_possible:
+        tools = [t for t in tools if not t.endswith("fentry")]
+    work = Path(tempfile.mkdtemp(prefix="mmntrace-bench-"))
+    res = {"kernel": f.release, "arch": platform.machine(), "cpus": os.cpu_count(), "size": a.size, **size,
+           "hook_functions": syms, "untraced": [], "tools": {}}
+    total_runs = size["reps"] * (2 * len(tools) + 1)
+    done = 0
+
+    def progress(what):
+        nonlocal done
+        done += 1
+        log(f"[{done}/{total_runs}] {what}")
+
+    def untraced_block():
+        block = []
+        for _ in range(size["reps"]):
+            block.append(run_workload(size))
+            progress(f"untraced {block[-1]['ops_per_s']:.0f} ops/s")
+        res["untraced"].append(block)
+        return block
+
+    run_workload(dict(size, rounds=max(1, size["rounds"] // 10)))   # warm-up (page cache, KVM module)
+    before = untraced_block()
+    for name in tools:
+        tool = Tool(name, syms, work)
+        startup = tool.start()
+        log(f"{name}: ready after {startup:.1f} s")
+        runs = []
+        try:
+            for _ in range(size["reps"]):
+                runs.append(run_workload(size))
+                progress(f"{name} {runs[-1]['ops_per_s']:.0f} ops/s")
+        finally:
+            st = tool.stop()
+        after = untraced_block()
+        base = statistics.median(r["seconds"] for r in before + after)
+        med = statistics.median(r["seconds"] for r in runs)
+        calls = statistics.median(r["hook_calls"] for r in runs)
+        busy = sum(r["seconds"] for r in runs)
+        entry = {"startup_s": round(startup, 2), **st, "runs": runs,
+                 "median_ops_per_s": round(statistics.median(r["ops_per_s"] for r in runs), 1),
+                 "untraced_median_s": round(base, 6), "median_s": round(med, 6),
+                 "slowdown": round(med / base, 4), "overhead": round(med / base - 1, 4),
+                 "ns_per_hook_call": round((med - base) * 1e9 / calls, 1) if calls else None,
+                 "hook_calls_per_run": calls}
+        if "events" in st and busy > 0:
+            entry["events_per_s"] = round(st["events"] / busy)
+        res["tools"][name] = entry
+        before = after
+        log(f"{name}: slowdown {entry['slowdown']:.3f}, {entry['ns_per_hook_call']} ns per hook call"
+            + (f", {st.get('events')} events, {st.get('drops')} dropped" if "events" in st else ""))
+    res["untraced_ops_per_s"] = round(statistics.median(r["ops_per_s"] for b in res["untraced"] for r in b), 1)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"wrote {a.out}")
+    bad = [n for n, t in res["tools"].items() if t["exit"] not in (0, -2, 130)]
+    if bad:
+        log(f"tools that did not exit cleanly: {', '.join(bad)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
