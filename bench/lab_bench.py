@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 from mmntrace import kernel  # noqa: E402
 
 BENCH_BIN = ROOT / "build" / "bench" / "notifier_bench"
-SIZES = {"full": dict(rounds=400, pages=64, reps=5), "tiny": dict(rounds=20, pages=16, reps=1)}
+SIZES = {"full": dict(rounds=1500, pages=64, reps=5), "tiny": dict(rounds=20, pages=16, reps=1)}
+SETTLE_S = 3.0
 TOOLS = ["mmntrace-kprobe", "mmntrace-fentry", "mmntrace-agg-kprobe", "mmntrace-agg-fentry",
          "funclatency", "bpftrace"]
 HOOK_IDS = (kernel.HOOK_START, kernel.HOOK_END, kernel.HOOK_SECONDARY_TLB)
@@ -188,6 +189,7 @@ def main() -> int:
                 progress(f"{name} {runs[-1]['ops_per_s']:.0f} ops/s")
         finally:
             st = tool.stop()
+        time.sleep(SETTLE_S)     # the kernel frees the tool's programs and trampolines (RCU) after it exits
         after = untraced_block()
         base = statistics.median(r["seconds"] for r in before + after)
         med = statistics.median(r["seconds"] for r in runs)

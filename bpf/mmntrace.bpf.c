@@ -477,7 +477,11 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 		s.flags |= MMNT_FL_MUST_NOT_SLEEP;
 		nosleep_add(1);
 	}
+#ifdef MMNT_AGGREGATE
+	s.stack_id = -1;	/* no hook record is sent: skip the unwind (the costliest step) */
+#else
 	s.stack_id = get_stack_id(ctx);
+#endif
 	s.seq = next_seq();
 	walk_subs(ctx, s.mm);
 	struct hstate *old = hook_state.lookup(&tid);

@@ -67,6 +67,34 @@ def prepare(kmod_dir: str) -> dict:
     return info
 
 
+_PINNED: list[int] = []
+
+
+def pin_preempt_notifier_key() -> str | None:
+    """Hold one KVM VM open for the whole command.
+
+    Every KVM VM created or destroyed moves preempt_notifier_key, a static key
+    in __schedule(); its first and last users patch kernel text with
+    text_poke_bp(). Under QEMU's multi-threaded TCG a vCPU sometimes executes
+    the int3 that text_poke_bp() leaves there after the kernel has finished
+    with it: both vCPUs of a 6.12 guest died with "Oops: int3" at
+    __schedule+0x444 as a benchmark process holding a KVM VM exited (and the
+    same guest deaths ended earlier test suites at random). With one VM held
+    here, the workloads' VMs move the key between 1 and 2 users, which patches
+    nothing. Returns why it could not, or None (no KVM: nothing to pin).
+    """
+    import fcntl
+    if not os.path.exists("/dev/kvm"):
+        return None
+    try:
+        kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        _PINNED.append(kvm)
+        _PINNED.append(fcntl.ioctl(kvm, 0xAE01, 0))      # KVM_CREATE_VM
+    except OSError as e:
+        return f"KVM_CREATE_VM: {e}"
+    return None
+
+
 def dmesg_verdict(text: str, expected_patterns: list[str]) -> tuple[list[str], list[str]]:
     """Split the kernel log's problem lines into (unexpected, expected)."""
     pats = [re.compile(p) for p in expected_patterns if p.strip()]
@@ -82,6 +110,10 @@ def main(run_dir: str) -> int:
     spec = json.loads((rd / "argv.json").read_text())
     t_boot = time.monotonic()  # CLOCK_MONOTONIC starts at boot in the guest
     info = prepare(spec["kmod_dir"])
+    why = pin_preempt_notifier_key()
+    info["kvm_vm_held"] = bool(_PINNED) and why is None
+    if why:
+        _log(f"could not hold a KVM VM ({why}): KVM VMs may patch __schedule under TCG")
     (rd / "guest.json").write_text(json.dumps(info))
     env = dict(os.environ)
     env.update(spec.get("env", {}))

@@ -155,6 +155,8 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
                 "--qemu-opts", f"-smp {cpus},sockets=2,cores={cpus // 2},threads=1"]
     for s in shares:
         cmd += ["--rwdir", s]
+    if os.environ.get("MMNTRACE_LAB_CONSOLE") == "1":
+        cmd.append("--verbose")     # the guest kernel's console on our stdout (debugging)
     cmd += ["--exec", guest_cmd]
     if verbose:
         print("lab:", " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
