@@ -30,7 +30,7 @@ unit: setup
 	$(PY) -m pytest -q -m "not lab" tests
 
 # One boot per kernel; pytest runs inside the guest.
-lab-test: setup kmod
+lab-test: setup kmod build/bench/notifier_bench
 	@mkdir -p build; rm -rf build/lab-recordings
 	@set -e; for k in $(KERNELS); do \
 	  echo "== lab tests on $$k"; \

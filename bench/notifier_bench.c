@@ -18,7 +18,12 @@
  * secondary-TLB callbacks: one per hook invocation on this mm), so that a
  * tracer's cost can be given per hook call.
  *
- *   notifier_bench ROUNDS PAGES [--no-kvm] [--no-module]
+ *   notifier_bench ROUNDS PAGES [--no-kvm] [--no-module] [--go-file PATH]
+ *
+ * --go-file PATH: once subscribed, create PATH.subscribed and wait for PATH to
+ * exist before the rounds (tests wait for a tracer to attach the callbacks).
+ * The module subscription is dropped (MMNT_IOC_UNREGISTER: one release
+ * callback) before exit.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -58,6 +63,7 @@ int main(int argc, char **argv)
 {
 	long rounds, pages, psz = sysconf(_SC_PAGESIZE);
 	int use_kvm = 1, use_mod = 1, kvm = -1, vm = -1, mod = -1;
+	const char *go = NULL;
 	struct mmnt_test_counts c0 = {0}, c1 = {0};
 	volatile unsigned char sink = 0;
 
@@ -72,6 +78,8 @@ int main(int argc, char **argv)
 			use_kvm = 0;
 		else if (!strcmp(argv[i], "--no-module"))
 			use_mod = 0;
+		else if (!strcmp(argv[i], "--go-file") && i + 1 < argc)
+			go = argv[++i];
 	}
 	if (rounds <= 0 || pages <= 0) {
 		fprintf(stderr, "notifier_bench: ROUNDS and PAGES must be positive\n");
@@ -104,6 +112,16 @@ int main(int argc, char **argv)
 		if (ioctl(mod, MMNT_IOC_REGISTER, &reg) < 0)
 			die("MMNT_IOC_REGISTER");
 	}
+	if (go) {
+		char sub[4096];
+		snprintf(sub, sizeof(sub), "%s.subscribed", go);
+		int fd = open(sub, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (fd < 0)
+			die(sub);
+		close(fd);
+		while (access(go, F_OK) != 0)
+			usleep(20000);
+	}
 	if (counts(mod, &c0) < 0)
 		die("MMNT_IOC_COUNTS");
 	double t0 = now();
@@ -128,6 +146,9 @@ int main(int argc, char **argv)
 	       "\"kvm\": %s, \"module\": %s, \"rounds\": %ld, \"pages\": %ld}\n",
 	       ops, t1 - t0, ops / (t1 - t0), calls, use_kvm ? "true" : "false",
 	       use_mod ? "true" : "false", rounds, pages);
+	fflush(stdout);
+	if (mod >= 0 && ioctl(mod, MMNT_IOC_UNREGISTER) < 0)
+		die("MMNT_IOC_UNREGISTER");
 	(void)sink;
 	return 0;
 }

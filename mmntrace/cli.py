@@ -23,6 +23,14 @@ def _friendly(fn):
         except errors.MmntraceError as e:
             click.echo(f"mmntrace: {e}", err=True)
             sys.exit(e.exit_code)
+        except OSError as e:     # a file we were told to write or read: one sentence, never a traceback
+            import errno
+            where = f"{e.filename}: " if e.filename else ""
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                click.echo(f"mmntrace: {where}the file system is full ({e.strerror})", err=True)
+                sys.exit(errors.DiskFullError.exit_code)
+            click.echo(f"mmntrace: {where}{e.strerror or e}", err=True)
+            sys.exit(1)
     return wrapper
 
 
@@ -100,12 +108,15 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
 @click.option("--transport", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto", show_default=True,
               help="Record transport: the BPF ring buffer where the kernel has one (5.8+), else the "
                    "per-CPU perf buffer. `perf` forces the fallback.")
+@click.option("--buffer-pages", default=256, show_default=True, type=click.IntRange(1, 1 << 16),
+              help="Size of the record buffer in pages (a power of two; per CPU for the perf buffer). "
+                   "Records that do not fit are dropped and counted.")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="Written (JSON: attached probes) once every probe is attached, and again when new driver callbacks are.")
 @click.option("--redact", is_flag=True, help="Drop raw kernel addresses (mm, ranges, functions); keep symbols.")
 @click.option("-q", "--quiet", is_flag=True, help="No live status line.")
 @_friendly
-def record(duration, out, pid, comm, hooks, aggregate, backend, transport, ready_file, redact, quiet):
+def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffer_pages, ready_file, redact, quiet):
     """Record MMU-notifier activity into a recording directory (needs root).
 
     Attaches to every notifier entry point the running kernel has
@@ -130,8 +141,10 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, ready
     hook_list = [h.strip() for h in hooks.split(",")] if hooks else None
     if transport == "ringbuf" and not f.ringbuf:
         raise errors.UsageError("--transport ringbuf: this kernel has no BPF ring buffer; use --transport perf")
+    if buffer_pages & (buffer_pages - 1):
+        raise errors.UsageError(f"--buffer-pages {buffer_pages}: use a power of two (64, 256, 1024...)")
     t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
-                      ringbuf=None if transport == "auto" else transport == "ringbuf")
+                      ringbuf=None if transport == "auto" else transport == "ringbuf", ringbuf_pages=buffer_pages)
     status = None
     if not quiet and sys.stderr.isatty():
         def status(rate, total, drops, viol, elapsed):
@@ -216,8 +229,9 @@ def _term_width() -> int | None:
 
 
 def _write_output(path: Path, text: str) -> None:
+    from .outpath import write_nofollow
     try:
-        path.write_text(text, encoding="utf-8")
+        write_nofollow(path, text.encode("utf-8"))
     except OSError as e:
         raise errors.UsageError(f"cannot write {path}: {e.strerror or e}") from None
 

@@ -112,6 +112,12 @@ _TOML_KEYS = {
 }
 
 
+def overhead_guard_tripped(bpf_cpu_share: float | None, limit: float | None) -> bool:
+    """--max-bpf-cpu: stop when the programs' own measured run time (kernel.bpf_stats_enabled)
+    over a window exceeds ``limit`` of one CPU. Unmeasured (None) never trips it."""
+    return limit is not None and bpf_cpu_share is not None and bpf_cpu_share > limit
+
+
 def load_config(path: Path, base: DaemonConfig | None = None) -> DaemonConfig:
     """Read a TOML config (keys = the daemon's long flags); unknown keys are an error."""
     try:
@@ -460,8 +466,7 @@ class Daemon:
                 "violations": sum(v["count"] for v in summary["violations"]), "sample_every": summary["sample_every"],
                 "bpf_run_time_ns": summary["bpf_run_time_ns"], "files": paths, "retention_removed": removed}
         self.log(line)
-        if (cfg.max_bpf_cpu is not None and summary["bpf_cpu_share"] is not None
-                and summary["bpf_cpu_share"] > cfg.max_bpf_cpu):
+        if overhead_guard_tripped(summary.get("bpf_cpu_share"), cfg.max_bpf_cpu):
             self.log({"event": "overhead_guard", "bpf_cpu_share": summary["bpf_cpu_share"],
                       "limit": cfg.max_bpf_cpu, "action": "stopping"})
             self.stopping.set()

@@ -124,10 +124,12 @@ class WorkloadProcess:
 class Recorder:
     """`mmntrace record` as a subprocess, ready once --ready-file says so."""
 
-    def __init__(self, out: Path, *extra, timeout: float = 600):
+    def __init__(self, out: Path, *extra, timeout: float = 600, side: Path | None = None):
+        """``side``: where the ready file and the log go (default: next to ``out``)."""
         self.out = Path(out)
-        self.ready = self.out.parent / (self.out.name + ".ready.json")
-        self.log = self.out.parent / (self.out.name + ".log")
+        side = Path(side) if side else self.out.parent
+        self.ready = side / (self.out.name + ".ready.json")
+        self.log = side / (self.out.name + ".log")
         self._log = open(self.log, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(self.out),
                                       "--ready-file", str(self.ready), *extra],

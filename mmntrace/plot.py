@@ -20,6 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from .aggregate import Summary, _hook_sort, bucket_lo  # noqa: E402
+from .outpath import refuse_symlink, write_nofollow  # noqa: E402
 
 FIGURES = ["latency-cdf", "latency-heatmap", "rate-timeline", "violations-timeline"]
 
@@ -203,6 +204,7 @@ WHY_MISSING = {
 def write_all(s: Summary, outdir: str | Path, fmt: str = "png", dpi: int = 110) -> tuple[list[Path], list[str]]:
     """Save every figure; returns (files written, 'name: why' for those skipped)."""
     out = Path(outdir)
+    refuse_symlink(out)
     out.mkdir(parents=True, exist_ok=True)
     written, skipped = [], []
     for name, fig in figures(s).items():
@@ -210,7 +212,9 @@ def write_all(s: Summary, outdir: str | Path, fmt: str = "png", dpi: int = 110) 
             skipped.append(f"{name}: {WHY_MISSING.get(name, 'nothing to plot')}")
             continue
         p = out / f"{name}.{fmt}"
-        fig.savefig(p, format=fmt, dpi=dpi)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=dpi)
+        write_nofollow(p, buf.getvalue())
         written.append(p)
     return written, skipped
 

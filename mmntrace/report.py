@@ -91,7 +91,10 @@ def from_summary(s: aggregate.Summary) -> dict:
         "coverage": {
             "attached": sorted({str(a.get("symbol")) for a in attached if a.get("status") == "attached"}),
             "skipped": [{"symbol": a.get("symbol"), "why": a.get("status")} for a in attached
-                        if a.get("status") != "attached"],
+                        if a.get("status") != "attached"]
+                       + [{"symbol": "/".join(h.get("symbols") or [str(h.get("hook"))]),
+                           "why": f"hook {h.get('hook')}: {h.get('reason')}"}
+                          for h in _list(m.get("hooks_missing")) if isinstance(h, dict)],
             "by_kind": by_kind,
             "hooks": _list(m.get("hooks")),
             "filters": m.get("filters"),
