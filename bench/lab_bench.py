@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from mmntrace import kernel  # noqa: E402
 
 BENCH_BIN = ROOT / "build" / "bench" / "notifier_bench"
-SIZES = {"full": dict(rounds=1500, pages=64, reps=5), "tiny": dict(rounds=20, pages=16, reps=1)}
+SIZES = {"full": dict(rounds=800, pages=64, reps=5), "tiny": dict(rounds=20, pages=16, reps=1)}
 SETTLE_S = 3.0
 TOOLS = ["mmntrace-kprobe", "mmntrace-fentry", "mmntrace-agg-kprobe", "mmntrace-agg-fentry",
          "funclatency", "bpftrace"]

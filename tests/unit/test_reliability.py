@@ -3,7 +3,7 @@
 Each case here is real without a kernel to trace (the CLI's handling of what
 the kernel probe reported, files on disk, pure decisions). Faults that need a
 kernel (kill -9, disk full, module reload, storms, leftovers) are lab tests:
-tests/lab/test_reliability.py. docs/reliability.md tables them all.
+tests/lab/test_lab_reliability.py. docs/reliability.md tables them all.
 """
 
 import ast
