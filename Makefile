@@ -45,7 +45,8 @@ lab-test: setup kmod build/bench/notifier_bench
 
 test: setup
 	@mkdir -p build
-	@start=$$(date +%s); $(MAKE) --no-print-directory unit && $(MAKE) --no-print-directory lab-test; \
+	@start=$$(date +%s); $(MAKE) --no-print-directory unit && $(MAKE) --no-print-directory lab-test \
+	  && $(MAKE) --no-print-directory bench-tiny; \
 	  rc=$$?; echo "make test: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 build/bench/notifier_bench: bench/notifier_bench.c tests/kmod/mmnt_test_uapi.h

@@ -146,7 +146,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--tools", default=None,
+                    help="comma-separated subset (default: all; tiny: one of each kind, to check the pipeline)")
     a = ap.parse_args()
     size = SIZES[a.size]
     if not BENCH_BIN.exists():
@@ -154,7 +155,8 @@ def main() -> int:
         return 2
     f = kernel.probe()
     syms = [sym for hid, sym, _n in f.hooks if hid in HOOK_IDS]
-    tools = [t for t in a.tools.split(",") if t]
+    default = TOOLS if a.size == "full" else ["mmntrace-kprobe", "mmntrace-agg-fentry", "funclatency", "bpftrace"]
+    tools = [t for t in (a.tools.split(",") if a.tools else default) if t]
     if not f.fentry_possible:
         tools = [t for t in tools if not t.endswith("fentry")]
     work = Path(tempfile.mkdtemp(prefix="mmntrace-bench-"))
