@@ -135,14 +135,17 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     assert set(sec["caller_class"]) <= {"ptl_clear", "tlb_flush", "permission_upgrade", "range_end"}
 
 
-def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path):
+@pytest.mark.parametrize("backend", ["kprobe", "fentry"])
+def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend):
+    _need_fentry(backend)
     expect_dmesg(r"BUG: scheduling while atomic")
     expect_dmesg(r"WARNING: .*rcu")
     # A real sleep under the page-table lock destabilises the kernel (a 6.12
     # guest died late in a long suite with 3): inject it in exactly one
     # invocation (the module's count), and expect exactly one.
     r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:msleep:1:1"], kvm=False,
-                                       rec_args=("--backend", "kprobe"))
+                                       rec_args=("--backend", backend))
+    assert r.meta["backend"] == backend
     assert res["counts"]["calls"]["secondary_tlb"] >= 1
     v = report.build(r)["violations"]
     rows = [x for x in v if x["callback"] and x["callback"].startswith("mmnt_secondary_tlb")]
@@ -158,12 +161,14 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path):
     assert any(f.startswith("msleep") or "schedule" in f for f in row["stack"])
 
 
-def test_injected_mutex_and_delay(tmp_path):
-    # the default backend: fentry (mutex_lock through a trampoline) where the kernel has it
-    r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:mutex", "start:delay:300"], kvm=False)
-    assert r.meta["backend"] == ("fentry" if kernel.probe().fentry_possible else "kprobe")
+@pytest.mark.parametrize("backend", ["kprobe", "fentry"])
+def test_injected_mutex_and_delay(tmp_path, backend):
+    _need_fentry(backend)
+    r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:mutex", "start:delay:300"], kvm=False,
+                                       rec_args=("--backend", backend))
+    assert r.meta["backend"] == backend
     ms = [a for a in r.meta["attached"] if a["symbol"] == "mutex_lock"]
-    assert ms and ms[0]["attach"] == r.meta["backend"], ms
+    assert ms and ms[0]["attach"] == backend, ms     # fentry: mutex_lock through a trampoline
     calls = res["counts"]["calls"]
     rep = report.build(r)
     rows = [x for x in rep["violations"] if x["callback"] and x["callback"].startswith("mmnt_secondary_tlb")]
