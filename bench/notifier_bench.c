@@ -14,9 +14,10 @@
  * One operation = one page COW-written, one mprotect or one madvise call, so
  * a round is PAGES + 3 operations. It prints one JSON line: operations,
  * seconds (CLOCK_MONOTONIC around the rounds only), ops/s, and the number of
- * notifier calls the test module counted over the rounds (its start, end and
- * secondary-TLB callbacks: one per hook invocation on this mm), so that a
- * tracer's cost can be given per hook call.
+ * notifier calls the test module counted over the rounds (every callback it
+ * received: start, end, secondary TLB, and change_pte where the kernel still
+ * has it; one per hook invocation on this mm), so that a tracer's cost can be
+ * given per hook call.
  *
  *   notifier_bench ROUNDS PAGES [--no-kvm] [--no-module] [--go-file PATH]
  *
@@ -140,7 +141,7 @@ int main(int argc, char **argv)
 		die("MMNT_IOC_COUNTS");
 	long ops = rounds * (pages + 3);
 	unsigned long long calls = 0;
-	for (int h = MMNT_T_START; h <= MMNT_T_SECONDARY_TLB; h++)
+	for (int h = 0; h < MMNT_T_NR_HOOKS; h++)	/* change_pte too, where the kernel has it */
 		calls += c1.calls[h] - c0.calls[h];
 	printf("{\"ops\": %ld, \"seconds\": %.6f, \"ops_per_s\": %.1f, \"hook_calls\": %llu, "
 	       "\"kvm\": %s, \"module\": %s, \"rounds\": %ld, \"pages\": %ld}\n",

@@ -209,14 +209,16 @@ class _Ksyms:
         self.rows = rows
         self.loaded = time.monotonic()
 
-    def lookup(self, addr: int, exact: bool = False):
+    def lookup(self, addr: int, exact: bool = False, force: bool = False):
+        """``force``: reload on a miss however recent the last load (a driver
+        callback found right after its module loaded)."""
         for attempt in range(2):
             i = bisect.bisect_right(self.addrs, addr) - 1
             if i >= 0 and (not exact or self.addrs[i] == addr):
                 a, name, mod = self.rows[i]
                 if exact or addr - a < 1 << 20:
                     return name, mod, addr - a
-            if attempt == 0 and time.monotonic() - self.loaded > 0.5:
+            if attempt == 0 and (force or time.monotonic() - self.loaded > 0.5):
                 self._load()
             else:
                 break
@@ -594,7 +596,7 @@ class Tracer:
             self._attach_callback(func, hook)
 
     def _attach_callback(self, func: int, hook: int) -> None:
-        hit = self._ksyms.lookup(func, exact=True)
+        hit = self._ksyms.lookup(func, exact=True, force=True)
         info = dict(kind="callback", symbol=hex(func), hook=kernel.HOOK_NAMES.get(hook, str(hook)),
                     module=None, status="attached", addr=func, hook_id=hook)
         self._cb_known[func] = info
