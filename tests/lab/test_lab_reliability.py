@@ -205,7 +205,18 @@ def test_event_storm_drops_are_exact_then_sigterm(tmp_path):
     assert not ev.duplicated(subset=["kind", "cpu", "seq"]).any()     # nothing read twice
     assert drops["callback"] > 0, "the storm did not overflow a one-page buffer"
     assert drops["kretprobe_missed"] == 0 and drops["prog_missed"] == 0
-    assert len(cbs) + drops["callback"] == res["hook_calls"] + 1
+    # Alone on an idle guest this is exact (6.12: 80,400 = 65,354 + 15,047 - 1 release; 6.1:
+    # 107,227 = 59,353 + 47,875 - 1). Late in a full suite the guest reclaims memory, and
+    # direct reclaim in this task's context calls the module's callbacks for other
+    # processes' mms (30 of 107,247 once); a dropped record has no mm to tell them apart.
+    # So: nothing of this mm is lost silently (recorded + drops >= calls), nothing of it
+    # is counted twice (recorded <= calls), and the excess is the other mms' traffic.
+    mm = cbs["mm"].mode()[0]
+    mine, others = cbs[cbs["mm"] == mm], cbs[cbs["mm"] != mm]
+    expected = res["hook_calls"] + 1
+    assert len(mine) <= expected <= len(mine) + drops["callback"]
+    excess = len(cbs) + drops["callback"] - expected
+    assert excess >= len(others) and excess <= max(100, 0.005 * expected), (excess, len(others))
     assert "records were dropped" in rec.log.read_text()          # the overhead guard said so
     print(f"storm: {res['hook_calls']} module calls in {took:.1f} s, {len(cbs)} recorded, "
           f"{drops['callback']} callback records dropped")
