@@ -186,16 +186,9 @@ class BpfStats:
     @staticmethod
     def run_time_ns(prog_fds: list[int]) -> int | None:
         """Sum of run_time_ns over the given program fds (from /proc/self/fdinfo)."""
-        total, seen = 0, False
-        for fd in prog_fds:
-            try:
-                for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-                    if line.startswith("run_time_ns:"):
-                        total += int(line.split()[1])
-                        seen = True
-            except OSError:
-                continue
-        return total if seen else None
+        from .tracer import fdinfo
+        vals = [int(v) for v in (fdinfo(fd).get("run_time_ns") for fd in prog_fds) if v is not None]
+        return sum(vals) if vals else None
 
 
 # -- output ----------------------------------------------------------------------

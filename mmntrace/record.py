@@ -80,10 +80,7 @@ class Symbolizer:
         return self._syms[addr]
 
     def cb_sym(self, addr: int) -> str | None:
-        if not addr:
-            return None
-        name = getattr(self.t, "callback_symbol", self.t.ksym)(addr)
-        return name
+        return self.t.callback_symbol(addr) if addr else None
 
     def frames(self, recs: np.ndarray, kind: str) -> pd.DataFrame:
         c = decode.columns(recs)

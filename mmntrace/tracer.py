@@ -68,6 +68,19 @@ def resolve_backend(features: kernel.Features, backend: str) -> str:
     return backend
 
 
+def fdinfo(fd: int) -> dict[str, str]:
+    """/proc/self/fdinfo/FD as key -> value (BPF maps and programs report
+    max_entries, run_time_ns, recursion_misses... there); {} if unreadable."""
+    out = {}
+    try:
+        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+            k, _, v = line.partition(":")
+            out[k.strip()] = v.strip()
+    except OSError:
+        pass
+    return out
+
+
 def _debug(msg: str) -> None:
     if os.environ.get("MMNTRACE_DEBUG"):
         print(f"mmntrace(debug) {time.monotonic():.3f}: {msg}", file=sys.stderr, flush=True)
@@ -105,10 +118,10 @@ class RingReader:
 
     @staticmethod
     def _max_entries(fd: int) -> int:
-        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-            if line.startswith("max_entries:"):
-                return int(line.split()[1])
-        raise BpfLoadError("cannot read the ring buffer's size")
+        v = fdinfo(fd).get("max_entries")
+        if v is None:
+            raise BpfLoadError("cannot read the ring buffer's size")
+        return int(v)
 
     def poll(self, timeout_ms: int) -> bytes:
         raw = self.consume()
@@ -154,6 +167,22 @@ class RingReader:
 _KPROBE_EVENTS = ("/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events")
 
 
+def stale_kprobe_events() -> tuple[str | None, list[str]]:
+    """(kprobe_events path, names of the events there whose bcc process is gone)."""
+    for path in _KPROBE_EVENTS:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        names = []
+        for line in lines:
+            m = re.match(r"^[pr]\d*:kprobes/(\S+_bcc_(\d+))\s", line)
+            if m and not os.path.exists(f"/proc/{m.group(2)}"):
+                names.append(m.group(1))
+        return path, names
+    return None, []
+
+
 def remove_stale_kprobe_events() -> int:
     """Remove kprobe events that a killed bcc process left behind.
 
@@ -162,23 +191,16 @@ def remove_stale_kprobe_events() -> int:
     them. After `kill -9` they stay defined, disabled and with no program, as
     kprobes/[pr]_<symbol>_bcc_<pid>. Those of dead processes are removed here,
     at the next start. Returns how many."""
-    for path in _KPROBE_EVENTS:
+    path, names = stale_kprobe_events()
+    n = 0
+    for name in names:
         try:
-            lines = Path(path).read_text().splitlines()
-        except OSError:
-            continue
-        n = 0
-        for line in lines:
-            m = re.match(r"^[pr]\d*:kprobes/(\S+_bcc_(\d+))\s", line)
-            if m and not os.path.exists(f"/proc/{m.group(2)}"):
-                try:
-                    with open(path, "a") as f:
-                        f.write(f"-:kprobes/{m.group(1)}\n")
-                    n += 1
-                except OSError as e:     # EBUSY while the kernel still holds the dead process's events
-                    _debug(f"cannot remove stale kprobe event {m.group(1)}: {e.strerror}")
-        return n
-    return 0
+            with open(path, "a") as f:
+                f.write(f"-:kprobes/{name}\n")
+            n += 1
+        except OSError as e:     # EBUSY while the kernel still holds the dead process's events
+            _debug(f"cannot remove stale kprobe event {name}: {e.strerror}")
+    return n
 
 
 class _CbInfo(ctypes.Structure):
@@ -616,39 +638,43 @@ class Tracer:
             table[ctypes.c_uint64(k)] = _CbInfo(func, hook, 0)
         rec_before = len(self._attached)
         self._cb_names[func] = f"{name} [{mod}]" if mod else name
-        if mod:     # its load address now: an unload or reload is noticed against this (_check_modules)
-            self._mod_state.setdefault(mod, self._modules().get(mod))
+        if mod and mod not in self._mod_state:   # its load address now: _check_modules compares with it
+            self._mod_state[mod] = self._modules().get(mod)
         ok = self._try_attach("callback", name, info["hook"], mod, "cb_entry", "cb_return", hook)
         self._attached[rec_before]["addr"] = func
         self._cb_known[func] = self._attached[rec_before]
         if not ok:
-            for k in (func, func + 4):
-                try:
-                    del table[ctypes.c_uint64(k)]
-                except KeyError:
-                    pass
+            self._forget_cb_info(func)
+
+    def _forget_cb_info(self, func: int) -> None:
+        table = self.bpf[b"cb_info"]
+        for k in (func, func + 4):
+            try:
+                del table[ctypes.c_uint64(k)]
+            except KeyError:
+                pass
+
+    def _retire_callback(self, a: dict) -> None:
+        """Detach a callback whose module went away (the kernel already disarmed its
+        probe) so that the name can be probed again; its entry stays in the
+        metadata as "detached: module unloaded"."""
+        for detach in (self.bpf.detach_kretprobe, self.bpf.detach_kprobe):
+            try:
+                detach(event=a["symbol"].encode())
+            except Exception:
+                pass
+        if a.get("addr") is not None:
+            self._forget_cb_info(a["addr"])
+            self._cb_known.pop(a["addr"], None)
+        a["status"] = "detached: module unloaded"
 
     def _retire_stale(self, name: str, func: int) -> None:
-        """A driver module was unloaded and loaded again: its callback has the same
-        name at a new address. Detach the old probe (the kernel already disarmed
-        it with the module) so that the name can be probed again, and keep the
-        old entry in the metadata as "detached: module unloaded"."""
+        """A driver module was unloaded and loaded again between two module checks:
+        its callback has the same name at a new address."""
         for a in self._attached:
             if (a.get("kind") == "callback" and a.get("symbol") == name and a.get("addr") not in (None, func)
                     and a.get("status") == "attached"):
-                for detach in (self.bpf.detach_kretprobe, self.bpf.detach_kprobe):
-                    try:
-                        detach(event=name.encode())
-                    except Exception:
-                        pass
-                table = self.bpf[b"cb_info"]
-                for k in (a["addr"], a["addr"] + 4):
-                    try:
-                        del table[ctypes.c_uint64(k)]
-                    except KeyError:
-                        pass
-                a["status"] = "detached: module unloaded"
-                self._cb_known.pop(a["addr"], None)
+                self._retire_callback(a)
 
     @staticmethod
     def _modules() -> dict[str, str]:
@@ -683,13 +709,7 @@ class Tracer:
         _debug(f"modules changed: {sorted(changed)}")
         for a in self._attached:
             if a.get("kind") == "callback" and a.get("module") in changed and a.get("status") == "attached":
-                for detach in (self.bpf.detach_kretprobe, self.bpf.detach_kprobe):
-                    try:
-                        detach(event=a["symbol"].encode())
-                    except Exception:
-                        pass
-                a["status"] = "detached: module unloaded"
-                self._cb_known.pop(a.get("addr"), None)
+                self._retire_callback(a)
         self.bpf[b"seen_ops"].clear()
         self.bpf[b"seen_mm"].clear()
         for m in changed:
@@ -730,12 +750,7 @@ class Tracer:
             sym = n.split("__", 1)[1] if n.startswith(("kfunc__", "kretfunc__")) else None
             if not (n.startswith(("hk_", "cb_")) or (sym and self._fentry.get(sym) == "hook")):
                 continue
-            try:
-                for line in Path(f"/proc/self/fdinfo/{int(fn.fd)}").read_text().splitlines():
-                    if line.startswith("recursion_misses:"):
-                        total += int(line.split()[1])
-            except (OSError, ValueError):
-                continue
+            total += int(fdinfo(int(fn.fd)).get("recursion_misses", 0))
         return total
 
     def _kprobe_missed_raw(self) -> int:
@@ -804,7 +819,7 @@ class Tracer:
         """Detach and unload everything; drops and histograms stay readable."""
         if self.bpf is None:
             return
-        if getattr(self, "_ring", None) is not None:
+        if self._ring is not None:
             self._ring.close()
             self._ring = None
         try:

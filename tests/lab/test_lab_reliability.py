@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from mmntrace import kernel, report
+from mmntrace.tracer import stale_kprobe_events
 from mmntrace.recording import Recording
 from groundtruth import Recorder
 
@@ -113,13 +114,7 @@ def _ours_attached() -> list[str]:
 
 def _stale_events() -> list[str]:
     """kprobe_events definitions of bcc processes that no longer exist."""
-    import re
-    out = []
-    for line in Path("/sys/kernel/tracing/kprobe_events").read_text().splitlines():
-        m = re.match(r"^[pr]\d*:kprobes/\S+_bcc_(\d+)\s", line)
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
-            out.append(line)
-    return out
+    return stale_kprobe_events()[1]
 
 
 def _assert_nothing_left():
