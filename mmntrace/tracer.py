@@ -385,21 +385,28 @@ class Tracer:
                 pass
 
         self._BPF = _BPF
+        t0 = time.monotonic()
         self.stale_kprobes_removed = remove_stale_kprobe_events()
         self._ksyms = _Ksyms()
-        t0 = time.monotonic()
+        self.timing["kallsyms_s"] = time.monotonic() - t0
         try:
             text = BPF_SRC.read_text()
             if self.backend == "fentry":
+                t0 = time.monotonic()
                 text += self._fentry_source()
+                self.timing["btf_s"] = time.monotonic() - t0
+            t0 = time.monotonic()
             self.bpf = _BPF(text=text.encode(), cflags=self._cflags())
         except Exception as e:
             raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e}") from e
         self.timing["compile_s"] = time.monotonic() - t0
+        _debug(f"timing: {self.timing}")
         try:
+            t0 = time.monotonic()
             self._detach_all()
             self._calibrate()
             self._open_buffer()
+            self.timing["calibrate_s"] = time.monotonic() - t0
         except Exception as e:
             self.stop()
             raise BpfLoadError(f"loading the probes failed: {e}") from e
@@ -427,6 +434,7 @@ class Tracer:
             self.stop()
             raise BpfLoadError(f"attaching the probes failed: {e}") from e
         self.timing["attach_s"] = time.monotonic() - t1
+        _debug(f"timing: {self.timing}")
         if self.backend == "fentry":
             self._ksyms._load()    # trampolines and programs got symbols as they attached
 

@@ -11,7 +11,7 @@ recorder has attached the module's callbacks):
 - an event storm into a one-page buffer: records plus counted drops equal the
   module's callbacks exactly, the recorder warns, SIGTERM ends it with exit 0
   and complete metadata, and nothing stays attached.
-- a full disk (a 4 MiB tmpfs): exit 22 with one sentence; what was written
+- a full disk (a 4 MiB tmpfs, filled up once the first segment is on it): exit 22 with one sentence; what was written
   is readable; nothing stays attached.
 """
 
@@ -223,14 +223,25 @@ def test_disk_full_stops_with_one_sentence(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
     try:
         rec = _recorder(mnt / "rec", "--comm", "notifier_bench", side=tmp_path)   # log + ready file off the tmpfs
-        b = Bench(tmp_path, rounds=1500, pages=64)
+        b = Bench(tmp_path, rounds=200, pages=16)
         rec.wait_callbacks(list(MOD_CB))
-        b.go(timeout=900)
-        for _ in range(12):                 # more load until the disk is full (the rate differs by kernel)
-            if rec.proc.poll() is not None:
-                break
-            Bench(tmp_path, rounds=1500, pages=64).go(timeout=900)
-        rc = rec.proc.wait(timeout=300)     # it stops by itself
+        b.go(timeout=600)
+        deadline = time.monotonic() + 60     # a segment with these events is on disk (flushed every 2 s)
+        while not list((mnt / "rec").glob("events-*.parquet")):
+            assert rec.proc.poll() is None and time.monotonic() < deadline, "no segment was written"
+            time.sleep(0.2)
+        filled = 0                           # then the file system fills up under the running recorder
+        with open(mnt / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+                    filled += 65536
+            except OSError:
+                pass
+        assert filled > 0
+        Bench(tmp_path, rounds=50, pages=16).go(timeout=600)   # more events for the next segment
+        rc = rec.proc.wait(timeout=120)     # it stops by itself at its next flush
         rec._log.close()
         log = rec.log.read_text()
         assert rc == 22, log[-2000:]
@@ -244,5 +255,6 @@ def test_disk_full_stops_with_one_sentence(tmp_path):
                              capture_output=True, text=True)
         assert out.returncode == 0 and "cut short" in out.stdout
         assert not [f for f in (mnt / "rec").iterdir() if f.name.startswith(".")]   # no partial files
+        os.unlink(mnt / "filler")
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
