@@ -11,6 +11,7 @@
  *   MMNT_HAVE_OP_INVALIDATE_RANGE / _ARCH_SECONDARY / _CHANGE_PTE   ops members present
  *   MMNT_GFP_DIRECT_RECLAIM                   __GFP_DIRECT_RECLAIM value (BTF or header)
  *   MMNT_AGGREGATE                            durations into in-kernel histograms
+ *   MMNT_BTF_LAYOUT, MMNT_L_*                 struct layouts from BTF (else the headers give them)
  *
  * Programs (attached by user space):
  *   hk_entry_N / hk_return_N   kprobe/kretprobe on hook N's kernel entry point
@@ -25,9 +26,50 @@
  * and bcc 0.26 binds trampolines to vmlinux BTF only: they stay kprobes.
  */
 #include <uapi/linux/ptrace.h>
+#ifndef MMNT_BTF_LAYOUT
+/*
+ * The layouts read below: from the kernel headers, or (MMNT_BTF_LAYOUT)
+ * from the running kernel's BTF, which tracer.py passes as MMNT_L_* so that
+ * clang need not parse linux/mm_types.h (half of each compile).
+ */
 #include <linux/sched.h>
 #include <linux/mm_types.h>
 #include <linux/mmu_notifier.h>
+#define MMNT_L_MM_SUBS offsetof(struct mm_struct, notifier_subscriptions)
+#define MMNT_L_SUB_HLIST offsetof(struct mmu_notifier, hlist)
+#define MMNT_L_SUB_OPS offsetof(struct mmu_notifier, ops)
+#define MMNT_L_ISUB_MM offsetof(struct mmu_interval_notifier, mm)
+#define MMNT_L_IOPS_INVALIDATE offsetof(struct mmu_interval_notifier_ops, invalidate)
+#define MMNT_L_RANGE_SIZE sizeof(struct mmu_notifier_range)
+#define MMNT_L_RANGE_MM offsetof(struct mmu_notifier_range, mm)
+#define MMNT_L_RANGE_START offsetof(struct mmu_notifier_range, start)
+#define MMNT_L_RANGE_END offsetof(struct mmu_notifier_range, end)
+#define MMNT_L_RANGE_FLAGS offsetof(struct mmu_notifier_range, flags)
+#define MMNT_L_RANGE_EVENT offsetof(struct mmu_notifier_range, event)
+#define MMNT_L_OPS_SIZE sizeof(struct mmu_notifier_ops)
+#define MMNT_L_OPS_release offsetof(struct mmu_notifier_ops, release)
+#define MMNT_L_OPS_clear_flush_young offsetof(struct mmu_notifier_ops, clear_flush_young)
+#define MMNT_L_OPS_clear_young offsetof(struct mmu_notifier_ops, clear_young)
+#define MMNT_L_OPS_test_young offsetof(struct mmu_notifier_ops, test_young)
+#define MMNT_L_OPS_invalidate_range_start offsetof(struct mmu_notifier_ops, invalidate_range_start)
+#define MMNT_L_OPS_invalidate_range_end offsetof(struct mmu_notifier_ops, invalidate_range_end)
+#ifdef MMNT_HAVE_OP_INVALIDATE_RANGE
+#define MMNT_L_OPS_invalidate_range offsetof(struct mmu_notifier_ops, invalidate_range)
+#endif
+#ifdef MMNT_HAVE_OP_ARCH_SECONDARY
+#define MMNT_L_OPS_arch_invalidate_secondary_tlbs offsetof(struct mmu_notifier_ops, arch_invalidate_secondary_tlbs)
+#endif
+#ifdef MMNT_HAVE_OP_CHANGE_PTE
+#define MMNT_L_OPS_change_pte offsetof(struct mmu_notifier_ops, change_pte)
+#endif
+#define MMNT_L_TASK_REPORT_MAX TASK_REPORT_MAX
+#endif
+#ifndef MMU_NOTIFIER_RANGE_BLOCKABLE
+#define MMU_NOTIFIER_RANGE_BLOCKABLE (1 << 0)	/* a #define, the same since 4.19 */
+#endif
+#ifndef PAGE_SIZE
+#define PAGE_SIZE 4096
+#endif
 #include "mmntrace.h"
 
 #ifndef X86_EFLAGS_IF
@@ -259,14 +301,14 @@ static __always_inline void entry_context(int irqs_off, u32 *pc, u8 *flags)
 /* Copy range fields; sets event and the blockable flag. */
 static __always_inline void read_range(u64 range, u64 *mm, u64 *start, u64 *end, s32 *event, u8 *flags)
 {
-	struct mmu_notifier_range r = {};
-	if (bpf_probe_read_kernel(&r, sizeof(r), (void *)range))
+	union { u8 b[64]; u64 q[8]; } r = {};
+	if (bpf_probe_read_kernel(&r, MMNT_L_RANGE_SIZE < sizeof(r) ? MMNT_L_RANGE_SIZE : sizeof(r), (void *)range))
 		return;
-	*mm = (u64)r.mm;
-	*start = r.start;
-	*end = r.end;
-	*event = (s32)r.event;
-	if (!(r.flags & MMU_NOTIFIER_RANGE_BLOCKABLE))
+	*mm = *(u64 *)&r.b[MMNT_L_RANGE_MM];
+	*start = *(u64 *)&r.b[MMNT_L_RANGE_START];
+	*end = *(u64 *)&r.b[MMNT_L_RANGE_END];
+	*event = *(s32 *)&r.b[MMNT_L_RANGE_EVENT];
+	if (!(*(u32 *)&r.b[MMNT_L_RANGE_FLAGS] & MMU_NOTIFIER_RANGE_BLOCKABLE))
 		*flags &= ~MMNT_FL_BLOCKABLE;
 }
 
@@ -299,28 +341,28 @@ static __always_inline void fill_common(struct mmnt_record *r, u8 type)
 /* Hook of the ops-table slot at byte offset off, -1 if not an op we know. */
 static __always_inline int op_hook_at(u32 off)
 {
-	if (off == offsetof(struct mmu_notifier_ops, release))
+	if (off == MMNT_L_OPS_release)
 		return MMNT_HOOK_RELEASE;
-	if (off == offsetof(struct mmu_notifier_ops, clear_flush_young))
+	if (off == MMNT_L_OPS_clear_flush_young)
 		return MMNT_HOOK_CLEAR_FLUSH_YOUNG;
-	if (off == offsetof(struct mmu_notifier_ops, clear_young))
+	if (off == MMNT_L_OPS_clear_young)
 		return MMNT_HOOK_CLEAR_YOUNG;
-	if (off == offsetof(struct mmu_notifier_ops, test_young))
+	if (off == MMNT_L_OPS_test_young)
 		return MMNT_HOOK_TEST_YOUNG;
-	if (off == offsetof(struct mmu_notifier_ops, invalidate_range_start))
+	if (off == MMNT_L_OPS_invalidate_range_start)
 		return MMNT_HOOK_START;
-	if (off == offsetof(struct mmu_notifier_ops, invalidate_range_end))
+	if (off == MMNT_L_OPS_invalidate_range_end)
 		return MMNT_HOOK_END;
 #ifdef MMNT_HAVE_OP_INVALIDATE_RANGE
-	if (off == offsetof(struct mmu_notifier_ops, invalidate_range))
+	if (off == MMNT_L_OPS_invalidate_range)
 		return MMNT_HOOK_SECONDARY_TLB;
 #endif
 #ifdef MMNT_HAVE_OP_ARCH_SECONDARY
-	if (off == offsetof(struct mmu_notifier_ops, arch_invalidate_secondary_tlbs))
+	if (off == MMNT_L_OPS_arch_invalidate_secondary_tlbs)
 		return MMNT_HOOK_SECONDARY_TLB;
 #endif
 #ifdef MMNT_HAVE_OP_CHANGE_PTE
-	if (off == offsetof(struct mmu_notifier_ops, change_pte))
+	if (off == MMNT_L_OPS_change_pte)
 		return MMNT_HOOK_CHANGE_PTE;
 #endif
 	return -1;
@@ -331,15 +373,15 @@ static __always_inline void emit_ops(void *ctx, u64 ops, u64 mm)
 {
 	u8 one = 1;
 	u64 slots[MMNT_OPS_SLOTS] = {};
-	u32 n = sizeof(struct mmu_notifier_ops) / 8;
+	u32 n = MMNT_L_OPS_SIZE / 8;
 	struct mmnt_record r = {};
 
 	if (!ops || seen_ops.insert(&ops, &one) != 0)
 		return;
 	if (n > MMNT_OPS_SLOTS)
 		n = MMNT_OPS_SLOTS;
-	if (bpf_probe_read_kernel(&slots, sizeof(struct mmu_notifier_ops) < sizeof(slots) ?
-				  sizeof(struct mmu_notifier_ops) : sizeof(slots), (void *)ops))
+	if (bpf_probe_read_kernel(&slots, MMNT_L_OPS_SIZE < sizeof(slots) ?
+				  MMNT_L_OPS_SIZE : sizeof(slots), (void *)ops))
 		return;
 	fill_common(&r, MMNT_REC_OPS);
 	r.event = -1;
@@ -348,7 +390,9 @@ static __always_inline void emit_ops(void *ctx, u64 ops, u64 mm)
 	r.addr = ops;
 	r.ts_ns = bpf_ktime_get_ns();
 	r.kind = n;
-#pragma unroll
+/* a bounded loop, not unrolled: unrolled, the walk (subscriptions x ops
+	 * slots) was copied into every hook program and doubled the compile time */
+#pragma clang loop unroll(disable)
 	for (u32 i = 0; i < MMNT_OPS_SLOTS; i++) {
 		if (i >= n)
 			break;
@@ -364,12 +408,12 @@ static __always_inline void emit_ops(void *ctx, u64 ops, u64 mm)
 static __always_inline void emit_interval_ops(void *ctx, u64 ops, u64 mm)
 {
 	u8 one = 1;
-	struct mmu_interval_notifier_ops o = {};
+	u64 invalidate = 0;
 	struct mmnt_record r = {};
 
 	if (!ops || seen_ops.insert(&ops, &one) != 0)
 		return;
-	if (bpf_probe_read_kernel(&o, sizeof(o), (void *)ops) || !o.invalidate)
+	if (bpf_probe_read_kernel(&invalidate, sizeof(invalidate), (void *)(ops + MMNT_L_IOPS_INVALIDATE)) || !invalidate)
 		return;
 	fill_common(&r, MMNT_REC_OPS);
 	r.event = -1;
@@ -379,7 +423,7 @@ static __always_inline void emit_interval_ops(void *ctx, u64 ops, u64 mm)
 	r.ts_ns = bpf_ktime_get_ns();
 	r.kind = 1;
 	r.hook = MMNT_HOOK_INTERVAL;
-	r.func = (u64)o.invalidate;
+	r.func = invalidate;
 	emit(ctx, &r);
 }
 
@@ -394,17 +438,17 @@ static __always_inline void walk_subs(void *ctx, u64 mm)
 		return;
 	seen_mm.update(&mm, &one);
 	if (bpf_probe_read_kernel(&subs, sizeof(subs),
-				  (void *)(mm + offsetof(struct mm_struct, notifier_subscriptions))) || !subs)
+				  (void *)(mm + MMNT_L_MM_SUBS)) || !subs)
 		return;
 	if (bpf_probe_read_kernel(&node, sizeof(node), (void *)(subs + MMNT_SUBS_LIST_OFF)))
 		return;
-#pragma unroll
+#pragma clang loop unroll(disable)
 	for (int i = 0; i < MMNT_MAX_SUBS; i++) {
 		u64 ops = 0;
 		if (!node)
 			break;
-		u64 sub = node - offsetof(struct mmu_notifier, hlist);
-		bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(sub + offsetof(struct mmu_notifier, ops)));
+		u64 sub = node - MMNT_L_SUB_HLIST;
+		bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(sub + MMNT_L_SUB_OPS));
 		emit_ops(ctx, ops, mm);
 		if (bpf_probe_read_kernel(&node, sizeof(node), (void *)node))
 			break;
@@ -749,7 +793,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	if (!n || *n <= 0)
 		return 0;
 	u64 st = (u64)args->prev_state;
-	if (st == 0 || st == TASK_REPORT_MAX)	/* running, or preempted */
+	if (st == 0 || st == MMNT_L_TASK_REPORT_MAX)	/* running, or preempted */
 		return 0;
 	return sleep_hit(args, MMNT_SLEEP_SWITCH, 0);
 }
@@ -778,7 +822,7 @@ int reg_register(struct pt_regs *ctx)
 	u64 sub = PT_REGS_PARM1(ctx), mm = PT_REGS_PARM2(ctx), ops = 0;
 	if (!sub)
 		return 0;
-	bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(sub + offsetof(struct mmu_notifier, ops)));
+	bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(sub + MMNT_L_SUB_OPS));
 	emit_ops(ctx, ops, mm);
 	emit_register(ctx, MMNT_HOOK_NONE, 0, sub, mm, ops, 0);
 	return 0;
@@ -803,7 +847,7 @@ int reg_insert(struct pt_regs *ctx)
 int reg_remove(struct pt_regs *ctx)
 {
 	u64 sub = PT_REGS_PARM1(ctx), mm = 0;
-	bpf_probe_read_kernel(&mm, sizeof(mm), (void *)(sub + offsetof(struct mmu_interval_notifier, mm)));
+	bpf_probe_read_kernel(&mm, sizeof(mm), (void *)(sub + MMNT_L_ISUB_MM));
 	emit_register(ctx, MMNT_HOOK_INTERVAL, MMNT_FL_UNREGISTER, sub, mm, 0, 0);
 	return 0;
 }

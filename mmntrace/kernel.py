@@ -107,6 +107,7 @@ class Features:
     subs_list_off: int | None        # offsetof(struct mmu_notifier_subscriptions, list), private struct, from BTF
     sleepers: tuple                  # ((symbol, gfp arg index or 0 = always), ...) present in kallsyms
     gfp_direct_reclaim: int | None   # __GFP_DIRECT_RECLAIM bit value (BTF enum or header)
+    layout: tuple | None = None      # ((MMNT_L_ name, value), ...): struct layouts from BTF (see btf_layout)
 
     def hook_symbol(self, hook: int) -> str | None:
         for h, sym, _n in self.hooks:
@@ -272,7 +273,83 @@ def probe() -> Features:
         subs_list_off=b.member_offset("mmu_notifier_subscriptions", "list") if b is not None else None,
         sleepers=tuple((s, a) for s, a in SLEEPER_CANDIDATES.items() if s in ks),
         gfp_direct_reclaim=gfp,
+        layout=btf_layout(b, ops) if b is not None else None,
     )
+
+
+# What the BPF program reads from MM structs, as (struct, member). With all
+# of them in BTF it needs no linux/mm_types.h: parsing that header is ~6 s of
+# each bcc compile in the lab (of ~12 s), paid by every record and test.
+_LAYOUT_MEMBERS = {
+    "MM_SUBS": ("mm_struct", "notifier_subscriptions"),
+    "SUB_HLIST": ("mmu_notifier", "hlist"),
+    "SUB_OPS": ("mmu_notifier", "ops"),
+    "ISUB_MM": ("mmu_interval_notifier", "mm"),
+    "IOPS_INVALIDATE": ("mmu_interval_notifier_ops", "invalidate"),
+    "RANGE_MM": ("mmu_notifier_range", "mm"),
+    "RANGE_START": ("mmu_notifier_range", "start"),
+    "RANGE_END": ("mmu_notifier_range", "end"),
+    "RANGE_FLAGS": ("mmu_notifier_range", "flags"),
+    "RANGE_EVENT": ("mmu_notifier_range", "event"),
+}
+
+
+def btf_layout(b, ops: tuple) -> tuple | None:
+    """MMNT_L_* values for bpf/mmntrace.bpf.c from BTF, or None (then it
+    includes the kernel headers): member offsets, struct sizes, the offset
+    of each mmu_notifier_ops member, and TASK_REPORT_MAX (a macro: taken
+    from the sched_switch tracepoint's own format)."""
+    out = {}
+    for name, (st, mem) in _LAYOUT_MEMBERS.items():
+        v = b.member_offset(st, mem)
+        if v is None:
+            return None
+        out[name] = v
+    out["RANGE_SIZE"] = b.struct_size("mmu_notifier_range")
+    out["OPS_SIZE"] = b.struct_size("mmu_notifier_ops")
+    m = b.struct_members("mmu_notifier_ops") or {}
+    for op in ops:
+        if op in m:
+            out[f"OPS_{op}"] = m[op]
+    trm = task_report_max()
+    if None in out.values() or trm is None or out["RANGE_SIZE"] > 64 or max(
+            out[k] for k in out if k.startswith("RANGE_") and k != "RANGE_SIZE") > 56:
+        return None
+    out["TASK_REPORT_MAX"] = trm
+    return tuple(sorted(out.items()))
+
+
+def task_report_max() -> int | None:
+    """TASK_REPORT_MAX, the prev_state that sched_switch reports for a
+    preempted task, read from the tracepoint's print format, where the
+    kernel spells it out: ``REC->prev_state & (((0x0 | 0x1 | ...) + 1) << 1) ? "+" : ""``."""
+    for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        try:
+            text = Path(base, "events/sched/sched_switch/format").read_text()
+        except OSError:
+            continue
+        m = re.search(r'REC->prev_state\s*&\s*([0-9a-fx|+<() ]+?)\s*\?\s*"\+"', text)
+        return _eval_int_expr(m.group(1)) if m else None
+    return None
+
+
+def _eval_int_expr(expr: str) -> int | None:
+    """Value of an integer expression of literals, |, +, << and parentheses; None otherwise."""
+    import ast
+    import operator
+    ops = {ast.BitOr: operator.or_, ast.Add: operator.add, ast.LShift: operator.lshift}
+
+    def ev(n):
+        if isinstance(n, ast.Constant) and isinstance(n.value, int):
+            return n.value
+        if isinstance(n, ast.BinOp) and type(n.op) in ops:
+            return ops[type(n.op)](ev(n.left), ev(n.right))
+        raise ValueError(n)
+    try:
+        v = ev(ast.parse(expr.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    return v if 0 < v < 1 << 32 else None
 
 
 def require_recording(f: Features) -> None:

@@ -152,6 +152,7 @@ class Session:
             "kernel": {"release": self.f.release, "arch": platform.machine()},
             "backend": self.t.backend,
             "transport": "ringbuf" if self.t.ringbuf else "perf",
+            "layout": self.t.layout,
             "aggregate": self.t.aggregate,
             "filters": {"pid": self.t.pid, "comm": self.t.comm},
             "hooks": [name for _h, _s, name in self.f.hooks],

@@ -250,12 +250,20 @@ class _Ksyms:
 class Tracer:
     def __init__(self, features: kernel.Features, *, backend: str = "kprobe", hooks=None,
                  pid: int | None = None, comm: str | None = None, aggregate: bool = False,
-                 ringbuf_pages: int = 256, ringbuf: bool | None = None):
+                 ringbuf_pages: int = 256, ringbuf: bool | None = None, layout: str = "auto"):
         self.f = features
         self.backend = resolve_backend(features, backend)
         # ringbuf=False forces the perf-buffer transport (kernels before 5.8 have
         # no BPF ring buffer; tests use it to exercise that path on newer ones)
         self.ringbuf = features.ringbuf if ringbuf is None else (bool(ringbuf) and features.ringbuf)
+        # struct layouts for the BPF program: from BTF where it has them all
+        # (no mm headers to parse), else from the kernel headers
+        if layout not in ("auto", "btf", "headers"):
+            raise MmntraceError(f"unknown layout source {layout!r}")
+        can_btf = features.layout is not None and features.gfp_direct_reclaim is not None
+        if layout == "btf" and not can_btf:
+            raise MmntraceError("this kernel's BTF lacks the MMU-notifier struct layouts")
+        self.layout = "btf" if layout != "headers" and can_btf else "headers"
         self._fentry: dict[str, str] = {}      # vmlinux symbol -> generated program kind
         self._ring: RingReader | None = None
         self._calib_sym: str | None = None
@@ -317,6 +325,9 @@ class Tracer:
                 fl.append(f"-D{define}")
         if f.gfp_direct_reclaim is not None:
             fl.append(f"-DMMNT_GFP_DIRECT_RECLAIM={f.gfp_direct_reclaim:#x}ULL")
+        if self.layout == "btf":
+            fl.append("-DMMNT_BTF_LAYOUT")
+            fl += [f"-DMMNT_L_{k}={v}" for k, v in f.layout]
         if self.pid is not None:
             fl.append(f"-DMMNT_FILTER_PID={int(self.pid)}")
         if self.comm:

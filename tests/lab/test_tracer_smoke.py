@@ -12,6 +12,7 @@ Run inside the lab:  mmntrace lab --kernel 6.12 -- .venv/bin/python -m pytest -q
 from __future__ import annotations
 
 import base64
+import ctypes
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,7 +108,8 @@ def run():
     """Trace one workload; returns everything the tests compare."""
     f = kernel.probe()
     kernel.require_recording(f)
-    t = Tracer(f)
+    # the header-layout path (kernels without BTF); `record` uses BTF layouts where it can
+    t = Tracer(f, layout="headers")
     t0 = time.monotonic()
     t.start()
     start_s = time.monotonic() - t0
@@ -250,6 +253,38 @@ def test_might_sleep_in_secondary_tlb(run):
 
 def test_no_drops(run):
     assert run["drops"]["total"] == 0, run["drops"]
+
+
+def test_layouts_from_btf_equal_the_headers():
+    """The struct layouts handed to the BPF program from BTF equal what the
+    kernel headers give, read by a BPF program compiled against the headers
+    (the module's counts above test the header path itself)."""
+    from bcc import BPF
+    f = kernel.probe()
+    if f.layout is None:
+        pytest.skip("this kernel's BTF lacks the layouts: the headers are used")
+    lay = dict(f.layout)
+    names = sorted(lay)
+    src = ["#include <uapi/linux/ptrace.h>", "#include <linux/sched.h>", "#include <linux/mm_types.h>",
+           "#include <linux/mmu_notifier.h>", f"BPF_ARRAY(out, u64, {len(names)});",
+           "int probe(struct pt_regs *ctx) {", "    u64 v; int k;"]
+    for i, n in enumerate(names):
+        if n.startswith("OPS_") and n != "OPS_SIZE":
+            expr = f"offsetof(struct mmu_notifier_ops, {n[4:]})"
+        else:
+            st, mem = {**kernel._LAYOUT_MEMBERS, "RANGE_SIZE": ("mmu_notifier_range", None),
+                       "OPS_SIZE": ("mmu_notifier_ops", None), "TASK_REPORT_MAX": (None, None)}[n]
+            expr = "TASK_REPORT_MAX" if st is None else f"sizeof(struct {st})" if mem is None else f"offsetof(struct {st}, {mem})"
+        src.append(f"    v = {expr}; k = {i}; out.update(&k, &v);")
+    src.append("    return 0; }")
+    b = BPF(text="\n".join(src).encode(), cflags=["-Wno-duplicate-decl-specifier"])
+    try:
+        b.attach_kprobe(event=b.get_syscall_fnname(b"getppid"), fn_name=b"probe")
+        os.getppid()
+        got = {n: b[b"out"][ctypes.c_int(i)].value for i, n in enumerate(names)}
+    finally:
+        b.cleanup()
+    assert got == lay
 
 
 def test_calibration_found(run):

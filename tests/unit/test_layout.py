@@ -2,6 +2,7 @@
 derivation against what the C compiler says."""
 
 import subprocess
+from pathlib import Path
 import textwrap
 
 import numpy as np
@@ -86,3 +87,32 @@ def test_hook_numbering_shared_with_test_module():
              "TEST_YOUNG": "TEST_YOUNG", "CHANGE_PTE": "CHANGE_PTE", "INTERVAL": "INTERVAL"}
     for b, m in pairs.items():
         assert bpf["MMNT_HOOK_" + b] == mod["MMNT_T_" + m]
+
+
+# --- struct layouts from BTF: TASK_REPORT_MAX out of sched_switch's format ---
+
+SCHED_SWITCH_FMT = (
+    'print fmt: "prev_comm=%s prev_pid=%d prev_prio=%d prev_state=%s%s ==> next_comm=%s next_pid=%d '
+    'next_prio=%d", REC->prev_comm, REC->prev_pid, REC->prev_prio, (REC->prev_state & ((((0x00000000 | '
+    '0x00000001 | 0x00000002 | 0x00000004 | 0x00000008 | 0x00000010 | 0x00000020 | 0x00000040) + 1) << 1) - 1)) ? '
+    '__print_flags(REC->prev_state & ((((0x00000000 | 0x00000001) + 1) << 1) - 1), "|", { 0x00000001, "S" }) : "R", '
+    'REC->prev_state & (((0x00000000 | 0x00000001 | 0x00000002 | 0x00000004 | 0x00000008 | 0x00000010 | '
+    '0x00000020 | 0x00000040) + 1) << 1) ? "+" : "", REC->next_comm, REC->next_pid, REC->next_prio\n')
+
+
+def test_task_report_max_from_the_tracepoint_format(tmp_path, monkeypatch):
+    from mmntrace import kernel
+    real = Path.read_text
+    fmt = tmp_path / "format"
+    fmt.write_text(SCHED_SWITCH_FMT)
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: real(fmt if self.name == "format" else self, *a, **k))
+    assert kernel.task_report_max() == 0x100
+    fmt.write_text(SCHED_SWITCH_FMT.replace('? "+"', '? "?"'))
+    assert kernel.task_report_max() is None
+
+
+def test_int_expression_evaluator_takes_only_literals_and_three_operators():
+    from mmntrace.kernel import _eval_int_expr
+    assert _eval_int_expr("((0x1 | 0x2) + 1) << 1") == 8
+    for bad in ("__import__('os')", "1 - 1", "(1 << 40)", "a | 1", "1 if 1 else 2", ""):
+        assert _eval_int_expr(bad) is None, bad
