@@ -21,7 +21,9 @@ For each tool: median ops/s, slowdown (median traced time / median of the
 neighbouring untraced times), ns added per hook call (the test module counts
 the hook calls), start-up time to ready and peak RSS (VmHWM, compile
 included) of the tool's process, and for mmntrace the events it recorded,
-the events/s it sustained, and its drops.
+the events/s it sustained, and its drops. For the streaming modes, the most
+events/s sustained with zero drops: paced runs at 1/2, 1/4, ... of the full
+rate until one loses nothing.
 """
 
 from __future__ import annotations
@@ -45,10 +47,12 @@ sys.path.insert(0, str(ROOT))
 from mmntrace import kernel  # noqa: E402
 
 BENCH_BIN = ROOT / "build" / "bench" / "notifier_bench"
-SIZES = {"full": dict(rounds=800, pages=64, reps=5), "tiny": dict(rounds=20, pages=16, reps=1)}
+SIZES = {"full": dict(rounds=800, pages=64, reps=5, sweep_s=2.0, sweep=(2, 4, 8, 16, 32, 64, 128)),
+         "tiny": dict(rounds=20, pages=16, reps=1, sweep_s=0.3, sweep=(2, 8))}
 SETTLE_S = 3.0
 TOOLS = ["mmntrace-kprobe", "mmntrace-fentry", "mmntrace-agg-kprobe", "mmntrace-agg-fentry",
          "funclatency", "bpftrace"]
+STREAMING = ("mmntrace-kprobe", "mmntrace-fentry")
 HOOK_IDS = (kernel.HOOK_START, kernel.HOOK_END, kernel.HOOK_SECONDARY_TLB)
 
 
@@ -56,8 +60,8 @@ def log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-def run_workload(size: dict) -> dict:
-    out = subprocess.run([str(BENCH_BIN), str(size["rounds"]), str(size["pages"])],
+def run_workload(size: dict, *extra: str) -> dict:
+    out = subprocess.run([str(BENCH_BIN), str(size["rounds"]), str(size["pages"]), *extra],
                          capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"notifier_bench failed: {out.stderr.strip()}")
@@ -121,6 +125,45 @@ class Tool:
                 raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s")
             time.sleep(0.05)
         return time.monotonic() - t0
+
+    def meta_after(self, t: float, timeout: float = 20) -> dict:
+        """The recorder's metadata as first written after time.time() t (it is
+        rewritten every 2 s with the cumulative events and drops)."""
+        m = self.rec / "metadata.json"
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if m.stat().st_mtime > t:
+                    return json.loads(m.read_text())
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name}: no metadata update within {timeout:.0f} s")
+
+    def sweep(self, size: dict, full_runs: list) -> dict:
+        """The most events/s this streaming recorder sustains with zero drops:
+        the workload paced to 1/2, 1/4, ... of its traced full rate, fastest
+        first, until a run loses nothing. Events and drops per run are the
+        differences of the recorder's own cumulative counts around it."""
+        round_s = statistics.median(r["seconds"] for r in full_runs) / size["rounds"]
+        points = []
+        prev = self.meta_after(time.time() - 1)
+        for div in size["sweep"]:
+            round_us = max(1, int(round_s * div * 1e6))
+            rounds = max(4, int(size["sweep_s"] / (round_us / 1e6)))
+            r = run_workload(dict(size, rounds=rounds), "--round-us", str(round_us))
+            time.sleep(0.3)                  # the recorder drains what is still buffered
+            cur = self.meta_after(time.time())
+            ev = cur.get("events", 0) - prev.get("events", 0)
+            dr = (cur.get("drops") or {}).get("total", 0) - (prev.get("drops") or {}).get("total", 0)
+            prev = cur
+            points.append({"pace": f"1/{div}", "round_us": round_us, "rounds": rounds, "seconds": r["seconds"],
+                           "events": ev, "drops": dr, "events_per_s": round((ev + dr) / r["seconds"])})
+            log(f"{self.name}: paced 1/{div}: {points[-1]['events_per_s']} events/s offered, {dr} dropped")
+            if dr == 0:
+                break
+        ok = [p["events_per_s"] for p in points if p["drops"] == 0]
+        return {"sweep": points, "sustained_events_per_s": max(ok) if ok else None}
 
     def stop(self) -> dict:
         hwm = vm_hwm_kib(self.proc.pid)
@@ -189,6 +232,14 @@ def main() -> int:
             for _ in range(size["reps"]):
                 runs.append(run_workload(size))
                 progress(f"{name} {runs[-1]['ops_per_s']:.0f} ops/s")
+            sweep = None
+            if name in STREAMING:
+                m0 = tool.meta_after(time.time())
+                if (m0.get("drops") or {}).get("total", 0) == 0:     # the full rate lost nothing
+                    sweep = {"sweep": [], "sustained_events_per_s": round(
+                        m0.get("events", 0) / sum(r["seconds"] for r in runs))}
+                else:
+                    sweep = tool.sweep(size, runs)
         finally:
             st = tool.stop()
         time.sleep(SETTLE_S)     # the kernel frees the tool's programs and trampolines (RCU) after it exits
@@ -205,6 +256,8 @@ def main() -> int:
                  "hook_calls_per_run": calls}
         if "events" in st and busy > 0:
             entry["events_per_s"] = round(st["events"] / busy)
+        if sweep is not None:
+            entry.update(sweep)
         res["tools"][name] = entry
         before = after
         log(f"{name}: slowdown {entry['slowdown']:.3f}, {entry['ns_per_hook_call']} ns per hook call"

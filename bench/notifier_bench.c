@@ -65,11 +65,13 @@ int main(int argc, char **argv)
 	long rounds, pages, psz = sysconf(_SC_PAGESIZE);
 	int use_kvm = 1, use_mod = 1, kvm = -1, vm = -1, mod = -1;
 	const char *go = NULL;
+	long round_us = 0;		/* --round-us: pace the rounds (sustained-rate sweeps) */
 	struct mmnt_test_counts c0 = {0}, c1 = {0};
 	volatile unsigned char sink = 0;
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: notifier_bench ROUNDS PAGES [--no-kvm] [--no-module]\n");
+		fprintf(stderr, "usage: notifier_bench ROUNDS PAGES [--no-kvm] [--no-module] [--go-file PATH] "
+			"[--round-us N]\n");
 		return 2;
 	}
 	rounds = atol(argv[1]);
@@ -81,6 +83,8 @@ int main(int argc, char **argv)
 			use_mod = 0;
 		else if (!strcmp(argv[i], "--go-file") && i + 1 < argc)
 			go = argv[++i];
+		else if (!strcmp(argv[i], "--round-us") && i + 1 < argc)
+			round_us = atol(argv[++i]);
 	}
 	if (rounds <= 0 || pages <= 0) {
 		fprintf(stderr, "notifier_bench: ROUNDS and PAGES must be positive\n");
@@ -135,6 +139,11 @@ int main(int argc, char **argv)
 			die("mprotect");
 		if (madvise(buf, len, MADV_DONTNEED))
 			die("madvise");
+		if (round_us > 0) {	/* each round starts no earlier than t0 + r * round_us */
+			double wait = t0 + (r + 1) * round_us / 1e6 - now();
+			if (wait > 0)
+				usleep((useconds_t)(wait * 1e6));
+		}
 	}
 	double t1 = now();
 	if (counts(mod, &c1) < 0)

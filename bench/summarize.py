@@ -46,20 +46,23 @@ def goals(lab: dict) -> list[dict]:
                         "value": round(f / k, 3) if k > 0 else None, "met": k > 0 and f <= 0.5 * k})
     for n in ("mmntrace-kprobe", "mmntrace-fentry"):
         if n in t:
-            out.append({"goal": f"{n} streaming loses no event at full rate",
-                        "value": t[n].get("drops"), "met": t[n].get("drops") == 0})
+            out.append({"goal": f"{n} streaming loses no event at full rate (else: exact drops, and the limit)",
+                        "value": f"{t[n].get('drops')} dropped; sustains {t[n].get('sustained_events_per_s')} events/s",
+                        "met": t[n].get("drops") == 0})
     return out
 
 
 def table(lab: dict) -> str:
-    rows = ["| tool | ops/s (median) | slowdown | overhead | ns per hook call | ready after | peak RSS | events/s | drops |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| untraced | {lab['untraced_ops_per_s']:,.0f} | 1 | 0 | | | | | |"]
+    rows = ["| tool | ops/s (median) | slowdown | overhead | ns per hook call | ready after | peak RSS | events/s | drops "
+            "| sustained with 0 drops |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| untraced | {lab['untraced_ops_per_s']:,.0f} | 1 | 0 | | | | | | |"]
     for n, t in lab["tools"].items():
         rows.append(f"| {n} | {t['median_ops_per_s']:,.0f} | {t['slowdown']:.3f} | {t['overhead']:.3f} | "
                     f"{t['ns_per_hook_call'] if t['ns_per_hook_call'] is not None else ''} | {t['startup_s']:.1f} s | "
                     f"{t['peak_rss_mib'] or ''} MiB | {t.get('events_per_s', '') if 'events_per_s' in t else ''} | "
-                    f"{t.get('drops', '') if t.get('drops') is not None else ''} |")
+                    f"{t.get('drops', '') if t.get('drops') is not None else ''} | "
+                    f"{'{:,} events/s'.format(t['sustained_events_per_s']) if t.get('sustained_events_per_s') else ''} |")
     return "\n".join(rows)
 
 

@@ -10,8 +10,25 @@ Public API (the notebooks use only this):
 - ``mmntrace.aggregate``: the same aggregations as pure functions over DataFrames.
 """
 
-from . import aggregate  # noqa: F401
-from .aggregate import Summary, summarize  # noqa: F401
-from .recording import Recording, load  # noqa: F401
+import importlib
 
 __all__ = ["load", "Recording", "summarize", "Summary", "aggregate"]
+
+# Imported on first use: pandas and pyarrow take seconds to import on a slow
+# machine (10 s in the emulated lab), and `mmntrace record` imports them
+# while bcc compiles instead of before.
+_LAZY = {"aggregate": (".aggregate", None), "Summary": (".aggregate", "Summary"),
+         "summarize": (".aggregate", "summarize"), "Recording": (".recording", "Recording"),
+         "load": (".recording", "load")}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'mmntrace' has no attribute {name!r}")
+    mod, attr = _LAZY[name]
+    m = importlib.import_module(mod, __name__)
+    return m if attr is None else getattr(m, attr)
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -135,7 +135,14 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
       sudo mmntrace record -d 10 -o rec
       sudo mmntrace record --comm qemu-system-x86 --aggregate -o rec
     """
-    from . import kernel, record as rec, tracer
+    import concurrent.futures
+    import importlib
+    # pandas and pyarrow (for writing segments) import in a thread while bcc
+    # compiles, which releases the GIL: on a slow machine each takes seconds
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    warm = pool.submit(importlib.import_module, "mmntrace.record")
+    pool.shutdown(wait=False)
+    from . import kernel, tracer
     f = kernel.probe()
     kernel.require_recording(f)
     hook_list = [h.strip() for h in hooks.split(",")] if hooks else None
@@ -145,13 +152,19 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
         raise errors.UsageError(f"--buffer-pages {buffer_pages}: use a power of two (64, 256, 1024...)")
     t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
                       ringbuf=None if transport == "auto" else transport == "ringbuf", ringbuf_pages=buffer_pages)
+    if not quiet:
+        click.echo("mmntrace: compiling and attaching probes...", err=True)
+    t.load()            # compile, calibrate; nothing attached yet
+    try:
+        rec = warm.result()
+    except BaseException:
+        t.stop()
+        raise
     status = None
     if not quiet and sys.stderr.isatty():
         def status(rate, total, drops, viol, elapsed):
             click.echo(f"\r{elapsed:6.0f} s  {rate:9.0f} events/s  {total:10d} events  {drops} dropped  "
                        f"{viol} violations ", err=True, nl=False)
-    elif not quiet:
-        click.echo("mmntrace: compiling and attaching probes...", err=True)
     s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,
                     status=status, redact=redact)
     rec.install_signal_handlers(s)

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import decode, kernel
-from .errors import MmntraceError, UsageError
+from .errors import MmntraceError, OverheadGuardError, UsageError
 
 DAY = 86400
 
@@ -314,6 +314,7 @@ class Daemon:
         self.config_path = config_path
         self.log = log or (lambda d: print(json.dumps(d, default=str), flush=True))
         self.stopping = threading.Event()
+        self.guard_tripped: tuple[float, float] | None = None   # (share, limit) once --max-bpf-cpu tripped
         self.reload = threading.Event()
         self.tracer = None
         self.sample_every = 1
@@ -391,6 +392,11 @@ class Daemon:
                 except Exception:
                     pass
         self.log({"event": "exit", "windows": self.index, "cancelled": self.stopping.is_set()})
+        if self.guard_tripped is not None:
+            share, limit = self.guard_tripped
+            raise OverheadGuardError(
+                f"the daemon's BPF programs used {share:.4%} of a CPU in its last window, above "
+                f"--max-bpf-cpu {limit:.4%}: it stopped itself (nothing stays attached)")
         return 0
 
     def window(self) -> dict | None:
@@ -462,6 +468,7 @@ class Daemon:
         if overhead_guard_tripped(summary.get("bpf_cpu_share"), cfg.max_bpf_cpu):
             self.log({"event": "overhead_guard", "bpf_cpu_share": summary["bpf_cpu_share"],
                       "limit": cfg.max_bpf_cpu, "action": "stopping"})
+            self.guard_tripped = (summary["bpf_cpu_share"], cfg.max_bpf_cpu)
             self.stopping.set()
         return summary
 

@@ -56,6 +56,12 @@ class DiskFullError(MmntraceError):
     exit_code = 22
 
 
+class OverheadGuardError(MmntraceError):
+    """The daemon stopped itself: its BPF programs used more CPU than --max-bpf-cpu allows."""
+
+    exit_code = 23
+
+
 class LabError(MmntraceError):
     exit_code = 30
 

@@ -218,7 +218,9 @@ class Session:
         g.update(t=now, cpu=cpu, n=0, drops=drops_now)
 
     def run(self) -> dict:
-        self.t.start()
+        if self.t.bpf is None:
+            self.t.load()
+        self.t.attach()
         writer = RecordingWriter(self.out, self._meta())
         sym = Symbolizer(self.t, self.f)
         writer.meta["attached"] = self.t.attached()

@@ -635,6 +635,9 @@ class Tracer:
             if func in self._cb_known or hook not in self.hooks:
                 continue
             self._attach_callback(func, hook)
+            # each attach takes a while (tracefs, kallsyms): keep the buffer
+            # drained meanwhile; what comes in is returned by the next poll
+            self._poll(0)
 
     def _attach_callback(self, func: int, hook: int) -> None:
         hit = self._ksyms.lookup(func, exact=True, force=True)
