@@ -353,7 +353,7 @@ See docs/daemon.md for the rollout and what it costs per host.
 @click.option("--comm", help="Only tasks with this command name.")
 @click.option("--hooks", help="Comma-separated hooks to trace (default: all).")
 @click.option("--max-bpf-cpu", type=float, metavar="SHARE",
-              help="Stop when our BPF programs use more than SHARE of one CPU in a window [default: 0.05].")
+              help="Stop (exit 23) after a window in which our BPF programs used more than SHARE of one CPU [default: 0.05].")
 @_friendly
 def daemon(every, for_, once, count, out, config, max_events_per_s, textfile, http, retention_age,
            retention_size, host, pid, comm, hooks, max_bpf_cpu):
