@@ -51,6 +51,7 @@ def _ensure_module():
 
 
 _RECORDERS = []
+_KILL9_LEFT: list[str] = []     # stale kprobe events the kill -9 test left, for the next recorder to remove
 
 
 def _recorder(*a, **kw) -> Recorder:
@@ -164,7 +165,8 @@ def test_module_reload_then_kill9_redacted(tmp_path):
     rec.proc.wait()
     rec._log.close()
     _assert_nothing_left()
-    print(f"kill -9 left {len(_stale_events())} disabled kretprobe definitions (removed at the next start)")
+    _KILL9_LEFT[:] = _stale_events()    # disabled kretprobe definitions: the next recorder removes them
+    print(f"kill -9 left {len(_KILL9_LEFT)} disabled kretprobe definitions")
     r = Recording(tmp_path / "rec")
     assert not r.complete
     rep = report.build(r)
@@ -180,9 +182,12 @@ def test_module_reload_then_kill9_redacted(tmp_path):
 
 def test_event_storm_drops_are_exact_then_sigterm(tmp_path):
     rec = _recorder(tmp_path / "rec", "--buffer-pages", "1", "--comm", "notifier_bench")
-    print(f"stale kretprobe definitions after the next start: {len(_stale_events())}")
     b = Bench(tmp_path, rounds=400, pages=64)
     rec.wait_callbacks(list(MOD_CB))
+    # this recorder's start removed what the kill -9 above left defined
+    assert _stale_events() == []
+    meta = json.loads((tmp_path / "rec" / "metadata.json").read_text())
+    assert meta["stale_kprobes_removed"] >= len(_KILL9_LEFT)
     t0 = time.monotonic()
     res = b.go(timeout=900)
     took = time.monotonic() - t0
