@@ -157,6 +157,8 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
     t.load()            # compile, calibrate; nothing attached yet
     try:
         rec = warm.result()
+        s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,
+                        status=None, redact=redact)
     except BaseException:
         t.stop()
         raise
@@ -165,8 +167,7 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
         def status(rate, total, drops, viol, elapsed):
             click.echo(f"\r{elapsed:6.0f} s  {rate:9.0f} events/s  {total:10d} events  {drops} dropped  "
                        f"{viol} violations ", err=True, nl=False)
-    s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,
-                    status=status, redact=redact)
+    s.status = status
     rec.install_signal_handlers(s)
     res = s.run()
     if status:
