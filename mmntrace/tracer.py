@@ -194,9 +194,14 @@ def remove_stale_kprobe_events() -> int:
     path, names = stale_kprobe_events()
     n = 0
     for name in names:
+        # os.open, not open(path, "a"): Python seeks to the end of a file it
+        # appends to, and tracefs refuses that seek, so nothing was removed
         try:
-            with open(path, "a") as f:
-                f.write(f"-:kprobes/{name}\n")
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, f"-:kprobes/{name}\n".encode())
+            finally:
+                os.close(fd)
             n += 1
         except OSError as e:     # EBUSY while the kernel still holds the dead process's events
             _debug(f"cannot remove stale kprobe event {name}: {e.strerror}")

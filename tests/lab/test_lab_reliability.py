@@ -51,6 +51,7 @@ def _ensure_module():
 
 
 _RECORDERS = []
+_BENCHES = []
 _KILL9_LEFT: list[str] = []     # stale kprobe events the kill -9 test left, for the next recorder to remove
 
 
@@ -73,6 +74,11 @@ def _need_module_and_bench():
             r.proc.kill()
             r.proc.wait()
     _RECORDERS.clear()
+    for b in _BENCHES:       # nor a subscribed notifier_bench waiting for its go file
+        if b.p.poll() is None:
+            b.p.kill()
+            b.p.wait()
+    _BENCHES.clear()
     _ensure_module()     # a failed reload test must not take the module from the tests after it
 
 
@@ -83,6 +89,7 @@ class Bench:
         self.go_file = tmp / f"go-{time.monotonic_ns()}"
         self.p = subprocess.Popen([str(BENCH), str(rounds), str(pages), "--no-kvm", "--go-file", str(self.go_file)],
                                   stdout=subprocess.PIPE, text=True)
+        _BENCHES.append(self)
         deadline = time.monotonic() + 60
         while not Path(str(self.go_file) + ".subscribed").exists():
             assert self.p.poll() is None and time.monotonic() < deadline, "notifier_bench did not subscribe"
