@@ -151,13 +151,14 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
     rows = [x for x in v if x["callback"] and x["callback"].startswith("mmnt_secondary_tlb")]
     assert len(rows) == 1, v
     row = rows[0]
-    assert row["rule"] == "sleep" and row["sleeper"] == "msleep"
+    sl = r.sleeps()
+    assert row["rule"] == "sleep" and row["sleeper"] == "msleep", (row, sl.drop(columns=["stack"], errors="ignore")
+                                                                     .to_string(), mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]][:3])
     assert row["hook"] in ("invalidate_range", "arch_invalidate_secondary_tlbs")
     assert row["count"] == 1
     # atomic exactly when the module saw the call that slept in atomic context: that call
     # is the module's secondary-TLB record whose entry time is the traced invocation's
     # (both clocks are ktime_get_ns; the module reads it a few instructions later)
-    sl = r.sleeps()
     sl = sl[sl["callback"].astype(str).str.startswith("mmnt_secondary_tlb")]
     assert sl["seq"].nunique() == 1      # a sleep and the might-sleep call before it: one invocation
     inv = ev[(ev["kind"] == "callback") & (ev["seq"] == int(sl["seq"].iloc[0]))]
