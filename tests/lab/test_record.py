@@ -153,7 +153,7 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
     row = rows[0]
     sl = r.sleeps()
     assert row["rule"] == "sleep" and row["sleeper"] == "msleep", (row, sl.drop(columns=["stack"], errors="ignore")
-                                                                     .to_string(), mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]][:3])
+                                                                     .to_string(), mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]][:3], r.meta["drops"])
     assert row["hook"] in ("invalidate_range", "arch_invalidate_secondary_tlbs")
     assert row["count"] == 1
     # atomic exactly when the module saw the call that slept in atomic context: that call
