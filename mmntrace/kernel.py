@@ -308,6 +308,9 @@ def btf_layout(b, ops: tuple) -> tuple | None:
     out["RANGE_SIZE"] = b.struct_size("mmu_notifier_range")
     out["OPS_SIZE"] = b.struct_size("mmu_notifier_ops")
     m = b.struct_members("mmu_notifier_ops") or {}
+    if not {"release", "clear_flush_young", "clear_young", "test_young", "invalidate_range_start",
+            "invalidate_range_end"} <= set(m):
+        return None          # the program names these unconditionally: the headers decide
     for op in ops:
         if op in m:
             out[f"OPS_{op}"] = m[op]
