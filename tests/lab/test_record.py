@@ -64,6 +64,15 @@ def _cb(win, name):
     return win[(win["kind"] == "callback") & (win["callback"].astype(str).str.startswith(name))]
 
 
+def _kmsg_lines() -> list[str]:
+    return subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
+
+
+def _kmsg_since(before: list[str]) -> list[str]:
+    now = _kmsg_lines()
+    return now[len(before):] if now[:len(before)] == before else now
+
+
 def _need_fentry(backend):
     if backend == "fentry" and not kernel.probe().fentry_possible:
         pytest.skip("this kernel offers no BPF trampolines (fentry)")
@@ -143,6 +152,7 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
     # A real sleep under the page-table lock destabilises the kernel (a 6.12
     # guest died late in a long suite with 3): inject it in exactly one
     # invocation (the module's count), and expect exactly one.
+    kmsg0 = _kmsg_lines()
     r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:msleep:1:1"], kvm=False,
                                        rec_args=("--backend", backend))
     assert r.meta["backend"] == backend
@@ -156,18 +166,11 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
                                                                      .to_string(), mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]][:3], r.meta["drops"])
     assert row["hook"] in ("invalidate_range", "arch_invalidate_secondary_tlbs")
     assert row["count"] == 1
-    # atomic exactly when the module saw the call that slept in atomic context: that call
-    # is the module's secondary-TLB record whose entry time is the traced invocation's
-    # (both clocks are ktime_get_ns; the module reads it a few instructions later)
-    sl = sl[sl["callback"].astype(str).str.startswith("mmnt_secondary_tlb")]
-    assert sl["seq"].nunique() == 1      # a sleep and the might-sleep call before it: one invocation
-    inv = ev[(ev["kind"] == "callback") & (ev["seq"] == int(sl["seq"].iloc[0]))]
-    assert len(inv) == 1 and str(inv["callback"].iloc[0]).startswith("mmnt_secondary_tlb")
-    sec = mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]]
-    gap = np.abs(sec["ts_ns"].astype(np.int64) - int(inv["ts_ns"].iloc[0]))
-    slept = sec[np.argmin(gap)]
-    assert gap.min() < 1_000_000, gap.min()
-    assert row["atomic"] == bool(slept["preempt_count"] > 0 or slept["irqs_disabled"] > 0)
+    # atomic exactly when the kernel itself said so: it logs "BUG: scheduling while
+    # atomic: comm/pid/..." when a task sleeps with a preempt count (the injected call
+    # may come before the module's reset, outside its log, so its log cannot say)
+    bugs = [ln for ln in _kmsg_since(kmsg0) if "scheduling while atomic" in ln and f"/{res['pid']}/" in ln]
+    assert row["atomic"] == bool(bugs), (row, bugs)
     assert any("mmnt_secondary_tlb" in f for f in row["stack"])
     assert any(f.startswith("msleep") or "schedule" in f for f in row["stack"])
 
