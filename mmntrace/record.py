@@ -218,9 +218,7 @@ class Session:
         g.update(t=now, cpu=cpu, n=0, drops=drops_now)
 
     def run(self) -> dict:
-        if self.t.bpf is None:
-            self.t.load()
-        self.t.attach()
+        self.t.start()      # the CLI loads first (compiling while pandas imports)
         writer = RecordingWriter(self.out, self._meta())
         sym = Symbolizer(self.t, self.f)
         writer.meta["attached"] = self.t.attached()

@@ -343,8 +343,9 @@ class Tracer:
         return fl
 
     def start(self) -> None:
-        """Compile, load and attach everything (`record`)."""
-        self.load()
+        """Compile and load (unless load() already ran), then attach everything (`record`)."""
+        if self.bpf is None:
+            self.load()
         self.attach()
 
     def _fentry_source(self) -> str:
