@@ -56,12 +56,20 @@ def starts(recs, event=None):
 def test_counts_equal_log(wl):
     """The module's counters and its log agree: every callback is logged."""
     wl.mod.reset()
+    wl.taken = 0
     f = wl.run("mprotect")
     c = wl.mod.counts()
+    # The interpreter itself can unmap memory between the reset and the
+    # scenario (records_pre) and after it: the log is read oldest first, so
+    # the records the counters cover are the first c["logged"] ones.
+    before = wl.taken
+    tail = wl.take_records()[:max(0, c["logged"] - before)]
+    recs = np.concatenate([f["records_pre"], f["records"], tail])
     assert c["lost"] == 0
-    assert sum(c["calls"].values()) == c["logged"] == len(f["records"])
+    assert len(f["records"]) > 0
+    assert sum(c["calls"].values()) == c["logged"] == len(recs)
     for name, hid in H.items():
-        assert c["calls"][name] == int((f["records"]["hook"] == hid).sum()), name
+        assert c["calls"][name] == int((recs["hook"] == hid).sum()), name
 
 
 def test_munmap_unmap(wl, ev):
