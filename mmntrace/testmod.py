@@ -113,6 +113,10 @@ class TestModule:
             # covered exactly the callbacks logged in [reset_ns, read_ns]
             "reset_ns": int(c["reset_ns"]),
             "read_ns": int(c["read_ns"]),
+            # injected msleep() calls, and those in which the task was really
+            # scheduled out (its nvcsw moved): the sleep rule's ground truth
+            "msleeps": int(c["msleeps"]),
+            "msleeps_switched": int(c["msleeps_switched"]),
         }
 
     def reset(self) -> None:

@@ -542,13 +542,15 @@ def main(argv=None) -> int:
     if a.sync:
         print(f"ready {os.getpid()}", flush=True)
         sys.stdin.readline()
+    if w.mod:
+        w.mod.reset()
+        w.taken = 0
+    # after the reset: a limited injection (":COUNT") lands in a call that is
+    # counted and logged (Python may unmap memory between two ioctls)
     for b in a.behave:
         hook, kind, *rest = b.split(":")
         nums = [int(x) for x in rest] + [0, 0]
         w.mod.behave(hook, kind, nums[0], nums[1])
-    if w.mod:
-        w.mod.reset()
-        w.taken = 0
     t_reset = time.monotonic_ns()
     results = []
     for _ in range(a.repeat):

@@ -143,12 +143,20 @@ static bool mmnt_inject(struct mmnt_client *c, unsigned int hook)
 		 */
 		int pc = preempt_count();
 		bool irqs_off = irqs_disabled();
+		unsigned long nvcsw = current->nvcsw, flags;
+		bool switched;
 
 		msleep(arg);
+		switched = current->nvcsw != nvcsw;
 		if (irqs_off && !irqs_disabled())
 			local_irq_disable();
 		if (preempt_count() != pc)
 			preempt_count_set(pc);
+		spin_lock_irqsave(&c->lock, flags);
+		c->counts.msleeps++;
+		if (switched)
+			c->counts.msleeps_switched++;
+		spin_unlock_irqrestore(&c->lock, flags);
 		break;
 	}
 	case MMNT_B_MUTEX:

@@ -96,6 +96,13 @@ struct mmnt_test_counts {
 	__u64 lost;			/* records that did not fit in the log */
 	__u64 reset_ns;			/* ktime_get_ns() at open or at the last RESET */
 	__u64 read_ns;			/* ktime_get_ns() when these counts were read */
+	__u64 msleeps;			/* injected msleep() calls */
+	__u64 msleeps_switched;		/* of which the task was scheduled out: its
+					 * voluntary context-switch count moved
+					 * (a wake-up before schedule() reads the
+					 * task state, e.g. the timer firing while
+					 * the "scheduling while atomic" report is
+					 * printed, means no switch) */
 };
 
 #define MMNT_IOC_MAGIC 'M'

@@ -124,7 +124,7 @@ class Daemon:
             if d["event"] == "eof":
                 raise AssertionError(f"daemon exited before {event!r} (rc {self.p.wait()}): "
                                      f"{Path(self.err.name).read_text()[-3000:]}")
-        self.p.kill()
+        _stop(self)
         raise AssertionError(f"no {event!r} from the daemon within {timeout} s; log: {self.lines[-5:]}; "
                              f"stderr: {Path(self.err.name).read_text()[-2000:]}")
 
@@ -249,3 +249,47 @@ def test_windows_match_module_metrics_budget_and_sigterm(tmp_path):
     assert fams["mmntrace_daemon_windows"].samples[0].value == 4
     assert fams["mmntrace_window_sample_every"].samples[0].value == last["sample_every"]
 
+
+def _stop(d: Daemon) -> None:
+    """A daemon still running after a failed assertion gets SIGTERM (it
+    detaches everything); SIGKILL only if that does not end it."""
+    if d.p.poll() is None:
+        d.p.send_signal(signal.SIGTERM)
+        try:
+            d.p.wait(90)
+        except subprocess.TimeoutExpired:
+            d.p.kill()
+            d.p.wait(30)
+
+
+def test_overhead_guard_stops_the_daemon(tmp_path):
+    """--max-bpf-cpu: a window whose BPF run time (the kernel's own
+    run_time_ns per program, kernel.bpf_stats_enabled) exceeds the share of
+    a CPU stops the daemon: exit 23 with one sentence, no further window,
+    nothing left attached."""
+    child = Child()
+    out = tmp_path / "d"
+    limit = 1e-5
+    d = Daemon(out, "--every", "15s", "--for", "8s", "--count", "3", "--pid", str(child.p.pid),
+               "--host", "labhost", "--max-bpf-cpu", str(limit))
+    try:
+        d.wait("window_open")
+        assert child.say("storm 3").strip() == "ok"
+        w = d.wait("window", timeout=120)
+        g = d.wait("overhead_guard")
+        d.wait("exit")
+        rc = d.p.wait(60)
+    finally:
+        _stop(d)
+        child.close()
+    err = Path(d.err.name).read_text()
+    msgs = [ln for ln in err.splitlines() if ln.startswith("mmntrace:")]
+    assert rc == 23 and len(msgs) == 1 and "--max-bpf-cpu" in msgs[0] and "Traceback" not in err, err[-2000:]
+    assert sum(w["calls"].values()) > 0 and w["bpf_run_time_ns"] > 0
+    share = w["bpf_run_time_ns"] / 1e9 / w["duration_s"]
+    assert g["bpf_cpu_share"] == pytest.approx(share, rel=1e-2) and g["bpf_cpu_share"] > limit
+    assert g["limit"] == limit and g["action"] == "stopping"
+    assert [x["event"] for x in d.lines].count("window_open") == 1      # it stopped after that window
+    assert _our_kprobes() == []
+    summary = json.loads(Path(w["files"]["summary"]).read_text())
+    assert summary["bpf_run_time_ns"] == w["bpf_run_time_ns"]
