@@ -19,3 +19,11 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "lab" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_runtest_logreport(report):
+    """In a lab guest, print each failure as it happens (stderr, unbuffered):
+    if the guest later hangs or is killed, the log still says what failed."""
+    if report.failed and os.environ.get("MMNTRACE_LAB_KERNEL") and report.longrepr is not None:
+        sys.stderr.write(f"\n==== FAILED {report.nodeid} ({report.when})\n{report.longreprtext[-6000:]}\n")
+        sys.stderr.flush()
