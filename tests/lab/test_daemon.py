@@ -276,8 +276,8 @@ def test_overhead_guard_stops_the_daemon(tmp_path):
         d.wait("window_open")
         # the module's callbacks are probed when the first hook on the child's
         # mm reports its ops: let that happen before the storm (kprobes going
-        # in on a callback hit at full rate once left the child stuck in
-        # mprotect, 2 runs in 6 on 6.1; see docs/reliability.md)
+        # in on a callback hit at full rate left the child stuck in mprotect
+        # in 3 runs of 18 on 6.1; see docs/reliability.md)
         assert child.say("poke").strip() == "ok"
         d.wait("callbacks_attached", pred=lambda x: "mmnt_secondary_tlb" in x["callbacks"])
         assert child.say("storm 3").strip() == "ok"
