@@ -493,6 +493,14 @@ class Workload:
         self.taken += len(recs)
         return recs
 
+    def take_counted(self, counts: dict) -> np.ndarray:
+        """The rest of the log that `counts` (read with mod.counts()) covers:
+        reading the log allocates and frees buffers, which can itself unmap
+        memory and log callbacks after the counters were read. The log is read
+        oldest first, so the counted records are the first counts["logged"]."""
+        before = self.taken
+        return self.take_records()[:max(0, counts["logged"] - before)]
+
     def run(self, name: str) -> dict:
         pre = self.take_records()     # callbacks since the last scenario (interpreter activity)
         t0 = time.monotonic_ns()
@@ -562,12 +570,7 @@ def main(argv=None) -> int:
         results.append({"name": "interval_unmap", "region": w.interval_region, "records": w.take_records()})
     counts = w.mod.counts() if w.mod else None
     t_done = time.monotonic_ns()
-    # Reading the log allocates and frees buffers, which can itself unmap memory
-    # and log callbacks: keep exactly the records logged before the counters were read.
-    before = w.taken
-    tail = w.take_records()
-    if counts is not None:
-        tail = tail[:max(0, counts["logged"] - before)]   # the log is read oldest first
+    tail = w.take_counted(counts) if counts is not None else w.take_records()
     results.append({"name": "tail", "region": [0, 0], "records": tail})
     if a.sync:   # idle until told to save: peers may stop counting now
         print("counted", flush=True)
