@@ -7,6 +7,10 @@ last; a run directory without it means the VM died.
 Commands may declare expected kernel-log lines (for example a test that injects
 a sleep in atomic context expects "BUG: scheduling while atomic") by appending
 regular expressions, one per line, to ``$MMNTRACE_LAB_DIR/dmesg-expected``.
+
+The kernel log is also copied to ``RUN_DIR/kmsg.log`` as it is written, so a
+guest that dies (an Oops on every vCPU, a hang killed by the host's timeout)
+still leaves what the kernel said before it went.
 """
 
 from __future__ import annotations
@@ -95,6 +99,49 @@ def pin_preempt_notifier_key() -> str | None:
     return None
 
 
+def kmsg_lines(rec: bytes) -> list[str]:
+    """One /dev/kmsg record as dmesg prints it: ``[seconds] text``.
+
+    A record is ``prio,seq,usec,flags;text``, the text's unprintable bytes
+    escaped as ``\\xNN``, then optional continuation lines (`` KEY=value``)."""
+    head, _, text = rec.decode(errors="replace").partition(";")
+    f = head.split(",")
+    ts = f"[{int(f[2]) / 1e6:12.6f}] " if len(f) > 2 and f[2].isdigit() else ""
+    first = text.rstrip("\n").split("\n")[0]
+    first = re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), first)
+    return [ts + ln for ln in first.split("\n")]
+
+
+def follow_kmsg(path: Path) -> None:
+    """Copy /dev/kmsg to ``path`` line by line, flushed, from a daemon thread.
+
+    Records are written as :func:`kmsg_lines` formats them.
+    """
+    import threading
+
+    def pump():
+        try:
+            src = open("/dev/kmsg", "rb", buffering=0)
+        except OSError as e:
+            _log(f"cannot follow the kernel log (/dev/kmsg: {e.strerror})")
+            return
+        with src, open(path, "a", buffering=1) as dst:
+            while True:
+                try:
+                    rec = src.read(8192)
+                except BrokenPipeError:      # overwritten before we read it: go on
+                    dst.write("[kmsg: records lost]\n")
+                    continue
+                except OSError:
+                    return
+                if not rec:
+                    return
+                for line in kmsg_lines(rec):
+                    dst.write(line + "\n")
+
+    threading.Thread(target=pump, daemon=True, name="kmsg").start()
+
+
 def dmesg_verdict(text: str, expected_patterns: list[str]) -> tuple[list[str], list[str]]:
     """Split the kernel log's problem lines into (unexpected, expected)."""
     pats = [re.compile(p) for p in expected_patterns if p.strip()]
@@ -109,6 +156,7 @@ def main(run_dir: str) -> int:
     rd = Path(run_dir)
     spec = json.loads((rd / "argv.json").read_text())
     t_boot = time.monotonic()  # CLOCK_MONOTONIC starts at boot in the guest
+    follow_kmsg(rd / "kmsg.log")
     info = prepare(spec["kmod_dir"])
     why = pin_preempt_notifier_key()
     info["kvm_vm_held"] = bool(_PINNED) and why is None

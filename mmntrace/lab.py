@@ -180,6 +180,7 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
+        _print_kmsg_tail(run_dir / "kmsg.log")
         raise LabTimeout(f"the lab VM ({kernel.release or kernel.image}) did not finish within {timeout:.0f} s and was killed")
     except KeyboardInterrupt:
         _kill_group(proc)
@@ -191,6 +192,7 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
     wall = time.monotonic() - t0
     res_file = run_dir / "result.json"
     if not res_file.exists():
+        _print_kmsg_tail(run_dir / "kmsg.log")
         raise LabVmDied(f"the lab VM ({kernel.release or kernel.image}) exited (status {proc.returncode}) "
                         f"before the command finished; see {run_dir}")
     res = json.loads(res_file.read_text())
@@ -203,6 +205,17 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
     if rc == 0 and res["dmesg_problems"]:
         rc = DMESG_EXIT
     return LabResult(rc, res["dmesg_problems"], res["dmesg_expected"], res.get("boot_s"), wall, run_dir)
+
+
+def _print_kmsg_tail(path: Path, n: int = 40) -> None:
+    """What the guest's kernel said last (mmntrace.guest copies it as it goes)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    print(f"lab: the guest kernel's last {min(n, len(lines))} log lines ({path}):", file=sys.stderr)
+    for line in lines[-n:]:
+        print(f"lab: | {line}", file=sys.stderr)
 
 
 def _mem_mib(memory: str) -> int:

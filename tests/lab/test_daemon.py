@@ -270,7 +270,10 @@ def test_overhead_guard_stops_the_daemon(tmp_path):
     child = Child()
     out = tmp_path / "d"
     limit = 1e-5
-    d = Daemon(out, "--every", "15s", "--for", "8s", "--count", "3", "--pid", str(child.p.pid),
+    # the window is long enough for the storm to end inside it: the daemon's
+    # detach then patches kernel text that no CPU is running through
+    # (docs/reliability.md, "The lab itself")
+    d = Daemon(out, "--every", "40s", "--for", "25s", "--count", "3", "--pid", str(child.p.pid),
                "--host", "labhost", "--max-bpf-cpu", str(limit))
     try:
         d.wait("window_open")
@@ -281,7 +284,11 @@ def test_overhead_guard_stops_the_daemon(tmp_path):
         assert child.say("poke").strip() == "ok"
         d.wait("callbacks_attached", pred=lambda x: "mmnt_secondary_tlb" in x["callbacks"])
         assert child.say("storm 3").strip() == "ok"
+        t_storm_end = time.monotonic_ns()
         w = d.wait("window", timeout=120)
+        # precondition, not the claim: the storm was over before the window closed
+        end_ns = json.loads(Path(w["files"]["summary"]).read_text())["end_ns"]
+        assert t_storm_end < end_ns, f"the storm outlasted the window ({(t_storm_end - end_ns) / 1e9:.1f} s)"
         g = d.wait("overhead_guard")
         d.wait("exit")
         rc = d.p.wait(60)

@@ -128,3 +128,26 @@ def test_sigterm_takes_the_vm_down(tmp_path):
     time.sleep(0.2)
     with __import__("pytest").raises(ProcessLookupError):
         os.kill(vm, 0)
+
+
+def test_kmsg_lines_format_like_dmesg():
+    rec = b"6,120,1234567,-;rcu: \\x09RCU restricting CPUs\n SUBSYSTEM=cpu\n"
+    assert guest.kmsg_lines(rec) == ["[    1.234567] rcu: \tRCU restricting CPUs"]
+    assert guest.kmsg_lines(b"4,1,0,-;a\\x0ab\n") == ["[    0.000000] a", "[    0.000000] b"]
+
+
+def test_dead_vm_prints_the_guest_kernel_log_tail(tmp_path, monkeypatch):
+    """What the guest's kernel said before it died reaches the user (the guest copies it to kmsg.log)."""
+    img = _fake_vm(tmp_path, monkeypatch, "exit 0\n")
+    real_mkdtemp = lab.tempfile.mkdtemp
+
+    def mkdtemp(prefix):
+        d = real_mkdtemp(prefix=prefix, dir=tmp_path)
+        Path(d, "kmsg.log").write_text("".join(f"[ {i}.0] line {i}\n" for i in range(100)) +
+                                       "[ 99.9] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n")
+        return d
+    monkeypatch.setattr(lab.tempfile, "mkdtemp", mkdtemp)
+    r = CliRunner().invoke(main, ["lab", "--kernel", str(img), "--", "true"])
+    assert r.exit_code == 125
+    tail = [ln for ln in r.stderr.splitlines() if ln.startswith("lab: | ")]
+    assert len(tail) == 40 and "Oops: int3" in tail[-1] and "line 61" in tail[0]
