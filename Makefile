@@ -31,13 +31,14 @@ unit: setup
 
 # One boot per kernel; pytest runs inside the guest. A test that hangs fails
 # alone after LAB_TEST_TIMEOUT seconds (with its stack) instead of the whole VM.
+# If the emulator loses the guest, scripts/lab_suite.py resumes once in a fresh
+# one without the tests that had finished (their failures still count).
 LAB_TEST_TIMEOUT ?= 600
 lab-test: setup kmod build/bench/notifier_bench
 	@mkdir -p build; rm -rf build/lab-recordings
 	@set -e; for k in $(KERNELS); do \
 	  echo "== lab tests on $$k"; \
-	  .venv/bin/mmntrace lab --kernel $$k --memory 3G --share $(CURDIR)/build -- \
-	    $(PY) -m pytest -q -p no:cacheprovider --timeout $(LAB_TEST_TIMEOUT) --durations 12 -m lab tests; \
+	  $(PY) scripts/lab_suite.py $$k --timeout $(LAB_TEST_TIMEOUT); \
 	done
 	@echo "== notebooks, HTML report and plots on the lab recordings (host)"
 	MMNTRACE_REQUIRE_LAB_RECORDINGS=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_lab_recordings.py

@@ -27,3 +27,27 @@ def pytest_runtest_logreport(report):
     if report.failed and os.environ.get("MMNTRACE_LAB_KERNEL") and report.longrepr is not None:
         sys.stderr.write(f"\n==== FAILED {report.nodeid} ({report.when})\n{report.longreprtext[-6000:]}\n")
         sys.stderr.flush()
+    _record_progress(report)
+
+
+_OUTCOME: dict[str, str] = {}
+
+
+def _record_progress(report) -> None:
+    """With MMNTRACE_LAB_PROGRESS set (scripts/lab_suite.py), append
+    "nodeid outcome" once a test has finished, synced: if the guest dies,
+    the suite resumes in a fresh one without what is in that file."""
+    path = os.environ.get("MMNTRACE_LAB_PROGRESS")
+    if not path:
+        return
+    o = _OUTCOME.get(report.nodeid, "passed")
+    if report.failed:
+        o = "failed"
+    elif report.skipped and o != "failed":
+        o = "skipped"
+    _OUTCOME[report.nodeid] = o
+    if report.when == "teardown":
+        with open(path, "a") as f:
+            f.write(f"{report.nodeid} {o}\n")
+            f.flush()
+            os.fsync(f.fileno())

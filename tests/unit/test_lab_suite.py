@@ -1,0 +1,75 @@
+"""scripts/lab_suite.py: a guest that dies is resumed once, without the tests
+that had finished; earlier failures and a second death still fail the run.
+
+The fake `mmntrace lab` below plays the guest: it appends to the progress file
+the way tests/conftest.py does and exits like `mmntrace lab` would.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+FAKE = r"""#!/usr/bin/env python3
+import os, re, sys
+argv = sys.argv[1:]
+calls = os.path.join(os.environ["FAKE_DIR"], "calls")
+n = len(open(calls).read().splitlines()) if os.path.exists(calls) else 0
+with open(calls, "a") as f:
+    f.write(" ".join(argv) + "\n")
+prog = next(a.split("=", 1)[1] for a in argv if a.startswith("MMNTRACE_LAB_PROGRESS="))
+plan = os.environ["FAKE_PLAN"].split(";")[n]     # "t1 passed,t2 failed|125"
+done, rc = plan.split("|")
+with open(prog, "a") as f:
+    for d in filter(None, done.split(",")):
+        f.write(d + "\n")
+sys.exit(int(rc))
+"""
+
+
+def _run(tmp_path, plan):
+    fake = tmp_path / "mmntrace"
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    env = dict(os.environ, LAB_SUITE_MMNTRACE=str(fake), LAB_SUITE_BUILD=str(tmp_path), FAKE_DIR=str(tmp_path),
+               FAKE_PLAN=plan)
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "lab_suite.py"), "6.1"], env=env,
+                       capture_output=True, text=True)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    return r, calls
+
+
+def test_death_resumes_once_without_finished_tests(tmp_path):
+    r, calls = _run(tmp_path, "tests/a.py::t1 passed,tests/a.py::t2[x-y] skipped|125;tests/a.py::t3 passed|0")
+    assert r.returncode == 0, r.stderr
+    assert len(calls) == 2
+    assert "--deselect" not in calls[0]
+    assert "--deselect=tests/a.py::t1" in calls[1].split() and "--deselect=tests/a.py::t2[x-y]" in calls[1].split()
+    assert "guest died" in r.stderr and "2 test(s) finished" in r.stderr
+
+
+def test_failure_before_the_death_still_fails(tmp_path):
+    r, calls = _run(tmp_path, "tests/a.py::t1 failed|125;tests/a.py::t2 passed|0")
+    assert r.returncode == 1 and len(calls) == 2
+    assert "failed before the guest died: tests/a.py::t1" in r.stderr
+
+
+def test_second_death_fails(tmp_path):
+    r, calls = _run(tmp_path, "tests/a.py::t1 passed|125;|125")
+    assert r.returncode == 125 and len(calls) == 2
+
+
+@pytest.mark.parametrize("rc", [0, 1, 3, 124])
+def test_no_resume_unless_the_vm_died(tmp_path, rc):
+    r, calls = _run(tmp_path, f"tests/a.py::t1 passed|{rc}")
+    assert r.returncode == rc and len(calls) == 1
+
+
+def test_death_after_the_last_test(tmp_path):
+    """Everything had finished: the resumed pytest selects nothing (its exit 5), which is a pass."""
+    r, calls = _run(tmp_path, "tests/a.py::t1 passed|125;|5")
+    assert r.returncode == 0 and len(calls) == 2
