@@ -287,8 +287,9 @@ def test_overhead_guard_stops_the_daemon(tmp_path):
         t_storm_end = time.monotonic_ns()
         w = d.wait("window", timeout=120)
         # precondition, not the claim: the storm was over before the window closed
-        end_ns = json.loads(Path(w["files"]["summary"]).read_text())["end_ns"]
-        assert t_storm_end < end_ns, f"the storm outlasted the window ({(t_storm_end - end_ns) / 1e9:.1f} s)"
+        summary = json.loads(Path(w["files"]["summary"]).read_text())
+        assert t_storm_end < summary["end_ns"], \
+            f"the storm outlasted the window ({(t_storm_end - summary['end_ns']) / 1e9:.1f} s)"
         g = d.wait("overhead_guard")
         d.wait("exit")
         rc = d.p.wait(60)
@@ -304,5 +305,4 @@ def test_overhead_guard_stops_the_daemon(tmp_path):
     assert g["limit"] == limit and g["action"] == "stopping"
     assert [x["event"] for x in d.lines].count("window_open") == 1      # it stopped after that window
     assert _our_kprobes() == []
-    summary = json.loads(Path(w["files"]["summary"]).read_text())
     assert summary["bpf_run_time_ns"] == w["bpf_run_time_ns"]
