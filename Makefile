@@ -27,7 +27,7 @@ kmod: setup
 	@$(MAKE) -s -C tests/kmod all
 
 unit: setup
-	$(PY) -m pytest -q -m "not lab" tests
+	$(PY) -m pytest -q -m "not lab and not boot" tests
 
 # One boot per kernel; pytest runs inside the guest. A test that hangs fails
 # alone after LAB_TEST_TIMEOUT seconds (with its stack) instead of the whole VM.
@@ -36,6 +36,8 @@ unit: setup
 LAB_TEST_TIMEOUT ?= 600
 lab-test: setup kmod build/bench/notifier_bench
 	@mkdir -p build; rm -rf build/lab-recordings
+	@echo "== the lab itself: guests lost before the command are booted again (host, real boots)"
+	$(PY) -m pytest -q -p no:cacheprovider -m boot tests/boot
 	@set -e; for k in $(KERNELS); do \
 	  echo "== lab tests on $$k"; \
 	  $(PY) scripts/lab_suite.py $$k --timeout $(LAB_TEST_TIMEOUT); \

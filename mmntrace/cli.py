@@ -59,10 +59,14 @@ def main():
 @click.option("--memory", default="2G", show_default=True, help="Guest memory (split over 2 NUMA nodes).")
 @click.option("--no-numa", is_flag=True, help="One NUMA node instead of two.")
 @click.option("--timeout", default=1200, show_default=True, help="Seconds before the VM is killed (a failure).")
+@click.option("--boot-timeout", default=150, show_default=True, metavar="SECONDS",
+              help="A guest that has not started CMD by then is killed and booted again (a boot takes 15-25 s).")
+@click.option("--boot-attempts", default=3, show_default=True, type=click.IntRange(1, 20),
+              help="Boots tried when the guest dies or hangs before CMD starts.")
 @click.option("--verbose", "-v", is_flag=True, help="Print the QEMU/virtme-ng command line.")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @_friendly
-def lab(kernel, share, cpus, memory, no_numa, timeout, verbose, cmd):
+def lab(kernel, share, cpus, memory, no_numa, timeout, boot_timeout, boot_attempts, verbose, cmd):
     """Boot a real kernel under QEMU and run CMD in it as root.
 
     The guest sees this machine's root file system read-only (so the project,
@@ -74,6 +78,13 @@ def lab(kernel, share, cpus, memory, no_numa, timeout, verbose, cmd):
     The exit status is CMD's. A VM that dies or times out exits 125/124; a
     command that passed while the kernel logged BUG:/WARNING: exits 3.
 
+    The emulator loses a few guests in early boot. A guest that dies, or has
+    not started CMD after --boot-timeout seconds, is booted again (one line
+    says so), up to --boot-attempts boots; once CMD has started, a death is a
+    failure. Each boot's output (QEMU, virtme-ng, the kernel's console when
+    it Oopses or panics) and its kernel log stay in the run directory, with
+    attempts.json. The VM never outlives this command, however it ends.
+
     \b
     Examples:
       mmntrace lab --kernel 6.12 -- uname -r
@@ -83,7 +94,8 @@ def lab(kernel, share, cpus, memory, no_numa, timeout, verbose, cmd):
     from . import lab as labmod
     k = labmod.resolve_kernel(kernel)
     res = labmod.run(k, list(cmd), shares=share, cpus=cpus, memory=memory, numa=not no_numa,
-                     timeout=timeout, verbose=verbose)
+                     timeout=timeout, verbose=verbose, boot_timeout=boot_timeout,
+                     boot_attempts=boot_attempts)
     click.echo(f"lab: {k.release or k.image}: exit {res.returncode}, {res.wall_s:.1f} s "
                f"(guest ready after {res.boot_s:.1f} s)", err=True)
     sys.exit(res.returncode)

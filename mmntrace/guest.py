@@ -15,6 +15,7 @@ still leaves what the kernel said before it went.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -99,6 +100,55 @@ def pin_preempt_notifier_key() -> str | None:
     return None
 
 
+def pin_sched_switch() -> str | None:
+    """Keep the sched_switch tracepoint enabled for the whole command.
+
+    Enabling or disabling a tracepoint flips its static key, which patches
+    the kernel text where it sits with text_poke_bp(); sched_switch sits in
+    __schedule(), which the other vCPU runs all the time. Every recorder
+    start and stop (they attach a program to sched_switch) did that, and the
+    emulator's int3 trouble (see pin_preempt_notifier_key) killed a 6.12
+    guest as a recorder started. With a do-nothing program held here, the
+    recorders only add and remove their own: nothing is patched. Returns why
+    it could not, or None.
+    """
+    from mmntrace import bpfsys
+    try:
+        _PINNED.append(bpfsys.hold_tracepoint("sched_switch"))
+    except OSError as e:
+        return str(e)
+    return None
+
+
+@contextlib.contextmanager
+def one_cpu():
+    """Take the other CPUs offline for the set-up that patches kernel text.
+
+    Loading kvm, the test module, and the first KVM VM (preempt_notifier_key,
+    in __schedule) patch live kernel text with text_poke_bp(). Under QEMU's
+    multi-threaded TCG another vCPU sometimes runs the int3 that patching
+    leaves behind after the kernel is done with it, and the guest dies with
+    "Oops: int3": 2 boots in 30 died this way during this set-up, before the
+    command started. With one CPU online nothing can run the text meanwhile.
+    """
+    down = []
+    for f in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/online")):
+        try:
+            if f.read_text().strip() == "1":
+                f.write_text("0")
+                down.append(f)
+        except OSError as e:
+            _log(f"cannot take {f.parent.name} offline ({e.strerror})")
+    try:
+        yield
+    finally:
+        for f in down:
+            try:
+                f.write_text("1")
+            except OSError as e:
+                _log(f"cannot bring {f.parent.name} back online ({e.strerror})")
+
+
 def kmsg_lines(rec: bytes) -> list[str]:
     """One /dev/kmsg record as dmesg prints it: ``[seconds] text``.
 
@@ -152,22 +202,51 @@ def dmesg_verdict(text: str, expected_patterns: list[str]) -> tuple[list[str], l
     return bad, ok
 
 
+def _inject_fault(spec: dict) -> None:
+    """The lab's own tests make a boot die or hang before the command
+    (MMNTRACE_LAB_FAULTS on the host: one word per attempt, "ok", "panic"
+    or "hang"), to prove that the host boots again."""
+    faults = spec.get("faults") or []
+    n = spec.get("attempt", 1)
+    fault = faults[n - 1] if n <= len(faults) else "ok"
+    if fault == "panic":
+        _log(f"attempt {n}: crashing the kernel before the command (MMNTRACE_LAB_FAULTS)")
+        Path("/proc/sys/kernel/sysrq").write_text("1")
+        Path("/proc/sysrq-trigger").write_text("c")
+    elif fault == "hang":
+        _log(f"attempt {n}: hanging before the command (MMNTRACE_LAB_FAULTS)")
+        while True:
+            time.sleep(3600)
+
+
 def main(run_dir: str) -> int:
     rd = Path(run_dir)
     spec = json.loads((rd / "argv.json").read_text())
     t_boot = time.monotonic()  # CLOCK_MONOTONIC starts at boot in the guest
     follow_kmsg(rd / "kmsg.log")
-    info = prepare(spec["kmod_dir"])
-    why = pin_preempt_notifier_key()
-    info["kvm_vm_held"] = bool(_PINNED) and why is None
-    if why:
-        _log(f"could not hold a KVM VM ({why}): KVM VMs may patch __schedule under TCG")
+    with one_cpu():
+        info = prepare(spec["kmod_dir"])
+        why = pin_preempt_notifier_key()
+        info["kvm_vm_held"] = bool(_PINNED) and why is None
+        if why:
+            _log(f"could not hold a KVM VM ({why}): KVM VMs may patch __schedule under TCG")
+        why = pin_sched_switch()
+        info["sched_switch_held"] = why is None
+        if why:
+            _log(f"could not hold sched_switch ({why}): recorders may patch __schedule under TCG")
     (rd / "guest.json").write_text(json.dumps(info))
     env = dict(os.environ)
     env.update(spec.get("env", {}))
     env["MMNTRACE_LAB_DIR"] = str(rd)
     env["MMNTRACE_LAB_KERNEL"] = info["release"]
     env["PATH"] = str(Path(spec["python"]).parent) + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    _inject_fault(spec)
+    # The host retries a guest that dies before this file exists (an early
+    # death of the emulator), never one that dies after it.
+    with open(rd / "started", "w") as f:
+        f.write(f"{time.monotonic():.3f}\n")
+        f.flush()
+        os.fsync(f.fileno())
     try:
         env.setdefault("PYTHONUNBUFFERED", "1")    # output streams out, even if the VM is killed
         rc = subprocess.call(spec["argv"], cwd=spec["cwd"], env=env)

@@ -113,15 +113,103 @@ def _kvm_usable() -> bool:
     return os.environ.get("MMNTRACE_LAB_KVM") == "1" and os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
+#: the guest writes this file just before it starts the command
+STARTED = "started"
+#: per-attempt records of one run: status, outcome, times (kept in the run directory)
+ATTEMPTS = "attempts.json"
+#: how long a guest may take to reach the command (a normal boot: 13-23 s)
+BOOT_TIMEOUT = 150.0
+#: boots tried when a guest dies or hangs before the command starts
+BOOT_ATTEMPTS = 3
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One boot of a lab run."""
+    n: int
+    outcome: str            # finished | died-early | hung-early | died | timeout | interrupted
+    status: int | None      # virtme-ng's exit status (255: no status from the guest); None if killed
+    wall_s: float
+    started_s: float | None  # when the guest started the command, seconds after the boot began
+
+    @property
+    def early(self) -> bool:
+        return self.outcome in ("died-early", "hung-early")
+
+
+def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, memory: str,
+             numa: bool) -> list[str]:
+    guest_cmd = " ".join(shlex.quote(x) for x in
+                         [sys.executable, "-m", "mmntrace.guest", str(run_dir)])
+    console = os.environ.get("MMNTRACE_LAB_CONSOLE") == "1"
+    kopts = ["log_buf_len=8M"]     # injected sleeps in atomic context log many BUG lines: keep them all
+    qopts = []
+    if not console:
+        # The kernel console also goes to a virtio console (hvc0), into
+        # RUN_DIR/attempt-N.console (virtme-ng sends ttyS0 to /dev/null, and
+        # the 8250 driver drives one console only). loglevel=1 keeps it
+        # silent until an Oops or a panic, which raise the console level
+        # themselves (console_verbose()): a guest that dies leaves its last
+        # words there, without slowing down the ones that live.
+        qopts.append(f"-chardev file,id=mmntcon,path={run_dir / f'attempt-{attempt}.console'} "
+                     f"-device virtconsole,chardev=mmntcon")
+        kopts += ["console=hvc0", "loglevel=1"]
+    kopts += _clock_args(kernel)
+    cmd = [_vng(), "-r", str(kernel.image), "--cpus", str(cpus), "--memory", memory,
+           "--rwdir", str(run_dir), "--cwd", str(REPO), "--append", " ".join(kopts)]
+    if console:
+        cmd.append("--verbose")     # the guest kernel's whole console on our stderr (debugging)
+    if not _kvm_usable():
+        cmd.append("--disable-kvm")
+    if numa and cpus >= 2:
+        total = _mem_mib(memory)
+        half = total // 2
+        cmd += ["--numa", f"{half}M,cpus=0-{cpus // 2 - 1}",
+                "--numa", f"{total - half}M,cpus={cpus // 2}-{cpus - 1}"]
+        # one socket per node, or the guest warns that the topology is insane
+        qopts.append(f"-smp {cpus},sockets=2,cores={cpus // 2},threads=1")
+    for s in shares:
+        cmd += ["--rwdir", s]
+    for q in qopts:
+        cmd.append(f"--qemu-opts={q}")     # "=": a value that starts with "-c" is not vng's -c
+    cmd += ["--exec", guest_cmd]
+    return cmd
+
+
+def _clock_args(kernel: Kernel) -> str:
+    """x86 guests keep the TSC as their clocksource, as real machines do.
+
+    Under TCG a multi-CPU guest finds its TSCs "unsynchronized" and falls
+    back to the HPET: every bpf_ktime_get_ns() (and every clock read of the
+    workloads) is then an emulated MMIO access under QEMU's global lock, a
+    cost no real machine has. QEMU derives every vCPU's TSC from one host
+    clock, so they are in step: tell the guest so.
+    """
+    arch = os.uname().machine
+    return ["tsc=reliable", "clocksource=tsc"] if arch in ("x86_64", "i686") else []
+
+
 def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: str = "2G",
         numa: bool = True, timeout: float = 1200, cwd: str | None = None,
-        env: dict | None = None, build_module: bool = True, verbose: bool = False) -> LabResult:
+        env: dict | None = None, build_module: bool = True, verbose: bool = False,
+        boot_timeout: float = BOOT_TIMEOUT, boot_attempts: int = BOOT_ATTEMPTS) -> LabResult:
     """Boot ``kernel``, run ``argv`` in it, return its exit status and the kernel-log verdict.
 
-    Raises :class:`LabTimeout` or :class:`LabVmDied` when the guest did not finish.
+    A guest that dies, or does not reach the command within ``boot_timeout``
+    seconds, before the command started is booted again, up to
+    ``boot_attempts`` boots in all (the emulator loses a few guests in early
+    boot; see docs/reliability.md). Once the command has started, a death is
+    a failure. Raises :class:`LabTimeout` or :class:`LabVmDied` when the
+    guest did not finish.
     """
     if not argv:
         raise UsageError("no command given to run in the lab")
+    if boot_attempts < 1:
+        raise UsageError("--boot-attempts must be at least 1")
+    shares = [str(Path(s).resolve()) for s in shares]
+    for s in shares:
+        if not Path(s).is_dir():
+            raise UsageError(f"--share {s}: not a directory")
     if build_module:
         build_test_module(kernel)
     run_dir = Path(tempfile.mkdtemp(prefix="mmntrace-lab-"))
@@ -132,68 +220,50 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
         "env": env or {},
         "kmod_dir": str(KMOD_DIR / "build"),
         "python": sys.executable,
+        # fault injection for the lab's own tests: what attempt N does before
+        # the command ("panic", "hang"), from MMNTRACE_LAB_FAULTS=panic,hang,...
+        "faults": [f for f in os.environ.get("MMNTRACE_LAB_FAULTS", "").split(",") if f],
     }
-    (run_dir / "argv.json").write_text(json.dumps(spec))
-    shares = [str(Path(s).resolve()) for s in shares]
-    for s in shares:
-        if not Path(s).is_dir():
-            raise UsageError(f"--share {s}: not a directory")
-    guest_cmd = " ".join(shlex.quote(x) for x in
-                         [sys.executable, "-m", "mmntrace.guest", str(run_dir)])
-    cmd = [_vng(), "-r", str(kernel.image), "--cpus", str(cpus), "--memory", memory,
-           "--rwdir", str(run_dir), "--cwd", str(REPO),
-           # injected sleeps in atomic context log many BUG lines: keep them all
-           "--append", "log_buf_len=8M"]
-    if not _kvm_usable():
-        cmd.append("--disable-kvm")
-    if numa and cpus >= 2:
-        total = _mem_mib(memory)
-        half = total // 2
-        cmd += ["--numa", f"{half}M,cpus=0-{cpus // 2 - 1}",
-                "--numa", f"{total - half}M,cpus={cpus // 2}-{cpus - 1}",
-                # one socket per node, or the guest warns that the topology is insane
-                "--qemu-opts", f"-smp {cpus},sockets=2,cores={cpus // 2},threads=1"]
-    for s in shares:
-        cmd += ["--rwdir", s]
-    if os.environ.get("MMNTRACE_LAB_CONSOLE") == "1":
-        cmd.append("--verbose")     # the guest kernel's console on our stdout (debugging)
-    cmd += ["--exec", guest_cmd]
-    if verbose:
-        print("lab:", " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
-    venv_bin = str(Path(_vng()).parent)
-    penv = dict(os.environ)
-    penv["PATH"] = venv_bin + os.pathsep + penv.get("PATH", "")
-    t0 = time.monotonic()
-    # The guest's output comes through pipes we copy, never QEMU's own stdout:
-    # QEMU opens its file chardevs on /proc/self/fd/1 and /proc/self/fd/2 with
-    # O_TRUNC, which emptied a log file our stdout was redirected to.
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=penv, start_new_session=True)
-    pumps = [threading.Thread(target=_pump, args=(src, dst), daemon=True)
-             for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
-    for t in pumps:
-        t.start()
-    # QEMU runs in its own session: SIGTERM to us (e.g. from `timeout`) must
-    # take the VM down too, not leave it running.
-    old_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        _print_kmsg_tail(run_dir / "kmsg.log")
-        raise LabTimeout(f"the lab VM ({kernel.release or kernel.image}) did not finish within {timeout:.0f} s and was killed")
-    except KeyboardInterrupt:
-        _kill_group(proc)
-        raise LabError("interrupted: the lab VM was stopped") from None
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        for t in pumps:
-            t.join(timeout=10)
-    wall = time.monotonic() - t0
+    name = kernel.release or str(kernel.image)
+    attempts: list[Attempt] = []
+    t_first = time.monotonic()
+    for n in range(1, boot_attempts + 1):
+        spec["attempt"] = n
+        (run_dir / "argv.json").write_text(json.dumps(spec))
+        cmd = _vng_cmd(kernel, run_dir, n, shares=shares, cpus=cpus, memory=memory, numa=numa)
+        if verbose:
+            print("lab:", " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
+        try:
+            att = _boot_once(cmd, run_dir, n, timeout=timeout, boot_timeout=boot_timeout)
+        except KeyboardInterrupt:
+            _note_attempt(run_dir, attempts, Attempt(n, "interrupted", None, 0.0, None))
+            raise LabError("interrupted: the lab VM was stopped") from None
+        _note_attempt(run_dir, attempts, att)
+        if att.outcome == "timeout":
+            _print_kmsg_tail(run_dir / "kmsg.log")
+            _print_console_tail(run_dir / f"attempt-{n}.console")
+            raise LabTimeout(f"the lab VM ({name}) did not finish within {timeout:.0f} s and was killed; "
+                             f"see {run_dir}")
+        if not att.early:
+            break
+        what = (f"exited (status {att.status})" if att.outcome == "died-early"
+                else f"did not reach the command within {boot_timeout:.0f} s and was killed")
+        _keep_attempt_files(run_dir, n)
+        if n < boot_attempts:
+            print(f"lab: the {name} guest {what} before the command started; booting again "
+                  f"(attempt {n + 1} of {boot_attempts}; kept in {run_dir})", file=sys.stderr, flush=True)
+    wall = time.monotonic() - t_first
     res_file = run_dir / "result.json"
     if not res_file.exists():
+        last = attempts[-1]
+        if last.early:
+            _print_kmsg_tail(run_dir / f"attempt-{last.n}.kmsg.log")
+            _print_console_tail(run_dir / f"attempt-{last.n}.console")
+            raise LabVmDied(f"the lab VM ({name}) died or hung before the command started in all "
+                            f"{len(attempts)} boot(s); see {run_dir} (attempt-N.stderr, attempt-N.kmsg.log)")
         _print_kmsg_tail(run_dir / "kmsg.log")
-        raise LabVmDied(f"the lab VM ({kernel.release or kernel.image}) exited (status {proc.returncode}) "
+        _print_console_tail(run_dir / f"attempt-{last.n}.console")
+        raise LabVmDied(f"the lab VM ({name}) exited (status {last.status}) "
                         f"before the command finished; see {run_dir}")
     res = json.loads(res_file.read_text())
     for line in res["dmesg_problems"]:
@@ -207,6 +277,139 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
     return LabResult(rc, res["dmesg_problems"], res["dmesg_expected"], res.get("boot_s"), wall, run_dir)
 
 
+def _boot_once(cmd: list[str], run_dir: Path, n: int, *, timeout: float, boot_timeout: float) -> Attempt:
+    """Boot the VM once and wait for it; KeyboardInterrupt (or SIGTERM) kills it."""
+    venv_bin = str(Path(cmd[0]).parent)
+    penv = dict(os.environ)
+    penv["PATH"] = venv_bin + os.pathsep + penv.get("PATH", "")
+    started = run_dir / STARTED
+    t0 = time.monotonic()
+    # The guest's output comes through pipes we copy, never QEMU's own stdout:
+    # QEMU opens its file chardevs on /proc/self/fd/1 and /proc/self/fd/2 with
+    # O_TRUNC, which emptied a log file our stdout was redirected to. Each
+    # stream is also kept, whole, in the run directory.
+    logs = [open(run_dir / f"attempt-{n}.{s}", "wb") for s in ("stdout", "stderr")]
+    # QEMU runs in its own session (so that a terminal's Ctrl-C reaches us,
+    # and we stop it in order); a guard process kills that session if we end
+    # without saying so, even by SIGKILL.
+    guard = _Guard()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=penv, start_new_session=True)
+    guard.watch(proc.pid)
+    pumps = [threading.Thread(target=_pump, args=(src, dst, log), daemon=True)
+             for src, dst, log in ((proc.stdout, sys.stdout, logs[0]), (proc.stderr, sys.stderr, logs[1]))]
+    for t in pumps:
+        t.start()
+    # SIGTERM to us (e.g. from `timeout`) must take the VM down too.
+    old_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    started_s = None
+    outcome = None
+    try:
+        while True:
+            try:
+                proc.wait(timeout=0.25)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic() - t0
+            if started_s is None and started.exists():
+                started_s = now
+            if started_s is None and now > boot_timeout:
+                outcome = "hung-early"
+                _kill_group(proc)
+                break
+            if now > timeout:
+                outcome = "timeout"
+                _kill_group(proc)
+                break
+    except KeyboardInterrupt:
+        _kill_group(proc)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        guard.release()
+        for t in pumps:
+            t.join(timeout=10)
+        for f in logs:
+            f.close()
+    if started_s is None and started.exists():
+        started_s = time.monotonic() - t0
+    if outcome is None:
+        if (run_dir / "result.json").exists():
+            outcome = "finished"
+        else:
+            outcome = "died" if started_s is not None else "died-early"
+    status = proc.returncode if outcome in ("finished", "died", "died-early") else None
+    return Attempt(n, outcome, status, round(time.monotonic() - t0, 2),
+                   None if started_s is None else round(started_s, 2))
+
+
+def _note_attempt(run_dir: Path, attempts: list[Attempt], att: Attempt) -> None:
+    attempts.append(att)
+    tmp = run_dir / (ATTEMPTS + ".tmp")
+    tmp.write_text(json.dumps([dataclasses.asdict(a) for a in attempts], indent=1))
+    os.replace(tmp, run_dir / ATTEMPTS)
+
+
+def _keep_attempt_files(run_dir: Path, n: int) -> None:
+    """Set aside what the guest of a lost boot wrote, before the next boot writes its own."""
+    for name in ("kmsg.log", "guest.json", STARTED):
+        p = run_dir / name
+        if p.exists():
+            p.rename(run_dir / f"attempt-{n}.{name}")
+
+
+class _Guard:
+    """A process that kills the VM's session if this process ends without releasing it.
+
+    QEMU runs in a session of its own, so nothing else takes it down when we
+    die: without this, a SIGKILLed `mmntrace lab` (a CI time limit,
+    ``subprocess.run(timeout=...)``) left the VM running for good. The guard
+    reads a pipe only we hold the write end of: at EOF (we are gone) it
+    kills the session; after ``release()`` it exits quietly.
+    """
+
+    def __init__(self):
+        r, self._w = os.pipe()          # both non-inheritable: the VM never holds the write end
+        self._p = subprocess.Popen([sys.executable, "-c", _GUARD_CODE], stdin=r, start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(r)
+
+    def watch(self, pgid: int) -> None:
+        os.write(self._w, f"{pgid}\n".encode())
+
+    def release(self) -> None:
+        try:
+            os.write(self._w, b"done\n")
+            os.close(self._w)
+        except OSError:
+            pass
+        try:
+            self._p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._p.kill()
+
+
+_GUARD_CODE = """
+import os, signal, sys, time
+data = b""
+while True:
+    chunk = os.read(0, 4096)
+    if not chunk:
+        break
+    data += chunk
+lines = data.decode().split()
+if lines and lines[-1] != "done" and lines[0].isdigit():
+    pgid = int(lines[0])
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        time.sleep(3)
+"""
+
+
 def _print_kmsg_tail(path: Path, n: int = 40) -> None:
     """What the guest's kernel said last (mmntrace.guest copies it as it goes)."""
     try:
@@ -218,6 +421,19 @@ def _print_kmsg_tail(path: Path, n: int = 40) -> None:
         print(f"lab: | {line}", file=sys.stderr)
 
 
+def _print_console_tail(path: Path, n: int = 60) -> None:
+    """The console's Oops or panic, when there was one (it is silent otherwise)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    if not any(re.search(r"Oops|panic|BUG:|RIP:", ln) for ln in lines):
+        return
+    print(f"lab: the guest console's last {min(n, len(lines))} lines ({path}):", file=sys.stderr)
+    for line in lines[-n:]:
+        print(f"lab: # {line}", file=sys.stderr)
+
+
 def _mem_mib(memory: str) -> int:
     m = re.fullmatch(r"(\d+)([MG]?)", memory.strip().upper())
     if not m:
@@ -226,24 +442,29 @@ def _mem_mib(memory: str) -> int:
     return n * 1024 if m.group(2) == "G" else n
 
 
-def _pump(src, dst) -> None:
-    """Copy the VM's output as it comes (raw bytes, flushed)."""
+def _pump(src, dst, log=None) -> None:
+    """Copy the VM's output as it comes (raw bytes, flushed), and into ``log``."""
     out = getattr(dst, "buffer", dst)
     for chunk in iter(lambda: src.read1(65536), b""):
-        try:
-            out.write(chunk)
-            out.flush()
-        except (OSError, ValueError):
-            pass
+        for f in (out, log):
+            if f is None:
+                continue
+            try:
+                f.write(chunk)
+                f.flush()
+            except (OSError, ValueError):
+                pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop the VM's session: SIGTERM, then SIGKILL for whatever is left of it."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=5)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

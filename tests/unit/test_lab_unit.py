@@ -1,6 +1,7 @@
 """The lab's host-side logic, without booting anything."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -64,19 +65,71 @@ def _fake_vm(tmp_path, monkeypatch, script: str):
     return img
 
 
-def test_vm_that_dies_is_a_failure(tmp_path, monkeypatch):
-    """A guest that never writes result.json is reported as dead (exit 125), never as a pass."""
-    img = _fake_vm(tmp_path, monkeypatch, "exit 0\n")
+# A fake vng finds the run directory the way the guest does: the first --rwdir.
+_RD = 'while [ $# -gt 0 ]; do [ "$1" = --rwdir ] && { RD=$2; break; }; shift; done\n'
+
+
+def _attempts(stderr: str) -> list[dict]:
+    rd = re.search(r"see (/\S+mmntrace-lab-\w+)", stderr).group(1)
+    return json.loads(Path(rd, lab.ATTEMPTS).read_text())
+
+
+def test_vm_that_dies_before_the_command_is_booted_again_then_fails(tmp_path, monkeypatch):
+    """A guest that never starts the command is retried up to --boot-attempts, then reported dead (125)."""
+    img = _fake_vm(tmp_path, monkeypatch, _RD + "echo qemu-says-bye >&2; exit 255\n")
+    r = CliRunner().invoke(main, ["lab", "--kernel", str(img), "--boot-attempts", "3", "--", "true"])
+    assert r.exit_code == 125
+    assert "before the command started in all 3 boot(s)" in r.stderr
+    assert r.stderr.count("booting again") == 2
+    att = _attempts(r.stderr)
+    assert [(a["n"], a["outcome"], a["status"]) for a in att] == [(i, "died-early", 255) for i in (1, 2, 3)]
+    rd = Path(re.search(r"see (/\S+mmntrace-lab-\w+)", r.stderr).group(1))
+    assert all((rd / f"attempt-{i}.stderr").read_text() == "qemu-says-bye\n" for i in (1, 2, 3))
+
+
+def test_vm_that_dies_after_the_command_started_is_not_retried(tmp_path, monkeypatch):
+    img = _fake_vm(tmp_path, monkeypatch, _RD + 'touch "$RD/started"; exit 255\n')
     r = CliRunner().invoke(main, ["lab", "--kernel", str(img), "--", "true"])
     assert r.exit_code == 125
-    assert "before the command finished" in r.output
+    assert "before the command finished" in r.stderr and "booting again" not in r.stderr
+    assert [a["outcome"] for a in _attempts(r.stderr)] == ["died"]
+
+
+def test_early_death_then_a_good_boot_passes(tmp_path, monkeypatch):
+    """The second boot's result is the run's result; the lost boot is kept aside."""
+    count = tmp_path / "boots"
+    img = _fake_vm(tmp_path, monkeypatch, _RD + f"""echo x >> {count}
+if [ $(wc -l < {count}) = 1 ]; then echo lost > "$RD/kmsg.log"; exit 255; fi
+touch "$RD/started"
+echo '{{"returncode": 7, "dmesg_problems": [], "dmesg_expected": [], "boot_s": 1.0}}' > "$RD/result.json"
+""")
+    r = CliRunner().invoke(main, ["lab", "--kernel", str(img), "--", "true"])
+    assert r.exit_code == 7, r.output
+    line = [ln for ln in r.stderr.splitlines() if "booting again" in ln]
+    assert len(line) == 1 and "exited (status 255) before the command started" in line[0]
+    rd = Path(re.search(r"kept in (/\S+mmntrace-lab-\w+)", line[0]).group(1))
+    att = json.loads((rd / lab.ATTEMPTS).read_text())
+    assert [a["outcome"] for a in att] == ["died-early", "finished"] and att[1]["started_s"] is not None
+    assert (rd / "attempt-1.kmsg.log").read_text() == "lost\n"
+
+
+def test_vm_that_hangs_in_boot_is_killed_and_booted_again(tmp_path, monkeypatch):
+    import time
+    img = _fake_vm(tmp_path, monkeypatch, _RD + "exec sleep 60\n")
+    t0 = time.monotonic()
+    r = CliRunner().invoke(main, ["lab", "--kernel", str(img), "--boot-timeout", "1",
+                                  "--boot-attempts", "2", "--", "true"])
+    assert r.exit_code == 125 and time.monotonic() - t0 < 30
+    assert "did not reach the command within 1 s" in r.stderr
+    assert [(a["outcome"], a["status"]) for a in _attempts(r.stderr)] == [("hung-early", None)] * 2
 
 
 def test_vm_timeout_is_a_failure(tmp_path, monkeypatch):
-    img = _fake_vm(tmp_path, monkeypatch, "sleep 30\n")
+    img = _fake_vm(tmp_path, monkeypatch, _RD + 'touch "$RD/started"; sleep 30\n')
     r = CliRunner().invoke(main, ["lab", "--kernel", str(img), "--timeout", "1", "--", "true"])
     assert r.exit_code == 124
     assert "did not finish within 1 s" in r.output
+    assert [a["outcome"] for a in _attempts(r.stderr)] == ["timeout"]
 
 
 def test_guest_result_carries_exit_code_and_dmesg(tmp_path, monkeypatch):
@@ -130,6 +183,39 @@ def test_sigterm_takes_the_vm_down(tmp_path):
         os.kill(vm, 0)
 
 
+def test_sigkill_does_not_orphan_the_vm(tmp_path):
+    """SIGKILL (CI time limits, subprocess.run(timeout=...)) gives us no chance to clean up:
+    the guard process takes the VM's session down."""
+    import os, signal, subprocess, sys, time
+    pidfile = tmp_path / "vm.pid"
+    fake_vng = tmp_path / "vng"
+    # a child in the VM's session, as QEMU is virtme-ng's child
+    fake_vng.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {pidfile}\nwait\n")
+    fake_vng.chmod(0o755)
+    img = tmp_path / "vmlinuz-1.0"
+    img.write_bytes(b"x")
+    code = ("import sys; from mmntrace import lab, cli; v = sys.argv[1]; lab._vng = lambda: v; "
+            "sys.argv = ['mmntrace', 'lab', '--kernel', sys.argv[2], '--', 'true']; cli.main()")
+    p = subprocess.Popen([sys.executable, "-c", code, str(fake_vng), str(img)], stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.1)
+    vm = int(pidfile.read_text())
+    os.kill(vm, 0)
+    p.kill()
+    p.wait()
+    for _ in range(50):
+        try:
+            os.kill(vm, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(vm, signal.SIGKILL)
+        raise AssertionError("the VM outlived a SIGKILLed `mmntrace lab`")
+
+
 def test_kmsg_lines_format_like_dmesg():
     rec = b"6,120,1234567,-;rcu: \\x09RCU restricting CPUs\n SUBSYSTEM=cpu\n"
     assert guest.kmsg_lines(rec) == ["[    1.234567] rcu: \tRCU restricting CPUs"]
@@ -138,7 +224,7 @@ def test_kmsg_lines_format_like_dmesg():
 
 def test_dead_vm_prints_the_guest_kernel_log_tail(tmp_path, monkeypatch):
     """What the guest's kernel said before it died reaches the user (the guest copies it to kmsg.log)."""
-    img = _fake_vm(tmp_path, monkeypatch, "exit 0\n")
+    img = _fake_vm(tmp_path, monkeypatch, _RD + 'touch "$RD/started"; exit 0\n')
     real_mkdtemp = lab.tempfile.mkdtemp
 
     def mkdtemp(prefix):
