@@ -55,7 +55,11 @@ build/bench/notifier_bench: bench/notifier_bench.c tests/kmod/mmnt_test_uapi.h
 	@mkdir -p build/bench
 	cc -O2 -Wall -o $@ bench/notifier_bench.c
 
-bench: setup kmod build/bench/notifier_bench
+build/bench/ambient_bench: bench/ambient_bench.c
+	@mkdir -p build/bench
+	cc -O2 -Wall -o $@ bench/ambient_bench.c
+
+bench: setup kmod build/bench/notifier_bench build/bench/ambient_bench
 	@rm -rf $(BENCH_DIR); mkdir -p $(BENCH_DIR)
 	@echo "== host: decode throughput, then report over a large recording"
 	$(PY) bench/decode_bench.py --json-out $(BENCH_DIR)/decode.json \

@@ -47,11 +47,19 @@ sys.path.insert(0, str(ROOT))
 from mmntrace import kernel  # noqa: E402
 
 BENCH_BIN = ROOT / "build" / "bench" / "notifier_bench"
-SIZES = {"full": dict(rounds=800, pages=64, reps=5, sweep_s=2.0, sweep=(2, 4, 8, 16, 32, 64, 128)),
-         "tiny": dict(rounds=20, pages=16, reps=1, sweep_s=0.3, sweep=(2, 8))}
+SIZES = {"full": dict(rounds=800, pages=64, reps=5, sweep_s=2.0, sweep=(2, 4, 8, 16, 32, 64, 128),
+                     ambient={"pipe": 20000, "open": 20000, "alloc": 5000}),
+         # quick: a change's effect in a few minutes (one kernel, a subset of --tools)
+         "quick": dict(rounds=300, pages=64, reps=2, sweep_s=1.0, sweep=(2, 8, 32),
+                       ambient={"pipe": 5000, "open": 5000, "alloc": 1500}),
+         "tiny": dict(rounds=20, pages=16, reps=1, sweep_s=0.3, sweep=(2, 8),
+                      ambient={"pipe": 1000, "open": 1000, "alloc": 300})}
+AMBIENT_BIN = ROOT / "build" / "bench" / "ambient_bench"
+#: the driver callback whose latency is compared with a peer's (observer effect)
+PEER_CALLBACK = "kvm_mmu_notifier_invalidate_range_start"
 SETTLE_S = 3.0
 TOOLS = ["mmntrace-kprobe", "mmntrace-fentry", "mmntrace-agg-kprobe", "mmntrace-agg-fentry",
-         "funclatency", "bpftrace"]
+         "funclatency", "funclatency-callback", "bpftrace"]
 STREAMING = ("mmntrace-kprobe", "mmntrace-fentry")
 HOOK_IDS = (kernel.HOOK_START, kernel.HOOK_END, kernel.HOOK_SECONDARY_TLB)
 
@@ -66,6 +74,88 @@ def run_workload(size: dict, *extra: str) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"notifier_bench failed: {out.stderr.strip()}")
     return json.loads(out.stdout)
+
+
+def run_ambient(size: dict) -> dict:
+    """Each ambient workload once (paths that never reach a notifier): mode -> seconds."""
+    out = {}
+    for mode, ops in size["ambient"].items():
+        r = subprocess.run([str(AMBIENT_BIN), mode, str(ops)], capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            raise RuntimeError(f"ambient_bench {mode} failed: {r.stderr.strip()}")
+        out[mode] = json.loads(r.stdout)["seconds"]
+    return out
+
+
+def parse_log2_hists(text: str) -> dict[str, dict[int, int]]:
+    """funclatency -F output: function -> {log2 slot: count} (its rows read
+    "lo -> hi : count", lo = 2**slot, slot 0 covering 0 -> 1)."""
+    out: dict[str, dict[int, int]] = {}
+    cur = None
+    for line in text.splitlines():
+        t = line.strip()
+        if t.startswith("Function = "):
+            cur = out.setdefault(t.split("=", 1)[1].strip().split()[0], {})
+        elif cur is not None and "->" in t and ":" in t:
+            lo = int(t.split("->")[0])
+            n = int(t.split(":")[1].split()[0])
+            if n:
+                cur[max(0, lo.bit_length() - 1) if lo else 0] = n
+    return out
+
+
+def hist_median(h: dict[int, int]) -> float | None:
+    """The median of a log2 histogram, linear inside its bucket [2**s, 2**(s+1))
+    (the same estimate for every tool, so that they compare)."""
+    total = sum(h.values())
+    if not total:
+        return None
+    half, seen = total / 2, 0
+    for s in sorted(h):
+        if seen + h[s] >= half:
+            lo = 0 if s == 0 else 2 ** s
+            return lo + (2 ** (s + 1) - lo) * (half - seen) / h[s]
+        seen += h[s]
+    return None
+
+
+def bpf_progs() -> dict[int, dict]:
+    """Every loaded BPF program: id -> name, type, run_cnt, run_time_ns (bpftool)."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True)
+    try:
+        progs = json.loads(out.stdout or "[]")
+    except ValueError:
+        return {}
+    return {p["id"]: {"name": p.get("name", "?"), "type": p.get("type"), "run_cnt": p.get("run_cnt", 0),
+                      "run_time_ns": p.get("run_time_ns", 0)} for p in progs}
+
+
+def prog_costs(before: dict[int, dict], after: dict[int, dict]) -> list[dict]:
+    """In-kernel cost of each program that ran between two snapshots
+    (kernel.bpf_stats_enabled): runs and ns per run, costliest first."""
+    out = []
+    for pid, p in after.items():
+        b = before.get(pid, {"run_cnt": 0, "run_time_ns": 0})
+        n, t = p["run_cnt"] - b["run_cnt"], p["run_time_ns"] - b["run_time_ns"]
+        if n > 0:
+            out.append({"name": p["name"], "type": p["type"], "run_cnt": n, "run_time_ns": t,
+                        "ns_per_run": round(t / n, 1)})
+    return sorted(out, key=lambda x: -x["run_time_ns"])
+
+
+STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+def stats_run(size: dict) -> list[dict]:
+    """One more run, untimed, with kernel.bpf_stats_enabled (it adds two clock
+    reads to every program run, so the timed runs go without it)."""
+    STATS.write_text("1")
+    try:
+        p0 = bpf_progs()
+        run_workload(size)
+        return prog_costs(p0, bpf_progs())
+    finally:
+        STATS.write_text("0")
 
 
 def vm_hwm_kib(pid: int) -> int | None:
@@ -94,9 +184,10 @@ class Tool:
             a = [sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(self.rec),
                  "--ready-file", str(self.work / f"{n}.ready"), "--backend", backend]
             return a + (["--aggregate"] if "-agg-" in n else [])
-        if n == "funclatency":
+        if n.startswith("funclatency"):
             exe = shutil.which("funclatency-bpfcc") or "/usr/sbin/funclatency-bpfcc"
-            return [exe, "-F", "-r", "^(" + "|".join(self.syms) + ")$"]
+            syms = [PEER_CALLBACK] if n == "funclatency-callback" else self.syms
+            return [exe, "-F", "-r", "^(" + "|".join(syms) + ")$"]
         if n == "bpftrace":
             prog = ['BEGIN { printf("READY\\n"); }']
             for i, s in enumerate(self.syms):
@@ -110,7 +201,7 @@ class Tool:
         if self.name.startswith("mmntrace"):
             return (self.work / f"{self.name}.ready").exists()
         text = self.logf.read_text(errors="replace")
-        return ("Tracing" in text) if self.name == "funclatency" else ("READY" in text)
+        return ("Tracing" in text) if self.name.startswith("funclatency") else ("READY" in text)
 
     def start(self, timeout: float = 300) -> float:
         t0 = time.monotonic()
@@ -182,7 +273,27 @@ class Tool:
                 out["events"] = sum(t["count"] for t in m.get("totals", []))
             out["drops"] = (m.get("drops") or {}).get("total")
             out["status"] = m.get("status")
+        out["medians_ns"] = self.medians()
         return out
+
+    def medians(self) -> dict[str, float]:
+        """Median latency per traced function (log2 histograms, interpolated
+        alike for every tool): the observer effect's figures."""
+        if self.name.startswith("funclatency"):
+            hists = parse_log2_hists(self.logf.read_text(errors="replace"))
+        elif "-agg-" in self.name and (self.rec / "hist.parquet").exists():
+            import pandas as pd
+            h = pd.read_parquet(self.rec / "hist.parquet")
+            hists = {}
+            hook_sym = {name: sym for _hid, sym, name in kernel.probe().hooks}
+            for (hook, cb), g in h.groupby([h["hook"], h["callback"].fillna("")]):
+                key = cb.split(" ")[0] if cb else hook_sym.get(hook, hook)
+                d = hists.setdefault(key, {})
+                for slot, n in g.groupby("slot")["count"].sum().items():
+                    d[int(slot)] = d.get(int(slot), 0) + int(n)
+        else:
+            return {}
+        return {f: round(m, 1) for f, h in hists.items() if (m := hist_median(h)) is not None}
 
 
 def main() -> int:
@@ -193,12 +304,15 @@ def main() -> int:
                     help="comma-separated subset (default: all; tiny: one of each kind, to check the pipeline)")
     a = ap.parse_args()
     size = SIZES[a.size]
-    if not BENCH_BIN.exists():
-        log(f"{BENCH_BIN} is missing: run `make bench` (it compiles bench/notifier_bench.c)")
-        return 2
+    for b in (BENCH_BIN, AMBIENT_BIN):
+        if not b.exists():
+            log(f"{b} is missing: run `make bench` (it compiles bench/*.c)")
+            return 2
     f = kernel.probe()
     syms = [sym for hid, sym, _n in f.hooks if hid in HOOK_IDS]
     default = TOOLS if a.size == "full" else ["mmntrace-kprobe", "mmntrace-agg-fentry", "funclatency", "bpftrace"]
+    if PEER_CALLBACK not in kernel.kallsyms():
+        default = [t for t in default if t != "funclatency-callback"]
     tools = [t for t in (a.tools.split(",") if a.tools else default) if t]
     if not f.fentry_possible:
         tools = [t for t in tools if not t.endswith("fentry")]
@@ -217,6 +331,7 @@ def main() -> int:
         block = []
         for _ in range(size["reps"]):
             block.append(run_workload(size))
+            block[-1]["ambient"] = run_ambient(size)
             progress(f"untraced {block[-1]['ops_per_s']:.0f} ops/s")
         res["untraced"].append(block)
         return block
@@ -231,7 +346,9 @@ def main() -> int:
         try:
             for _ in range(size["reps"]):
                 runs.append(run_workload(size))
+                runs[-1]["ambient"] = run_ambient(size)
                 progress(f"{name} {runs[-1]['ops_per_s']:.0f} ops/s")
+            costs = stats_run(size)
             sweep = None
             if name in STREAMING:
                 m0 = tool.meta_after(time.time())
@@ -253,7 +370,11 @@ def main() -> int:
                  "untraced_median_s": round(base, 6), "median_s": round(med, 6),
                  "slowdown": round(med / base, 4), "overhead": round(med / base - 1, 4),
                  "ns_per_hook_call": round((med - base) * 1e9 / calls, 1) if calls else None,
-                 "hook_calls_per_run": calls}
+                 "hook_calls_per_run": calls, "bpf_progs": costs,
+                 # paths that never reach a notifier: traced / untraced median time - 1
+                 "ambient_tax": {m: round(statistics.median(r["ambient"][m] for r in runs)
+                                          / statistics.median(r["ambient"][m] for r in before + after) - 1, 4)
+                                 for m in size["ambient"]}}
         if "events" in st and busy > 0:
             entry["events_per_s"] = round(st["events"] / busy)
         if sweep is not None:
@@ -262,6 +383,11 @@ def main() -> int:
         before = after
         log(f"{name}: slowdown {entry['slowdown']:.3f}, {entry['ns_per_hook_call']} ns per hook call"
             + (f", {st.get('events')} events, {st.get('drops')} dropped" if "events" in st else ""))
+        log(f"{name}: ambient tax " + ", ".join(f"{m} {v * 100:+.1f} %" for m, v in entry["ambient_tax"].items())
+            + "; medians " + ", ".join(f"{k} {v:.0f} ns" for k, v in sorted(st.get("medians_ns", {}).items())))
+        for c in costs[:12]:
+            log(f"{name}:   bpf {c['name']:<16} {c['type']:<14} {c['run_cnt']:>9} runs "
+                f"{c['ns_per_run']:>8.0f} ns/run {c['run_time_ns'] / 1e6:>9.1f} ms")
     res["untraced_ops_per_s"] = round(statistics.median(r["ops_per_s"] for b in res["untraced"] for r in b), 1)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=1))

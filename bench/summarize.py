@@ -44,12 +44,60 @@ def goals(lab: dict) -> list[dict]:
         if k is not None and f is not None:
             out.append({"goal": f"{mode} fentry overhead <= 0.5 x kprobe's",
                         "value": round(f / k, 3) if k > 0 else None, "met": k > 0 and f <= 0.5 * k})
+    fl = t.get("funclatency", {})
+    for n, x in t.items():
+        # issue 12: the tax on paths that never reach a notifier, next to funclatency's
+        if not n.startswith("mmntrace") or "ambient_tax" not in x or "ambient_tax" not in fl:
+            continue
+        worst = max(x["ambient_tax"][m] - fl["ambient_tax"][m] for m in x["ambient_tax"])
+        out.append({"goal": f"{n} ambient tax <= funclatency's + 2 points (pipe, open, alloc)",
+                    "value": f"{worst * 100:+.1f} points", "met": worst <= 0.02})
+    for n, x in t.items():
+        # issue 12: latencies within 1.5x of a peer's for the same functions
+        r = observer_ratios(lab, n)
+        if r:
+            worst = max(r.values(), key=lambda v: abs(v - 1))
+            out.append({"goal": f"{n} median latencies within 1.5x of funclatency's (hooks, one callback)",
+                        "value": ", ".join(f"{k} {v:.2f}" for k, v in r.items()),
+                        "met": 1 / 1.5 <= worst <= 1.5})
     for n in ("mmntrace-kprobe", "mmntrace-fentry"):
         if n in t:
             out.append({"goal": f"{n} streaming loses no event at full rate (else: exact drops, and the limit)",
                         "value": f"{t[n].get('drops')} dropped; sustains {t[n].get('sustained_events_per_s')} events/s",
                         "met": t[n].get("drops") == 0})
     return out
+
+
+def observer_ratios(lab: dict, name: str) -> dict[str, float]:
+    """mmntrace's median latency / funclatency's, per function both timed
+    (the hooks from `funclatency`, the callback from `funclatency-callback`)."""
+    t = lab["tools"]
+    if not name.startswith("mmntrace-agg"):
+        return {}
+    mine = t[name].get("medians_ns") or {}
+    peer = {**(t.get("funclatency", {}).get("medians_ns") or {}),
+            **(t.get("funclatency-callback", {}).get("medians_ns") or {})}
+    return {f: round(mine[f] / peer[f], 3) for f in sorted(peer) if f in mine and peer[f]}
+
+
+def ambient_table(lab: dict) -> str:
+    modes = next((list(x["ambient_tax"]) for x in lab["tools"].values() if "ambient_tax" in x), [])
+    if not modes:
+        return ""
+    rows = ["| tool | " + " | ".join(f"{m} tax" for m in modes) + " |", "|---|" + "---:|" * len(modes)]
+    for n, x in lab["tools"].items():
+        if "ambient_tax" in x:
+            rows.append(f"| {n} | " + " | ".join(f"{x['ambient_tax'][m] * 100:+.1f} %" for m in modes) + " |")
+    return "\n".join(rows)
+
+
+def prog_table(lab: dict) -> str:
+    rows = ["| tool | BPF program | type | runs | ns per run | total ms |", "|---|---|---|---:|---:|---:|"]
+    for n, x in lab["tools"].items():
+        for c in (x.get("bpf_progs") or [])[:8]:
+            rows.append(f"| {n} | {c['name']} | {c['type']} | {c['run_cnt']:,} | {c['ns_per_run']:,.0f} | "
+                        f"{c['run_time_ns'] / 1e6:,.1f} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
 
 
 def ns_per_invocation(t: dict, reps: int) -> float | None:
@@ -112,6 +160,24 @@ def main() -> int:
                f"zero-page reads, COW writes, mprotect flips, MADV_DONTNEED), median of {lab['reps']} run(s) per tool; "
                f"hook functions for the peers: {', '.join('`' + s + '`' for s in lab['hook_functions'])}.", "",
                table(lab), ""]
+        amb = ambient_table(lab)
+        if amb:
+            md += ["Ambient tax: the same tools on paths that never reach a notifier "
+                   "(`ambient_bench`: pipe ping-pong, open+fstat+close of /dev/null, mmap+fault+munmap), "
+                   "traced median time / untraced median time - 1.", "", amb, ""]
+        obs = {n: observer_ratios(lab, n) for n in lab["tools"]}
+        obs = {n: r for n, r in obs.items() if r}
+        if obs:
+            md += ["Observer effect: the median latency each mmntrace mode reports for a function, "
+                   "over funclatency's median for the same function in the same boot (log2 histograms "
+                   "interpolated alike).", "", "| tool | " + " | ".join(next(iter(obs.values()))) + " |",
+                   "|---|" + "---:|" * len(next(iter(obs.values())))]
+            md += [f"| {n} | " + " | ".join(f"{v:.2f}" for v in r.values()) + " |" for n, r in obs.items()]
+            md.append("")
+        pt = prog_table(lab)
+        if pt:
+            md += ["In-kernel cost of each BPF program (one extra run with `kernel.bpf_stats_enabled`; "
+                   "costliest first, at most 8 per tool).", "", pt, ""]
         g = res["goals"][lab["kernel"]]
         if g:
             md += ["| goal | value | met |", "|---|---:|---|"]

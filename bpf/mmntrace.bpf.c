@@ -12,18 +12,29 @@
  *   MMNT_GFP_DIRECT_RECLAIM                   __GFP_DIRECT_RECLAIM value (BTF or header)
  *   MMNT_AGGREGATE                            durations into in-kernel histograms
  *   MMNT_BTF_LAYOUT, MMNT_L_*                 struct layouts from BTF (else the headers give them)
+ *   MMNT_TASK_STORAGE                         per-task state in task-local storage (else a hash)
+ *   MMNT_SAMPLING                             the daemon's 1-in-N sampling
+ *
+ * The parts, by concern: mmntrace.h (the one record layout, shared with
+ * Python), state.h (per-call state), context.h (preempt count, IRQs, range,
+ * the rules), discovery.h (subscribers' ops tables), hist.h (--aggregate),
+ * sleep.h (sleeps in must-not-sleep sections); this file has the transport,
+ * stacks and the programs. tracer.bpf_text() pastes the parts in where they
+ * are included: bcc rewrites map calls in its main text only.
  *
  * Programs (attached by user space):
  *   hk_entry_N / hk_return_N   kprobe/kretprobe on hook N's kernel entry point
  *   cb_entry / cb_return       every discovered driver op (cb_info gives its hook)
+ *   cbf_entry / cbf_exit       the same as fentry/fexit, loaded per callback by
+ *                              mmntrace/bpfsys.py (bcc 0.26 binds trampolines
+ *                              to vmlinux functions only, by name)
  *   ms_entry                   might-sleep functions; sched_switch tracepoint
  *   reg_*                      (un)registration, ops discovery
  *   calib_entry                getppid, to measure the probe's own preempt_count
  *
  * With the fentry backend tracer.py appends KFUNC_PROBE/KRETFUNC_PROBE programs
  * for each hook, might-sleep function and getppid (vmlinux functions that
- * have BTF) which call the same bodies. Driver callbacks live in modules,
- * and bcc 0.26 binds trampolines to vmlinux BTF only: they stay kprobes.
+ * have BTF) which call the same bodies.
  */
 #include <uapi/linux/ptrace.h>
 #ifndef MMNT_BTF_LAYOUT
@@ -148,54 +159,13 @@ static __always_inline s32 get_stack_id(void *ctx)
 	return id ? *id : -3;		/* -3: the map is full */
 }
 
-struct hstate {				/* a hook in progress, per tid */
-	u64 ts, mm, start, end, seq;
-	s32 event, stack_id;
-	u32 pc;
-	u8 hook, flags, pad[2];
-};
-BPF_HASH(hook_state, u32, struct hstate, 10240);
-
-struct cstate {				/* a callback in progress, per tid */
-	u64 ts, mm, start, end, seq, func;
-	s32 event, stack_id;
-	u32 pc;
-	u8 hook, flags, pad[2];
-};
-BPF_HASH(cb_state, u32, struct cstate, 10240);
-
 struct cbinfo {
 	u64 func;			/* canonical function address */
 	u32 hook;			/* enum mmnt_hook; sleepers: gfp arg index (0 = always) */
-	u32 pad;
+	u32 series;			/* callbacks: histogram series (MMNT_NR_HOOKS + n) */
 };
-BPF_HASH(cb_info, u64, struct cbinfo, 4096);	/* probe address (addr, addr+4) -> op */
-BPF_HASH(sleeper_info, u64, struct cbinfo, 256);	/* might-sleep function -> gfp arg */
-BPF_HASH(seen_ops, u64, u8, 4096);		/* ops tables already reported */
-BPF_TABLE("lru_hash", u64, u8, seen_mm, 4096);		/* mms whose subscriptions were walked */
-BPF_ARRAY(nosleep, s64, 1);			/* must-not-sleep sections active, all CPUs */
-/* Calibration, per mechanism (a kprobe handler runs with preemption off, a
- * trampoline need not): [base+0] preempt offset, [+1] lowest raw seen,
- * [+2] hits, [+3] hits with IRQs off; base CALIB_KPROBE or CALIB_FENTRY. */
-#define CALIB_KPROBE 0
-#define CALIB_FENTRY 4
-BPF_ARRAY(calib, u32, 8);
-BPF_PERCPU_ARRAY(seqs, u64, 1);
 BPF_ARRAY(sampling, u32, 1);			/* trace 1 hook invocation in N (0, 1: all) */
 BPF_PERCPU_ARRAY(sample_ctr, u64, 1);
-
-#ifdef MMNT_AGGREGATE
-struct tot_key {
-	u64 func;
-	u32 hook;
-	s32 event;
-};
-struct tot_val {
-	u64 count, sum_ns;
-};
-BPF_HASH(hist, struct mmnt_hist_key, u64, 16384);
-BPF_HASH(totals, struct tot_key, struct tot_val, 4096);
-#endif
 
 /* ---- helpers -------------------------------------------------------------- */
 
@@ -238,93 +208,8 @@ static __always_inline bool pass_filter(u32 tgid)
 	return true;
 }
 
-static __always_inline u64 next_seq(void)
-{
-	u32 z = 0;
-	u64 *p = seqs.lookup(&z);
-	u64 n = 0;
-	if (p)
-		n = ++(*p);
-	return ((u64)bpf_get_smp_processor_id() << 48) | n;
-}
-
-static __always_inline void nosleep_add(s64 v)
-{
-	u32 z = 0;
-	s64 *p = nosleep.lookup(&z);
-	if (p)
-		__sync_fetch_and_add(p, v);
-}
-
-/* Raw preempt_count of this CPU, masked; returns false if unreadable. */
-static __always_inline bool read_pc(u32 *out)
-{
-#if MMNT_PC_ADDR && MMNT_PCPU_OFF_ADDR
-	u64 base = 0;
-	u32 raw = 0;
-	u64 cpu = bpf_get_smp_processor_id();
-	if (bpf_probe_read_kernel(&base, sizeof(base), (void *)(MMNT_PCPU_OFF_ADDR + cpu * 8)))
-		return false;
-	if (bpf_probe_read_kernel(&raw, sizeof(raw), (void *)(base + (u64)MMNT_PC_ADDR)))
-		return false;
-	*out = raw & MMNT_PC_MASK;
-	return true;
-#else
-	return false;
-#endif
-}
-
-/* IRQ state at entry: 1 disabled, 0 enabled, -1 unknown (fentry: no saved flags). */
-#define KP_IRQS_OFF(ctx) (!((ctx)->flags & X86_EFLAGS_IF))
-#define IRQS_UNKNOWN (-1)
-
-/* preempt_count (calibrated) and IRQ state at entry, into pc/flags. */
-static __always_inline void entry_context(int irqs_off, u32 *pc, u8 *flags)
-{
-	/* only fentry programs cannot see the IRQ state */
-	u32 raw = 0, z = irqs_off < 0 ? CALIB_FENTRY : CALIB_KPROBE;
-	if (read_pc(&raw)) {
-		u32 *off = calib.lookup(&z);
-		u32 o = off ? *off : 0;
-		*pc = raw >= o ? raw - o : 0;
-		if (*pc)
-			*flags |= MMNT_FL_ATOMIC;
-	} else {
-		*flags |= MMNT_FL_PC_UNKNOWN;
-	}
-	if (irqs_off < 0)
-		*flags |= MMNT_FL_IRQ_UNKNOWN;
-	else if (irqs_off)
-		*flags |= MMNT_FL_IRQS_OFF;
-}
-
-/* Copy range fields; sets event and the blockable flag. */
-static __always_inline void read_range(u64 range, u64 *mm, u64 *start, u64 *end, s32 *event, u8 *flags)
-{
-	union { u8 b[64]; u64 q[8]; } r = {};
-	if (bpf_probe_read_kernel(&r, MMNT_L_RANGE_SIZE < sizeof(r) ? MMNT_L_RANGE_SIZE : sizeof(r), (void *)range))
-		return;
-	*mm = *(u64 *)&r.b[MMNT_L_RANGE_MM];
-	*start = *(u64 *)&r.b[MMNT_L_RANGE_START];
-	*end = *(u64 *)&r.b[MMNT_L_RANGE_END];
-	*event = *(s32 *)&r.b[MMNT_L_RANGE_EVENT];
-	if (!(*(u32 *)&r.b[MMNT_L_RANGE_FLAGS] & MMU_NOTIFIER_RANGE_BLOCKABLE))
-		*flags &= ~MMNT_FL_BLOCKABLE;
-}
-
-static __always_inline bool hook_forbids_sleep(u32 hook, u8 flags)
-{
-	if (hook == MMNT_HOOK_SECONDARY_TLB || hook == MMNT_HOOK_CHANGE_PTE ||
-	    hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG || hook == MMNT_HOOK_CLEAR_YOUNG ||
-	    hook == MMNT_HOOK_TEST_YOUNG)
-		return true;
-	if (flags & (MMNT_FL_ATOMIC | MMNT_FL_IRQS_OFF))
-		return true;
-	if ((hook == MMNT_HOOK_START || hook == MMNT_HOOK_END || hook == MMNT_HOOK_INTERVAL) &&
-	    !(flags & MMNT_FL_BLOCKABLE))
-		return true;
-	return false;
-}
+#include "state.h"
+#include "context.h"
 
 static __always_inline void fill_common(struct mmnt_record *r, u8 type)
 {
@@ -336,131 +221,17 @@ static __always_inline void fill_common(struct mmnt_record *r, u8 type)
 	bpf_get_current_comm(&r->comm, sizeof(r->comm));
 }
 
-/* ---- discovery ------------------------------------------------------------ */
-
-/* Hook of the ops-table slot at byte offset off, -1 if not an op we know. */
-static __always_inline int op_hook_at(u32 off)
-{
-	if (off == MMNT_L_OPS_release)
-		return MMNT_HOOK_RELEASE;
-	if (off == MMNT_L_OPS_clear_flush_young)
-		return MMNT_HOOK_CLEAR_FLUSH_YOUNG;
-	if (off == MMNT_L_OPS_clear_young)
-		return MMNT_HOOK_CLEAR_YOUNG;
-	if (off == MMNT_L_OPS_test_young)
-		return MMNT_HOOK_TEST_YOUNG;
-	if (off == MMNT_L_OPS_invalidate_range_start)
-		return MMNT_HOOK_START;
-	if (off == MMNT_L_OPS_invalidate_range_end)
-		return MMNT_HOOK_END;
-#ifdef MMNT_HAVE_OP_INVALIDATE_RANGE
-	if (off == MMNT_L_OPS_invalidate_range)
-		return MMNT_HOOK_SECONDARY_TLB;
-#endif
-#ifdef MMNT_HAVE_OP_ARCH_SECONDARY
-	if (off == MMNT_L_OPS_arch_invalidate_secondary_tlbs)
-		return MMNT_HOOK_SECONDARY_TLB;
-#endif
-#ifdef MMNT_HAVE_OP_CHANGE_PTE
-	if (off == MMNT_L_OPS_change_pte)
-		return MMNT_HOOK_CHANGE_PTE;
-#endif
-	return -1;
-}
-
-/* One OPS record per implemented op of an mmu_notifier_ops table (once per table). */
-static __always_inline void emit_ops(void *ctx, u64 ops, u64 mm)
-{
-	u8 one = 1;
-	u64 slots[MMNT_OPS_SLOTS] = {};
-	u32 n = MMNT_L_OPS_SIZE / 8;
-	struct mmnt_record r = {};
-
-	if (!ops || seen_ops.insert(&ops, &one) != 0)
-		return;
-	if (n > MMNT_OPS_SLOTS)
-		n = MMNT_OPS_SLOTS;
-	if (bpf_probe_read_kernel(&slots, MMNT_L_OPS_SIZE < sizeof(slots) ?
-				  MMNT_L_OPS_SIZE : sizeof(slots), (void *)ops))
-		return;
-	fill_common(&r, MMNT_REC_OPS);
-	r.event = -1;
-	r.stack_id = -1;
-	r.mm = mm;
-	r.addr = ops;
-	r.ts_ns = bpf_ktime_get_ns();
-	r.kind = n;
-/* a bounded loop, not unrolled: unrolled, the walk (subscriptions x ops
-	 * slots) was copied into every hook program and doubled the compile time */
-#pragma clang loop unroll(disable)
-	for (u32 i = 0; i < MMNT_OPS_SLOTS; i++) {
-		if (i >= n)
-			break;
-		int h = op_hook_at(i * 8);
-		if (h < 0 || !slots[i])
-			continue;
-		r.hook = h;
-		r.func = slots[i];
-		emit(ctx, &r);
-	}
-}
-
-static __always_inline void emit_interval_ops(void *ctx, u64 ops, u64 mm)
-{
-	u8 one = 1;
-	u64 invalidate = 0;
-	struct mmnt_record r = {};
-
-	if (!ops || seen_ops.insert(&ops, &one) != 0)
-		return;
-	if (bpf_probe_read_kernel(&invalidate, sizeof(invalidate), (void *)(ops + MMNT_L_IOPS_INVALIDATE)) || !invalidate)
-		return;
-	fill_common(&r, MMNT_REC_OPS);
-	r.event = -1;
-	r.stack_id = -1;
-	r.mm = mm;
-	r.addr = ops;
-	r.ts_ns = bpf_ktime_get_ns();
-	r.kind = 1;
-	r.hook = MMNT_HOOK_INTERVAL;
-	r.func = invalidate;
-	emit(ctx, &r);
-}
-
-/* Walk mm->notifier_subscriptions->list once per mm (bounded). */
-static __always_inline void walk_subs(void *ctx, u64 mm)
-{
-#if MMNT_SUBS_LIST_OFF >= 0
-	u8 one = 1;
-	u64 subs = 0, node = 0;
-
-	if (!mm || seen_mm.lookup(&mm))
-		return;
-	seen_mm.update(&mm, &one);
-	if (bpf_probe_read_kernel(&subs, sizeof(subs),
-				  (void *)(mm + MMNT_L_MM_SUBS)) || !subs)
-		return;
-	if (bpf_probe_read_kernel(&node, sizeof(node), (void *)(subs + MMNT_SUBS_LIST_OFF)))
-		return;
-#pragma clang loop unroll(disable)
-	for (int i = 0; i < MMNT_MAX_SUBS; i++) {
-		u64 ops = 0;
-		if (!node)
-			break;
-		u64 sub = node - MMNT_L_SUB_HLIST;
-		bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(sub + MMNT_L_SUB_OPS));
-		emit_ops(ctx, ops, mm);
-		if (bpf_probe_read_kernel(&node, sizeof(node), (void *)node))
-			break;
-	}
-#endif
-}
+#include "discovery.h"
+#include "hist.h"
 
 /* ---- hooks ---------------------------------------------------------------- */
 
 /* The daemon's event budget: true when this hook invocation is not sampled. */
 static __always_inline bool sampled_out(void)
 {
+#ifndef MMNT_SAMPLING
+	return false;		/* only the daemon samples: record pays nothing for it */
+#endif
 	u32 z = 0;
 	u32 *n = sampling.lookup(&z);
 	u64 *c;
@@ -478,107 +249,99 @@ static __always_inline bool sampled_out(void)
  * programs that tracer.py generates per kernel function (bcc binds a
  * trampoline program to its target by name: kfunc__<symbol>) pass the
  * arguments they read from pt_regs or from the trampoline's u64 ctx[].
+ *
+ * What a duration covers: entry programs take the start time as their last
+ * step and return programs take the end time as their first, so a hook's or
+ * callback's own probe work is outside it. The work of the callback probes
+ * that fire inside a hook is measured by them (nested_ns) and taken off the
+ * hook's duration.
  */
 static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a3, int irqs_off)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = (u32)id;
-	struct hstate s = {};
 
 	if (!pass_filter(id >> 32))
 		return 0;
+	struct tstate *t = tstate_get(true);
+	if (!t)
+		return 0;
+	struct hstate *s = &t->h;
+	if (s->active && (s->flags & MMNT_FL_MUST_NOT_SLEEP))
+		nosleep_add(-1);	/* nested hook: the outer one is forgotten */
+	s->active = 1;
+	s->hook = hook;
+	s->nested_ns = 0;
 	if (sampled_out()) {
 		/* remembered, so that its callbacks are skipped too */
-		struct hstate *old = hook_state.lookup(&tid);
-		if (old && (old->flags & MMNT_FL_MUST_NOT_SLEEP))
-			nosleep_add(-1);
-		s.hook = hook;
-		s.flags = MMNT_FL_SKIP;
-		hook_state.update(&tid, &s);
+		s->flags = MMNT_FL_SKIP;
 		return 0;
 	}
-	s.ts = bpf_ktime_get_ns();
-	s.hook = hook;
-	s.event = -1;
-	s.flags = MMNT_FL_BLOCKABLE;
+	s->event = -1;
+	s->flags = MMNT_FL_BLOCKABLE;
+	s->mm = s->start = s->end = s->range = 0;
+	s->pc = 0;
 	if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END) {
-		read_range(a1, &s.mm, &s.start, &s.end, &s.event, &s.flags);
+		s->range = a1;
+		read_range(a1, &s->mm, &s->start, &s->end, &s->event, &s->flags);
 	} else if (hook == MMNT_HOOK_INTERVAL) {
-		read_range(a2, &s.mm, &s.start, &s.end, &s.event, &s.flags);
+		read_range(a2, &s->mm, &s->start, &s->end, &s->event, &s->flags);
 	} else if (hook == MMNT_HOOK_TEST_YOUNG || hook == MMNT_HOOK_CHANGE_PTE) {
-		s.mm = a1;
-		s.start = a2;
-		s.end = s.start + PAGE_SIZE;
+		s->mm = a1;
+		s->start = a2;
+		s->end = a2 + PAGE_SIZE;
 	} else if (hook == MMNT_HOOK_RELEASE) {
-		s.mm = a1;
+		s->mm = a1;
 	} else {
-		s.mm = a1;
-		s.start = a2;
-		s.end = a3;
+		s->mm = a1;
+		s->start = a2;
+		s->end = a3;
 	}
-	entry_context(irqs_off, &s.pc, &s.flags);
-	if (hook_forbids_sleep(hook, s.flags)) {
-		s.flags |= MMNT_FL_MUST_NOT_SLEEP;
+	entry_context(irqs_off, &s->pc, &s->flags);
+	if (hook_forbids_sleep(hook, s->flags)) {
+		s->flags |= MMNT_FL_MUST_NOT_SLEEP;
 		nosleep_add(1);
 	}
 #ifdef MMNT_AGGREGATE
-	s.stack_id = -1;	/* no hook record is sent: skip the unwind (the costliest step) */
+	s->stack_id = -1;	/* no hook record is sent: skip the unwind (the costliest step) */
 #else
-	s.stack_id = get_stack_id(ctx);
+	s->stack_id = get_stack_id(ctx);
 #endif
-	s.seq = next_seq();
-	walk_subs(ctx, s.mm);
-	struct hstate *old = hook_state.lookup(&tid);
-	if (old && (old->flags & MMNT_FL_MUST_NOT_SLEEP))
-		nosleep_add(-1);	/* nested hook: the outer one is forgotten */
-	hook_state.update(&tid, &s);
+	s->seq = next_seq();
+	u32 z = 0;
+	u32 *gen = walk_gen.lookup(&z);
+	u32 g = gen ? *gen : 0;
+	if (s->mm != t->walked_mm || g != t->walked_gen) {	/* one LRU lookup per new mm, not per call */
+		walk_subs(ctx, s->mm);
+		t->walked_mm = s->mm;
+		t->walked_gen = g;
+	}
+	s->ts = bpf_ktime_get_ns();	/* last: our own work above is not the hook's */
 	return 0;
 }
 
-#ifdef MMNT_AGGREGATE
-static __always_inline void aggregate(u64 func, u32 hook, s32 event, u64 dur)
-{
-	struct mmnt_hist_key k = {};
-	struct tot_key t = {};
-	struct tot_val zero = {}, *tv;
-	u32 slot = bpf_log2l(dur);
-
-	if (slot >= MMNT_NR_SLOTS)
-		slot = MMNT_NR_SLOTS - 1;
-	k.func = func;
-	k.hook = hook;
-	k.event = event;
-	k.slot = slot;
-	hist.increment(k);
-	t.func = func;
-	t.hook = hook;
-	t.event = event;
-	tv = totals.lookup_or_try_init(&t, &zero);
-	if (tv) {
-		__sync_fetch_and_add(&tv->count, 1);
-		__sync_fetch_and_add(&tv->sum_ns, dur);
-	}
-}
-#endif
-
 static __always_inline int hook_return(void *ctx, u32 hook, u64 rc)
 {
-	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct hstate *s = hook_state.lookup(&tid);
-	struct mmnt_record r = {};
+	u64 now = bpf_ktime_get_ns();	/* first: our own work below is not the hook's */
+	struct tstate *t = tstate_get(false);
 
-	if (!s || s->hook != hook)
+	if (!t)
 		return 0;
+	struct hstate *s = &t->h;
+	if (!s->active || s->hook != hook)
+		return 0;
+	s->active = 0;
 	if (s->flags & MMNT_FL_SKIP) {
-		hook_state.delete(&tid);
+		tstate_put(t);
 		return 0;
 	}
-	u64 now = bpf_ktime_get_ns();
+	u64 dur = now - s->ts;
+	dur = dur > s->nested_ns ? dur - s->nested_ns : 0;
 	if (s->flags & MMNT_FL_MUST_NOT_SLEEP)
 		nosleep_add(-1);
 #ifdef MMNT_AGGREGATE
-	aggregate(0, hook, s->event, now - s->ts);
+	aggregate(hook, s->event, dur);
 #else
+	struct mmnt_record r = {};
 	fill_common(&r, MMNT_REC_HOOK);
 	r.hook = hook;
 	r.flags = s->flags;
@@ -590,13 +353,13 @@ static __always_inline int hook_return(void *ctx, u32 hook, u64 rc)
 	r.stack_id = s->stack_id;
 	r.seq = s->seq;
 	r.ts_ns = s->ts;
-	r.dur_ns = now - s->ts;
+	r.dur_ns = dur;
 	r.mm = s->mm;
 	r.start = s->start;
 	r.end = s->end;
 	emit(ctx, &r);
 #endif
-	hook_state.delete(&tid);
+	tstate_put(t);
 	return 0;
 }
 
@@ -617,174 +380,152 @@ HOOK_PROGS(8)
 
 /* ---- driver callbacks ------------------------------------------------------- */
 
-int cb_entry(struct pt_regs *ctx)
+/*
+ * Two ways in: cb_entry/cb_return are a kprobe/kretprobe pair; cbf_entry and
+ * cbf_exit are fentry/fexit programs, which tracer.py loads for each module
+ * function through mmntrace/bpfsys.py (bcc 0.26 cannot bind a trampoline to
+ * a module function). Both call the bodies below with the op's arguments
+ * (a2 .. a4: its second to fourth; the first is the subscription).
+ */
+static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 a3, u64 a4, int irqs_off)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = (u32)id;
-	u64 ip = bpf_get_func_ip(ctx);
 	struct cbinfo *ci = cb_info.lookup(&ip);
-	struct cstate c = {};
 
 	if (!ci || !pass_filter(id >> 32))
 		return 0;
-	struct hstate *hs = hook_state.lookup(&tid);
-	if (hs && (hs->flags & MMNT_FL_SKIP))
+	struct tstate *t = tstate_get(true);
+	if (!t)
+		return 0;
+	struct hstate *hs = &t->h;
+	bool in_hook = hs->active;
+	if (in_hook && (hs->flags & MMNT_FL_SKIP))
 		return 0;		/* its hook invocation was not sampled */
+	struct cstate *c = &t->c;
+	if (c->active && (c->flags & MMNT_FL_MUST_NOT_SLEEP))
+		nosleep_add(-1);	/* nested callback: the outer one is forgotten */
 	u32 hook = ci->hook;
-	c.ts = bpf_ktime_get_ns();
-	c.func = ci->func;
-	c.hook = hook;
-	c.event = -1;
-	c.flags = MMNT_FL_BLOCKABLE;
-	if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END || hook == MMNT_HOOK_INTERVAL) {
-		read_range(PT_REGS_PARM2(ctx), &c.mm, &c.start, &c.end, &c.event, &c.flags);
+	c->active = 1;
+	c->func = ci->func;
+	c->series = ci->series;
+	c->hook = hook;
+	c->event = -1;
+	c->flags = MMNT_FL_BLOCKABLE;
+	c->mm = c->start = c->end = 0;
+	c->pc = 0;
+	if ((hook == MMNT_HOOK_START || hook == MMNT_HOOK_END) && in_hook && hs->range == a2 && a2) {
+		/* the range its hook read already: no second read */
+		c->mm = hs->mm;
+		c->start = hs->start;
+		c->end = hs->end;
+		c->event = hs->event;
+		c->flags = hs->flags & MMNT_FL_BLOCKABLE;
+	} else if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END || hook == MMNT_HOOK_INTERVAL) {
+		read_range(a2, &c->mm, &c->start, &c->end, &c->event, &c->flags);
 	} else {
-		struct hstate *h = hook_state.lookup(&tid);
-		if (h) {
-			c.event = h->event;
-			c.flags = h->flags & MMNT_FL_BLOCKABLE;
+		if (in_hook) {
+			c->event = hs->event;
+			c->flags = hs->flags & MMNT_FL_BLOCKABLE;
 		}
-		c.mm = PT_REGS_PARM2(ctx);
+		c->mm = a2;
 		if (hook == MMNT_HOOK_TEST_YOUNG || hook == MMNT_HOOK_CHANGE_PTE) {
-			c.start = PT_REGS_PARM3(ctx);
-			c.end = c.start + PAGE_SIZE;
+			c->start = a3;
+			c->end = a3 + PAGE_SIZE;
 		} else if (hook != MMNT_HOOK_RELEASE) {
-			c.start = PT_REGS_PARM3(ctx);
-			c.end = PT_REGS_PARM4(ctx);
+			c->start = a3;
+			c->end = a4;
 		}
 	}
-	entry_context(KP_IRQS_OFF(ctx), &c.pc, &c.flags);
-	if (hook_forbids_sleep(hook, c.flags)) {
-		c.flags |= MMNT_FL_MUST_NOT_SLEEP;
+	entry_context(irqs_off, &c->pc, &c->flags);
+	if (hook_forbids_sleep(hook, c->flags)) {
+		c->flags |= MMNT_FL_MUST_NOT_SLEEP;
 		nosleep_add(1);
 	}
-	c.stack_id = -1;
-	c.seq = next_seq();
-	struct cstate *old = cb_state.lookup(&tid);
-	if (old && (old->flags & MMNT_FL_MUST_NOT_SLEEP))
-		nosleep_add(-1);
-	cb_state.update(&tid, &c);
+	c->stack_id = -1;
+	c->seq = next_seq();
+	c->ts = bpf_ktime_get_ns();	/* last: our own work above is not the callback's */
+	if (in_hook)
+		hs->nested_ns += c->ts - t0;
 	return 0;
 }
 
-int cb_return(struct pt_regs *ctx)
+static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
 {
-	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct cstate *c = cb_state.lookup(&tid);
-	struct mmnt_record r = {};
+	struct tstate *t = tstate_get(false);
 
-	if (!c)
+	if (!t || !t->c.active)
 		return 0;
-	u64 now = bpf_ktime_get_ns();
+	struct cstate *c = &t->c;
 	u32 hook = c->hook;
+	u64 dur = now - c->ts;
+	c->active = 0;
 	if (c->flags & MMNT_FL_MUST_NOT_SLEEP)
 		nosleep_add(-1);
 #ifdef MMNT_AGGREGATE
-	aggregate(c->func, hook, c->event, now - c->ts);
+	aggregate(c->series, c->event, dur);
 #else
+	struct mmnt_record r = {};
 	fill_common(&r, MMNT_REC_CALLBACK);
 	r.hook = hook;
 	r.flags = c->flags;
 	r.preempt_count = c->pc;
 	if (hook == MMNT_HOOK_INTERVAL)
-		r.ret = (u8)PT_REGS_RC(ctx);		/* bool */
+		r.ret = (u8)rc;				/* bool */
 	else if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG ||
 		 hook == MMNT_HOOK_CLEAR_YOUNG || hook == MMNT_HOOK_TEST_YOUNG)
-		r.ret = (s32)PT_REGS_RC(ctx);
+		r.ret = (s32)rc;
 	r.event = c->event;
 	r.stack_id = c->stack_id;
 	r.seq = c->seq;
 	r.ts_ns = c->ts;
-	r.dur_ns = now - c->ts;
+	r.dur_ns = dur;
 	r.mm = c->mm;
 	r.start = c->start;
 	r.end = c->end;
 	r.func = c->func;
 	emit(ctx, &r);
 #endif
-	cb_state.delete(&tid);
+	if (t->h.active)
+		t->h.nested_ns += bpf_ktime_get_ns() - now;
+	tstate_put(t);
 	return 0;
 }
 
-/* ---- sleeping inside a must-not-sleep section -------------------------------- */
-
-static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr)
+int cb_entry(struct pt_regs *ctx)
 {
-	u32 z = 0;
-	s64 *n = nosleep.lookup(&z);
-	if (!n || *n <= 0)
-		return 0;
-	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct mmnt_record r = {};
-	struct cstate *c = cb_state.lookup(&tid);
-	if (c) {
-		if (!(c->flags & MMNT_FL_MUST_NOT_SLEEP))
-			return 0;
-		r.hook = c->hook;
-		r.flags = c->flags;
-		r.preempt_count = c->pc;
-		r.event = c->event;
-		r.seq = c->seq;
-		r.mm = c->mm;
-		r.start = c->start;
-		r.end = c->end;
-		r.func = c->func;
-		r.dur_ns = bpf_ktime_get_ns() - c->ts;
-	} else {
-		struct hstate *h = hook_state.lookup(&tid);
-		if (!h || !(h->flags & MMNT_FL_MUST_NOT_SLEEP))
-			return 0;
-		r.hook = h->hook;
-		r.flags = h->flags;
-		r.preempt_count = h->pc;
-		r.event = h->event;
-		r.seq = h->seq;
-		r.mm = h->mm;
-		r.start = h->start;
-		r.end = h->end;
-		r.dur_ns = bpf_ktime_get_ns() - h->ts;
-	}
-	fill_common(&r, MMNT_REC_SLEEP);
-	r.kind = kind;
-	r.addr = addr;
-	r.ts_ns = bpf_ktime_get_ns();
-	r.stack_id = get_stack_id(ctx);
-	emit(ctx, &r);
-	return 0;
+	u64 t0 = bpf_ktime_get_ns();
+	return cb_entry_body(ctx, t0, bpf_get_func_ip(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+			     PT_REGS_PARM4(ctx), KP_IRQS_OFF(ctx));
 }
 
-/* a might-sleep function was entered; gfp_arg: 0 always counts, else 1/2 = a1/a2's gfp */
-static __always_inline int might_sleep_hit(void *ctx, u64 func, u32 gfp_arg, u64 a1, u64 a2)
+int cb_return(struct pt_regs *ctx)
 {
-	if (gfp_arg == 1 && !(a1 & MMNT_GFP_DIRECT_RECLAIM))
-		return 0;
-	if (gfp_arg == 2 && !(a2 & MMNT_GFP_DIRECT_RECLAIM))
-		return 0;
-	return sleep_hit(ctx, MMNT_SLEEP_MIGHT, func);
+	u64 now = bpf_ktime_get_ns();	/* first: our own work is not the callback's */
+	return cb_return_body(ctx, now, PT_REGS_RC(ctx));
 }
 
-int ms_entry(struct pt_regs *ctx)
+/* bpf_get_func_arg/_ret (5.17+): the argument count is checked at run time,
+ * so one program serves every op whatever its arity */
+static long (*mmnt_func_arg)(void *ctx, u32 n, u64 *value) = (void *)183;
+static long (*mmnt_func_ret)(void *ctx, u64 *value) = (void *)184;
+
+int cbf_entry(u64 *ctx)
 {
-	u32 z = 0;
-	s64 *n = nosleep.lookup(&z);
-	if (!n || *n <= 0)
-		return 0;
-	u64 ip = bpf_get_func_ip(ctx);
-	struct cbinfo *si = sleeper_info.lookup(&ip);
-	if (!si)
-		return sleep_hit(ctx, MMNT_SLEEP_MIGHT, ip);
-	return might_sleep_hit(ctx, si->func, si->hook, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx));
+	u64 t0 = bpf_ktime_get_ns(), a2 = 0, a3 = 0, a4 = 0;
+	mmnt_func_arg(ctx, 1, &a2);
+	mmnt_func_arg(ctx, 2, &a3);
+	mmnt_func_arg(ctx, 3, &a4);
+	return cb_entry_body(ctx, t0, bpf_get_func_ip(ctx), a2, a3, a4, IRQS_UNKNOWN);
 }
 
-/* fentry flavour: the generated program passes the function and its gfp argument */
-static __always_inline int ms_fentry(void *ctx, u64 func, u32 gfp_arg, u64 a1, u64 a2)
+int cbf_exit(u64 *ctx)
 {
-	u32 z = 0;
-	s64 *n = nosleep.lookup(&z);
-	if (!n || *n <= 0)
-		return 0;
-	return might_sleep_hit(ctx, func, gfp_arg, a1, a2);
+	u64 now = bpf_ktime_get_ns(), rc = 0;
+	mmnt_func_ret(ctx, &rc);
+	return cb_return_body(ctx, now, rc);
 }
+
+#include "sleep.h"
 
 TRACEPOINT_PROBE(sched, sched_switch)
 {
@@ -797,6 +538,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 		return 0;
 	return sleep_hit(args, MMNT_SLEEP_SWITCH, 0);
 }
+
 
 /* ---- (un)registration --------------------------------------------------------- */
 

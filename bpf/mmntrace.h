@@ -42,6 +42,10 @@ enum mmnt_hook {
 	MMNT_HOOK_NONE = 255,
 };
 
+/* drops[] beyond the record types: aggregation lost for want of a histogram
+ * series (more distinct driver callbacks than MMNT_NR_SERIES allows) */
+#define MMNT_DROP_SERIES	6
+
 /* flags */
 #define MMNT_FL_BLOCKABLE	(1 << 0)	/* range was blockable (1 for hooks without a range) */
 #define MMNT_FL_ATOMIC		(1 << 1)	/* preempt_count() != 0 at entry (calibrated) */

@@ -78,7 +78,7 @@ def btf_obj_fd(name: str) -> int | None:
 def _btf_name(fd: int) -> str | None:
     name = ctypes.create_string_buffer(64)
     info = _attr(40)            # struct bpf_btf_info
-    struct.pack_into("QI", info, 24, ctypes.addressof(name), len(name))
+    struct.pack_into("QI", info, 16, ctypes.addressof(name), len(name))   # .name, .name_len
     a = _attr(16)
     struct.pack_into("IIQ", a, 0, fd, len(info), ctypes.addressof(info))
     try:

@@ -114,21 +114,28 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
 @click.option("--hooks", help="Comma-separated hooks to trace (default: all): " + ", ".join(HOOK_CHOICES))
 @click.option("--aggregate", is_flag=True, help="Keep log2 latency histograms in the kernel; stream only violations.")
 @click.option("--backend", type=click.Choice(["auto", "kprobe", "fentry"]), default="auto", show_default=True,
-              help="How hooks and might-sleep functions are probed: fentry/fexit (BPF trampolines, cheaper; "
-                   "auto picks it where the kernel has BTF and trampolines) or kprobes. Driver callbacks "
-                   "live in modules and are always kprobes.")
+              help="How functions are probed: fentry/fexit (BPF trampolines, cheaper) or kprobes. auto: "
+                   "trampolines on kernel functions where the kernel has BTF and trampolines, kprobes on driver "
+                   "callbacks in modules (so that a driver can be reloaded while traced). fentry: trampolines "
+                   "on driver callbacks too, where the module has BTF; such a module cannot be unloaded "
+                   "while the recording runs.")
 @click.option("--transport", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto", show_default=True,
               help="Record transport: the BPF ring buffer where the kernel has one (5.8+), else the "
                    "per-CPU perf buffer. `perf` forces the fallback.")
 @click.option("--buffer-pages", default=256, show_default=True, type=click.IntRange(1, 1 << 16),
               help="Size of the record buffer in pages (a power of two; per CPU for the perf buffer). "
                    "Records that do not fit are dropped and counted.")
+@click.option("--might-sleep/--no-might-sleep", default=True, show_default=True,
+              help="Probe might-sleep functions (mutex_lock, GFP_KERNEL allocations...) to report calls "
+                   "that may sleep inside callbacks that must not. They fire on every allocation and lock "
+                   "of the machine (BENCHMARKS.md, ambient tax); real sleeps are caught either way.")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="Written (JSON: attached probes) once every probe is attached, and again when new driver callbacks are.")
 @click.option("--redact", is_flag=True, help="Drop raw kernel addresses (mm, ranges, functions); keep symbols.")
 @click.option("-q", "--quiet", is_flag=True, help="No live status line.")
 @_friendly
-def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffer_pages, ready_file, redact, quiet):
+def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffer_pages, might_sleep, ready_file,
+           redact, quiet):
     """Record MMU-notifier activity into a recording directory (needs root).
 
     Attaches to every notifier entry point the running kernel has
@@ -163,7 +170,8 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
     if buffer_pages & (buffer_pages - 1):
         raise errors.UsageError(f"--buffer-pages {buffer_pages}: use a power of two (64, 256, 1024...)")
     t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
-                      ringbuf=None if transport == "auto" else transport == "ringbuf", ringbuf_pages=buffer_pages)
+                      ringbuf=None if transport == "auto" else transport == "ringbuf", ringbuf_pages=buffer_pages,
+                      might_sleep=might_sleep)
     if not quiet:
         click.echo("mmntrace: compiling and attaching probes...", err=True)
     t.load()            # compile, calibrate; nothing attached yet
@@ -367,9 +375,12 @@ See docs/daemon.md for the rollout and what it costs per host.
 @click.option("--hooks", help="Comma-separated hooks to trace (default: all).")
 @click.option("--max-bpf-cpu", type=float, metavar="SHARE",
               help="Stop (exit 23) after a window in which our BPF programs used more than SHARE of one CPU [default: 0.05].")
+@click.option("--might-sleep/--no-might-sleep", default=None,
+              help="Also probe might-sleep functions in each window [default: off: they tax every allocation "
+                   "and lock of the machine; real sleeps are caught either way].")
 @_friendly
 def daemon(every, for_, once, count, out, config, max_events_per_s, textfile, http, retention_age,
-           retention_size, host, pid, comm, hooks, max_bpf_cpu):
+           retention_size, host, pid, comm, hooks, max_bpf_cpu, might_sleep):
     """Sample MMU-notifier latency and rule violations periodically, at bounded cost.
 
     The BPF program is compiled once; each window attaches every probe, keeps
@@ -393,7 +404,8 @@ def daemon(every, for_, once, count, out, config, max_events_per_s, textfile, ht
         kw["count"] = count
     for name, val, conv in (("out", out, Path), ("max_events_per_s", max_events_per_s, float),
                             ("textfile", textfile, Path), ("http", http, str), ("host", host, str),
-                            ("pid", pid, int), ("comm", comm, str), ("max_bpf_cpu", max_bpf_cpu, float)):
+                            ("pid", pid, int), ("comm", comm, str), ("max_bpf_cpu", max_bpf_cpu, float),
+                            ("might_sleep", might_sleep, bool)):
         if val is not None:
             kw[name] = conv(val)
     if retention_age:

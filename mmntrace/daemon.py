@@ -89,6 +89,7 @@ class DaemonConfig:
     hooks: list[str] | None = None
     backend: str = "kprobe"
     max_bpf_cpu: float | None = 0.05  # stop when BPF run time exceeds this share of one CPU
+    might_sleep: bool = False         # probe might-sleep functions too (an ambient tax: BENCHMARKS.md)
 
     def __post_init__(self):
         if self.for_s > self.every_s:
@@ -109,6 +110,7 @@ _TOML_KEYS = {
     "retention_size": ("retention_bytes", parse_size), "pid": ("pid", int), "comm": ("comm", str),
     "hooks": ("hooks", lambda v: [str(x) for x in (v if isinstance(v, list) else str(v).split(","))]),
     "backend": ("backend", str), "max_bpf_cpu": ("max_bpf_cpu", float),
+    "might_sleep": ("might_sleep", bool),
 }
 
 
@@ -337,8 +339,8 @@ class Daemon:
         except MmntraceError as e:
             self.log({"event": "reload", "status": "error", "error": str(e)})
             return
-        rebuild = (new.pid, new.comm, new.hooks, new.backend) != (self.cfg.pid, self.cfg.comm, self.cfg.hooks,
-                                                                 self.cfg.backend)
+        rebuild = ((new.pid, new.comm, new.hooks, new.backend, new.might_sleep)
+                   != (self.cfg.pid, self.cfg.comm, self.cfg.hooks, self.cfg.backend, self.cfg.might_sleep))
         self.cfg = new
         if rebuild and self.tracer is not None:
             self.tracer.stop()
@@ -351,7 +353,7 @@ class Daemon:
             f = kernel.probe()
             kernel.require_recording(f)
             t = Tracer(f, backend=self.cfg.backend, hooks=self.cfg.hooks, pid=self.cfg.pid, comm=self.cfg.comm,
-                       aggregate=True)
+                       aggregate=True, might_sleep=self.cfg.might_sleep, sampling=True)
             t0 = time.monotonic()
             t.load()
             self.log({"event": "compiled", "seconds": round(time.monotonic() - t0, 2),

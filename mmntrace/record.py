@@ -226,6 +226,8 @@ class Session:
         writer.meta["calibration"] = self.t.calibration
         writer.meta["calibration_fentry"] = getattr(self.t, "calibration_fentry", None)
         writer.meta["stale_kprobes_removed"] = getattr(self.t, "stale_kprobes_removed", 0)
+        writer.meta["might_sleep"] = getattr(self.t, "might_sleep", True)
+        writer.meta["task_storage"] = getattr(self.t, "task_storage", None)
         writer.flush_meta()
         self._write_ready()
         pending: list[bytes] = []

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import bpfsys
 from . import btf as btfmod
 from . import kernel
 from .errors import BpfLoadError, MmntraceError
@@ -50,10 +51,32 @@ REC_OPS = _H.defines["MMNT_REC_OPS"]
 REC_REGISTER = _H.defines["MMNT_REC_REGISTER"]
 REC_NAMES = {REC_HOOK: "hook", REC_CALLBACK: "callback", REC_SLEEP: "sleep", REC_OPS: "ops",
              REC_REGISTER: "register"}
+DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series"}
+# --aggregate arrays (bpf/mmntrace.bpf.c): series x event index x log2 slot
+NR_SERIES, NR_EVIDX, NR_SLOTS = 128, 16, _H.defines["MMNT_NR_SLOTS"]
 
 
 _CALIB_KPROBE, _CALIB_FENTRY = 0, 4   # bpf/mmntrace.bpf.c calib[] bases
 _IRQS_UNKNOWN = "IRQS_UNKNOWN"
+
+
+def bpf_text(path: Path = BPF_SRC) -> str:
+    """bpf/mmntrace.bpf.c with its parts (``#include "state.h"``...) pasted in.
+
+    bcc rewrites map calls (``m.lookup()``) and generates tracepoint argument
+    structs in the main text only, so the parts by concern are joined here
+    rather than by the preprocessor; mmntrace.h, the record layout that
+    mmntrace/layout.py also reads, holds no code and stays an include."""
+    out = []
+    for line in path.read_text().splitlines():
+        m = re.fullmatch(r'#include "([\w.]+)"', line.strip())
+        part = path.parent / m.group(1) if m else None
+        if part is not None and part.name != "mmntrace.h" and part.exists():
+            out.append(f"/* ---- {part.name} ---- */")
+            out.append(bpf_text(part))
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def resolve_backend(features: kernel.Features, backend: str) -> str:
@@ -209,7 +232,56 @@ def remove_stale_kprobe_events() -> int:
 
 
 class _CbInfo(ctypes.Structure):
-    _fields_ = [("func", ctypes.c_uint64), ("hook", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = [("func", ctypes.c_uint64), ("hook", ctypes.c_uint32), ("series", ctypes.c_uint32)]
+
+
+def trampoline_listed(enabled_functions: str, symbol: str, module: str | None) -> bool:
+    """Does tracefs' enabled_functions list ``symbol`` with a direct call to a
+    BPF trampoline? Its lines read ``name [module] (n) R D M  tramp: ...``,
+    the direct call on the next line (``direct-->bpf_trampoline_...``)."""
+    want = f"{symbol} [{module}]" if module else symbol
+    lines = enabled_functions.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(want + " ") or line == want:
+            nxt = lines[i + 1] if i + 1 < len(lines) else ""
+            if "bpf_trampoline_" in line or (nxt[:1].isspace() and "direct-->bpf_trampoline_" in nxt):
+                return True
+    return False
+
+
+def _trampoline_in_place(symbol: str, module: str | None) -> bool:
+    for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        try:
+            with open(f"{d}/enabled_functions") as f:
+                return trampoline_listed(f.read(), symbol, module)
+        except OSError:
+            continue
+    return False
+
+
+class _MappedArray:
+    """A BPF array map created with BPF_F_MMAPABLE, read and zeroed whole
+    through a shared mapping (one numpy view: no syscall per element)."""
+
+    def __init__(self, table, shape: tuple, dtype):
+        import mmap
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        size = (n + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        self._m = mmap.mmap(table.map_fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.a = np.frombuffer(self._m, dtype, count=int(np.prod(shape))).reshape(shape)
+
+    def snapshot(self) -> np.ndarray:
+        return self.a.copy()
+
+    def zero(self) -> None:
+        self.a[...] = 0
+
+    def close(self) -> None:
+        self.a = None
+        try:
+            self._m.close()
+        except BufferError:
+            pass
 
 
 class _Ksyms:
@@ -255,8 +327,19 @@ class _Ksyms:
 class Tracer:
     def __init__(self, features: kernel.Features, *, backend: str = "kprobe", hooks=None,
                  pid: int | None = None, comm: str | None = None, aggregate: bool = False,
-                 ringbuf_pages: int = 256, ringbuf: bool | None = None, layout: str = "auto"):
+                 ringbuf_pages: int = 256, ringbuf: bool | None = None, layout: str = "auto",
+                 might_sleep: bool = True, sampling: bool = False):
         self.f = features
+        self.sampling = sampling       # set_sampling() allowed (the daemon's event budget)
+        # driver callbacks through trampolines only when fentry was asked for
+        # by name: a trampoline on a module function pins the module (rmmod
+        # fails while attached), and `auto` must let a driver be reloaded
+        # while it is traced; kprobes do not pin
+        self.callback_fentry = backend == "fentry"
+        # might_sleep=False: no probe on might-sleep functions (they fire on
+        # every allocation and lock of the machine: the ambient tax); real
+        # sleeps inside must-not-sleep callbacks are still caught (sched_switch)
+        self.might_sleep = might_sleep
         self.backend = resolve_backend(features, backend)
         # ringbuf=False forces the perf-buffer transport (kernels before 5.8 have
         # no BPF ring buffer; tests use it to exercise that path on newer ones)
@@ -294,6 +377,13 @@ class Tracer:
         self._ksyms: _Ksyms | None = None
         self._dtype = record_dtype()
         self._final: dict | None = None
+        self._series: dict[int, tuple[int, int]] = {}   # histogram series -> (callback, hook)
+        self._series_of: dict[int, int] = {}            # callback address -> its series
+        self._agg: dict[str, _MappedArray] = {}
+        self.task_storage = True
+        self._raw: dict[int, list[int]] = {}             # callback -> fds of its fentry/fexit programs and links
+        self._raw_insns: tuple[bytes, bytes] | None = None
+        self._btf_objs: dict[str, tuple] = {}            # "vmlinux" or module -> (Btf, BTF object fd)
 
     @staticmethod
     def _hook_ids(hooks) -> set[int]:
@@ -340,6 +430,10 @@ class Tracer:
             fl.append(f'-DMMNT_FILTER_COMM="{c}"')
         if self.aggregate:
             fl.append("-DMMNT_AGGREGATE")
+        if self.task_storage:
+            fl.append("-DMMNT_TASK_STORAGE")
+        if self.sampling:
+            fl.append("-DMMNT_SAMPLING")
         return fl
 
     def start(self) -> None:
@@ -370,7 +464,7 @@ class Tracer:
             out.append(f"KFUNC_PROBE({sym}) {{ return hook_entry(ctx, {hook}, {a}, {_IRQS_UNKNOWN}); }}")
             out.append(f"KRETFUNC_PROBE({sym}) {{ return hook_return(ctx, {hook}, {rc}); }}")
             self._fentry[sym] = "hook"
-        for sym, gfp_arg in self.f.sleepers:
+        for sym, gfp_arg in (self.f.sleepers if self.might_sleep else ()):
             sig = b.func_signature(sym)
             addrs = self._ksyms.by_name.get(sym, [])
             if sig is None or not addrs or gfp_arg > sig[0]:
@@ -407,13 +501,20 @@ class Tracer:
         self._ksyms = _Ksyms()
         self.timing["kallsyms_s"] = time.monotonic() - t0
         try:
-            text = BPF_SRC.read_text()
+            text = bpf_text()
             if self.backend == "fentry":
                 t0 = time.monotonic()
                 text += self._fentry_source()
                 self.timing["btf_s"] = time.monotonic() - t0
             t0 = time.monotonic()
             self.bpf = _BPF(text=text.encode(), cflags=self._cflags())
+            if not self._loads():
+                # per-task state in task-local storage needs a kernel whose
+                # kprobe programs may use it (5.12+): else a tid-keyed hash
+                _debug("task-local storage refused: per-task state in a hash")
+                self.bpf.cleanup()
+                self.task_storage = False
+                self.bpf = _BPF(text=text.encode(), cflags=self._cflags())
         except Exception as e:
             raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e}") from e
         self.timing["compile_s"] = time.monotonic() - t0
@@ -423,10 +524,27 @@ class Tracer:
             self._detach_all()
             self._calibrate()
             self._open_buffer()
+            self._map_aggregates()
             self.timing["calibrate_s"] = time.monotonic() - t0
         except Exception as e:
             self.stop()
             raise BpfLoadError(f"loading the probes failed: {e}") from e
+
+    def _loads(self) -> bool:
+        """Does the kernel take the hook program (the feature test for task storage)?"""
+        if not self.task_storage:
+            return True
+        try:
+            self.bpf.load_func(b"hk_entry_0", self._BPF.KPROBE)
+            return True
+        except Exception as e:
+            _debug(f"loading hk_entry_0 failed: {e}")
+            return False
+
+    def _map_aggregates(self) -> None:
+        if self.aggregate and not self._agg:
+            self._agg["hist"] = _MappedArray(self.bpf[b"hist"], (NR_SERIES, NR_EVIDX, NR_SLOTS), np.uint64)
+            self._agg["totals"] = _MappedArray(self.bpf[b"totals"], (NR_SERIES, NR_EVIDX, 2), np.uint64)
 
     def attach(self) -> None:
         """Attach every hook, registration, might-sleep and known callback probe."""
@@ -438,7 +556,8 @@ class Tracer:
         try:
             self._attach_hooks()
             self._attach_registration()
-            self._attach_sleepers()
+            if self.might_sleep:
+                self._attach_sleepers()
             self.bpf.attach_tracepoint(tp=b"sched:sched_switch", fn_name=b"tracepoint__sched__sched_switch")
             self._attached.append(dict(kind="tracepoint", symbol="sched:sched_switch", hook=None,
                                        module=None, status="attached"))
@@ -456,6 +575,7 @@ class Tracer:
             self._ksyms._load()    # trampolines and programs got symbols as they attached
 
     def _detach_all(self) -> None:
+        self._detach_raw()
         for ev in list(self.bpf.kprobe_fds):
             self.bpf.detach_kprobe_event(ev)
         for tp in list(self.bpf.tracepoint_fds):
@@ -472,13 +592,14 @@ class Tracer:
 
     def set_sampling(self, n: int) -> None:
         """Trace 1 hook invocation in n (and its callbacks); 1 = all."""
+        if not self.sampling:
+            raise MmntraceError("this tracer was built without sampling (Tracer(sampling=True))")
         self.bpf[b"sampling"][ctypes.c_int(0)] = ctypes.c_uint32(max(1, int(n)))
 
     def reset_window(self) -> None:
         """Zero the in-kernel histograms, totals and drop counters."""
-        for name in (b"hist", b"totals"):
-            if self.aggregate:
-                self.bpf[name].clear()
+        for a in self._agg.values():
+            a.zero()
         d = self.bpf[b"drops"]
         for k in list(d.keys()):
             d[k] = d.Leaf()
@@ -525,6 +646,13 @@ class Tracer:
                     hook_id: int | None = None) -> bool:
         rec = dict(kind=kind, symbol=symbol, hook=hook, module=module, status="attached", hook_id=hook_id,
                    attach="kprobe")
+        if kind == "callback" and self.backend == "fentry" and (self.callback_fentry or not module):
+            err = self._try_callback_fentry(symbol, module)
+            if err is None:
+                rec["attach"] = "fentry"
+                self._attached.append(rec)
+                return True
+            rec["fentry_error"] = err     # falls back to a kprobe pair
         if symbol in self._fentry:
             err = self._try_fentry(symbol, ret is not None)
             if err is None:
@@ -563,6 +691,60 @@ class Tracer:
                 self.bpf.detach_kfunc(fn_name=sym)
                 return "fexit: " + (str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None
+
+    def _btf_obj(self, obj: str):
+        """(parsed BTF, BTF object fd) of vmlinux or a module, cached."""
+        if obj not in self._btf_objs:
+            base = btfmod.load_vmlinux()
+            b = base if obj == "vmlinux" else None
+            if obj != "vmlinux" and base is not None and Path(f"/sys/kernel/btf/{obj}").exists():
+                b = btfmod.Btf.load(f"/sys/kernel/btf/{obj}", base=base)
+            fd = bpfsys.btf_obj_fd(obj) if b is not None else None
+            self._btf_objs[obj] = (b, fd)
+        return self._btf_objs[obj]
+
+    def _try_callback_fentry(self, symbol: str, module: str | None) -> str | None:
+        """Time a driver callback with fentry/fexit programs (cbf_entry, cbf_exit)
+        loaded on its BTF function (mmntrace/bpfsys.py); the reason if not."""
+        b, fd = self._btf_obj(module or "vmlinux")
+        if b is None or fd is None:
+            return f"no BTF for {module or 'vmlinux'}"
+        tid = b.find(symbol, (btfmod.KIND_FUNC,))
+        if tid is None:
+            return f"{symbol} is not in the BTF of {module or 'vmlinux'}"
+        if self._raw_insns is None:
+            self._raw_insns = (self.bpf.dump_func(b"cbf_entry"), self.bpf.dump_func(b"cbf_exit"))
+        fds: list[int] = []
+        try:
+            for insns, kind, name in ((self._raw_insns[0], bpfsys.TRACE_FENTRY, "cbf_entry"),
+                                      (self._raw_insns[1], bpfsys.TRACE_FEXIT, "cbf_exit")):
+                prog = bpfsys.load_tracing(insns, name=name, attach=kind, btf_obj_fd=fd, btf_id=tid)
+                fds.append(prog)
+                fds.append(bpfsys.attach_tracing(prog))
+        except bpfsys.BpfSysError as e:
+            for x in fds:
+                os.close(x)
+            _debug(f"fentry on {symbol}: {e}\n{e.log}")
+            return str(e)
+        if not _trampoline_in_place(symbol, module):
+            # seen on 6.12: kvm_mmu_notifier_invalidate_range_end took both
+            # programs and a link, yet its call site stayed a NOP and it
+            # never ran them; a kprobe pair sees it (exactness first)
+            for x in fds:
+                os.close(x)
+            return "the kernel took the programs but did not patch the function"
+        addr = self._ksyms.by_name.get(symbol, [None])[0]
+        self._raw[addr] = fds
+        return None
+
+    def _detach_raw(self, func: int | None = None) -> None:
+        """Close the fentry/fexit programs and links of one callback (or all)."""
+        for f in ([func] if func is not None else list(self._raw)):
+            for fd in reversed(self._raw.pop(f, [])):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def _attach_hooks(self) -> None:
         n = 0
@@ -662,8 +844,13 @@ class Tracer:
             self._attached.append(info)
             return
         table = self.bpf[b"cb_info"]
+        series = self._series_of.get(func)
+        if series is None:      # its own histogram series, kept across windows and re-probes
+            series = kernel.NR_HOOKS + len(self._series)
+            self._series_of[func] = series
+            self._series[series] = (func, hook)
         for k in (func, func + 4):
-            table[ctypes.c_uint64(k)] = _CbInfo(func, hook, 0)
+            table[ctypes.c_uint64(k)] = _CbInfo(func, hook, series)
         rec_before = len(self._attached)
         self._cb_names[func] = f"{name} [{mod}]" if mod else name
         if mod and mod not in self._mod_state:   # its load address now: _check_modules compares with it
@@ -686,6 +873,8 @@ class Tracer:
         """Detach a callback whose module went away (the kernel already disarmed its
         probe) so that the name can be probed again; its entry stays in the
         metadata as "detached: module unloaded"."""
+        if a.get("attach") == "fentry":
+            self._detach_raw(a.get("addr"))
         for detach in (self.bpf.detach_kretprobe, self.bpf.detach_kprobe):
             try:
                 detach(event=a["symbol"].encode())
@@ -740,9 +929,17 @@ class Tracer:
                 self._retire_callback(a)
         self.bpf[b"seen_ops"].clear()
         self.bpf[b"seen_mm"].clear()
+        g = self.bpf[b"walk_gen"]          # tasks' cached walks are stale too
+        g[ctypes.c_int(0)] = ctypes.c_uint32(g[ctypes.c_int(0)].value + 1)
         for m in changed:
             del self._mod_state[m]     # taken again when its callbacks are re-probed
+            self._close_btf_obj(m)
         self._ksyms._load()
+
+    def _close_btf_obj(self, obj: str) -> None:
+        b_fd = self._btf_objs.pop(obj, None)
+        if b_fd and b_fd[1] is not None:
+            os.close(b_fd[1])
 
     # -- queries -----------------------------------------------------------------
     def attached(self) -> list[dict]:
@@ -751,10 +948,10 @@ class Tracer:
     def drops(self) -> dict:
         if self.bpf is None and self._final:
             return dict(self._final["drops"])
-        out = {name: 0 for name in REC_NAMES.values()}
+        out = {name: 0 for name in DROP_NAMES.values()}
         if self.bpf is not None:
             d = self.bpf[b"drops"]
-            for t, name in REC_NAMES.items():
+            for t, name in DROP_NAMES.items():
                 out[name] = int(sum(d[ctypes.c_int(t)]))
         out["perf_lost"] = self._perf_lost
         out["kretprobe_missed"] = self._kprobe_missed()
@@ -826,22 +1023,39 @@ class Tracer:
             frames.pop(0)
         return frames
 
+    def _series_key(self, series: int) -> tuple[int, int] | None:
+        """(callback address or 0 for the hook itself, hook) of a histogram series."""
+        if series < kernel.NR_HOOKS:
+            return 0, series
+        return self._series.get(series)
+
     def histograms(self) -> list[tuple]:
+        """(func, hook, event, slot, count) of the aggregated durations (func 0: the hook)."""
         if self.bpf is None and self._final:
             return list(self._final["hist"])
-        if self.bpf is None or not self.aggregate:
+        if self.bpf is None or "hist" not in self._agg:
             return []
-        return sorted((int(k.func), int(k.hook), int(k.event), int(k.slot), int(v.value))
-                      for k, v in self.bpf[b"hist"].items())
+        h = self._agg["hist"].snapshot()
+        out = []
+        for series, ev, slot in zip(*np.nonzero(h)):
+            key = self._series_key(int(series))
+            if key is not None:
+                out.append((key[0], key[1], int(ev) - 1, int(slot), int(h[series, ev, slot])))
+        return sorted(out)
 
     def totals(self) -> list[tuple]:
         """(func, hook, event, count, sum_ns) of the aggregated durations."""
         if self.bpf is None and self._final:
             return list(self._final["totals"])
-        if self.bpf is None or not self.aggregate:
+        if self.bpf is None or "totals" not in self._agg:
             return []
-        return sorted((int(k.func), int(k.hook), int(k.event), int(v.count), int(v.sum_ns))
-                      for k, v in self.bpf[b"totals"].items())
+        t = self._agg["totals"].snapshot()
+        out = []
+        for series, ev in zip(*np.nonzero(t[:, :, 0])):
+            key = self._series_key(int(series))
+            if key is not None:
+                out.append((key[0], key[1], int(ev) - 1, int(t[series, ev, 0]), int(t[series, ev, 1])))
+        return sorted(out)
 
     def stop(self) -> None:
         """Detach and unload everything; drops and histograms stay readable."""
@@ -857,6 +1071,12 @@ class Tracer:
                     self._stack_ips.setdefault(k.value, [a for a in v.ip if a])
             except Exception:
                 self._final = None
+            for a in self._agg.values():
+                a.close()
+            self._agg.clear()
+            self._detach_raw()
+            for obj in list(self._btf_objs):
+                self._close_btf_obj(obj)
             self.bpf.cleanup()
         finally:
             self.bpf = None

@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * mmntrace kernel side: the context of a call: preempt count (calibrated), IRQ
+ * state, the range, and the rules that say whether it may sleep.
+ * Included by bpf/mmntrace.bpf.c (bcc C, compiled with -I<repo>/bpf).
+ */
+#ifndef MMNT_CONTEXT_H
+#define MMNT_CONTEXT_H
+
+/* Calibration, per mechanism (a kprobe handler runs with preemption off, a
+ * trampoline need not): [base+0] preempt offset, [+1] lowest raw seen,
+ * [+2] hits, [+3] hits with IRQs off; base CALIB_KPROBE or CALIB_FENTRY. */
+#define CALIB_KPROBE 0
+#define CALIB_FENTRY 4
+BPF_ARRAY(calib, u32, 8);
+BPF_PERCPU_ARRAY(pcpu_base, u64, 1);		/* this CPU's __per_cpu_offset, read once */
+
+/* Raw preempt_count of this CPU, masked; returns false if unreadable. */
+static __always_inline bool read_pc(u32 *out)
+{
+#if MMNT_PC_ADDR && MMNT_PCPU_OFF_ADDR
+	u32 z = 0, raw = 0;
+	u64 base = 0;
+	u64 *cached = pcpu_base.lookup(&z);	/* a CPU's per-cpu offset never changes */
+	if (cached && *cached) {
+		base = *cached;
+	} else {
+		u64 cpu = bpf_get_smp_processor_id();
+		if (bpf_probe_read_kernel(&base, sizeof(base), (void *)(MMNT_PCPU_OFF_ADDR + cpu * 8)))
+			return false;
+		if (cached)
+			*cached = base;
+	}
+	if (bpf_probe_read_kernel(&raw, sizeof(raw), (void *)(base + (u64)MMNT_PC_ADDR)))
+		return false;
+	*out = raw & MMNT_PC_MASK;
+	return true;
+#else
+	return false;
+#endif
+}
+
+/* IRQ state at entry: 1 disabled, 0 enabled, -1 unknown (fentry: no saved flags). */
+#define KP_IRQS_OFF(ctx) (!((ctx)->flags & X86_EFLAGS_IF))
+#define IRQS_UNKNOWN (-1)
+
+/* preempt_count (calibrated) and IRQ state at entry, into pc/flags. */
+static __always_inline void entry_context(int irqs_off, u32 *pc, u8 *flags)
+{
+	/* only fentry programs cannot see the IRQ state */
+	u32 raw = 0, z = irqs_off < 0 ? CALIB_FENTRY : CALIB_KPROBE;
+	if (read_pc(&raw)) {
+		u32 *off = calib.lookup(&z);
+		u32 o = off ? *off : 0;
+		*pc = raw >= o ? raw - o : 0;
+		if (*pc)
+			*flags |= MMNT_FL_ATOMIC;
+	} else {
+		*flags |= MMNT_FL_PC_UNKNOWN;
+	}
+	if (irqs_off < 0)
+		*flags |= MMNT_FL_IRQ_UNKNOWN;
+	else if (irqs_off)
+		*flags |= MMNT_FL_IRQS_OFF;
+}
+
+/* Copy range fields; sets event and the blockable flag. */
+static __always_inline void read_range(u64 range, u64 *mm, u64 *start, u64 *end, s32 *event, u8 *flags)
+{
+	union { u8 b[64]; u64 q[8]; } r = {};
+	if (bpf_probe_read_kernel(&r, MMNT_L_RANGE_SIZE < sizeof(r) ? MMNT_L_RANGE_SIZE : sizeof(r), (void *)range))
+		return;
+	*mm = *(u64 *)&r.b[MMNT_L_RANGE_MM];
+	*start = *(u64 *)&r.b[MMNT_L_RANGE_START];
+	*end = *(u64 *)&r.b[MMNT_L_RANGE_END];
+	*event = *(s32 *)&r.b[MMNT_L_RANGE_EVENT];
+	if (!(*(u32 *)&r.b[MMNT_L_RANGE_FLAGS] & MMU_NOTIFIER_RANGE_BLOCKABLE))
+		*flags &= ~MMNT_FL_BLOCKABLE;
+}
+
+static __always_inline bool hook_forbids_sleep(u32 hook, u8 flags)
+{
+	if (hook == MMNT_HOOK_SECONDARY_TLB || hook == MMNT_HOOK_CHANGE_PTE ||
+	    hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG || hook == MMNT_HOOK_CLEAR_YOUNG ||
+	    hook == MMNT_HOOK_TEST_YOUNG)
+		return true;
+	if (flags & (MMNT_FL_ATOMIC | MMNT_FL_IRQS_OFF))
+		return true;
+	if ((hook == MMNT_HOOK_START || hook == MMNT_HOOK_END || hook == MMNT_HOOK_INTERVAL) &&
+	    !(flags & MMNT_FL_BLOCKABLE))
+		return true;
+	return false;
+}
+
+#endif /* MMNT_CONTEXT_H */

@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * mmntrace kernel side: in-kernel aggregation (--aggregate).
+ * Included by bpf/mmntrace.bpf.c (bcc C, compiled with -I<repo>/bpf).
+ */
+#ifndef MMNT_HIST_H
+#define MMNT_HIST_H
+
+#ifdef MMNT_AGGREGATE
+/*
+ * In-kernel aggregation (--aggregate): flat arrays, no hash. A series is a
+ * hook (0 .. MMNT_NR_HOOKS-1) or one driver callback (user space numbers
+ * them from MMNT_NR_HOOKS in cb_info); the event index is the event + 1
+ * (0: none). User space maps the arrays (BPF_F_MMAPABLE) and reads them whole.
+ */
+#define MMNT_NR_SERIES 128
+#define MMNT_NR_EVIDX 16
+struct tot_val {
+	u64 count, sum_ns;
+};
+BPF_F_TABLE("array", u32, u64, hist, MMNT_NR_SERIES * MMNT_NR_EVIDX * MMNT_NR_SLOTS, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", u32, struct tot_val, totals, MMNT_NR_SERIES * MMNT_NR_EVIDX, BPF_F_MMAPABLE);
+#endif
+
+#ifdef MMNT_AGGREGATE
+static __always_inline void aggregate(u32 series, s32 event, u64 dur)
+{
+	u32 slot = bpf_log2l(dur);
+	u32 ev = event < 0 ? 0 : (u32)event + 1;
+
+	if (slot >= MMNT_NR_SLOTS)
+		slot = MMNT_NR_SLOTS - 1;
+	if (ev >= MMNT_NR_EVIDX)
+		ev = MMNT_NR_EVIDX - 1;
+	if (series >= MMNT_NR_SERIES) {
+		count_drop(MMNT_DROP_SERIES);	/* more callbacks than series: counted, never silent */
+		return;
+	}
+	u32 k = series * MMNT_NR_EVIDX + ev;
+	struct tot_val *tv = totals.lookup(&k);
+	if (tv) {
+		__sync_fetch_and_add(&tv->count, 1);
+		__sync_fetch_and_add(&tv->sum_ns, dur);
+	}
+	k = k * MMNT_NR_SLOTS + slot;
+	u64 *h = hist.lookup(&k);
+	if (h)
+		__sync_fetch_and_add(h, 1);
+}
+#endif
+
+#endif /* MMNT_HIST_H */

@@ -1,0 +1,95 @@
+"""Pure parts of the probe path and of its benchmark (issue 12), without a kernel."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mmntrace import kernel, tracer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import lab_bench  # noqa: E402
+
+
+class _FakeArray:
+    def __init__(self, a):
+        self.a = a
+
+    def snapshot(self):
+        return self.a.copy()
+
+
+def _tracer_with(hist, totals, series):
+    t = tracer.Tracer.__new__(tracer.Tracer)
+    t.bpf = object()
+    t._final = None
+    t._agg = {"hist": _FakeArray(hist), "totals": _FakeArray(totals)}
+    t._series = series
+    return t
+
+
+def test_histograms_map_series_back_to_hook_and_callback():
+    """Series < NR_HOOKS are the hooks themselves (func 0); the others are the
+    callbacks user space numbered; the event index is the event + 1."""
+    h = np.zeros((tracer.NR_SERIES, tracer.NR_EVIDX, tracer.NR_SLOTS), np.uint64)
+    tot = np.zeros((tracer.NR_SERIES, tracer.NR_EVIDX, 2), np.uint64)
+    h[kernel.HOOK_START, 2, 11] = 5           # event 1, 2-4 us
+    h[kernel.HOOK_SECONDARY_TLB, 0, 10] = 3   # no event
+    h[kernel.NR_HOOKS, 2, 12] = 4             # the first callback
+    h[kernel.NR_HOOKS + 7, 1, 9] = 9          # a series nobody owns: left out
+    tot[kernel.HOOK_START, 2] = (5, 12000)
+    tot[kernel.NR_HOOKS, 2] = (4, 20000)
+    t = _tracer_with(h, tot, {kernel.NR_HOOKS: (0xffffffffc0001000, kernel.HOOK_START)})
+    assert t.histograms() == sorted([
+        (0, kernel.HOOK_START, 1, 11, 5), (0, kernel.HOOK_SECONDARY_TLB, -1, 10, 3),
+        (0xffffffffc0001000, kernel.HOOK_START, 1, 12, 4)])
+    assert t.totals() == sorted([(0, kernel.HOOK_START, 1, 5, 12000),
+                                 (0xffffffffc0001000, kernel.HOOK_START, 1, 4, 20000)])
+
+
+def test_funclatency_sections_parse_and_median_interpolates():
+    out = """Tracing 3 functions for "^(a|b)$"... Hit Ctrl-C to end.
+
+Function = __mmu_notifier_invalidate_range_start [812]
+     nsecs               : count     distribution
+         0 -> 1          : 0        |                                        |
+      1024 -> 2047       : 10       |*************                           |
+      2048 -> 4095       : 30       |****************************************|
+      4096 -> 8191       : 10       |*************                           |
+
+Function = kvm_mmu_notifier_invalidate_range_start [812]
+     nsecs               : count     distribution
+      8192 -> 16383      : 2        |****************************************|
+
+avg = 3000 nsecs, total: 150000 nsecs, count: 50
+"""
+    h = lab_bench.parse_log2_hists(out)
+    assert h == {"__mmu_notifier_invalidate_range_start": {10: 10, 11: 30, 12: 10},
+                 "kvm_mmu_notifier_invalidate_range_start": {13: 2}}
+    # 25th of 50: 15 into the 30 of [2048, 4096)
+    assert lab_bench.hist_median(h["__mmu_notifier_invalidate_range_start"]) == 3072.0
+    assert lab_bench.hist_median(h["kvm_mmu_notifier_invalidate_range_start"]) == 12288.0
+    assert lab_bench.hist_median({}) is None
+
+
+def test_prog_costs_are_the_differences_of_two_snapshots():
+    before = {1: {"name": "a", "type": "kprobe", "run_cnt": 10, "run_time_ns": 1000}}
+    after = {1: {"name": "a", "type": "kprobe", "run_cnt": 30, "run_time_ns": 5000},
+             2: {"name": "b", "type": "tracing", "run_cnt": 4, "run_time_ns": 8000},
+             3: {"name": "idle", "type": "tracing", "run_cnt": 0, "run_time_ns": 0}}
+    assert lab_bench.prog_costs(before, after) == [
+        {"name": "b", "type": "tracing", "run_cnt": 4, "run_time_ns": 8000, "ns_per_run": 2000.0},
+        {"name": "a", "type": "kprobe", "run_cnt": 20, "run_time_ns": 4000, "ns_per_run": 200.0}]
+
+
+def test_trampoline_listed_reads_enabled_functions():
+    """What 6.12 printed with a trampoline on one KVM callback and not on another."""
+    text = ("kvm_mmu_notifier_invalidate_range_start [kvm] (1) R   D   M \ttramp: ftrace_regs_caller+0x0/0x65 "
+            "(call_direct_funcs+0x0/0x20)\n\tdirect-->bpf_trampoline_178241255709+0x0/0x12b\n"
+            "kvm_mmu_notifier_release [kvm] (1)    R         \ttramp: 0xffffffffc0a01000 (kprobe_ftrace_handler+0x0/0x1e0)\n"
+            "__cond_resched (1) R   D   M \ttramp: ftrace_regs_caller+0x0/0x65\n\tdirect-->bpf_trampoline_6442451234+0x0/0x12b\n")
+    assert tracer.trampoline_listed(text, "kvm_mmu_notifier_invalidate_range_start", "kvm")
+    assert not tracer.trampoline_listed(text, "kvm_mmu_notifier_invalidate_range_end", "kvm")
+    assert not tracer.trampoline_listed(text, "kvm_mmu_notifier_release", "kvm")     # a kprobe, not ours
+    assert tracer.trampoline_listed(text, "__cond_resched", None)
+    assert not tracer.trampoline_listed(text, "kvm_mmu_notifier_invalidate_range", "kvm")   # a prefix is not a name
