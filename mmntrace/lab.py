@@ -154,7 +154,6 @@ def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, 
         qopts.append(f"-chardev file,id=mmntcon,path={run_dir / f'attempt-{attempt}.console'} "
                      f"-device virtconsole,chardev=mmntcon")
         kopts += ["console=hvc0", "loglevel=1"]
-    kopts += _clock_args(kernel)
     cmd = [_vng(), "-r", str(kernel.image), "--cpus", str(cpus), "--memory", memory,
            "--rwdir", str(run_dir), "--cwd", str(REPO), "--append", " ".join(kopts)]
     if console:
@@ -174,19 +173,6 @@ def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, 
         cmd.append(f"--qemu-opts={q}")     # "=": a value that starts with "-c" is not vng's -c
     cmd += ["--exec", guest_cmd]
     return cmd
-
-
-def _clock_args(kernel: Kernel) -> str:
-    """x86 guests keep the TSC as their clocksource, as real machines do.
-
-    Under TCG a multi-CPU guest finds its TSCs "unsynchronized" and falls
-    back to the HPET: every bpf_ktime_get_ns() (and every clock read of the
-    workloads) is then an emulated MMIO access under QEMU's global lock, a
-    cost no real machine has. QEMU derives every vCPU's TSC from one host
-    clock, so they are in step: tell the guest so.
-    """
-    arch = os.uname().machine
-    return ["tsc=reliable", "clocksource=tsc"] if arch in ("x86_64", "i686") else []
 
 
 def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: str = "2G",

@@ -52,7 +52,8 @@ def main() -> int:
         argv = ["env", f"MMNTRACE_LAB_PROGRESS={prog}", py, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                 "--timeout", a.timeout, "--durations", "12", "-m", "lab", "tests",
                 *[f"--deselect={n}" for n in done]]
-        rc = subprocess.call([mmntrace, "lab", "--kernel", a.kernel,
+        # the whole suite in one guest: 13-20 min; each test has its own limit (--timeout)
+        rc = subprocess.call([mmntrace, "lab", "--kernel", a.kernel, "--timeout", "2700",
                               "--memory", "3G", "--share", str(build), "--", *argv], cwd=REPO)
         if attempt == 2 and rc == NO_TESTS and done:
             rc = 0          # it died after the last test had finished
