@@ -158,50 +158,44 @@ def test_lab_help_teaches():
         assert word in r.output
 
 
-def test_sigterm_takes_the_vm_down(tmp_path):
-    """`timeout mmntrace lab ...` must not leave QEMU running (it has its own session)."""
-    import os, signal, subprocess, sys, time
+def _lab_process(tmp_path, vng_script: str, stderr):
+    """`mmntrace lab` in its own process over a fake vng; returns it and the VM's pid
+    (the script writes it to $PIDFILE)."""
+    import subprocess, sys, time
     pidfile = tmp_path / "vm.pid"
     fake_vng = tmp_path / "vng"
-    fake_vng.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 60\n")
+    fake_vng.write_text("#!/bin/sh\n" + vng_script.replace("$PIDFILE", str(pidfile)))
     fake_vng.chmod(0o755)
     img = tmp_path / "vmlinuz-1.0"
     img.write_bytes(b"x")
     code = ("import sys; from mmntrace import lab, cli; v = sys.argv[1]; lab._vng = lambda: v; "
             "sys.argv = ['mmntrace', 'lab', '--kernel', sys.argv[2], '--', 'true']; cli.main()")
-    p = subprocess.Popen([sys.executable, "-c", code, str(fake_vng), str(img)], stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", code, str(fake_vng), str(img)], stderr=stderr, text=True)
     for _ in range(100):
         if pidfile.exists() and pidfile.read_text().strip():
             break
         time.sleep(0.1)
-    vm = int(pidfile.read_text())
+    return p, int(pidfile.read_text())
+
+
+def test_sigterm_takes_the_vm_down(tmp_path):
+    """`timeout mmntrace lab ...` must not leave QEMU running (it has its own session)."""
+    import os, signal, subprocess, time
+    p, vm = _lab_process(tmp_path, "echo $$ > $PIDFILE\nexec sleep 60\n", subprocess.PIPE)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=20)
     assert p.returncode == 30 and "interrupted" in err
     time.sleep(0.2)
-    with __import__("pytest").raises(ProcessLookupError):
+    with pytest.raises(ProcessLookupError):
         os.kill(vm, 0)
 
 
 def test_sigkill_does_not_orphan_the_vm(tmp_path):
     """SIGKILL (CI time limits, subprocess.run(timeout=...)) gives us no chance to clean up:
     the guard process takes the VM's session down."""
-    import os, signal, subprocess, sys, time
-    pidfile = tmp_path / "vm.pid"
-    fake_vng = tmp_path / "vng"
+    import os, signal, subprocess, time
     # a child in the VM's session, as QEMU is virtme-ng's child
-    fake_vng.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {pidfile}\nwait\n")
-    fake_vng.chmod(0o755)
-    img = tmp_path / "vmlinuz-1.0"
-    img.write_bytes(b"x")
-    code = ("import sys; from mmntrace import lab, cli; v = sys.argv[1]; lab._vng = lambda: v; "
-            "sys.argv = ['mmntrace', 'lab', '--kernel', sys.argv[2], '--', 'true']; cli.main()")
-    p = subprocess.Popen([sys.executable, "-c", code, str(fake_vng), str(img)], stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if pidfile.exists() and pidfile.read_text().strip():
-            break
-        time.sleep(0.1)
-    vm = int(pidfile.read_text())
+    p, vm = _lab_process(tmp_path, "sleep 60 &\necho $! > $PIDFILE\nwait\n", subprocess.DEVNULL)
     os.kill(vm, 0)
     p.kill()
     p.wait()
