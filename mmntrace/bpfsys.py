@@ -125,25 +125,3 @@ def attach_tracing(prog_fd: int) -> int:
     struct.pack_into("QI", a, 0, 0, prog_fd)
     return _bpf(RAW_TRACEPOINT_OPEN, a, "RAW_TRACEPOINT_OPEN")
 
-
-PROG_TYPE_RAW_TRACEPOINT = 17
-#: r0 = 0; exit
-_RETURN_ZERO = bytes.fromhex("b700000000000000" "9500000000000000")
-
-
-def hold_tracepoint(name: str) -> int:
-    """Attach a program that does nothing to raw tracepoint ``name``; returns the
-    link fd (the tracepoint stays enabled until it is closed)."""
-    ins = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
-    lic = ctypes.create_string_buffer(b"GPL")
-    a = _attr()
-    struct.pack_into("IIQQ", a, 0, PROG_TYPE_RAW_TRACEPOINT, 2, ctypes.addressof(ins), ctypes.addressof(lic))
-    struct.pack_into("16s", a, 48, b"mmnt_hold")
-    prog = _bpf(PROG_LOAD, a, "loading mmnt_hold")
-    tp = ctypes.create_string_buffer(name.encode())
-    a = _attr(16)
-    struct.pack_into("QI", a, 0, ctypes.addressof(tp), prog)
-    try:
-        return _bpf(RAW_TRACEPOINT_OPEN, a, f"RAW_TRACEPOINT_OPEN {name}")
-    finally:
-        os.close(prog)          # the link holds the program

@@ -100,26 +100,6 @@ def pin_preempt_notifier_key() -> str | None:
     return None
 
 
-def pin_sched_switch() -> str | None:
-    """Keep the sched_switch tracepoint enabled for the whole command.
-
-    Enabling or disabling a tracepoint flips its static key, which patches
-    the kernel text where it sits with text_poke_bp(); sched_switch sits in
-    __schedule(), which the other vCPU runs all the time. Every recorder
-    start and stop (they attach a program to sched_switch) did that, and the
-    emulator's int3 trouble (see pin_preempt_notifier_key) killed a 6.12
-    guest as a recorder started. With a do-nothing program held here, the
-    recorders only add and remove their own: nothing is patched. Returns why
-    it could not, or None.
-    """
-    from mmntrace import bpfsys
-    try:
-        _PINNED.append(bpfsys.hold_tracepoint("sched_switch"))
-    except OSError as e:
-        return str(e)
-    return None
-
-
 @contextlib.contextmanager
 def one_cpu():
     """Take the other CPUs offline for the set-up that patches kernel text.
@@ -128,8 +108,8 @@ def one_cpu():
     in __schedule) patch live kernel text with text_poke_bp(). Under QEMU's
     multi-threaded TCG another vCPU sometimes runs the int3 that patching
     leaves behind after the kernel is done with it, and the guest dies with
-    "Oops: int3": 2 boots in 30 died this way during this set-up, before the
-    command started. With one CPU online nothing can run the text meanwhile.
+    "Oops: int3". 2 boots in 30 died during this set-up, before the command
+    started (issue 17). With one CPU online nothing can run the text meanwhile.
     """
     down = []
     for f in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/online")):
@@ -230,10 +210,6 @@ def main(run_dir: str) -> int:
         info["kvm_vm_held"] = bool(_PINNED) and why is None
         if why:
             _log(f"could not hold a KVM VM ({why}): KVM VMs may patch __schedule under TCG")
-        why = pin_sched_switch()
-        info["sched_switch_held"] = why is None
-        if why:
-            _log(f"could not hold sched_switch ({why}): recorders may patch __schedule under TCG")
     (rd / "guest.json").write_text(json.dumps(info))
     env = dict(os.environ)
     env.update(spec.get("env", {}))
