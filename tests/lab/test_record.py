@@ -184,11 +184,20 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
         mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]][:3], r.meta["drops"])
     assert row["hook"] in ("invalidate_range", "arch_invalidate_secondary_tlbs")
     assert row["count"] == 1
-    # atomic exactly as the module recorded the call (the first secondary-TLB
-    # call it logged after the reset took the one-shot injection) and as the
+    # atomic exactly as the module recorded the call that slept, and as the
     # kernel itself said: it logs "BUG: scheduling while atomic: comm/pid/..."
-    # when schedule() is called with a preempt count, switch or not
-    first = np.sort(mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]], order="ts_ns")[0]
+    # when schedule() is called with a preempt count, switch or not. The call
+    # that slept is our sleep record's invocation (seq), a callback record of
+    # ours; the module logged it at the start of its body, just after our
+    # entry program took its time. ("The first call logged after the reset"
+    # is not it when another call on this mm, e.g. from range_end on 6.1,
+    # entered the module earlier and recorded later.)
+    slept = sl[sl["callback"].astype(str).str.startswith("mmnt_secondary_tlb")]
+    cb = ev[(ev["kind"] == "callback") & ev["seq"].isin(slept["seq"])]
+    assert len(cb) == 1, (slept.drop(columns=["stack"], errors="ignore"), cb)
+    t0 = int(cb["ts_ns"].iloc[0])
+    later = mod[(mod["hook"] == testmod.HOOKS["secondary_tlb"]) & (mod["ts_ns"] >= t0)]
+    first = np.sort(later, order="ts_ns")[0]
     assert row["atomic"] == bool(first["preempt_count"]), (row, first)
     bugs = [ln for ln in _kmsg_since(kmsg0) if "scheduling while atomic" in ln and f"/{res['pid']}/" in ln]
     assert row["atomic"] == bool(bugs), (row, bugs)
