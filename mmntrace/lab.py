@@ -226,8 +226,7 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
             raise LabError("interrupted: the lab VM was stopped") from None
         _note_attempt(run_dir, attempts, att)
         if att.outcome == "timeout":
-            _print_kmsg_tail(run_dir / "kmsg.log")
-            _print_console_tail(run_dir / f"attempt-{n}.console")
+            _print_last_words(run_dir / "kmsg.log", run_dir / f"attempt-{n}.console")
             raise LabTimeout(f"the lab VM ({name}) did not finish within {timeout:.0f} s and was killed; "
                              f"see {run_dir}")
         if not att.early:
@@ -243,12 +242,10 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
     if not res_file.exists():
         last = attempts[-1]
         if last.early:
-            _print_kmsg_tail(run_dir / f"attempt-{last.n}.kmsg.log")
-            _print_console_tail(run_dir / f"attempt-{last.n}.console")
+            _print_last_words(run_dir / f"attempt-{last.n}.kmsg.log", run_dir / f"attempt-{last.n}.console")
             raise LabVmDied(f"the lab VM ({name}) died or hung before the command started in all "
                             f"{len(attempts)} boot(s); see {run_dir} (attempt-N.stderr, attempt-N.kmsg.log)")
-        _print_kmsg_tail(run_dir / "kmsg.log")
-        _print_console_tail(run_dir / f"attempt-{last.n}.console")
+        _print_last_words(run_dir / "kmsg.log", run_dir / f"attempt-{last.n}.console")
         raise LabVmDied(f"the lab VM ({name}) exited (status {last.status}) "
                         f"before the command finished; see {run_dir}")
     res = json.loads(res_file.read_text())
@@ -396,28 +393,26 @@ if lines and lines[-1] != "done" and lines[0].isdigit():
 """
 
 
-def _print_kmsg_tail(path: Path, n: int = 40) -> None:
-    """What the guest's kernel said last (mmntrace.guest copies it as it goes)."""
+def _print_tail(path: Path, what: str, mark: str, n: int, only_if: str | None = None) -> None:
+    """The last ``n`` lines of a file the guest left, each prefixed ``lab: MARK``
+    (only when a line matches ``only_if``, if given)."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return
-    print(f"lab: the guest kernel's last {min(n, len(lines))} log lines ({path}):", file=sys.stderr)
+    if only_if and not any(re.search(only_if, ln) for ln in lines):
+        return
+    print(f"lab: the guest {what}'s last {min(n, len(lines))} lines ({path}):", file=sys.stderr)
     for line in lines[-n:]:
-        print(f"lab: | {line}", file=sys.stderr)
+        print(f"lab: {mark} {line}", file=sys.stderr)
 
 
-def _print_console_tail(path: Path, n: int = 60) -> None:
-    """The console's Oops or panic, when there was one (it is silent otherwise)."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return
-    if not any(re.search(r"Oops|panic|BUG:|RIP:", ln) for ln in lines):
-        return
-    print(f"lab: the guest console's last {min(n, len(lines))} lines ({path}):", file=sys.stderr)
-    for line in lines[-n:]:
-        print(f"lab: # {line}", file=sys.stderr)
+def _print_last_words(kmsg: Path, console: Path) -> None:
+    """What a dead or killed guest said last: its kernel log (mmntrace.guest
+    copies it as it goes), and its console when that shows an Oops or a panic
+    (it is silent otherwise)."""
+    _print_tail(kmsg, "kernel log", "|", 40)
+    _print_tail(console, "console", "#", 60, only_if=r"Oops|panic|BUG:|RIP:")
 
 
 def _mem_mib(memory: str) -> int:
