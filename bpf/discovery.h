@@ -45,7 +45,20 @@ static __always_inline int op_hook_at(u32 off)
 }
 
 /* One OPS record per implemented op of an mmu_notifier_ops table (once per table). */
-static __always_inline void emit_ops(void *ctx, u64 ops, u64 mm)
+/* An OPS record goes to the ring buffer, or (seq: the start-up sweep, an
+ * iterator program) straight to the reader of the iterator. */
+static __always_inline void put_ops(void *ctx, void *seq, struct mmnt_record *r)
+{
+#ifdef MMNT_ITER
+	if (seq) {
+		bpf_seq_write((struct seq_file *)seq, r, sizeof(*r));
+		return;
+	}
+#endif
+	emit(ctx, r);
+}
+
+static __always_inline void emit_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
 {
 	u8 one = 1;
 	u64 slots[MMNT_OPS_SLOTS] = {};
@@ -77,11 +90,16 @@ static __always_inline void emit_ops(void *ctx, u64 ops, u64 mm)
 			continue;
 		r.hook = h;
 		r.func = slots[i];
-		emit(ctx, &r);
+		put_ops(ctx, seq, &r);
 	}
 }
 
-static __always_inline void emit_interval_ops(void *ctx, u64 ops, u64 mm)
+static __always_inline void emit_ops(void *ctx, u64 ops, u64 mm)
+{
+	emit_ops_to(ctx, 0, ops, mm);
+}
+
+static __always_inline void emit_interval_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
 {
 	u8 one = 1;
 	u64 invalidate = 0;
@@ -100,17 +118,22 @@ static __always_inline void emit_interval_ops(void *ctx, u64 ops, u64 mm)
 	r.kind = 1;
 	r.hook = MMNT_HOOK_INTERVAL;
 	r.func = invalidate;
-	emit(ctx, &r);
+	put_ops(ctx, seq, &r);
+}
+
+static __always_inline void emit_interval_ops(void *ctx, u64 ops, u64 mm)
+{
+	emit_interval_ops_to(ctx, 0, ops, mm);
 }
 
 /* Walk mm->notifier_subscriptions->list once per mm (bounded). */
-static __always_inline void walk_subs(void *ctx, u64 mm)
+static __always_inline void walk_subs_to(void *ctx, void *seq, u64 mm, bool force)
 {
 #if MMNT_SUBS_LIST_OFF >= 0
 	u8 one = 1;
 	u64 subs = 0, node = 0;
 
-	if (!mm || seen_mm.lookup(&mm))
+	if (!mm || (!force && seen_mm.lookup(&mm)))
 		return;
 	seen_mm.update(&mm, &one);
 	if (bpf_probe_read_kernel(&subs, sizeof(subs),
@@ -125,11 +148,124 @@ static __always_inline void walk_subs(void *ctx, u64 mm)
 			break;
 		u64 sub = node - MMNT_L_SUB_HLIST;
 		bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(sub + MMNT_L_SUB_OPS));
-		emit_ops(ctx, ops, mm);
+		emit_ops_to(ctx, seq, ops, mm);
 		if (bpf_probe_read_kernel(&node, sizeof(node), (void *)node))
 			break;
 	}
 #endif
 }
+
+static __always_inline void walk_subs(void *ctx, u64 mm)
+{
+	walk_subs_to(ctx, 0, mm, false);
+}
+
+#ifdef MMNT_ITER
+/*
+ * The start-up sweep: a task iterator (5.8+, BTF) visits every task once,
+ * before --ready-file is written, and reports the ops tables of the
+ * subscribers that already exist: regular ones on mm->notifier_subscriptions
+ * ->list, interval ones in its interval tree (an rbtree walked with a small
+ * stack). Without it they were found only at their mm's first hook, and
+ * interval ones (mn_itree_invalidate is inlined on 6.12) never.
+ */
+struct mmnt_iter_meta {
+	void *seq;
+	u64 session_id;
+	u64 seq_num;
+};
+struct mmnt_iter_task {
+	struct mmnt_iter_meta *meta;
+	struct task_struct *task;
+};
+
+#define MMNT_ITREE_NODES 128	/* interval notifiers visited per mm at start (the verifier's limit) */
+#define MMNT_RB_DEPTH 24	/* steps down or up an rbtree: depth <= 2*log2(n+1), 4095 nodes */
+
+/* In-order walk from the leftmost node by parent pointers (rb_next()): no
+ * stack of pending subtrees, so that the verifier's states at the loop head
+ * stay alike and it can prune them. */
+static __always_inline void walk_itree_to(void *ctx, void *seq, u64 mm)
+{
+#if MMNT_SUBS_ITREE_OFF >= 0
+	u64 subs = 0, node = 0;
+
+	if (bpf_probe_read_kernel(&subs, sizeof(subs), (void *)(mm + MMNT_L_MM_SUBS)) || !subs)
+		return;
+	if (bpf_probe_read_kernel(&node, sizeof(node),
+				  (void *)(subs + MMNT_SUBS_ITREE_OFF + MMNT_L_RBC_LEFTMOST)))
+		return;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < MMNT_ITREE_NODES; i++) {
+		u64 ops = 0, next = 0, right = 0;
+		if (!node)
+			break;
+		bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(node - MMNT_L_ISUB_TREE + MMNT_L_ISUB_OPS));
+		emit_interval_ops_to(ctx, seq, ops, mm);
+		bpf_probe_read_kernel(&right, sizeof(right), (void *)(node + MMNT_L_RB_RIGHT));
+		if (right) {		/* the leftmost node of the right subtree */
+			next = right;
+#pragma clang loop unroll(disable)
+			for (int j = 0; j < MMNT_RB_DEPTH; j++) {
+				u64 left = 0;
+				bpf_probe_read_kernel(&left, sizeof(left), (void *)(next + MMNT_L_RB_LEFT));
+				if (!left)
+					break;
+				next = left;
+			}
+		} else {		/* up to the first ancestor we are left of */
+			u64 cur = node;
+#pragma clang loop unroll(disable)
+			for (int j = 0; j < MMNT_RB_DEPTH; j++) {
+				u64 pc = 0, pr = 0;
+				bpf_probe_read_kernel(&pc, sizeof(pc), (void *)(cur + MMNT_L_RB_PARENT));
+				next = pc & ~3ULL;
+				if (!next)
+					break;
+				bpf_probe_read_kernel(&pr, sizeof(pr), (void *)(next + MMNT_L_RB_RIGHT));
+				if (pr != cur)
+					break;
+				cur = next;
+				next = 0;
+			}
+		}
+		node = next;
+	}
+#endif
+}
+
+/* the process's task (its threads share the mm), or 0 */
+static __always_inline u64 iter_mm(struct mmnt_iter_task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	u64 mm = 0, leader = 0;
+
+	if (!task)
+		return 0;
+	bpf_probe_read_kernel(&leader, sizeof(leader), (void *)((u64)task + MMNT_L_TASK_GROUP_LEADER));
+	if (leader != (u64)task)
+		return 0;
+	bpf_probe_read_kernel(&mm, sizeof(mm), (void *)((u64)task + MMNT_L_TASK_MM));
+	return mm;
+}
+
+/* Two iterator programs, one walk each: in one program the verifier would
+ * explore every path of the first walk times every path of the second. */
+int iter_subs(struct mmnt_iter_task *ctx)
+{
+	u64 mm = iter_mm(ctx);
+	if (mm)
+		walk_subs_to(ctx, ctx->meta->seq, mm, true);
+	return 0;
+}
+
+int iter_itree(struct mmnt_iter_task *ctx)
+{
+	u64 mm = iter_mm(ctx);
+	if (mm)
+		walk_itree_to(ctx, ctx->meta->seq, mm);
+	return 0;
+}
+#endif
 
 #endif /* MMNT_DISCOVERY_H */

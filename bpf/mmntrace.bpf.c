@@ -51,6 +51,14 @@
 #define MMNT_L_SUB_OPS offsetof(struct mmu_notifier, ops)
 #define MMNT_L_ISUB_MM offsetof(struct mmu_interval_notifier, mm)
 #define MMNT_L_IOPS_INVALIDATE offsetof(struct mmu_interval_notifier_ops, invalidate)
+#define MMNT_L_ISUB_OPS offsetof(struct mmu_interval_notifier, ops)
+#define MMNT_L_ISUB_TREE offsetof(struct mmu_interval_notifier, interval_tree)
+#define MMNT_L_TASK_MM offsetof(struct task_struct, mm)
+#define MMNT_L_TASK_GROUP_LEADER offsetof(struct task_struct, group_leader)
+#define MMNT_L_RB_LEFT offsetof(struct rb_node, rb_left)
+#define MMNT_L_RB_RIGHT offsetof(struct rb_node, rb_right)
+#define MMNT_L_RB_PARENT offsetof(struct rb_node, __rb_parent_color)
+#define MMNT_L_RBC_LEFTMOST offsetof(struct rb_root_cached, rb_leftmost)
 #define MMNT_L_RANGE_SIZE sizeof(struct mmu_notifier_range)
 #define MMNT_L_RANGE_MM offsetof(struct mmu_notifier_range, mm)
 #define MMNT_L_RANGE_START offsetof(struct mmu_notifier_range, start)
@@ -97,6 +105,9 @@
 #endif
 #ifndef MMNT_PCPU_OFF_ADDR
 #define MMNT_PCPU_OFF_ADDR 0
+#endif
+#ifndef MMNT_SUBS_ITREE_OFF
+#define MMNT_SUBS_ITREE_OFF -1
 #endif
 #ifndef MMNT_SUBS_LIST_OFF
 #define MMNT_SUBS_LIST_OFF -1

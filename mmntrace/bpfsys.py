@@ -27,7 +27,8 @@ _libc.syscall.restype = ctypes.c_long
 PROG_LOAD, OBJ_GET_INFO_BY_FD, RAW_TRACEPOINT_OPEN = 5, 15, 17
 BTF_GET_FD_BY_ID, BTF_GET_NEXT_ID = 19, 23
 PROG_TYPE_TRACING = 26
-TRACE_FENTRY, TRACE_FEXIT = 24, 25
+TRACE_FENTRY, TRACE_FEXIT, TRACE_ITER = 24, 25, 28
+LINK_CREATE, ITER_CREATE = 28, 33
 
 
 class BpfSysError(OSError):
@@ -125,3 +126,28 @@ def attach_tracing(prog_fd: int) -> int:
     struct.pack_into("QI", a, 0, 0, prog_fd)
     return _bpf(RAW_TRACEPOINT_OPEN, a, "RAW_TRACEPOINT_OPEN")
 
+
+
+def iter_link(prog_fd: int) -> int:
+    """BPF_LINK_CREATE for an iterator program (no target parameters); the link fd."""
+    a = _attr(32)
+    struct.pack_into("III", a, 0, prog_fd, 0, TRACE_ITER)
+    return _bpf(LINK_CREATE, a, "LINK_CREATE (iterator)")
+
+
+def iter_read(link_fd: int, limit: int = 64 << 20) -> bytes:
+    """Run an iterator once (BPF_ITER_CREATE, then read to the end): what it wrote."""
+    a = _attr(8)
+    struct.pack_into("I", a, 0, link_fd)
+    fd = _bpf(ITER_CREATE, a, "ITER_CREATE")
+    parts, n = [], 0
+    try:
+        while n < limit:
+            b = os.read(fd, 1 << 16)
+            if not b:
+                break
+            parts.append(b)
+            n += len(b)
+    finally:
+        os.close(fd)
+    return b"".join(parts)

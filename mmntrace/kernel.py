@@ -108,6 +108,8 @@ class Features:
     sleepers: tuple                  # ((symbol, gfp arg index or 0 = always), ...) present in kallsyms
     gfp_direct_reclaim: int | None   # __GFP_DIRECT_RECLAIM bit value (BTF enum or header)
     layout: tuple | None = None      # ((MMNT_L_ name, value), ...): struct layouts from BTF (see btf_layout)
+    subs_itree_off: int | None = None  # offsetof(struct mmu_notifier_subscriptions, itree), from BTF
+    task_iter: bool = False          # BPF task iterators (bpf_iter_reg_target + BTF's bpf_iter_task): the start-up sweep
 
     def hook_symbol(self, hook: int) -> str | None:
         for h, sym, _n in self.hooks:
@@ -274,6 +276,8 @@ def probe() -> Features:
         sleepers=tuple((s, a) for s, a in SLEEPER_CANDIDATES.items() if s in ks),
         gfp_direct_reclaim=gfp,
         layout=btf_layout(b, ops) if b is not None else None,
+        subs_itree_off=b.member_offset("mmu_notifier_subscriptions", "itree") if b is not None else None,
+        task_iter=b is not None and "bpf_iter_reg_target" in ks and b.has_func("bpf_iter_task"),
     )
 
 
@@ -286,6 +290,14 @@ _LAYOUT_MEMBERS = {
     "SUB_OPS": ("mmu_notifier", "ops"),
     "ISUB_MM": ("mmu_interval_notifier", "mm"),
     "IOPS_INVALIDATE": ("mmu_interval_notifier_ops", "invalidate"),
+    "ISUB_OPS": ("mmu_interval_notifier", "ops"),
+    "ISUB_TREE": ("mmu_interval_notifier", "interval_tree"),
+    "TASK_MM": ("task_struct", "mm"),
+    "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+    "RB_LEFT": ("rb_node", "rb_left"),
+    "RB_RIGHT": ("rb_node", "rb_right"),
+    "RB_PARENT": ("rb_node", "__rb_parent_color"),
+    "RBC_LEFTMOST": ("rb_root_cached", "rb_leftmost"),
     "RANGE_MM": ("mmu_notifier_range", "mm"),
     "RANGE_START": ("mmu_notifier_range", "start"),
     "RANGE_END": ("mmu_notifier_range", "end"),

@@ -370,6 +370,7 @@ class Tracer:
         self.calibration: int | None = None
         self.calibration_irqs_off = False
         self.timing: dict[str, float] = {}
+        self.swept: int | None = None     # ops records the start-up sweep reported (None: no sweep)
         self._attached: list[dict] = []
         self._cb_known: dict[int, dict] = {}
         self._chunks: list[bytes] = []
@@ -413,6 +414,10 @@ class Tracer:
                    f"-DMMNT_PCPU_OFF_ADDR={f.per_cpu_offset_addr:#x}ULL"]
         if f.subs_list_off is not None:
             fl.append(f"-DMMNT_SUBS_LIST_OFF={f.subs_list_off}")
+        if f.subs_itree_off is not None:
+            fl.append(f"-DMMNT_SUBS_ITREE_OFF={f.subs_itree_off}")
+        if getattr(f, "task_iter", False):
+            fl.append("-DMMNT_ITER")
         for op, define in (("invalidate_range", "MMNT_HAVE_OP_INVALIDATE_RANGE"),
                            ("arch_invalidate_secondary_tlbs", "MMNT_HAVE_OP_ARCH_SECONDARY"),
                            ("change_pte", "MMNT_HAVE_OP_CHANGE_PTE")):
@@ -554,8 +559,11 @@ class Tracer:
         self._attached = []
         self._cb_known = {}
         try:
-            self._attach_hooks()
+            # registrations first, then the sweep of the subscribers that exist:
+            # between the two, none can come and go unseen
             self._attach_registration()
+            self._sweep()
+            self._attach_hooks()
             if self.might_sleep:
                 self._attach_sleepers()
             self.bpf.attach_tracepoint(tp=b"sched:sched_switch", fn_name=b"tracepoint__sched__sched_switch")
@@ -573,6 +581,40 @@ class Tracer:
         _debug(f"timing: {self.timing}")
         if self.backend == "fentry":
             self._ksyms._load()    # trampolines and programs got symbols as they attached
+
+    def _sweep(self) -> None:
+        """Report every subscriber that exists now (a BPF task iterator walks each
+        process's regular and interval subscriptions) and probe their callbacks,
+        so that --ready-file means they are all probed."""
+        t0 = time.monotonic()
+        self.swept = None
+        if not getattr(self.f, "task_iter", False):
+            return
+        fds: list[int] = []
+        try:
+            b = btfmod.load_vmlinux()
+            tid = b.find("bpf_iter_task", (btfmod.KIND_FUNC,)) if b is not None else None
+            if tid is None:
+                raise OSError("no bpf_iter_task in BTF")
+            raw = b""
+            for fn in (b"iter_subs", b"iter_itree"):
+                insns = self.bpf.dump_func(fn)
+                prog = bpfsys.load_tracing(insns, name=fn.decode(), attach=bpfsys.TRACE_ITER,
+                                           btf_obj_fd=0, btf_id=tid)
+                fds.append(prog)
+                fds.append(bpfsys.iter_link(prog))
+                raw += bpfsys.iter_read(fds[-1])
+        except Exception as e:      # subscribers are then found at their mm's first hook
+            _debug(f"start-up sweep failed: {e}\n{getattr(e, 'log', '')}")
+            self.timing["sweep_error"] = str(e)
+            return
+        finally:
+            for x in reversed(fds):
+                os.close(x)
+        raw = raw[:len(raw) - len(raw) % self._dtype.itemsize]
+        self.swept = len(raw) // self._dtype.itemsize
+        self.process_discovery(raw)
+        self.timing["sweep_s"] = time.monotonic() - t0
 
     def _detach_all(self) -> None:
         self._detach_raw()
