@@ -134,7 +134,8 @@ class Recorder:
         self.proc = subprocess.Popen([sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(self.out),
                                       "--ready-file", str(self.ready), *extra],
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
-        self.wait_for(lambda att: True, timeout=timeout)
+        # what --ready-file said first: every subscriber that existed is probed
+        self.first_ready = self.wait_for(lambda att: True, timeout=timeout)
 
     def wait_for(self, pred, timeout: float = 120):
         deadline = time.monotonic() + timeout
@@ -187,16 +188,17 @@ def demo(out: Path, scenarios=("munmap", "dontneed", "mprotect", "soft_dirty", "
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kvm = Path("/dev/kvm").exists()
-    print("demo: compiling and attaching the probes (bcc)...", file=sys.stderr, flush=True)
-    rec = Recorder(out / "rec")
+    # as a user would: the processes with subscribers exist first, and the
+    # recorder's --ready-file says their callbacks are probed
+    wp = WorkloadProcess(list(scenarios), out / "workload", kvm=kvm, extra=["--repeat", str(repeat)])
+    print("demo: subscribers registered (test module" + (", KVM" if kvm else "") +
+          "); starting the recorder...", file=sys.stderr, flush=True)
     try:
-        wp = WorkloadProcess(list(scenarios), out / "workload", kvm=kvm, extra=["--repeat", str(repeat)])
-        names = ["mmnt_invalidate_range_start", "mmnt_secondary_tlb"]
-        if kvm:
-            names.append("kvm_mmu_notifier_invalidate_range_start")
-        print("demo: subscribers registered (test module" + (", KVM" if kvm else "") +
-              "); waiting for their callbacks to be attached...", file=sys.stderr, flush=True)
-        rec.wait_callbacks(names)
+        rec = Recorder(out / "rec")
+    except BaseException:
+        wp.finish()
+        raise
+    try:
         wp.go()
         wp.collect()
         wp.finish()
