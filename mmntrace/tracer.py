@@ -570,7 +570,8 @@ class Tracer:
             self._attached.append(dict(kind="tracepoint", symbol="sched:sched_switch", hook=None,
                                        module=None, status="attached"))
             for func, hook in known:      # callbacks found in an earlier window
-                self._attach_callback(func, hook)
+                if func not in self._cb_known:      # (the sweep may have probed it again)
+                    self._attach_callback(func, hook)
         except BpfLoadError:
             self.stop()
             raise
