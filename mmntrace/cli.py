@@ -106,10 +106,11 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
 
 
 @main.command()
-@click.option("-d", "--duration", type=float, metavar="SECONDS", help="Stop after SECONDS (default: until Ctrl-C).")
+@click.option("-d", "--duration", metavar="DURATION",
+              help="Stop after DURATION: 10 (seconds), 10s, 500ms, 5m, 2h (default: until Ctrl-C).")
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False), default="mmntrace-rec", show_default=True,
               help="New directory for the recording (must not exist or be empty).")
-@click.option("--pid", type=int, help="Only this process (tgid).")
+@click.option("-p", "--pid", type=int, help="Only this process (tgid).")
 @click.option("--comm", help="Only tasks with this command name.")
 @click.option("--hooks", help="Comma-separated hooks to trace (default: all): " + ", ".join(HOOK_CHOICES))
 @click.option("--aggregate", is_flag=True, help="Keep log2 latency histograms in the kernel; stream only violations.")
@@ -151,9 +152,28 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
 
     \b
     Examples:
-      sudo mmntrace record -d 10 -o rec
+      sudo mmntrace record -d 10s -o rec
+      sudo mmntrace record -p $(pgrep -f qemu-system) -d 2m -o rec
       sudo mmntrace record --comm qemu-system-x86 --aggregate -o rec
     """
+    # the arguments first: a typo is told at once, before the environment
+    # checks and the compile (tens of seconds)
+    from .units import parse_duration
+    duration = parse_duration(duration) if duration is not None else None
+    hook_list = [h.strip() for h in hooks.split(",")] if hooks else None
+    if hook_list is not None:
+        from .tracer import Tracer
+        try:
+            Tracer._hook_ids(hook_list)
+        except errors.MmntraceError as e:
+            raise errors.UsageError(f"--hooks: {e}; choose from {', '.join(HOOK_CHOICES)}") from None
+    if buffer_pages & (buffer_pages - 1):
+        raise errors.UsageError(f"--buffer-pages {buffer_pages}: use a power of two (64, 256, 1024...)")
+    o = Path(out)
+    if o.is_symlink():
+        raise errors.UsageError(f"{o} is a symbolic link: give the real directory")
+    if o.exists() and (not o.is_dir() or any(o.iterdir())):
+        raise errors.UsageError(f"{o} exists and is not an empty directory: choose a new one (-o)")
     import concurrent.futures
     import importlib
     # pandas and pyarrow (for writing segments) import in a thread while bcc
@@ -164,11 +184,8 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
     from . import kernel, tracer
     f = kernel.probe()
     kernel.require_recording(f)
-    hook_list = [h.strip() for h in hooks.split(",")] if hooks else None
     if transport == "ringbuf" and not f.ringbuf:
         raise errors.UsageError("--transport ringbuf: this kernel has no BPF ring buffer; use --transport perf")
-    if buffer_pages & (buffer_pages - 1):
-        raise errors.UsageError(f"--buffer-pages {buffer_pages}: use a power of two (64, 256, 1024...)")
     t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
                       ringbuf=None if transport == "auto" else transport == "ringbuf", ringbuf_pages=buffer_pages,
                       might_sleep=might_sleep)
@@ -370,7 +387,7 @@ See docs/daemon.md for the rollout and what it costs per host.
 @click.option("--retention-size", metavar="SIZE", help="Keep at most this much output, oldest deleted first "
               "[default: 1G].")
 @click.option("--host", help="Host name in the partitions [default: this host's name].")
-@click.option("--pid", type=int, help="Only this process (tgid).")
+@click.option("-p", "--pid", type=int, help="Only this process (tgid).")
 @click.option("--comm", help="Only tasks with this command name.")
 @click.option("--hooks", help="Comma-separated hooks to trace (default: all).")
 @click.option("--max-bpf-cpu", type=float, metavar="SHARE",

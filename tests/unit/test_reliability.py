@@ -21,7 +21,7 @@ from hypothesis import given, settings, strategies as st
 from mmntrace import decode, kernel, recording
 from mmntrace.cli import main
 from mmntrace.daemon import overhead_guard_tripped
-from mmntrace.errors import RecordingError
+from mmntrace.errors import RecordingError, UsageError
 from mmntrace.record import overhead_warning
 from mmntrace.recording import Recording, RecordingWriter
 
@@ -68,7 +68,38 @@ def test_bad_flags_are_usage_errors(monkeypatch, tmp_path):
     r = CliRunner().invoke(main, ["record", "-q", "--buffer-pages", "100", "-o", str(tmp_path / "r")])
     assert r.exit_code == 2 and "power of two" in r.output
     r = CliRunner().invoke(main, ["record", "-q", "--hooks", "nope", "-o", str(tmp_path / "r")])
-    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert r.exit_code == 2 and "nope" in r.output and "secondary_tlb" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["record", "-q", "-d", "10x", "-o", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "duration" in r.output
+
+
+def test_argument_errors_come_before_the_environment(monkeypatch, tmp_path):
+    """On a host that cannot record (no root, no kprobes), a wrong argument is
+    still told as the argument's fault (exit 2), not as the environment's, and a
+    non-empty -o before any compile."""
+    bad_env = dataclasses.replace(GOOD, is_root=False, kprobes=False)
+    monkeypatch.setattr(kernel, "probe", lambda: bad_env)
+    for args in (["--hooks", "bogus"], ["-d", "soon"], ["--buffer-pages", "3"]):
+        r = CliRunner().invoke(main, ["record", "-q", *args, "-o", str(tmp_path / "r")])
+        assert r.exit_code == 2, (args, r.output)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("")
+    r = CliRunner().invoke(main, ["record", "-q", "-o", str(full)])
+    assert r.exit_code == 2 and "not an empty directory" in r.output
+    # valid arguments reach the environment check: exit 10 (not root), one sentence
+    r = CliRunner().invoke(main, ["record", "-q", "-p", "1", "-d", "1.5m", "--hooks", "secondary_tlb",
+                                  "-o", str(tmp_path / "r")])
+    assert r.exit_code == 10 and "root" in r.output and not (tmp_path / "r").exists()
+
+
+def test_durations_with_units():
+    from mmntrace.units import parse_duration
+    assert parse_duration("10s") == 10 and parse_duration("500ms") == 0.5 and parse_duration("2m") == 120
+    assert parse_duration("10") == 10
+    for bad in ("0", "-1s", "10x", "s"):
+        with pytest.raises(UsageError):
+            parse_duration(bad)
 
 
 # -- recordings: empty, truncated, corrupt, newer, not a recording ----------------------------------
