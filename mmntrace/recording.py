@@ -94,8 +94,36 @@ class RecordingWriter:
         self.flush_meta()
 
 
+# The columns of each table (docs/recording-format.md), so that a recording
+# with no rows of a kind still gives a frame with its columns: a clean
+# recording's sleeps() can be filtered like any other.
+_IDENTITY = [("ts_ns", "uint64"), ("cpu", "uint32"), ("pid", "uint32"), ("tid", "uint32"), ("comm", object),
+             ("mm", "uint64"), ("hook_id", "uint8"), ("event_id", "int32"), ("start", "uint64"),
+             ("end", "uint64"), ("blockable", bool), ("atomic", bool), ("irqs_off", bool),
+             ("must_not_sleep", bool), ("preempt_count", "uint32"), ("dur_ns", "uint64"), ("ret", "int32"),
+             ("seq", "uint64"), ("stack_id", "int32"), ("func", "uint64")]
+EVENT_COLUMNS = [("kind", object), *_IDENTITY, ("hook", object), ("event", object), ("callback", object),
+                 ("caller", object), ("caller_class", object)]
+SLEEP_COLUMNS = [*_IDENTITY, ("addr", "uint64"), ("hook", object), ("event", object), ("callback", object),
+                 ("rule", object), ("sleeper", object), ("stack", object)]
+HIST_COLUMNS = [("func", "uint64"), ("hook_id", "uint8"), ("event_id", "int32"), ("slot", "int64"),
+                ("count", "int64"), ("hook", object), ("event", object), ("callback", object)]
+
+
+def empty_frame(schema, columns=None) -> pd.DataFrame:
+    """A frame with no rows and the columns (and dtypes) of one table."""
+    df = pd.DataFrame({n: pd.Series(dtype=t) for n, t in schema})
+    return df if columns is None else df[[c for c in columns if c in df.columns]]
+
+
 class Recording:
-    """Read side. Raises RecordingError with one sentence for anything unreadable."""
+    """Read side. Raises RecordingError with one sentence for anything unreadable.
+
+    >>> r = Recording("rec")
+    >>> ev = r.events()                  # hooks and callbacks
+    >>> ev[ev.kind == "callback"].groupby("callback").dur_ns.describe()
+    >>> r.sleeps()[["callback", "rule", "sleeper"]]   # what slept where it must not
+    """
 
     def __init__(self, path: str | Path):
         self.dir = Path(path)
@@ -121,7 +149,7 @@ class Recording:
     def complete(self) -> bool:
         return self.meta.get("status") == "complete"
 
-    def _read(self, prefix: str, columns=None) -> pd.DataFrame:
+    def _read(self, prefix: str, columns=None, schema=None) -> pd.DataFrame:
         files = sorted(self.dir.glob(f"{prefix}-*.parquet"))
         frames = []
         for f in files:
@@ -129,8 +157,9 @@ class Recording:
                 frames.append(pq.read_table(f, columns=columns).to_pandas())
             except (pa.ArrowException, OSError) as e:
                 raise RecordingError(f"segment {f.name} of {self.dir} is corrupt ({str(e).splitlines()[0]})") from None
+        frames = [f for f in frames if len(f.columns)]
         if not frames:
-            return pd.DataFrame()
+            return empty_frame(schema, columns) if schema is not None else pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
 
     def segment_files(self, prefix: str) -> list[Path]:
@@ -186,15 +215,25 @@ class Recording:
         return None if lo is None else (lo, hi)
 
     def events(self, columns=None) -> pd.DataFrame:
-        return self._read("events", columns)
+        """One row per hook or callback invocation, in recording order (columns:
+        docs/recording-format.md; ``columns`` reads only those). Empty
+        recordings give the same columns with no rows."""
+        return self._read("events", columns, EVENT_COLUMNS)
 
     def sleeps(self) -> pd.DataFrame:
-        return self._read("sleeps")
+        """One row per sleep (``rule`` "sleep") or might-sleep call ("might_sleep")
+        inside an invocation that must not sleep; ``seq`` joins events.seq and
+        ``stack`` is the symbolized kernel stack, innermost first. A clean
+        recording gives the columns with no rows."""
+        return self._read("sleeps", schema=SLEEP_COLUMNS)
 
     def hist(self) -> pd.DataFrame:
+        """--aggregate recordings: the in-kernel log2 latency histograms, one row
+        per (hook, callback, event, slot) with its ``count``; slot k holds
+        durations in [2^(k-1), 2^k) ns. Others give the columns with no rows."""
         p = self.dir / "hist.parquet"
         if not p.exists():
-            return pd.DataFrame()
+            return empty_frame(HIST_COLUMNS)
         try:
             return pq.read_table(p).to_pandas()
         except (pa.ArrowException, OSError) as e:

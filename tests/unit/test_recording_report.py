@@ -186,3 +186,24 @@ def test_fuzz_metadata_reader(tmp_path_factory, blob):
         Recording(d)
     except RecordingError:
         pass
+
+
+def test_api_columns_are_stable_on_empty_recordings(tmp_path):
+    """A clean recording's sleeps() (and a streamed one's hist()) have the
+    columns of a full one, so that filters written for one work on the other;
+    the schema matches what the writer really writes."""
+    from mmntrace import synthetic
+    from mmntrace.recording import EVENT_COLUMNS, HIST_COLUMNS, SLEEP_COLUMNS
+    w = RecordingWriter(tmp_path / "empty", {"kernel": {"release": "x"}})
+    w.finish(drops={"total": 0})
+    r = Recording(tmp_path / "empty")
+    s, ev, h = r.sleeps(), r.events(), r.hist()
+    assert len(s) == len(ev) == len(h) == 0
+    assert list(s.columns) == [c for c, _ in SLEEP_COLUMNS] and len(s[s.atomic]) == 0
+    assert list(ev.columns) == [c for c, _ in EVENT_COLUMNS] and len(ev[ev.dur_ns > 1000]) == 0
+    assert list(h.columns) == [c for c, _ in HIST_COLUMNS]
+    assert list(r.events(columns=["ts_ns", "hook"]).columns) == ["ts_ns", "hook"]
+    synthetic.write(tmp_path / "full", n_events=200, segments=1, violations=3)
+    full = Recording(tmp_path / "full")
+    assert set(full.events().columns) <= {c for c, _ in EVENT_COLUMNS}
+    assert set(full.sleeps().columns) <= {c for c, _ in SLEEP_COLUMNS}
