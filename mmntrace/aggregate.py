@@ -55,7 +55,7 @@ CDF_POINTS = 400
 
 #: columns `summarize` reads from event and sleep segments
 EVENT_COLUMNS = ["kind", "hook", "callback", "event", "dur_ns", "ts_ns", "pid", "comm", "mm", "caller",
-                 "caller_class"]
+                 "caller_class", "must_not_sleep"]
 EVENT_DICT = ["kind", "hook", "callback", "event", "comm", "caller", "caller_class"]
 SLEEP_COLUMNS = ["ts_ns", "seq", "tid", "pid", "comm", "hook", "callback", "rule", "sleeper", "atomic",
                  "irqs_off", "stack"]
@@ -189,6 +189,7 @@ class _EventAcc:
         self.parts: list[pd.DataFrame] = []     # (mm, pid, comm) -> count, total, max   (hook level)
         self.callers: list[pd.DataFrame] = []   # (hook, caller, caller_class) -> count, total
         self.records = 0
+        self.watched: int | None = None         # callback invocations that must not sleep (the rules' reach)
 
     def _gid(self, key: tuple) -> int:
         g = self.keys.get(key)
@@ -215,6 +216,9 @@ class _EventAcc:
         ec, ev = _codes(_col(df, "event", n))
         is_hook = (df["kind"] == "hook").to_numpy(dtype=bool) if "kind" in df else cc < 0
         cc = np.where(is_hook, -1, cc)
+        if "must_not_sleep" in df:
+            mns = df["must_not_sleep"].to_numpy(dtype=bool)
+            self.watched = (self.watched or 0) + int((mns & ~is_hook).sum())
         rng = np.array([v in RANGE_HOOKS for v in hv] + [False])
         ec = np.where(rng[hc], ec, -1)
         ncb, nev = len(cv) + 1, len(ev) + 1
@@ -637,7 +641,7 @@ def violation_detail(sleeps: pd.DataFrame) -> tuple[list[dict], pd.DataFrame]:
     out = []
     for (rule_, hook, cb, sl), g in rows:
         out.append({"rule": rule_, "hook": hook, "callback": _none(cb), "sleeper": _none(sl),
-                    "atomic": bool(g["atomic"].any()), "count": int(len(g)),
+                    "atomic": bool(g["atomic"].any()), "atomic_count": int(g["atomic"].sum()), "count": int(len(g)),
                     "stack": [str(x) for x in stacks[codes[int(g["ex"].iloc[0])]]],
                     "first_ns": int(g["first"].min()), "last_ns": int(g["last"].max()),
                     "pids": sorted({int(p) for p in g["pid"]}),
@@ -686,6 +690,7 @@ class Summary:
     violations: list[dict] = field(default_factory=list)
     violation_times: pd.DataFrame | None = None     # one row per violating invocation
     sleep_records: int = 0
+    watched_callbacks: int | None = None            # must-not-sleep callback invocations (None: unknown)
 
     @property
     def rate_s(self) -> float | None:
@@ -776,4 +781,4 @@ def summarize(rec, *, buckets: int = TIME_BUCKETS, top: int = TOP, exact_limit: 
                    records=acc.records, hook_invocations=hooks_n, callback_invocations=cbs_n,
                    latency=lat, cdf=cdf, timeline=tl, heatmap=heat, processes=procs, mms=mm_rows,
                    secondary_tlb=acc.secondary_tlb(top), violations=viol, violation_times=vt,
-                   sleep_records=len(sleeps))
+                   sleep_records=len(sleeps), watched_callbacks=None if kernel_hist else acc.watched)

@@ -207,8 +207,9 @@ def violation_section(rep) -> list:
     for x in v:
         procs = ", ".join(f"{c}" for c in x.get("comms", [])[:3])
         procs += f" (pids {', '.join(map(str, x['pids'][:5]))}{'...' if len(x['pids']) > 5 else ''})"
+        ac = x.get("atomic_count", x["count"] if x["atomic"] else 0)
         t.add_row(x["rule"], x["hook"], x["callback"] or "(hook)", x["sleeper"] or "?",
-                  "yes" if x["atomic"] else "no", num(x["count"]), num(x.get("first_s"), 3), num(x.get("last_s"), 3),
+                  f"{ac} of {x['count']}", num(x["count"]), num(x.get("first_s"), 3), num(x.get("last_s"), 3),
                   procs)
     out = [t]
     for i, x in enumerate(v):
@@ -220,6 +221,28 @@ def violation_section(rep) -> list:
         out.append(Text("\n".join(lines)))
     out.append(Text(""))
     return out
+
+
+def verdict(rep) -> list[str]:
+    """The first thing read: what broke the rules, against how much was watched,
+    and what the recording could not see."""
+    v = rep.get("verdict")
+    if not v:
+        return []
+    w = v.get("must_not_sleep_watched")
+    seen = (f"{num(w)} must-not-sleep callback calls watched" if w is not None
+            else "must-not-sleep calls watched: not counted (--aggregate)")
+    if v["violation_invocations"]:
+        head = (f"VERDICT: {num(v['violation_invocations'])} callback calls broke the sleeping rules "
+                f"({v['violation_rules']} distinct rule/callback/sleeper, "
+                f"{num(v['atomic_violation_invocations'])} in atomic context); {seen}")
+    else:
+        head = f"VERDICT: no callback call broke the sleeping rules; {seen}"
+    gaps = [f"{num(v['dropped'])} records dropped", f"{v['skipped_probes']} probes skipped"]
+    if not v.get("complete", True):
+        gaps.append("recording cut short")
+    return [head, "  blind spots: " + ", ".join(gaps) + (" (details at the end)" if v["dropped"] or
+                                                         v["skipped_probes"] else "")]
 
 
 def drops_coverage(rep) -> list:
@@ -301,6 +324,8 @@ def render(rep: dict, *, width: int | None = None, color: bool = False) -> str:
                   force_terminal=color, highlight=False, emoji=False, markup=False, soft_wrap=False, legacy_windows=False)
     for line in header(rep):
         con.print(Text(line))
+    for line in verdict(rep):
+        con.print(Text(line, style="bold" if line.startswith("VERDICT") else ""))
     con.print()
     parts: list = [latency_table(rep) if rep["latency"] else Text("Latency: no hook or callback invocations")]
     tl = timeline_table(rep)

@@ -15,7 +15,7 @@ from .recording import Recording
 
 SCHEMA_VERSION = 1
 #: additions within schema_version 1 (docs/report-schema.md lists what each added)
-SCHEMA_MINOR = 1
+SCHEMA_MINOR = 2
 
 LAT_FIELDS = ["count", "rate_per_s", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
 
@@ -56,11 +56,25 @@ def from_summary(s: aggregate.Summary) -> dict:
     viol = []
     for r in s.violations:
         viol.append({k: r[k] for k in ("rule", "hook", "callback", "sleeper", "atomic", "count", "stack")}
+                    | {"atomic_count": r.get("atomic_count", r["count"] if r["atomic"] else 0)}
                     | {"first_ns": r["first_ns"], "last_ns": r["last_ns"], "pids": r["pids"],
                        "comms": r.get("comms", []),
                        "first_s": round((r["first_ns"] - t0) / 1e9, 9) if t0 is not None else None,
                        "last_s": round((r["last_ns"] - t0) / 1e9, 9) if t0 is not None else None})
     rate_s = s.rate_s
+    skipped = [{"symbol": a.get("symbol"), "why": a.get("status")} for a in attached
+               if a.get("status") != "attached"] + \
+        [{"symbol": "/".join(h.get("symbols") or [str(h.get("hook"))]), "why": f"hook {h.get('hook')}: {h.get('reason')}"}
+         for h in _list(m.get("hooks_missing")) if isinstance(h, dict)]
+    verdict = {
+        "violation_rules": len(viol),
+        "violation_invocations": sum(v["count"] for v in viol),
+        "atomic_violation_invocations": sum(v["atomic_count"] for v in viol),
+        "must_not_sleep_watched": s.watched_callbacks,
+        "dropped": _int(drops.get("total")),
+        "skipped_probes": len(skipped),
+        "complete": s.complete,
+    }
     return {
         "schema_version": SCHEMA_VERSION,
         "schema_minor": SCHEMA_MINOR,
@@ -88,13 +102,10 @@ def from_summary(s: aggregate.Summary) -> dict:
         "violations": viol,
         "violation_invocations": sum(v["count"] for v in viol),
         "sleep_records": s.sleep_records,
+        "verdict": verdict,
         "coverage": {
             "attached": sorted({str(a.get("symbol")) for a in attached if a.get("status") == "attached"}),
-            "skipped": [{"symbol": a.get("symbol"), "why": a.get("status")} for a in attached
-                        if a.get("status") != "attached"]
-                       + [{"symbol": "/".join(h.get("symbols") or [str(h.get("hook"))]),
-                           "why": f"hook {h.get('hook')}: {h.get('reason')}"}
-                          for h in _list(m.get("hooks_missing")) if isinstance(h, dict)],
+            "skipped": skipped,
             "by_kind": by_kind,
             "hooks": _list(m.get("hooks")),
             "filters": m.get("filters"),

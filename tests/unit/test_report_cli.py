@@ -60,12 +60,24 @@ def test_json_report_contract_and_additions(recs):
         <= rep["violations"][0].keys()
     assert {"attached", "skipped"} <= rep["coverage"].keys()
     # ... and what minor 1 added
-    assert rep["schema_minor"] == 1
+    assert rep["schema_minor"] >= 1
     assert {"p999_ns", "rate_per_s", "mean_ns", "min_ns", "total_ns", "hist_log2"} <= rep["latency"][0].keys()
     assert {"timeline", "processes", "mms", "secondary_tlb", "quantile_method", "hook_invocations",
             "callback_invocations", "events_per_s", "violation_invocations"} <= rep.keys()
     assert rep["events"] == 6000 and rep["violation_invocations"] == 12
     assert "compare" not in rep
+    # ... and minor 2: the verdict, counted from the same rows
+    assert rep["schema_minor"] == 2
+    v = rep["verdict"]
+    assert v["violation_invocations"] == 12 and v["violation_rules"] == len(rep["violations"])
+    assert v["atomic_violation_invocations"] == sum(x["atomic_count"] for x in rep["violations"])
+    assert all(0 <= x["atomic_count"] <= x["count"] for x in rep["violations"])
+    from mmntrace.recording import Recording
+    ev = Recording(recs["a"]).events()
+    assert v["must_not_sleep_watched"] == int(((ev.kind == "callback") & ev.must_not_sleep).sum()) > 0
+    assert v["dropped"] == rep["dropped"]
+    text = _run("report", recs["a"]).output
+    assert text.splitlines()[4].startswith("VERDICT: 12 callback calls broke the sleeping rules")
 
 
 def test_compare_text_json_html(recs, tmp_path):
