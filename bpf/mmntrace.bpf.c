@@ -187,15 +187,20 @@ static __always_inline void count_drop(u32 type)
 		(*d)++;
 }
 
-static __always_inline void emit(void *ctx, struct mmnt_record *r)
+static __always_inline int emit(void *ctx, struct mmnt_record *r)
 {
 #if MMNT_RINGBUF
-	if (events.ringbuf_output(r, sizeof(*r), 0) != 0)
+	if (events.ringbuf_output(r, sizeof(*r), 0) != 0) {
 		count_drop(r->type);
+		return -1;
+	}
 #else
-	if (events.perf_submit(ctx, r, sizeof(*r)) != 0)
+	if (events.perf_submit(ctx, r, sizeof(*r)) != 0) {
 		count_drop(r->type);
+		return -1;
+	}
 #endif
+	return 0;
 }
 
 static __always_inline bool pass_filter(u32 tgid)
@@ -282,6 +287,8 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	s->active = 1;
 	s->hook = hook;
 	s->nested_ns = 0;
+	s->ncb = 0;
+	s->pending = probing_pending();
 	if (sampled_out()) {
 		/* remembered, so that its callbacks are skipped too */
 		s->flags = MMNT_FL_SKIP;
@@ -291,6 +298,7 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	s->flags = MMNT_FL_BLOCKABLE;
 	s->mm = s->start = s->end = s->range = 0;
 	s->pc = 0;
+	s->only_end = hook == MMNT_HOOK_END && (u8)a2;	/* 0 where range_end has no such argument */
 	if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END) {
 		s->range = a1;
 		read_range(a1, &s->mm, &s->start, &s->end, &s->event, &s->flags);
@@ -349,6 +357,8 @@ static __always_inline int hook_return(void *ctx, u32 hook, u64 rc)
 	dur = dur > s->nested_ns ? dur - s->nested_ns : 0;
 	if (s->flags & MMNT_FL_MUST_NOT_SLEEP)
 		nosleep_add(-1);
+	if (s->pending || probing_pending())	/* a probe may have gone in meanwhile */
+		count_untimed(s, hook, rc);
 #ifdef MMNT_AGGREGATE
 	aggregate(hook, s->event, dur);
 #else
@@ -454,6 +464,13 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 	}
 	c->stack_id = -1;
 	c->seq = next_seq();
+	if (in_hook) {			/* timed: not counted as untimed at the hook's return */
+		u8 n = hs->ncb;
+		if (n < MMNT_HOOK_CBS) {
+			hs->cbs[n & (MMNT_HOOK_CBS - 1)] = ci->func;
+			hs->ncb = n + 1;
+		}
+	}
 	c->ts = bpf_ktime_get_ns();	/* last: our own work above is not the callback's */
 	if (in_hook)
 		hs->nested_ns += c->ts - t0;

@@ -8,13 +8,17 @@
 #ifndef MMNT_STATE_H
 #define MMNT_STATE_H
 
+#define MMNT_HOOK_CBS 8			/* callbacks remembered per hook invocation */
+
 struct hstate {				/* the hook in progress on this task */
 	u64 ts, mm, start, end, seq;
 	u64 range;			/* start/end: the struct mmu_notifier_range its callbacks get */
 	u64 nested_ns;			/* our own probes' time inside it (callbacks) */
 	s32 event, stack_id;
 	u32 pc;
-	u8 hook, flags, active, pad;
+	u8 hook, flags, active, ncb;
+	u8 pending, only_end, pad8[6];	/* callbacks were being probed when it began; range_end's only_end (before 6.6) */
+	u64 cbs[MMNT_HOOK_CBS];		/* callbacks timed inside it (untimed counting) */
 };
 
 struct cstate {				/* the callback in progress on this task */

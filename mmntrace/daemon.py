@@ -382,12 +382,15 @@ class Daemon:
         attach_ns = time.monotonic_ns()
         t.attach()
         start_ns = time.monotonic_ns()
+        known_cb = {a["symbol"] for a in t.attached() if a["kind"] == "callback" and a["status"] == "attached"}
+        # "callbacks": those probed before the window opened (every subscriber
+        # that exists, found by the start-up sweep): timed from its first call
         self.log({"event": "window_open", "window": name, "index": self.index, "attach_ns": attach_ns,
                   "start_ns": start_ns,
                   "sample_every": self.sample_every,
-                  "attached": sum(1 for a in t.attached() if a["status"] == "attached")})
+                  "attached": sum(1 for a in t.attached() if a["status"] == "attached"),
+                  "callbacks": sorted(known_cb)})
         chunks: list[bytes] = []
-        known_cb = {a["symbol"] for a in t.attached() if a["kind"] == "callback" and a["status"] == "attached"}
         end = time.monotonic() + cfg.for_s
         last_check, last_calls = time.monotonic(), 0
         sampled_from = None

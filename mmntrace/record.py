@@ -281,6 +281,8 @@ class Session:
             self._guard(guard, time.monotonic())      # a storm that ended between two checks
             drops = self.t.drops()
             attached = self.t.attached()
+            untimed = [{"callback": sym.sym(f), "func": f, "count": n}
+                       for f, n in sorted(self.t.untimed().items(), key=lambda x: -x[1])]
             hist = pd.DataFrame(self.t.histograms(), columns=["func", "hook_id", "event_id", "slot", "count"])
             totals = pd.DataFrame(self.t.totals(), columns=["func", "hook_id", "event_id", "count", "sum_ns"])
             self.t.stop()
@@ -294,10 +296,11 @@ class Session:
                      "callback": sym.sym(int(r.func)), "count": int(r.count), "sum_ns": int(r.sum_ns)}
                     for r in totals.itertuples()]
             if self.disk_full is None:
-                writer.finish(drops=drops, attached=attached)
+                writer.finish(drops=drops, attached=attached, untimed=untimed)
             else:
                 try:        # the last metadata that fit stays (status "recording": cut short)
-                    writer.meta.update(status="disk_full", drops=drops, attached=attached, end_time=time.time())
+                    writer.meta.update(status="disk_full", drops=drops, attached=attached, untimed=untimed,
+                                       end_time=time.time())
                     writer.flush_meta()
                 except OSError:
                     pass

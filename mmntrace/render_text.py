@@ -239,6 +239,9 @@ def verdict(rep) -> list[str]:
     else:
         head = f"VERDICT: no callback call broke the sleeping rules; {seen}"
     gaps = [f"{num(v['dropped'])} records dropped", f"{v['skipped_probes']} probes skipped"]
+    if v.get("untimed"):
+        gaps.insert(1, f"of which {num(v['untimed'])} callback calls counted but not timed (made before their "
+                       "probe was attached)")
     if not v.get("complete", True):
         gaps.append("recording cut short")
     return [head, "  blind spots: " + ", ".join(gaps) + (" (details at the end)" if v["dropped"] or
@@ -261,6 +264,9 @@ def drops_coverage(rep) -> list:
                                           for k, v in sorted(bk.items()))))
     for s in skipped[:10]:
         out.append(Text(f"  skipped {s['symbol']}: {s['why']}"))
+    for u in cov.get("untimed") or []:
+        out.append(Text(f"  untimed {u['callback']}: {num(u['count'])} calls made before its probe was attached "
+                        "(counted, not timed)"))
     if len(skipped) > 10:
         out.append(Text(f"  ... {len(skipped) - 10} more skipped (see --format json)"))
     return out

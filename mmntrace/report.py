@@ -72,6 +72,7 @@ def from_summary(s: aggregate.Summary) -> dict:
         "atomic_violation_invocations": sum(v["atomic_count"] for v in viol),
         "must_not_sleep_watched": s.watched_callbacks,
         "dropped": _int(drops.get("total")),
+        "untimed": _int(drops.get("untimed")),
         "skipped_probes": len(skipped),
         "complete": s.complete,
     }
@@ -106,6 +107,8 @@ def from_summary(s: aggregate.Summary) -> dict:
         "coverage": {
             "attached": sorted({str(a.get("symbol")) for a in attached if a.get("status") == "attached"}),
             "skipped": skipped,
+            "untimed": [{"callback": u.get("callback"), "count": _int(u.get("count"))}
+                        for u in _list(m.get("untimed")) if isinstance(u, dict)],
             "by_kind": by_kind,
             "hooks": _list(m.get("hooks")),
             "filters": m.get("filters"),

@@ -371,6 +371,7 @@ class Tracer:
         self.calibration_irqs_off = False
         self.timing: dict[str, float] = {}
         self.swept: int | None = None     # ops records the start-up sweep reported (None: no sweep)
+        self._ops_handled = 0             # OPS records from the buffer whose callbacks were probed
         self._attached: list[dict] = []
         self._cb_known: dict[int, dict] = {}
         self._chunks: list[bytes] = []
@@ -614,7 +615,7 @@ class Tracer:
                 os.close(x)
         raw = raw[:len(raw) - len(raw) % self._dtype.itemsize]
         self.swept = len(raw) // self._dtype.itemsize
-        self.process_discovery(raw)
+        self.process_discovery(raw, sent=False)
         self.timing["sweep_s"] = time.monotonic() - t0
 
     def _detach_all(self) -> None:
@@ -646,6 +647,7 @@ class Tracer:
         d = self.bpf[b"drops"]
         for k in list(d.keys()):
             d[k] = d.Leaf()
+        self.bpf[b"untimed"].clear()
         self._perf_lost = 0
         self._kprobe_missed_base = self._kprobe_missed_raw()
         self._missed_base = self._prog_missed_raw()
@@ -855,11 +857,20 @@ class Tracer:
         self.process_discovery(raw)
         return raw
 
-    def process_discovery(self, raw: bytes) -> None:
+    def process_discovery(self, raw: bytes, sent: bool = True) -> None:
+        """Probe the callbacks of the ops tables among ``raw``. ``sent``: they came
+        through the record buffer, whose OPS records the BPF side counts; once as
+        many are handled here, hooks stop counting untimed calls (bpf/discovery.h)."""
         if not raw:
             return
         recs = np.frombuffer(raw, self._dtype)
         ops = recs[recs["type"] == REC_OPS]
+        self._process_ops(ops)
+        if sent and len(ops):
+            self._ops_handled += len(ops)
+            self.bpf[b"disc"][ctypes.c_int(1)] = ctypes.c_uint64(self._ops_handled)
+
+    def _process_ops(self, ops) -> None:
         for r in ops:
             func, hook = int(r["func"]), int(r["hook"])
             _debug(f"ops table {int(r['addr']):#x}: hook {hook} -> {func:#x} (known: {func in self._cb_known})")
@@ -997,10 +1008,18 @@ class Tracer:
             for t, name in DROP_NAMES.items():
                 out[name] = int(sum(d[ctypes.c_int(t)]))
         out["perf_lost"] = self._perf_lost
+        out["untimed"] = sum(self.untimed().values())
         out["kretprobe_missed"] = self._kprobe_missed()
         out["prog_missed"] = self._prog_missed_raw() - self._missed_base
         out["total"] = sum(out.values())
         return out
+
+    def untimed(self) -> dict[int, int]:
+        """callback address -> its calls counted but not timed (made before its
+        probe was attached: a subscriber that registered and was invalidated at once)."""
+        if self.bpf is None:
+            return dict(self._final.get("untimed", {})) if self._final else {}
+        return {int(k.value): int(v.value) for k, v in self.bpf[b"untimed"].items() if v.value}
 
     def _kprobe_missed(self) -> int:
         return self._kprobe_missed_raw() - self._kprobe_missed_base
@@ -1109,7 +1128,8 @@ class Tracer:
             self._ring = None
         try:
             try:
-                self._final = dict(drops=self.drops(), hist=self.histograms(), totals=self.totals())
+                self._final = dict(drops=self.drops(), hist=self.histograms(), totals=self.totals(),
+                                   untimed=self.untimed())
                 for k, v in self.bpf[b"stack_by_id"].items():   # readable after unload
                     self._stack_ips.setdefault(k.value, [a for a in v.ip if a])
             except Exception:

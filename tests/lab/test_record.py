@@ -254,3 +254,58 @@ def test_doctor_and_report_json_contract(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mmntrace.cli", "doctor"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "invalidate_range_start" in out.stdout
+
+
+REGISTER_AT_ONCE = r"""
+import json, sys, ctypes, time
+sys.path.insert(0, %(repo)r)
+from mmntrace import testmod
+from mmntrace.workload import mmap_anon, libc, PAGE, PROT_READ
+m = testmod.TestModule()
+m.register(0)                       # no pause: invalidated at once, for a few seconds
+end = time.monotonic() + %(seconds)f
+while time.monotonic() < end:
+    a = mmap_anon(16 * PAGE)
+    for i in range(16):
+        ctypes.c_char.from_address(a + i * PAGE).value = b"x"
+    libc.mprotect(a, 16 * PAGE, PROT_READ)
+    libc.munmap(a, 16 * PAGE)
+c = m.counts()
+recs = m.records()
+print(json.dumps({"counts": c, "mm": int(recs["mm"][0]) if len(recs) else 0}), flush=True)
+sys.stdin.readline()                # idle (no mm activity) until the recorder has stopped
+"""
+
+
+def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(tmp_path):
+    """Issue 13: a subscriber that registers under a running recorder and is
+    invalidated at once. Its first calls come before its callbacks can be
+    probed; each is then counted as untimed (hooks count, at their return,
+    the calls of their subscribers' ops that no probe timed while probing is
+    under way). Timed + untimed = the module's own count, per op, exactly."""
+    rec = Recorder(tmp_path / "rec")
+    p = subprocess.Popen([sys.executable, "-c", REGISTER_AT_ONCE % dict(repo=str(Path(__file__).resolve().parents[2]),
+                                                                         seconds=3.0)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        res = json.loads(p.stdout.readline())
+        assert rec.stop() == 0, rec.log.read_text()
+    finally:
+        p.stdin.write("exit\n")
+        p.stdin.close()
+        p.wait(60)
+    r = Recording(tmp_path / "rec")
+    mine = r.events()
+    mine = mine[(mine["mm"] == res["mm"]) & (mine["kind"] == "callback")]
+    untimed = {u["callback"].split(" ")[0]: u["count"] for u in r.meta["untimed"]}
+    calls = res["counts"]["calls"]
+    for hook, fn in MODULE_CB.items():
+        timed = len(_cb(mine, fn))
+        assert timed + untimed.get(fn, 0) == calls[hook], (hook, timed, untimed, calls)
+        assert timed > 0, hook         # its probes did go in while it ran
+    assert sum(untimed.get(fn, 0) for fn in MODULE_CB.values()) > 0, \
+        "the probes went in before the first call: nothing was untimed (precondition)"
+    rep = report.build(r)
+    assert rep["verdict"]["untimed"] == r.meta["drops"]["untimed"] == sum(untimed.values())
+    assert rep["dropped"] == r.meta["drops"]["total"] >= rep["verdict"]["untimed"]
+    assert {u["callback"].split(" ")[0] for u in rep["coverage"]["untimed"]} == set(untimed)
