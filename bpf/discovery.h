@@ -13,7 +13,8 @@ BPF_HASH(seen_ops, u64, u8, 4096);		/* ops tables already reported */
 BPF_TABLE("lru_hash", u64, u8, seen_mm, 4096);		/* mms whose subscriptions were walked */
 BPF_ARRAY(walk_gen, u32, 1);			/* user space bumps it when it clears seen_mm */
 BPF_ARRAY(disc, u64, 2);		/* [0] ops records sent, [1] those user space has probed */
-BPF_HASH(untimed, u64, u64, 1024);	/* callback -> calls made before its probe was attached */
+BPF_HASH(cb_expected, u64, u64, 1024);	/* op -> its calls by hooks while probing was under way */
+BPF_HASH(cb_seen, u64, u64, 1024);	/* op -> those of them our callback probes timed */
 
 /* Are callbacks reported but not yet probed? Then each hook counts, at its
  * return, the calls its subscribers' ops got that no probe of ours timed. */
@@ -206,39 +207,39 @@ static __always_inline int op_off_of(u32 hook)
 	return -1;
 }
 
-/* One call of fn was made: timed if a callback probe of ours saw it inside
- * this hook invocation (each seen call matches one), else counted untimed. */
-static __always_inline void account_call(struct hstate *s, u32 *used, u64 fn)
+static __always_inline void add_to(u64 fn, bool seen)
 {
-	u64 one = 1;
-#pragma unroll
-	for (int j = 0; j < MMNT_HOOK_CBS; j++) {
-		if (j < s->ncb && !(*used & (1u << j)) && s->cbs[j] == fn) {
-			*used |= 1u << j;
-			return;
-		}
+	u64 one = 1, *v;
+	if (seen) {
+		v = cb_seen.lookup(&fn);
+		if (v)
+			__sync_fetch_and_add(v, 1);
+		else if (cb_seen.insert(&fn, &one) != 0 && (v = cb_seen.lookup(&fn)))
+			__sync_fetch_and_add(v, 1);
+	} else {
+		v = cb_expected.lookup(&fn);
+		if (v)
+			__sync_fetch_and_add(v, 1);
+		else if (cb_expected.insert(&fn, &one) != 0 && (v = cb_expected.lookup(&fn)))
+			__sync_fetch_and_add(v, 1);
 	}
-	u64 *v = untimed.lookup(&fn);
-	if (v)
-		__sync_fetch_and_add(v, 1);
-	else if (untimed.insert(&fn, &one) != 0 && (v = untimed.lookup(&fn)))
-		__sync_fetch_and_add(v, 1);
 }
 
 /*
  * At a hook's return while callbacks are being probed: each subscriber of
  * the mm whose op for this hook is set was called once (the core calls every
- * one), and the calls that no callback probe of ours timed inside this
- * invocation are counted in untimed[op]. Not where the core may have stopped
- * early: a failed start (an interval notifier refused, the list was skipped)
- * and test_young once one said young. Before 6.6 range_end also calls each
- * invalidate_range op, unless only_end.
+ * one): cb_expected[op]++. The callbacks our probes timed inside this
+ * invocation: cb_seen[op]++. User space reads expected - seen per op as the
+ * calls no probe timed (plain sums: matching the two here made the verifier
+ * give up). Not counted where the core may have stopped early: a failed
+ * start (an interval notifier refused, the list was skipped) and test_young
+ * once one said young. Before 6.6 range_end also calls each invalidate_range
+ * op, unless only_end.
  */
 static __always_inline void count_untimed(struct hstate *s, u32 hook, u64 rc)
 {
 #if MMNT_SUBS_LIST_OFF >= 0
 	u64 subs = 0, node = 0;
-	u32 used = 0;
 	int off = op_off_of(hook), off2 = -1;
 
 	if (off < 0 || !s->mm)
@@ -255,223 +256,29 @@ static __always_inline void count_untimed(struct hstate *s, u32 hook, u64 rc)
 		return;
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < MMNT_MAX_SUBS; i++) {
-		u64 ops = 0, fn = 0, fn2 = 0;
+		u64 ops = 0, fn = 0;
 		if (!node)
 			break;
 		bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(node - MMNT_L_SUB_HLIST + MMNT_L_SUB_OPS));
 		if (ops) {
 			bpf_probe_read_kernel(&fn, sizeof(fn), (void *)(ops + off));
+			if (fn)
+				add_to(fn, false);
+			fn = 0;
 			if (off2 >= 0)
-				bpf_probe_read_kernel(&fn2, sizeof(fn2), (void *)(ops + off2));
-		}
-		if (fn2)
-			account_call(s, &used, fn2);
-		if (fn)
-			account_call(s, &used, fn);
-		if (bpf_probe_read_kernel(&node, sizeof(node), (void *)node))
-			break;
-	}
-#endif
-}
-
-#ifdef MMNT_ITER
-	if (seq) {
-		bpf_seq_write((struct seq_file *)seq, r, sizeof(*r));
-		return;
-	}
-#endif
-	if (emit(ctx, r) == 0) {
-		u32 k = 0;
-		u64 *sent = disc.lookup(&k);
-		if (sent)
-			__sync_fetch_and_add(sent, 1);
-	}
-}
-
-static __always_inline void emit_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
-{
-	u8 one = 1;
-	u64 slots[MMNT_OPS_SLOTS] = {};
-	u32 n = MMNT_L_OPS_SIZE / 8;
-	struct mmnt_record r = {};
-
-	if (!ops || seen_ops.insert(&ops, &one) != 0)
-		return;
-	if (n > MMNT_OPS_SLOTS)
-		n = MMNT_OPS_SLOTS;
-	if (bpf_probe_read_kernel(&slots, MMNT_L_OPS_SIZE < sizeof(slots) ?
-				  MMNT_L_OPS_SIZE : sizeof(slots), (void *)ops))
-		return;
-	fill_common(&r, MMNT_REC_OPS);
-	r.event = -1;
-	r.stack_id = -1;
-	r.mm = mm;
-	r.addr = ops;
-	r.ts_ns = bpf_ktime_get_ns();
-	r.kind = n;
-/* a bounded loop, not unrolled: unrolled, the walk (subscriptions x ops
-	 * slots) was copied into every hook program and doubled the compile time */
-#pragma clang loop unroll(disable)
-	for (u32 i = 0; i < MMNT_OPS_SLOTS; i++) {
-		if (i >= n)
-			break;
-		int h = op_hook_at(i * 8);
-		if (h < 0 || !slots[i])
-			continue;
-		r.hook = h;
-		r.func = slots[i];
-		put_ops(ctx, seq, &r);
-	}
-}
-
-static __always_inline void emit_ops(void *ctx, u64 ops, u64 mm)
-{
-	emit_ops_to(ctx, 0, ops, mm);
-}
-
-static __always_inline void emit_interval_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
-{
-	u8 one = 1;
-	u64 invalidate = 0;
-	struct mmnt_record r = {};
-
-	if (!ops || seen_ops.insert(&ops, &one) != 0)
-		return;
-	if (bpf_probe_read_kernel(&invalidate, sizeof(invalidate), (void *)(ops + MMNT_L_IOPS_INVALIDATE)) || !invalidate)
-		return;
-	fill_common(&r, MMNT_REC_OPS);
-	r.event = -1;
-	r.stack_id = -1;
-	r.mm = mm;
-	r.addr = ops;
-	r.ts_ns = bpf_ktime_get_ns();
-	r.kind = 1;
-	r.hook = MMNT_HOOK_INTERVAL;
-	r.func = invalidate;
-	put_ops(ctx, seq, &r);
-}
-
-static __always_inline void emit_interval_ops(void *ctx, u64 ops, u64 mm)
-{
-	emit_interval_ops_to(ctx, 0, ops, mm);
-}
-
-/* Walk mm->notifier_subscriptions->list once per mm (bounded). */
-static __always_inline void walk_subs_to(void *ctx, void *seq, u64 mm, bool force)
-{
-#if MMNT_SUBS_LIST_OFF >= 0
-	u8 one = 1;
-	u64 subs = 0, node = 0;
-
-	if (!mm || (!force && seen_mm.lookup(&mm)))
-		return;
-	seen_mm.update(&mm, &one);
-	if (bpf_probe_read_kernel(&subs, sizeof(subs),
-				  (void *)(mm + MMNT_L_MM_SUBS)) || !subs)
-		return;
-	if (bpf_probe_read_kernel(&node, sizeof(node), (void *)(subs + MMNT_SUBS_LIST_OFF)))
-		return;
-#pragma clang loop unroll(disable)
-	for (int i = 0; i < MMNT_MAX_SUBS; i++) {
-		u64 ops = 0;
-		if (!node)
-			break;
-		u64 sub = node - MMNT_L_SUB_HLIST;
-		bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(sub + MMNT_L_SUB_OPS));
-		emit_ops_to(ctx, seq, ops, mm);
-		if (bpf_probe_read_kernel(&node, sizeof(node), (void *)node))
-			break;
-	}
-#endif
-}
-
-static __always_inline void walk_subs(void *ctx, u64 mm)
-{
-	walk_subs_to(ctx, 0, mm, false);
-}
-
-/* Byte offset in struct mmu_notifier_ops of the op a hook calls, -1: none counted */
-static __always_inline int op_off_of(u32 hook)
-{
-	if (hook == MMNT_HOOK_START)
-		return MMNT_L_OPS_invalidate_range_start;
-	if (hook == MMNT_HOOK_END)
-		return MMNT_L_OPS_invalidate_range_end;
-	if (hook == MMNT_HOOK_RELEASE)
-		return MMNT_L_OPS_release;
-	if (hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG)
-		return MMNT_L_OPS_clear_flush_young;
-	if (hook == MMNT_HOOK_CLEAR_YOUNG)
-		return MMNT_L_OPS_clear_young;
-	if (hook == MMNT_HOOK_TEST_YOUNG)
-		return MMNT_L_OPS_test_young;
-#ifdef MMNT_HAVE_OP_ARCH_SECONDARY
-	if (hook == MMNT_HOOK_SECONDARY_TLB)
-		return MMNT_L_OPS_arch_invalidate_secondary_tlbs;
-#endif
-#ifdef MMNT_HAVE_OP_INVALIDATE_RANGE
-	if (hook == MMNT_HOOK_SECONDARY_TLB)
-		return MMNT_L_OPS_invalidate_range;
-#endif
-#ifdef MMNT_HAVE_OP_CHANGE_PTE
-	if (hook == MMNT_HOOK_CHANGE_PTE)
-		return MMNT_L_OPS_change_pte;
-#endif
-	return -1;
-}
-
-/*
- * At a hook's return while callbacks are being probed: each subscriber of
- * the mm whose op for this hook is set was called once (the core calls every
- * one), and those calls that no callback probe of ours timed inside this
- * invocation are counted in untimed[op]. Not where the core may have stopped
- * early: a failed start (an interval notifier refused, the list was skipped)
- * and test_young once one said young. 6.1's range_end also calls each
- * invalidate_range op; only the op named by the hook is counted.
- */
-static __always_inline void count_untimed(struct hstate *s, u32 hook, u64 rc)
-{
-#if MMNT_SUBS_LIST_OFF >= 0
-	u64 subs = 0, node = 0, one = 1;
-	u32 used = 0;
-	int off = op_off_of(hook);
-
-	if (off < 0 || !s->mm)
-		return;
-	if ((hook == MMNT_HOOK_START || hook == MMNT_HOOK_TEST_YOUNG) && (u32)rc)
-		return;
-	if (bpf_probe_read_kernel(&subs, sizeof(subs), (void *)(s->mm + MMNT_L_MM_SUBS)) || !subs)
-		return;
-	if (bpf_probe_read_kernel(&node, sizeof(node), (void *)(subs + MMNT_SUBS_LIST_OFF)))
-		return;
-#pragma clang loop unroll(disable)
-	for (int i = 0; i < MMNT_MAX_SUBS; i++) {
-		u64 ops = 0, fn = 0;
-		bool timed = false;
-		if (!node)
-			break;
-		bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(node - MMNT_L_SUB_HLIST + MMNT_L_SUB_OPS));
-		if (ops)
-			bpf_probe_read_kernel(&fn, sizeof(fn), (void *)(ops + off));
-		if (fn) {
-#pragma unroll
-			for (int j = 0; j < MMNT_HOOK_CBS; j++) {
-				if (j < s->ncb && !(used & (1u << j)) && s->cbs[j] == fn) {
-					used |= 1u << j;
-					timed = true;
-					break;
-				}
-			}
-			if (!timed) {
-				u64 *v = untimed.lookup(&fn);
-				if (v)
-					__sync_fetch_and_add(v, 1);
-				else if (untimed.insert(&fn, &one) != 0 && (v = untimed.lookup(&fn)))
-					__sync_fetch_and_add(v, 1);
-			}
+				bpf_probe_read_kernel(&fn, sizeof(fn), (void *)(ops + off2));
+			if (fn)
+				add_to(fn, false);
 		}
 		if (bpf_probe_read_kernel(&node, sizeof(node), (void *)node))
 			break;
+	}
+	u32 n = s->ncb;
+#pragma clang loop unroll(disable)
+	for (u32 j = 0; j < MMNT_HOOK_CBS; j++) {
+		if (j >= n)
+			break;
+		add_to(s->cbs[j & (MMNT_HOOK_CBS - 1)], true);
 	}
 #endif
 }

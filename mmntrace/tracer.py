@@ -647,7 +647,8 @@ class Tracer:
         d = self.bpf[b"drops"]
         for k in list(d.keys()):
             d[k] = d.Leaf()
-        self.bpf[b"untimed"].clear()
+        self.bpf[b"cb_expected"].clear()
+        self.bpf[b"cb_seen"].clear()
         self._perf_lost = 0
         self._kprobe_missed_base = self._kprobe_missed_raw()
         self._missed_base = self._prog_missed_raw()
@@ -705,20 +706,23 @@ class Tracer:
                 self._attached.append(rec)
                 return True
             rec["fentry_error"] = err     # falls back to a kprobe
-        try:
-            self.bpf.attach_kprobe(event=symbol.encode(), fn_name=entry.encode())
-        except Exception as e:
-            rec["status"] = f"skipped: {str(e).split(',')[0]}"
-            self._attached.append(rec)
-            return False
+        # the return probe first: a call that meets only the entry probe would
+        # be seen (and not counted untimed) yet leave no record
         if ret:
             try:
                 self.bpf.attach_kretprobe(event=symbol.encode(), fn_name=ret.encode(), maxactive=MAXACTIVE)
             except Exception as e:
-                self.bpf.detach_kprobe(event=symbol.encode(), fn_name=entry.encode())
                 rec["status"] = f"skipped: kretprobe: {str(e).split(',')[0]}"
                 self._attached.append(rec)
                 return False
+        try:
+            self.bpf.attach_kprobe(event=symbol.encode(), fn_name=entry.encode())
+        except Exception as e:
+            if ret:
+                self.bpf.detach_kretprobe(event=symbol.encode(), fn_name=ret.encode())
+            rec["status"] = f"skipped: {str(e).split(',')[0]}"
+            self._attached.append(rec)
+            return False
         self._attached.append(rec)
         return True
 
@@ -761,8 +765,9 @@ class Tracer:
             self._raw_insns = (self.bpf.dump_func(b"cbf_entry"), self.bpf.dump_func(b"cbf_exit"))
         fds: list[int] = []
         try:
-            for insns, kind, name in ((self._raw_insns[0], bpfsys.TRACE_FENTRY, "cbf_entry"),
-                                      (self._raw_insns[1], bpfsys.TRACE_FEXIT, "cbf_exit")):
+            # fexit first, as for kprobes (see _try_attach)
+            for insns, kind, name in ((self._raw_insns[1], bpfsys.TRACE_FEXIT, "cbf_exit"),
+                                      (self._raw_insns[0], bpfsys.TRACE_FENTRY, "cbf_entry")):
                 prog = bpfsys.load_tracing(insns, name=name, attach=kind, btf_obj_fd=fd, btf_id=tid)
                 fds.append(prog)
                 fds.append(bpfsys.attach_tracing(prog))
@@ -1019,7 +1024,13 @@ class Tracer:
         probe was attached: a subscriber that registered and was invalidated at once)."""
         if self.bpf is None:
             return dict(self._final.get("untimed", {})) if self._final else {}
-        return {int(k.value): int(v.value) for k, v in self.bpf[b"untimed"].items() if v.value}
+        seen = {int(k.value): int(v.value) for k, v in self.bpf[b"cb_seen"].items()}
+        out = {}
+        for k, v in self.bpf[b"cb_expected"].items():
+            n = int(v.value) - seen.get(int(k.value), 0)
+            if n > 0:
+                out[int(k.value)] = n
+        return out
 
     def _kprobe_missed(self) -> int:
         return self._kprobe_missed_raw() - self._kprobe_missed_base
