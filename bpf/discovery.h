@@ -274,11 +274,12 @@ static __always_inline void count_untimed(struct hstate *s, u32 hook, u64 rc)
 			break;
 	}
 	u32 n = s->ncb;
-#pragma clang loop unroll(disable)
-	for (u32 j = 0; j < MMNT_HOOK_CBS; j++) {
-		if (j >= n)
-			break;
-		add_to(s->cbs[j & (MMNT_HOOK_CBS - 1)], true);
+	/* unrolled, constant offsets: a loop here became a pointer walk that the
+	 * 6.1 verifier could not bound */
+#pragma unroll
+	for (int j = 0; j < MMNT_HOOK_CBS; j++) {
+		if (j < n)
+			add_to(s->cbs[j], true);
 	}
 #endif
 }
