@@ -7,6 +7,37 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+_stats_was: str | None = None
+
+
+def pytest_sessionstart(session):
+    """In a lab guest, hold kernel.bpf_stats_enabled on for the whole suite.
+    The daemon turns it on and off around its windows; each switch patches a
+    static key on the BPF dispatch path with text_poke_bp(), and under QEMU's
+    multi-threaded TCG a vCPU can keep running into the int3 that patching
+    leaves (a 6.12 guest died at bpf_trace_run4+0x80 as the daemon tests
+    switched it; a 6.1 suite guest soft-locked a python task for 650 s in the
+    daemon test). Held on from before any of our programs run, the daemon's
+    switch leaves the key alone (docs/reliability.md, "The lab itself")."""
+    global _stats_was
+    if os.environ.get("MMNTRACE_LAB_KERNEL") and os.geteuid() == 0 and _STATS.exists():
+        try:
+            _stats_was = _STATS.read_text().strip()
+            if _stats_was != "1":
+                _STATS.write_text("1")
+        except OSError:
+            _stats_was = None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _stats_was is not None and _stats_was != "1":
+        try:
+            _STATS.write_text(_stats_was)
+        except OSError:
+            pass
+
+
 def pytest_collection_modifyitems(config, items):
     """Lab tests need a traceable kernel, root and the test module: inside
     `mmntrace lab` they have all three. Elsewhere they skip, saying why."""
