@@ -16,6 +16,7 @@ per-kind trailers).
 
 from __future__ import annotations
 
+import functools
 import struct
 from pathlib import Path
 
@@ -250,8 +251,11 @@ class Btf:
         return proto[3], proto[4] != 0
 
 
+@functools.lru_cache(maxsize=4)
 def load_vmlinux(path: str = "/sys/kernel/btf/vmlinux") -> Btf | None:
-    """The running kernel's BTF, or None if absent or unreadable."""
+    """The running kernel's BTF, or None if absent or unreadable: parsed once
+    per process (kernel.probe, the fentry source, the start-up sweep and the
+    modules' split BTF all read it; it does not change while the kernel runs)."""
     try:
         return Btf.load(path)
     except (OSError, BtfError):

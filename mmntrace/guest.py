@@ -210,6 +210,11 @@ def main(run_dir: str) -> int:
         info["kvm_vm_held"] = bool(_PINNED) and why is None
         if why:
             _log(f"could not hold a KVM VM ({why}): KVM VMs may patch __schedule under TCG")
+    try:
+        info["clocksource"] = Path("/sys/devices/system/clocksource/clocksource0/current_clocksource") \
+            .read_text().strip()
+    except OSError:
+        pass
     (rd / "guest.json").write_text(json.dumps(info))
     env = dict(os.environ)
     env.update(spec.get("env", {}))

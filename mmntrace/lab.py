@@ -142,7 +142,12 @@ def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, 
     guest_cmd = " ".join(shlex.quote(x) for x in
                          [sys.executable, "-m", "mmntrace.guest", str(run_dir)])
     console = os.environ.get("MMNTRACE_LAB_CONSOLE") == "1"
-    kopts = ["log_buf_len=8M"]     # injected sleeps in atomic context log many BUG lines: keep them all
+    kopts = ["log_buf_len=8M",     # injected sleeps in atomic context log many BUG lines: keep them all
+             # A guest whose kernel wedges (a CPU stuck in the kernel, or a task
+             # in D state for minutes) panics with its stacks on the console
+             # instead of sitting silent until --timeout: `mmntrace lab` then
+             # reports a died guest and lab_suite.py can resume in a fresh one.
+             "softlockup_panic=1", "hung_task_panic=1", "sysctl.kernel.hung_task_timeout_secs=240"]
     qopts = []
     if not console:
         # The kernel console also goes to a virtio console (hvc0), into

@@ -7,7 +7,9 @@ the guest (tests/conftest.py, MMNTRACE_LAB_PROGRESS). If the VM itself dies
 docs/reliability.md "The lab itself"), the suite is resumed once in a fresh
 guest without the tests that had finished; the test that was running when it
 died runs again. A failure from before the death still fails the run, and a
-second death fails it too.
+second death fails it too. A guest in which no test finishes for longer than
+any test may run (its kernel wedged: under QEMU TCG a 6.1 guest has hung
+silently, both CPUs, no watchdog output) is stopped and counts as a death.
 
 usage: lab_suite.py KERNEL [--timeout SECONDS]
 """
@@ -16,13 +18,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VM_DIED = 125
 NO_TESTS = 5          # pytest: everything was deselected
+# beyond the per-test limit: the boot, a test's setup and teardown (tests shorten it)
+STALL_MARGIN_S = float(os.environ.get("LAB_SUITE_STALL_MARGIN_S", "300"))
 
 
 def progress(path: Path) -> dict[str, str]:
@@ -34,6 +40,29 @@ def progress(path: Path) -> dict[str, str]:
             if nodeid:
                 out[nodeid] = outcome
     return out
+
+
+def watch(proc: subprocess.Popen, prog: Path, stall_s: float) -> float:
+    """Wait for ``proc`` (`mmntrace lab`). If no test finishes for ``stall_s``
+    seconds, longer than any test may run (pytest-timeout fails a hung test
+    and goes on), the guest's kernel is wedged, not a test: stop the VM
+    (SIGTERM: `mmntrace lab` takes it down) and return how long it stalled;
+    0.0 when it ended by itself."""
+    last = time.monotonic()
+    seen = prog.stat().st_size if prog.exists() else -1
+    while proc.poll() is None:
+        time.sleep(2)
+        size = prog.stat().st_size if prog.exists() else -1
+        if size != seen:
+            seen, last = size, time.monotonic()
+        elif time.monotonic() - last > stall_s:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            return time.monotonic() - last
+    return 0.0
 
 
 def main() -> int:
@@ -53,8 +82,14 @@ def main() -> int:
                 "--timeout", a.timeout, "--durations", "12", "-m", "lab", "tests",
                 *[f"--deselect={n}" for n in done]]
         # the whole suite in one guest: 13-20 min; each test has its own limit (--timeout)
-        rc = subprocess.call([mmntrace, "lab", "--kernel", a.kernel, "--timeout", "2700",
-                              "--memory", "3G", "--share", str(build), "--", *argv], cwd=REPO)
+        proc = subprocess.Popen([mmntrace, "lab", "--kernel", a.kernel, "--timeout", "2700",
+                                 "--memory", "3G", "--share", str(build), "--", *argv], cwd=REPO)
+        stalled = watch(proc, prog, stall_s=float(a.timeout) + STALL_MARGIN_S)
+        rc = proc.wait()
+        if stalled:
+            print(f"lab-test: no test of the {a.kernel} guest finished for {stalled:.0f} s, past every "
+                  f"test's own limit: its kernel is wedged; the VM was stopped", file=sys.stderr, flush=True)
+            rc = VM_DIED
         if attempt == 2 and rc == NO_TESTS and done:
             rc = 0          # it died after the last test had finished
         if rc != VM_DIED or attempt == 2:

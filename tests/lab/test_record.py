@@ -240,7 +240,9 @@ def test_injected_mutex_and_delay(tmp_path, backend):
     s = r.sleeps()
     s = s[(s["ts_ns"] >= lo) & (s["ts_ns"] <= hi) & (s["mm"] == mm) & (s["tid"] == pid)
           & s["callback"].astype(str).str.startswith("mmnt_secondary_tlb")]
-    assert s["seq"].nunique() == len(mine)
+    assert s["seq"].nunique() == len(mine), \
+        (f"{len(mine)} module calls, {s['seq'].nunique()} with a might-sleep record; drops {r.meta['drops']}; "
+         f"sleeps of this thread without a callback: {int(r.sleeps()['callback'].isna().sum())}")
     # busy delay: p50 >= 300 us on the module's start only
     lat = {(x["hook"], x["callback"]): x for x in rep["latency"] if x["callback"]}
     start = [x for k, x in lat.items() if k[1].startswith("mmnt_invalidate_range_start")]

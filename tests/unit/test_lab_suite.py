@@ -8,6 +8,7 @@ the way tests/conftest.py does and exits like `mmntrace lab` would.
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 FAKE = r"""#!/usr/bin/env python3
-import os, re, sys
+import os, re, sys, time
 argv = sys.argv[1:]
 calls = os.path.join(os.environ["FAKE_DIR"], "calls")
 n = len(open(calls).read().splitlines()) if os.path.exists(calls) else 0
@@ -27,17 +28,19 @@ done, rc = plan.split("|")
 with open(prog, "a") as f:
     for d in filter(None, done.split(",")):
         f.write(d + "\n")
+if rc == "hang":            # a wedged guest: alive, silent, until the VM is stopped
+    time.sleep(600)
 sys.exit(int(rc))
 """
 
 
-def _run(tmp_path, plan):
+def _run(tmp_path, plan, *args, **env_extra):
     fake = tmp_path / "mmntrace"
     fake.write_text(FAKE)
     fake.chmod(0o755)
     env = dict(os.environ, LAB_SUITE_MMNTRACE=str(fake), LAB_SUITE_BUILD=str(tmp_path), FAKE_DIR=str(tmp_path),
-               FAKE_PLAN=plan)
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "lab_suite.py"), "6.1"], env=env,
+               FAKE_PLAN=plan, **env_extra)
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "lab_suite.py"), "6.1", *args], env=env,
                        capture_output=True, text=True)
     calls = (tmp_path / "calls").read_text().splitlines()
     return r, calls
@@ -73,3 +76,15 @@ def test_death_after_the_last_test(tmp_path):
     """Everything had finished: the resumed pytest selects nothing (its exit 5), which is a pass."""
     r, calls = _run(tmp_path, "tests/a.py::t1 passed|125;|5")
     assert r.returncode == 0 and len(calls) == 2
+
+
+def test_wedged_guest_is_stopped_and_resumed(tmp_path):
+    """No test finishes for longer than a test may run: the VM is stopped
+    (SIGTERM to `mmntrace lab`) and that counts as a death."""
+    t0 = time.monotonic()
+    r, calls = _run(tmp_path, "tests/a.py::t1 passed|hang;tests/a.py::t2 passed|0", "--timeout", "1",
+                    LAB_SUITE_STALL_MARGIN_S="2")
+    assert time.monotonic() - t0 < 60
+    assert r.returncode == 0 and len(calls) == 2, r.stderr
+    assert "--deselect=tests/a.py::t1" in calls[1].split()
+    assert "kernel is wedged" in r.stderr and "guest died" in r.stderr
