@@ -213,9 +213,20 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
                f"-> {res['dir']}", err=True)
 
 
+#: the narrowest text report: below it even the stacked layouts would have to cut cells
+MIN_WIDTH = 60
+
+
+def _check_width(ctx, param, value):
+    if value is not None and value < MIN_WIDTH:
+        raise click.BadParameter(f"the text report needs at least {MIN_WIDTH} columns, not {value}.")
+    return value
+
+
 @main.command(epilog="""\b
 Examples:
   mmntrace report rec                                  tables in the terminal
+  mmntrace report rec --width 80 > rec.txt             text laid out for 80 columns
   mmntrace report rec --format json | jq '.violations'  JSON (schema: docs/report-schema.md)
   mmntrace report rec --format html -o rec.html        one self-contained file with plots
   mmntrace report before --compare after               side by side, with after/before ratios
@@ -230,8 +241,12 @@ Examples:
               help="A second recording: every table side by side with DIR2/RECORDING ratios.")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(1, 1000),
               help="Rows in the process, mm and caller tables.")
+@click.option("--width", type=int, callback=_check_width, metavar="COLUMNS",
+              help=f"Lay the text report out for COLUMNS columns (at least {MIN_WIDTH}): tables wrap names and "
+                   "stack or split columns to fit, never cutting a number. Default: the terminal's width, or "
+                   "220 when writing to a file or a pipe.")
 @_friendly
-def report(recording, fmt, out, other, top):
+def report(recording, fmt, out, other, top, width):
     """Report on a recording: latency, rate, time, processes, callers, violations.
 
     \b
@@ -251,6 +266,8 @@ def report(recording, fmt, out, other, top):
     from .recording import Recording
     if fmt == "html" and not out:
         raise errors.UsageError("--format html writes a file: add -o FILE (for example -o report.html)")
+    if width is not None and fmt != "text":
+        raise errors.UsageError(f"--width lays out the text report: --format {fmt} has no width")
     sa = aggregate.summarize(Recording(recording), top=top)
     rep.require_data(sa)
     r = rep.from_summary(sa)
@@ -264,7 +281,8 @@ def report(recording, fmt, out, other, top):
     elif fmt == "html":
         text = rep.to_html(r, sa, sb)
     else:
-        text = rep.to_text(r, width=None if out else _term_width(), color=not out and sys.stdout.isatty())
+        text = rep.to_text(r, width=width or (None if out else _term_width()),
+                           color=not out and sys.stdout.isatty())
     if out:
         _write_output(Path(out), text)
         click.echo(f"mmntrace: wrote {out}", err=True)
@@ -273,10 +291,13 @@ def report(recording, fmt, out, other, top):
 
 
 def _term_width() -> int | None:
+    """The terminal's width when standard output is one (None: a pipe, where
+    the renderer's default applies); never under MIN_WIDTH, the narrowest
+    layout the report has."""
     if not sys.stdout.isatty():
         return None
     import shutil
-    return max(shutil.get_terminal_size((200, 50)).columns, 100)
+    return max(shutil.get_terminal_size((200, 50)).columns, MIN_WIDTH)
 
 
 def _write_output(path: Path, text: str) -> None:

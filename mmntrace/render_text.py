@@ -1,15 +1,20 @@
-"""Terminal rendering of the JSON report dict (rich tables, plain text when not a terminal)."""
+"""Terminal rendering of the JSON report dict (rich tables, plain text when not a terminal).
+
+Each section describes its tables as :class:`mmntrace.textfit.Grid` s, which
+:mod:`mmntrace.textfit` lays out for the width: numbers are never cut, names
+wrap, and columns stack or split when the width is short."""
 
 from __future__ import annotations
 
 import io
+import textwrap
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from .aggregate import bucket_lo
+from .textfit import Col, Grid, Line, fits, shrunk, tables, to_table
 
 BARS = " ▁▂▃▄▅▆▇█"
 
@@ -79,22 +84,6 @@ def hist_spark(pairs, span) -> str:
     return spark(vals)
 
 
-class _Titled(Table):
-    """A table whose title is printed on its own line above it (rich would wrap
-    a title wider than the table)."""
-
-    def __rich_console__(self, console, options):
-        if self.heading:
-            yield Text(self.heading, style="bold")
-        yield from super().__rich_console__(console, options)
-
-
-def _table(title=None, **kw) -> Table:
-    t = _Titled(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, **kw)
-    t.heading = title
-    return t
-
-
 def _cb(r) -> str:
     return r["callback"] or "(hook)"
 
@@ -121,97 +110,214 @@ def header(rep) -> list[str]:
     return lines
 
 
-def latency_table(rep) -> Table:
-    rows = rep["latency"]
-    span = hist_span(rows)
-    hist_hdr = f"log2 histogram {dur(bucket_lo(span[0])) if span else ''}..{dur(1 << span[1]) if span else ''}"
-    t = _table("Latency (µs) by hook x callback x event")
-    for name, just in (("hook", "left"), ("callback", "left"), ("event", "left"), ("count", "right"),
-                       ("rate/s", "right"), ("p50", "right"), ("p90", "right"), ("p99", "right"),
-                       ("p99.9", "right"), ("max", "right"), (hist_hdr, "left")):
-        t.add_column(name, justify=just, no_wrap=name in ("hook", "callback"))
-    prev = None
+# ---- latency -----------------------------------------------------------------------------
+
+LAT_TITLE = "Latency (µs) by hook x callback x event"
+#: the key of the narrow layouts: hook, its callbacks indented under it, their events under those
+TREE_KEY = Col("hook / callback / event", "name", min_width=24)
+
+
+def _lat_cols() -> list[Col]:
+    return [Col(n) for n in ("count", "rate/s", "p50", "p90", "p99", "p99.9", "max")]
+
+
+def _lat_cells(r) -> list[str]:
+    return [num(r["count"]), num(r.get("rate_per_s")), us(r["p50_ns"]), us(r["p90_ns"]), us(r["p99_ns"]),
+            us(r.get("p999_ns")), us(r["max_ns"])]
+
+
+def tree_keys(rows) -> list[tuple]:
+    """For each latency row, the lines of its hook / callback / event key:
+    the hook only where it changes, the callback only where it changes, the
+    event (when there is one) last, where the row's numbers go."""
+    out, prev = [], (object(), object())
     for r in rows:
-        t.add_row(r["hook"] if r["hook"] != prev else "", _cb(r), r["event"] or "-", num(r["count"]),
-                  num(r.get("rate_per_s")), us(r["p50_ns"]), us(r["p90_ns"]), us(r["p99_ns"]),
-                  us(r.get("p999_ns")), us(r["max_ns"]), hist_spark(r.get("hist_log2"), span))
-        prev = r["hook"]
-    return t
-
-
-def timeline_table(rep) -> Table | None:
-    tl = rep.get("timeline")
-    if not tl or not tl["series"]:
-        return None
-    t = _table(f"Over time: {tl['buckets']} buckets of {tl['bucket_s']:g} s")
-    for name in ("hook", "invocations", "mean/s", "peak/s", "rate through the recording", "p99 peak (µs)",
-                 "p99 through the recording"):
-        t.add_column(name, justify="right" if name in ("invocations", "mean/s", "peak/s", "p99 peak (µs)") else "left",
-                     no_wrap=True)
-    for s in tl["series"]:
-        n = sum(s["count"])
-        p99 = [v for v in s["p99_ns"] if v is not None]
-        t.add_row(s["hook"], num(n), num(n / (tl["buckets"] * tl["bucket_s"])), num(max(s["rate_per_s"])),
-                  spark(s["rate_per_s"]), us(max(p99)) if p99 else "-", spark(s["p99_ns"]))
-    if any(tl.get("violations") or []):
-        v = tl["violations"]
-        t.add_row("violations", num(sum(v)), "", "", spark(v), "", "")
-    return t
-
-
-def process_tables(rep) -> list[Table]:
-    out = []
-    if rep.get("processes"):
-        t = _table("Top processes (hook invocations)")
-        for name in ("pid", "comm", "invocations", "share", "total time", "max"):
-            t.add_column(name, justify="left" if name == "comm" else "right")
-        for p in rep["processes"]:
-            t.add_row(str(p["pid"]), p["comm"] or "?", num(p["count"]), pct(p["share"]), dur(p["total_ns"]),
-                      dur(p["max_ns"]))
-        out.append(t)
-    if rep.get("mms"):
-        t = _table("Top mms (hook invocations)")
-        for name in ("mm", "invocations", "share", "total time", "max", "processes"):
-            t.add_column(name, justify="left" if name in ("mm", "processes") else "right")
-        for m in rep["mms"]:
-            t.add_row(m["mm"], num(m["count"]), pct(m["share"]), dur(m["total_ns"]), dur(m["max_ns"]),
-                      ", ".join(m["comms"][:4]) + f" (pids {', '.join(map(str, m['pids'][:5]))})")
-        out.append(t)
+        hook, cb = r["hook"] or "?", _cb(r)
+        lines = []
+        if hook != prev[0]:
+            lines.append(Line(hook))
+        if (hook, cb) != prev:
+            lines.append(Line(cb, 2))
+        if r["event"] or not lines:
+            lines.append(Line(r["event"] or "-", 4))
+        out.append(tuple(lines))
+        prev = (hook, cb)
     return out
 
 
-def secondary_tables(rep) -> list[Table]:
+def latency_tables(rep, width: int) -> list[Table]:
+    """One row per hook x callback x event. Wide: hook, callback and event
+    columns. Narrower: the three as a tree in one column, the log2 histograms
+    beside the numbers or, narrower still, in a table of their own."""
+    rows = rep["latency"]
+    span = hist_span(rows)
+    rng = f"{dur(bucket_lo(span[0]))}..{dur(1 << span[1])}" if span else ""
+    sparks = [hist_spark(r.get("hist_log2"), span) for r in rows]
+    hist = [Col(f"log2 histogram {rng}", "fixed")] if span else []
+    wide = Grid(LAT_TITLE, [Col("hook", "name"), Col("callback", "name"), Col("event", "name")] + _lat_cols() + hist)
+    prev = None
+    for r, sp in zip(rows, sparks):
+        wide.add(r["hook"] if r["hook"] != prev else "", _cb(r), r["event"] or "-", *_lat_cells(r), *([sp] * bool(span)))
+        prev = r["hook"]
+    lay = fits(wide, width)
+    if lay:
+        return [to_table(lay)]
+    keys = tree_keys(rows)
+    title = LAT_TITLE + (f"; log2 histograms {rng}" if span else "")
+    tree = Grid(title, [TREE_KEY] + _lat_cols() + [Col("log2 histogram", "fixed")] * bool(span), valign="bottom")
+    for k, r, sp in zip(keys, rows, sparks):
+        tree.add(k, *_lat_cells(r), *([sp] * bool(span)))
+    lay = shrunk(tree, width)
+    if lay or not span:
+        return [to_table(lay)] if lay else tables(tree, width)
+    nums = Grid(LAT_TITLE, [TREE_KEY] + _lat_cols(), [row[:-1] for row in tree.rows], valign="bottom")
+    hists = Grid(f"Latency histograms: log2 buckets {rng}", [TREE_KEY, Col("log2 histogram", "fixed")],
+                 [[k, sp] for k, sp in zip(keys, sparks)], valign="bottom")
+    return tables(nums, width) + tables(hists, width)
+
+
+# ---- over time ---------------------------------------------------------------------------
+
+#: a sparkline is not merged below this many bars in the one-table layout
+MIN_BARS = 20
+
+
+def merge(values, k: int, how: str) -> list:
+    """Every ``k`` neighbouring values as one: their mean, max or sum (None
+    where all are None), so that a sparkline fits fewer columns."""
+    fn = {"mean": lambda v: sum(v) / len(v), "max": max, "sum": sum}[how]
+    out = []
+    for i in range(0, len(values), k):
+        vals = [v for v in values[i:i + k] if v is not None]
+        out.append(fn(vals) if vals else None)
+    return out
+
+
+def _tl_title(tl, k: int) -> str:
+    t = f"Over time: {tl['buckets']} buckets of {tl['bucket_s']:g} s"
+    return t + (f", drawn {k} to a bar ({tl['bucket_s'] * k:g} s)" if k > 1 else "")
+
+
+def _tl_numbers(tl, s) -> list[str]:
+    n = sum(s["count"])
+    p99 = [v for v in s["p99_ns"] if v is not None]
+    return [num(n), num(n / (tl["buckets"] * tl["bucket_s"])), num(max(s["rate_per_s"])),
+            us(max(p99)) if p99 else "-"]
+
+
+def _tl_grid(tl, k: int) -> Grid:
+    """Hooks' numbers and both sparklines in one table, ``k`` buckets to a bar."""
+    g = Grid(_tl_title(tl, k), [Col("hook", "name", min_width=14), Col("invocations", short="calls"), Col("mean/s"),
+                                Col("peak/s"), Col("rate through the recording", "fixed", short="rate"),
+                                Col("p99 peak (µs)", short="p99 peak"),
+                                Col("p99 through the recording", "fixed", short="p99")])
+    for s in tl["series"]:
+        n, mean, peak, p99 = _tl_numbers(tl, s)
+        g.add(s["hook"], n, mean, peak, spark(merge(s["rate_per_s"], k, "mean")), p99,
+              spark(merge(s["p99_ns"], k, "max")))
+    v = tl.get("violations") or []
+    if any(v):
+        g.add("violations", num(sum(v)), "", "", spark(merge(v, k, "sum")), "", "")
+    return g
+
+
+def _tl_split(tl, width: int) -> list[Table]:
+    """Narrow: the numbers in one table, then the sparklines, rate above p99,
+    under each hook, as many buckets to a bar as it takes to fit."""
+    g = Grid(_tl_title(tl, 1), [Col("hook", "name", min_width=14), Col("invocations", short="calls"), Col("mean/s"),
+                                Col("peak/s"), Col("p99 peak (µs)", short="p99 peak")])
+    for s in tl["series"]:
+        g.add(s["hook"], *_tl_numbers(tl, s))
+    v = tl.get("violations") or []
+    if any(v):
+        g.add("violations", num(sum(v)), "", "", "")
+    out = tables(g, width)
+    for k in range(1, max(1, tl["buckets"]) + 1):
+        sp = Grid(f"Rate and p99 latency through the recording, a bar per {tl['bucket_s'] * k:g} s",
+                  [Col("hook", "name", min_width=14), Col("", "fixed"), Col("", "fixed")])
+        for s in tl["series"]:
+            sp.add(s["hook"], "rate\np99", spark(merge(s["rate_per_s"], k, "mean")) + "\n"
+                   + spark(merge(s["p99_ns"], k, "max")))
+        if any(v):
+            sp.add("violations", "count", spark(merge(v, k, "sum")))
+        lay = shrunk(sp, width)
+        if lay:
+            return out + [to_table(lay)]
+    return out + tables(sp, width)
+
+
+def timeline_tables(rep, width: int) -> list[Table] | None:
+    """Per hook: invocations, rates and p99 peak with their sparklines; the
+    sparklines merge neighbouring buckets, then hook names wrap, then the
+    sparklines move to a table of their own, as the width shrinks."""
+    tl = rep.get("timeline")
+    if not tl or not tl["series"]:
+        return None
+    ks = [k for k in range(1, tl["buckets"] + 1) if k == 1 or -(-tl["buckets"] // k) >= MIN_BARS]
+    for wrap_names in (False, True):
+        for k in ks:
+            lay = shrunk(_tl_grid(tl, k), width, wrap_names=wrap_names)
+            if lay:
+                return [to_table(lay)]
+    return _tl_split(tl, width)
+
+
+# ---- processes, callers, violations ------------------------------------------------------
+
+CALLS = dict(short="calls")
+
+
+def process_tables(rep, width: int) -> list[Table]:
+    out = []
+    if rep.get("processes"):
+        g = Grid("Top processes (hook invocations)", [Col("pid"), Col("comm", "name"), Col("invocations", **CALLS),
+                                                      Col("share"), Col("total time", short="total"), Col("max")])
+        for p in rep["processes"]:
+            g.add(str(p["pid"]), p["comm"] or "?", num(p["count"]), pct(p["share"]), dur(p["total_ns"]),
+                  dur(p["max_ns"]))
+        out += tables(g, width)
+    if rep.get("mms"):
+        g = Grid("Top mms (hook invocations)", [Col("mm", "fixed"), Col("invocations", **CALLS), Col("share"),
+                                                Col("total time", short="total"), Col("max"),
+                                                Col("processes", "name", min_width=16, stack=True)])
+        for m in rep["mms"]:
+            g.add(m["mm"], num(m["count"]), pct(m["share"]), dur(m["total_ns"]), dur(m["max_ns"]),
+                  ", ".join(m["comms"][:4]) + f" (pids {', '.join(map(str, m['pids'][:5]))})")
+        out += tables(g, width)
+    return out
+
+
+def secondary_tables(rep, width: int) -> list[Table]:
     s = rep.get("secondary_tlb")
     if not s:
         return []
-    t = _table(f"Callers of the secondary-TLB hook: {num(s['count'])} invocations")
-    for name in ("caller class", "invocations", "share", "total time"):
-        t.add_column(name, justify="left" if name == "caller class" else "right")
+    g = Grid(f"Callers of the secondary-TLB hook: {num(s['count'])} invocations",
+             [Col("caller class", "name"), Col("invocations", **CALLS), Col("share"), Col("total time", short="total")])
     for c in s["classes"]:
-        t.add_row(c["caller_class"], num(c["count"]), pct(c["share"]), dur(c["total_ns"]))
-    u = _table("Top callers of the secondary-TLB hook")
-    for name in ("caller", "class", "invocations", "share"):
-        u.add_column(name, justify="right" if name in ("invocations", "share") else "left")
+        g.add(c["caller_class"], num(c["count"]), pct(c["share"]), dur(c["total_ns"]))
+    u = Grid("Top callers of the secondary-TLB hook", [Col("caller", "name", min_width=16), Col("class", "name"),
+                                                       Col("invocations", **CALLS), Col("share")])
     for c in s["callers"]:
-        u.add_row(c["caller"] or "(no stack)", c["caller_class"] or "unknown", num(c["count"]), pct(c["share"]))
-    return [t, u]
+        u.add(c["caller"] or "(no stack)", c["caller_class"] or "unknown", num(c["count"]), pct(c["share"]))
+    return tables(g, width) + tables(u, width)
 
 
-def violation_section(rep) -> list:
+def violation_section(rep, width: int) -> list:
     v = rep["violations"]
     if not v:
         return [Text("Rule violations: none")]
-    t = _table(f"Rule violations ({sum(x['count'] for x in v)} callback invocations)")
-    for name in ("rule", "hook", "callback", "sleeper", "atomic", "count", "first (s)", "last (s)", "processes"):
-        t.add_column(name, justify="right" if name in ("count", "first (s)", "last (s)") else "left")
+    g = Grid(f"Rule violations ({sum(x['count'] for x in v)} callback invocations)",
+             [Col("rule", "name"), Col("hook", "name", min_width=20, stack=True),
+              Col("callback", "name", min_width=20, stack=True), Col("sleeper", "name", stack=True), Col("atomic"),
+              Col("count"), Col("first (s)", short="first s"), Col("last (s)", short="last s"),
+              Col("processes", "name", min_width=20, stack=True)])
     for x in v:
         procs = ", ".join(f"{c}" for c in x.get("comms", [])[:3])
         procs += f" (pids {', '.join(map(str, x['pids'][:5]))}{'...' if len(x['pids']) > 5 else ''})"
         ac = x.get("atomic_count", x["count"] if x["atomic"] else 0)
-        t.add_row(x["rule"], x["hook"], x["callback"] or "(hook)", x["sleeper"] or "?",
-                  f"{ac} of {x['count']}", num(x["count"]), num(x.get("first_s"), 3), num(x.get("last_s"), 3),
-                  procs)
-    out = [t]
+        g.add(x["rule"], x["hook"], x["callback"] or "(hook)", x["sleeper"] or "?", f"{ac} of {x['count']}",
+              num(x["count"]), num(x.get("first_s"), 3), num(x.get("last_s"), 3), procs)
+    out: list = tables(g, width)
     for i, x in enumerate(v):
         lines = [f"  example stack {i + 1}: {x['rule']} in {x['callback'] or x['hook']}"
                  f"{' in atomic context' if x['atomic'] else ''}"]
@@ -272,80 +378,108 @@ def drops_coverage(rep) -> list:
     return out
 
 
-def compare_section(rep) -> list:
-    c = rep["compare"]
-    out = [Text(f"Comparison: A = {c['a']}\n            B = {c['b']}", style="bold")]
-    t = _table("Summary (B/A)")
-    for name in ("", "A", "B", "B/A"):
-        t.add_column(name, justify="left" if not name else "right")
-    for r in c["summary"]:
-        t.add_row(r["metric"], num(r["a"]), num(r["b"]), times(r["ratio"]))
-    out.append(t)
-    t = _table("Latency (µs), A vs B")
-    for name in ("hook", "callback", "event", "count A", "count B", "B/A", "p50 A", "p50 B", "B/A", "p99 A",
-                 "p99 B", "B/A", "max A", "max B", "B/A"):
-        t.add_column(name, justify="left" if name in ("hook", "callback", "event") else "right",
-                     no_wrap=name in ("hook", "callback"))
-    prev = None
+def _compare_latency(c, width: int) -> list[Table]:
+    """A's and B's latency rows side by side: hook, callback and event columns
+    when they fit, else the tree key, the numbers split over tables as needed."""
+    title = "Latency (µs), A vs B"
+    cols = [Col(f"{m} {x}" if x != "B/A" else x, group=m) for m in ("count", "p50", "p99", "max")
+            for x in ("A", "B", "B/A")]
+    cells = []
     for r in c["latency"]:
         a, b, q = r["a"] or {}, r["b"] or {}, r["ratio"]
-        t.add_row(r["hook"] if r["hook"] != prev else "", r["callback"] or "(hook)", r["event"] or "-",
-                  num(a.get("count")), num(b.get("count")), times(q["count"]),
-                  us(a.get("p50_ns")), us(b.get("p50_ns")), times(q["p50_ns"]),
-                  us(a.get("p99_ns")), us(b.get("p99_ns")), times(q["p99_ns"]),
-                  us(a.get("max_ns")), us(b.get("max_ns")), times(q["max_ns"]))
+        cells.append([num(a.get("count")), num(b.get("count")), times(q["count"]),
+                      us(a.get("p50_ns")), us(b.get("p50_ns")), times(q["p50_ns"]),
+                      us(a.get("p99_ns")), us(b.get("p99_ns")), times(q["p99_ns"]),
+                      us(a.get("max_ns")), us(b.get("max_ns")), times(q["max_ns"])])
+    wide = Grid(title, [Col("hook", "name"), Col("callback", "name"), Col("event", "name")] + cols)
+    prev = None
+    for r, row in zip(c["latency"], cells):
+        wide.add(r["hook"] if r["hook"] != prev else "", _cb(r), r["event"] or "-", *row)
         prev = r["hook"]
-    out.append(t)
+    lay = fits(wide, width)
+    if lay:
+        return [to_table(lay)]
+    tree = Grid(title, [TREE_KEY] + cols, [[k] + row for k, row in zip(tree_keys(c["latency"]), cells)],
+                valign="bottom")
+    return tables(tree, width)
+
+
+def compare_section(rep, width: int) -> list:
+    c = rep["compare"]
+    out: list = [Text(f"Comparison: A = {c['a']}\n            B = {c['b']}", style="bold")]
+    g = Grid("Summary (B/A)", [Col("", "name"), Col("A"), Col("B"), Col("B/A")])
+    for r in c["summary"]:
+        g.add(r["metric"], num(r["a"]), num(r["b"]), times(r["ratio"]))
+    out += tables(g, width)
+    out += _compare_latency(c, width)
     if c["secondary_tlb"]:
-        t = _table("Secondary-TLB callers, A vs B")
-        for name in ("caller class", "A", "share A", "B", "share B", "B/A"):
-            t.add_column(name, justify="left" if name == "caller class" else "right")
+        g = Grid("Secondary-TLB callers, A vs B", [Col("caller class", "name"), Col("A"), Col("share A"), Col("B"),
+                                                   Col("share B"), Col("B/A")])
         for r in c["secondary_tlb"]:
-            t.add_row(r["caller_class"], num(r["a_count"]), pct(r["a_share"]), num(r["b_count"]), pct(r["b_share"]),
-                      times(r["ratio"]))
-        out.append(t)
+            g.add(r["caller_class"], num(r["a_count"]), pct(r["a_share"]), num(r["b_count"]), pct(r["b_share"]),
+                  times(r["ratio"]))
+        out += tables(g, width)
     if c["processes"]:
-        t = _table("Processes (hook invocations by comm), A vs B")
-        for name in ("comm", "A", "B", "B/A"):
-            t.add_column(name, justify="left" if name == "comm" else "right")
+        g = Grid("Processes (hook invocations by comm), A vs B", [Col("comm", "name"), Col("A"), Col("B"), Col("B/A")])
         for r in c["processes"]:
-            t.add_row(r["comm"] or "?", num(r["a_count"]), num(r["b_count"]), times(r["ratio"]))
-        out.append(t)
+            g.add(r["comm"] or "?", num(r["a_count"]), num(r["b_count"]), times(r["ratio"]))
+        out += tables(g, width)
     if c["violations"]:
-        t = _table("Rule violations, A vs B")
-        for name in ("rule", "hook", "callback", "sleeper", "atomic", "A", "B", "B/A"):
-            t.add_column(name, justify="right" if name in ("A", "B", "B/A") else "left")
+        g = Grid("Rule violations, A vs B", [Col("rule", "name"), Col("hook", "name", min_width=20, stack=True),
+                                             Col("callback", "name", min_width=20, stack=True),
+                                             Col("sleeper", "name", stack=True), Col("atomic", "fixed"), Col("A"),
+                                             Col("B"), Col("B/A")])
         for r in c["violations"]:
-            t.add_row(r["rule"], r["hook"], r["callback"] or "(hook)", r["sleeper"] or "?",
-                      "yes" if r["atomic"] else "no", num(r["a_count"]), num(r["b_count"]), times(r["ratio"]))
-        out.append(t)
+            g.add(r["rule"], r["hook"], r["callback"] or "(hook)", r["sleeper"] or "?", "yes" if r["atomic"] else "no",
+                  num(r["a_count"]), num(r["b_count"]), times(r["ratio"]))
+        out += tables(g, width)
     else:
         out.append(Text("Rule violations: none in A or B"))
     return out
 
 
+def para(line: str, width: int) -> str:
+    """A line of prose wrapped at spaces to ``width``, its continuation lines
+    indented two more than its own indent (so they read as one item)."""
+    if len(line) <= width:
+        return line
+    lead = line[:len(line) - len(line.lstrip())]
+    return "\n".join(textwrap.wrap(line.strip(), width, initial_indent=lead, subsequent_indent=lead + "  ",
+                                    break_on_hyphens=False)) or line
+
+
+#: the width when none is given (a file or a pipe): wide enough for every column of most reports
+DEFAULT_WIDTH = 220
+
+
 def render(rep: dict, *, width: int | None = None, color: bool = False) -> str:
+    """The report as text for a terminal ``width`` columns wide (default
+    :data:`DEFAULT_WIDTH`): tables adapt to it (fewer, stacked or split
+    columns, wrapped names) and never cut a number."""
+    width = width or DEFAULT_WIDTH
     buf = io.StringIO()
-    con = Console(file=buf, width=width or 220, color_system="standard" if color else None,
+    con = Console(file=buf, width=width, color_system="standard" if color else None,
                   force_terminal=color, highlight=False, emoji=False, markup=False, soft_wrap=False, legacy_windows=False)
     for line in header(rep):
-        con.print(Text(line))
+        con.print(Text(para(line, width)))
     for line in verdict(rep):
-        con.print(Text(line, style="bold" if line.startswith("VERDICT") else ""))
+        con.print(Text(para(line, width), style="bold" if line.startswith("VERDICT") else ""))
     con.print()
-    parts: list = [latency_table(rep) if rep["latency"] else Text("Latency: no hook or callback invocations")]
-    tl = timeline_table(rep)
+    parts: list = latency_tables(rep, width) if rep["latency"] else [Text("Latency: no hook or callback invocations")]
+    tl = timeline_tables(rep, width)
     if tl is not None:
-        parts.append(tl)
+        parts += tl
     elif rep["aggregate"]:
         parts.append(Text("Over time, processes, mms, callers: not available (--aggregate keeps only histograms)"))
-    parts += process_tables(rep)
-    parts += secondary_tables(rep)
-    parts += violation_section(rep)
+    parts += process_tables(rep, width)
+    parts += secondary_tables(rep, width)
+    parts += violation_section(rep, width)
     parts += drops_coverage(rep)
     if rep.get("compare"):
-        parts += [Text("")] + compare_section(rep)
+        parts += [Text("")] + compare_section(rep, width)
     for p in parts:
+        if isinstance(p, Text):
+            p = Text("\n".join(para(line, width) for line in p.plain.split("\n")), style=p.style)
         con.print(p)
         if isinstance(p, Table):
             con.print()
