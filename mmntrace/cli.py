@@ -34,6 +34,14 @@ def _friendly(fn):
     return wrapper
 
 
+def _keep_root_owner_option(fn):
+    """--keep-root-owner: one flag, one help text, on every command that writes outputs."""
+    return click.option(
+        "--keep-root-owner", is_flag=True,
+        help="Under sudo, leave what is written owned by root (by default it is handed to the user who ran "
+             "sudo, still private to them: 0700 directories, 0600 files).")(fn)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mmntrace")
 def main():
@@ -134,9 +142,10 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
               help="Written (JSON: attached probes) once every probe is attached, and again when new driver callbacks are.")
 @click.option("--redact", is_flag=True, help="Drop raw kernel addresses (mm, ranges, functions); keep symbols.")
 @click.option("-q", "--quiet", is_flag=True, help="No live status line.")
+@_keep_root_owner_option
 @_friendly
 def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffer_pages, might_sleep, ready_file,
-           redact, quiet):
+           redact, quiet, keep_root_owner):
     """Record MMU-notifier activity into a recording directory (needs root).
 
     Attaches to every notifier entry point the running kernel has
@@ -148,7 +157,9 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
     not sleep, every sleep and might-sleep call is recorded with its stack.
 
     Stops on Ctrl-C, SIGTERM or after --duration, always writing complete
-    metadata. Then: `mmntrace report DIR`.
+    metadata. Then: `mmntrace report DIR`. The recording is private (0700
+    directory, 0600 files: it holds kernel addresses); under sudo it belongs
+    to the user who ran sudo, so they can report on it without sudo.
 
     \b
     Examples:
@@ -170,8 +181,10 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
     if buffer_pages & (buffer_pages - 1):
         raise errors.UsageError(f"--buffer-pages {buffer_pages}: use a power of two (64, 256, 1024...)")
     o = Path(out)
-    if o.is_symlink():
-        raise errors.UsageError(f"{o} is a symbolic link: give the real directory")
+    from .outpath import refuse_symlink
+    refuse_symlink(o)
+    if ready_file:
+        refuse_symlink(ready_file)
     if o.exists() and (not o.is_dir() or any(o.iterdir())):
         raise errors.UsageError(f"{o} exists and is not an empty directory: choose a new one (-o)")
     import concurrent.futures
@@ -195,7 +208,7 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
     try:
         rec = warm.result()
         s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,
-                        status=None, redact=redact)
+                        status=None, redact=redact, hand_over=not keep_root_owner)
     except BaseException:
         t.stop()
         raise
@@ -232,7 +245,7 @@ Examples:
   mmntrace report before --compare after               side by side, with after/before ratios
   mmntrace report before --compare after --format html -o diff.html
 """)
-@click.argument("recording", type=click.Path())
+@click.argument("recording", type=click.Path(readable=False))   # unreadable: Recording says why
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True,
               help="text: terminal tables; json: the documented schema; html: one file with embedded plots.")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False), metavar="FILE",
@@ -245,8 +258,9 @@ Examples:
               help=f"Lay the text report out for COLUMNS columns (at least {MIN_WIDTH}): tables wrap names and "
                    "stack or split columns to fit, never cutting a number. Default: the terminal's width, or "
                    "220 when writing to a file or a pipe.")
+@_keep_root_owner_option
 @_friendly
-def report(recording, fmt, out, other, top, width):
+def report(recording, fmt, out, other, top, width, keep_root_owner):
     """Report on a recording: latency, rate, time, processes, callers, violations.
 
     \b
@@ -260,7 +274,8 @@ def report(recording, fmt, out, other, top, width):
 
     Recordings made with --aggregate hold only in-kernel log2 histograms:
     their quantiles are log2 upper bounds and the time, process and caller
-    sections are absent.
+    sections are absent. A file written with -o is 0600 (it shows mm
+    addresses), never through a symbolic link.
     """
     from . import aggregate, report as rep
     from .recording import Recording
@@ -284,7 +299,7 @@ def report(recording, fmt, out, other, top, width):
         text = rep.to_text(r, width=width or (None if out else _term_width()),
                            color=not out and sys.stdout.isatty())
     if out:
-        _write_output(Path(out), text)
+        _write_output(Path(out), text, hand_over=not keep_root_owner)
         click.echo(f"mmntrace: wrote {out}", err=True)
     else:
         click.echo(text, nl=False)
@@ -300,10 +315,12 @@ def _term_width() -> int | None:
     return max(shutil.get_terminal_size((200, 50)).columns, MIN_WIDTH)
 
 
-def _write_output(path: Path, text: str) -> None:
-    from .outpath import write_nofollow
+def _write_output(path: Path, text: str, hand_over: bool = True) -> None:
+    """report -o: 0600 whatever the format (each shows mm addresses, unless the
+    recording was --redact'ed), atomically, never through a link."""
+    from .outpath import write_atomic
     try:
-        write_nofollow(path, text.encode("utf-8"))
+        write_atomic(path, text.encode("utf-8"), hand_over=hand_over)
     except OSError as e:
         raise errors.UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
@@ -313,12 +330,13 @@ Examples:
   mmntrace plot rec                         PNGs in rec-plots/
   mmntrace plot rec -o figs --format svg    SVGs in figs/
 """)
-@click.argument("recording", type=click.Path())
+@click.argument("recording", type=click.Path(readable=False))   # unreadable: Recording says why
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), metavar="OUTDIR",
               help="Directory for the figures (default: RECORDING-plots next to the recording).")
 @click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
+@_keep_root_owner_option
 @_friendly
-def plot(recording, outdir, fmt):
+def plot(recording, outdir, fmt, keep_root_owner):
     """Plot a recording: latency CDFs, latency heatmap, rate and violation timelines.
 
     \b
@@ -330,13 +348,15 @@ def plot(recording, outdir, fmt):
 
     Prints the files written. Recordings made with --aggregate have no
     per-event times: their heatmap and rate timeline are skipped, saying so.
+    A directory made for them is 0700 and each figure 0600 (a callback with
+    no symbol is labelled with its kernel address).
     """
     from . import plot as plotmod, report as rep
     src = Path(recording)
     s = rep.load_summary(src)
     outdir = Path(outdir) if outdir else src.resolve().parent / f"{src.resolve().name}-plots"
     try:
-        written, skipped = plotmod.write_all(s, outdir, fmt)
+        written, skipped = plotmod.write_all(s, outdir, fmt, hand_over=not keep_root_owner)
     except OSError as e:
         raise errors.UsageError(f"cannot write the figures to {outdir}: {e.strerror or e}") from None
     for p in written:

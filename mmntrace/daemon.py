@@ -13,8 +13,12 @@ Per window the daemon writes (under OUT):
   mmntrace.prom                              node_exporter textfile metrics
 
 Files appear atomically (written under a dot name, then renamed), so a
-reader of the Hive-partitioned datasets never sees a partial window.
-A log line (JSON) per window goes to stdout.
+reader of the Hive-partitioned datasets never sees a partial window; none is
+written through a symbolic link (:mod:`mmntrace.outpath`). The windows are
+0600 (stacks and unresolved callbacks are kernel addresses); the metrics
+textfile is 0644 for node_exporter, so no address reaches it
+(:func:`metric_label`). The daemon is a service: its files stay root's, even
+when it is started with sudo. A log line (JSON) per window goes to stdout.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -38,6 +43,7 @@ import pyarrow.parquet as pq
 
 from . import decode, kernel
 from .errors import MmntraceError, OverheadGuardError, UsageError
+from .outpath import OutputDir, make_parents, write_atomic
 from .units import DAY, parse_duration, parse_size  # noqa: F401 (the daemon's API)
 
 
@@ -170,24 +176,33 @@ HIST_SCHEMA = pa.schema([("window", pa.string()), ("start_ns", pa.int64()), ("ho
                          ("count", pa.int64())])
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    write(tmp)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+#: the daemon's directories: they hold 0600 files, and their names (host, date) are no secret,
+#: so a shipper may list them
+DIR_MODE = 0o755
+
+
+def _write_part(out: OutputDir, kind: str, host: str, date: str, name: str, write) -> str:
+    """One file of a window, in OUT/KIND/host=H/date=D/ (made as needed, no link followed)."""
+    with out.subdir(kind, f"host={host}", f"date={date}") as d:
+        return str(d.write(name, write, mode=0o600))
 
 
 def write_window(out: Path, host: str, summary: dict, hist_rows: list[dict], sleeps: pd.DataFrame) -> dict:
     """Write one window's partitions; returns the paths written."""
     date = datetime.fromtimestamp(summary["start_time"], timezone.utc).strftime("%Y-%m-%d")
     name = summary["window"]
-    part = f"host={host}/date={date}"
     paths = {}
     hist = pa.Table.from_pylist(hist_rows, schema=HIST_SCHEMA)
-    p = out / "hist" / part / f"{name}.parquet"
-    _atomic_write(p, lambda t: pq.write_table(hist, t))
-    paths["hist"] = str(p)
+    with OutputDir(out, mode=DIR_MODE, hand_over=False) as od:
+        paths["hist"] = _write_part(od, "hist", host, date, f"{name}.parquet", lambda f: pq.write_table(hist, f))
+        paths.update(_write_violations(od, host, date, name, sleeps))
+        paths["summary"] = _write_part(od, "windows", host, date, f"{name}.json",
+                                       json.dumps(summary, indent=1, default=str).encode())
+    return paths
+
+
+def _write_violations(out: OutputDir, host: str, date: str, name: str, sleeps: pd.DataFrame | None) -> dict:
+    """The window's sleep attempts, if it had any: {"violations": path} or {}."""
     if sleeps is not None and len(sleeps):
         cols = ["ts_ns", "cpu", "pid", "tid", "comm", "hook", "callback", "rule", "sleeper", "atomic", "seq",
                 "stack"]
@@ -196,13 +211,10 @@ def write_window(out: Path, host: str, summary: dict, hist_rows: list[dict], sle
         for c in ("hook", "callback", "rule", "sleeper", "comm"):
             if c in v:
                 v[c] = v[c].astype(object).where(v[c].notna(), None).astype(str)
-        p = out / "violations" / part / f"{name}.parquet"
-        _atomic_write(p, lambda t: pq.write_table(pa.Table.from_pandas(v, preserve_index=False), t))
-        paths["violations"] = str(p)
-    p = out / "windows" / part / f"{name}.json"
-    _atomic_write(p, lambda t: t.write_text(json.dumps(summary, indent=1, default=str)))
-    paths["summary"] = str(p)
-    return paths
+        table = pa.Table.from_pandas(v, preserve_index=False)
+        return {"violations": _write_part(out, "violations", host, date, f"{name}.parquet",
+                                          lambda f: pq.write_table(table, f))}
+    return {}
 
 
 def enforce_retention(out: Path, max_age_s: float | None, max_bytes: int | None, now: float | None = None) -> list[str]:
@@ -234,8 +246,31 @@ def enforce_retention(out: Path, max_age_s: float | None, max_bytes: int | None,
 
 
 # -- metrics ---------------------------------------------------------------------
+#: a kernel address inside a name: how the recorder names what it cannot symbolize
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{8,}\b")
+
+
+def metric_label(name: str | None) -> str:
+    """A callback or sleeper name as a metric label: "" for none, and any kernel
+    address in it (an unresolved symbol) as "unresolved". The textfile is
+    world-readable (node_exporter runs as its own user) and /metrics is served
+    to anyone who can connect: neither may hand out an address that defeats
+    KASLR. Symbol offsets ("+0x1a") are not addresses and stay."""
+    return _ADDRESS.sub("unresolved", name) if name else ""
+
+
+def _merged_totals(totals: dict) -> dict:
+    """The histogram series keyed by their labels: two unresolved callbacks become one series."""
+    out: dict = {}
+    for (hook, cb, ev), slots in totals.items():
+        acc = out.setdefault((hook, metric_label(cb), ev or ""), {})
+        for slot, n in slots.items():
+            acc[slot] = acc.get(slot, 0) + n
+    return out
+
+
 def build_metrics(summary: dict, totals: dict):
-    """A prometheus_client registry holding the last window's figures."""
+    """A prometheus_client registry holding the last window's figures (no kernel address: :func:`metric_label`)."""
     from prometheus_client import CollectorRegistry, Counter, Gauge
     from prometheus_client.core import HistogramMetricFamily
 
@@ -248,14 +283,15 @@ def build_metrics(summary: dict, totals: dict):
     for k, v in summary["drops"].items():
         if k != "total":
             d.labels(k).set(v)
+    # inc(), not set(): rows whose names scrub to the same labels add up
     v = g("mmntrace_window_violations", "Callback invocations that broke a sleeping rule in the last window",
           ["rule", "hook", "callback", "sleeper"])
     for r in summary["violations"]:
-        v.labels(r["rule"], r["hook"] or "", r["callback"] or "", r["sleeper"] or "").set(r["count"])
+        v.labels(r["rule"], r["hook"] or "", metric_label(r["callback"]), metric_label(r["sleeper"])).inc(r["count"])
     c = g("mmntrace_window_calls", "Hook and callback invocations in the last window",
           ["hook", "callback", "event"])
     for r in summary["latency"]:
-        c.labels(r["hook"], r["callback"] or "", r["event"] or "").set(r["count"])
+        c.labels(r["hook"], metric_label(r["callback"]), r["event"] or "").inc(r["count"])
     o = g("mmntrace_daemon_bpf_run_seconds", "BPF run time of our programs in the last window "
           "(kernel.bpf_stats_enabled)")
     o.set((summary.get("bpf_run_time_ns") or 0) / 1e9)
@@ -265,19 +301,31 @@ def build_metrics(summary: dict, totals: dict):
         def collect(self):
             fam = HistogramMetricFamily("mmntrace_latency_seconds", "Latency of hooks and callbacks in the last "
                                         "window (log2 buckets)", labels=["hook", "callback", "event"])
-            sums = {(r["hook"], r["callback"], r["event"]): r.get("total_ns") or 0 for r in summary["latency"]}
-            for key, slots in sorted(totals.items(), key=lambda kv: tuple(x or "" for x in kv[0])):
+            sums: dict = {}
+            for r in summary["latency"]:
+                key = (r["hook"], metric_label(r["callback"]), r["event"] or "")
+                sums[key] = sums.get(key, 0) + (r.get("total_ns") or 0)
+            for key, slots in sorted(_merged_totals(totals).items()):
                 acc, buckets = 0, []
                 for slot in range(max(slots) + 1):
                     acc += slots.get(slot, 0)
                     # bcc's bpf_log2l: slot s holds [2^(s-1), 2^s - 1] ns
                     buckets.append((f"{((1 << slot) - 1) / 1e9:.9g}", acc))
                 buckets.append(("+Inf", acc))
-                fam.add_metric([key[0], key[1] or "", key[2] or ""], buckets, sum_value=sums.get(key, 0) / 1e9)
+                fam.add_metric(list(key), buckets, sum_value=sums.get(key, 0) / 1e9)
             yield fam
 
     reg.register(_Hist())
     return reg
+
+
+def write_textfile(path: Path, reg) -> None:
+    """The node_exporter textfile, atomically and never through a link. 0644:
+    node_exporter reads it as its own user, and it holds no address
+    (:func:`metric_label`); it stays root's under sudo (the daemon is a service)."""
+    from prometheus_client import generate_latest
+    make_parents(path)
+    write_atomic(path, generate_latest(reg), mode=0o644, hand_over=False)
 
 
 # -- the daemon -------------------------------------------------------------------
@@ -495,11 +543,8 @@ class Daemon:
         return summary, rows, sleeps, totals
 
     def _metrics(self, summary, totals):
-        from prometheus_client import write_to_textfile
         reg = build_metrics(summary, totals)
-        path = Path(self.cfg.textfile or (self.cfg.out / "mmntrace.prom"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_to_textfile(str(path), reg)   # writes a temp file and renames it
+        write_textfile(Path(self.cfg.textfile or (self.cfg.out / "mmntrace.prom")), reg)
         if self._http is not None:
             self._http_reg.target = reg
 

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import MmntraceError
+from .outpath import OutputDir, write_atomic
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -46,7 +47,7 @@ def run_notebooks(recording_dir: str | Path, out_dir: str | Path, *, notebooks_d
                             "pip install -e '.[dev]'") from None
     rec = Path(recording_dir).resolve()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    OutputDir(out, mode=0o700).close()      # made private, never a link (outpath)
     # Writable scratch for Jupyter's connection files, IPython's profile and
     # matplotlib's cache: HOME may be read-only (a lab guest sees the host's root
     # file system read-only).
@@ -91,8 +92,9 @@ def _run_all(paths, rec, out, env, timeout) -> list[Path]:
             raise NotebookError(f"{nb_path.name} did not finish on {rec}: {str(e).splitlines()[0] if str(e) else e}") \
                 from None
         finally:
-            dest = out / nb_path.name
-            nbformat.write(nb, dest)
+            # 0600: the executed cells print the recording's mm addresses and stacks
+            text = nbformat.writes(nb)
+            dest = write_atomic(out / nb_path.name, (text if text.endswith("\n") else text + "\n").encode("utf-8"))
         written.append(dest)
     return written
 

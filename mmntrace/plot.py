@@ -20,7 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from .aggregate import Summary, _hook_sort, bucket_lo  # noqa: E402
-from .outpath import refuse_symlink, write_nofollow  # noqa: E402
+from .outpath import OutputDir  # noqa: E402
 
 FIGURES = ["latency-cdf", "latency-heatmap", "rate-timeline", "violations-timeline"]
 
@@ -201,21 +201,24 @@ WHY_MISSING = {
 }
 
 
-def write_all(s: Summary, outdir: str | Path, fmt: str = "png", dpi: int = 110) -> tuple[list[Path], list[str]]:
-    """Save every figure; returns (files written, 'name: why' for those skipped)."""
-    out = Path(outdir)
-    refuse_symlink(out)
-    out.mkdir(parents=True, exist_ok=True)
+def write_all(s: Summary, outdir: str | Path, fmt: str = "png", dpi: int = 110, *,
+              hand_over: bool = True) -> tuple[list[Path], list[str]]:
+    """Save every figure; returns (files written, 'name: why' for those skipped).
+
+    The directory is made 0700 if missing and each figure is 0600: a callback
+    the recorder could not symbolize is labelled with its kernel address.
+    Nothing is written through a link (:mod:`mmntrace.outpath`); under sudo
+    what is made goes to the invoking user unless ``hand_over`` is False.
+    """
     written, skipped = [], []
-    for name, fig in figures(s).items():
-        if fig is None:
-            skipped.append(f"{name}: {WHY_MISSING.get(name, 'nothing to plot')}")
-            continue
-        p = out / f"{name}.{fmt}"
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi)
-        write_nofollow(p, buf.getvalue())
-        written.append(p)
+    with OutputDir(outdir, mode=0o700, hand_over=hand_over) as out:
+        for name, fig in figures(s).items():
+            if fig is None:
+                skipped.append(f"{name}: {WHY_MISSING.get(name, 'nothing to plot')}")
+                continue
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=dpi)
+            written.append(out.write(f"{name}.{fmt}", buf.getvalue()))
     return written, skipped
 
 

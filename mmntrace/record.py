@@ -21,6 +21,7 @@ import pandas as pd
 from . import decode, kernel
 from .aggregate import bare_symbol
 from .errors import DiskFullError
+from .outpath import write_atomic
 from .recording import RecordingWriter
 
 #: frames that say which path invoked the secondary-TLB hook
@@ -131,7 +132,9 @@ class Session:
 
     def __init__(self, tracer, features: kernel.Features, out: Path, *, duration: float | None = None,
                  ready_file: Path | None = None, status=None, segment_s: float = 2.0,
-                 redact: bool = False):
+                 redact: bool = False, hand_over: bool = True):
+        """``hand_over``: under sudo, give the recording and the ready file to
+        the invoking user as they are made (:mod:`mmntrace.outpath`)."""
         self.t = tracer
         self.f = features
         self.out = Path(out)
@@ -140,6 +143,7 @@ class Session:
         self.status = status
         self.segment_s = segment_s
         self.redact = redact
+        self.hand_over = hand_over
         self._stop = False
         self.counts = {"events": 0, "violations": 0}
         self.disk_full: OSError | None = None
@@ -168,13 +172,13 @@ class Session:
         }
 
     def _write_ready(self) -> None:
+        """--ready-file: the probes attached, as JSON. 0600 like the recording: an
+        unresolved callback's symbol is its kernel address."""
         if self.ready_file:
             import json
-            tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
-            tmp.write_text(json.dumps({"pid": os.getpid(), "attached": [
+            write_atomic(self.ready_file, json.dumps({"pid": os.getpid(), "attached": [
                 {k: a.get(k) for k in ("kind", "symbol", "hook", "module", "status", "attach")}
-                for a in self.t.attached()]}))
-            os.replace(tmp, self.ready_file)
+                for a in self.t.attached()]}).encode(), hand_over=self.hand_over)
 
     def _probe_state(self) -> list:
         return [(a.get("symbol"), a.get("status")) for a in self.t.attached()]
@@ -219,7 +223,7 @@ class Session:
 
     def run(self) -> dict:
         self.t.start()      # the CLI loads first (compiling while pandas imports)
-        writer = RecordingWriter(self.out, self._meta())
+        writer = RecordingWriter(self.out, self._meta(), hand_over=self.hand_over)
         sym = Symbolizer(self.t, self.f)
         writer.meta["attached"] = self.t.attached()
         writer.meta["timing"] = dict(self.t.timing)
@@ -304,6 +308,7 @@ class Session:
                     writer.flush_meta()
                 except OSError:
                     pass
+            writer.close()
         if self.disk_full is not None:
             raise DiskFullError(
                 f"the file system holding {self.out} is full ({self.disk_full.strerror}): recording stopped "

@@ -8,8 +8,9 @@
 Segments are written whole (temporary name, then rename), so a recorder killed
 with SIGKILL loses at most the segment it was filling; ``metadata.json`` says
 ``"status": "recording"`` until the recorder finishes, which is how a reader
-knows a recording was cut short. Files are 0600: recordings hold kernel
-addresses, which defeat KASLR.
+knows a recording was cut short. Files are 0600 in a 0700 directory:
+recordings hold kernel addresses, which defeat KASLR. Under sudo they belong
+to the user who ran it, from the moment each is made (:mod:`mmntrace.outpath`).
 """
 
 from __future__ import annotations
@@ -23,39 +24,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import RecordingError, RecordingVersionError, UsageError
+from .errors import RecordingError, RecordingVersionError
+from .outpath import OutputDir
 
 FORMAT_VERSION = 1
 META = "metadata.json"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(data)
-        while view:                 # a full disk first shortens a write, then fails it
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(tmp)          # never leave a partial file behind
-        except OSError:
-            pass
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-
-
 class RecordingWriter:
-    def __init__(self, path: str | Path, meta: dict):
+    """Writes a recording directory: made 0700 (never through a link, never a
+    directory that holds anything), every file 0600 and written whole
+    (:mod:`mmntrace.outpath`). Under sudo the directory and each file are
+    handed to the invoking user as they are made, so a recording cut short
+    by Ctrl-C is theirs too; ``hand_over=False`` keeps them root's."""
+
+    def __init__(self, path: str | Path, meta: dict, *, hand_over: bool = True):
         self.dir = Path(path)
-        if self.dir.is_symlink():
-            raise UsageError(f"{self.dir} is a symbolic link: give the real directory")
-        if self.dir.exists() and any(self.dir.iterdir()):
-            raise UsageError(f"{self.dir} exists and is not empty: choose a new directory")
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._out = OutputDir(self.dir, mode=0o700, hand_over=hand_over, must_be_empty=True)
         self.meta = dict(meta)
         self.meta.update(format_version=FORMAT_VERSION, status="recording", segments=0,
                          events=0, sleeps=0, start_time=time.time(), end_time=None)
@@ -63,13 +48,17 @@ class RecordingWriter:
         self.flush_meta()
 
     def flush_meta(self) -> None:
-        _write_atomic(self.dir / META, json.dumps(self.meta, indent=1, default=str).encode())
+        self._out.write(META, json.dumps(self.meta, indent=1, default=str).encode())
+
+    def close(self) -> None:
+        """Let go of the directory (after the last write; finish() does not, metadata may follow)."""
+        self._out.close()
 
     def _write_table(self, name: str, df: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(df, preserve_index=False)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
-        _write_atomic(self.dir / name, sink.getvalue().to_pybytes())
+        self._out.write(name, sink.getvalue().to_pybytes())
 
     def write_segment(self, events: pd.DataFrame, sleeps: pd.DataFrame) -> None:
         if events.empty and sleeps.empty:
@@ -130,6 +119,11 @@ class Recording:
         if not self.dir.is_dir():
             raise RecordingError(f"{self.dir} is not a directory")
         mp = self.dir / META
+        # a private directory of another user (root's, recorded with sudo
+        # --keep-root-owner or by an older mmntrace) reads as empty: say so
+        if not os.access(self.dir, os.R_OK | os.X_OK) or (mp.exists() and not os.access(mp, os.R_OK)):
+            raise RecordingError(f"{self.dir} is not readable by this user (it is private to its owner, "
+                                 f"uid {self.dir.stat().st_uid}): sudo chown -R $USER {self.dir}")
         if not mp.exists():
             raise RecordingError(f"{self.dir} is not an mmntrace recording (no {META})")
         try:

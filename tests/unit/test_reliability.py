@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings, strategies as st
 
-from mmntrace import decode, kernel, recording
+from mmntrace import decode, kernel, outpath
 from mmntrace.cli import main
 from mmntrace.daemon import overhead_guard_tripped
 from mmntrace.errors import RecordingError, UsageError
@@ -187,9 +187,9 @@ def test_partial_writes_leave_no_file(tmp_path, monkeypatch):
         if calls["n"] == 1:
             return real(fd, bytes(data[:10]))
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(recording.os, "write", full)
+    monkeypatch.setattr(outpath.os, "write", full)
     with pytest.raises(OSError):
-        recording._write_atomic(tmp_path / "x.parquet", b"y" * 100)
+        outpath.write_atomic(tmp_path / "x.parquet", b"y" * 100)
     assert list(tmp_path.iterdir()) == []
 
 
