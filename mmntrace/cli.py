@@ -72,9 +72,12 @@ def main():
 @click.option("--boot-attempts", default=3, show_default=True, type=click.IntRange(1, 20),
               help="Boots tried when the guest dies or hangs before CMD starts.")
 @click.option("--verbose", "-v", is_flag=True, help="Print the QEMU/virtme-ng command line.")
+@click.option("--keep-run-dir", is_flag=True,
+              help="Keep the run directory (/tmp/mmntrace-lab-*) after a clean run too; it is always kept, and "
+                   "named, when CMD fails or a guest dies or times out.")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @_friendly
-def lab(kernel, share, cpus, memory, no_numa, timeout, boot_timeout, boot_attempts, verbose, cmd):
+def lab(kernel, share, cpus, memory, no_numa, timeout, boot_timeout, boot_attempts, verbose, keep_run_dir, cmd):
     """Boot a real kernel under QEMU and run CMD in it as root.
 
     The guest sees this machine's root file system read-only (so the project,
@@ -91,7 +94,9 @@ def lab(kernel, share, cpus, memory, no_numa, timeout, boot_timeout, boot_attemp
     says so), up to --boot-attempts boots; once CMD has started, a death is a
     failure. Each boot's output (QEMU, virtme-ng, the kernel's console when
     it Oopses or panics) and its kernel log stay in the run directory, with
-    attempts.json. The VM never outlives this command, however it ends.
+    attempts.json. That directory is removed after a clean run (exit 0, no
+    boot lost) unless --keep-run-dir; otherwise one line names it. The VM
+    never outlives this command, however it ends.
 
     \b
     Examples:
@@ -103,7 +108,7 @@ def lab(kernel, share, cpus, memory, no_numa, timeout, boot_timeout, boot_attemp
     k = labmod.resolve_kernel(kernel)
     res = labmod.run(k, list(cmd), shares=share, cpus=cpus, memory=memory, numa=not no_numa,
                      timeout=timeout, verbose=verbose, boot_timeout=boot_timeout,
-                     boot_attempts=boot_attempts)
+                     boot_attempts=boot_attempts, keep_run_dir=keep_run_dir)
     click.echo(f"lab: {k.release or k.image}: exit {res.returncode}, {res.wall_s:.1f} s "
                f"(guest ready after {res.boot_s:.1f} s)", err=True)
     sys.exit(res.returncode)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from .errors import LabError, LabTimeout, LabVmDied, UsageError
+from .outpath import write_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 KMOD_DIR = REPO / "tests" / "kmod"
@@ -54,7 +55,7 @@ class LabResult:
     dmesg_expected: list[str]
     boot_s: float | None
     wall_s: float
-    run_dir: Path
+    run_dir: Path | None    # None: removed after a clean run (see keep_run_dir_reason)
 
 
 def _release_key(rel: str):
@@ -180,10 +181,47 @@ def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, 
     return cmd
 
 
+def keep_run_dir_reason(returncode: int | None, attempts: list[Attempt], keep: bool) -> str | None:
+    """Why a run directory stays after ``mmntrace lab`` (None: remove it).
+
+    It holds what explains a failure (each boot's output and console, the
+    guest's kernel log, attempts.json), so it stays when asked (``keep``),
+    when the guest did not finish (``returncode`` None: it died, timed out or
+    was interrupted), when a boot was lost before a good one (the record of
+    the emulator's losses, docs/reliability.md), and when the command failed
+    (a non-zero status, 3 for unexpected BUG/WARNING lines included). A clean
+    run leaves nothing in /tmp.
+    """
+    if keep:
+        return "--keep-run-dir"
+    if returncode is None:
+        return "the guest did not finish"
+    lost = sum(1 for a in attempts if a.outcome != "finished")
+    if lost:
+        return f"{lost} boot(s) lost before the command"
+    if returncode != 0:
+        return f"exit {returncode}"
+    return None
+
+
+def _finish_run_dir(run_dir: Path, why: str | None) -> Path | None:
+    """Keep the run directory, saying where on one line, or remove it; returns it if kept."""
+    if why is not None:
+        print(f"lab: run directory kept ({why}): {run_dir}", file=sys.stderr, flush=True)
+        return run_dir
+    try:
+        shutil.rmtree(run_dir)
+    except OSError as e:
+        print(f"lab: could not remove the run directory {run_dir}: {e.strerror or e}", file=sys.stderr, flush=True)
+        return run_dir
+    return None
+
+
 def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: str = "2G",
         numa: bool = True, timeout: float = 1200, cwd: str | None = None,
         env: dict | None = None, build_module: bool = True, verbose: bool = False,
-        boot_timeout: float = BOOT_TIMEOUT, boot_attempts: int = BOOT_ATTEMPTS) -> LabResult:
+        boot_timeout: float = BOOT_TIMEOUT, boot_attempts: int = BOOT_ATTEMPTS,
+        keep_run_dir: bool = False) -> LabResult:
     """Boot ``kernel``, run ``argv`` in it, return its exit status and the kernel-log verdict.
 
     A guest that dies, or does not reach the command within ``boot_timeout``
@@ -191,7 +229,12 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
     ``boot_attempts`` boots in all (the emulator loses a few guests in early
     boot; see docs/reliability.md). Once the command has started, a death is
     a failure. Raises :class:`LabTimeout` or :class:`LabVmDied` when the
-    guest did not finish.
+    guest did not finish (the run directory is kept, and named).
+
+    The run directory (/tmp/mmntrace-lab-*) is removed after a clean run
+    unless ``keep_run_dir``; otherwise ``LabResult.run_dir`` names it
+    (:func:`keep_run_dir_reason`). Nothing a caller reads after the run is
+    in it: commands write their results to their ``shares``.
     """
     if not argv:
         raise UsageError("no command given to run in the lab")
@@ -220,7 +263,9 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
     t_first = time.monotonic()
     for n in range(1, boot_attempts + 1):
         spec["attempt"] = n
-        (run_dir / "argv.json").write_text(json.dumps(spec))
+        # 0644, as the lab's other files: the guest reads them through the share,
+        # and they hold no address of this machine's kernel
+        write_atomic(run_dir / "argv.json", json.dumps(spec).encode(), mode=0o644, hand_over=False)
         cmd = _vng_cmd(kernel, run_dir, n, shares=shares, cpus=cpus, memory=memory, numa=numa)
         if verbose:
             print("lab:", " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
@@ -228,7 +273,7 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
             att = _boot_once(cmd, run_dir, n, timeout=timeout, boot_timeout=boot_timeout)
         except KeyboardInterrupt:
             _note_attempt(run_dir, attempts, Attempt(n, "interrupted", None, 0.0, None))
-            raise LabError("interrupted: the lab VM was stopped") from None
+            raise LabError(f"interrupted: the lab VM was stopped; see {run_dir}") from None
         _note_attempt(run_dir, attempts, att)
         if att.outcome == "timeout":
             _print_last_words(run_dir / "kmsg.log", run_dir / f"attempt-{n}.console")
@@ -262,7 +307,8 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
     rc = res["returncode"]
     if rc == 0 and res["dmesg_problems"]:
         rc = DMESG_EXIT
-    return LabResult(rc, res["dmesg_problems"], res["dmesg_expected"], res.get("boot_s"), wall, run_dir)
+    kept = _finish_run_dir(run_dir, keep_run_dir_reason(rc, attempts, keep_run_dir))
+    return LabResult(rc, res["dmesg_problems"], res["dmesg_expected"], res.get("boot_s"), wall, kept)
 
 
 def _boot_once(cmd: list[str], run_dir: Path, n: int, *, timeout: float, boot_timeout: float) -> Attempt:
@@ -334,9 +380,8 @@ def _boot_once(cmd: list[str], run_dir: Path, n: int, *, timeout: float, boot_ti
 
 def _note_attempt(run_dir: Path, attempts: list[Attempt], att: Attempt) -> None:
     attempts.append(att)
-    tmp = run_dir / (ATTEMPTS + ".tmp")
-    tmp.write_text(json.dumps([dataclasses.asdict(a) for a in attempts], indent=1))
-    os.replace(tmp, run_dir / ATTEMPTS)
+    write_atomic(run_dir / ATTEMPTS, json.dumps([dataclasses.asdict(a) for a in attempts], indent=1).encode(),
+                 mode=0o644, hand_over=False)
 
 
 def _keep_attempt_files(run_dir: Path, n: int) -> None:

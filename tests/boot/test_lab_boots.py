@@ -27,7 +27,8 @@ KERNEL = os.environ.get("MMNTRACE_BOOT_TEST_KERNEL", "6.12")
 def lab(*args, env=None, timeout=600):
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([MMNTRACE, "lab", "--kernel", KERNEL, "-v", *args], capture_output=True,
+    # --keep-run-dir: these tests read the run directory after a run that passed
+    return subprocess.run([MMNTRACE, "lab", "--kernel", KERNEL, "-v", "--keep-run-dir", *args], capture_output=True,
                           text=True, env=e, timeout=timeout, cwd=REPO)
 
 

@@ -1,6 +1,7 @@
-"""Issue 15 (goals 4-5): every output is written atomically, never through a
+"""Issue 15 (goals 4-6): every output is written atomically, never through a
 symbolic link, private where it can hold a kernel address; under sudo it is
-handed to the user who ran sudo.
+handed to the user who ran sudo; the lab leaves no run directory behind a
+clean run.
 
 The hand-over tests chown, so they need root (skipped otherwise, saying so);
 the rest run anywhere.
@@ -19,7 +20,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from mmntrace import daemon, kernel, outpath, synthetic
+from mmntrace import daemon, kernel, lab, outpath, synthetic
 from mmntrace.cli import main
 from mmntrace.errors import UsageError
 from mmntrace.record import Session
@@ -372,3 +373,63 @@ def test_without_sudo_or_with_keep_root_owner_the_recording_stays_roots(shared_t
     assert r.returncode == 20, r.stderr
     assert "is not readable by this user" in r.stderr and "chown" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# -- the lab's run directory ----------------------------------------------------------------------------------
+def _att(*outcomes):
+    return [lab.Attempt(i + 1, o, 0, 1.0, 1.0 if o == "finished" else None) for i, o in enumerate(outcomes)]
+
+
+@pytest.mark.parametrize("rc,outcomes,keep,why", [
+    (0, ["finished"], False, None),                                         # clean: removed
+    (0, ["finished"], True, "--keep-run-dir"),
+    (1, ["finished"], False, "exit 1"),                                     # the command failed
+    (lab.DMESG_EXIT, ["finished"], False, "exit 3"),                        # BUG/WARNING in the kernel log
+    (0, ["died-early", "finished"], False, "1 boot(s) lost before the command"),
+    (None, ["died"], False, "the guest did not finish"),
+    (None, ["timeout"], False, "the guest did not finish"),
+])
+def test_run_dir_kept_or_removed_by_outcome(rc, outcomes, keep, why):
+    assert lab.keep_run_dir_reason(rc, _att(*outcomes), keep) == why
+
+
+def _fake_lab(tmp_path, monkeypatch, returncode: int):
+    """vng stand-in whose guest finishes with ``returncode``; run directories go under tmp_path."""
+    fake = tmp_path / "vng"
+    fake.write_text('#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = --rwdir ] && { RD=$2; break; }; shift; done\n'
+                    'touch "$RD/started"\n'
+                    f'echo \'{{"returncode": {returncode}, "dmesg_problems": [], "dmesg_expected": [], '
+                    f'"boot_s": 1.0}}\' > "$RD/result.json"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(lab, "_vng", lambda: str(fake))
+    real = lab.tempfile.mkdtemp
+    monkeypatch.setattr(lab.tempfile, "mkdtemp", lambda prefix: real(prefix=prefix, dir=tmp_path / "runs"))
+    (tmp_path / "runs").mkdir()
+    img = tmp_path / "vmlinuz-1.0"
+    img.write_bytes(b"x")
+    return img
+
+
+def test_a_clean_lab_run_leaves_no_run_directory(tmp_path, monkeypatch):
+    img = _fake_lab(tmp_path, monkeypatch, 0)
+    r = CliRunner().invoke(main, ["lab", "--kernel", str(img), "--", "true"])
+    assert r.exit_code == 0, r.output
+    assert list((tmp_path / "runs").iterdir()) == [] and "run directory kept" not in r.stderr
+    res = lab.run(lab.Kernel(img, None), ["true"], build_module=False)
+    assert res.returncode == 0 and res.run_dir is None
+
+
+@pytest.mark.parametrize("rc,args,why", [(0, ["--keep-run-dir"], "--keep-run-dir"), (5, [], "exit 5")])
+def test_a_lab_run_dir_that_stays_is_named_on_one_line(tmp_path, monkeypatch, rc, args, why):
+    img = _fake_lab(tmp_path, monkeypatch, rc)
+    r = CliRunner().invoke(main, ["lab", "--kernel", str(img), *args, "--", "true"])
+    assert r.exit_code == rc
+    kept = list((tmp_path / "runs").iterdir())
+    assert len(kept) == 1 and (kept[0] / "attempts.json").exists()
+    lines = [ln for ln in r.stderr.splitlines() if "run directory kept" in ln]
+    assert lines == [f"lab: run directory kept ({why}): {kept[0]}"]
+
+
+def test_lab_help_tells_keep_run_dir():
+    r = CliRunner().invoke(main, ["lab", "--help"])
+    assert "--keep-run-dir" in r.output
