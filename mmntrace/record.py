@@ -92,16 +92,25 @@ class Symbolizer:
         df["callback"] = [self.cb_sym(int(f)) for f in c["func"]]
         stacks = [self.stack(int(s)) for s in c["stack_id"]]
         if kind == "sleep":
-            df["rule"] = [decode.SLEEP_KIND.get(int(k), "unknown") for k in c["sleep_kind"]]
+            df["rule"] = [decode.SLEEP_KIND.get(int(k), "unknown") for k in c["kind_id"]]
             df["sleeper"] = [self.sym(int(a)) if a else None for a in c["addr"]]
             df["stack"] = stacks
-            df = df.drop(columns=["sleep_kind"])
+            df = df.drop(columns=["kind_id"])
         else:
             df["caller"] = [caller_of(s) for s in stacks]
             sec = c["hook_id"] == kernel.HOOK_SECONDARY_TLB
             df["caller_class"] = [classify_secondary_tlb(s) if is_sec else None
                                   for s, is_sec in zip(stacks, sec)]
-            df = df.drop(columns=["addr", "sleep_kind"])
+            if kind == "callback":
+                # the entry point that made the call (6.1's invalidate_range_end calls
+                # each subscriber's invalidate_range op itself) and its invocation's seq
+                df["via"] = [self.hook_names.get(int(h)) if h != kernel.HOOK_NONE else None
+                             for h in c["kind_id"]]
+                df["hook_seq"] = c["addr"]
+            else:                       # a hook: its own invocation
+                df["via"] = None
+                df["hook_seq"] = c["seq"]
+            df = df.drop(columns=["addr", "kind_id"])
         return df
 
 
