@@ -270,3 +270,35 @@ def test_disk_full_stops_with_one_sentence(tmp_path):
         os.unlink(mnt / "filler")
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_fifty_short_lived_subscribers_each_counted_from_its_first_call(tmp_path):
+    """Issue 13: 50 processes, one after another, each subscribe the module to
+    their own new mm and invalidate at once (no go file), unsubscribe and
+    exit, under a recorder started before any of them existed (its
+    --ready-file, nothing else). Every call of every process is recorded or
+    counted as untimed: recorded <= the module's count per process, recorded +
+    untimed == the module's counts in total, exactly; nothing else is lost."""
+    rec = _recorder(tmp_path / "rec", "--comm", "notifier_bench")
+    runs = []
+    for _ in range(50):
+        p = subprocess.Popen([str(BENCH), "2", "8", "--no-kvm"], stdout=subprocess.PIPE, text=True)
+        out, _err = p.communicate(timeout=120)
+        assert p.returncode == 0
+        runs.append((p.pid, json.loads(out)))
+    assert rec.stop() == 0, rec.log.read_text()[-2000:]
+    r = Recording(tmp_path / "rec")
+    ev = r.events()
+    expected = recorded = 0
+    for pid, res in runs:
+        want = res["hook_calls"] + 1            # the rounds, and the release of MMNT_IOC_UNREGISTER
+        got = len(_module_cbs(ev, pid, release=True))
+        assert 0 < got <= want, (pid, got, want)
+        expected += want
+        recorded += got
+    untimed = sum(u["count"] for u in r.meta.get("untimed", []) if u["callback"].startswith("mmnt_"))
+    assert recorded + untimed == expected, (recorded, untimed, expected, r.meta["drops"])
+    assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]
+    # the callbacks' probes stay in once the first subscriber is seen: later processes are timed whole
+    assert recorded >= expected - runs[0][1]["hook_calls"] - 1
+    print(f"50 subscribers: {expected} module calls, {recorded} recorded, {untimed} untimed")
