@@ -276,9 +276,12 @@ def test_fifty_short_lived_subscribers_each_counted_from_its_first_call(tmp_path
     """Issue 13: 50 processes, one after another, each subscribe the module to
     their own new mm and invalidate at once (no go file), unsubscribe and
     exit, under a recorder started before any of them existed (its
-    --ready-file, nothing else). Every call of every process is recorded or
-    counted as untimed: recorded <= the module's count per process, recorded +
-    untimed == the module's counts in total, exactly; nothing else is lost."""
+    --ready-file, nothing else). Every call the hooks made is recorded or
+    counted as untimed: recorded <= the module's count per process, recorded
+    + untimed == the module's counts in total, exactly; nothing else is lost.
+    (The release that MMNT_IOC_UNREGISTER makes comes through no hook, so it
+    cannot be counted untimed: it is checked apart, from the second process
+    on, once the callbacks' probes are in.)"""
     rec = _recorder(tmp_path / "rec", "--comm", "notifier_bench")
     runs = []
     for _ in range(50):
@@ -290,15 +293,15 @@ def test_fifty_short_lived_subscribers_each_counted_from_its_first_call(tmp_path
     r = Recording(tmp_path / "rec")
     ev = r.events()
     expected = recorded = 0
-    for pid, res in runs:
-        want = res["hook_calls"] + 1            # the rounds, and the release of MMNT_IOC_UNREGISTER
-        got = len(_module_cbs(ev, pid, release=True))
-        assert 0 < got <= want, (pid, got, want)
-        expected += want
+    for i, (pid, res) in enumerate(runs):
+        got = len(_module_cbs(ev, pid))
+        assert got <= res["hook_calls"], (pid, got, res)
+        if i > 0:      # the probes stay in once the first subscriber is seen: later processes are whole
+            assert got == res["hook_calls"], (i, pid, got, res, r.meta["drops"])
+            assert len(_module_cbs(ev, pid, release=True)) == got + 1, (i, pid)
+        expected += res["hook_calls"]
         recorded += got
     untimed = sum(u["count"] for u in r.meta.get("untimed", []) if u["callback"].startswith("mmnt_"))
     assert recorded + untimed == expected, (recorded, untimed, expected, r.meta["drops"])
     assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]
-    # the callbacks' probes stay in once the first subscriber is seen: later processes are timed whole
-    assert recorded >= expected - runs[0][1]["hook_calls"] - 1
-    print(f"50 subscribers: {expected} module calls, {recorded} recorded, {untimed} untimed")
+    print(f"50 subscribers: {expected} module calls through hooks, {recorded} recorded, {untimed} untimed")
