@@ -226,6 +226,11 @@ class Session:
             g["warned"] = True
         g.update(t=now, cpu=cpu, n=0, drops=drops_now)
 
+    def _untimed(self, sym: Symbolizer) -> list[dict]:
+        """Calls counted but not timed, per callback, most first (metadata "untimed")."""
+        return [{"callback": sym.sym(f), "func": f, "count": n}
+                for f, n in sorted(self.t.untimed().items(), key=lambda x: -x[1])]
+
     def run(self) -> dict:
         self.t.start()      # the CLI loads first (compiling while pandas imports)
         writer = RecordingWriter(self.out, self._meta())
@@ -258,6 +263,7 @@ class Session:
                         self._flush(writer, sym, pending)
                         writer.meta["attached"] = self.t.attached()
                         writer.meta["drops"] = self.t.drops()
+                        writer.meta["untimed"] = self._untimed(sym)   # kept if we are killed
                         writer.flush_meta()
                     except OSError as e:
                         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -290,8 +296,7 @@ class Session:
             self._guard(guard, time.monotonic())      # a storm that ended between two checks
             drops = self.t.drops()
             attached = self.t.attached()
-            untimed = [{"callback": sym.sym(f), "func": f, "count": n}
-                       for f, n in sorted(self.t.untimed().items(), key=lambda x: -x[1])]
+            untimed = self._untimed(sym)
             hist = pd.DataFrame(self.t.histograms(), columns=["func", "hook_id", "event_id", "slot", "count"])
             totals = pd.DataFrame(self.t.totals(), columns=["func", "hook_id", "event_id", "count", "sum_ns"])
             self.t.stop()

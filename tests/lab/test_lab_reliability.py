@@ -156,17 +156,19 @@ def _reload_module(rec):
 
 
 def test_module_reload_then_kill9_redacted(tmp_path):
-    rec = _recorder(tmp_path / "rec", "--backend", "kprobe", "--redact", "--comm", "notifier_bench")
+    """As a user would: the subscriber exists, the recorder starts (its
+    --ready-file: the sweep probed the callbacks); the module is reloaded
+    and a new subscriber invalidates at once; then kill -9."""
     b1 = Bench(tmp_path, rounds=5)
-    rec.wait_callbacks(list(MOD_CB))
+    rec = _recorder(tmp_path / "rec", "--backend", "kprobe", "--redact", "--comm", "notifier_bench")
     r1 = b1.go()
     _reload_module(rec)
     b2 = Bench(tmp_path, rounds=7)
+    r2 = b2.go()             # at once: its first calls may come before the new callbacks are probed
     # the reloaded module's callbacks are probed again; the old ones are listed as detached
     att = rec.wait_for(lambda a: sum(1 for x in a if x["symbol"] == MOD_CB[0] and x["status"] == "attached") == 1
                        and any(x["symbol"] == MOD_CB[0] and x["status"].startswith("detached") for x in a))
     assert not [x for x in att if x["symbol"] in MOD_CB and x["status"] not in ("attached", "detached: module unloaded")]
-    r2 = b2.go()
     time.sleep(5)            # at least two segments (2 s each) reach the disk
     rec.proc.kill()          # kill -9: no flush, no final metadata
     rec.proc.wait()
@@ -179,9 +181,12 @@ def test_module_reload_then_kill9_redacted(tmp_path):
     rep = report.build(r)
     assert "cut short" in report.to_text(rep)
     ev = r.events()
-    # counts exact before and after the reload (everything reached the disk: we waited)
+    # counts exact before and after the reload (everything reached the disk: we waited);
+    # after it, what came before the new probes is counted untimed (metadata of the
+    # last segment flush: a killed recorder leaves that)
     assert len(_module_cbs(ev, b1.p.pid)) == r1["hook_calls"] > 0
-    assert len(_module_cbs(ev, b2.p.pid)) == r2["hook_calls"] > 0
+    untimed = sum(u["count"] for u in r.meta.get("untimed", []) if str(u["callback"]).startswith("mmnt_"))
+    assert len(_module_cbs(ev, b2.p.pid)) + untimed == r2["hook_calls"] > 0, (untimed, r.meta["drops"])
     # --redact: symbols kept, raw addresses gone
     assert (ev[["mm", "start", "end", "func"]] == 0).all().all()
     assert ev["callback"].dropna().astype(str).str.startswith(MOD_CB).any()
