@@ -228,7 +228,7 @@ class Session:
 
     def _untimed(self, sym: Symbolizer) -> list[dict]:
         """Calls counted but not timed, per callback, most first (metadata "untimed")."""
-        return [{"callback": sym.sym(f), "func": f, "count": n}
+        return [{"callback": sym.sym(f), "func": 0 if self.redact else f, "count": n}
                 for f, n in sorted(self.t.untimed().items(), key=lambda x: -x[1])]
 
     def run(self) -> dict:

@@ -189,6 +189,7 @@ def test_module_reload_then_kill9_redacted(tmp_path):
     assert len(_module_cbs(ev, b2.p.pid)) + untimed == r2["hook_calls"] > 0, (untimed, r.meta["drops"])
     # --redact: symbols kept, raw addresses gone
     assert (ev[["mm", "start", "end", "func"]] == 0).all().all()
+    assert all(u["func"] == 0 for u in r.meta.get("untimed", []))
     assert ev["callback"].dropna().astype(str).str.startswith(MOD_CB).any()
 
 
