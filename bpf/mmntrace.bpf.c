@@ -511,6 +511,12 @@ static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
 	r.start = c->start;
 	r.end = c->end;
 	r.func = c->func;
+	if (t->h.active) {		/* the entry point that made this call, and its invocation */
+		r.kind = t->h.hook;	/* (6.1's range_end calls invalidate_range ops itself) */
+		r.addr = t->h.seq;
+	} else {
+		r.kind = MMNT_HOOK_NONE;
+	}
 	emit(ctx, &r);
 #endif
 	if (t->h.active)

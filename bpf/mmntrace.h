@@ -64,7 +64,7 @@ struct mmnt_record {
 	__u8 type;		/* enum mmnt_type */
 	__u8 hook;		/* enum mmnt_hook */
 	__u8 flags;		/* MMNT_FL_* */
-	__u8 kind;		/* SLEEP: MMNT_SLEEP_*; OPS: op slot count */
+	__u8 kind;		/* SLEEP: MMNT_SLEEP_*; OPS: op slot count; CALLBACK: the hook it ran under (MMNT_HOOK_NONE: none) */
 	__u32 cpu;
 	__u32 pid;		/* tgid */
 	__u32 tid;
@@ -79,7 +79,8 @@ struct mmnt_record {
 	__u64 start;
 	__u64 end;
 	__u64 func;		/* CALLBACK: the op's address; HOOK: 0; SLEEP: callback (or 0 = hook) */
-	__u64 addr;		/* SLEEP: might-sleep function address; OPS: ops table; REGISTER: subscription */
+	__u64 addr;		/* SLEEP: might-sleep function address; OPS: ops table; REGISTER: subscription;
+				 * CALLBACK: seq of the hook invocation it ran under (0: none) */
 	char comm[MMNT_COMM_LEN];
 };
 

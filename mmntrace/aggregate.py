@@ -41,6 +41,7 @@ LATENCY_KEYS = ["hook", "callback", "event"]
 QUANTILES = {"p50_ns": 0.5, "p90_ns": 0.9, "p99_ns": 0.99, "p999_ns": 0.999}
 RANGE_HOOKS = {"invalidate_range_start", "invalidate_range_end", "interval_invalidate"}
 SECONDARY_HOOKS = {"invalidate_range", "arch_invalidate_secondary_tlbs"}
+RANGE_END_HOOKS = {"invalidate_range_end"}
 HOOK_ORDER = ["invalidate_range_start", "invalidate_range_end", "arch_invalidate_secondary_tlbs",
               "invalidate_range", "interval_invalidate", "release", "clear_flush_young", "clear_young",
               "test_young", "change_pte"]
@@ -55,8 +56,8 @@ CDF_POINTS = 400
 
 #: columns `summarize` reads from event and sleep segments
 EVENT_COLUMNS = ["kind", "hook", "callback", "event", "dur_ns", "ts_ns", "pid", "comm", "mm", "caller",
-                 "caller_class", "must_not_sleep"]
-EVENT_DICT = ["kind", "hook", "callback", "event", "comm", "caller", "caller_class"]
+                 "caller_class", "must_not_sleep", "via", "hook_seq"]
+EVENT_DICT = ["kind", "hook", "callback", "event", "comm", "caller", "caller_class", "via"]
 SLEEP_COLUMNS = ["ts_ns", "seq", "tid", "pid", "comm", "hook", "callback", "rule", "sleeper", "atomic",
                  "irqs_off", "stack"]
 SLEEP_DICT = ["comm", "hook", "callback", "rule", "sleeper"]
@@ -188,6 +189,7 @@ class _EventAcc:
         self.tfine: dict[str, np.ndarray] = {}  # inexact: hook -> (time bucket x fine bucket) counts
         self.parts: list[pd.DataFrame] = []     # (mm, pid, comm) -> count, total, max   (hook level)
         self.callers: list[pd.DataFrame] = []   # (hook, caller, caller_class) -> count, total
+        self._direct: set[int] = set()          # range_end invocations seen calling secondary-TLB ops
         self.records = 0
         self.watched: int | None = None         # callback invocations that must not sleep (the rules' reach)
 
@@ -259,6 +261,33 @@ class _EventAcc:
                     tf = self.tfine.setdefault(hook, np.zeros(self.nb * N_FINE, np.int64))
                     tf += np.bincount(tb[sel].astype(np.int64) * N_FINE + fi[sel], minlength=self.nb * N_FINE)
         self._add_parts(df, is_hook, dur, hv, hc)
+        self._add_direct_secondary(df, is_hook, dur, hv, hc)
+
+    def _add_direct_secondary(self, df, is_hook, dur, hv, hc) -> None:
+        """Before 6.6, __mmu_notifier_invalidate_range_end calls each subscriber's
+        invalidate_range op itself, not through the secondary-TLB hook: count each
+        such range_end invocation (its seq, from its callbacks' hook_seq) once as
+        a secondary-TLB invocation of class range_end, so the callers table
+        covers every secondary-TLB call the subscribers got."""
+        if "via" not in df or "hook_seq" not in df:
+            return
+        sec = np.array([v in SECONDARY_HOOKS for v in hv] + [False])[hc] & ~is_hook
+        if not sec.any():
+            return
+        via = df["via"].astype(object).to_numpy()
+        sel = sec & np.array([v in RANGE_END_HOOKS for v in via], dtype=bool)
+        if not sel.any():
+            return
+        c = pd.DataFrame({"hook": df["hook"].astype(object)[sel].to_numpy(),
+                          "seq": df["hook_seq"][sel].to_numpy().astype(np.uint64), "dur": dur[sel]})
+        per = c.groupby(["hook", "seq"], sort=False)["dur"].sum().reset_index()
+        new = ~per["seq"].isin(self._direct)    # one invocation's calls may span two segments
+        self._direct.update(int(x) for x in per["seq"])
+        per = per[new]
+        if len(per):
+            self.callers.append(per.assign(caller="__mmu_notifier_invalidate_range_end", caller_class="range_end")
+                                .groupby(["hook", "caller", "caller_class"], sort=False)["dur"]
+                                .agg(["size", "sum"]).reset_index())
 
     def _key_of(self, g: int) -> tuple:
         if not hasattr(self, "_rev") or len(self._rev) != len(self.keys):

@@ -76,5 +76,5 @@ def columns(recs: np.ndarray) -> dict[str, np.ndarray]:
         "stack_id": recs["stack_id"].astype(np.int32),
         "func": recs["func"].astype(np.uint64),
         "addr": recs["addr"].astype(np.uint64),
-        "sleep_kind": recs["kind"].astype(np.uint8),
+        "kind_id": recs["kind"].astype(np.uint8),     # SLEEP: rule; CALLBACK: enclosing hook
     }

@@ -26,7 +26,8 @@ class Bpftrace:
 
     With ``events=True`` every call is also kept with its tid and ``nsecs`` (the
     clock the tracer and the test module use), so counts can be taken over an
-    exact window afterwards with :meth:`count`.
+    exact window afterwards with :meth:`count`. A name ``ret:FUNC`` counts
+    FUNC's returns (a kretprobe) instead of its calls.
     """
 
     MAX_EVENTS = 32768     # per function, in events mode (its maps are preallocated, per CPU)
@@ -43,7 +44,8 @@ class Bpftrace:
         act = ((lambda i: f"@c{i} = count(); @e{i}[tid, nsecs] = count();") if events
                else (lambda i: f"@c{i} = count();"))
         prog = 'BEGIN { printf("READY\\n"); } ' + " ".join(
-            f"kprobe:{f} {flt}{{ {act(i)} }}" for i, f in enumerate(funcs))
+            (f"kretprobe:{f[4:]}" if f.startswith("ret:") else f"kprobe:{f}") + f" {flt}{{ {act(i)} }}"
+            for i, f in enumerate(funcs))
         env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX=str(self.MAX_EVENTS))
         self.proc = subprocess.Popen(["bpftrace", "-f", "json", "-e", prog], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
@@ -75,6 +77,23 @@ class Bpftrace:
         if self.event_mode and any(counts[f] != sum(1 for e in self.events if e[0] == f) for f in self.funcs):
             raise RuntimeError("bpftrace's per-call map is incomplete (more calls than BPFTRACE_MAP_KEYS_MAX?)")
         return counts
+
+    def count_inside(self, func: str, outer: str, lo: int, hi: int, tid: int | None = None) -> int:
+        """Calls of `func` with lo <= nsecs <= hi made while `outer` was running
+        on the same thread (between a call of `outer` and its return: both
+        `outer` and `ret:outer` must be traced); needs events=True."""
+        ev = sorted((ts, f != "ret:" + outer, t, f) for f, t, ts in self.events
+                    if f in (func, outer, "ret:" + outer) and (tid is None or t == tid))
+        depth: dict[int, int] = {}
+        n = 0
+        for ts, _, t, f in ev:
+            if f == outer:
+                depth[t] = depth.get(t, 0) + 1
+            elif f == "ret:" + outer:
+                depth[t] = max(0, depth.get(t, 0) - 1)
+            elif depth.get(t, 0) and lo <= ts <= hi:
+                n += 1
+        return n
 
     def count(self, func: str, lo: int, hi: int, tid: int | None = None) -> int:
         """Calls of `func` with lo <= nsecs <= hi (by `tid` if given); needs events=True."""

@@ -20,6 +20,7 @@ from .btf import Btf, load_vmlinux
 # enum mmnt_hook (bpf/mmntrace.h)
 HOOK_START, HOOK_END, HOOK_SECONDARY_TLB, HOOK_RELEASE = 0, 1, 2, 3
 HOOK_CLEAR_FLUSH_YOUNG, HOOK_CLEAR_YOUNG, HOOK_TEST_YOUNG, HOOK_CHANGE_PTE, HOOK_INTERVAL = 4, 5, 6, 7, 8
+HOOK_NONE = 255            # a callback that ran under no hook we traced (bpf/mmntrace.h MMNT_HOOK_NONE)
 NR_HOOKS = 9
 
 #: hook id -> candidate (kernel entry point, report name), first present wins

@@ -93,16 +93,25 @@ class Symbolizer:
         df["callback"] = [self.cb_sym(int(f)) for f in c["func"]]
         stacks = [self.stack(int(s)) for s in c["stack_id"]]
         if kind == "sleep":
-            df["rule"] = [decode.SLEEP_KIND.get(int(k), "unknown") for k in c["sleep_kind"]]
+            df["rule"] = [decode.SLEEP_KIND.get(int(k), "unknown") for k in c["kind_id"]]
             df["sleeper"] = [self.sym(int(a)) if a else None for a in c["addr"]]
             df["stack"] = stacks
-            df = df.drop(columns=["sleep_kind"])
+            df = df.drop(columns=["kind_id"])
         else:
             df["caller"] = [caller_of(s) for s in stacks]
             sec = c["hook_id"] == kernel.HOOK_SECONDARY_TLB
             df["caller_class"] = [classify_secondary_tlb(s) if is_sec else None
                                   for s, is_sec in zip(stacks, sec)]
-            df = df.drop(columns=["addr", "sleep_kind"])
+            if kind == "callback":
+                # the entry point that made the call (6.1's invalidate_range_end calls
+                # each subscriber's invalidate_range op itself) and its invocation's seq
+                df["via"] = [self.hook_names.get(int(h)) if h != kernel.HOOK_NONE else None
+                             for h in c["kind_id"]]
+                df["hook_seq"] = c["addr"]
+            else:                       # a hook: its own invocation
+                df["via"] = None
+                df["hook_seq"] = c["seq"]
+            df = df.drop(columns=["addr", "kind_id"])
         return df
 
 
@@ -221,6 +230,11 @@ class Session:
             g["warned"] = True
         g.update(t=now, cpu=cpu, n=0, drops=drops_now)
 
+    def _untimed(self, sym: Symbolizer) -> list[dict]:
+        """Calls counted but not timed, per callback, most first (metadata "untimed")."""
+        return [{"callback": sym.sym(f), "func": 0 if self.redact else f, "count": n}
+                for f, n in sorted(self.t.untimed().items(), key=lambda x: -x[1])]
+
     def run(self) -> dict:
         self.t.start()      # the CLI loads first (compiling while pandas imports)
         writer = RecordingWriter(self.out, self._meta(), hand_over=self.hand_over)
@@ -253,6 +267,7 @@ class Session:
                         self._flush(writer, sym, pending)
                         writer.meta["attached"] = self.t.attached()
                         writer.meta["drops"] = self.t.drops()
+                        writer.meta["untimed"] = self._untimed(sym)   # kept if we are killed
                         writer.flush_meta()
                     except OSError as e:
                         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -285,8 +300,7 @@ class Session:
             self._guard(guard, time.monotonic())      # a storm that ended between two checks
             drops = self.t.drops()
             attached = self.t.attached()
-            untimed = [{"callback": sym.sym(f), "func": f, "count": n}
-                       for f, n in sorted(self.t.untimed().items(), key=lambda x: -x[1])]
+            untimed = self._untimed(sym)
             hist = pd.DataFrame(self.t.histograms(), columns=["func", "hook_id", "event_id", "slot", "count"])
             totals = pd.DataFrame(self.t.totals(), columns=["func", "hook_id", "event_id", "count", "sum_ns"])
             self.t.stop()

@@ -26,6 +26,9 @@ from groundtruth import Bpftrace, Recorder, WorkloadProcess, expect_dmesg
 pytestmark = pytest.mark.lab
 
 SCENARIOS = ["munmap", "dontneed", "mprotect", "cow"]
+# which secondary-TLB calls of the module range_end made itself (before 6.6 it calls the op)
+BY_RANGE_END = ["__mmu_notifier_invalidate_range_end", "ret:__mmu_notifier_invalidate_range_end",
+                "mmnt_secondary_tlb"]
 MODULE_CB = {"start": "mmnt_invalidate_range_start", "end": "mmnt_invalidate_range_end",
              "secondary_tlb": "mmnt_secondary_tlb"}
 
@@ -47,7 +50,7 @@ def _session(tmp_path, behave=(), kvm=True, rec_args=(), interval=False):
     ready = {a["symbol"] for a in rec.first_ready if a["kind"] == "callback" and a["status"] == "attached"}
     assert set(want) <= ready, f"--ready-file was written before these were probed: {set(want) - ready}"
     kvm_fns = ["kvm_mmu_notifier_invalidate_range_start", "kvm_mmu_notifier_invalidate_range_end"]
-    bt = Bpftrace(kvm_fns, events=True) if kvm else None   # counted afterwards over the exact window
+    bt = Bpftrace(kvm_fns + BY_RANGE_END, events=True) if kvm else None   # counted afterwards over the exact window
     wp.go()
     res = wp.collect()
     wp.finish()
@@ -160,6 +163,29 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
         for fn in ("kvm_mmu_notifier_invalidate_range_start", "kvm_mmu_notifier_invalidate_range_end"):
             assert len(_cb(win, fn)) == bt.count(fn, lo, hi, tid=pid), fn
         assert len(_cb(win, "kvm_mmu_notifier_invalidate_range_start")) == mine["start"]
+    # each callback is attributed to the entry point that made it (via), and joins
+    # that hook's record (hook_seq); before 6.6 invalidate_range_end calls the
+    # invalidate_range ops itself: bpftrace counts those calls of the module's
+    sec_hook = next(name for hid, _s, name in kernel.probe().hooks if hid == kernel.HOOK_SECONDARY_TLB)
+    mod_cbs = win[(win["kind"] == "callback") & win["callback"].astype(str).str.startswith("mmnt_")]
+    assert mod_cbs["via"].notna().all()
+    assert set(mod_cbs["hook_seq"]) <= set(hooks["seq"])
+    for h, fn in (("invalidate_range_start", MODULE_CB["start"]), ("invalidate_range_end", MODULE_CB["end"])):
+        assert (_cb(win, fn)["via"] == h).all(), h
+    st = _cb(win, MODULE_CB["secondary_tlb"])
+    assert set(st["via"]) <= {sec_hook, "invalidate_range_end"}
+    by_end = int((st["via"] == "invalidate_range_end").sum())
+    if sec_hook == "invalidate_range":
+        assert by_end > 0
+    else:
+        assert by_end == 0
+    if bt:
+        lo, hi = res["window_ns"]
+        assert by_end == bt.count_inside("mmnt_secondary_tlb", "__mmu_notifier_invalidate_range_end", lo, hi,
+                                         tid=pid)
+    if sec_hook == "invalidate_range":      # the callers table counts those range_end invocations
+        classes = {c["caller_class"]: c["count"] for c in (rep["secondary_tlb"] or {}).get("classes", [])}
+        assert classes.get("range_end", 0) >= len(set(st[st["via"] == "invalidate_range_end"]["hook_seq"]))
     # the public API gives the same frame
     assert len(mmntrace.load(tmp_path / "rec")) == len(ev)
     # secondary-TLB hook records say which path called them

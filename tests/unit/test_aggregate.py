@@ -333,3 +333,32 @@ def test_summary_is_json_native(mixed):
     rep = report.build(rec)
     back = json.loads(json.dumps(rep))      # no numpy scalars anywhere
     assert back == rep
+
+
+def test_secondary_tlb_ops_called_by_range_end(tmp_path):
+    """Before 6.6 __mmu_notifier_invalidate_range_end calls each subscriber's
+    invalidate_range op itself: each such range_end invocation (known from its
+    callbacks' via and hook_seq) is one secondary-TLB invocation of class
+    range_end, counted once even when its calls span two segments."""
+    from test_recording_report import _events
+    hook = dict(hook="invalidate_range", caller="ptep_clear_flush", caller_class="ptl_clear", dur_ns=5)
+    cb = dict(kind="callback", hook="invalidate_range", hook_id=2, via="invalidate_range_end")
+    seg1 = _events([dict(hook, seq=1, hook_seq=1, via=None),
+                    dict(cb, callback="a [m]", seq=2, hook_seq=10, dur_ns=3),      # range_end #10, 2 subscribers
+                    dict(cb, callback="b [m]", seq=3, hook_seq=10, dur_ns=4),
+                    dict(cb, callback="a [m]", seq=4, hook_seq=11, dur_ns=2),      # range_end #11, split below
+                    dict(cb, callback="a [m]", seq=5, hook_seq=1, dur_ns=1, via="invalidate_range"),  # via the hook
+                    dict(kind="callback", hook="invalidate_range_end", callback="c [m]", seq=6, hook_seq=11,
+                         via="invalidate_range_end", dur_ns=9)])                    # not a secondary-TLB op
+    seg2 = _events([dict(cb, callback="b [m]", seq=7, hook_seq=11, dur_ns=6),
+                    dict(cb, callback="a [m]", seq=8, hook_seq=12, dur_ns=8)])
+    rec = _write(tmp_path / "rec", [seg1, seg2])
+    st = summarize(rec).secondary_tlb
+    by = {c["caller_class"]: c for c in st["classes"]}
+    assert st["count"] == 1 + 3
+    assert by["ptl_clear"]["count"] == 1 and by["range_end"]["count"] == 3
+    assert {c["caller"]: c["count"] for c in st["callers"]} == {"ptep_clear_flush": 1,
+                                                                 "__mmu_notifier_invalidate_range_end": 3}
+    # recordings made before these columns existed: as before
+    old = _write(tmp_path / "old", [seg1.drop(columns=["via", "hook_seq"])])
+    assert summarize(old).secondary_tlb["count"] == 1
