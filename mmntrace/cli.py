@@ -247,7 +247,7 @@ Examples:
   mmntrace report rec --width 80 > rec.txt             text laid out for 80 columns
   mmntrace report rec --format json | jq '.violations'  JSON (schema: docs/report-schema.md)
   mmntrace report rec --format html -o rec.html        one self-contained file with plots
-  mmntrace report before --compare after               side by side, with after/before ratios
+  mmntrace report before --compare after               the comparison: rates, after/before ratios, warnings
   mmntrace report before --compare after --format html -o diff.html
 """)
 @click.argument("recording", type=click.Path(readable=False))   # unreadable: Recording says why
@@ -255,8 +255,11 @@ Examples:
               help="text: terminal tables; json: the documented schema; html: one file with embedded plots.")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the report to FILE instead of standard output (html needs it).")
-@click.option("--compare", "other", type=click.Path(), metavar="DIR2",
-              help="A second recording: every table side by side with DIR2/RECORDING ratios.")
+@click.option("--compare", "other", type=click.Path(), metavar="AFTER",
+              help="Compare RECORDING (before) with AFTER and print the comparison only: counts as rates per "
+                   "second of each recording's own duration, after/before ratios (1.8x, 0.52x, =, new, gone), "
+                   "warnings where kernels, architectures, backends or modes differ; hooks by their --hooks "
+                   "names, so 6.1 and 6.12 recordings line up.")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(1, 1000),
               help="Rows in the process, mm and caller tables.")
 @click.option("--width", type=int, callback=_check_width, metavar="COLUMNS",

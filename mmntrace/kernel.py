@@ -60,6 +60,21 @@ HOOK_NAMES = {
     HOOK_TEST_YOUNG: "test_young", HOOK_CHANGE_PTE: "change_pte", HOOK_INTERVAL: "interval_invalidate",
 }
 
+
+
+def stable_hook_name(name: str) -> str:
+    """The name a hook has on every kernel (:data:`HOOK_NAMES`, what ``--hooks``
+    takes) for the name a recording gives it (the report name of
+    :data:`HOOK_CANDIDATES`, which follows the kernel's symbol): the
+    secondary-TLB hook is ``invalidate_range`` before 6.6 and
+    ``arch_invalidate_secondary_tlbs`` since, ``secondary_tlb`` on both.
+    A name no table knows is returned as it is."""
+    for hook, cands in HOOK_CANDIDATES.items():
+        if any(name == report_name for _sym, report_name in cands):
+            return HOOK_NAMES[hook]
+    return name
+
+
 REGISTRATION = ("__mmu_notifier_register", "mmu_notifier_unregister", "mmu_interval_notifier_insert",
                 "mmu_interval_notifier_insert_locked", "mmu_interval_notifier_remove")
 

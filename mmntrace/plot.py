@@ -74,10 +74,18 @@ def _grid(n, w=6.0, h=3.6, cols=2):
 
 
 def fig_cdf(s: Summary, other: Summary | None = None, *, labels=("A", "B")) -> Figure | None:
-    """Latency CDF per callback, one panel per hook; with ``other``, B dashed over A."""
+    """Latency CDF per callback, one panel per hook; with ``other``, B dashed
+    over A, the hooks by their stable names (so that the secondary-TLB hook of
+    a 6.1 and of a 6.12 recording share a panel)."""
     ca = callback_cdfs(s)
     cb_ = callback_cdfs(other) if other is not None else {}
-    hooks = sorted(set(ca) | set(cb_), key=_hook_sort)
+    if other is not None:
+        from .kernel import stable_hook_name
+        order = {stable_hook_name(h): _hook_sort(h) for h in [*cb_, *ca]}
+        ca, cb_ = ({stable_hook_name(h): v for h, v in d.items()} for d in (ca, cb_))
+        hooks = sorted(set(ca) | set(cb_), key=order.get)
+    else:
+        hooks = sorted(ca, key=_hook_sort)
     if not hooks:
         return None
     fig, axes = _grid(len(hooks))

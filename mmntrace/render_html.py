@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from . import render_text as T
+from . import render_compare as C, render_text as T
 from .aggregate import Summary
 
 CSS = """
@@ -28,9 +28,17 @@ code, pre, td.mono { font-family: ui-monospace, "DejaVu Sans Mono", monospace; f
 pre { background: #f7f7f9; padding: 8px 12px; border-radius: 4px; overflow-x: auto; }
 .spark { font-family: "DejaVu Sans Mono", monospace; letter-spacing: -1px; color: #2a6ebb; }
 img { max-width: 100%; border: 1px solid #e4e4e4; margin: 6px 0; }
-.up { color: #b00020; } .down { color: #0a7d32; }
 details { margin: 4px 0 10px; }
 .scroll { overflow-x: auto; max-width: 100%; }
+/* the comparison: fits 1280 px, names wrap anywhere, numbers never; colour only on judged ratios */
+table.cmp { width: 100%; }
+table.cmp th { position: static; }
+table.cmp th.grp { text-align: center; border-bottom: 1px solid #ccc; }
+td.name, th.name { white-space: normal; overflow-wrap: anywhere; word-break: break-word; }
+.worse { color: #b00020; font-weight: 600; } .better { color: #0a7d32; font-weight: 600; }
+.warnbox { border-left: 4px solid #c77700; background: #fff7e6; padding: 2px 12px; margin: 8px 0; }
+.warnbox ul { margin: 4px 0 8px; padding-left: 20px; }
+.changes { font-weight: 600; } .sub { color: #555; }
 """
 
 
@@ -55,13 +63,6 @@ class _Raw(str):
 
 def _spark(s: str) -> _Raw:
     return _Raw(f'<span class="spark">{escape(s)}</span>')
-
-
-def _ratio(r) -> _Raw:
-    if r is None:
-        return _Raw("-")
-    cls = "up" if r > 1.1 else "down" if r < 0.9 else ""
-    return _Raw(f'<span class="{cls}">{r:.2f}x</span>')
 
 
 def _img(fig, alt: str) -> str:
@@ -183,45 +184,170 @@ def _coverage(rep) -> str:
     return "\n".join(out)
 
 
-def _compare(rep, sa, sb) -> str:
+# ---- comparison ---------------------------------------------------------------------------
+
+def _judged(text: str, verdict: str | None) -> _Raw:
+    """A ratio, red where the latency or violation got worse, green where
+    better; counts and rates are never judged, so never coloured."""
+    cls = f' class="{verdict}"' if verdict in ("worse", "better") else ""
+    return _Raw(f"<span{cls}>{_e(text)}</span>")
+
+
+def _cmp_table(keys: list[str], groups: list[tuple[str, list[str]]], rows: list) -> str:
+    """A comparison table: key columns (names, which wrap), then groups of
+    number columns under one heading (p50: before, after, ratio). ``rows``
+    holds lists of cells, or a str: a row of its own across the table (a hook)."""
+    n = len(keys) + sum(len(sub) for _g, sub in groups)
+    top = "".join(f'<th class="l name" rowspan="2">{_e(k)}</th>' for k in keys) + "".join(
+        f'<th colspan="{len(sub)}" class="grp">{_e(g)}</th>' for g, sub in groups)
+    sub = "".join(f"<th>{_e(x)}</th>" for _g, xs in groups for x in xs)
+    body = []
+    for r in rows:
+        if isinstance(r, str):
+            body.append(f'<tr class="hookrow"><td class="l" colspan="{n}"><b>{_e(r)}</b></td></tr>')
+            continue
+        body.append("<tr>" + "".join(
+            f'<td class="{"l name" if i < len(keys) else ""}">{c if isinstance(c, _Raw) else _e(c)}</td>'
+            for i, c in enumerate(r)) + "</tr>")
+    return (f'<div class="scroll"><table class="cmp"><thead><tr>{top}</tr><tr>{sub}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+BA = ["before", "after"]
+
+
+def _cmp_header(rep) -> str:
+    """The two recordings, how they are compared, the warnings and the changes."""
     c = rep["compare"]
-    out = [f"<p>A = <code>{_e(c['a'])}</code><br>B = <code>{_e(c['b'])}</code></p>"]
-    out.append(_table(["", "A", "B", "B/A"], [[r["metric"], T.num(r["a"]), T.num(r["b"]), _ratio(r["ratio"])]
-                                            for r in c["summary"]], left={0}))
-    rows, prev = [], None
-    for r in c["latency"]:
-        a, b, q = r["a"] or {}, r["b"] or {}, r["ratio"]
-        rows.append(("hookrow" if r["hook"] != prev else "", [
-            r["hook"] if r["hook"] != prev else "", r["callback"] or "(hook)", r["event"] or "-",
-            T.num(a.get("count")), T.num(b.get("count")), _ratio(q["count"]),
-            T.us(a.get("p50_ns")), T.us(b.get("p50_ns")), _ratio(q["p50_ns"]),
-            T.us(a.get("p99_ns")), T.us(b.get("p99_ns")), _ratio(q["p99_ns"]),
-            T.us(a.get("max_ns")), T.us(b.get("max_ns")), _ratio(q["max_ns"])]))
-        prev = r["hook"]
-    out.append("<h3>Latency (µs)</h3>" + _table(
-        ["hook", "callback", "event", "count A", "count B", "B/A", "p50 A", "p50 B", "B/A", "p99 A", "p99 B", "B/A",
-         "max A", "max B", "B/A"], rows, left={0, 1, 2}))
-    if sa is not None and sb is not None:
-        from .plot import fig_cdf
-        out.append(_img(fig_cdf(sa, sb), "latency CDF, A solid, B dashed"))
-    if c["secondary_tlb"]:
-        out.append("<h3>Secondary-TLB callers</h3>" + _table(
-            ["caller class", "A", "share A", "B", "share B", "B/A"],
-            [[r["caller_class"], T.num(r["a_count"]), T.pct(r["a_share"]), T.num(r["b_count"]), T.pct(r["b_share"]),
-              _ratio(r["ratio"])] for r in c["secondary_tlb"]], left={0}))
-    if c["processes"]:
-        out.append("<h3>Processes (by comm)</h3>" + _table(
-            ["comm", "A", "B", "B/A"], [[r["comm"] or "?", T.num(r["a_count"]), T.num(r["b_count"]), _ratio(r["ratio"])]
-                                        for r in c["processes"]], left={0}))
-    out.append("<h3>Rule violations</h3>" + (_table(
-        ["rule", "hook", "callback", "sleeper", "atomic", "A", "B", "B/A"],
-        [[r["rule"], r["hook"], r["callback"] or "(hook)", r["sleeper"] or "?", "yes" if r["atomic"] else "no",
-          T.num(r["a_count"]), T.num(r["b_count"]), _ratio(r["ratio"])] for r in c["violations"]],
-        left={0, 1, 2, 3, 4}) if c["violations"] else "<p>None in A or B.</p>"))
+    out = ["<h1>mmntrace comparison: before → after</h1>"]
+    for name, path, r in (("before", c["a"], rep), ("after", c["b"], c["report_b"])):
+        out.append(f'<p class="meta">{name}: <code>{_e(path)}</code><br><span class="sub">{_e(C.side_line(r))}</span></p>')
+    out.append(f'<p class="meta">{_e(C.HOW)}</p>')
+    if c["warnings"]:
+        out.append('<div class="warnbox"><p class="warn">The recordings differ in more than the workload:</p><ul>'
+                   + "".join(f"<li>{_e(w['text'])}</li>" for w in c["warnings"]) + "</ul></div>")
+    out.append(f'<p class="changes">{_e(C.changes_line(c))}</p>')
     return "\n".join(out)
 
 
+def _cmp_totals(c) -> str:
+    """Totals: counts and rates, never coloured."""
+    rows = [[C.TOTAL_NAMES.get(r["metric"], r["metric"]), T.num(r["a_count"]), T.num(r["b_count"]),
+             T.num(r["a_rate_per_s"]), T.num(r["b_rate_per_s"]), C.ratio_text(r["rate_ratio"], r["status"])]
+            for r in c["totals"]]
+    return _cmp_table([""], [("count", BA), ("per second", BA + ["ratio"])], rows)
+
+
+def _by_hook(rows, cells_of, keys_of) -> list:
+    """Rows under a spanning row per hook (its stable name)."""
+    out, prev = [], None
+    for r in rows:
+        h = C._hook(r)
+        if h != prev:
+            out.append(h)
+            prev = h
+        out.append(keys_of(r) + cells_of(r))
+    return out
+
+
+def _cmp_rates(c) -> str:
+    """Invocations per hook and callback: counts and rates, never coloured."""
+    def cells(r):
+        a, b = r["a_count"] > 0, r["b_count"] > 0
+        return [C.side(r["a_count"], a), C.side(r["b_count"], b), C.side(r["a_rate_per_s"], a),
+                C.side(r["b_rate_per_s"], b), C.ratio_text(r["rate_ratio"], r["status"])]
+    return _cmp_table(["callback"], [("invocations", BA), ("per second", BA + ["ratio"])],
+                      _by_hook(c["rates"], cells, lambda r: [r["callback"] or "(hook)"]))
+
+
+def _cmp_latency(c) -> str:
+    """p50, p99, max before and after, the ratio coloured where judged."""
+    def cells(r):
+        out = []
+        for f in ("p50_ns", "p99_ns", "max_ns"):
+            out += [T.us((r["a"] or {}).get(f)), T.us((r["b"] or {}).get(f)),
+                    _judged(C.ratio_text(r["ratio"][f], r["status"]), r["judged"][f])]
+        return out
+    prev = [None]
+
+    def keys(r):
+        # the callback where it changes, as the text's tree has it: its events under it
+        cb = r["callback"] or "(hook)"
+        same, prev[0] = prev[0] == (C._hook(r), cb), (C._hook(r), cb)
+        return ["" if same else cb, r["event"] or "-"]
+    return _cmp_table(["callback", "event"], [(f"{m} (µs)", BA + ["ratio"]) for m in ("p50", "p99", "max")],
+                      _by_hook(c["latency"], cells, keys))
+
+
+def _cmp_violations(c) -> str:
+    """Violations: counts and rates, the ratio coloured where judged; new ones' stacks."""
+    v = c["violations"]
+    if not v:
+        return "<p>None before or after.</p>"
+    rows = [[r["rule"], C._hook(r), r["callback"] or "(hook)", r["sleeper"] or "?", "yes" if r["atomic"] else "no",
+             T.num(r["a_count"]), T.num(r["b_count"]), C.side(r["a_rate_per_s"], r["a_count"] > 0),
+             C.side(r["b_rate_per_s"], r["b_count"] > 0),
+             _judged(C.ratio_text(r["rate_ratio"], r["status"]), r["judged"])] for r in v]
+    stacks = "".join(
+        f"<details><summary>New after: {_e(r['rule'])} in <code>{_e(r['callback'] or r['hook'])}</code>, "
+        f"example stack</summary><pre>{_e(chr(10).join(r.get('stack') or []))}</pre></details>"
+        for r in v if r["status"] == "new")
+    return _cmp_table(["rule", "hook", "callback", "sleeper", "atomic"],
+                      [("calls", BA), ("per second", BA + ["ratio"])], rows) + stacks
+
+
+def _cmp_secondary(c) -> str:
+    """Caller classes of the secondary-TLB hook: shares and rates."""
+    rows = [[r["caller_class"], C.side(r["a_share"], r["a_share"] is not None, T.pct),
+             C.side(r["b_share"], r["b_share"] is not None, T.pct), C.side(r["a_rate_per_s"], r["a_count"] > 0),
+             C.side(r["b_rate_per_s"], r["b_count"] > 0), C.ratio_text(r["rate_ratio"], r["status"])]
+            for r in c["secondary_tlb"]]
+    return _cmp_table(["caller class"], [("share", BA), ("per second", BA + ["ratio"])], rows)
+
+
+def _cmp_processes(c) -> str:
+    """Top processes by comm: counts and rates."""
+    rows = [[r["comm"] or "?", C.side(r["a_count"], bool(r["a_count"])), C.side(r["b_count"], bool(r["b_count"])),
+             C.side(r["a_rate_per_s"], bool(r["a_count"])), C.side(r["b_rate_per_s"], bool(r["b_count"])),
+             C.ratio_text(r["rate_ratio"])] for r in c["processes"]]      # top N each: missing is not absent
+    return _cmp_table(["comm"], [("hook invocations", BA), ("per second", BA + ["ratio"])], rows)
+
+
+def render_compare(rep: dict, sa: Summary | None, sb: Summary | None) -> str:
+    """The comparison alone, as the text has it: header, warnings, changes,
+    then the tables; the two full reports are a command away each."""
+    c = rep["compare"]
+    cdf = ""
+    if sa is not None and sb is not None:
+        from .plot import fig_cdf
+        cdf = _img(fig_cdf(sa, sb, labels=("before", "after")), "latency CDF, before solid, after dashed")
+    sec = [("Totals", _cmp_totals(c)),
+           ("Invocations per hook and callback", _cmp_rates(c) if c["rates"] else "<p>None.</p>"),
+           ("Latency", (_cmp_latency(c) if c["latency"] else "<p>No hook or callback invocations.</p>") + cdf),
+           ("Sleeping-rule violations", _cmp_violations(c))]
+    if c["secondary_tlb"]:
+        sec.append(("Callers of the secondary-TLB hook", _cmp_secondary(c)))
+    if c["processes"]:
+        sec.append(("Top processes (joined by comm; - : not in that recording's top)", _cmp_processes(c)))
+    body = "\n".join(f"<h2>{_e(t)}</h2>\n{h}" for t, h in sec)
+    note = "<br>".join(_e(x) for x in C.closing(c))
+    return _page(f"mmntrace comparison: {c['a']} → {c['b']}", rep,
+                 f'{_cmp_header(rep)}\n{body}\n<p class="meta">{note}</p>')
+
+
+def _page(title: str, rep: dict, body: str) -> str:
+    """The whole self-contained file around ``body``."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="generator" '
+            f'content="mmntrace report schema {rep["schema_version"]}.{rep.get("schema_minor", 0)}">'
+            f"<title>{_e(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
 def render(rep: dict, summary: Summary | None = None, summary_b: Summary | None = None) -> str:
+    """The report as one HTML file; with a ``compare`` object, the comparison alone."""
+    if rep.get("compare"):
+        return render_compare(rep, summary, summary_b)
     from . import plot
     figs = plot.figures(summary) if summary is not None else {}
     sec = [
@@ -234,11 +360,5 @@ def render(rep: dict, summary: Summary | None = None, summary_b: Summary | None 
                                                          if rep["violations"] else "")),
         ("Drops and coverage", _coverage(rep)),
     ]
-    if rep.get("compare"):
-        sec.append(("Comparison (B/A)", _compare(rep, summary, summary_b)))
     body = "\n".join(f"<h2>{_e(t)}</h2>\n{h}" for t, h in sec)
-    title = f"mmntrace report: {rep.get('recording') or ''}"
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="generator" content="mmntrace report schema {rep["schema_version"]}.{rep.get("schema_minor", 0)}">'
-            f"<title>{_e(title)}</title><style>{CSS}</style></head>\n<body>\n{_header(rep)}\n{body}\n"
-            f"</body></html>\n")
+    return _page(f"mmntrace report: {rep.get('recording') or ''}", rep, f"{_header(rep)}\n{body}")

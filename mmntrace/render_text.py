@@ -51,10 +51,6 @@ def pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def times(r) -> str:
-    return "-" if r is None else f"{r:.2f}x"
-
-
 def spark(values, lo=None, hi=None) -> str:
     """One character per value, height relative to the largest (None: blank)."""
     vals = [v for v in values if v is not None]
@@ -378,66 +374,6 @@ def drops_coverage(rep) -> list:
     return out
 
 
-def _compare_latency(c, width: int) -> list[Table]:
-    """A's and B's latency rows side by side: hook, callback and event columns
-    when they fit, else the tree key, the numbers split over tables as needed."""
-    title = "Latency (µs), A vs B"
-    cols = [Col(f"{m} {x}" if x != "B/A" else x, group=m) for m in ("count", "p50", "p99", "max")
-            for x in ("A", "B", "B/A")]
-    cells = []
-    for r in c["latency"]:
-        a, b, q = r["a"] or {}, r["b"] or {}, r["ratio"]
-        cells.append([num(a.get("count")), num(b.get("count")), times(q["count"]),
-                      us(a.get("p50_ns")), us(b.get("p50_ns")), times(q["p50_ns"]),
-                      us(a.get("p99_ns")), us(b.get("p99_ns")), times(q["p99_ns"]),
-                      us(a.get("max_ns")), us(b.get("max_ns")), times(q["max_ns"])])
-    wide = Grid(title, [Col("hook", "name"), Col("callback", "name"), Col("event", "name")] + cols)
-    prev = None
-    for r, row in zip(c["latency"], cells):
-        wide.add(r["hook"] if r["hook"] != prev else "", _cb(r), r["event"] or "-", *row)
-        prev = r["hook"]
-    lay = fits(wide, width)
-    if lay:
-        return [to_table(lay)]
-    tree = Grid(title, [TREE_KEY] + cols, [[k] + row for k, row in zip(tree_keys(c["latency"]), cells)],
-                valign="bottom")
-    return tables(tree, width)
-
-
-def compare_section(rep, width: int) -> list:
-    c = rep["compare"]
-    out: list = [Text(f"Comparison: A = {c['a']}\n            B = {c['b']}", style="bold")]
-    g = Grid("Summary (B/A)", [Col("", "name"), Col("A"), Col("B"), Col("B/A")])
-    for r in c["summary"]:
-        g.add(r["metric"], num(r["a"]), num(r["b"]), times(r["ratio"]))
-    out += tables(g, width)
-    out += _compare_latency(c, width)
-    if c["secondary_tlb"]:
-        g = Grid("Secondary-TLB callers, A vs B", [Col("caller class", "name"), Col("A"), Col("share A"), Col("B"),
-                                                   Col("share B"), Col("B/A")])
-        for r in c["secondary_tlb"]:
-            g.add(r["caller_class"], num(r["a_count"]), pct(r["a_share"]), num(r["b_count"]), pct(r["b_share"]),
-                  times(r["ratio"]))
-        out += tables(g, width)
-    if c["processes"]:
-        g = Grid("Processes (hook invocations by comm), A vs B", [Col("comm", "name"), Col("A"), Col("B"), Col("B/A")])
-        for r in c["processes"]:
-            g.add(r["comm"] or "?", num(r["a_count"]), num(r["b_count"]), times(r["ratio"]))
-        out += tables(g, width)
-    if c["violations"]:
-        g = Grid("Rule violations, A vs B", [Col("rule", "name"), Col("hook", "name", min_width=20, stack=True),
-                                             Col("callback", "name", min_width=20, stack=True),
-                                             Col("sleeper", "name", stack=True), Col("atomic", "fixed"), Col("A"),
-                                             Col("B"), Col("B/A")])
-        for r in c["violations"]:
-            g.add(r["rule"], r["hook"], r["callback"] or "(hook)", r["sleeper"] or "?", "yes" if r["atomic"] else "no",
-                  num(r["a_count"]), num(r["b_count"]), times(r["ratio"]))
-        out += tables(g, width)
-    else:
-        out.append(Text("Rule violations: none in A or B"))
-    return out
-
-
 def para(line: str, width: int) -> str:
     """A line of prose wrapped at spaces to ``width``, its continuation lines
     indented two more than its own indent (so they read as one item)."""
@@ -460,6 +396,10 @@ def render(rep: dict, *, width: int | None = None, color: bool = False) -> str:
     buf = io.StringIO()
     con = Console(file=buf, width=width, color_system="standard" if color else None,
                   force_terminal=color, highlight=False, emoji=False, markup=False, soft_wrap=False, legacy_windows=False)
+    if rep.get("compare"):
+        # a before/after wants the comparison, not before's whole report first
+        from .render_compare import parts as compare_parts
+        return _print(con, buf, compare_parts(rep, width), width)
     for line in header(rep):
         con.print(Text(para(line, width)))
     for line in verdict(rep):
@@ -475,8 +415,11 @@ def render(rep: dict, *, width: int | None = None, color: bool = False) -> str:
     parts += secondary_tables(rep, width)
     parts += violation_section(rep, width)
     parts += drops_coverage(rep)
-    if rep.get("compare"):
-        parts += [Text("")] + compare_section(rep, width)
+    return _print(con, buf, parts, width)
+
+
+def _print(con: Console, buf: io.StringIO, parts: list, width: int) -> str:
+    """Texts (wrapped to the width) and tables, a blank line after each table."""
     for p in parts:
         if isinstance(p, Text):
             p = Text("\n".join(para(line, width) for line in p.plain.split("\n")), style=p.style)

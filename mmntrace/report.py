@@ -11,11 +11,12 @@ import json
 
 from . import aggregate
 from .errors import RecordingError
+from .kernel import stable_hook_name
 from .recording import Recording
 
 SCHEMA_VERSION = 1
 #: additions within schema_version 1 (docs/report-schema.md lists what each added)
-SCHEMA_MINOR = 2
+SCHEMA_MINOR = 3
 
 LAT_FIELDS = ["count", "rate_per_s", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
 
@@ -92,6 +93,7 @@ def from_summary(s: aggregate.Summary) -> dict:
         "hook_invocations": s.hook_invocations,
         "callback_invocations": s.callback_invocations,
         "events_per_s": round(s.hook_invocations / rate_s, 3) if rate_s else None,
+        "rate_s": rate_s,
         "dropped": _int(drops.get("total")),
         "drops": drops,
         "quantile_method": s.quantile_method,
@@ -118,11 +120,70 @@ def from_summary(s: aggregate.Summary) -> dict:
 
 # ---- comparison ------------------------------------------------------------------------
 
+#: a latency (p50, p99, max) or a violation rate that changed by this factor or more, up or
+#: down, is judged worse or better: the HTML colours it, the text counts it
+NOTABLE = 1.10
+#: the latency fields judged
+JUDGED = ("p50_ns", "p99_ns", "max_ns")
+#: the totals compared as rates, in the order shown
+TOTALS = ("hook_invocations", "callback_invocations", "violation_invocations", "dropped")
+QUANTILE_ERROR = {"exact": "exact", "loglinear": "up to 0.8% below the exact value",
+                  "log2_upper": "log2 upper bounds, up to 2x above the true value"}
+
+
+def _round_ratio(r: float) -> float:
+    """Four decimals; a ratio too small for those keeps three significant
+    digits, so that a ratio is 0 only where B's value is."""
+    return round(r, 4) if r == 0 or abs(r) >= 0.001 else float(f"{r:.3g}")
+
+
 def ratio(a, b):
     """B/A, or None where it means nothing (A missing or 0, B missing)."""
     if a is None or b is None or not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or a == 0:
         return None
-    return round(b / a, 4)
+    return _round_ratio(b / a)
+
+
+def rate_seconds(rep: dict) -> float | None:
+    """The seconds a report's rates are per, its ``rate_s``
+    (:attr:`aggregate.Summary.rate_s`: the wall duration, else the timestamp
+    span): ``latency[].rate_per_s`` and ``events_per_s`` divide by it, and so
+    does the comparison. None where neither is known."""
+    return rep.get("rate_s") or None
+
+
+def per_s(n, secs) -> float | None:
+    """``n`` per second of ``secs``, unrounded (so that ratios of rates are exact)."""
+    return n / secs if isinstance(n, (int, float)) and secs else None
+
+
+def presence(a, b) -> str:
+    """Where a thing is: "both", "new" (only in B), "gone" (only in A) or
+    "none"; a missing row and a count of 0 are both absence."""
+    return {(True, True): "both", (False, True): "new", (True, False): "gone", (False, False): "none"}[
+        (bool(a), bool(b))]
+
+
+def judge(r, status: str, *, presence_counts: bool = False) -> str | None:
+    """"worse" where B/A is :data:`NOTABLE` or more, "better" where it is
+    1/NOTABLE (0.91) or less, else None. With ``presence_counts`` (violations, where
+    any is a fault) appearing is worse and disappearing better."""
+    if presence_counts and status in ("new", "gone"):
+        return "worse" if status == "new" else "better"
+    if status != "both" or r is None:
+        return None
+    # judged on the ratio as printed (two decimals): every "1.1x" is worse, no "1.09x" is
+    r = round(r, 2)
+    return "worse" if r >= NOTABLE else "better" if r <= round(1 / NOTABLE, 2) else None
+
+
+def counted(a_n, b_n, a_s, b_s) -> dict:
+    """One thing counted in A and in B: the counts, each as a rate per second
+    of its own recording, the B/A ratio of the rates and where it is."""
+    ra, rb = per_s(a_n or 0, a_s), per_s(b_n or 0, b_s)
+    rnd = lambda v: None if v is None else float(f"{v:.6g}")  # noqa: E731
+    return {"a_count": a_n or 0, "b_count": b_n or 0, "a_rate_per_s": rnd(ra), "b_rate_per_s": rnd(rb),
+            "rate_ratio": ratio(ra, rb), "status": presence(a_n, b_n)}
 
 
 def _join(rows_a, rows_b, key):
@@ -132,44 +193,176 @@ def _join(rows_a, rows_b, key):
     return [(k, a.get(k), b.get(k)) for k in keys]
 
 
-def compare(a: dict, b: dict) -> dict:
-    """The ``compare`` object: A's and B's tables joined side by side, with B/A ratios."""
-    lat_key = lambda r: (r["hook"], r["callback"], r["event"])
-    lat = []
-    for (hook, cb, ev), ra, rb in _join(a["latency"], b["latency"], lat_key):
-        pick = lambda r: {f: r.get(f) for f in LAT_FIELDS} if r else None
-        lat.append({"hook": hook, "callback": cb, "event": ev, "a": pick(ra), "b": pick(rb),
-                    "ratio": {f: ratio(ra and ra.get(f), rb and rb.get(f)) for f in LAT_FIELDS}})
-    lat.sort(key=aggregate._row_sort)
-    v_key = lambda r: (r["rule"], r["hook"], r["callback"], r["sleeper"])
-    viol = [{"rule": k[0], "hook": k[1], "callback": k[2], "sleeper": k[3],
-             "atomic": bool((ra or {}).get("atomic") or (rb or {}).get("atomic")),
-             "a_count": ra["count"] if ra else 0, "b_count": rb["count"] if rb else 0,
-             "ratio": ratio(ra["count"] if ra else 0, rb["count"] if rb else 0)}
-            for k, ra, rb in _join(a["violations"], b["violations"], v_key)]
+def _hook_names(ra, rb) -> dict:
+    """A joined row's hook: the stable name it was joined on, and each side's own."""
+    hook = (ra or rb)["hook"]
+    return {"hook": hook, "stable_hook": stable_hook_name(hook), "a_hook": ra["hook"] if ra else None,
+            "b_hook": rb["hook"] if rb else None}
 
+
+def _latency(a: dict, b: dict, sa, sb) -> list[dict]:
+    """Latency rows joined on (stable hook, callback, event): A's and B's
+    numbers, B/A of each (the rate's from the exact rates) and the judgement
+    of p50, p99 and max."""
+    out = []
+    key = lambda r: (stable_hook_name(r["hook"]), r["callback"], r["event"])  # noqa: E731
+    pick = lambda r: {f: r.get(f) for f in LAT_FIELDS} if r else None  # noqa: E731
+    for (_h, cb, ev), ra, rb in _join(a["latency"], b["latency"], key):
+        q = {f: ratio(ra and ra.get(f), rb and rb.get(f)) for f in LAT_FIELDS}
+        q["rate_per_s"] = ratio(per_s(ra and ra["count"], sa), per_s(rb and rb["count"], sb))
+        st = presence(ra, rb)
+        out.append(_hook_names(ra, rb) | {"callback": cb, "event": ev, "a": pick(ra), "b": pick(rb), "ratio": q,
+                                          "status": st, "judged": {f: judge(q[f], st) for f in JUDGED}})
+    out.sort(key=aggregate._row_sort)
+    return out
+
+
+def _invocations(rep: dict) -> list[dict]:
+    """Invocations per (hook, callback), summed over events."""
+    out: dict = {}
+    for r in rep["latency"]:
+        k = (r["hook"], r["callback"])
+        out[k] = out.get(k, 0) + r["count"]
+    return [{"hook": h, "callback": cb, "count": n} for (h, cb), n in out.items()]
+
+
+def _rates(a: dict, b: dict, sa, sb) -> list[dict]:
+    """Invocations of each hook and callback (over all events) as rates."""
+    key = lambda r: (stable_hook_name(r["hook"]), r["callback"])  # noqa: E731
+    rows = [_hook_names(ra, rb) | {"callback": cb, "event": None}
+            | counted(ra and ra["count"], rb and rb["count"], sa, sb)
+            for (_h, cb), ra, rb in _join(_invocations(a), _invocations(b), key)]
+    rows.sort(key=aggregate._row_sort)
+    for r in rows:
+        del r["event"]
+    return rows
+
+
+def _violations(a: dict, b: dict, sa, sb) -> list[dict]:
+    """Violation rows joined on (rule, stable hook, callback, sleeper); a
+    violation that appears is worse, one that disappears better."""
+    key = lambda r: (r["rule"], stable_hook_name(r["hook"]), r["callback"], r["sleeper"])  # noqa: E731
+    out = []
+    for (rule, _h, cb, sleeper), ra, rb in _join(a["violations"], b["violations"], key):
+        c = counted(ra and ra["count"], rb and rb["count"], sa, sb)
+        out.append({"rule": rule} | _hook_names(ra, rb) | {
+            "callback": cb, "sleeper": sleeper, "atomic": bool((ra or {}).get("atomic") or (rb or {}).get("atomic")),
+            "ratio": ratio(c["a_count"], c["b_count"])} | c
+            | {"judged": judge(c["rate_ratio"], c["status"], presence_counts=True),
+               "stack": (rb or ra).get("stack") or []})
+    return out
+
+
+def _processes(a: dict, b: dict, sa, sb) -> list[dict]:
+    """Hook invocations of the top processes, joined by comm (pids differ
+    from one recording to the next). Each side lists only its top ones, so a
+    comm missing from one side has no ratio: it may only have ranked lower."""
     def by_comm(rep):
         out: dict = {}
         for p in rep.get("processes") or []:
             out[p["comm"]] = out.get(p["comm"], 0) + p["count"]
         return [{"comm": c, "count": n} for c, n in out.items()]
-    procs = [{"comm": k, "a_count": ra["count"] if ra else None, "b_count": rb["count"] if rb else None,
-              "ratio": ratio(ra and ra["count"], rb and rb["count"])}
-             for k, ra, rb in _join(by_comm(a), by_comm(b), lambda r: r["comm"])]
-    sec = []
-    sa, sb = a.get("secondary_tlb") or {}, b.get("secondary_tlb") or {}
-    for k, ra, rb in _join(sa.get("classes", []), sb.get("classes", []), lambda r: r["caller_class"]):
-        sec.append({"caller_class": k, "a_count": ra["count"] if ra else 0, "b_count": rb["count"] if rb else 0,
-                    "a_share": ra["share"] if ra else None, "b_share": rb["share"] if rb else None,
-                    "ratio": ratio(ra["count"] if ra else 0, rb["count"] if rb else 0)})
+    rows = []
+    for k, ra, rb in _join(by_comm(a), by_comm(b), lambda r: r["comm"]):
+        c = counted(ra and ra["count"], rb and rb["count"], sa, sb)
+        rows.append({"comm": k, "a_count": ra["count"] if ra else None, "b_count": rb["count"] if rb else None,
+                     "ratio": ratio(ra and ra["count"], rb and rb["count"])}
+                    | {k2: v for k2, v in c.items() if k2 not in ("a_count", "b_count")}
+                    | {"rate_ratio": c["rate_ratio"] if ra and rb else None})
+    return rows
+
+
+def _secondary(a: dict, b: dict, sa, sb) -> list[dict]:
+    """The secondary-TLB hook's caller classes: shares and rates."""
+    ca, cb = (a.get("secondary_tlb") or {}).get("classes", []), (b.get("secondary_tlb") or {}).get("classes", [])
+    return [{"caller_class": k, "a_share": ra["share"] if ra else None, "b_share": rb["share"] if rb else None,
+             "ratio": ratio(ra["count"] if ra else 0, rb["count"] if rb else 0)}
+            | counted(ra and ra["count"], rb and rb["count"], sa, sb)
+            for k, ra, rb in _join(ca, cb, lambda r: r["caller_class"])]
+
+
+def _recorded_hooks(rep: dict) -> dict[str, set]:
+    """Stable hook name -> the names this recording gives it."""
+    names = [r["hook"] for r in rep["latency"]] + [v["hook"] for v in rep["violations"]] \
+        + [h for h in (rep.get("coverage") or {}).get("hooks") or [] if isinstance(h, str)]
+    out: dict[str, set] = {}
+    for n in names:
+        out.setdefault(stable_hook_name(n), set()).add(n)
+    return out
+
+
+def hook_names(a: dict, b: dict) -> list[dict]:
+    """The hooks the two recordings name differently (the kernel renamed the
+    symbol), compared under their stable name."""
+    ha, hb = _recorded_hooks(a), _recorded_hooks(b)
+    return [{"hook": h, "a": sorted(ha[h]), "b": sorted(hb[h])} for h in ha if h in hb and ha[h] != hb[h]]
+
+
+def _kernel_text(a: dict, b: dict, ka, kb) -> str:
+    """Kernels differ: what it means, which hooks only one has, which are named apart."""
+    ha, hb = set(_recorded_hooks(a)), set(_recorded_hooks(b))
+    text = (f"kernels differ ({ka} before, {kb} after): the notifier code, the hooks it has and the drivers' "
+            "callbacks may differ, so a change may be the kernel's")
+    if ha - hb:
+        text += f"; only before has {', '.join(sorted(ha - hb))}"
+    if hb - ha:
+        text += f"; only after has {', '.join(sorted(hb - ha))}"
+    for h in hook_names(a, b):
+        text += (f"; {h['hook']} is {'/'.join(h['a'])} before and {'/'.join(h['b'])} after, "
+                 f"compared as {h['hook']}")
+    return text
+
+
+def _mode(rep: dict) -> str:
+    return "--aggregate" if rep.get("aggregate") else "per-event"
+
+
+def warnings(a: dict, b: dict) -> list[dict]:
+    """What differs between the recordings beyond the workload, each with what
+    it means for the comparison: kernel, architecture, backend, recording
+    mode, quantile method."""
+    out = []
+
+    def differ(key: str, va, vb, text: str) -> None:
+        if va != vb:
+            out.append({"key": key, "a": va, "b": vb, "text": text})
+    ka, kb = a.get("kernel") or {}, b.get("kernel") or {}
+    differ("kernel", ka.get("release"), kb.get("release"), _kernel_text(a, b, ka.get("release"), kb.get("release")))
+    differ("arch", ka.get("arch"), kb.get("arch"),
+           f"architectures differ ({ka.get('arch')} before, {kb.get('arch')} after): the TLB code that calls the "
+           "hooks differs, so compare the shape of the numbers rather than their size")
+    differ("backend", a.get("backend"), b.get("backend"),
+           f"backends differ ({a.get('backend')} before, {b.get('backend')} after): kprobes cost more per probed "
+           "call than fentry trampolines, so part of a latency change may be the probes' own")
+    differ("aggregate", bool(a.get("aggregate")), bool(b.get("aggregate")),
+           f"recording modes differ ({_mode(a)} before, {_mode(b)} after): --aggregate quantiles are log2 upper "
+           "bounds, up to 2x above the true value, so latency ratios say little; counts and rates are exact in "
+           "both; processes and callers exist only per-event")
+    if bool(a.get("aggregate")) == bool(b.get("aggregate")):      # else the line above said it
+        qa, qb = a.get("quantile_method"), b.get("quantile_method")
+        differ("quantile_method", qa, qb,
+               f"quantile methods differ ({qa} before, {qb} after): {qa} is {QUANTILE_ERROR.get(qa, 'unknown')}, "
+               f"{qb} {QUANTILE_ERROR.get(qb, 'unknown')}, so latency ratios within that error are noise")
+    return out
+
+
+def compare(a: dict, b: dict) -> dict:
+    """The ``compare`` object: A (before) and B (after) joined row by row on
+    stable hook names, counts as rates per second of each recording, B/A
+    ratios, judgements of latency and violations, and the warnings."""
+    sa, sb = rate_seconds(a), rate_seconds(b)
     summary = [{"metric": k, "a": a.get(k), "b": b.get(k), "ratio": ratio(a.get(k), b.get(k))}
                for k in ("duration_s", "events", "hook_invocations", "callback_invocations", "events_per_s",
                          "dropped", "violation_invocations")]
     dk = [k for k in dict.fromkeys(list(a.get("drops") or {}) + list(b.get("drops") or {}))]
     drops = [{"type": k, "a": (a.get("drops") or {}).get(k), "b": (b.get("drops") or {}).get(k),
               "ratio": ratio((a.get("drops") or {}).get(k), (b.get("drops") or {}).get(k))} for k in dk]
-    return {"a": a.get("recording"), "b": b.get("recording"), "summary": summary, "latency": lat,
-            "violations": viol, "processes": procs, "secondary_tlb": sec, "drops": drops, "report_b": b}
+    return {"a": a.get("recording"), "b": b.get("recording"), "rate_s": {"a": sa, "b": sb},
+            "warnings": warnings(a, b), "hook_names": hook_names(a, b), "notable": NOTABLE,
+            "summary": summary, "totals": [{"metric": k} | counted(a.get(k), b.get(k), sa, sb) for k in TOTALS],
+            "rates": _rates(a, b, sa, sb), "latency": _latency(a, b, sa, sb),
+            "violations": _violations(a, b, sa, sb), "processes": _processes(a, b, sa, sb),
+            "secondary_tlb": _secondary(a, b, sa, sb), "drops": drops, "report_b": b}
 
 
 def with_compare(a: dict, b: dict) -> dict:

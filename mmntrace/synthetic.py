@@ -141,7 +141,7 @@ def hist_frame(ev: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     keys = ["hook", "callback", "event"]
     h = d.groupby(keys + ["slot"], dropna=False).size().rename("count").reset_index()
     h["func"] = 0
-    h["hook_id"] = [HOOK_IDS.get(x, 0) for x in h["hook"]]
+    h["hook_id"] = [HOOK_IDS.get(x, HOOK_IDS[SEC]) for x in h["hook"]]     # else: the renamed secondary-TLB hook
     h["event_id"] = -1
     tot = d.groupby(keys, dropna=False)["dur_ns"].agg(["size", "sum"]).reset_index()
     totals = [{"hook": r.hook, "event": None if pd.isna(r.event) else r.event,
@@ -152,12 +152,40 @@ def hist_frame(ev: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     return h[["func", "hook_id", "event_id", "slot", "count", "hook", "event", "callback"]], totals
 
 
+def _as_kernel(df: pd.DataFrame, secondary: str, scale: dict[str, float] | None) -> pd.DataFrame:
+    """Records as another kernel would name them (the secondary-TLB hook is
+    ``invalidate_range`` before 6.6), durations of the callbacks (or hooks,
+    by name) in ``scale`` multiplied by its factor."""
+    if df.empty:
+        return df
+    if secondary != SEC:
+        hook = df["hook"].astype(object)
+        df = df.assign(hook=hook.where(hook != SEC, secondary))
+        if "kind" in df:          # event segments keep the hook as a categorical, as the recorder writes it
+            df["hook"] = pd.Categorical(df["hook"])
+    for name, f in (scale or {}).items():
+        hit = (df["callback"] == name) | ((df["hook"].astype(object) == name) & df["callback"].isna())
+        if "dur_ns" in df and hit.any():
+            df.loc[hit, "dur_ns"] = (df.loc[hit, "dur_ns"].to_numpy() * f).astype(np.uint64)
+    return df
+
+
 def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30, *, aggregate: bool = False,
-          span_s: float = 30.0, seed: int = 1, ts0: int = 5_000_000_000_000) -> Path:
-    """Write a synthetic recording to ``path`` (a new directory) and return it."""
+          span_s: float = 30.0, seed: int = 1, ts0: int = 5_000_000_000_000,
+          release: str = META["kernel"]["release"], secondary: str = SEC, backend: str = META["backend"],
+          scale: dict[str, float] | None = None) -> Path:
+    """Write a synthetic recording to ``path`` (a new directory) and return it.
+
+    ``release`` and ``secondary`` make it look like another kernel's (for
+    6.1: ``secondary="invalidate_range"``); ``scale`` multiplies the latency
+    of the callbacks (or hooks) it names, to make a before and an after."""
     rng = np.random.default_rng(seed)
     span = int(span_s * 1e9)
-    w = RecordingWriter(path, META | {"aggregate": aggregate, "attached": attached(),
+    ren = lambda h: secondary if h == SEC else h  # noqa: E731
+    att = [a | {"hook": ren(a["hook"]), "symbol": a["symbol"].replace(SEC, secondary)} for a in attached()]
+    w = RecordingWriter(path, META | {"aggregate": aggregate, "attached": att, "backend": backend,
+                                      "kernel": {"release": release, "arch": META["kernel"]["arch"]},
+                                      "hooks": [ren(h) for h in META["hooks"]],
                                       "events_enum": {str(i): e for i, e in enumerate(EVENTS)}})
     start = time.time()
     per = -(-n_events // segments) if segments else 0
@@ -168,10 +196,11 @@ def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30,
         n = min(per, n_events - k * per)
         if n <= 0:
             break
-        ev = events(n, rng, ts0 + k * seg_span, seg_span, seq0=k * per,
-                    slow=(ts0 + span // 2, ts0 + span // 2 + span // 6))
+        ev = _as_kernel(events(n, rng, ts0 + k * seg_span, seg_span, seq0=k * per,
+                               slow=(ts0 + span // 2, ts0 + span // 2 + span // 6)), secondary, scale)
         lo, hi = ts0 + k * seg_span, ts0 + (k + 1) * seg_span
         sl = sl_all[(sl_all["ts_ns"] >= lo) & (sl_all["ts_ns"] < hi)] if len(sl_all) else sl_all
+        sl = _as_kernel(sl, secondary, None)
         if aggregate:
             hist_parts.append(ev)
             w.write_segment(pd.DataFrame(), sl.reset_index(drop=True))

@@ -67,7 +67,7 @@ def test_json_report_contract_and_additions(recs):
     assert rep["events"] == 6000 and rep["violation_invocations"] == 12
     assert "compare" not in rep
     # ... and minor 2: the verdict, counted from the same rows
-    assert rep["schema_minor"] == 2
+    assert rep["schema_minor"] >= 2
     v = rep["verdict"]
     assert v["violation_invocations"] == 12 and v["violation_rules"] == len(rep["violations"])
     assert v["atomic_violation_invocations"] == sum(x["atomic_count"] for x in rep["violations"])
@@ -78,6 +78,10 @@ def test_json_report_contract_and_additions(recs):
     assert v["dropped"] == rep["dropped"]
     text = _run("report", recs["a"]).output
     assert text.splitlines()[4].startswith("VERDICT: 12 callback calls broke the sleeping rules")
+    # ... and minor 3: the seconds every rate is per
+    assert rep["schema_minor"] == 3
+    assert rep["rate_s"] == rep["duration_s"] == 10.0
+    assert all(r["rate_per_s"] == round(r["count"] / rep["rate_s"], 3) for r in rep["latency"])
 
 
 def test_compare_text_json_html(recs, tmp_path):
@@ -100,10 +104,10 @@ def test_compare_text_json_html(recs, tmp_path):
     v = c["violations"]
     assert v and all(x["b_count"] == 0 and x["ratio"] == 0.0 for x in v)     # none in B
     t = _run("report", recs["a"], "--compare", recs["b"])
-    assert t.exit_code == 0 and "Latency (µs), A vs B" in t.output and "B/A" in t.output
+    assert t.exit_code == 0 and "Latency (µs), before → after" in t.output and "0.00x" not in t.output
     out = tmp_path / "cmp.html"
     h = _run("report", recs["a"], "--compare", recs["b"], "--format", "html", "-o", out)
-    assert h.exit_code == 0 and "Comparison (B/A)" in out.read_text()
+    assert h.exit_code == 0 and "mmntrace comparison: before → after" in out.read_text()
 
 
 def test_html_is_self_contained(recs, tmp_path):
@@ -247,7 +251,7 @@ def test_fuzz_metadata_fields_never_traceback(recs, tmp_path_factory, fields):
     shutil.copytree(recs["b"], d)
     meta = json.loads((d / "metadata.json").read_text()) | fields
     (d / "metadata.json").write_text(json.dumps(meta))
-    for fmt in ("json", "text"):
-        r = CliRunner().invoke(main, ["report", str(d), "--format", fmt])
+    for args in (["--format", "json"], ["--format", "text"], ["--compare", str(recs["a"])]):
+        r = CliRunner().invoke(main, ["report", str(d), *args])
         assert r.exit_code in (0, 20), r.output
         assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)

@@ -1,5 +1,5 @@
-"""The text report laid out for a width: snapshots at 80, 120 and 200 columns,
-and for any width from 60 up no line is wider, nothing is cut to `…`, and no
+"""The text report laid out for a width: snapshots at 80, 120 and 200 columns
+(and of a --compare at 80 and 120), and for any width from 60 up no line is wider, nothing is cut to `…`, and no
 number of the widest layout is missing from a narrow one; `--width` on the CLI.
 
 A snapshot that no longer matches fails with a diff. When the change is meant,
@@ -33,7 +33,7 @@ def _fixed_recording(path: Path, **kw) -> Path:
     a fixed seed, and fixed wall-clock start and end in its metadata."""
     synthetic.write(path, **kw)
     meta = json.loads((path / "metadata.json").read_text())
-    meta |= {"start_time": 1_700_000_000.0, "end_time": 1_700_000_010.0}
+    meta |= {"start_time": 1_700_000_000.0, "end_time": 1_700_000_000.0 + kw["span_s"]}
     (path / "metadata.json").write_text(json.dumps(meta))
     return path
 
@@ -44,6 +44,10 @@ def recdir(tmp_path_factory):
     _fixed_recording(d / "rec", n_events=3000, segments=2, violations=12, span_s=10.0, seed=1)
     _fixed_recording(d / "other", n_events=2000, segments=2, violations=0, span_s=10.0, seed=2)
     _fixed_recording(d / "agg", n_events=2000, segments=2, violations=4, span_s=10.0, seed=3, aggregate=True)
+    # a 6.1 kernel's recording (the secondary-TLB hook under its old name), half as long, no violation:
+    # compared with rec, every warning line, the renamed hook and the new violations' stacks are laid out
+    _fixed_recording(d / "old", n_events=1500, segments=1, violations=0, span_s=5.0, seed=4,
+                     release="6.1.0-synthetic", secondary="invalidate_range", backend="fentry")
     return d
 
 
@@ -51,7 +55,8 @@ def recdir(tmp_path_factory):
 def reports(recdir):
     a = report.build(recdir / "rec")
     return {"plain": a, "compare": report.with_compare(a, report.build(recdir / "other")),
-            "aggregate": report.build(recdir / "agg")}
+            "aggregate": report.build(recdir / "agg"),
+            "compare_kernels": report.with_compare(report.build(recdir / "old"), a)}
 
 
 def _cli(*args, cwd=None):
@@ -85,6 +90,23 @@ def test_snapshot(recdir, width):
                     f"with MMNTRACE_UPDATE_SNAPSHOTS=1 and review them in git diff:\n{diff}")
 
 
+@pytest.mark.parametrize("width", [80, 120])
+def test_compare_snapshot(recdir, width):
+    """`mmntrace report old --compare rec --width N` (a 6.1 recording before,
+    the 6.12 one after) matches tests/unit/snapshots/compare-N.txt."""
+    r = _cli("report", "old", "--compare", "rec", "--top", "5", "--width", width, cwd=recdir)
+    assert r.exit_code == 0, r.output
+    path = SNAPSHOTS / f"compare-{width}.txt"
+    if UPDATE:
+        path.write_text(r.output)
+    assert path.exists(), f"{path} is missing: run with MMNTRACE_UPDATE_SNAPSHOTS=1 to write it"
+    if r.output != path.read_text():
+        diff = "".join(difflib.unified_diff(path.read_text().splitlines(True), r.output.splitlines(True),
+                                            f"{path.name} (stored)", f"{path.name} (rendered now)"))
+        pytest.fail(f"the {width}-column comparison differs from {path}; if the change is meant, rewrite the "
+                    f"snapshots with MMNTRACE_UPDATE_SNAPSHOTS=1 and review them in git diff:\n{diff}")
+
+
 def test_snapshots_read_well():
     """What the snapshots were taken to show: the verdict first, the tree and
     split layouts where the width is short, and nothing cut."""
@@ -96,6 +118,13 @@ def test_snapshots_read_well():
     assert "hook / callback / event" in s120 and "Latency histograms" not in s120
     assert "hook                             callback" in s200         # the three columns side by side
     assert "\n  hook: arch_invalidate_secondary_tlbs\n" in s80          # violations stacked
+    c80, c120 = ((SNAPSHOTS / f"compare-{w}.txt").read_text() for w in (80, 120))
+    for c in (c80, c120):
+        lines = c.splitlines()
+        assert lines[:2] == ["mmntrace report --compare: before → after", "  before  old"]
+        assert "WARNING" in c and c.index("WARNING") < c.index("CHANGES") < c.index("Totals") < c.index("Latency")
+        assert "\nsecondary_tlb\n" in c and "0.00x" not in c and "…" not in c and "VERDICT" not in c
+    assert "hook / callback / event" in c120 and "Latency (µs), before → after (1 of 2)" in c80
 
 
 def _widths_ok(text: str, width: int) -> list[str]:
@@ -106,7 +135,7 @@ def _numbers(text: str) -> Counter:
     return Counter(NUMBER.findall(text))
 
 
-@pytest.mark.parametrize("kind", ["plain", "compare", "aggregate"])
+@pytest.mark.parametrize("kind", ["plain", "compare", "aggregate", "compare_kernels"])
 @pytest.mark.parametrize("width", [60, 80, 93, 100, 120, 137, 160, 200, 220])
 def test_every_width_fits_and_keeps_every_number(reports, kind, width):
     rep = reports[kind]
@@ -119,9 +148,10 @@ def test_every_width_fits_and_keeps_every_number(reports, kind, width):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(60, 240))
 def test_any_width_fits(reports, width):
-    text = report.to_text(reports["compare"], width=width)
-    assert not _widths_ok(text, width)
-    assert not _numbers(report.to_text(reports["compare"], width=220)) - _numbers(text)
+    for kind in ("compare", "compare_kernels"):
+        text = report.to_text(reports[kind], width=width)
+        assert not _widths_ok(text, width)
+        assert not _numbers(report.to_text(reports[kind], width=220)) - _numbers(text)
 
 
 def test_wrap_breaks_names_at_underscores_and_keeps_module_tags():
