@@ -314,7 +314,7 @@ def main() -> int:
     if PEER_CALLBACK not in kernel.kallsyms():
         default = [t for t in default if t != "funclatency-callback"]
     tools = [t for t in (a.tools.split(",") if a.tools else default) if t]
-    if not f.fentry_possible:
+    if not kernel.fentry_verdict().ok:      # a trial attach, as `record --backend fentry` does
         tools = [t for t in tools if not t.endswith("fentry")]
     work = Path(tempfile.mkdtemp(prefix="mmntrace-bench-"))
     res = {"kernel": f.release, "arch": platform.machine(), "cpus": os.cpu_count(), "size": a.size, **size,

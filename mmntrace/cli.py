@@ -9,10 +9,14 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import errors
+
+if TYPE_CHECKING:
+    from .trial import Verdict
 
 
 def _friendly(fn):
@@ -129,7 +133,8 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
 @click.option("--aggregate", is_flag=True, help="Keep log2 latency histograms in the kernel; stream only violations.")
 @click.option("--backend", type=click.Choice(["auto", "kprobe", "fentry"]), default="auto", show_default=True,
               help="How functions are probed: fentry/fexit (BPF trampolines, cheaper) or kprobes. auto: "
-                   "trampolines on kernel functions where the kernel has BTF and trampolines, kprobes on driver "
+                   "trampolines on kernel functions where a trial fentry program attaches (as `mmntrace doctor` "
+                   "shows), kprobes on driver "
                    "callbacks in modules (so that a driver can be reloaded while traced). fentry: trampolines "
                    "on driver callbacks too, where the module has BTF; such a module cannot be unloaded "
                    "while the recording runs.")
@@ -201,7 +206,7 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
     pool.shutdown(wait=False)
     from . import kernel, tracer
     f = kernel.probe()
-    kernel.require_recording(f)
+    kernel.require_recording(f, backend)
     if transport == "ringbuf" and not f.ringbuf:
         raise errors.UsageError("--transport ringbuf: this kernel has no BPF ring buffer; use --transport perf")
     t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
@@ -378,6 +383,10 @@ def plot(recording, outdir, fmt, keep_root_owner):
 def doctor():
     """Say what `record` would attach on this kernel, and why anything cannot be.
 
+    fentry is tried for real: a no-op fentry program is loaded, attached and
+    closed at once, and the line says why it failed (the errno and the step)
+    where it did; `record --backend auto` follows the same verdict.
+
     Exits non-zero when recording is impossible here (for example: no kprobes,
     not root); the message says what to do instead.
     """
@@ -391,8 +400,7 @@ def doctor():
     click.echo(f"BTF             {ok(f.btf)}")
     click.echo(f"headers         {f.headers or 'NO'}{'' if f.headers_match else ' (do not match the running kernel)' if f.headers else ''}")
     click.echo(f"ring buffer     {ok(f.ringbuf)}{'' if f.ringbuf else ' (records go through the perf buffer)'}")
-    click.echo(f"fentry          {ok(f.fentry_possible)}"
-               f"{'  (auto backend: fentry for hooks and might-sleep functions; kprobes for driver callbacks)' if f.fentry_possible else '  (BTF or BPF trampolines missing: the kprobe backend is used)'}")
+    click.echo(f"fentry          {_fentry_line(kernel.fentry_verdict(), f.kprobes)}")
     click.echo(f"MMU notifiers   {ok(f.mmu_notifiers)}")
     for hid, sym, name in f.hooks:
         click.echo(f"  hook {name:<32} {sym}")
@@ -400,6 +408,16 @@ def doctor():
     click.echo(f"might-sleep     {len(f.sleepers)} functions")
     kernel.require_recording(f)
     click.echo("recording is possible: sudo mmntrace record -d 10 -o rec")
+
+
+def _fentry_line(v: Verdict, kprobes: bool) -> str:
+    """doctor's fentry line from the trial attach's verdict (mmntrace/trial.py),
+    not from the presence of BTF and trampoline symbols, which can both be
+    there on a kernel that refuses fentry programs."""
+    if v.ok:
+        return ("yes  (a trial fentry program attached; auto backend: fentry for hooks and might-sleep "
+                "functions, kprobes for driver callbacks)")
+    return f"NO  ({v.reason}{'; the auto backend uses kprobes' if kprobes else ''})"
 
 
 @main.command(epilog="""\b
@@ -486,7 +504,7 @@ def daemon(every, for_, once, count, out, config, max_events_per_s, textfile, ht
     except TypeError as e:
         raise errors.UsageError(str(e)) from e
     from . import kernel
-    kernel.require_recording(kernel.probe())
+    kernel.require_recording(kernel.probe(), cfg.backend)
     sys.exit(d.Daemon(cfg, Path(config) if config else None).run())
 
 

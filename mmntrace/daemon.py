@@ -370,7 +370,7 @@ class Daemon:
         from .tracer import Tracer
         if self.tracer is None:
             f = kernel.probe()
-            kernel.require_recording(f)
+            kernel.require_recording(f, self.cfg.backend)
             t = Tracer(f, backend=self.cfg.backend, hooks=self.cfg.hooks, pid=self.cfg.pid, comm=self.cfg.comm,
                        aggregate=True, might_sleep=self.cfg.might_sleep, sampling=True)
             t0 = time.monotonic()

@@ -13,9 +13,13 @@ import functools
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import errors
 from .btf import Btf, load_vmlinux
+
+if TYPE_CHECKING:
+    from .trial import Verdict
 
 # enum mmnt_hook (bpf/mmntrace.h)
 HOOK_START, HOOK_END, HOOK_SECONDARY_TLB, HOOK_RELEASE = 0, 1, 2, 3
@@ -111,7 +115,7 @@ class Features:
     headers_release: str | None      # release string the headers were built for
     headers_match: bool              # headers_release == uname -r
     ringbuf: bool                    # BPF ring buffer (bpf_ringbuf_output in kallsyms; upstream 457f44363a88, 5.8)
-    fentry_possible: bool            # BTF + BPF trampolines (bpf_trampoline_link_prog); a trial attach decides
+    fentry_possible: bool            # a guess (BTF + bpf_trampoline_link_prog in kallsyms): fentry_verdict() tries for real
     mmu_notifiers: bool              # CONFIG_MMU_NOTIFIER (__mmu_notifier_invalidate_range_start in kallsyms)
     hooks: tuple                     # ((hook id, kernel symbol, report name), ...) present in kallsyms
     registration: tuple              # registration functions present in kallsyms
@@ -218,8 +222,23 @@ def _kprobes_interface() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
+def fentry_verdict() -> Verdict:
+    """Does this kernel really load and attach fentry programs? (ok, reason):
+    a trial attach of a no-op program (:mod:`mmntrace.trial`), once per
+    process. ``Features.fentry_possible`` is only the cheap guess that
+    :func:`probe` makes without a syscall; a kernel can have BTF and the
+    trampoline code and still refuse. Run only where a backend is chosen
+    (``record``/``daemon`` with ``auto`` or ``fentry``) and by ``doctor``."""
+    from .trial import fentry_trial
+    f = probe()
+    return fentry_trial(targets=[sym for _h, sym, _n in f.hooks], btf=load_vmlinux())
+
+
+@functools.lru_cache(maxsize=1)
 def probe() -> Features:
-    """Detect once what this kernel offers (cached)."""
+    """Detect once what this kernel offers (cached). Cheap and syscall-free
+    (it runs everywhere, lab guests included): whether fentry really works is
+    :func:`fentry_verdict`'s to say."""
     rel = os.uname().release
     ks = kallsyms()
     addrs_real = bool(ks) and any(v for v in list(ks.values())[:64])
@@ -383,12 +402,20 @@ def _eval_int_expr(expr: str) -> int | None:
     return v if 0 < v < 1 << 32 else None
 
 
-def require_recording(f: Features) -> None:
-    """Raise the matching :mod:`mmntrace.errors` exception if ``f`` cannot record."""
+def require_recording(f: Features, backend: str = "auto") -> None:
+    """Raise the matching :mod:`mmntrace.errors` exception if ``f`` cannot record.
+    ``backend``: what was asked for; kprobes are needed by every backend (the
+    fentry one calibrates with a kprobe, probes the registration functions
+    with them and falls back to them), and one who asked for fentry by name
+    is told so."""
     if not f.is_root:
         raise errors.NotRootError("recording needs root (loading BPF programs and reading kernel addresses): run it with sudo")
     if not f.kprobes:
-        raise errors.NoKprobesError("kprobes are not available on this kernel (CONFIG_KPROBES is off or tracefs is missing): use `mmntrace lab`")
+        also = (", and --backend fentry needs them too (for calibration, the registration functions and any "
+                "probe whose trampoline cannot attach)"
+                if backend == "fentry" else "")
+        raise errors.NoKprobesError("kprobes are not available on this kernel (CONFIG_KPROBES is off or tracefs is "
+                                    f"missing){also}: use `mmntrace lab`")
     if not f.kallsyms:
         raise errors.NoKprobesError("/proc/kallsyms shows no real addresses (kptr_restrict): set kernel.kptr_restrict=0 or use `mmntrace lab`")
     if f.headers is None:

@@ -18,7 +18,10 @@ same BPF bodies. Driver callbacks stay kprobes with either backend: they are
 found at run time in modules, and bcc (0.26, Debian 12) binds a trampoline
 program to a vmlinux function by name at load. A vmlinux function whose
 trampoline cannot attach falls back to a kprobe; every probe's mechanism is
-in :meth:`attached` (and the recording's metadata).
+in :meth:`attached` (and the recording's metadata). ``auto`` is fentry only
+where a trial attach works on this kernel (:func:`resolve_backend`,
+mmntrace/trial.py). What bcc prints from C along the way is captured
+(:func:`quiet_bpf_class`): MMNTRACE_DEBUG=1 shows it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +42,10 @@ from . import btf as btfmod
 from . import kernel
 from .errors import BpfLoadError, MmntraceError
 from .layout import header, record_dtype
+from .quiet import quietly
+
+if TYPE_CHECKING:
+    from .trial import Verdict
 
 REPO = Path(__file__).resolve().parent.parent
 BPF_SRC = REPO / "bpf" / "mmntrace.bpf.c"
@@ -79,15 +87,22 @@ def bpf_text(path: Path = BPF_SRC) -> str:
     return "\n".join(out) + "\n"
 
 
-def resolve_backend(features: kernel.Features, backend: str) -> str:
-    """``auto`` -> fentry where the kernel has BTF and BPF trampolines, else kprobe."""
-    if backend == "auto":
-        return "fentry" if features.fentry_possible else "kprobe"
-    if backend not in ("kprobe", "fentry"):
+def resolve_backend(backend: str, verdict: Verdict | None = None) -> str:
+    """The backend to use for ``backend`` as asked: ``auto`` is fentry where a
+    trial attach works on this kernel (:func:`kernel.fentry_verdict`), else
+    kprobe; ``fentry`` where it does not is refused with the trial's reason,
+    before anything is compiled. ``verdict``: the trial's answer, when known."""
+    if backend not in ("auto", "kprobe", "fentry"):
         raise MmntraceError(f"unknown backend {backend!r}: use auto, kprobe or fentry")
-    if backend == "fentry" and not features.fentry_possible:
-        raise MmntraceError("the fentry backend needs BTF and BPF trampolines, which this kernel lacks: "
-                            "use --backend kprobe")
+    if backend == "kprobe":
+        return backend          # no trial: nothing of fentry is used
+    v = verdict if verdict is not None else kernel.fentry_verdict()
+    if backend == "auto":
+        if not v.ok:
+            _debug(f"auto backend: kprobe, because {v.reason}")
+        return "fentry" if v.ok else "kprobe"
+    if not v.ok:
+        raise MmntraceError(f"the fentry backend is unavailable on this kernel: {v.reason}; use --backend kprobe")
     return backend
 
 
@@ -105,8 +120,37 @@ def fdinfo(fd: int) -> dict[str, str]:
 
 
 def _debug(msg: str) -> None:
+    """MMNTRACE_DEBUG=1: what the tracer decided, and what the libraries printed."""
     if os.environ.get("MMNTRACE_DEBUG"):
         print(f"mmntrace(debug) {time.monotonic():.3f}: {msg}", file=sys.stderr, flush=True)
+
+
+#: bcc methods that print from C (libbcc, libbpf, clang): a failed attach
+#: (``bpf_attach_raw_tracepoint (kfunc): Unknown error 524``, ``cannot attach
+#: kprobe``), a refused load with its verifier log, compiler warnings. The
+#: tracer falls back from most of these failures, so the text is noise to
+#: the user: captured, shown with MMNTRACE_DEBUG=1 or in the error sentence
+#: of a call that fails for good (mmntrace/quiet.py).
+_NOISY_BCC = ("__init__", "load_func", "attach_kprobe", "attach_kretprobe", "attach_kfunc", "attach_kretfunc",
+              "attach_tracepoint", "detach_kprobe", "detach_kretprobe", "detach_kprobe_event", "detach_kfunc",
+              "detach_kretfunc", "detach_tracepoint", "open_perf_buffer", "cleanup")
+
+
+def quiet_bpf_class(BPF: type) -> type:
+    """A subclass of bcc's BPF whose noisy methods (:data:`_NOISY_BCC`) keep
+    what they print (fds 1 and 2) to themselves, and that attaches nothing as
+    it loads."""
+
+    class _BPF(BPF):
+        # bcc attaches kfunc__/tracepoint__ programs as it loads them;
+        # we attach in our own order, after calibration
+        def _trace_autoload(self):
+            pass
+
+    for name in _NOISY_BCC:
+        if hasattr(BPF, name):
+            setattr(_BPF, name, quietly(getattr(BPF, name), _debug))
+    return _BPF
 
 
 class RingReader:
@@ -340,7 +384,7 @@ class Tracer:
         # every allocation and lock of the machine: the ambient tax); real
         # sleeps inside must-not-sleep callbacks are still caught (sched_switch)
         self.might_sleep = might_sleep
-        self.backend = resolve_backend(features, backend)
+        self.backend = resolve_backend(backend)
         # ringbuf=False forces the perf-buffer transport (kernels before 5.8 have
         # no BPF ring buffer; tests use it to exercise that path on newer ones)
         self.ringbuf = features.ringbuf if ringbuf is None else (bool(ringbuf) and features.ringbuf)
@@ -495,13 +539,7 @@ class Tracer:
         except ImportError as e:
             raise BpfLoadError(f"the bcc Python module is missing ({e}): install python3-bpfcc") from e
 
-        class _BPF(BPF):
-            # bcc attaches kfunc__/tracepoint__ programs as it loads them;
-            # we attach in our own order, after calibration
-            def _trace_autoload(self):
-                pass
-
-        self._BPF = _BPF
+        self._BPF = _BPF = quiet_bpf_class(BPF)
         t0 = time.monotonic()
         self.stale_kprobes_removed = remove_stale_kprobe_events()
         self._ksyms = _Ksyms()
@@ -522,7 +560,8 @@ class Tracer:
                 self.task_storage = False
                 self.bpf = _BPF(text=text.encode(), cflags=self._cflags())
         except Exception as e:
-            raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e}") from e
+            raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e} "
+                               "(MMNTRACE_DEBUG=1 shows everything the compiler and bcc printed)") from e
         self.timing["compile_s"] = time.monotonic() - t0
         _debug(f"timing: {self.timing}")
         try:

@@ -58,9 +58,15 @@ def test_missing_features_exit_codes(monkeypatch, tmp_path, change, code, words)
 
 
 def test_fentry_refused_without_trampolines(monkeypatch, tmp_path):
-    monkeypatch.setattr(kernel, "probe", lambda: dataclasses.replace(GOOD, fentry_possible=False))
+    """--backend fentry where the trial attach fails: its reason, one sentence,
+    before any compile (the trial itself: tests/unit/test_fentry_trial.py)."""
+    from mmntrace.trial import Verdict
+    monkeypatch.setattr(kernel, "probe", lambda: GOOD)
+    why = "the kernel refuses BPF trampolines: ENOTSUPP 524 on attaching a trial fentry program"
+    monkeypatch.setattr(kernel, "fentry_verdict", lambda: Verdict(False, why))
     r = CliRunner().invoke(main, ["record", "-q", "--backend", "fentry", "-o", str(tmp_path / "r")])
     assert r.exit_code == 1 and "use --backend kprobe" in r.output and "Traceback" not in r.output
+    assert why in r.output and len(r.output.strip().splitlines()) == 1
 
 
 def test_bad_flags_are_usage_errors(monkeypatch, tmp_path):
