@@ -359,8 +359,11 @@ def plot(recording, outdir, fmt, keep_root_owner):
       rate-timeline         invocations per second and p99 latency through the recording
       violations-timeline   one mark per sleeping-rule violation, by rule and callback
 
-    Prints the files written. Recordings made with --aggregate have no
-    per-event times: their heatmap and rate timeline are skipped, saying so.
+    Durations read as the report writes them (8.39 ms), time as seconds
+    since the recording started, from its start to its end. Prints the files
+    written. Recordings made with --aggregate have no per-event times: their
+    heatmap and rate timeline are skipped, saying so; so is the violation
+    timeline of a recording without violations.
     A directory made for them is 0700 and each figure 0600 (a callback with
     no symbol is labelled with its kernel address).
     """

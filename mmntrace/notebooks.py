@@ -51,7 +51,9 @@ def run_notebooks(recording_dir: str | Path, out_dir: str | Path, *, notebooks_d
     # Writable scratch for Jupyter's connection files, IPython's profile and
     # matplotlib's cache: HOME may be read-only (a lab guest sees the host's root
     # file system read-only).
-    scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=out))
+    # absolute: the kernel runs in the notebooks' directory, where a relative
+    # path would name (and leave behind) another directory
+    scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=out.resolve()))
     dirs = {"JUPYTER_RUNTIME_DIR": scratch / "runtime", "IPYTHONDIR": scratch / "ipython",
             "MPLCONFIGDIR": scratch / "mpl"}
     env = dict(os.environ, MMNTRACE_RECORDING=str(rec), MPLBACKEND="module://matplotlib_inline.backend_inline",

@@ -42,8 +42,11 @@ class RecordingWriter:
         self.dir = Path(path)
         self._out = OutputDir(self.dir, mode=0o700, hand_over=hand_over, must_be_empty=True)
         self.meta = dict(meta)
+        # start_ns/end_ns: CLOCK_MONOTONIC, the records' clock (bpf_ktime_get_ns), so
+        # that plots can put records on the recording's own time axis
         self.meta.update(format_version=FORMAT_VERSION, status="recording", segments=0,
-                         events=0, sleeps=0, start_time=time.time(), end_time=None)
+                         events=0, sleeps=0, start_time=time.time(), start_ns=time.monotonic_ns(),
+                         end_time=None, end_ns=None)
         self._seg = 0
         self.flush_meta()
 
@@ -80,6 +83,7 @@ class RecordingWriter:
         self.meta.update(extra)
         self.meta["status"] = "complete"
         self.meta["end_time"] = time.time()
+        self.meta["end_ns"] = time.monotonic_ns()
         self.flush_meta()
 
 

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from .aggregate import bucket_lo
 from .textfit import Col, Grid, Line, fits, shrunk, tables, to_table
+from .units import fmt_duration
 
 BARS = " ▁▂▃▄▅▆▇█"
 
@@ -25,16 +26,8 @@ def us(ns) -> str:
 
 
 def dur(ns) -> str:
-    """A duration with a readable unit."""
-    if ns is None:
-        return "-"
-    if ns < 1_000:
-        return f"{ns:.0f} ns"
-    if ns < 1_000_000:
-        return f"{ns / 1e3:.3g} µs"
-    if ns < 1_000_000_000:
-        return f"{ns / 1e6:.3g} ms"
-    return f"{ns / 1e9:.3g} s"
+    """A duration with a readable unit: the formatter the plots and notebooks use."""
+    return fmt_duration(ns)
 
 
 def num(v, digits=1) -> str:

@@ -2,6 +2,7 @@
 report, plots and notebooks without a traceable kernel.
 
     python -m mmntrace.synthetic OUTDIR [--events N] [--segments K] [--aggregate]
+                                        [--idle-start S] [--idle-end S] [--release-once]
 
 The mix imitates a KVM host with the project's test module loaded: range
 start/end with KVM and test-module callbacks, the secondary-TLB hook with its
@@ -152,6 +153,30 @@ def hist_frame(ev: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     return h[["func", "hook_id", "event_id", "slot", "count", "hook", "event", "callback"]], totals
 
 
+#: what release_once adds: the hook and each subscriber's release op, once (a process exiting)
+RELEASE_ONCE = [("hook", None, 60_000), ("callback", "kvm_mmu_notifier_release [kvm]", 40_000),
+                ("callback", "mmnt_release [mmnt_test]", 2_000)]
+
+
+def _release_once(ev: pd.DataFrame) -> pd.DataFrame:
+    """ev with its release records replaced by one release as a process exit
+    makes it, after the last record: one hook call and one call of each
+    callback in RELEASE_ONCE (series of one call, as in a real recording)."""
+    hook = ev["hook"].astype(object)
+    ev = ev[hook != "release"].assign(hook=hook[hook != "release"])
+    last = ev.iloc[-1]
+    rows = []
+    for i, (kind, cb, dur) in enumerate(RELEASE_ONCE):
+        rows.append(last.to_dict() | {"kind": kind, "hook": "release", "callback": cb, "dur_ns": np.uint64(dur),
+                                      "ts_ns": np.uint64(int(last["ts_ns"]) + 1000 * (i + 1)),
+                                      "seq": np.uint64(int(last["seq"]) + i + 1), "hook_id": HOOK_IDS["release"],
+                                      "event": None, "event_id": -1, "caller": "exit_mmap" if cb is None else None,
+                                      "caller_class": None})
+    out = pd.concat([ev, pd.DataFrame(rows).astype(ev.dtypes.to_dict())], ignore_index=True)
+    out["hook"] = pd.Categorical(out["hook"])      # as the recorder writes it
+    return out
+
+
 def _as_kernel(df: pd.DataFrame, secondary: str, scale: dict[str, float] | None) -> pd.DataFrame:
     """Records as another kernel would name them (the secondary-TLB hook is
     ``invalidate_range`` before 6.6), durations of the callbacks (or hooks,
@@ -173,16 +198,26 @@ def _as_kernel(df: pd.DataFrame, secondary: str, scale: dict[str, float] | None)
 def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30, *, aggregate: bool = False,
           span_s: float = 30.0, seed: int = 1, ts0: int = 5_000_000_000_000,
           release: str = META["kernel"]["release"], secondary: str = SEC, backend: str = META["backend"],
-          scale: dict[str, float] | None = None) -> Path:
+          scale: dict[str, float] | None = None, idle_start_s: float = 0.0, idle_end_s: float = 0.0,
+          end: bool = True, release_once: bool = False) -> Path:
     """Write a synthetic recording to ``path`` (a new directory) and return it.
 
     ``release`` and ``secondary`` make it look like another kernel's (for
     6.1: ``secondary="invalidate_range"``); ``scale`` multiplies the latency
-    of the callbacks (or hooks) it names, to make a before and an after."""
+    of the callbacks (or hooks) it names, to make a before and an after.
+    The records span ``span_s`` seconds from ``ts0``; the recording lasts
+    ``idle_start_s`` more before them and ``idle_end_s`` more after (an idle
+    start or end). ``end=False`` leaves it as a recorder killed before it
+    finished leaves one: no end time, status "recording". ``release_once``:
+    the release hook called once at the end, with one call of each of its
+    callbacks (RELEASE_ONCE), as when the traced process exits."""
     rng = np.random.default_rng(seed)
     span = int(span_s * 1e9)
     ren = lambda h: secondary if h == SEC else h  # noqa: E731
     att = [a | {"hook": ren(a["hook"]), "symbol": a["symbol"].replace(SEC, secondary)} for a in attached()]
+    if release_once:
+        att += [{"kind": "callback", "symbol": cb, "module": cb.split("[")[-1].rstrip("]"), "hook": "release",
+                 "status": "attached"} for _k, cb, _d in RELEASE_ONCE if cb]
     w = RecordingWriter(path, META | {"aggregate": aggregate, "attached": att, "backend": backend,
                                       "kernel": {"release": release, "arch": META["kernel"]["arch"]},
                                       "hooks": [ren(h) for h in META["hooks"]],
@@ -196,8 +231,12 @@ def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30,
         n = min(per, n_events - k * per)
         if n <= 0:
             break
-        ev = _as_kernel(events(n, rng, ts0 + k * seg_span, seg_span, seq0=k * per,
-                               slow=(ts0 + span // 2, ts0 + span // 2 + span // 6)), secondary, scale)
+        ev = events(n, rng, ts0 + k * seg_span, seg_span, seq0=k * per,
+                    slow=(ts0 + span // 2, ts0 + span // 2 + span // 6))
+        if release_once:
+            ev = _release_once(ev) if k == segments - 1 or (k + 1) * per >= n_events else \
+                ev[ev["hook"].astype(object) != "release"]
+        ev = _as_kernel(ev, secondary, scale)
         lo, hi = ts0 + k * seg_span, ts0 + (k + 1) * seg_span
         sl = sl_all[(sl_all["ts_ns"] >= lo) & (sl_all["ts_ns"] < hi)] if len(sl_all) else sl_all
         sl = _as_kernel(sl, secondary, None)
@@ -211,11 +250,19 @@ def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30,
         h, totals = hist_frame(pd.concat(hist_parts, ignore_index=True))
         w.write_hist(h)
         extra["totals"] = totals
+    # the recording's start and end on the records' clock (CLOCK_MONOTONIC)
     w.meta["start_time"] = start
+    w.meta["start_ns"] = ts0 - int(idle_start_s * 1e9)
+    if not end:
+        w.meta.update(extra)
+        w.flush_meta()
+        return Path(path)
     w.finish(drops={"hook": 0, "callback": 0, "sleep": 0, "kretprobe_missed": 3, "perf_lost": 0, "total": 3},
              **extra)
-    # a recording of span_s seconds, whatever the time it took to write
-    w.meta["end_time"] = start + span_s
+    # a recording of idle_start_s + span_s + idle_end_s seconds, whatever the time it took to write
+    length_s = idle_start_s + span_s + idle_end_s
+    w.meta["end_time"] = start + length_s
+    w.meta["end_ns"] = w.meta["start_ns"] + int(length_s * 1e9)
     w.flush_meta()
     return Path(path)
 
@@ -228,8 +275,17 @@ def main(argv=None) -> None:
     ap.add_argument("--violations", type=int, default=40)
     ap.add_argument("--aggregate", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--release-once", action="store_true",
+                    help="one release (hook and each callback called once), as when the traced process exits")
+    ap.add_argument("--idle-start", type=float, default=0.0, metavar="S",
+                    help="seconds the recording runs before its first record")
+    ap.add_argument("--idle-end", type=float, default=0.0, metavar="S",
+                    help="seconds the recording runs after its last record")
     a = ap.parse_args(argv)
-    print(write(a.out, a.events, a.segments, a.violations, aggregate=a.aggregate, seed=a.seed))
+    if a.idle_start < 0 or a.idle_end < 0:
+        ap.error("--idle-start and --idle-end must not be negative")
+    print(write(a.out, a.events, a.segments, a.violations, aggregate=a.aggregate, seed=a.seed,
+                idle_start_s=a.idle_start, idle_end_s=a.idle_end, release_once=a.release_once))
 
 
 if __name__ == "__main__":

@@ -188,6 +188,23 @@ def test_notebooks_run(recs, tmp_path):
         outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
         assert not [o for o in outs if o.output_type == "error"]
         assert any("image/png" in o.get("data", {}) for o in outs), p.name
+        _assert_notebook_units(outs, p.name)
+    # an --aggregate recording: bounds marked, and what cannot be drawn says why
+    out = run_notebooks(recs["agg"], tmp_path / "nb-agg")
+    outs = [o for p in out for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code"
+            for o in c.outputs]
+    _assert_notebook_units(outs, "agg")
+    text = json.dumps(outs, ensure_ascii=False)
+    assert "≤ " in text and "an --aggregate recording keeps no per-event times: nothing to plot over time" in text
+
+
+def _assert_notebook_units(outs, name):
+    """Durations with the report's units (never '8388.61 µs'); no cell that
+    prints only 'nothing to plot' without saying why."""
+    text = json.dumps(outs, ensure_ascii=False)
+    assert not re.search(r"\d{4,}(\.\d+)? (ns|µs|ms)", text), name
+    streams = ["".join(o.get("text", "")).strip() for o in outs if o.output_type == "stream"]
+    assert "nothing to plot" not in streams, name
 
 
 def test_notebook_failure_is_one_sentence(recs, tmp_path):
