@@ -327,18 +327,27 @@ def _boot_once(cmd: list[str], run_dir: Path, n: int, *, timeout: float, boot_ti
     # and we stop it in order); a guard process kills that session if we end
     # without saying so, even by SIGKILL.
     guard = _Guard()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=penv, start_new_session=True)
+    # SIGTERM to us (e.g. from `timeout`) must take the VM down too: held from
+    # before the VM starts (one that came while it was starting is acted on below)
+    term: list[int] = []
+    old_term = signal.signal(signal.SIGTERM, lambda *_: term.append(1))
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=penv, start_new_session=True)
+    except BaseException:
+        signal.signal(signal.SIGTERM, old_term)
+        raise
     guard.watch(proc.pid)
     pumps = [threading.Thread(target=_pump, args=(src, dst, log), daemon=True)
              for src, dst, log in ((proc.stdout, sys.stdout, logs[0]), (proc.stderr, sys.stderr, logs[1]))]
     for t in pumps:
         t.start()
-    # SIGTERM to us (e.g. from `timeout`) must take the VM down too.
-    old_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     started_s = None
     outcome = None
     try:
+        if term:
+            raise KeyboardInterrupt
         while True:
             try:
                 proc.wait(timeout=0.25)
