@@ -169,7 +169,21 @@ def test_module_reload_then_kill9_redacted(tmp_path):
     att = rec.wait_for(lambda a: sum(1 for x in a if x["symbol"] == MOD_CB[0] and x["status"] == "attached") == 1
                        and any(x["symbol"] == MOD_CB[0] and x["status"].startswith("detached") for x in a))
     assert not [x for x in att if x["symbol"] in MOD_CB and x["status"] not in ("attached", "detached: module unloaded")]
-    time.sleep(5)            # at least two segments (2 s each) reach the disk
+    # what the recorder took in reaches the disk (segments and metadata every 2 s;
+    # attaching the reloaded module's callbacks and reloading kallsyms take seconds
+    # under TCG): the b2 calls it recorded, and in the metadata those it counted untimed
+    deadline = time.monotonic() + 90
+    while True:
+        time.sleep(2)
+        try:
+            live = Recording(tmp_path / "rec")
+            got = len(_module_cbs(live.events(), b2.p.pid))
+            untimed = sum(u["count"] for u in live.meta.get("untimed", []) if str(u["callback"]).startswith("mmnt_"))
+        except Exception:            # a segment being replaced as we read
+            got = untimed = -1
+        if got + untimed >= r2["hook_calls"] or time.monotonic() > deadline:
+            break
+    time.sleep(2)            # one more flush
     rec.proc.kill()          # kill -9: no flush, no final metadata
     rec.proc.wait()
     rec._log.close()
