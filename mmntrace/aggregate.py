@@ -260,22 +260,20 @@ class _EventAcc:
                     hook = self._key_of(g)[0]
                     tf = self.tfine.setdefault(hook, np.zeros(self.nb * N_FINE, np.int64))
                     tf += np.bincount(tb[sel].astype(np.int64) * N_FINE + fi[sel], minlength=self.nb * N_FINE)
-        self._add_parts(df, is_hook, dur, hv, hc)
-        self._add_direct_secondary(df, is_hook, dur, hv, hc)
+        on_sec = np.array([v in SECONDARY_HOOKS for v in hv] + [False])[hc]   # rows of the secondary-TLB hook
+        self._add_parts(df, is_hook, dur, on_sec)
+        self._add_direct_secondary(df, on_sec & ~is_hook, dur)
 
-    def _add_direct_secondary(self, df, is_hook, dur, hv, hc) -> None:
+    def _add_direct_secondary(self, df, sec, dur) -> None:
         """Before 6.6, __mmu_notifier_invalidate_range_end calls each subscriber's
         invalidate_range op itself, not through the secondary-TLB hook: count each
         such range_end invocation (its seq, from its callbacks' hook_seq) once as
         a secondary-TLB invocation of class range_end, so the callers table
-        covers every secondary-TLB call the subscribers got."""
-        if "via" not in df or "hook_seq" not in df:
+        covers every secondary-TLB call the subscribers got. ``sec``: the
+        callback rows of secondary-TLB ops."""
+        if "via" not in df or "hook_seq" not in df or not sec.any():
             return
-        sec = np.array([v in SECONDARY_HOOKS for v in hv] + [False])[hc] & ~is_hook
-        if not sec.any():
-            return
-        via = df["via"].astype(object).to_numpy()
-        sel = sec & np.array([v in RANGE_END_HOOKS for v in via], dtype=bool)
+        sel = sec & df["via"].astype(object).isin(RANGE_END_HOOKS).to_numpy()
         if not sel.any():
             return
         c = pd.DataFrame({"hook": df["hook"].astype(object)[sel].to_numpy(),
@@ -297,7 +295,7 @@ class _EventAcc:
     def _is_hook_key(self, g: int) -> bool:
         return self._key_of(g)[1] is None
 
-    def _add_parts(self, df, is_hook, dur, hv, hc) -> None:
+    def _add_parts(self, df, is_hook, dur, on_sec) -> None:
         if not is_hook.any():
             return
         n = len(df)
@@ -313,7 +311,7 @@ class _EventAcc:
         self.parts.append(p)
         if sum(len(x) for x in self.parts) > 200_000:
             self.parts = [_merge_parts(self.parts)]
-        sec = np.array([v in SECONDARY_HOOKS for v in hv] + [False])[hc] & is_hook
+        sec = on_sec & is_hook
         if sec.any():
             c = pd.DataFrame({"hook": df["hook"].astype(object), "caller": _col(df, "caller", n).astype(object),
                               "caller_class": _col(df, "caller_class", n).astype(object), "dur": dur})[sec]
