@@ -14,6 +14,7 @@ is compared with the untraced runs next to it in time):
 
   mmntrace-kprobe / mmntrace-fentry            `mmntrace record` streaming
   mmntrace-agg-kprobe / mmntrace-agg-fentry    `mmntrace record --aggregate`
+  mmntrace-agg-fentry-ms                       the same with --might-sleep (its ambient tax)
   funclatency                                  bcc's funclatency -F on the hook functions
   bpftrace                                     per-hook kprobe/kretprobe latency hist()
 
@@ -59,7 +60,7 @@ AMBIENT_BIN = ROOT / "build" / "bench" / "ambient_bench"
 PEER_CALLBACK = "kvm_mmu_notifier_invalidate_range_start"
 SETTLE_S = 3.0
 TOOLS = ["mmntrace-kprobe", "mmntrace-fentry", "mmntrace-agg-kprobe", "mmntrace-agg-fentry",
-         "funclatency", "funclatency-callback", "bpftrace"]
+         "mmntrace-agg-fentry-ms", "funclatency", "funclatency-callback", "bpftrace"]
 STREAMING = ("mmntrace-kprobe", "mmntrace-fentry")
 HOOK_IDS = (kernel.HOOK_START, kernel.HOOK_END, kernel.HOOK_SECONDARY_TLB)
 
@@ -180,10 +181,12 @@ class Tool:
     def argv(self) -> list[str]:
         n = self.name
         if n.startswith("mmntrace"):
-            backend = n.rsplit("-", 1)[1]
+            # mmntrace[-agg]-BACKEND[-ms]: --aggregate, the backend, --might-sleep
+            parts = n.split("-")
+            backend = "fentry" if "fentry" in parts else "kprobe"
             a = [sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(self.rec),
                  "--ready-file", str(self.work / f"{n}.ready"), "--backend", backend]
-            return a + (["--aggregate"] if "-agg-" in n else [])
+            return a + (["--aggregate"] if "agg" in parts else []) + (["--might-sleep"] if "ms" in parts else [])
         if n.startswith("funclatency"):
             exe = shutil.which("funclatency-bpfcc") or "/usr/sbin/funclatency-bpfcc"
             syms = [PEER_CALLBACK] if n == "funclatency-callback" else self.syms
@@ -310,12 +313,13 @@ def main() -> int:
             return 2
     f = kernel.probe()
     syms = [sym for hid, sym, _n in f.hooks if hid in HOOK_IDS]
-    default = TOOLS if a.size == "full" else ["mmntrace-kprobe", "mmntrace-agg-fentry", "funclatency", "bpftrace"]
+    default = TOOLS if a.size == "full" else ["mmntrace-kprobe", "mmntrace-agg-fentry", "mmntrace-agg-fentry-ms",
+                                              "funclatency", "bpftrace"]
     if PEER_CALLBACK not in kernel.kallsyms():
         default = [t for t in default if t != "funclatency-callback"]
     tools = [t for t in (a.tools.split(",") if a.tools else default) if t]
     if not kernel.fentry_verdict().ok:      # a trial attach, as `record --backend fentry` does
-        tools = [t for t in tools if not t.endswith("fentry")]
+        tools = [t for t in tools if "fentry" not in t.split("-")]
     work = Path(tempfile.mkdtemp(prefix="mmntrace-bench-"))
     res = {"kernel": f.release, "arch": platform.machine(), "cpus": os.cpu_count(), "size": a.size, **size,
            "hook_functions": syms, "untraced": [], "tools": {}}

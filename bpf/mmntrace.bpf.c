@@ -389,15 +389,38 @@ int hk_entry_##N(struct pt_regs *ctx) \
 { return hook_entry(ctx, N, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), KP_IRQS_OFF(ctx)); } \
 int hk_return_##N(struct pt_regs *ctx) { return hook_return(ctx, N, PT_REGS_RC(ctx)); }
 
+/* only the hooks this kernel has and the user asked for (MMNT_HOOKS_MASK, bit N
+ * = hook N): each pair is two more inlined copies of the bodies to compile */
+#ifndef MMNT_HOOKS_MASK
+#define MMNT_HOOKS_MASK 0x1ff
+#endif
+#if MMNT_HOOKS_MASK & (1 << 0)
 HOOK_PROGS(0)
+#endif
+#if MMNT_HOOKS_MASK & (1 << 1)
 HOOK_PROGS(1)
+#endif
+#if MMNT_HOOKS_MASK & (1 << 2)
 HOOK_PROGS(2)
+#endif
+#if MMNT_HOOKS_MASK & (1 << 3)
 HOOK_PROGS(3)
+#endif
+#if MMNT_HOOKS_MASK & (1 << 4)
 HOOK_PROGS(4)
+#endif
+#if MMNT_HOOKS_MASK & (1 << 5)
 HOOK_PROGS(5)
+#endif
+#if MMNT_HOOKS_MASK & (1 << 6)
 HOOK_PROGS(6)
+#endif
+#if MMNT_HOOKS_MASK & (1 << 7)
 HOOK_PROGS(7)
+#endif
+#if MMNT_HOOKS_MASK & (1 << 8)
 HOOK_PROGS(8)
+#endif
 
 /* ---- driver callbacks ------------------------------------------------------- */
 
@@ -560,6 +583,29 @@ int cbf_exit(u64 *ctx)
 }
 
 #include "sleep.h"
+
+/*
+ * A task scheduled out voluntarily inside a must-not-sleep section. Two ways
+ * in, the same test: the raw tracepoint (its arguments as the kernel passes
+ * them: no perf record is built and copied for every context switch of the
+ * machine, which the pipe ping-pong of the ambient benchmark pays), on
+ * kernels whose sched_switch carries prev_state (5.18+, tracer.py checks the
+ * BTF); else the perf tracepoint, whose prev_state is the reported state
+ * index (TASK_REPORT_MAX when preempted).
+ */
+#ifdef MMNT_RAW_SWITCH
+RAW_TRACEPOINT_PROBE(sched_switch)
+{
+	/* (bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state) */
+	u32 z = 0;
+	s64 *n = nosleep.lookup(&z);
+	if (!n || *n <= 0)
+		return 0;
+	if ((u8)ctx->args[0] || (u32)ctx->args[3] == 0)	/* preempted, or still running */
+		return 0;
+	return sleep_hit(ctx, MMNT_SLEEP_SWITCH, 0);
+}
+#endif
 
 TRACEPOINT_PROBE(sched, sched_switch)
 {

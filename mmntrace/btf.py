@@ -250,6 +250,18 @@ class Btf:
             return None
         return proto[3], proto[4] != 0
 
+    def typedef_proto_params(self, name: str) -> int | None:
+        """Parameter count of the function type that typedef ``name`` points to
+        (``btf_trace_sched_switch``: a raw tracepoint's arguments, after the
+        ``void *`` its probes get first), None if absent or not such a typedef."""
+        btf, tid = self._locate(name, (KIND_TYPEDEF,))
+        if btf is None:
+            return None
+        t = btf.type(btf.type(tid)[4])
+        if t[0] == KIND_PTR:
+            t = btf.type(t[4])
+        return t[3] if t[0] == KIND_FUNC_PROTO else None
+
 
 @functools.lru_cache(maxsize=4)
 def load_vmlinux(path: str = "/sys/kernel/btf/vmlinux") -> Btf | None:

@@ -144,10 +144,12 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
 @click.option("--buffer-pages", default=256, show_default=True, type=click.IntRange(1, 1 << 16),
               help="Size of the record buffer in pages (a power of two; per CPU for the perf buffer). "
                    "Records that do not fit are dropped and counted.")
-@click.option("--might-sleep/--no-might-sleep", default=True, show_default=True,
-              help="Probe might-sleep functions (mutex_lock, GFP_KERNEL allocations...) to report calls "
-                   "that may sleep inside callbacks that must not. They fire on every allocation and lock "
-                   "of the machine (BENCHMARKS.md, ambient tax); real sleeps are caught either way.")
+@click.option("--might-sleep/--no-might-sleep", default=False, show_default=True,
+              help="Also probe might-sleep functions (mutex_lock, GFP_KERNEL allocations, msleep...) to "
+                   "report calls that MAY sleep inside callbacks that must not, even when they did not "
+                   "sleep this time. Off by default: those probes fire on every allocation and lock of "
+                   "the machine, traced process or not (BENCHMARKS.md, ambient tax). Real sleeps inside "
+                   "must-not-sleep callbacks are caught either way.")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="Written (JSON: attached probes) once every probe is attached, and again when new driver callbacks are.")
 @click.option("--redact", is_flag=True, help="Drop raw kernel addresses (mm, ranges, functions); keep symbols.")
@@ -164,7 +166,8 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
     GPU/HMM drivers...), found from their ops tables when they register or
     first fire. Each invocation gets its event type, range, blockable flag,
     preempt count, IRQ state, duration and caller. Inside callbacks that must
-    not sleep, every sleep and might-sleep call is recorded with its stack.
+    not sleep, every sleep is recorded with its stack (and, with
+    --might-sleep, every call of a function that may sleep).
 
     Stops on Ctrl-C, SIGTERM or after --duration, always writing complete
     metadata. Then: `mmntrace report DIR`. The recording is private (0700
@@ -176,6 +179,7 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
       sudo mmntrace record -d 10s -o rec
       sudo mmntrace record -p $(pgrep -f qemu-system) -d 2m -o rec
       sudo mmntrace record --comm qemu-system-x86 --aggregate -o rec
+      sudo mmntrace record --might-sleep -d 30s -o rec   # also calls that may sleep
     """
     # the arguments first: a typo is told at once, before the environment
     # checks and the compile (tens of seconds)

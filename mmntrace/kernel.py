@@ -130,6 +130,7 @@ class Features:
     layout: tuple | None = None      # ((MMNT_L_ name, value), ...): struct layouts from BTF (see btf_layout)
     subs_itree_off: int | None = None  # offsetof(struct mmu_notifier_subscriptions, itree), from BTF
     task_iter: bool = False          # BPF task iterators (bpf_iter_reg_target + BTF's bpf_iter_task): the start-up sweep
+    raw_sched_switch: bool = False   # sched_switch's raw tracepoint passes prev_state (5.18+; BTF's btf_trace_sched_switch)
 
     def hook_symbol(self, hook: int) -> str | None:
         for h, sym, _n in self.hooks:
@@ -141,19 +142,51 @@ class Features:
         return name in self.ops
 
 
+#: one /proc/kallsyms line: address, type, name, [module]
+_KSYM_LINE = re.compile(r"^([0-9a-f]+) (\w) (\S+)(?:\t\[(\S+)\])?$", re.M)
+
+
+def read_kallsyms() -> list[tuple[str, str, str, str]]:
+    """/proc/kallsyms as (hex address, type, name, module or "") rows, parsed by
+    one regular expression over the whole text: line by line in Python took
+    seconds per read in the lab's emulated guests, and two readers each read it."""
+    try:
+        with open("/proc/kallsyms") as f:
+            text = f.read()
+    except OSError:
+        return []
+    return _KSYM_LINE.findall(text)
+
+
+@functools.lru_cache(maxsize=1)
+def kallsyms_rows() -> list[tuple[str, str, str, str]]:
+    """The first read of /proc/kallsyms in this process (:func:`read_kallsyms`):
+    feature detection and the tracer's first symbol table share it."""
+    return read_kallsyms()
+
+
+class _Kallsyms(dict):
+    """name -> address, the hex converted on access (most of the 100 000+ names are only tested with ``in``)."""
+
+    def __getitem__(self, name: str) -> int:
+        return int(super().__getitem__(name), 16)
+
+    def get(self, name: str, default=None):
+        v = super().get(name)
+        return default if v is None else int(v, 16)
+
+    def values(self):
+        return [int(v, 16) for v in super().values()]
+
+    def items(self):
+        return [(k, int(v, 16)) for k, v in super().items()]
+
+
 @functools.lru_cache(maxsize=1)
 def kallsyms() -> dict[str, int]:
     """name -> address from /proc/kallsyms (first occurrence wins; module symbols included)."""
-    out: dict[str, int] = {}
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] not in out:
-                    out[parts[2]] = int(parts[0], 16)
-    except OSError:
-        pass
-    return out
+    rows = kallsyms_rows()
+    return _Kallsyms(zip((r[2] for r in reversed(rows)), (r[0] for r in reversed(rows))))
 
 
 def _headers_release(build: Path) -> str | None:
@@ -241,7 +274,7 @@ def probe() -> Features:
     :func:`fentry_verdict`'s to say."""
     rel = os.uname().release
     ks = kallsyms()
-    addrs_real = bool(ks) and any(v for v in list(ks.values())[:64])
+    addrs_real = bool(ks) and any(int(r[0], 16) for r in kallsyms_rows()[:64])
     b: Btf | None = load_vmlinux()
     build = Path("/lib/modules") / rel / "build"
     build_ok = build.is_dir()
@@ -313,6 +346,7 @@ def probe() -> Features:
         layout=btf_layout(b, ops) if b is not None else None,
         subs_itree_off=b.member_offset("mmu_notifier_subscriptions", "itree") if b is not None else None,
         task_iter=b is not None and "bpf_iter_reg_target" in ks and b.has_func("bpf_iter_task"),
+        raw_sched_switch=b is not None and (b.typedef_proto_params("btf_trace_sched_switch") or 0) >= 5,
     )
 
 

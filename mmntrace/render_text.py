@@ -333,6 +333,8 @@ def verdict(rep) -> list[str]:
                 f"{num(v['atomic_violation_invocations'])} in atomic context); {seen}")
     else:
         head = f"VERDICT: no callback call broke the sleeping rules; {seen}"
+    if not v.get("might_sleep_watched", True):
+        head += " (for sleeps; calls that may sleep were not watched: record --might-sleep)"
     gaps = [f"{num(v['dropped'])} records dropped", f"{v['skipped_probes']} probes skipped"]
     if v.get("untimed"):
         gaps.insert(1, f"of which {num(v['untimed'])} callback calls counted but not timed (made before their "

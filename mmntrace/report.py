@@ -16,7 +16,7 @@ from .recording import Recording
 
 SCHEMA_VERSION = 1
 #: additions within schema_version 1 (docs/report-schema.md lists what each added)
-SCHEMA_MINOR = 3
+SCHEMA_MINOR = 4
 
 LAT_FIELDS = ["count", "rate_per_s", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
 
@@ -72,6 +72,9 @@ def from_summary(s: aggregate.Summary) -> dict:
         "violation_invocations": sum(v["count"] for v in viol),
         "atomic_violation_invocations": sum(v["atomic_count"] for v in viol),
         "must_not_sleep_watched": s.watched_callbacks,
+        # sleeps are always watched; calls that may sleep only with record --might-sleep
+        # (recordings from before it was a choice probed them: true when absent)
+        "might_sleep_watched": bool(m.get("might_sleep", True)),
         "dropped": _int(drops.get("total")),
         "untimed": _int(drops.get("untimed")),
         "skipped_probes": len(skipped),

@@ -251,6 +251,7 @@ def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30,
         w.write_hist(h)
         extra["totals"] = totals
     # the recording's start and end on the records' clock (CLOCK_MONOTONIC)
+    w.meta["might_sleep"] = True        # its violations include might-sleep calls
     w.meta["start_time"] = start
     w.meta["start_ns"] = ts0 - int(idle_start_s * 1e9)
     if not end:

@@ -132,6 +132,7 @@ def _debug(msg: str) -> None:
 #: the user: captured, shown with MMNTRACE_DEBUG=1 or in the error sentence
 #: of a call that fails for good (mmntrace/quiet.py).
 _NOISY_BCC = ("__init__", "load_func", "attach_kprobe", "attach_kretprobe", "attach_kfunc", "attach_kretfunc",
+              "attach_raw_tracepoint", "detach_raw_tracepoint",
               "attach_tracepoint", "detach_kprobe", "detach_kretprobe", "detach_kprobe_event", "detach_kfunc",
               "detach_kretfunc", "detach_tracepoint", "open_perf_buffer", "cleanup")
 
@@ -333,20 +334,14 @@ class _Ksyms:
     (modules load while we trace)."""
 
     def __init__(self):
-        self._load()
+        self._load(kernel.kallsyms_rows())      # the read feature detection made
 
-    def _load(self):
-        rows = []
+    def _load(self, raw=None):
+        rows = [(int(a, 16), name, mod or None) for a, t, name, mod in
+                (kernel.read_kallsyms() if raw is None else raw) if t in "tTwW"]
         self.by_name: dict[str, list[int]] = {}
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                p = line.split()
-                if len(p) < 3 or p[1] not in "tTwW":
-                    continue
-                a = int(p[0], 16)
-                mod = p[3].strip("[]") if len(p) > 3 else None
-                rows.append((a, p[2], mod))
-                self.by_name.setdefault(p[2], []).append(a)
+        for a, name, _m in rows:
+            self.by_name.setdefault(name, []).append(a)
         rows.sort()
         self.addrs = [r[0] for r in rows]
         self.rows = rows
@@ -372,7 +367,7 @@ class Tracer:
     def __init__(self, features: kernel.Features, *, backend: str = "kprobe", hooks=None,
                  pid: int | None = None, comm: str | None = None, aggregate: bool = False,
                  ringbuf_pages: int = 256, ringbuf: bool | None = None, layout: str = "auto",
-                 might_sleep: bool = True, sampling: bool = False):
+                 might_sleep: bool = False, sampling: bool = False):
         self.f = features
         self.sampling = sampling       # set_sampling() allowed (the daemon's event budget)
         # driver callbacks through trampolines only when fentry was asked for
@@ -463,6 +458,10 @@ class Tracer:
             fl.append(f"-DMMNT_SUBS_ITREE_OFF={f.subs_itree_off}")
         if getattr(f, "task_iter", False):
             fl.append("-DMMNT_ITER")
+        if getattr(f, "raw_sched_switch", False):
+            fl.append("-DMMNT_RAW_SWITCH")
+        mask = sum(1 << h for h, _sym, _n in f.hooks if h in self.hooks)
+        fl.append(f"-DMMNT_HOOKS_MASK={mask:#x}")
         for op, define in (("invalidate_range", "MMNT_HAVE_OP_INVALIDATE_RANGE"),
                            ("arch_invalidate_secondary_tlbs", "MMNT_HAVE_OP_ARCH_SECONDARY"),
                            ("change_pte", "MMNT_HAVE_OP_CHANGE_PTE")):
@@ -579,11 +578,13 @@ class Tracer:
         """Does the kernel take the hook program (the feature test for task storage)?"""
         if not self.task_storage:
             return True
+        # the cb_entry program is compiled whatever the hooks (HOOK_PROGS are only
+        # those of the kernel and of --hooks) and uses the per-task state alike
         try:
-            self.bpf.load_func(b"hk_entry_0", self._BPF.KPROBE)
+            self.bpf.load_func(b"cb_entry", self._BPF.KPROBE)
             return True
         except Exception as e:
-            _debug(f"loading hk_entry_0 failed: {e}")
+            _debug(f"loading cb_entry failed: {e}")
             return False
 
     def _map_aggregates(self) -> None:
@@ -606,9 +607,7 @@ class Tracer:
             self._attach_hooks()
             if self.might_sleep:
                 self._attach_sleepers()
-            self.bpf.attach_tracepoint(tp=b"sched:sched_switch", fn_name=b"tracepoint__sched__sched_switch")
-            self._attached.append(dict(kind="tracepoint", symbol="sched:sched_switch", hook=None,
-                                       module=None, status="attached"))
+            self._attach_sched_switch()
             for func, hook in known:      # callbacks found in an earlier window
                 if func not in self._cb_known:      # (the sweep may have probed it again)
                     self._attach_callback(func, hook)
@@ -622,6 +621,20 @@ class Tracer:
         _debug(f"timing: {self.timing}")
         if self.backend == "fentry":
             self._ksyms._load()    # trampolines and programs got symbols as they attached
+
+    def _attach_sched_switch(self) -> None:
+        """Real sleeps: sched_switch as a raw tracepoint where it carries
+        prev_state (no perf record per context switch), else the perf tracepoint."""
+        info = dict(kind="tracepoint", symbol="sched:sched_switch", hook=None, module=None, status="attached")
+        if getattr(self.f, "raw_sched_switch", False):
+            try:
+                self.bpf.attach_raw_tracepoint(tp=b"sched_switch", fn_name=b"raw_tracepoint__sched_switch")
+                self._attached.append(info | {"attach": "raw_tracepoint"})
+                return
+            except Exception as e:
+                _debug(f"raw tracepoint sched_switch: {e}; the perf tracepoint instead")
+        self.bpf.attach_tracepoint(tp=b"sched:sched_switch", fn_name=b"tracepoint__sched__sched_switch")
+        self._attached.append(info | {"attach": "tracepoint"})
 
     def _sweep(self) -> None:
         """Report every subscriber that exists now (a BPF task iterator walks each
@@ -663,6 +676,8 @@ class Tracer:
             self.bpf.detach_kprobe_event(ev)
         for tp in list(self.bpf.tracepoint_fds):
             self.bpf.detach_tracepoint(tp)
+        for tp in list(self.bpf.raw_tracepoint_fds):
+            self.bpf.detach_raw_tracepoint(tp)
         for fn in list(self.bpf.kfunc_entry_fds):
             self.bpf.detach_kfunc(fn)
         for fn in list(self.bpf.kfunc_exit_fds):

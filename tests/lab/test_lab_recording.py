@@ -24,7 +24,7 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nb")
-    rec = Recorder(tmp / "rec")
+    rec = Recorder(tmp / "rec", "--might-sleep")
     wp = WorkloadProcess(["munmap", "mprotect", "cow"], tmp / "wl", kvm=os.path.exists("/dev/kvm"),
                          extra=["--behave", "secondary_tlb:mutex"])
     rec.wait_callbacks(["mmnt_invalidate_range_start", "mmnt_secondary_tlb"])

@@ -215,8 +215,10 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     assert set(sec["caller_class"]) <= {"ptl_clear", "tlb_flush", "permission_upgrade", "range_end"}
 
 
-@pytest.mark.parametrize("backend", ["kprobe", "fentry"])
-def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend):
+@pytest.mark.parametrize("backend,might_sleep", [("kprobe", True), ("fentry", False)])
+def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend, might_sleep):
+    """A real sleep is caught with or without --might-sleep (sched_switch);
+    with it, also the msleep() call when the task was not switched out."""
     _need_fentry(backend)
     expect_dmesg(r"BUG: scheduling while atomic")
     expect_dmesg(r"WARNING: .*rcu")
@@ -225,13 +227,16 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
     # invocation (the module's count), and expect exactly one.
     kmsg0 = _kmsg_lines()
     r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:msleep:1:1"], kvm=False,
-                                       rec_args=("--backend", backend))
+                                       rec_args=("--backend", backend) + (("--might-sleep",) if might_sleep else ()))
     assert r.meta["backend"] == backend
     assert res["counts"]["calls"]["secondary_tlb"] >= 1
     c = res["counts"]
     assert c["msleeps"] == 1          # the injection landed in a counted, logged call
     v = report.build(r)["violations"]
     rows = [x for x in v if x["callback"] and x["callback"].startswith("mmnt_secondary_tlb")]
+    if not might_sleep and not c["msleeps_switched"]:
+        assert rows == [], v          # it did not sleep, and might-sleep calls were not watched
+        return
     assert len(rows) == 1, v
     row = rows[0]
     sl = r.sleeps()
@@ -265,19 +270,30 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
     assert any(f.startswith("msleep") or "schedule" in f for f in row["stack"])
 
 
-@pytest.mark.parametrize("backend", ["kprobe", "fentry"])
-def test_injected_mutex_and_delay(tmp_path, backend):
+@pytest.mark.parametrize("backend,might_sleep", [("kprobe", True), ("fentry", True), ("fentry", False)])
+def test_injected_mutex_and_delay(tmp_path, backend, might_sleep):
+    """--might-sleep: every secondary-TLB call that took the mutex is reported,
+    call by call. Without it (the default) no might-sleep function is probed,
+    nothing is reported, and the report says that it did not look."""
     _need_fentry(backend)
     r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:mutex", "start:delay:300"], kvm=False,
-                                       rec_args=("--backend", backend))
+                                       rec_args=("--backend", backend) + (("--might-sleep",) if might_sleep else ()))
     assert r.meta["backend"] == backend
+    assert r.meta["might_sleep"] is might_sleep
     ms = [a for a in r.meta["attached"] if a["symbol"] == "mutex_lock"]
-    assert ms and ms[0]["attach"] == backend, ms     # fentry: mutex_lock through a trampoline
     calls = res["counts"]["calls"]
     rep = report.build(r)
     rows = [x for x in rep["violations"] if x["callback"] and x["callback"].startswith("mmnt_secondary_tlb")]
-    assert len(rows) == 1, rep["violations"]
-    assert rows[0]["rule"] == "might_sleep" and rows[0]["sleeper"] == "mutex_lock"
+    assert rep["verdict"]["might_sleep_watched"] is might_sleep
+    if not might_sleep:
+        assert not ms and rows == [], (ms, rows)
+        assert calls["secondary_tlb"] > 0           # the mutex was taken, unwatched
+        sw = [a for a in r.meta["attached"] if a["symbol"] == "sched:sched_switch"]
+        assert sw and sw[0]["status"] == "attached"  # real sleeps are still watched
+    else:
+        assert ms and ms[0]["attach"] == backend, ms     # fentry: mutex_lock through a trampoline
+        assert len(rows) == 1, rep["violations"]
+        assert rows[0]["rule"] == "might_sleep" and rows[0]["sleeper"] == "mutex_lock"
     # every secondary-TLB call of the workload's thread took the mutex once
     lo, hi = res["window_ns"]
     pid = res["pid"]
@@ -290,7 +306,7 @@ def test_injected_mutex_and_delay(tmp_path, backend):
     s = r.sleeps()
     s = s[(s["ts_ns"] >= lo) & (s["ts_ns"] <= hi) & (s["mm"] == mm) & (s["tid"] == pid)
           & s["callback"].astype(str).str.startswith("mmnt_secondary_tlb")]
-    assert s["seq"].nunique() == len(mine), \
+    assert s["seq"].nunique() == (len(mine) if might_sleep else 0), \
         (f"{len(mine)} module calls, {s['seq'].nunique()} with a might-sleep record; drops {r.meta['drops']}; "
          f"sleeps of this thread without a callback: {int(r.sleeps()['callback'].isna().sum())}")
     # busy delay: p50 >= 300 us on the module's start only

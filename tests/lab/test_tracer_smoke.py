@@ -149,7 +149,7 @@ def run():
     f = kernel.probe()
     kernel.require_recording(f)
     # the header-layout path (kernels without BTF); `record` uses BTF layouts where it can
-    t = Tracer(f, layout="headers")
+    t = Tracer(f, layout="headers", might_sleep=True)
     t0 = time.monotonic()
     t.start()
     start_s = time.monotonic() - t0

@@ -79,9 +79,27 @@ def test_json_report_contract_and_additions(recs):
     text = _run("report", recs["a"]).output
     assert text.splitlines()[4].startswith("VERDICT: 12 callback calls broke the sleeping rules")
     # ... and minor 3: the seconds every rate is per
-    assert rep["schema_minor"] == 3
+    assert rep["schema_minor"] >= 3
     assert rep["rate_s"] == rep["duration_s"] == 10.0
     assert all(r["rate_per_s"] == round(r["count"] / rep["rate_s"], 3) for r in rep["latency"])
+    # ... and minor 4: whether calls that may sleep were watched (this recording has such violations)
+    assert rep["schema_minor"] == 4
+    assert v["might_sleep_watched"] is True and "not watched" not in text.splitlines()[4]
+
+
+def test_verdict_says_when_might_sleep_calls_were_not_watched(recs, tmp_path):
+    """record without --might-sleep (the default): a clean verdict covers sleeps only, and says so."""
+    import shutil
+    rec = tmp_path / "rec"
+    shutil.copytree(recs["a"], rec)
+    meta = json.loads((rec / "metadata.json").read_text())
+    meta["might_sleep"] = False
+    (rec / "metadata.json").write_text(json.dumps(meta))
+    rep = json.loads(_run("report", rec, "--format", "json").output)
+    assert rep["verdict"]["might_sleep_watched"] is False
+    text = " ".join(_run("report", rec).output.split())       # the verdict wraps at the width
+    assert "must-not-sleep callback calls watched (for sleeps; calls that may sleep were not watched: " \
+           "record --might-sleep)" in text
 
 
 def test_compare_text_json_html(recs, tmp_path):
