@@ -275,7 +275,9 @@ class Tool:
             if m.get("aggregate"):
                 out["events"] = sum(t["count"] for t in m.get("totals", []))
             out["drops"] = (m.get("drops") or {}).get("total")
+            out["drop_kinds"] = {k: v for k, v in (m.get("drops") or {}).items() if v and k != "total"}
             out["status"] = m.get("status")
+            out["timing"] = {k: round(v, 2) for k, v in (m.get("timing") or {}).items() if isinstance(v, float)}
         out["medians_ns"] = self.medians()
         return out
 
@@ -386,7 +388,10 @@ def main() -> int:
         res["tools"][name] = entry
         before = after
         log(f"{name}: slowdown {entry['slowdown']:.3f}, {entry['ns_per_hook_call']} ns per hook call"
-            + (f", {st.get('events')} events, {st.get('drops')} dropped" if "events" in st else ""))
+            + (f", {st.get('events')} events, {st.get('drops')} dropped" if "events" in st else "")
+            + (f" ({st['drop_kinds']})" if st.get("drop_kinds") else ""))
+        if st.get("timing"):
+            log(f"{name}: start-up " + ", ".join(f"{k} {v}" for k, v in st["timing"].items()))
         log(f"{name}: ambient tax " + ", ".join(f"{m} {v * 100:+.1f} %" for m, v in entry["ambient_tax"].items())
             + "; medians " + ", ".join(f"{k} {v:.0f} ns" for k, v in sorted(st.get("medians_ns", {}).items())))
         for c in costs[:12]:

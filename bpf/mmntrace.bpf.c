@@ -23,7 +23,7 @@
  * are included: bcc rewrites map calls in its main text only.
  *
  * Programs (attached by user space):
- *   hk_entry_N / hk_return_N   kprobe/kretprobe on hook N's kernel entry point
+ *   hk_entry / hk_return       kprobe/kretprobe on every hook's kernel entry point
  *   cb_entry / cb_return       every discovered driver op (cb_info gives its hook)
  *   cbf_entry / cbf_exit       the same as fentry/fexit, loaded per callback by
  *                              mmntrace/bpfsys.py (bcc 0.26 binds trampolines
@@ -32,9 +32,9 @@
  *   reg_*                      (un)registration, ops discovery
  *   calib_entry                getppid, to measure the probe's own preempt_count
  *
- * With the fentry backend tracer.py appends KFUNC_PROBE/KRETFUNC_PROBE programs
- * for each hook, might-sleep function and getppid (vmlinux functions that
- * have BTF) which call the same bodies.
+ *   hkf_entry / hkf_exit       the hooks' fentry/fexit flavour, loaded per hook
+ *                              function like cbf_*; msf_entry, calib_fentry the
+ *                              same for might-sleep functions and getppid
  */
 #include <uapi/linux/ptrace.h>
 #ifndef MMNT_BTF_LAYOUT
@@ -346,8 +346,10 @@ static __always_inline int hook_return(void *ctx, u32 hook, u64 rc)
 	if (!t)
 		return 0;
 	struct hstate *s = &t->h;
-	if (!s->active || s->hook != hook)
+	/* MMNT_HOOK_NONE (the kprobe flavour): the hook this task is in */
+	if (!s->active || (hook != MMNT_HOOK_NONE && s->hook != hook))
 		return 0;
+	hook = s->hook;
 	s->active = 0;
 	if (s->flags & MMNT_FL_SKIP) {
 		tstate_put(t);
@@ -384,43 +386,29 @@ static __always_inline int hook_return(void *ctx, u32 hook, u64 rc)
 	return 0;
 }
 
-#define HOOK_PROGS(N) \
-int hk_entry_##N(struct pt_regs *ctx) \
-{ return hook_entry(ctx, N, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), KP_IRQS_OFF(ctx)); } \
-int hk_return_##N(struct pt_regs *ctx) { return hook_return(ctx, N, PT_REGS_RC(ctx)); }
+/*
+ * kprobe flavour: one program pair serves every hook function (hook_ip maps
+ * the probed address to its hook, as cb_info does for callbacks; the return
+ * program takes the hook from the per-task state). One pair per hook meant
+ * seven or nine more inlined copies of the bodies to compile, seconds of
+ * every start in the lab. The fentry flavour is one program per hook
+ * function: tracer.py generates them.
+ */
+BPF_HASH(hook_ip, u64, u32, 64);	/* probe address (addr, addr+4 with IBT) -> hook */
 
-/* only the hooks this kernel has and the user asked for (MMNT_HOOKS_MASK, bit N
- * = hook N): each pair is two more inlined copies of the bodies to compile */
-#ifndef MMNT_HOOKS_MASK
-#define MMNT_HOOKS_MASK 0x1ff
-#endif
-#if MMNT_HOOKS_MASK & (1 << 0)
-HOOK_PROGS(0)
-#endif
-#if MMNT_HOOKS_MASK & (1 << 1)
-HOOK_PROGS(1)
-#endif
-#if MMNT_HOOKS_MASK & (1 << 2)
-HOOK_PROGS(2)
-#endif
-#if MMNT_HOOKS_MASK & (1 << 3)
-HOOK_PROGS(3)
-#endif
-#if MMNT_HOOKS_MASK & (1 << 4)
-HOOK_PROGS(4)
-#endif
-#if MMNT_HOOKS_MASK & (1 << 5)
-HOOK_PROGS(5)
-#endif
-#if MMNT_HOOKS_MASK & (1 << 6)
-HOOK_PROGS(6)
-#endif
-#if MMNT_HOOKS_MASK & (1 << 7)
-HOOK_PROGS(7)
-#endif
-#if MMNT_HOOKS_MASK & (1 << 8)
-HOOK_PROGS(8)
-#endif
+int hk_entry(struct pt_regs *ctx)
+{
+	u64 ip = bpf_get_func_ip(ctx);
+	u32 *h = hook_ip.lookup(&ip);
+	if (!h)
+		return 0;
+	return hook_entry(ctx, *h, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), KP_IRQS_OFF(ctx));
+}
+
+int hk_return(struct pt_regs *ctx)
+{
+	return hook_return(ctx, MMNT_HOOK_NONE, PT_REGS_RC(ctx));
+}
 
 /* ---- driver callbacks ------------------------------------------------------- */
 
@@ -582,7 +570,50 @@ int cbf_exit(u64 *ctx)
 	return cb_return_body(ctx, now, rc);
 }
 
+/*
+ * The fentry flavour of the hooks: one program pair, which tracer.py loads
+ * on each hook function through mmntrace/bpfsys.py as it does cbf_entry for
+ * callbacks (bpf_get_func_ip says which hook it runs on). bcc's KFUNC_PROBE
+ * needed one generated pair per hook, each a copy of the bodies: 15 s more of
+ * every start in the lab than the kprobe backend.
+ */
+int hkf_entry(u64 *ctx)
+{
+	u64 ip = bpf_get_func_ip(ctx), a1 = 0, a2 = 0, a3 = 0;
+	u32 *h = hook_ip.lookup(&ip);
+
+	if (!h)
+		return 0;
+	mmnt_func_arg(ctx, 0, &a1);
+	mmnt_func_arg(ctx, 1, &a2);
+	mmnt_func_arg(ctx, 2, &a3);
+	return hook_entry(ctx, *h, a1, a2, a3, IRQS_UNKNOWN);
+}
+
+int hkf_exit(u64 *ctx)
+{
+	u64 rc = 0;
+	mmnt_func_ret(ctx, &rc);	/* read only for the hooks that return a value */
+	return hook_return(ctx, MMNT_HOOK_NONE, rc);
+}
+
 #include "sleep.h"
+
+/* might-sleep functions, fentry flavour: loaded on each like hkf_entry */
+int msf_entry(u64 *ctx)
+{
+	u32 z = 0;
+	s64 *n = nosleep.lookup(&z);
+	if (!n || *n <= 0)
+		return 0;
+	u64 ip = bpf_get_func_ip(ctx), a1 = 0, a2 = 0;
+	struct cbinfo *si = sleeper_info.lookup(&ip);
+	if (!si)
+		return sleep_hit(ctx, MMNT_SLEEP_MIGHT, ip);
+	mmnt_func_arg(ctx, 0, &a1);
+	mmnt_func_arg(ctx, 1, &a2);
+	return might_sleep_hit(ctx, si->func, si->hook, a1, a2);
+}
 
 /*
  * A task scheduled out voluntarily inside a must-not-sleep section. Two ways
@@ -701,5 +732,6 @@ static __always_inline int calib_hit(int irqs_off, u32 base)
 }
 
 int calib_entry(struct pt_regs *ctx) { return calib_hit(KP_IRQS_OFF(ctx), CALIB_KPROBE); }
+int calib_fentry(u64 *ctx) { return calib_hit(IRQS_UNKNOWN, CALIB_FENTRY); }	/* loaded on getppid */
 
-/* fentry programs (generated by tracer.py for the running kernel) follow. */
+

@@ -80,15 +80,5 @@ int ms_entry(struct pt_regs *ctx)
 	return might_sleep_hit(ctx, si->func, si->hook, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx));
 }
 
-/* fentry flavour: the generated program passes the function and its gfp argument */
-static __always_inline int ms_fentry(void *ctx, u64 func, u32 gfp_arg, u64 a1, u64 a2)
-{
-	u32 z = 0;
-	s64 *n = nosleep.lookup(&z);
-	if (!n || *n <= 0)
-		return 0;
-	return might_sleep_hit(ctx, func, gfp_arg, a1, a2);
-}
-
 
 #endif /* MMNT_SLEEP_H */

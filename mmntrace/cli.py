@@ -209,13 +209,17 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
     warm = pool.submit(importlib.import_module, "mmntrace.record")
     pool.shutdown(wait=False)
     from . import kernel, tracer
+    import time
+    t0 = time.monotonic()
     f = kernel.probe()
+    features_s = time.monotonic() - t0
     kernel.require_recording(f, backend)
     if transport == "ringbuf" and not f.ringbuf:
         raise errors.UsageError("--transport ringbuf: this kernel has no BPF ring buffer; use --transport perf")
     t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
                       ringbuf=None if transport == "auto" else transport == "ringbuf", ringbuf_pages=buffer_pages,
                       might_sleep=might_sleep)
+    t.timing["features_s"] = features_s     # kallsyms, BTF, headers: what this kernel offers
     if not quiet:
         click.echo("mmntrace: compiling and attaching probes...", err=True)
     t.load()            # compile, calibrate; nothing attached yet

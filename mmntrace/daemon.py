@@ -424,7 +424,7 @@ class Daemon:
         cfg, t = self.cfg, self._tracer()
         t.reset_window()
         t.set_sampling(self.sample_every)
-        self._run0 = BpfStats.run_time_ns(t.prog_fds()) if self.stats.enabled else None
+        self._run0 = t.run_time_ns() if self.stats.enabled else None
         name = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{self.index:06d}"
         start_time = time.time()
         attach_ns = time.monotonic_ns()
@@ -520,7 +520,7 @@ class Daemon:
                for f, h, e, c, sn in t.totals()]
         latency = aggregate.latency_from_hist(hdf, tot, dur)
         viol = aggregate.violations(sleeps) if len(sleeps) else []
-        run_ns = BpfStats.run_time_ns(t.prog_fds()) if self.stats.enabled else None
+        run_ns = t.run_time_ns() if self.stats.enabled else None
         if run_ns is not None and self._run0 is not None:
             run_ns -= self._run0    # the counters run for the programs' lifetime
         drops = t.drops()

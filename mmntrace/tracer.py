@@ -65,6 +65,10 @@ NR_SERIES, NR_EVIDX, NR_SLOTS = 128, 16, _H.defines["MMNT_NR_SLOTS"]
 
 
 _CALIB_KPROBE, _CALIB_FENTRY = 0, 4   # bpf/mmntrace.bpf.c calib[] bases
+#: the fentry backend's programs (entry, exit) by probe kind: each compiled
+#: once and loaded on every function of its kind (Tracer._try_raw_fentry)
+_FENTRY_PROGS = {"hook": ("hkf_entry", "hkf_exit"), "callback": ("cbf_entry", "cbf_exit"),
+                 "sleeper": ("msf_entry", None)}
 _IRQS_UNKNOWN = "IRQS_UNKNOWN"
 
 
@@ -391,7 +395,6 @@ class Tracer:
         if layout == "btf" and not can_btf:
             raise MmntraceError("this kernel's BTF lacks the MMU-notifier struct layouts")
         self.layout = "btf" if layout != "headers" and can_btf else "headers"
-        self._fentry: dict[str, str] = {}      # vmlinux symbol -> generated program kind
         self._ring: RingReader | None = None
         self._calib_sym: str | None = None
         self._missed_base = 0
@@ -423,7 +426,10 @@ class Tracer:
         self._agg: dict[str, _MappedArray] = {}
         self.task_storage = True
         self._raw: dict[int, list[int]] = {}             # callback -> fds of its fentry/fexit programs and links
-        self._raw_insns: tuple[bytes, bytes] | None = None
+        self._raw_insns: dict[str, bytes] = {}          # program name -> its instructions (bcc's compile)
+        self._raw_missed = 0                             # recursion misses of raw programs since closed
+        self._raw_run_ns = 0                             # and their run time
+        self._raw_counted: set[int] = set()              # functions whose raw programs' misses are drops
         self._btf_objs: dict[str, tuple] = {}            # "vmlinux" or module -> (Btf, BTF object fd)
 
     @staticmethod
@@ -460,8 +466,6 @@ class Tracer:
             fl.append("-DMMNT_ITER")
         if getattr(f, "raw_sched_switch", False):
             fl.append("-DMMNT_RAW_SWITCH")
-        mask = sum(1 << h for h, _sym, _n in f.hooks if h in self.hooks)
-        fl.append(f"-DMMNT_HOOKS_MASK={mask:#x}")
         for op, define in (("invalidate_range", "MMNT_HAVE_OP_INVALIDATE_RANGE"),
                            ("arch_invalidate_secondary_tlbs", "MMNT_HAVE_OP_ARCH_SECONDARY"),
                            ("change_pte", "MMNT_HAVE_OP_CHANGE_PTE")):
@@ -491,43 +495,14 @@ class Tracer:
             self.load()
         self.attach()
 
-    def _fentry_source(self) -> str:
-        """KFUNC_PROBE/KRETFUNC_PROBE programs for this kernel's hooks, might-sleep
-        functions and getppid, from their BTF signatures (fexit reads the
-        return value at ctx[nargs], and only when the function has one)."""
+    def _find_calib_sym(self) -> str | None:
+        """getppid's syscall function with BTF: the fentry calibration's target."""
         b = btfmod.load_vmlinux()
-        if b is None:
-            return ""
-        out = []
-
-        def args(n, k):
-            return [f"ctx[{i}]" if i < n else "0" for i in range(k)]
-
-        for hook, sym, _name in self.f.hooks:
-            sig = b.func_signature(sym) if hook in self.hooks else None
-            if sig is None:
-                continue
-            n, has_ret = sig
-            a = ", ".join(args(n, 3))
-            rc = f"ctx[{n}]" if has_ret else "0"
-            out.append(f"KFUNC_PROBE({sym}) {{ return hook_entry(ctx, {hook}, {a}, {_IRQS_UNKNOWN}); }}")
-            out.append(f"KRETFUNC_PROBE({sym}) {{ return hook_return(ctx, {hook}, {rc}); }}")
-            self._fentry[sym] = "hook"
-        for sym, gfp_arg in (self.f.sleepers if self.might_sleep else ()):
-            sig = b.func_signature(sym)
-            addrs = self._ksyms.by_name.get(sym, [])
-            if sig is None or not addrs or gfp_arg > sig[0]:
-                continue
-            a = ", ".join(args(sig[0], 2))
-            out.append(f"KFUNC_PROBE({sym}) {{ return ms_fentry(ctx, {addrs[0]:#x}ULL, {gfp_arg}, {a}); }}")
-            self._fentry[sym] = "sleeper"
         for prefix in ("__x64_sys_", "__arm64_sys_", "__se_sys_", "sys_"):
             sym = prefix + "getppid"
-            if sym in self._ksyms.by_name and b.func_signature(sym) is not None:
-                out.append(f"KFUNC_PROBE({sym}) {{ return calib_hit({_IRQS_UNKNOWN}, {_CALIB_FENTRY}); }}")
-                self._calib_sym = sym
-                break
-        return "\n".join(out) + "\n"
+            if sym in self._ksyms.by_name and b is not None and b.func_signature(sym) is not None:
+                return sym
+        return None
 
     def load(self) -> None:
         """Compile and load the BPF program, calibrate, open the ring buffer.
@@ -546,9 +521,7 @@ class Tracer:
         try:
             text = bpf_text()
             if self.backend == "fentry":
-                t0 = time.monotonic()
-                text += self._fentry_source()
-                self.timing["btf_s"] = time.monotonic() - t0
+                self._calib_sym = self._find_calib_sym()
             t0 = time.monotonic()
             self.bpf = _BPF(text=text.encode(), cflags=self._cflags())
             if not self._loads():
@@ -678,10 +651,6 @@ class Tracer:
             self.bpf.detach_tracepoint(tp)
         for tp in list(self.bpf.raw_tracepoint_fds):
             self.bpf.detach_raw_tracepoint(tp)
-        for fn in list(self.bpf.kfunc_entry_fds):
-            self.bpf.detach_kfunc(fn)
-        for fn in list(self.bpf.kfunc_exit_fds):
-            self.bpf.detach_kretfunc(fn)
 
     def detach(self) -> None:
         """Detach every probe; the program stays loaded (no overhead) for the next attach()."""
@@ -708,7 +677,17 @@ class Tracer:
         self._missed_base = self._prog_missed_raw()
 
     def prog_fds(self) -> list[int]:
-        return [int(fn.fd) for fn in self.bpf.funcs.values()] if self.bpf is not None else []
+        """Every program loaded now: bcc's, and the fentry programs loaded per function."""
+        if self.bpf is None:
+            return []
+        return [int(fn.fd) for fn in self.bpf.funcs.values()] + [fd for fds in self._raw.values() for fd in fds[::2]]
+
+    def run_time_ns(self) -> int | None:
+        """Nanoseconds our programs ran (kernel.bpf_stats_enabled), those since
+        closed included (the fentry programs of a window are closed at its end)."""
+        from .daemon import BpfStats
+        live = BpfStats.run_time_ns(self.prog_fds())
+        return None if live is None else live + self._raw_run_ns
 
     def _calibrate(self) -> None:
         """preempt_count that the probe machinery itself adds, seen on getppid(),
@@ -723,7 +702,10 @@ class Tracer:
             fn = self.bpf.get_syscall_fnname(b"getppid")
             self.bpf.attach_kprobe(event=fn, fn_name=b"calib_entry")
         else:
-            self.bpf.attach_kfunc(fn_name=self._calib_sym.encode())
+            err = self._try_raw_fentry(self._calib_sym, None, "calib_fentry", None, check_patched=False)
+            if err is not None:
+                _debug(f"fentry calibration on {self._calib_sym}: {err}")
+                return None
         try:
             for _ in range(16):
                 os.getppid()
@@ -731,7 +713,7 @@ class Tracer:
             if base == _CALIB_KPROBE:
                 self.bpf.detach_kprobe(event=fn, fn_name=b"calib_entry")
             else:
-                self.bpf.detach_kfunc(fn_name=self._calib_sym.encode())
+                self._detach_raw(self._ksyms.by_name[self._calib_sym][0])
         hits = calib[ctypes.c_int(base + 2)].value
         raw = calib[ctypes.c_int(base + 1)].value
         if hits == 0 or raw == 0xFFFFFFFF:
@@ -746,20 +728,16 @@ class Tracer:
                     hook_id: int | None = None) -> bool:
         rec = dict(kind=kind, symbol=symbol, hook=hook, module=module, status="attached", hook_id=hook_id,
                    attach="kprobe")
-        if kind == "callback" and self.backend == "fentry" and (self.callback_fentry or not module):
-            err = self._try_callback_fentry(symbol, module)
+        progs = _FENTRY_PROGS.get(kind)
+        if progs and self.backend == "fentry" and (kind != "callback" or self.callback_fentry or not module):
+            err = self._try_raw_fentry(symbol, module, *progs)
             if err is None:
+                if kind != "sleeper":       # their recursion misses are drops (_prog_missed_raw)
+                    self._raw_counted.add(self._ksyms.by_name[symbol][0])
                 rec["attach"] = "fentry"
                 self._attached.append(rec)
                 return True
-            rec["fentry_error"] = err     # falls back to a kprobe pair
-        if symbol in self._fentry:
-            err = self._try_fentry(symbol, ret is not None)
-            if err is None:
-                rec["attach"] = "fentry"
-                self._attached.append(rec)
-                return True
-            rec["fentry_error"] = err     # falls back to a kprobe
+            rec["fentry_error"] = err     # falls back to a kprobe (pair)
         # the return probe first: a call that meets only the entry probe would
         # be seen (and not counted untimed) yet leave no record
         if ret:
@@ -780,21 +758,6 @@ class Tracer:
         self._attached.append(rec)
         return True
 
-    def _try_fentry(self, symbol: str, exit_too: bool) -> str | None:
-        """Attach the generated fentry (and fexit) program of ``symbol``; the error, or None."""
-        sym = symbol.encode()
-        try:
-            self.bpf.attach_kfunc(fn_name=sym)
-        except Exception as e:
-            return str(e).splitlines()[0] if str(e) else type(e).__name__
-        if exit_too:
-            try:
-                self.bpf.attach_kretfunc(fn_name=sym)
-            except Exception as e:
-                self.bpf.detach_kfunc(fn_name=sym)
-                return "fexit: " + (str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return None
-
     def _btf_obj(self, obj: str):
         """(parsed BTF, BTF object fd) of vmlinux or a module, cached."""
         if obj not in self._btf_objs:
@@ -806,23 +769,34 @@ class Tracer:
             self._btf_objs[obj] = (b, fd)
         return self._btf_objs[obj]
 
-    def _try_callback_fentry(self, symbol: str, module: str | None) -> str | None:
-        """Time a driver callback with fentry/fexit programs (cbf_entry, cbf_exit)
-        loaded on its BTF function (mmntrace/bpfsys.py); the reason if not."""
+    def _insns(self, name: str) -> bytes:
+        if name not in self._raw_insns:
+            self._raw_insns[name] = self.bpf.dump_func(name.encode())
+        return self._raw_insns[name]
+
+    def _try_raw_fentry(self, symbol: str, module: str | None, entry: str, exit_: str | None,
+                        check_patched: bool = True) -> str | None:
+        """Put the fentry program ``entry`` (and the fexit program ``exit_``) on
+        ``symbol``, loaded on its BTF function through mmntrace/bpfsys.py: one
+        compiled program serves every function (bcc 0.26 binds a trampoline
+        program to one vmlinux function by name, and to none in a module).
+        The reason if not."""
         b, fd = self._btf_obj(module or "vmlinux")
         if b is None or fd is None:
             return f"no BTF for {module or 'vmlinux'}"
         tid = b.find(symbol, (btfmod.KIND_FUNC,))
         if tid is None:
             return f"{symbol} is not in the BTF of {module or 'vmlinux'}"
-        if self._raw_insns is None:
-            self._raw_insns = (self.bpf.dump_func(b"cbf_entry"), self.bpf.dump_func(b"cbf_exit"))
+        addr = self._ksyms.by_name.get(symbol, [None])[0]
+        if addr is None:
+            return f"{symbol} is not in /proc/kallsyms"
         fds: list[int] = []
         try:
             # fexit first, as for kprobes (see _try_attach)
-            for insns, kind, name in ((self._raw_insns[1], bpfsys.TRACE_FEXIT, "cbf_exit"),
-                                      (self._raw_insns[0], bpfsys.TRACE_FENTRY, "cbf_entry")):
-                prog = bpfsys.load_tracing(insns, name=name, attach=kind, btf_obj_fd=fd, btf_id=tid)
+            for name, kind in ((exit_, bpfsys.TRACE_FEXIT), (entry, bpfsys.TRACE_FENTRY)):
+                if name is None:
+                    continue
+                prog = bpfsys.load_tracing(self._insns(name), name=name, attach=kind, btf_obj_fd=fd, btf_id=tid)
                 fds.append(prog)
                 fds.append(bpfsys.attach_tracing(prog))
         except bpfsys.BpfSysError as e:
@@ -830,21 +804,24 @@ class Tracer:
                 os.close(x)
             _debug(f"fentry on {symbol}: {e}\n{e.log}")
             return str(e)
-        if not _trampoline_in_place(symbol, module):
+        if check_patched and not _trampoline_in_place(symbol, module):
             # seen on 6.12: kvm_mmu_notifier_invalidate_range_end took both
             # programs and a link, yet its call site stayed a NOP and it
             # never ran them; a kprobe pair sees it (exactness first)
             for x in fds:
                 os.close(x)
             return "the kernel took the programs but did not patch the function"
-        addr = self._ksyms.by_name.get(symbol, [None])[0]
         self._raw[addr] = fds
         return None
 
     def _detach_raw(self, func: int | None = None) -> None:
         """Close the fentry/fexit programs and links of one callback (or all)."""
         for f in ([func] if func is not None else list(self._raw)):
-            for fd in reversed(self._raw.pop(f, [])):
+            fds = self._raw.pop(f, [])
+            if f in self._raw_counted:
+                self._raw_missed += self._raw_misses(fds)
+            self._raw_run_ns += self._raw_field(fds, "run_time_ns")
+            for fd in reversed(fds):
                 try:
                     os.close(fd)
                 except OSError:
@@ -855,7 +832,11 @@ class Tracer:
         for hook, sym, name in self.f.hooks:
             if hook not in self.hooks:
                 continue
-            n += self._try_attach("hook", sym, name, None, f"hk_entry_{hook}", f"hk_return_{hook}", hook)
+            # the kprobe pair (also the fallback from fentry) finds its hook by address
+            for a in self._ksyms.by_name.get(sym, [])[:1]:
+                for k in (a, a + 4):    # with IBT the probe sits after endbr64
+                    self.bpf[b"hook_ip"][ctypes.c_uint64(k)] = ctypes.c_uint32(hook)
+            n += self._try_attach("hook", sym, name, None, "hk_entry", "hk_return", hook)
         if n == 0:
             raise BpfLoadError("no MMU-notifier hook function could be probed on this kernel")
 
@@ -1096,14 +1077,30 @@ class Tracer:
         system, and skip ones inside bpf() syscalls that could never be ours."""
         if self.bpf is None:
             return 0
-        total = 0
+        total = self._raw_missed
         for name, fn in self.bpf.funcs.items():
             n = name.decode() if isinstance(name, bytes) else name
-            sym = n.split("__", 1)[1] if n.startswith(("kfunc__", "kretfunc__")) else None
-            if not (n.startswith(("hk_", "cb_")) or (sym and self._fentry.get(sym) == "hook")):
+            if not n.startswith(("hk_", "cb_")):
                 continue
             total += int(fdinfo(int(fn.fd)).get("recursion_misses", 0))
+        for f, fds in self._raw.items():    # the hooks' and callbacks' fentry programs
+            if f in self._raw_counted:
+                total += self._raw_misses(fds)
         return total
+
+    @classmethod
+    def _raw_misses(cls, fds: list[int]) -> int:
+        return cls._raw_field(fds, "recursion_misses")
+
+    @staticmethod
+    def _raw_field(fds: list[int], key: str) -> int:
+        n = 0
+        for fd in fds[::2]:                 # [prog, link, prog, link]
+            try:
+                n += int(fdinfo(fd).get(key, 0))
+            except (OSError, ValueError):
+                pass
+        return n
 
     def _kprobe_missed_raw(self) -> int:
         suffix = f"_bcc_{os.getpid()}"
