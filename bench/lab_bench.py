@@ -274,8 +274,12 @@ class Tool:
             out["events"] = m.get("events", 0)
             if m.get("aggregate"):
                 out["events"] = sum(t["count"] for t in m.get("totals", []))
-            out["drops"] = (m.get("drops") or {}).get("total")
-            out["drop_kinds"] = {k: v for k, v in (m.get("drops") or {}).items() if v and k != "total"}
+            d = m.get("drops") or {}
+            # untimed calls (made before their probe was attached: the first calls of
+            # each new subscriber) are counted, not lost: kept apart from the drops
+            out["untimed"] = d.get("untimed", 0)
+            out["drops"] = d.get("total") - d.get("untimed", 0) if d.get("total") is not None else None
+            out["drop_kinds"] = {k: v for k, v in d.items() if v and k != "total"}
             out["status"] = m.get("status")
             out["timing"] = {k: round(v, 2) for k, v in (m.get("timing") or {}).items() if isinstance(v, float)}
         out["medians_ns"] = self.medians()
