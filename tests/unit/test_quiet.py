@@ -119,41 +119,54 @@ def test_quietly_nested_captures_once(capfd):
     assert capfd.readouterr().err == ""
 
 
-class _FakeBPF:
-    """bcc's BPF as far as the fentry fallback uses it: attach_kfunc prints from
-    C and raises a bare Exception, as bcc 0.26 does when the kernel says 524."""
+def _refusing_tracer(monkeypatch):
+    """A tracer whose fentry attach meets the 6.1 kernel's 524 (ENOTSUPP): the
+    program loads, RAW_TRACEPOINT_OPEN refuses it (mmntrace/bpfsys.py raises)."""
+    import os
+    from mmntrace import bpfsys
+    t = tracer.Tracer.__new__(tracer.Tracer)
+    t._btf_obj = lambda obj: (type("B", (), {"find": lambda self, name, kinds: 42})(), 7)
+    t._ksyms = type("K", (), {"by_name": {"__mmu_notifier_release": [0xffffffff81000000]}})()
+    t._raw_insns = {"hkf_entry": b"", "hkf_exit": b""}
+    t._raw = {}
+    loaded = []
 
-    KPROBE = 2
+    def load(insns, **kw):
+        fd = os.open("/dev/null", os.O_RDONLY)
+        loaded.append(fd)
+        return fd
 
-    def attach_kfunc(self, fn_name=b""):
-        _c_write(b"bpf_attach_raw_tracepoint (kfunc): Unknown error 524\n")
-        raise Exception("Failed to attach BPF to entry kernel func")
-
-    def attach_kretfunc(self, fn_name=b""):
-        raise AssertionError("not reached")
-
-    def detach_kfunc(self, fn_name=b""):
-        pass
+    def attach(prog_fd):
+        raise bpfsys.BpfSysError("RAW_TRACEPOINT_OPEN", 524)
+    monkeypatch.setattr(bpfsys, "load_tracing", load)
+    monkeypatch.setattr(bpfsys, "attach_tracing", attach)
+    return t, loaded
 
 
 def test_failed_fentry_attach_is_silent_and_says_why_in_the_metadata(capfd, monkeypatch):
     """The 6.1 report: a trampoline refused with 524 fell back to a kprobe, and
-    bcc's line reached the terminal. Now it is in the probe's fentry_error."""
+    bcc's line reached the terminal. Now the reason is the probe's fentry_error,
+    and the loaded program is closed."""
+    import os
     monkeypatch.delenv("MMNTRACE_DEBUG", raising=False)
-    t = tracer.Tracer.__new__(tracer.Tracer)
-    t.bpf = tracer.quiet_bpf_class(_FakeBPF)()
-    err = t._try_fentry("__mmu_notifier_release", True)
-    assert err == "Failed to attach BPF to entry kernel func: bpf_attach_raw_tracepoint (kfunc): Unknown error 524"
+    t, loaded = _refusing_tracer(monkeypatch)
+    err = t._try_raw_fentry("__mmu_notifier_release", None, "hkf_entry", "hkf_exit")
+    assert err.startswith("[Errno 524] RAW_TRACEPOINT_OPEN")
     assert capfd.readouterr().err == ""
+    assert t._raw == {} and len(loaded) == 1
+    try:
+        os.fstat(loaded[0])
+        raise AssertionError("the refused program's fd stayed open")
+    except OSError:
+        pass
 
 
 def test_failed_fentry_attach_is_shown_with_debug(capfd, monkeypatch):
     monkeypatch.setenv("MMNTRACE_DEBUG", "1")
-    t = tracer.Tracer.__new__(tracer.Tracer)
-    t.bpf = tracer.quiet_bpf_class(_FakeBPF)()
-    t._try_fentry("__mmu_notifier_release", True)
+    t, _ = _refusing_tracer(monkeypatch)
+    t._try_raw_fentry("__mmu_notifier_release", None, "hkf_entry", "hkf_exit")
     err = capfd.readouterr().err
-    assert "mmntrace(debug)" in err and "Unknown error 524" in err
+    assert "mmntrace(debug)" in err and "RAW_TRACEPOINT_OPEN" in err
 
 
 def test_real_bcc_compile_failure_is_one_sentence(capfd, monkeypatch):
