@@ -20,6 +20,8 @@ import functools
 import struct
 from pathlib import Path
 
+import numpy as np
+
 BTF_MAGIC = 0xEB9F
 
 # BTF_KIND_*
@@ -52,6 +54,33 @@ _TRAILER = {
     KIND_DECL_TAG: (4, 0), KIND_TYPE_TAG: (0, 0), KIND_ENUM64: (0, 12),
 }
 
+#: the same in 32-bit words, indexed by kind (-1: not a kind we know)
+_WORDS = ([_TRAILER[k][0] // 4 if k in _TRAILER else -1 for k in range(32)],
+          [_TRAILER[k][1] // 4 if k in _TRAILER else 0 for k in range(32)])
+
+
+class _Types:
+    """``types[i]``: ``(kind, name_off, kind_flag, vlen, size_or_type, trailer_off)``,
+    made from the parsed columns when asked for."""
+
+    def __init__(self, btf: "Btf"):
+        self._b = btf
+
+    def __len__(self) -> int:
+        return len(self._b._name_off)
+
+    def __getitem__(self, i: int) -> tuple:
+        b = self._b
+        if i < 0:
+            i += len(self)
+        info = int(b._info[i])
+        return ((info >> 24) & 0x1F, int(b._name_off[i]), info >> 31, info & 0xFFFF, int(b._size[i]),
+                int(b._toff[i]))
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
 
 class BtfError(ValueError):
     """The blob is not BTF, or is truncated or of an unknown kind."""
@@ -80,11 +109,9 @@ class Btf:
         self._str_base = base.str_total if base else 0
         self.str_total = self._str_base + str_len
         self.first_id = (base.next_id if base else 1)
-        self.types: list[tuple] = []
         self._parse()
         self.next_id = self.first_id + len(self.types)
-        self._by_name: dict[str, list[int]] | None = None
-        self._enumerators: dict[str, int] | None = None
+        self._named: dict[str, list[int]] = {}
 
     # -- loading ---------------------------------------------------------
     @classmethod
@@ -93,20 +120,39 @@ class Btf:
 
     # -- parsing -----------------------------------------------------------
     def _parse(self) -> None:
-        data, off, end = self._data, self._types_start, self._types_end
-        unpack = struct.unpack_from
-        while off < end:
-            name_off, info, size_or_type = unpack("<III", data, off)
-            kind = (info >> 24) & 0x1F
-            vlen = info & 0xFFFF
-            kflag = info >> 31
-            tr = _TRAILER.get(kind)
-            if tr is None:
-                raise BtfError(f"unknown BTF kind {kind} at offset {off}")
-            self.types.append((kind, name_off, kflag, vlen, size_or_type, off + 12))
-            off += 12 + tr[0] + tr[1] * vlen
-        if off != end:
+        """Find where each type record starts (one walk: records differ in
+        length), then keep their header words as numpy columns; ``types[i]``
+        tuples are made when asked for. The whole-table tuples and the index of
+        every name took seconds per start in the lab's emulated guests."""
+        data, start, end = self._data, self._types_start, self._types_end
+        if (end - start) % 4:
+            raise BtfError("BTF type section is not made of 32-bit words")
+        n = (end - start) // 4
+        w = memoryview(data)[start:end].cast("I")     # BTF is in the machine's byte order
+        fixed, per = _WORDS
+        starts: list[int] = []
+        add = starts.append
+        i = 0
+        while i < n:
+            if i + 3 > n:
+                break
+            info = w[i + 1]
+            k = (info >> 24) & 0x1F
+            f = fixed[k]
+            if f < 0:
+                raise BtfError(f"unknown BTF kind {k} at offset {start + 4 * i}")
+            add(i)
+            i += 3 + f + per[k] * (info & 0xFFFF)
+        if i != n:
             raise BtfError("BTF type section ends mid-type")
+        words = np.frombuffer(data, dtype="=u4", count=n, offset=start)
+        s_ = np.asarray(starts, dtype=np.int64)
+        self._name_off = words[s_]
+        self._info = words[s_ + 1].astype(np.int64)
+        self._kind = (self._info >> 24) & 0x1F
+        self._size = words[s_ + 2]
+        self._toff = start + (s_ + 3) * 4
+        self.types = _Types(self)
 
     def string(self, off: int) -> str:
         if off < self._str_base:
@@ -129,18 +175,28 @@ class Btf:
         for i, t in enumerate(self.types):
             yield self.first_id + i, t[0], self.string(t[1])
 
-    def _index(self) -> dict[str, list[int]]:
-        if self._by_name is None:
-            idx: dict[str, list[int]] = {}
-            for i, t in enumerate(self.types):
-                if t[1]:
-                    idx.setdefault(self.string(t[1]), []).append(self.first_id + i)
-            self._by_name = idx
-        return self._by_name
+    def _string_offsets(self, name: str) -> list[int]:
+        """Every offset at which the string table (and the base's) holds exactly ``name``."""
+        out = self.base._string_offsets(name) if self.base is not None else []
+        pat = b"\0" + name.encode() + b"\0"
+        p = self._strings.find(pat)
+        while p >= 0:
+            out.append(self._str_base + p + 1)
+            p = self._strings.find(pat, p + 1)
+        return out
+
+    def _ids_named(self, name: str) -> list[int]:
+        """Type ids of this blob (not the base) called ``name``: its string
+        offsets, then one vector compare over the name column."""
+        if name not in self._named:
+            offs = self._string_offsets(name) if name else []
+            idx = np.flatnonzero(np.isin(self._name_off, offs)) if offs else ()
+            self._named[name] = [self.first_id + int(i) for i in idx]
+        return self._named[name]
 
     def find(self, name: str, kinds: tuple[int, ...]) -> int | None:
         """Type id of the first type called ``name`` of one of ``kinds`` (base included)."""
-        for tid in self._index().get(name, ()):
+        for tid in self._ids_named(name):
             if self.type(tid)[0] in kinds:
                 return tid
         if self.base is not None:
@@ -170,19 +226,18 @@ class Btf:
 
     def enumerator(self, name: str) -> int | None:
         """Value of the enumerator ``name`` in any enum, named or anonymous."""
-        if self._enumerators is None:
-            vals: dict[str, int] = {}
-            for t in self.types:
-                if t[0] in (KIND_ENUM, KIND_ENUM64):
-                    for k, v in self._enum_members(t).items():
-                        vals.setdefault(k, v)
-            self._enumerators = vals
-        if name in self._enumerators:
-            return self._enumerators[name]
+        offs = set(self._string_offsets(name))
+        if offs:
+            for i in np.flatnonzero((self._kind == KIND_ENUM) | (self._kind == KIND_ENUM64)):
+                t = self.types[int(i)]
+                step = 8 if t[0] == KIND_ENUM else 12
+                for k in range(t[3]):
+                    if struct.unpack_from("<I", self._data, t[5] + step * k)[0] in offs:
+                        return self._enum_members(t)[name]
         return self.base.enumerator(name) if self.base is not None else None
 
     def _locate(self, name: str, kinds: tuple[int, ...]):
-        for tid in self._index().get(name, ()):
+        for tid in self._ids_named(name):
             if self.types[tid - self.first_id][0] in kinds:
                 return self, tid
         if self.base is not None:
