@@ -123,6 +123,7 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
 
 
 @main.command()
+@click.argument("command", nargs=-1, metavar="[-- CMD [ARG...]]", type=click.UNPROCESSED)
 @click.option("-d", "--duration", metavar="DURATION",
               help="Stop after DURATION: 10 (seconds), 10s, 500ms, 5m, 2h (default: until Ctrl-C).")
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False), default="mmntrace-rec", show_default=True,
@@ -156,8 +157,8 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
 @click.option("-q", "--quiet", is_flag=True, help="No live status line.")
 @_keep_root_owner_option
 @_friendly
-def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffer_pages, might_sleep, ready_file,
-           redact, quiet, keep_root_owner):
+def record(command, duration, out, pid, comm, hooks, aggregate, backend, transport, buffer_pages, might_sleep,
+           ready_file, redact, quiet, keep_root_owner):
     """Record MMU-notifier activity into a recording directory (needs root).
 
     Attaches to every notifier entry point the running kernel has
@@ -168,6 +169,10 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
     preempt count, IRQ state, duration and caller. Inside callbacks that must
     not sleep, every sleep is recorded with its stack (and, with
     --might-sleep, every call of a function that may sleep).
+
+    With `-- CMD`, starts CMD (as perf record does: held before its exec
+    until every probe is attached, so that its first call is seen), traces
+    only it (as -p its pid) and stops when it exits.
 
     Stops on Ctrl-C, SIGTERM or after --duration, always writing complete
     metadata. Then: `mmntrace report DIR`. The recording is private (0700
@@ -180,6 +185,7 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
       sudo mmntrace record -p $(pgrep -f qemu-system) -d 2m -o rec
       sudo mmntrace record --comm qemu-system-x86 --aggregate -o rec
       sudo mmntrace record --might-sleep -d 30s -o rec   # also calls that may sleep
+      sudo mmntrace record -o rec -- ./my-hmm-test --iterations 100
     """
     # the arguments first: a typo is told at once, before the environment
     # checks and the compile (tens of seconds)
@@ -201,6 +207,24 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
         refuse_symlink(ready_file)
     if o.exists() and (not o.is_dir() or any(o.iterdir())):
         raise errors.UsageError(f"{o} exists and is not an empty directory: choose a new one (-o)")
+    held = None
+    if command:
+        from .command import HeldCommand, check_command
+        if pid is not None:
+            raise errors.UsageError("-p and -- CMD both choose the process to trace: give one of them")
+        check_command(list(command))
+        held = HeldCommand(list(command))     # forked now (before any thread), run once ready
+        pid = held.pid
+    try:
+        _record(held, duration, out, pid, comm, hook_list, aggregate, backend, transport, buffer_pages,
+                might_sleep, ready_file, redact, quiet, keep_root_owner)
+    finally:
+        if held is not None:
+            held.cancel()       # never let go (the recorder failed first): it exits unrun
+
+
+def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, transport, buffer_pages, might_sleep,
+            ready_file, redact, quiet, keep_root_owner):
     import concurrent.futures
     import importlib
     # pandas and pyarrow (for writing segments) import in a thread while bcc
@@ -226,7 +250,7 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
     try:
         rec = warm.result()
         s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,
-                        status=None, redact=redact, hand_over=not keep_root_owner)
+                        status=None, redact=redact, hand_over=not keep_root_owner, command=held)
     except BaseException:
         t.stop()
         raise
@@ -242,6 +266,11 @@ def record(duration, out, pid, comm, hooks, aggregate, backend, transport, buffe
         click.echo("", err=True)
     click.echo(f"mmntrace: {res['events']} records, {res['violations']} sleep records, {res['drops']} dropped "
                f"-> {res['dir']}", err=True)
+    if held is not None:
+        rc = held.poll()
+        click.echo(f"mmntrace: {held.argv[0]} " + (f"exited with status {rc}" if rc is not None and rc >= 0 else
+                                                   f"was killed by signal {-rc}" if rc is not None else
+                                                   "was still running when the recording stopped"), err=True)
 
 
 #: the narrowest text report: below it even the stacked layouts would have to cut cells

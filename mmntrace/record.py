@@ -152,9 +152,11 @@ class Session:
 
     def __init__(self, tracer, features: kernel.Features, out: Path, *, duration: float | None = None,
                  ready_file: Path | None = None, status=None, segment_s: float = 2.0,
-                 redact: bool = False, hand_over: bool = True):
+                 redact: bool = False, hand_over: bool = True, command=None):
         """``hand_over``: under sudo, give the recording and the ready file to
-        the invoking user as they are made (:mod:`mmntrace.outpath`)."""
+        the invoking user as they are made (:mod:`mmntrace.outpath`).
+        ``command``: a :class:`mmntrace.command.HeldCommand`, let go once every
+        probe is attached; the recording ends when it exits."""
         self.t = tracer
         self.f = features
         self.out = Path(out)
@@ -165,6 +167,7 @@ class Session:
         self.redact = redact
         self.hand_over = hand_over
         self._stop = False
+        self.command = command
         self.counts = {"events": 0, "violations": 0}
         self.disk_full: OSError | None = None
 
@@ -260,8 +263,12 @@ class Session:
         writer.meta["stale_kprobes_removed"] = getattr(self.t, "stale_kprobes_removed", 0)
         writer.meta["might_sleep"] = getattr(self.t, "might_sleep", True)
         writer.meta["task_storage"] = getattr(self.t, "task_storage", None)
+        if self.command is not None:
+            writer.meta["command"] = {"argv": self.command.argv, "pid": self.command.pid, "exit": None}
         writer.flush_meta()
         self._write_ready()
+        if self.command is not None:
+            self.command.go()       # every probe is attached: CMD runs now
         pending: list[bytes] = []
         t0 = time.monotonic()
         last_flush = last_status = t0
@@ -271,6 +278,9 @@ class Session:
             while not self._stop:
                 now = time.monotonic()
                 if self.duration is not None and now - t0 >= self.duration:
+                    break
+                if self.command is not None and self.command.poll() is not None:
+                    self._drain(pending)        # what it did last is in the buffer
                     break
                 n = self._drain(pending)
                 self.counts["events"] += n
@@ -327,6 +337,8 @@ class Session:
                     {"hook": sym.hook_names.get(int(r.hook_id)), "event": sym.events.get(int(r.event_id)),
                      "callback": sym.sym(int(r.func)), "count": int(r.count), "sum_ns": int(r.sum_ns)}
                     for r in totals.itertuples()]
+            if self.command is not None:    # None: still running (the recording was stopped first)
+                writer.meta["command"]["exit"] = self.command.poll()
             if self.disk_full is None:
                 writer.finish(drops=drops, attached=attached, untimed=untimed)
             else:

@@ -383,3 +383,51 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
     assert rep["verdict"]["untimed"] == r.meta["drops"]["untimed"] == sum(untimed.values())
     assert rep["dropped"] == r.meta["drops"]["total"] >= rep["verdict"]["untimed"]
     assert {u["callback"].split(" ")[0] for u in rep["coverage"]["untimed"]} == set(untimed)
+
+
+TRACED_COMMAND = r"""
+import json, sys, ctypes, time
+sys.path.insert(0, %(repo)r)
+from mmntrace import testmod
+from mmntrace.workload import mmap_anon, libc, PAGE, PROT_READ
+m = testmod.TestModule()
+m.register(0)                       # registers and invalidates at once, as a traced program would
+end = time.monotonic() + 3.0
+while time.monotonic() < end:
+    a = mmap_anon(16 * PAGE)
+    for i in range(16):
+        ctypes.c_char.from_address(a + i * PAGE).value = b"x"
+    libc.mprotect(a, 16 * PAGE, PROT_READ)
+    libc.munmap(a, 16 * PAGE)
+    time.sleep(0.002)
+m.unregister()
+c = m.counts()
+recs = m.records()
+print(json.dumps({"counts": c, "mm": int(recs["mm"][0]) if len(recs) else 0}), flush=True)
+sys.exit(7)
+"""
+
+
+def test_record_a_command_from_its_first_call(tmp_path):
+    """`record -- CMD`: CMD is held until the probes are attached, only it is
+    traced (-p its pid), the recording ends when it exits, with its status.
+    Every call its subscriber got is in the recording, timed or counted."""
+    script = tmp_path / "cmd.py"
+    script.write_text(TRACED_COMMAND % dict(repo=str(Path(__file__).resolve().parents[2])))
+    out = subprocess.run([sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(tmp_path / "rec"),
+                          "--", sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "exited with status 7" in out.stderr
+    r = Recording(tmp_path / "rec")
+    cmd = r.meta["command"]
+    assert cmd["exit"] == 7 and cmd["argv"][-1] == str(script)
+    assert r.meta["filters"]["pid"] == cmd["pid"]
+    ev = r.events()
+    assert len(ev) and set(ev["pid"]) == {cmd["pid"]}          # only the command was traced
+    mine = ev[(ev["mm"] == res["mm"]) & (ev["kind"] == "callback")]
+    untimed = {u["callback"].split(" ")[0]: u["count"] for u in r.meta["untimed"]}
+    calls = res["counts"]["calls"]
+    for hook, fn in MODULE_CB.items():
+        assert len(_cb(mine, fn)) + untimed.get(fn, 0) == calls[hook], (hook, untimed, calls, r.meta["drops"])
+    assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]
