@@ -312,13 +312,15 @@ def test_injected_mutex_and_delay(tmp_path, backend, might_sleep):
     assert s["seq"].nunique() == (len(mine) if might_sleep else 0), \
         (f"{len(mine)} module calls, {s['seq'].nunique()} with a might-sleep record; drops {r.meta['drops']}; "
          f"sleeps of this thread without a callback: {int(r.sleeps()['callback'].isna().sum())}")
-    # busy delay: p50 >= 300 us on the module's start only
-    lat = {(x["hook"], x["callback"]): x for x in rep["latency"] if x["callback"]}
-    start = [x for k, x in lat.items() if k[1].startswith("mmnt_invalidate_range_start")]
-    assert start and all(x["p50_ns"] >= 300_000 for x in start)
-    others = [x for k, x in lat.items() if not k[1].startswith("mmnt_invalidate_range_start")
-              and k[1].startswith("mmnt_")]
-    assert others and all(x["p50_ns"] < 300_000 for x in others)
+    # busy delay of 300 us in the module's start, from the behave ioctl on: every
+    # such call of the thread lasted at least that, call by call (the report's
+    # p50 also counted calls made before the ioctl: 6.1 failed once, 4 calls)
+    cb = ev[(ev["kind"] == "callback") & (ev["tid"] == pid) & (ev["ts_ns"] >= lo) & (ev["ts_ns"] <= hi)
+            & ev["callback"].astype(str).str.startswith("mmnt_")]
+    start = cb[cb["callback"].astype(str).str.startswith("mmnt_invalidate_range_start")]
+    assert len(start) > 0 and (start["dur_ns"] >= 300_000).all(), start[["ts_ns", "dur_ns"]]
+    others = cb[~cb["callback"].astype(str).str.startswith("mmnt_invalidate_range_start")]
+    assert len(others) > 0 and others["dur_ns"].median() < 300_000
 
 
 def test_doctor_and_report_json_contract(tmp_path):
