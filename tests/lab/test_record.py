@@ -313,12 +313,15 @@ def test_injected_mutex_and_delay(tmp_path, backend, might_sleep):
         (f"{len(mine)} module calls, {s['seq'].nunique()} with a might-sleep record; drops {r.meta['drops']}; "
          f"sleeps of this thread without a callback: {int(r.sleeps()['callback'].isna().sum())}")
     # busy delay of 300 us in the module's start, from the behave ioctl on: every
-    # such call of the thread lasted at least that, call by call (the report's
-    # p50 also counted calls made before the ioctl: 6.1 failed once, 4 calls)
+    # such call of the thread shows it (the report's p50 also counted calls made
+    # before the ioctl: 6.1 failed once, 4 calls). udelay() may come out a little
+    # short of 300 us on the emulated CPU's clock (it counts TSC ticks; the lab's
+    # clocksource is the HPET): each call >= 250 us, their median >= 300 us
     cb = ev[(ev["kind"] == "callback") & (ev["tid"] == pid) & (ev["ts_ns"] >= lo) & (ev["ts_ns"] <= hi)
             & ev["callback"].astype(str).str.startswith("mmnt_")]
     start = cb[cb["callback"].astype(str).str.startswith("mmnt_invalidate_range_start")]
-    assert len(start) > 0 and (start["dur_ns"] >= 300_000).all(), start[["ts_ns", "dur_ns"]]
+    assert len(start) > 0 and (start["dur_ns"] >= 250_000).all() and start["dur_ns"].median() >= 300_000, \
+        start["dur_ns"].describe()
     others = cb[~cb["callback"].astype(str).str.startswith("mmnt_invalidate_range_start")]
     assert len(others) > 0 and others["dur_ns"].median() < 300_000
 
