@@ -445,7 +445,8 @@ def doctor():
     for hid, sym, name in f.hooks:
         click.echo(f"  hook {name:<32} {sym}")
     click.echo(f"events          {', '.join(n for _v, n in f.events)}")
-    click.echo(f"might-sleep     {len(f.sleepers)} functions")
+    click.echo(f"might-sleep     {len(f.sleepers)} functions (probed with record --might-sleep; real sleeps: sched_switch, "
+               + ("raw tracepoint)" if getattr(f, "raw_sched_switch", False) else "perf tracepoint)"))
     kernel.require_recording(f)
     click.echo("recording is possible: sudo mmntrace record -d 10 -o rec")
 
