@@ -338,9 +338,9 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	return 0;
 }
 
-static __always_inline int hook_return(void *ctx, u32 hook, u64 rc)
+/* now: the return program's first step (our own work after it is not the hook's) */
+static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc)
 {
-	u64 now = bpf_ktime_get_ns();	/* first: our own work below is not the hook's */
 	struct tstate *t = tstate_get(false);
 
 	if (!t)
@@ -391,8 +391,8 @@ static __always_inline int hook_return(void *ctx, u32 hook, u64 rc)
  * the probed address to its hook, as cb_info does for callbacks; the return
  * program takes the hook from the per-task state). One pair per hook meant
  * seven or nine more inlined copies of the bodies to compile, seconds of
- * every start in the lab. The fentry flavour is one program per hook
- * function: tracer.py generates them.
+ * every start in the lab. The fentry flavour (hkf_entry/hkf_exit below) is
+ * one pair too, loaded on each hook function.
  */
 BPF_HASH(hook_ip, u64, u32, 64);	/* probe address (addr, addr+4 with IBT) -> hook */
 
@@ -407,7 +407,8 @@ int hk_entry(struct pt_regs *ctx)
 
 int hk_return(struct pt_regs *ctx)
 {
-	return hook_return(ctx, MMNT_HOOK_NONE, PT_REGS_RC(ctx));
+	u64 now = bpf_ktime_get_ns();
+	return hook_return(ctx, now, MMNT_HOOK_NONE, PT_REGS_RC(ctx));
 }
 
 /* ---- driver callbacks ------------------------------------------------------- */
@@ -592,9 +593,13 @@ int hkf_entry(u64 *ctx)
 
 int hkf_exit(u64 *ctx)
 {
-	u64 rc = 0;
+	u64 now = bpf_ktime_get_ns(), ip = bpf_get_func_ip(ctx), rc = 0;
+	u32 *h = hook_ip.lookup(&ip);	/* the return matches its own hook's entry only */
+
+	if (!h)
+		return 0;
 	mmnt_func_ret(ctx, &rc);	/* read only for the hooks that return a value */
-	return hook_return(ctx, MMNT_HOOK_NONE, rc);
+	return hook_return(ctx, now, *h, rc);
 }
 
 #include "sleep.h"

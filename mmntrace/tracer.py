@@ -551,8 +551,7 @@ class Tracer:
         """Does the kernel take the hook program (the feature test for task storage)?"""
         if not self.task_storage:
             return True
-        # the cb_entry program is compiled whatever the hooks (HOOK_PROGS are only
-        # those of the kernel and of --hooks) and uses the per-task state alike
+        # cb_entry uses the per-task state as the hook programs do
         try:
             self.bpf.load_func(b"cb_entry", self._BPF.KPROBE)
             return True
@@ -685,9 +684,8 @@ class Tracer:
     def run_time_ns(self) -> int | None:
         """Nanoseconds our programs ran (kernel.bpf_stats_enabled), those since
         closed included (the fentry programs of a window are closed at its end)."""
-        from .daemon import BpfStats
-        live = BpfStats.run_time_ns(self.prog_fds())
-        return None if live is None else live + self._raw_run_ns
+        vals = [int(v) for v in (fdinfo(fd).get("run_time_ns") for fd in self.prog_fds()) if v is not None]
+        return sum(vals) + self._raw_run_ns if vals else None
 
     def _calibrate(self) -> None:
         """preempt_count that the probe machinery itself adds, seen on getppid(),
