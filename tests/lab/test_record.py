@@ -314,13 +314,14 @@ def test_injected_mutex_and_delay(tmp_path, backend, might_sleep):
          f"sleeps of this thread without a callback: {int(r.sleeps()['callback'].isna().sum())}")
     # busy delay of 300 us in the module's start, from the behave ioctl on: every
     # such call of the thread shows it (the report's p50 also counted calls made
-    # before the ioctl: 6.1 failed once, 4 calls). udelay() may come out a little
-    # short of 300 us on the emulated CPU's clock (it counts TSC ticks; the lab's
-    # clocksource is the HPET): each call >= 250 us, their median >= 300 us
+    # before the ioctl: 6.1 failed once, 4 calls). udelay() comes out a little short
+    # of 300 us on the emulated CPU's clock (it counts TSC ticks; the lab's
+    # clocksource is the HPET: 6.12 measured min 298.6 us, median 299.8 us over 115
+    # calls): each call >= 250 us, their median >= 285 us
     cb = ev[(ev["kind"] == "callback") & (ev["tid"] == pid) & (ev["ts_ns"] >= lo) & (ev["ts_ns"] <= hi)
             & ev["callback"].astype(str).str.startswith("mmnt_")]
     start = cb[cb["callback"].astype(str).str.startswith("mmnt_invalidate_range_start")]
-    assert len(start) > 0 and (start["dur_ns"] >= 250_000).all() and start["dur_ns"].median() >= 300_000, \
+    assert len(start) > 0 and (start["dur_ns"] >= 250_000).all() and start["dur_ns"].median() >= 285_000, \
         start["dur_ns"].describe()
     others = cb[~cb["callback"].astype(str).str.startswith("mmnt_invalidate_range_start")]
     assert len(others) > 0 and others["dur_ns"].median() < 300_000
