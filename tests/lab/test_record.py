@@ -333,6 +333,8 @@ def test_doctor_and_report_json_contract(tmp_path):
     assert "invalidate_range_start" in out.stdout
 
 
+#: the script's end while the recorder stops: idle (no mm activity)
+IDLE = "sys.stdin.readline()"
 REGISTER_AT_ONCE = r"""
 import json, sys, ctypes, time
 sys.path.insert(0, %(repo)r)
@@ -352,7 +354,7 @@ m.unregister()                      # no call after this (Python's own frees cou
 c = m.counts()
 recs = m.records()
 print(json.dumps({"counts": c, "mm": int(recs["mm"][0]) if len(recs) else 0}), flush=True)
-sys.stdin.readline()                # idle (no mm activity) until the recorder has stopped
+%(then)s
 """
 
 
@@ -363,7 +365,7 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
     the calls of their subscribers' ops that no probe timed while probing is
     under way). Timed + untimed = the module's own count, per op, exactly."""
     rec = Recorder(tmp_path / "rec")
-    p = subprocess.Popen([sys.executable, "-c", REGISTER_AT_ONCE % dict(repo=str(Path(__file__).resolve().parents[2]),
+    p = subprocess.Popen([sys.executable, "-c", REGISTER_AT_ONCE % dict(then=IDLE, repo=str(Path(__file__).resolve().parents[2]),
                                                                          seconds=3.0)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -391,27 +393,8 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
     assert {u["callback"].split(" ")[0] for u in rep["coverage"]["untimed"]} == set(untimed)
 
 
-TRACED_COMMAND = r"""
-import json, sys, ctypes, time
-sys.path.insert(0, %(repo)r)
-from mmntrace import testmod
-from mmntrace.workload import mmap_anon, libc, PAGE, PROT_READ
-m = testmod.TestModule()
-m.register(0)                       # registers and invalidates at once, as a traced program would
-end = time.monotonic() + 3.0
-while time.monotonic() < end:
-    a = mmap_anon(16 * PAGE)
-    for i in range(16):
-        ctypes.c_char.from_address(a + i * PAGE).value = b"x"
-    libc.mprotect(a, 16 * PAGE, PROT_READ)
-    libc.munmap(a, 16 * PAGE)
-    time.sleep(0.002)
-m.unregister()
-c = m.counts()
-recs = m.records()
-print(json.dumps({"counts": c, "mm": int(recs["mm"][0]) if len(recs) else 0}), flush=True)
-sys.exit(7)
-"""
+#: `record -- CMD`'s command: the same subscriber, exiting (status 7) when done
+TRACED_COMMAND = REGISTER_AT_ONCE % dict(repo="%(repo)s", seconds=3.0, then="sys.exit(7)")
 
 
 def test_record_a_command_from_its_first_call(tmp_path):
