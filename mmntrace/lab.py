@@ -108,6 +108,16 @@ def _vng() -> str:
     return found
 
 
+def tcg_threads() -> str:
+    """How QEMU's TCG runs the guest's vCPUs: ``single`` (one host thread, the
+    default) or ``multi`` (a thread per vCPU, faster but racy on live kernel
+    text patching), from ``MMNTRACE_LAB_TCG_THREAD``."""
+    v = os.environ.get("MMNTRACE_LAB_TCG_THREAD", "single")
+    if v not in ("single", "multi"):
+        raise LabError(f"MMNTRACE_LAB_TCG_THREAD must be single or multi, not {v!r}")
+    return v
+
+
 def _kvm_usable() -> bool:
     # /dev/kvm can exist yet refuse to run a guest (seen on this project's
     # machines: QEMU aborts setting MSR 0x10a), so acceleration is opt-in.
@@ -166,6 +176,12 @@ def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, 
         cmd.append("--verbose")     # the guest kernel's whole console on our stderr (debugging)
     if not _kvm_usable():
         cmd.append("--disable-kvm")
+    if not _kvm_usable():
+        # One host thread runs every vCPU in turn: QEMU's multi-threaded TCG
+        # lets one vCPU run kernel text that another is patching (text_poke_bp,
+        # static calls), and guests died of it (docs/reliability.md). Measured
+        # cost: the 6.1 scenario + record tests took 433 s instead of 377 s.
+        qopts.append(f"-accel tcg,thread={tcg_threads()}")
     if numa and cpus >= 2:
         total = _mem_mib(memory)
         half = total // 2
@@ -257,6 +273,7 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
         # fault injection for the lab's own tests: what attempt N does before
         # the command ("panic", "hang"), from MMNTRACE_LAB_FAULTS=panic,hang,...
         "faults": [f for f in os.environ.get("MMNTRACE_LAB_FAULTS", "").split(",") if f],
+        "tcg_thread": None if _kvm_usable() else tcg_threads(),
     }
     name = kernel.release or str(kernel.image)
     attempts: list[Attempt] = []
