@@ -9,12 +9,21 @@
 #define MMNT_DISCOVERY_H
 
 BPF_HASH(cb_info, u64, struct cbinfo, 4096);	/* probe address (addr, addr+4) -> op */
-BPF_HASH(seen_ops, u64, u8, 4096);		/* ops tables already reported */
-BPF_TABLE("lru_hash", u64, u8, seen_mm, 4096);		/* mms whose subscriptions were walked */
-BPF_ARRAY(walk_gen, u32, 1);			/* user space bumps it when it clears seen_mm */
+BPF_HASH(seen_ops, u64, u32, 4096);		/* ops tables already reported, in generation (walk_gen) */
+BPF_TABLE("lru_hash", u64, u32, seen_mm, 4096);	/* mms whose subscriptions were walked, in generation */
+/* The generation of what was seen: bumped by a module load (module_loaded()
+ * below) and by user space when it forgets what was seen. An entry of
+ * seen_ops or seen_mm from an older generation counts as not seen. */
+BPF_ARRAY(walk_gen, u32, 1);
 BPF_ARRAY(disc, u64, 2);		/* [0] ops records sent, [1] those user space has probed */
 BPF_HASH(cb_expected, u64, u64, 1024);	/* op -> its calls by hooks while probing was under way */
 BPF_HASH(cb_seen, u64, u64, 1024);	/* op -> those of them our callback probes timed */
+
+static __always_inline u32 seen_gen(void)
+{
+	u32 z = 0, *g = walk_gen.lookup(&z);
+	return g ? *g : 0;
+}
 
 /* Are callbacks reported but not yet probed? Then each hook counts, at its
  * return, the calls its subscribers' ops got that no probe of ours timed. */
@@ -77,13 +86,14 @@ static __always_inline void put_ops(void *ctx, void *seq, struct mmnt_record *r)
 
 static __always_inline void emit_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
 {
-	u8 one = 1;
 	u64 slots[MMNT_OPS_SLOTS] = {};
-	u32 n = MMNT_L_OPS_SIZE / 8;
+	u32 n = MMNT_L_OPS_SIZE / 8, g = seen_gen();
 	struct mmnt_record r = {};
+	u32 *v;
 
-	if (!ops || seen_ops.insert(&ops, &one) != 0)
+	if (!ops || ((v = seen_ops.lookup(&ops)) && *v == g))
 		return;
+	seen_ops.update(&ops, &g);
 	if (n > MMNT_OPS_SLOTS)
 		n = MMNT_OPS_SLOTS;
 	if (bpf_probe_read_kernel(&slots, MMNT_L_OPS_SIZE < sizeof(slots) ?
@@ -118,12 +128,13 @@ static __always_inline void emit_ops(void *ctx, u64 ops, u64 mm)
 
 static __always_inline void emit_interval_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
 {
-	u8 one = 1;
 	u64 invalidate = 0;
+	u32 g = seen_gen(), *v;
 	struct mmnt_record r = {};
 
-	if (!ops || seen_ops.insert(&ops, &one) != 0)
+	if (!ops || ((v = seen_ops.lookup(&ops)) && *v == g))
 		return;
+	seen_ops.update(&ops, &g);
 	if (bpf_probe_read_kernel(&invalidate, sizeof(invalidate), (void *)(ops + MMNT_L_IOPS_INVALIDATE)) || !invalidate)
 		return;
 	fill_common(&r, MMNT_REC_OPS);
@@ -147,12 +158,12 @@ static __always_inline void emit_interval_ops(void *ctx, u64 ops, u64 mm)
 static __always_inline void walk_subs_to(void *ctx, void *seq, u64 mm, bool force)
 {
 #if MMNT_SUBS_LIST_OFF >= 0
-	u8 one = 1;
 	u64 subs = 0, node = 0;
+	u32 g = seen_gen(), *v;
 
-	if (!mm || (!force && seen_mm.lookup(&mm)))
+	if (!mm || (!force && (v = seen_mm.lookup(&mm)) && *v == g))
 		return;
-	seen_mm.update(&mm, &one);
+	seen_mm.update(&mm, &g);
 	if (bpf_probe_read_kernel(&subs, sizeof(subs),
 				  (void *)(mm + MMNT_L_MM_SUBS)) || !subs)
 		return;

@@ -656,6 +656,34 @@ TRACEPOINT_PROBE(sched, sched_switch)
 }
 
 
+/*
+ * A module was loaded. Its ops tables may sit where an unloaded module's did
+ * (a driver reloaded lands at the same address), and the probes on the old
+ * callbacks died with it: a new generation makes every ops table and mm count
+ * as not seen, so each table is reported again as its mm is next touched,
+ * hooks count untimed calls until user space has re-probed (probing_pending),
+ * and user space, seeing the generation move, checks its modules at once.
+ * Raw tracepoint where it attaches, else the perf one.
+ */
+static __always_inline int module_loaded(void)
+{
+	u32 z = 0, *g = walk_gen.lookup(&z);
+	if (g)
+		__sync_fetch_and_add(g, 1);
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(module_load)
+{
+	return module_loaded();
+}
+
+TRACEPOINT_PROBE(module, module_load)
+{
+	return module_loaded();
+}
+
+
 /* ---- (un)registration --------------------------------------------------------- */
 
 static __always_inline void emit_register(void *ctx, u8 hook, u8 flags, u64 sub, u64 mm, u64 start, u64 end)

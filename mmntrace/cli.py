@@ -131,6 +131,13 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
 @click.option("-p", "--pid", type=int, help="Only this process (tgid).")
 @click.option("--comm", help="Only tasks with this command name.")
 @click.option("--hooks", help="Comma-separated hooks to trace (default: all): " + ", ".join(HOOK_CHOICES))
+@click.option("--module", "modules", metavar="NAME[,NAME...]",
+              help="Probe only the callbacks of subscribers in these modules (kvm, mmnt_test...; vmlinux: "
+                   "built-in ones such as IOMMU SVA). The hooks are traced in full; the callbacks left out "
+                   "are listed as not selected, and cost nothing.")
+@click.option("--callback", "callbacks", metavar="SYMBOL[,SYMBOL...]",
+              help="Probe only these driver callbacks (kvm_mmu_notifier_invalidate_range_start...). "
+                   "With --module, a callback that either names is probed.")
 @click.option("--aggregate", is_flag=True, help="Keep log2 latency histograms in the kernel; stream only violations.")
 @click.option("--backend", type=click.Choice(["auto", "kprobe", "fentry"]), default="auto", show_default=True,
               help="How functions are probed: fentry/fexit (BPF trampolines, cheaper) or kprobes. auto: "
@@ -157,8 +164,8 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
 @click.option("-q", "--quiet", is_flag=True, help="No live status line.")
 @_keep_root_owner_option
 @_friendly
-def record(command, duration, out, pid, comm, hooks, aggregate, backend, transport, buffer_pages, might_sleep,
-           ready_file, redact, quiet, keep_root_owner):
+def record(command, duration, out, pid, comm, hooks, modules, callbacks, aggregate, backend, transport, buffer_pages,
+           might_sleep, ready_file, redact, quiet, keep_root_owner):
     """Record MMU-notifier activity into a recording directory (needs root).
 
     Attaches to every notifier entry point the running kernel has
@@ -185,6 +192,7 @@ def record(command, duration, out, pid, comm, hooks, aggregate, backend, transpo
       sudo mmntrace record -p $(pgrep -f qemu-system) -d 2m -o rec
       sudo mmntrace record --comm qemu-system-x86 --aggregate -o rec
       sudo mmntrace record --might-sleep -d 30s -o rec   # also calls that may sleep
+      sudo mmntrace record --module kvm -d 30s -o rec    # KVM's callbacks only
       sudo mmntrace record -o rec -- ./my-hmm-test --iterations 100
     """
     # the arguments first: a typo is told at once, before the environment
@@ -200,6 +208,8 @@ def record(command, duration, out, pid, comm, hooks, aggregate, backend, transpo
             raise errors.UsageError(f"--hooks: {e}; choose from {', '.join(HOOK_CHOICES)}") from None
     if buffer_pages & (buffer_pages - 1):
         raise errors.UsageError(f"--buffer-pages {buffer_pages}: use a power of two (64, 256, 1024...)")
+    modules = _names("--module", modules, "a module name (kvm, mmnt_test, vmlinux)")
+    callbacks = _names("--callback", callbacks, "a function name (kvm_mmu_notifier_invalidate_range_start)")
     o = Path(out)
     from .outpath import refuse_symlink
     refuse_symlink(o)
@@ -217,14 +227,26 @@ def record(command, duration, out, pid, comm, hooks, aggregate, backend, transpo
         pid = held.pid
     try:
         _record(held, duration, out, pid, comm, hook_list, aggregate, backend, transport, buffer_pages,
-                might_sleep, ready_file, redact, quiet, keep_root_owner)
+                might_sleep, ready_file, redact, quiet, keep_root_owner, modules, callbacks)
     finally:
         if held is not None:
             held.cancel()       # never let go (the recorder failed first): it exits unrun
 
 
+def _names(option: str, value: str | None, what: str) -> list[str] | None:
+    """A comma-separated list of kernel names, or None; a bad one is a usage error."""
+    if value is None:
+        return None
+    import re
+    names = [n.strip() for n in value.split(",")]
+    for n in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", n):
+            raise errors.UsageError(f"{option} {value!r}: {n!r} is not {what}")
+    return names
+
+
 def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, transport, buffer_pages, might_sleep,
-            ready_file, redact, quiet, keep_root_owner):
+            ready_file, redact, quiet, keep_root_owner, modules=None, callbacks=None):
     import concurrent.futures
     import importlib
     # pandas and pyarrow (for writing segments) import in a thread while bcc
@@ -242,7 +264,7 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
         raise errors.UsageError("--transport ringbuf: this kernel has no BPF ring buffer; use --transport perf")
     t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
                       ringbuf=None if transport == "auto" else transport == "ringbuf", ringbuf_pages=buffer_pages,
-                      might_sleep=might_sleep)
+                      might_sleep=might_sleep, modules=modules, callbacks=callbacks)
     t.timing["features_s"] = features_s     # kallsyms, BTF, headers: what this kernel offers
     if not quiet:
         click.echo("mmntrace: compiling and attaching probes...", err=True)

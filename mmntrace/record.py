@@ -181,7 +181,9 @@ class Session:
             "transport": "ringbuf" if self.t.ringbuf else "perf",
             "layout": self.t.layout,
             "aggregate": self.t.aggregate,
-            "filters": {"pid": self.t.pid, "comm": self.t.comm},
+            "filters": {"pid": self.t.pid, "comm": self.t.comm,
+                        "modules": sorted(self.t.modules) if self.t.modules else None,
+                        "callbacks": sorted(self.t.callbacks) if self.t.callbacks else None},
             "hooks": [name for _h, _s, name in self.f.hooks],
             # hooks this kernel lacks (change_pte went in 6.9; mn_itree_invalidate is static and may be
             # inlined): skipped, and said so here rather than silently

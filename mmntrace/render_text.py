@@ -366,6 +366,12 @@ def drops_coverage(rep) -> list:
                         "(counted, not timed)"))
     if len(skipped) > 10:
         out.append(Text(f"  ... {len(skipped) - 10} more skipped (see --format json)"))
+    chosen_out = cov.get("not_selected") or []
+    if chosen_out:
+        f = cov.get("filters") or {}
+        how = " ".join(f"--{k[:-1]} {','.join(f[k])}" for k in ("modules", "callbacks") if f.get(k))
+        out.append(Text(f"  not probed, as chosen ({how or 'record --module/--callback'}): "
+                        + ", ".join(chosen_out)))
     return out
 
 

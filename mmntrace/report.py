@@ -16,7 +16,7 @@ from .recording import Recording
 
 SCHEMA_VERSION = 1
 #: additions within schema_version 1 (docs/report-schema.md lists what each added)
-SCHEMA_MINOR = 4
+SCHEMA_MINOR = 5
 
 LAT_FIELDS = ["count", "rate_per_s", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
 
@@ -50,6 +50,9 @@ def from_summary(s: aggregate.Summary) -> dict:
     kern = m.get("kernel") if isinstance(m.get("kernel"), dict) else {}
     attached = [a for a in _list(m.get("attached")) if isinstance(a, dict)]
     by_kind: dict = {}
+    # callbacks left unprobed by record --module/--callback: a choice, not a gap
+    chosen_out = [a for a in attached if str(a.get("status", "")).startswith("not selected")]
+    attached = [a for a in attached if not str(a.get("status", "")).startswith("not selected")]
     for a in attached:
         d = by_kind.setdefault(str(a.get("kind", "unknown")), {"attached": 0, "skipped": 0})
         d["attached" if a.get("status") == "attached" else "skipped"] += 1
@@ -117,6 +120,7 @@ def from_summary(s: aggregate.Summary) -> dict:
             "by_kind": by_kind,
             "hooks": _list(m.get("hooks")),
             "filters": m.get("filters"),
+            "not_selected": sorted({str(a.get("symbol")) for a in chosen_out}),
         },
     }
 

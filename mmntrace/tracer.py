@@ -371,8 +371,14 @@ class Tracer:
     def __init__(self, features: kernel.Features, *, backend: str = "kprobe", hooks=None,
                  pid: int | None = None, comm: str | None = None, aggregate: bool = False,
                  ringbuf_pages: int = 256, ringbuf: bool | None = None, layout: str = "auto",
-                 might_sleep: bool = False, sampling: bool = False):
+                 might_sleep: bool = False, sampling: bool = False, modules=None, callbacks=None):
+        """``modules``, ``callbacks``: probe only the driver callbacks of these
+        modules (``vmlinux``: built-in subscribers) or with these symbol names
+        (either selects; None: every callback). The hooks are traced in full."""
         self.f = features
+        self.modules = frozenset(modules) if modules else None
+        self.callbacks = frozenset(callbacks) if callbacks else None
+        self._unselected: set[int] = set()   # callback addresses left unprobed by that choice
         self.sampling = sampling       # set_sampling() allowed (the daemon's event budget)
         # driver callbacks through trampolines only when fentry was asked for
         # by name: a trampoline on a module function pins the module (rmmod
@@ -400,6 +406,7 @@ class Tracer:
         self._missed_base = 0
         self._kprobe_missed_base = 0
         self._mods_checked = 0.0
+        self._gen_seen = 0              # walk_gen when the modules were last checked
         self._cb_names: dict[int, str] = {}    # callback address -> "name [module]", kept after an unload
         self._mod_state: dict[str, str | None] = {}   # module -> load address + state when probed
         self.hooks = self._hook_ids(hooks)
@@ -574,6 +581,7 @@ class Tracer:
         try:
             # registrations first, then the sweep of the subscribers that exist:
             # between the two, none can come and go unseen
+            self._attach_module_load()
             self._attach_registration()
             self._sweep()
             self._attach_hooks()
@@ -607,6 +615,27 @@ class Tracer:
                 _debug(f"raw tracepoint sched_switch: {e}; the perf tracepoint instead")
         self.bpf.attach_tracepoint(tp=b"sched:sched_switch", fn_name=b"tracepoint__sched__sched_switch")
         self._attached.append(info | {"attach": "tracepoint"})
+
+    def _attach_module_load(self) -> None:
+        """Module loads start a new generation of what the BPF side has seen
+        (bpf/mmntrace.bpf.c module_loaded()): a driver reloaded at the same
+        address gets its ops tables reported and its callbacks re-probed, with
+        the calls before that counted untimed. Without it, only the half-second
+        module check notices a reload, and the calls of a subscriber that came
+        before it were lost."""
+        info = dict(kind="tracepoint", symbol="module:module_load", hook=None, module=None, status="attached")
+        try:
+            self.bpf.attach_raw_tracepoint(tp=b"module_load", fn_name=b"raw_tracepoint__module_load")
+            self._attached.append(info | {"attach": "raw_tracepoint"})
+            return
+        except Exception as e:
+            _debug(f"raw tracepoint module_load: {e}; the perf tracepoint instead")
+        try:
+            self.bpf.attach_tracepoint(tp=b"module:module_load", fn_name=b"tracepoint__module__module_load")
+            self._attached.append(info | {"attach": "tracepoint"})
+        except Exception as e:
+            self._attached.append(info | {"status": f"failed: {e}; a driver reloaded at the same address "
+                                                    f"is noticed by a check every 0.5 s"})
 
     def _sweep(self) -> None:
         """Report every subscriber that exists now (a BPF task iterator walks each
@@ -887,7 +916,11 @@ class Tracer:
         if self.bpf is None:
             return b""
         self._poll(timeout_ms)
-        self._check_modules()
+        # a module load moved the generation (bpf/discovery.h): check at once,
+        # before the ops tables it made the BPF side report again are handled
+        gen = self._walk_gen()
+        self._check_modules(force=gen != self._gen_seen)
+        self._gen_seen = gen
         if not self._chunks:
             return b""
         raw = b"".join(self._chunks)
@@ -930,6 +963,11 @@ class Tracer:
             return
         name, mod, _ = hit
         info["symbol"], info["module"] = name, mod
+        if not self.selected(name, mod):
+            info["status"] = "not selected: " + self.selection_text()
+            self._unselected.add(func)
+            self._attached.append(info)
+            return
         self._retire_stale(name, func)
         if len(set(self._ksyms.by_name.get(name, []))) > 1 and self._ksyms.by_name[name][0] != func:
             info["status"] = "skipped: symbol name is ambiguous"
@@ -946,12 +984,28 @@ class Tracer:
         rec_before = len(self._attached)
         self._cb_names[func] = f"{name} [{mod}]" if mod else name
         if mod and mod not in self._mod_state:   # its load address now: _check_modules compares with it
-            self._mod_state[mod] = self._modules().get(mod)
+            self._mod_state[mod] = self._modules({mod}).get(mod)
         ok = self._try_attach("callback", name, info["hook"], mod, "cb_entry", "cb_return", hook)
         self._attached[rec_before]["addr"] = func
         self._cb_known[func] = self._attached[rec_before]
         if not ok:
             self._forget_cb_info(func)
+
+    def selected(self, symbol: str, module: str | None) -> bool:
+        """Is this driver callback to be probed (``modules``/``callbacks``)?"""
+        if self.modules is None and self.callbacks is None:
+            return True
+        return bool((self.modules and (module or "vmlinux") in self.modules)
+                    or (self.callbacks and symbol in self.callbacks))
+
+    def selection_text(self) -> str:
+        """The choice of callbacks as the options say it ("" for all)."""
+        out = []
+        if self.modules:
+            out.append("--module " + ",".join(sorted(self.modules)))
+        if self.callbacks:
+            out.append("--callback " + ",".join(sorted(self.callbacks)))
+        return " ".join(out)
 
     def _forget_cb_info(self, func: int) -> None:
         table = self.bpf[b"cb_info"]
@@ -986,32 +1040,45 @@ class Tracer:
                 self._retire_callback(a)
 
     @staticmethod
-    def _modules() -> dict[str, str]:
+    def _modules(names) -> dict[str, str]:
+        """Each of these loaded modules -> what identifies this load of it."""
         out = {}
         try:
             with open("/proc/modules") as f:
                 for line in f:
                     p = line.split()
-                    if len(p) >= 6:
-                        out[p[0]] = p[5] + p[4]      # load address + state
+                    if len(p) >= 6 and p[0] in names:
+                        # load address + the inode of its sysfs directory, new at
+                        # every load (a reload may reuse the address); not the state,
+                        # which goes from Loading to Live in one load
+                        try:
+                            ino = os.stat(f"/sys/module/{p[0]}").st_ino
+                        except OSError:
+                            ino = 0
+                        out[p[0]] = f"{p[5]} {ino}"
         except OSError:
             pass
         return out
 
-    def _check_modules(self) -> None:
-        """Every half second: did a module with probed callbacks go away or come
-        back (maybe at the same address, where the kernel will not re-arm the old
-        probes)? Then retire its callbacks and forget the ops tables and mms
-        seen, so that the BPF side reports them again and they are re-probed."""
+    def _walk_gen(self) -> int:
+        return int(self.bpf[b"walk_gen"][ctypes.c_int(0)].value)
+
+    def _check_modules(self, force: bool = False) -> None:
+        """Every half second, and at once after a module load (``force``): did a
+        module with probed callbacks go away or come back (maybe at the same
+        address, where the kernel will not re-arm the old probes: its sysfs
+        directory is new)? Then retire its callbacks and forget the ops tables
+        and mms seen, so that the BPF side reports them again and they are
+        re-probed."""
         now = time.monotonic()
-        if now - self._mods_checked < 0.5:
+        if not force and now - self._mods_checked < 0.5:
             return
         self._mods_checked = now
         mods = {a["module"] for a in self._attached if a.get("kind") == "callback" and a.get("module")
                 and a.get("status") == "attached"}
         if not mods:
             return
-        cur = self._modules()
+        cur = self._modules(mods)
         changed = {m for m in mods if m in self._mod_state and cur.get(m) != self._mod_state[m]}
         if not changed:
             return
@@ -1023,6 +1090,7 @@ class Tracer:
         self.bpf[b"seen_mm"].clear()
         g = self.bpf[b"walk_gen"]          # tasks' cached walks are stale too
         g[ctypes.c_int(0)] = ctypes.c_uint32(g[ctypes.c_int(0)].value + 1)
+        self._gen_seen = self._walk_gen()
         for m in changed:
             del self._mod_state[m]     # taken again when its callbacks are re-probed
             self._close_btf_obj(m)
@@ -1061,7 +1129,7 @@ class Tracer:
         out = {}
         for k, v in self.bpf[b"cb_expected"].items():
             n = int(v.value) - seen.get(int(k.value), 0)
-            if n > 0:
+            if n > 0 and int(k.value) not in self._unselected:   # not probed by choice: no loss
                 out[int(k.value)] = n
         return out
 

@@ -124,14 +124,20 @@ static bool mmnt_inject(struct mmnt_client *c, unsigned int hook)
 	    atomic_dec_if_positive(&c->behave[hook].left) < 0)
 		return false;
 	switch (b) {
-	case MMNT_B_DELAY:
-		while (arg > 1000) {
-			udelay(1000);
-			arg -= 1000;
-		}
-		if (arg)
-			udelay(arg);
+	case MMNT_B_DELAY: {
+		/*
+		 * Busy for arg us of ktime, the clock of the module's own records
+		 * and of the tracer's durations. Not udelay(): it counts TSC ticks
+		 * at the rate the kernel calibrated at boot, and an emulated CPU's
+		 * calibration can be far off (a lab guest's udelay(300) once took
+		 * 3 us by ktime).
+		 */
+		u64 end = ktime_get_ns() + (u64)arg * NSEC_PER_USEC;
+
+		while (ktime_get_ns() < end)
+			cpu_relax();
 		break;
+	}
 	case MMNT_B_MSLEEP: {
 		/*
 		 * Deliberately sleeps even in atomic context: that is the bug the

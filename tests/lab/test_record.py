@@ -215,6 +215,49 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     assert set(sec["caller_class"]) <= {"ptl_clear", "tlb_flush", "permission_upgrade", "range_end"}
 
 
+def test_module_and_callback_choose_the_callbacks_probed(tmp_path):
+    """record --module mmnt_test --callback kvm_mmu_notifier_invalidate_range_start:
+    the module's callbacks and that one KVM callback are probed and counted
+    exactly; KVM's others are listed as not selected, never probed, never
+    counted as lost; the hooks are traced in full."""
+    kvm_start = "kvm_mmu_notifier_invalidate_range_start"
+    if not os.path.exists("/dev/kvm"):
+        pytest.skip("no /dev/kvm in this guest")
+    r, ev, win, res, bt, mod = _session(tmp_path, rec_args=("--module", "mmnt_test", "--callback", kvm_start))
+    assert r.complete
+    assert r.meta["filters"]["modules"] == ["mmnt_test"] and r.meta["filters"]["callbacks"] == [kvm_start]
+    cbs = [a for a in r.meta["attached"] if a["kind"] == "callback"]
+    probed = {a["symbol"] for a in cbs if a["status"] == "attached"}
+    left = {a["symbol"] for a in cbs if a["status"].startswith("not selected")}
+    assert set(MODULE_CB.values()) | {kvm_start} <= probed
+    assert {x for x in probed if not x.startswith("mmnt_")} == {kvm_start}
+    assert "kvm_mmu_notifier_invalidate_range_end" in left and not {x for x in left if not x.startswith("kvm_")}
+    assert all(a["status"] == f"not selected: --module mmnt_test --callback {kvm_start}"
+               for a in cbs if a["symbol"] in left)
+    # only chosen callbacks were recorded; counts exact for them
+    assert set(ev.loc[ev["kind"] == "callback", "callback"].astype(str).str.split(" ").str[0]) <= probed
+    pid = res["pid"]
+    mod = mod[mod["tid"] == pid]
+    win = win[win["tid"] == pid]
+    mine = {h: int((mod["hook"] == testmod.HOOKS[h]).sum()) for h in MODULE_CB}
+    assert mine["start"] > 0
+    for hook, fn in MODULE_CB.items():
+        assert len(_cb(win, fn)) == mine[hook], hook
+    hooks = win[win["kind"] == "hook"]
+    assert (hooks["hook"] == "invalidate_range_start").sum() == mine["start"]
+    assert (hooks["hook"] == "invalidate_range_end").sum() == mine["end"]
+    lo, hi = res["window_ns"]
+    assert len(_cb(win, kvm_start)) == bt.count(kvm_start, lo, hi, tid=pid) == mine["start"]
+    assert len(_cb(win, "kvm_mmu_notifier_invalidate_range_end")) == 0
+    # the report: a choice, not a gap
+    rep = report.build(r)
+    assert rep["dropped"] == 0 and rep["verdict"]["untimed"] == 0
+    assert set(rep["coverage"]["not_selected"]) == left
+    assert not {s["symbol"] for s in rep["coverage"]["skipped"]} & left
+    text = report.to_text(rep)
+    assert f"not probed, as chosen (--module mmnt_test --callback {kvm_start})" in text
+
+
 @pytest.mark.parametrize("backend,might_sleep", [("kprobe", True), ("fentry", False)])
 def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend, might_sleep):
     """A real sleep is caught with or without --might-sleep (sched_switch);

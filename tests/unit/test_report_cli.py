@@ -83,7 +83,7 @@ def test_json_report_contract_and_additions(recs):
     assert rep["rate_s"] == rep["duration_s"] == 10.0
     assert all(r["rate_per_s"] == round(r["count"] / rep["rate_s"], 3) for r in rep["latency"])
     # ... and minor 4: whether calls that may sleep were watched (this recording has such violations)
-    assert rep["schema_minor"] == 4
+    assert rep["schema_minor"] == 5
     assert v["might_sleep_watched"] is True and "not watched" not in text.splitlines()[4]
 
 
@@ -100,6 +100,36 @@ def test_verdict_says_when_might_sleep_calls_were_not_watched(recs, tmp_path):
     text = " ".join(_run("report", rec).output.split())       # the verdict wraps at the width
     assert "must-not-sleep callback calls watched (for sleeps; calls that may sleep were not watched: " \
            "record --might-sleep)" in text
+
+
+def test_callbacks_left_out_by_choice_are_not_gaps(recs, tmp_path):
+    """record --module/--callback: the callbacks not chosen are listed apart from the
+    skipped probes (a choice, not a gap), with the options that chose."""
+    import shutil
+    rec = tmp_path / "rec"
+    shutil.copytree(recs["a"], rec)
+    meta = json.loads((rec / "metadata.json").read_text())
+    base = json.loads(_run("report", rec, "--format", "json").output)
+    why = "not selected: --module mmnt_test"
+    meta["attached"] += [{"kind": "callback", "symbol": s, "module": "kvm", "hook": "invalidate_range_end",
+                          "status": why} for s in ("kvm_b", "kvm_a")]
+    meta["filters"] |= {"modules": ["mmnt_test"], "callbacks": None}
+    (rec / "metadata.json").write_text(json.dumps(meta))
+    rep = json.loads(_run("report", rec, "--format", "json").output)
+    cov = rep["coverage"]
+    assert cov["not_selected"] == ["kvm_a", "kvm_b"] and cov["filters"]["modules"] == ["mmnt_test"]
+    assert rep["verdict"]["skipped_probes"] == base["verdict"]["skipped_probes"]
+    assert cov["by_kind"] == base["coverage"]["by_kind"] and cov["skipped"] == base["coverage"]["skipped"]
+    text = " ".join(_run("report", rec).output.split())
+    assert "not probed, as chosen (--module mmnt_test): kvm_a, kvm_b" in text
+
+
+@pytest.mark.parametrize("opt,value,says", [("--module", "kv m", "'kv m' is not a module name"),
+                                            ("--callback", "kvm,", "'' is not a function name"),
+                                            ("--callback", "1abc", "'1abc' is not a function name")])
+def test_record_module_and_callback_names_are_checked_first(tmp_path, opt, value, says):
+    r = _run("record", "-o", tmp_path / "r", opt, value)
+    assert r.exit_code == 2 and says in r.output and not (tmp_path / "r").exists()
 
 
 def test_compare_text_json_html(recs, tmp_path):
