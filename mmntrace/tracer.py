@@ -408,7 +408,7 @@ class Tracer:
         self._mods_checked = 0.0
         self._gen_seen = 0              # walk_gen when the modules were last checked
         self._cb_names: dict[int, str] = {}    # callback address -> "name [module]", kept after an unload
-        self._mod_state: dict[str, str | None] = {}   # module -> load address + state when probed
+        self._mod_state: dict[str, str | None] = {}   # module -> its load (address, sysfs inode) when probed
         self.hooks = self._hook_ids(hooks)
         self.pid = pid
         self.comm = comm
@@ -919,8 +919,8 @@ class Tracer:
         # a module load moved the generation (bpf/discovery.h): check at once,
         # before the ops tables it made the BPF side report again are handled
         gen = self._walk_gen()
-        self._check_modules(force=gen != self._gen_seen)
-        self._gen_seen = gen
+        moved, self._gen_seen = gen != self._gen_seen, gen   # (a check that bumps it sets it again)
+        self._check_modules(force=moved)
         if not self._chunks:
             return b""
         raw = b"".join(self._chunks)
