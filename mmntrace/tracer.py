@@ -602,19 +602,34 @@ class Tracer:
         if self.backend == "fentry":
             self._ksyms._load()    # trampolines and programs got symbols as they attached
 
-    def _attach_sched_switch(self) -> None:
-        """Real sleeps: sched_switch as a raw tracepoint where it carries
-        prev_state (no perf record per context switch), else the perf tracepoint."""
-        info = dict(kind="tracepoint", symbol="sched:sched_switch", hook=None, module=None, status="attached")
-        if getattr(self.f, "raw_sched_switch", False):
+    def _attach_tracepoint(self, category: str, name: str, *, raw: bool = True,
+                           on_failure: str | None = None) -> None:
+        """category:name as a raw tracepoint where ``raw`` and it attaches (its
+        arguments as the kernel passes them: no perf record built per event),
+        else the perf tracepoint. ``on_failure``: what a failed perf attach
+        leaves (kept as its status) instead of an error."""
+        info = dict(kind="tracepoint", symbol=f"{category}:{name}", hook=None, module=None, status="attached")
+        if raw:
             try:
-                self.bpf.attach_raw_tracepoint(tp=b"sched_switch", fn_name=b"raw_tracepoint__sched_switch")
+                self.bpf.attach_raw_tracepoint(tp=name.encode(), fn_name=f"raw_tracepoint__{name}".encode())
                 self._attached.append(info | {"attach": "raw_tracepoint"})
                 return
             except Exception as e:
-                _debug(f"raw tracepoint sched_switch: {e}; the perf tracepoint instead")
-        self.bpf.attach_tracepoint(tp=b"sched:sched_switch", fn_name=b"tracepoint__sched__sched_switch")
+                _debug(f"raw tracepoint {name}: {e}; the perf tracepoint instead")
+        try:
+            self.bpf.attach_tracepoint(tp=f"{category}:{name}".encode(),
+                                       fn_name=f"tracepoint__{category}__{name}".encode())
+        except Exception as e:
+            if on_failure is None:
+                raise
+            self._attached.append(info | {"status": f"failed: {e}; {on_failure}"})
+            return
         self._attached.append(info | {"attach": "tracepoint"})
+
+    def _attach_sched_switch(self) -> None:
+        """Real sleeps: sched_switch as a raw tracepoint where it carries
+        prev_state (no perf record per context switch), else the perf tracepoint."""
+        self._attach_tracepoint("sched", "sched_switch", raw=getattr(self.f, "raw_sched_switch", False))
 
     def _attach_module_load(self) -> None:
         """Module loads start a new generation of what the BPF side has seen
@@ -623,19 +638,8 @@ class Tracer:
         the calls before that counted untimed. Without it, only the half-second
         module check notices a reload, and the calls of a subscriber that came
         before it were lost."""
-        info = dict(kind="tracepoint", symbol="module:module_load", hook=None, module=None, status="attached")
-        try:
-            self.bpf.attach_raw_tracepoint(tp=b"module_load", fn_name=b"raw_tracepoint__module_load")
-            self._attached.append(info | {"attach": "raw_tracepoint"})
-            return
-        except Exception as e:
-            _debug(f"raw tracepoint module_load: {e}; the perf tracepoint instead")
-        try:
-            self.bpf.attach_tracepoint(tp=b"module:module_load", fn_name=b"tracepoint__module__module_load")
-            self._attached.append(info | {"attach": "tracepoint"})
-        except Exception as e:
-            self._attached.append(info | {"status": f"failed: {e}; a driver reloaded at the same address "
-                                                    f"is noticed by a check every 0.5 s"})
+        self._attach_tracepoint("module", "module_load",
+                                on_failure="a driver reloaded at the same address is noticed by a check every 0.5 s")
 
     def _sweep(self) -> None:
         """Report every subscriber that exists now (a BPF task iterator walks each
