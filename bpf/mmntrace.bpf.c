@@ -14,6 +14,9 @@
  *   MMNT_BTF_LAYOUT, MMNT_L_*                 struct layouts from BTF (else the headers give them)
  *   MMNT_TASK_STORAGE                         per-task state in task-local storage (else a hash)
  *   MMNT_SAMPLING                             the daemon's 1-in-N sampling
+ *   MMNT_FENTRY, MMNT_MIGHT_SLEEP             the programs of the fentry backend, of
+ *                                             might-sleep detection (not compiled
+ *                                             when unused: compile time and memory)
  *
  * The parts, by concern: mmntrace.h (the one record layout, shared with
  * Python), state.h (per-call state), context.h (preempt count, IRQs, range,
@@ -550,6 +553,7 @@ int cb_return(struct pt_regs *ctx)
 	return cb_return_body(ctx, now, PT_REGS_RC(ctx));
 }
 
+#ifdef MMNT_FENTRY	/* the fentry backend's programs: not compiled for kprobes */
 /* bpf_get_func_arg/_ret (5.17+): the argument count is checked at run time,
  * so one program serves every op whatever its arity */
 static long (*mmnt_func_arg)(void *ctx, u32 n, u64 *value) = (void *)183;
@@ -601,9 +605,11 @@ int hkf_exit(u64 *ctx)
 	mmnt_func_ret(ctx, &rc);	/* read only for the hooks that return a value */
 	return hook_return(ctx, now, *h, rc);
 }
+#endif /* MMNT_FENTRY */
 
 #include "sleep.h"
 
+#if defined(MMNT_FENTRY) && defined(MMNT_MIGHT_SLEEP)
 /* might-sleep functions, fentry flavour: loaded on each like hkf_entry */
 int msf_entry(u64 *ctx)
 {
@@ -619,6 +625,7 @@ int msf_entry(u64 *ctx)
 	mmnt_func_arg(ctx, 1, &a2);
 	return might_sleep_hit(ctx, si->func, si->hook, a1, a2);
 }
+#endif
 
 /*
  * A task scheduled out voluntarily inside a must-not-sleep section. Two ways
@@ -765,6 +772,8 @@ static __always_inline int calib_hit(int irqs_off, u32 base)
 }
 
 int calib_entry(struct pt_regs *ctx) { return calib_hit(KP_IRQS_OFF(ctx), CALIB_KPROBE); }
+#ifdef MMNT_FENTRY
 int calib_fentry(u64 *ctx) { return calib_hit(IRQS_UNKNOWN, CALIB_FENTRY); }	/* loaded on getppid */
+#endif
 
 

@@ -67,6 +67,7 @@ static __always_inline int might_sleep_hit(void *ctx, u64 func, u32 gfp_arg, u64
 	return sleep_hit(ctx, MMNT_SLEEP_MIGHT, func);
 }
 
+#ifdef MMNT_MIGHT_SLEEP
 int ms_entry(struct pt_regs *ctx)
 {
 	u32 z = 0;
@@ -79,6 +80,7 @@ int ms_entry(struct pt_regs *ctx)
 		return sleep_hit(ctx, MMNT_SLEEP_MIGHT, ip);
 	return might_sleep_hit(ctx, si->func, si->hook, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx));
 }
+#endif
 
 
 #endif /* MMNT_SLEEP_H */

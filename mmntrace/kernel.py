@@ -144,49 +144,137 @@ class Features:
 
 #: one /proc/kallsyms line: address, type, name, [module]
 _KSYM_LINE = re.compile(r"^([0-9a-f]+) (\w) (\S+)(?:\t\[(\S+)\])?$", re.M)
+#: text read and parsed at a time: the rows of one chunk are the only ones
+#: alive as Python tuples (all 120 000 at once cost 25 MiB of peak memory)
+_KSYM_CHUNK = 1 << 18
 
 
-def read_kallsyms() -> list[tuple[str, str, str, str]]:
-    """/proc/kallsyms as (hex address, type, name, module or "") rows, parsed by
-    one regular expression over the whole text: line by line in Python took
-    seconds per read in the lab's emulated guests, and two readers each read it."""
-    try:
-        with open("/proc/kallsyms") as f:
-            text = f.read()
-    except OSError:
-        return []
-    return _KSYM_LINE.findall(text)
+class SymbolTable:
+    """/proc/kallsyms, compact: addresses in a numpy array, names in one list,
+    types and modules as small codes (about 15 MiB for 120 000 symbols, where
+    rows of Python tuples took 60). Row order is the file's.
+
+    ``index[name]``: the first row of that name; ``dups[name]``: every row
+    of a name that occurs more than once (static functions of the same name
+    in several files, a module's copy)."""
+
+    def __init__(self, addrs, types: bytes, names: list[str], mods, mod_names: list[str]):
+        import numpy as np
+        self.addrs = np.asarray(addrs, dtype=np.uint64)
+        self.types = types
+        self.names = names
+        self.mods = np.asarray(mods, dtype=np.uint16)
+        self.mod_names = mod_names          # [0] is "" (vmlinux)
+        self.index: dict[str, int] = {}
+        self.dups: dict[str, list[int]] = {}
+        index, dups = self.index, self.dups
+        for i, n in enumerate(names):
+            j = index.setdefault(n, i)
+            if j != i:
+                dups.setdefault(n, [j]).append(i)
+
+    @classmethod
+    def read(cls, path: str = "/proc/kallsyms") -> "SymbolTable":
+        """Parse ``path`` chunk by chunk (one regular expression per chunk: line
+        by line in Python took seconds per read in the lab's emulated guests).
+        Unreadable: an empty table."""
+        import array
+        addrs, mods = array.array("Q"), array.array("H")
+        types = bytearray()
+        names: list[str] = []
+        mod_ids: dict[str, int] = {"": 0}
+        try:
+            with open(path) as f:
+                rest = ""
+                while True:
+                    chunk = f.read(_KSYM_CHUNK)
+                    text = rest + chunk
+                    if chunk:
+                        cut = text.rfind("\n") + 1
+                        text, rest = text[:cut], text[cut:]
+                    for a, t, n, m in _KSYM_LINE.findall(text):
+                        addrs.append(int(a, 16))
+                        types += t.encode()
+                        names.append(n)
+                        mods.append(mod_ids.setdefault(m, len(mod_ids)))
+                    if not chunk:
+                        break
+        except OSError:
+            pass
+        return cls(addrs, bytes(types), names, mods, list(mod_ids))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def addresses_real(self) -> bool:
+        """False where kallsyms hides addresses (zeros: not root, kptr_restrict)."""
+        return bool(len(self.addrs)) and bool(self.addrs[:64].any())
+
+    def address(self, name: str) -> int | None:
+        i = self.index.get(name)
+        return None if i is None else int(self.addrs[i])
+
+    def rows_of(self, name: str) -> list[int]:
+        """Every row named ``name``, first first."""
+        if name in self.dups:
+            return self.dups[name]
+        i = self.index.get(name)
+        return [] if i is None else [i]
+
+    def module(self, i: int) -> str | None:
+        return self.mod_names[int(self.mods[i])] or None
 
 
 @functools.lru_cache(maxsize=1)
-def kallsyms_rows() -> list[tuple[str, str, str, str]]:
-    """The first read of /proc/kallsyms in this process (:func:`read_kallsyms`):
-    feature detection and the tracer's first symbol table share it."""
-    return read_kallsyms()
+def symbol_table() -> SymbolTable:
+    """The first read of /proc/kallsyms in this process: feature detection and
+    the tracer's first symbol table share it."""
+    return SymbolTable.read()
 
 
-class _Kallsyms(dict):
-    """name -> address, the hex converted on access (most of the 100 000+ names are only tested with ``in``)."""
+class _Kallsyms:
+    """name -> address over the shared :class:`SymbolTable` (first occurrence
+    wins; module symbols included): a read-only mapping."""
+
+    def __init__(self, table: SymbolTable):
+        self._t = table
+
+    def __contains__(self, name) -> bool:
+        return name in self._t.index
 
     def __getitem__(self, name: str) -> int:
-        return int(super().__getitem__(name), 16)
+        a = self._t.address(name)
+        if a is None:
+            raise KeyError(name)
+        return a
 
     def get(self, name: str, default=None):
-        v = super().get(name)
-        return default if v is None else int(v, 16)
+        a = self._t.address(name)
+        return default if a is None else a
+
+    def __len__(self) -> int:
+        return len(self._t.index)
+
+    def __bool__(self) -> bool:
+        return bool(self._t.index)
+
+    def __iter__(self):
+        return iter(self._t.index)
+
+    def keys(self):
+        return self._t.index.keys()
 
     def values(self):
-        return [int(v, 16) for v in super().values()]
+        return [int(self._t.addrs[i]) for i in self._t.index.values()]
 
     def items(self):
-        return [(k, int(v, 16)) for k, v in super().items()]
+        return [(n, int(self._t.addrs[i])) for n, i in self._t.index.items()]
 
 
 @functools.lru_cache(maxsize=1)
-def kallsyms() -> dict[str, int]:
+def kallsyms() -> _Kallsyms:
     """name -> address from /proc/kallsyms (first occurrence wins; module symbols included)."""
-    rows = kallsyms_rows()
-    return _Kallsyms(zip((r[2] for r in reversed(rows)), (r[0] for r in reversed(rows))))
+    return _Kallsyms(symbol_table())
 
 
 def _headers_release(build: Path) -> str | None:
@@ -274,7 +362,7 @@ def probe() -> Features:
     :func:`fentry_verdict`'s to say."""
     rel = os.uname().release
     ks = kallsyms()
-    addrs_real = bool(ks) and any(int(r[0], 16) for r in kallsyms_rows()[:64])
+    addrs_real = symbol_table().addresses_real()
     b: Btf | None = load_vmlinux()
     build = Path("/lib/modules") / rel / "build"
     build_ok = build.is_dir()

@@ -14,6 +14,7 @@ import dataclasses
 import glob
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -118,6 +119,24 @@ def tcg_threads() -> str:
     return v
 
 
+def clock_options() -> list[str]:
+    """Kernel options for the guest's clock, from ``MMNTRACE_LAB_CLOCK``:
+    ``tsc`` (the default) or ``kernel`` (whatever the guest kernel picks).
+
+    Under TCG a guest with more than one vCPU finds its TSCs "unsynchronized"
+    and falls back to the HPET, so every clock read (``bpf_ktime_get_ns()``
+    in each probe, ``ktime_get()`` all over the kernel) becomes an emulated
+    MMIO read. QEMU derives every vCPU's TSC from one host clock, so they
+    are in fact synchronized: the guest runs on the TSC, as real x86
+    machines do and as the tracer's costs should be measured."""
+    v = os.environ.get("MMNTRACE_LAB_CLOCK", "tsc")
+    if v not in ("tsc", "kernel"):
+        raise LabError(f"MMNTRACE_LAB_CLOCK must be tsc or kernel, not {v!r}")
+    if v == "kernel" or platform.machine() not in ("x86_64", "i686"):
+        return []
+    return ["tsc=reliable", "clocksource=tsc"]
+
+
 def _kvm_usable() -> bool:
     # /dev/kvm can exist yet refuse to run a guest (seen on this project's
     # machines: QEMU aborts setting MSR 0x10a), so acceleration is opt-in.
@@ -159,6 +178,7 @@ def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, 
              # instead of sitting silent until --timeout: `mmntrace lab` then
              # reports a died guest and lab_suite.py can resume in a fresh one.
              "softlockup_panic=1", "hung_task_panic=1", "sysctl.kernel.hung_task_timeout_secs=240"]
+    kopts += clock_options()
     qopts = []
     if not console:
         # The kernel console also goes to a virtio console (hvc0), into

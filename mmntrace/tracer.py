@@ -26,7 +26,6 @@ mmntrace/trial.py). What bcc prints from C along the way is captured
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import os
 import re
@@ -333,33 +332,56 @@ class _MappedArray:
             pass
 
 
+class _ByName:
+    """name -> every text address of that name, first first (a read-only
+    view over a :class:`kernel.SymbolTable`)."""
+
+    def __init__(self, table: kernel.SymbolTable, text: np.ndarray):
+        self._t, self._text = table, text
+
+    def get(self, name: str, default=None):
+        rows = [i for i in self._t.rows_of(name) if self._text[i]]
+        return [int(self._t.addrs[i]) for i in rows] if rows else default
+
+    def __getitem__(self, name: str) -> list[int]:
+        v = self.get(name)
+        if v is None:
+            raise KeyError(name)
+        return v
+
+    def __contains__(self, name) -> bool:
+        return any(self._text[i] for i in self._t.rows_of(name))
+
+
 class _Ksyms:
-    """Address -> (name, module) from /proc/kallsyms, reloaded when an address is unknown
-    (modules load while we trace)."""
+    """Address -> (name, module) over the text symbols of /proc/kallsyms,
+    reloaded when an address is unknown (modules load while we trace)."""
 
     def __init__(self):
-        self._load(kernel.kallsyms_rows())      # the read feature detection made
+        self._load(kernel.symbol_table())      # the read feature detection made
 
-    def _load(self, raw=None):
-        rows = [(int(a, 16), name, mod or None) for a, t, name, mod in
-                (kernel.read_kallsyms() if raw is None else raw) if t in "tTwW"]
-        self.by_name: dict[str, list[int]] = {}
-        for a, name, _m in rows:
-            self.by_name.setdefault(name, []).append(a)
-        rows.sort()
-        self.addrs = [r[0] for r in rows]
-        self.rows = rows
+    def _load(self, table: kernel.SymbolTable | None = None):
+        t = kernel.SymbolTable.read() if table is None else table
+        text = np.frombuffer(t.types, dtype=np.uint8)
+        text = np.isin(text, np.frombuffer(b"tTwW", dtype=np.uint8))
+        rows = np.flatnonzero(text)
+        order = rows[np.argsort(t.addrs[rows], kind="stable")]
+        self.table = t
+        self.by_name = _ByName(t, text)
+        self.order = order                      # text rows by address
+        self.addrs = t.addrs[order]
         self.loaded = time.monotonic()
 
     def lookup(self, addr: int, exact: bool = False, force: bool = False):
         """``force``: reload on a miss however recent the last load (a driver
         callback found right after its module loaded)."""
         for attempt in range(2):
-            i = bisect.bisect_right(self.addrs, addr) - 1
-            if i >= 0 and (not exact or self.addrs[i] == addr):
-                a, name, mod = self.rows[i]
-                if exact or addr - a < 1 << 20:
-                    return name, mod, addr - a
+            i = int(np.searchsorted(self.addrs, np.uint64(addr), side="right")) - 1
+            if i >= 0:
+                a = int(self.addrs[i])
+                if (not exact or a == addr) and (exact or addr - a < 1 << 20):
+                    row = int(self.order[i])
+                    return self.table.names[row], self.table.module(row), addr - a
             if attempt == 0 and (force or time.monotonic() - self.loaded > 0.5):
                 self._load()
             else:
@@ -494,6 +516,12 @@ class Tracer:
             fl.append("-DMMNT_TASK_STORAGE")
         if self.sampling:
             fl.append("-DMMNT_SAMPLING")
+        # only the programs this tracer can attach are compiled (each inlines
+        # the bodies: seconds of compile and tens of MiB of clang per flavour)
+        if self.backend == "fentry":
+            fl.append("-DMMNT_FENTRY")
+        if self.might_sleep:
+            fl.append("-DMMNT_MIGHT_SLEEP")
         return fl
 
     def start(self) -> None:

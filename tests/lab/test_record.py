@@ -357,10 +357,9 @@ def test_injected_mutex_and_delay(tmp_path, backend, might_sleep):
          f"sleeps of this thread without a callback: {int(r.sleeps()['callback'].isna().sum())}")
     # busy delay of 300 us in the module's start, from the behave ioctl on: every
     # such call of the thread shows it (the report's p50 also counted calls made
-    # before the ioctl: 6.1 failed once, 4 calls). udelay() comes out a little short
-    # of 300 us on the emulated CPU's clock (it counts TSC ticks; the lab's
-    # clocksource is the HPET: 6.12 measured min 298.6 us, median 299.8 us over 115
-    # calls): each call >= 250 us, their median >= 285 us
+    # before the ioctl: 6.1 failed once, 4 calls). The module spins on ktime_get_ns()
+    # for 300 us, the tracer times it with bpf_ktime_get_ns(): the same clock, and
+    # a margin for the emulated CPU: each call >= 250 us, their median >= 285 us
     cb = ev[(ev["kind"] == "callback") & (ev["tid"] == pid) & (ev["ts_ns"] >= lo) & (ev["ts_ns"] <= hi)
             & ev["callback"].astype(str).str.startswith("mmnt_")]
     start = cb[cb["callback"].astype(str).str.startswith("mmnt_invalidate_range_start")]

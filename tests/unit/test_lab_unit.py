@@ -231,3 +231,21 @@ def test_dead_vm_prints_the_guest_kernel_log_tail(tmp_path, monkeypatch):
     assert r.exit_code == 125
     tail = [ln for ln in r.stderr.splitlines() if ln.startswith("lab: | ")]
     assert len(tail) == 40 and "Oops: int3" in tail[-1] and "line 61" in tail[0]
+
+
+def test_guest_clock_is_the_tsc_unless_asked(monkeypatch, tmp_path):
+    monkeypatch.setattr(lab.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv("MMNTRACE_LAB_CLOCK", raising=False)
+    assert lab.clock_options() == ["tsc=reliable", "clocksource=tsc"]
+    k = lab.Kernel(Path("/boot/vmlinuz-x"), "x")
+    cmd = lab._vng_cmd(k, tmp_path, 1, shares=[], cpus=2, memory="3G", numa=True)
+    append = cmd[cmd.index("--append") + 1].split()
+    assert "tsc=reliable" in append and "clocksource=tsc" in append
+    monkeypatch.setenv("MMNTRACE_LAB_CLOCK", "kernel")
+    assert lab.clock_options() == []
+    monkeypatch.setenv("MMNTRACE_LAB_CLOCK", "hpet")
+    with pytest.raises(lab.LabError, match="MMNTRACE_LAB_CLOCK must be tsc or kernel"):
+        lab.clock_options()
+    monkeypatch.setattr(lab.platform, "machine", lambda: "aarch64")
+    monkeypatch.delenv("MMNTRACE_LAB_CLOCK")
+    assert lab.clock_options() == []

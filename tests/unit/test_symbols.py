@@ -1,0 +1,78 @@
+"""/proc/kallsyms as the tracer holds it (kernel.SymbolTable, tracer._Ksyms),
+on a file written here: every field of a line, names that repeat, modules,
+lookups by address, and reloads."""
+
+import numpy as np
+
+from mmntrace import kernel, tracer
+
+KALLSYMS = """\
+ffffffff81000000 T _stext
+ffffffff81001000 T __mmu_notifier_invalidate_range_start
+ffffffff81001400 t helper
+ffffffff81002000 D some_data
+ffffffff81003000 t helper
+ffffffff81004000 W weak_fn
+ffffffffc0001000 t kvm_mmu_notifier_invalidate_range_start\t[kvm]
+ffffffffc0002000 t helper\t[mmnt_test]
+"""
+
+
+def table(tmp_path, text=KALLSYMS, chunk=None, monkeypatch=None):
+    p = tmp_path / "kallsyms"
+    p.write_text(text)
+    if chunk:
+        monkeypatch.setattr(kernel, "_KSYM_CHUNK", chunk)
+    return kernel.SymbolTable.read(str(p))
+
+
+def test_rows_keep_file_order_names_modules_and_types(tmp_path):
+    t = table(tmp_path)
+    assert len(t) == 8 and t.addresses_real()
+    assert t.address("__mmu_notifier_invalidate_range_start") == 0xffffffff81001000
+    assert t.address("helper") == 0xffffffff81001400          # the first of its name
+    assert t.rows_of("helper") == [2, 4, 7] and t.rows_of("nope") == []
+    assert t.module(6) == "kvm" and t.module(7) == "mmnt_test" and t.module(1) is None
+    assert t.types[3:4] == b"D"
+    ks = kernel._Kallsyms(t)
+    assert "weak_fn" in ks and "nope" not in ks and ks.get("nope", 7) == 7
+    assert ks["kvm_mmu_notifier_invalidate_range_start"] == 0xffffffffc0001000
+
+
+def test_lines_cut_across_chunks_parse_the_same(tmp_path, monkeypatch):
+    whole = table(tmp_path)
+    small = table(tmp_path, chunk=7, monkeypatch=monkeypatch)
+    assert small.names == whole.names and (small.addrs == whole.addrs).all()
+    assert small.types == whole.types and list(small.mods) == list(whole.mods)
+
+
+def test_unreadable_or_hidden_addresses(tmp_path):
+    assert len(kernel.SymbolTable.read(str(tmp_path / "missing"))) == 0
+    import re
+    hidden = table(tmp_path, re.sub(r"^[0-9a-f]{16}", "0" * 16, KALLSYMS, flags=re.M))
+    assert len(hidden) == 8
+    assert not hidden.addresses_real()
+
+
+def test_text_symbols_by_address_and_by_name(tmp_path, monkeypatch):
+    t = table(tmp_path)
+    monkeypatch.setattr(kernel, "symbol_table", lambda: t)
+    k = tracer._Ksyms()
+    # data symbols are not text: some_data is skipped, the address inside it
+    # belongs to the text symbol before it
+    assert k.lookup(0xffffffff81002010) == ("helper", None, 0xc10)
+    assert k.lookup(0xffffffff81001000, exact=True) == ("__mmu_notifier_invalidate_range_start", None, 0)
+    assert k.lookup(0xffffffffc0002008) == ("helper", "mmnt_test", 8)
+    assert k.by_name["helper"] == [0xffffffff81001400, 0xffffffff81003000, 0xffffffffc0002000]
+    assert "some_data" not in k.by_name and k.by_name.get("some_data", []) == []
+    assert k.addrs.dtype == np.uint64 and (np.diff(k.addrs.astype(np.int64)) >= 0).all()
+
+
+def test_an_unknown_address_reloads_the_table(tmp_path, monkeypatch):
+    t = table(tmp_path)
+    monkeypatch.setattr(kernel, "symbol_table", lambda: t)
+    k = tracer._Ksyms()
+    assert k.lookup(0xffffffffc0009000, exact=True, force=True) is None
+    loaded = table(tmp_path, KALLSYMS + "ffffffffc0009000 t new_cb\t[newmod]\n")
+    monkeypatch.setattr(kernel.SymbolTable, "read", classmethod(lambda cls, path="": loaded))
+    assert k.lookup(0xffffffffc0009000, exact=True, force=True) == ("new_cb", "newmod", 0)
