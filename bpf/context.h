@@ -12,7 +12,40 @@
  * [+2] hits, [+3] hits with IRQs off; base CALIB_KPROBE or CALIB_FENTRY. */
 #define CALIB_KPROBE 0
 #define CALIB_FENTRY 4
-BPF_ARRAY(calib, u32, 8);
+/* [8], [9]: what one probed callback (entry and return) costs its hook beyond
+ * what its programs measure themselves, in ns, kprobe pair / fentry pair: the
+ * probe machinery's dispatch before and after each program, measured at load
+ * on getppid() (tracer.py _calibrate_overhead) and taken off the hook's
+ * duration with the programs' own time (nested_ns); [10] counts samples */
+#define CALIB_OVERHEAD_KPROBE 8
+#define CALIB_OVERHEAD_FENTRY 9
+#define CALIB_NSAMPLES 10
+#define MMNT_CALIB_SAMPLES 512
+BPF_ARRAY(calib, u32, 12);
+BPF_ARRAY(calib_dur, u64, MMNT_CALIB_SAMPLES);	/* durations of the calibration's outer function */
+
+/* The dispatch cost of the callback probe that fired (fentry: irqs_off < 0). */
+static __always_inline u64 probe_overhead(int irqs_off)
+{
+	u32 k = irqs_off < 0 ? CALIB_OVERHEAD_FENTRY : CALIB_OVERHEAD_KPROBE;
+	u32 *v = calib.lookup(&k);
+	return v ? *v : 0;
+}
+
+/* One duration of the calibration's outer function, from the tracer itself. */
+static __always_inline void calib_sample(u64 dur)
+{
+	u32 k = CALIB_NSAMPLES;
+	if ((bpf_get_current_pid_tgid() >> 32) != MMNT_SELF_TGID)
+		return;
+	u32 *n = calib.lookup(&k);
+	if (!n)
+		return;
+	u32 i = __sync_fetch_and_add(n, 1);
+	u64 *slot = calib_dur.lookup(&i);
+	if (slot)
+		*slot = dur;
+}
 BPF_PERCPU_ARRAY(pcpu_base, u64, 1);		/* this CPU's __per_cpu_offset, read once */
 
 /* Raw preempt_count of this CPU, masked; returns false if unreadable. */

@@ -279,7 +279,7 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 {
 	u64 id = bpf_get_current_pid_tgid();
 
-	if (!pass_filter(id >> 32))
+	if (hook != MMNT_HOOK_CALIB && !pass_filter(id >> 32))
 		return 0;
 	struct tstate *t = tstate_get(true);
 	if (!t)
@@ -313,6 +313,8 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 		s->end = a2 + PAGE_SIZE;
 	} else if (hook == MMNT_HOOK_RELEASE) {
 		s->mm = a1;
+	} else if (hook == MMNT_HOOK_CALIB) {
+		s->mm = 0;		/* getppid: no mm to walk */
 	} else {
 		s->mm = a1;
 		s->start = a2;
@@ -362,6 +364,11 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc)
 	dur = dur > s->nested_ns ? dur - s->nested_ns : 0;
 	if (s->flags & MMNT_FL_MUST_NOT_SLEEP)
 		nosleep_add(-1);
+	if (hook == MMNT_HOOK_CALIB) {
+		calib_sample(dur);
+		tstate_put(t);
+		return 0;
+	}
 	if (s->pending || probing_pending())	/* a probe may have gone in meanwhile */
 		count_untimed(s, hook, rc);
 #ifdef MMNT_AGGREGATE
@@ -428,7 +435,7 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 	u64 id = bpf_get_current_pid_tgid();
 	struct cbinfo *ci = cb_info.lookup(&ip);
 
-	if (!ci || !pass_filter(id >> 32))
+	if (!ci || (ci->hook != MMNT_HOOK_CALIB && !pass_filter(id >> 32)))
 		return 0;
 	struct tstate *t = tstate_get(true);
 	if (!t)
@@ -487,8 +494,8 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 		}
 	}
 	c->ts = bpf_ktime_get_ns();	/* last: our own work above is not the callback's */
-	if (in_hook)
-		hs->nested_ns += c->ts - t0;
+	if (in_hook)			/* this program, and the dispatch around both of ours */
+		hs->nested_ns += c->ts - t0 + probe_overhead(irqs_off);
 	return 0;
 }
 
@@ -504,6 +511,8 @@ static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
 	c->active = 0;
 	if (c->flags & MMNT_FL_MUST_NOT_SLEEP)
 		nosleep_add(-1);
+	if (hook == MMNT_HOOK_CALIB)
+		goto out;		/* the calibration's inner function: its time is its hook's */
 #ifdef MMNT_AGGREGATE
 	aggregate(c->series, c->event, dur);
 #else
@@ -534,6 +543,7 @@ static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
 	}
 	emit(ctx, &r);
 #endif
+out:
 	if (t->h.active)
 		t->h.nested_ns += bpf_ktime_get_ns() - now;
 	tstate_put(t);

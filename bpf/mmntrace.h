@@ -39,6 +39,7 @@ enum mmnt_hook {
 	MMNT_HOOK_CHANGE_PTE = 7,
 	MMNT_HOOK_INTERVAL = 8,		/* mmu_interval_notifier_ops.invalidate / mn_itree_invalidate */
 	MMNT_NR_HOOKS = 9,
+	MMNT_HOOK_CALIB = 254,		/* in-kernel only: the probe-overhead calibration (getppid) */
 	MMNT_HOOK_NONE = 255,
 };
 

@@ -94,36 +94,63 @@ class Symbolizer:
     def cb_sym(self, addr: int) -> str | None:
         return self.t.callback_symbol(addr) if addr else None
 
+    @staticmethod
+    def _per_value(values: np.ndarray, fn):
+        """``fn`` of each record's value, computed once per distinct value (a
+        batch holds thousands of records and a few dozen callbacks, stacks or
+        events): one entry per record; strings (None: missing) come as the
+        frame's string column, taken from the distinct ones (no string is
+        made per record)."""
+        uniq, inv = np.unique(values, return_inverse=True)
+        out = np.empty(len(uniq), dtype=object)
+        out[:] = [fn(v) for v in uniq.tolist()]
+        return _take(out, inv)
+
     def frames(self, recs: np.ndarray, kind: str) -> pd.DataFrame:
         c = decode.columns(recs)
         df = pd.DataFrame(c)
         if kind != "sleep":
             df.insert(0, "kind", kind)
-        df["hook"] = pd.Categorical([self.hook_names.get(int(h), str(h)) for h in c["hook_id"]])
-        df["event"] = [self.events.get(int(e)) if e >= 0 else None for e in c["event_id"]]
-        df["callback"] = [self.cb_sym(int(f)) for f in c["func"]]
-        stacks = [self.stack(int(s)) for s in c["stack_id"]]
+        df["hook"] = pd.Categorical(self._per_value(c["hook_id"], lambda h: self.hook_names.get(h, str(h))))
+        df["event"] = self._per_value(c["event_id"], lambda e: self.events.get(e) if e >= 0 else None)
+        df["callback"] = self._per_value(c["func"], self.cb_sym)
+        # per distinct stack: the frames, the caller, the secondary-TLB caller class
+        sids, inv = np.unique(c["stack_id"], return_inverse=True)
+        stacks = np.empty(len(sids), dtype=object)
+        stacks[:] = [self.stack(s) for s in sids.tolist()]
         if kind == "sleep":
-            df["rule"] = [decode.SLEEP_KIND.get(int(k), "unknown") for k in c["kind_id"]]
-            df["sleeper"] = [self.sym(int(a)) if a else None for a in c["addr"]]
-            df["stack"] = stacks
+            df["rule"] = self._per_value(c["kind_id"], lambda k: decode.SLEEP_KIND.get(k, "unknown"))
+            df["sleeper"] = self._per_value(c["addr"], lambda a: self.sym(a) if a else None)
+            df["stack"] = stacks[inv]
             df = df.drop(columns=["kind_id"])
         else:
-            df["caller"] = [caller_of(s) for s in stacks]
+            callers = np.empty(len(sids), dtype=object)
+            callers[:] = [caller_of(st) for st in stacks]
+            classes = np.empty(len(sids) + 1, dtype=object)     # [-1]: None, not a secondary-TLB call
+            classes[:-1] = [classify_secondary_tlb(st) for st in stacks]
+            df["caller"] = _take(callers, inv)
             sec = c["hook_id"] == kernel.HOOK_SECONDARY_TLB
-            df["caller_class"] = [classify_secondary_tlb(s) if is_sec else None
-                                  for s, is_sec in zip(stacks, sec)]
+            df["caller_class"] = _take(classes, np.where(sec, inv, len(sids)))
             if kind == "callback":
                 # the entry point that made the call (6.1's invalidate_range_end calls
                 # each subscriber's invalidate_range op itself) and its invocation's seq
-                df["via"] = [self.hook_names.get(int(h)) if h != kernel.HOOK_NONE else None
-                             for h in c["kind_id"]]
+                df["via"] = self._per_value(c["kind_id"], lambda h: self.hook_names.get(h)
+                                            if h != kernel.HOOK_NONE else None)
                 df["hook_seq"] = c["addr"]
             else:                       # a hook: its own invocation
                 df["via"] = None
                 df["hook_seq"] = c["seq"]
             df = df.drop(columns=["addr", "kind_id"])
         return df
+
+
+def _take(values: np.ndarray, idx: np.ndarray):
+    """values[idx]; strings as a string array made from ``values`` once (None
+    missing), where ``values`` holds a string: what a frame would infer from
+    the per-record objects, without a string per record."""
+    if any(isinstance(v, str) for v in values):
+        return pd.array(values, dtype="str").take(idx)
+    return values[idx]
 
 
 #: the recorder warns once when, streaming at least GUARD_MIN_RATE events/s, it spends
@@ -262,6 +289,7 @@ class Session:
         writer.meta["timing"] = dict(self.t.timing)
         writer.meta["calibration"] = self.t.calibration
         writer.meta["calibration_fentry"] = getattr(self.t, "calibration_fentry", None)
+        writer.meta["probe_overhead_ns"] = getattr(self.t, "probe_overhead", None) or None
         writer.meta["stale_kprobes_removed"] = getattr(self.t, "stale_kprobes_removed", 0)
         writer.meta["might_sleep"] = getattr(self.t, "might_sleep", True)
         writer.meta["task_storage"] = getattr(self.t, "task_storage", None)

@@ -63,7 +63,14 @@ DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series"}
 NR_SERIES, NR_EVIDX, NR_SLOTS = 128, 16, _H.defines["MMNT_NR_SLOTS"]
 
 
-_CALIB_KPROBE, _CALIB_FENTRY = 0, 4   # bpf/mmntrace.bpf.c calib[] bases
+_CALIB_KPROBE, _CALIB_FENTRY = 0, 4   # bpf/context.h calib[] bases
+_CALIB_OVERHEAD = {"kprobe": 8, "fentry": 9}    # calib[] slots of probe_overhead()
+_CALIB_NSAMPLES, _CALIB_MAX_SAMPLES = 10, 512
+_HOOK_CALIB = 254       # bpf/mmntrace.h MMNT_HOOK_CALIB
+#: the calibration's callback stand-in: getppid() calls it exactly once
+#: (task_tgid_vnr -> __task_pid_nr_ns, kernel/sys.c, kernel/pid.c)
+CALIB_INNER = "__task_pid_nr_ns"
+CALIB_CALLS = 300
 #: the fentry backend's programs (entry, exit) by probe kind: each compiled
 #: once and loaded on every function of its kind (Tracer._try_raw_fentry)
 _FENTRY_PROGS = {"hook": ("hkf_entry", "hkf_exit"), "callback": ("cbf_entry", "cbf_exit"),
@@ -279,6 +286,17 @@ def remove_stale_kprobe_events() -> int:
     return n
 
 
+def overhead_median(durations) -> float | None:
+    """The median of the calibration's durations, the first tenth left out
+    (the first calls of a freshly attached probe pay for cold caches)."""
+    d = list(durations)[len(durations) // 10:]
+    if not d:
+        return None
+    d.sort()
+    m = len(d) // 2
+    return float(d[m]) if len(d) % 2 else (d[m - 1] + d[m]) / 2
+
+
 class _CbInfo(ctypes.Structure):
     _fields_ = [("func", ctypes.c_uint64), ("hook", ctypes.c_uint32), ("series", ctypes.c_uint32)]
 
@@ -440,6 +458,9 @@ class Tracer:
         self._stack_ips: dict[int, list[int]] = {}
         self.calibration: int | None = None
         self.calibration_irqs_off = False
+        #: ns that one probed callback costs its hook beyond its programs' own
+        #: time, by probe mechanism ("kprobe", "fentry"): _calibrate_overhead
+        self.probe_overhead: dict[str, int] = {}
         self.timing: dict[str, float] = {}
         self.swept: int | None = None     # ops records the start-up sweep reported (None: no sweep)
         self._ops_handled = 0             # OPS records from the buffer whose callbacks were probed
@@ -753,6 +774,96 @@ class Tracer:
         for kprobes and (fentry backend) for trampolines, which differ."""
         self.calibration = self._calibrate_one(_CALIB_KPROBE)
         self.calibration_fentry = self._calibrate_one(_CALIB_FENTRY) if self._calib_sym else None
+        self._calibrate_overhead()
+
+    def _calibrate_overhead(self) -> None:
+        """What a probed callback costs the hook it runs in, beyond the time its
+        own programs measure and take off (nested_ns): the probe machinery's
+        dispatch around each program (ftrace, kprobe and rethook trampolines, or
+        the BPF trampoline), which no program can see. Measured here on the
+        tracer's own getppid() calls, as a hook with a callback inside: the
+        syscall function probed as the hook, __task_pid_nr_ns (which it calls
+        once) as the callback. The median hook duration with the callback probed
+        minus the median without it is that cost, per mechanism; the BPF side
+        adds it to nested_ns for each callback probe that fires inside a hook.
+        Unmeasurable (symbols missing, a probe refused): 0, nothing taken off."""
+        self.probe_overhead = {}
+        outer = self.bpf.get_syscall_fnname(b"getppid").decode()
+        oa = self._ksyms.by_name.get(outer, [None])[0]
+        ia = self._ksyms.by_name.get(CALIB_INNER, [None])[0]
+        if oa is None or ia is None:
+            _debug(f"probe-overhead calibration: {outer} or {CALIB_INNER} not in kallsyms")
+            return
+        hook_ip, cb_info, calib = self.bpf[b"hook_ip"], self.bpf[b"cb_info"], self.bpf[b"calib"]
+        for k in (oa, oa + 4):
+            hook_ip[ctypes.c_uint64(k)] = ctypes.c_uint32(_HOOK_CALIB)
+        for k in (ia, ia + 4):
+            cb_info[ctypes.c_uint64(k)] = _CbInfo(ia, _HOOK_CALIB, 0)
+        attached: list[tuple] = []
+        try:
+            for fn, kind in ((b"hk_return", "ret"), (b"hk_entry", "entry")):
+                self._calib_attach(outer, fn, kind, attached)
+            alone = self._calib_median()
+            self._calib_attach(CALIB_INNER, b"cb_return", "ret", attached)
+            self._calib_attach(CALIB_INNER, b"cb_entry", "entry", attached)
+            with_kprobe = self._calib_median()
+            for ev, fn, kind in reversed(attached[2:]):
+                self._calib_detach(ev, fn, kind)
+            del attached[2:]
+            measured = {"kprobe": with_kprobe}
+            if self.backend == "fentry":
+                err = self._try_raw_fentry(CALIB_INNER, None, "cbf_entry", "cbf_exit", check_patched=False)
+                if err is None:
+                    measured["fentry"] = self._calib_median()
+                    self._detach_raw(ia)
+                else:
+                    _debug(f"probe-overhead calibration, fentry on {CALIB_INNER}: {err}")
+            for mech, with_probe in measured.items():
+                if alone is not None and with_probe is not None:
+                    cost = max(0, round(with_probe - alone))
+                    self.probe_overhead[mech] = cost
+                    calib[ctypes.c_int(_CALIB_OVERHEAD[mech])] = ctypes.c_uint32(cost)
+        except Exception as e:      # calibration is best effort: nothing taken off
+            _debug(f"probe-overhead calibration failed: {e}")
+            for mech, slot in _CALIB_OVERHEAD.items():
+                calib[ctypes.c_int(slot)] = ctypes.c_uint32(0)
+            self.probe_overhead = {}
+        finally:
+            for ev, fn, kind in reversed(attached):
+                self._calib_detach(ev, fn, kind)
+            for table, keys in ((hook_ip, (oa, oa + 4)), (cb_info, (ia, ia + 4))):
+                for k in keys:
+                    try:
+                        del table[ctypes.c_uint64(k)]
+                    except KeyError:
+                        pass
+        _debug(f"probe overhead per probed callback: {self.probe_overhead}")
+
+    def _calib_attach(self, event: str, fn: bytes, kind: str, attached: list) -> None:
+        if kind == "ret":
+            self.bpf.attach_kretprobe(event=event.encode(), fn_name=fn, maxactive=MAXACTIVE)
+        else:
+            self.bpf.attach_kprobe(event=event.encode(), fn_name=fn)
+        attached.append((event, fn, kind))
+
+    def _calib_detach(self, event: str, fn: bytes, kind: str) -> None:
+        try:
+            if kind == "ret":
+                self.bpf.detach_kretprobe(event=event.encode(), fn_name=fn)
+            else:
+                self.bpf.detach_kprobe(event=event.encode(), fn_name=fn)
+        except Exception as e:
+            _debug(f"calibration: detaching {fn!r} from {event}: {e}")
+
+    def _calib_median(self) -> float | None:
+        """The median duration of CALIB_CALLS getppid() calls, as the hook
+        programs measured them (None: none seen)."""
+        calib, durs = self.bpf[b"calib"], self.bpf[b"calib_dur"]
+        calib[ctypes.c_int(_CALIB_NSAMPLES)] = ctypes.c_uint32(0)
+        for _ in range(CALIB_CALLS):
+            os.getppid()
+        n = min(calib[ctypes.c_int(_CALIB_NSAMPLES)].value, _CALIB_MAX_SAMPLES)
+        return overhead_median([durs[ctypes.c_int(i)].value for i in range(n)])
 
     def _calibrate_one(self, base: int) -> int | None:
         calib = self.bpf[b"calib"]

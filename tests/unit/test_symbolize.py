@@ -1,0 +1,100 @@
+"""Record-time symbolization (record.Symbolizer.frames): computed once per
+distinct callback, stack, hook, event, and yet the same, record by record, as
+symbolizing each record on its own."""
+
+import numpy as np
+import pandas as pd
+
+from mmntrace import decode, kernel, record
+from mmntrace.layout import record_dtype
+
+STACKS = {
+    1: ["flush_tlb_mm_range+0x10", "__mmu_notifier_arch_invalidate_secondary_tlbs+0x20", "zap_pte_range+0x5"],
+    2: ["__mmu_notifier_invalidate_range_start+0x20", "zap_page_range_single+0x5", "do_madvise+0x99"],
+    3: ["wp_page_reuse+0x3", "__mmu_notifier_arch_invalidate_secondary_tlbs+0x20"],
+}
+
+
+class FakeTracer:
+    def stack(self, sid):
+        return list(STACKS.get(sid, []))
+
+    def ksym(self, addr):
+        return {0x1000: "mutex_lock", 0x2000: "__kmalloc"}.get(addr)
+
+    def callback_symbol(self, addr):
+        return {0xa: "kvm_mmu_notifier_invalidate_range_start [kvm]", 0xb: "mmnt_secondary_tlb [mmnt_test]"}.get(addr)
+
+
+class Features:
+    hooks = ((kernel.HOOK_START, "__mmu_notifier_invalidate_range_start", "invalidate_range_start"),
+             (kernel.HOOK_SECONDARY_TLB, "__mmu_notifier_arch_invalidate_secondary_tlbs",
+              "arch_invalidate_secondary_tlbs"))
+    events = ((0, "unmap"), (1, "clear"))
+
+
+def batch(n=400, rtype=2):
+    rng = np.random.default_rng(7)
+    a = np.zeros(n, record_dtype())
+    a["type"] = rtype
+    a["hook"] = rng.choice([kernel.HOOK_START, kernel.HOOK_SECONDARY_TLB], n)
+    a["event"] = rng.integers(-1, 2, n)
+    a["stack_id"] = rng.integers(-1, 4, n)
+    a["func"] = rng.choice([0, 0xa, 0xb, 0xc], n)
+    a["kind"] = rng.choice([kernel.HOOK_START, kernel.HOOK_NONE, 1, 2], n) if rtype != 3 else rng.choice([1, 2, 9], n)
+    a["addr"] = rng.choice([0, 0x1000, 0x2000, 0x3000], n)
+    a["seq"] = np.arange(n)
+    a["comm"] = b"qemu"
+    return a
+
+
+def one_by_one(sym, recs, kind):
+    """What frames() gives, record by record."""
+    rows = []
+    for r in recs:
+        st = sym.stack(int(r["stack_id"]))
+        row = {"hook": sym.hook_names.get(int(r["hook"]), str(int(r["hook"]))),
+               "event": sym.events.get(int(r["event"])) if r["event"] >= 0 else None,
+               "callback": sym.cb_sym(int(r["func"]))}
+        if kind == "sleep":
+            row.update(rule=decode.SLEEP_KIND.get(int(r["kind"]), "unknown"),
+                       sleeper=sym.sym(int(r["addr"])) if r["addr"] else None, stack=st)
+        else:
+            row.update(caller=record.caller_of(st),
+                       caller_class=record.classify_secondary_tlb(st)
+                       if r["hook"] == kernel.HOOK_SECONDARY_TLB else None)
+            if kind == "callback":
+                row["via"] = sym.hook_names.get(int(r["kind"])) if r["kind"] != kernel.HOOK_NONE else None
+        rows.append(row)
+    return rows
+
+
+def same(a, b):
+    if isinstance(b, list):
+        return list(a) == b
+    return (b is None and (a is None or pd.isna(a))) or a == b
+
+
+def test_frames_match_symbolizing_each_record():
+    sym = record.Symbolizer(FakeTracer(), Features())
+    for rtype, kind in ((2, "callback"), (1, "hook"), (3, "sleep")):
+        recs = batch(rtype=rtype)
+        df = sym.frames(recs, kind)
+        want = one_by_one(sym, recs, kind)
+        assert len(df) == len(want)
+        for col in want[0]:
+            got = df[col].tolist()
+            bad = [i for i, (g, w) in enumerate(zip(got, (r[col] for r in want))) if not same(g, w)]
+            assert not bad, (kind, col, bad[:3], [got[i] for i in bad[:3]], [want[i][col] for i in bad[:3]])
+        # the names are the frame's strings, as they were when each record made its own
+        for col in ("event", "callback") + (("caller",) if kind != "sleep" else ("sleeper", "rule")):
+            assert pd.api.types.is_string_dtype(df[col]), (col, df[col].dtype)
+
+
+def test_a_batch_without_any_name_keeps_its_columns():
+    sym = record.Symbolizer(FakeTracer(), Features())
+    recs = batch(rtype=1)
+    recs["stack_id"] = -1
+    recs["func"] = 0
+    df = sym.frames(recs, "hook")
+    assert df["caller"].isna().all() and df["caller_class"].isna().all() and df["callback"].isna().all()
