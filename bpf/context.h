@@ -41,7 +41,8 @@ static __always_inline void calib_sample(u64 dur)
 	u32 *n = calib.lookup(&k);
 	if (!n)
 		return;
-	u32 i = __sync_fetch_and_add(n, 1);
+	u32 i = *n;		/* one thread calls getppid: no atomic needed (and no */
+	*n = i + 1;		/* fetch-add before BPF v3: LLVM aborts on its return value) */
 	u64 *slot = calib_dur.lookup(&i);
 	if (slot)
 		*slot = dur;

@@ -245,6 +245,18 @@ static __always_inline void fill_common(struct mmnt_record *r, u8 type)
 
 /* ---- hooks ---------------------------------------------------------------- */
 
+/* An invocation id is read by the records that carry it: every hook and
+ * callback record when streaming; with --aggregate only sleep records, which
+ * come from must-not-sleep sections alone. */
+static __always_inline bool need_seq(u8 flags)
+{
+#ifdef MMNT_AGGREGATE
+	return flags & MMNT_FL_MUST_NOT_SLEEP;
+#else
+	return true;
+#endif
+}
+
 /* The daemon's event budget: true when this hook invocation is not sampled. */
 static __always_inline bool sampled_out(void)
 {
@@ -330,7 +342,7 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 #else
 	s->stack_id = get_stack_id(ctx);
 #endif
-	s->seq = next_seq();
+	s->seq = need_seq(s->flags) ? next_seq() : 0;
 	u32 z = 0;
 	u32 *gen = walk_gen.lookup(&z);
 	u32 g = gen ? *gen : 0;
@@ -485,7 +497,7 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 		nosleep_add(1);
 	}
 	c->stack_id = -1;
-	c->seq = next_seq();
+	c->seq = need_seq(c->flags) ? next_seq() : 0;
 	if (in_hook) {			/* timed: not counted as untimed at the hook's return */
 		u8 n = hs->ncb;
 		if (n < MMNT_HOOK_CBS) {
