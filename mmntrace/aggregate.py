@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .decode import bare_symbol  # noqa: F401  (re-exported: report and record name frames alike)
+
 LATENCY_KEYS = ["hook", "callback", "event"]
 QUANTILES = {"p50_ns": 0.5, "p90_ns": 0.9, "p99_ns": 0.99, "p999_ns": 0.999}
 RANGE_HOOKS = {"invalidate_range_start", "invalidate_range_end", "interval_invalidate"}
@@ -69,11 +71,6 @@ def _none(v):
     if isinstance(v, float) and np.isnan(v):
         return None
     return v
-
-
-def bare_symbol(sym: str) -> str:
-    """"name+0x10 [module]" -> "name"."""
-    return sym.split("+", 1)[0].split(" ", 1)[0]
 
 
 # ---- buckets and quantiles -------------------------------------------------------

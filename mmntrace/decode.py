@@ -8,7 +8,6 @@ boolean-mask selections of it.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from .layout import header, record_dtype
 
@@ -40,11 +39,12 @@ def _comm(c: np.ndarray) -> np.ndarray:
     (np.char.decode is a Python-level loop: it took 2/3 of the decode time)."""
     if len(c) == 0:
         return np.zeros(0, "U16")
-    # exact O(n) factorization: the 16 bytes as two u64 halves, hashed by pandas
+    # exact factorization: the 16 bytes as two u64 halves (numpy's unique
+    # sorts; pandas' hashing would pull pandas into the recorder's start-up)
     halves = np.ascontiguousarray(c).view(np.uint64).reshape(-1, 2)
-    a, ua = pd.factorize(halves[:, 0])
-    b, ub = pd.factorize(halves[:, 1])
-    codes, uniq = pd.factorize(a.astype(np.int64) * len(ub) + b)
+    _ua, a = np.unique(halves[:, 0], return_inverse=True)
+    ub, b = np.unique(halves[:, 1], return_inverse=True)
+    uniq, codes = np.unique(a.astype(np.int64) * len(ub) + b, return_inverse=True)
     first = np.zeros(len(uniq), np.int64)
     first[codes[::-1]] = np.arange(len(codes))[::-1]       # one record per distinct name
     names = np.array([bytes(x).decode("utf-8", "replace") for x in c[first]], dtype="U16")
@@ -78,3 +78,8 @@ def columns(recs: np.ndarray) -> dict[str, np.ndarray]:
         "addr": recs["addr"].astype(np.uint64),
         "kind_id": recs["kind"].astype(np.uint8),     # SLEEP: rule; CALLBACK: enclosing hook
     }
+
+
+def bare_symbol(sym: str) -> str:
+    """"name+0x10 [module]" -> "name"."""
+    return sym.split("+", 1)[0].split(" ", 1)[0]

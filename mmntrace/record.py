@@ -15,14 +15,22 @@ import sys
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from . import decode, kernel
-from .aggregate import bare_symbol
+from .decode import bare_symbol
 from .errors import DiskFullError
 from .outpath import write_atomic
-from .recording import RecordingWriter
+from .store import RecordingWriter
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported where frames are made (first records to write, or the
+# end): an --aggregate recorder with nothing to write until it stops never
+# holds it beside the compiler's memory (BENCHMARKS.md, peak RSS)
 
 #: frames that say which path invoked the secondary-TLB hook
 TLB_FLUSH = ("flush_tlb_mm_range", "arch_tlbbatch_flush", "tlb_finish_mmu", "tlb_flush_mmu",
@@ -67,6 +75,17 @@ def process_age_s() -> float | None:
         return None
 
 
+def give_back_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's malloc_trim):
+    after the BPF module is unloaded, what clang and LLVM held is free but
+    still counted in this process' memory until trimmed. Best effort."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Symbolizer:
     def __init__(self, tracer, features: kernel.Features):
         self.t = tracer
@@ -107,6 +126,7 @@ class Symbolizer:
         return _take(out, inv)
 
     def frames(self, recs: np.ndarray, kind: str) -> pd.DataFrame:
+        import pandas as pd
         c = decode.columns(recs)
         df = pd.DataFrame(c)
         if kind != "sleep":
@@ -149,6 +169,7 @@ def _take(values: np.ndarray, idx: np.ndarray):
     missing), where ``values`` holds a string: what a frame would infer from
     the per-record objects, without a string per record."""
     if any(isinstance(v, str) for v in values):
+        import pandas as pd
         return pd.array(values, dtype="str").take(idx)
     return values[idx]
 
@@ -251,6 +272,9 @@ class Session:
         pending.clear()
         parts = decode.split(recs)
         ev = np.concatenate([parts["hook"], parts["callback"]])
+        if not len(ev) and not len(parts["sleep"]):
+            return      # discovery and registration records only: nothing for the tables
+        import pandas as pd
         ev_df = pd.concat([sym.frames(parts["hook"], "hook"), sym.frames(parts["callback"], "callback")],
                           ignore_index=True) if len(ev) else pd.DataFrame()
         sl_df = sym.frames(parts["sleep"], "sleep") if len(parts["sleep"]) else pd.DataFrame()
@@ -355,10 +379,13 @@ class Session:
             drops = self.t.drops()
             attached = self.t.attached()
             untimed = self._untimed(sym)
-            hist = pd.DataFrame(self.t.histograms(), columns=["func", "hook_id", "event_id", "slot", "count"])
-            totals = pd.DataFrame(self.t.totals(), columns=["func", "hook_id", "event_id", "count", "sum_ns"])
-            self.t.stop()
+            hist_rows, total_rows = list(self.t.histograms()), list(self.t.totals())
+            self.t.stop()       # the compiler's memory goes back before pandas comes in
+            give_back_memory()
             if self.t.aggregate and self.disk_full is None:
+                import pandas as pd
+                hist = pd.DataFrame(hist_rows, columns=["func", "hook_id", "event_id", "slot", "count"])
+                totals = pd.DataFrame(total_rows, columns=["func", "hook_id", "event_id", "count", "sum_ns"])
                 hist["hook"] = [sym.hook_names.get(int(h), str(h)) for h in hist["hook_id"]]
                 hist["event"] = [sym.events.get(int(e)) if e >= 0 else None for e in hist["event_id"]]
                 hist["callback"] = [sym.sym(int(f)) for f in hist["func"]]

@@ -98,3 +98,14 @@ def test_a_batch_without_any_name_keeps_its_columns():
     recs["func"] = 0
     df = sym.frames(recs, "hook")
     assert df["caller"].isna().all() and df["caller_class"].isna().all() and df["callback"].isna().all()
+
+
+def test_the_recorder_starts_without_pandas_or_pyarrow():
+    """An --aggregate recorder imports pandas and pyarrow only when it writes a
+    table: at start-up they would sit beside clang's memory (peak RSS)."""
+    import subprocess
+    import sys
+    code = ("import sys, mmntrace.cli, mmntrace.record, mmntrace.tracer, mmntrace.store, mmntrace.decode; "
+            "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
