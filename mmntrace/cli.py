@@ -7,6 +7,7 @@ its own exit code; nothing here prints a traceback for bad input.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -149,9 +150,11 @@ HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb
 @click.option("--transport", type=click.Choice(["auto", "ringbuf", "perf"]), default="auto", show_default=True,
               help="Record transport: the BPF ring buffer where the kernel has one (5.8+), else the "
                    "per-CPU perf buffer. `perf` forces the fallback.")
-@click.option("--buffer-pages", default=256, show_default=True, type=click.IntRange(1, 1 << 16),
+@click.option("--buffer-pages", default=None, type=click.IntRange(1, 1 << 16),
               help="Size of the record buffer in pages (a power of two; per CPU for the perf buffer). "
-                   "Records that do not fit are dropped and counted.")
+                   "Records that do not fit are dropped and counted. Default: 4096 (16 MiB) when every "
+                   "call is streamed, which holds the records of the seconds in which the recorder "
+                   "writes a segment; 256 with --aggregate, which sends violations only.")
 @click.option("--might-sleep/--no-might-sleep", default=False, show_default=True,
               help="Also probe might-sleep functions (mutex_lock, GFP_KERNEL allocations, msleep...) to "
                    "report calls that MAY sleep inside callbacks that must not, even when they did not "
@@ -206,7 +209,7 @@ def record(command, duration, out, pid, comm, hooks, modules, callbacks, aggrega
             Tracer._hook_ids(hook_list)
         except errors.MmntraceError as e:
             raise errors.UsageError(f"--hooks: {e}; choose from {', '.join(HOOK_CHOICES)}") from None
-    if buffer_pages & (buffer_pages - 1):
+    if buffer_pages is not None and buffer_pages & (buffer_pages - 1):
         raise errors.UsageError(f"--buffer-pages {buffer_pages}: use a power of two (64, 256, 1024...)")
     modules = _names("--module", modules, "a module name (kvm, mmnt_test, vmlinux)")
     callbacks = _names("--callback", callbacks, "a function name (kvm_mmu_notifier_invalidate_range_start)")
@@ -245,14 +248,34 @@ def _names(option: str, value: str | None, what: str) -> list[str] | None:
     return names
 
 
+#: record buffer sizes (pages) by mode, unless --buffer-pages says
+STREAM_BUFFER_PAGES = 4096
+AGGREGATE_BUFFER_PAGES = 256
+
+
+def default_buffer_pages(aggregate: bool, per_cpu: bool, cpus: int) -> int:
+    """The record buffer's size in pages: one ring of 4096 pages (16 MiB) when
+    streaming, 256 with --aggregate; the perf buffer, which is per CPU, shares
+    that among the CPUs (a power of two, 64 pages at least)."""
+    pages = AGGREGATE_BUFFER_PAGES if aggregate else STREAM_BUFFER_PAGES
+    if per_cpu:
+        pages = max(64, 1 << max(0, (pages // max(1, cpus)).bit_length() - 1))
+    return pages
+
+
 def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, transport, buffer_pages, might_sleep,
             ready_file, redact, quiet, keep_root_owner, modules=None, callbacks=None):
     import concurrent.futures
     import importlib
-    # pandas and pyarrow (for writing segments) import in a thread while bcc
-    # compiles, which releases the GIL: on a slow machine each takes seconds
+    # The recorder's modules import in a thread while bcc compiles, which
+    # releases the GIL. Streaming writes its first segment seconds after the
+    # start: pandas and pyarrow come in now too, or their import (seconds on
+    # a slow machine) would stall the first drain while the buffer overflows.
+    # --aggregate writes tables at its end only, after the compiler's memory
+    # is given back: they wait until then (peak RSS).
+    mods = ["mmntrace.record"] if aggregate else ["pandas", "pyarrow.parquet", "mmntrace.record"]
     pool = concurrent.futures.ThreadPoolExecutor(1)
-    warm = pool.submit(importlib.import_module, "mmntrace.record")
+    warm = pool.submit(lambda: [importlib.import_module(m) for m in mods][-1])
     pool.shutdown(wait=False)
     from . import kernel, tracer
     import time
@@ -262,6 +285,8 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     kernel.require_recording(f, backend)
     if transport == "ringbuf" and not f.ringbuf:
         raise errors.UsageError("--transport ringbuf: this kernel has no BPF ring buffer; use --transport perf")
+    if buffer_pages is None:
+        buffer_pages = default_buffer_pages(aggregate, transport == "perf" or not f.ringbuf, os.cpu_count() or 1)
     t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
                       ringbuf=None if transport == "auto" else transport == "ringbuf", ringbuf_pages=buffer_pages,
                       might_sleep=might_sleep, modules=modules, callbacks=callbacks)

@@ -320,3 +320,12 @@ def test_fuzz_metadata_fields_never_traceback(recs, tmp_path_factory, fields):
         r = CliRunner().invoke(main, ["report", str(d), *args])
         assert r.exit_code in (0, 20), r.output
         assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+
+
+def test_record_buffer_defaults_follow_the_mode_and_transport():
+    from mmntrace.cli import default_buffer_pages
+    assert default_buffer_pages(False, False, 2) == 4096       # one ring, streaming
+    assert default_buffer_pages(True, False, 64) == 256        # --aggregate: violations only
+    assert default_buffer_pages(False, True, 2) == 2048        # perf: per CPU, shared out
+    assert default_buffer_pages(False, True, 6) == 512         # a power of two
+    assert default_buffer_pages(True, True, 64) == 64          # never below 64 per CPU
