@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from typing import Callable, Iterator
 
 
@@ -36,6 +37,12 @@ try:
     _libc: ctypes.CDLL | None = ctypes.CDLL(None)
 except OSError:          # no C library to flush: Python's own streams are all there is
     _libc = None
+
+
+def debug(msg: str) -> None:
+    """MMNTRACE_DEBUG=1: what the tracer decided, and what the libraries printed."""
+    if os.environ.get("MMNTRACE_DEBUG"):
+        print(f"mmntrace(debug) {time.monotonic():.3f}: {msg}", file=sys.stderr, flush=True)
 
 
 def _flush_all() -> None:

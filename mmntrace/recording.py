@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +24,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import RecordingError, RecordingVersionError
-from .outpath import OutputDir
 
 from .store import FORMAT_VERSION, META, RecordingWriter  # noqa: F401  (the write side, re-exported)
 

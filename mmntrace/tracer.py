@@ -29,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,8 +39,11 @@ from . import bpfsys
 from . import btf as btfmod
 from . import kernel
 from .errors import BpfLoadError, MmntraceError
+from .ksyms import KernelSymbols
 from .layout import header, record_dtype
-from .quiet import quietly
+from .probes import remove_stale_kprobe_events, stale_kprobe_events, trampoline_in_place, trampoline_listed  # noqa: F401
+from .transport import MappedArray, RingReader, fdinfo
+from .quiet import debug, quietly
 
 if TYPE_CHECKING:
     from .trial import Verdict
@@ -116,23 +118,7 @@ def resolve_backend(backend: str, verdict: Verdict | None = None) -> str:
     return backend
 
 
-def fdinfo(fd: int) -> dict[str, str]:
-    """/proc/self/fdinfo/FD as key -> value (BPF maps and programs report
-    max_entries, run_time_ns, recursion_misses... there); {} if unreadable."""
-    out = {}
-    try:
-        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-            k, _, v = line.partition(":")
-            out[k.strip()] = v.strip()
-    except OSError:
-        pass
-    return out
-
-
-def _debug(msg: str) -> None:
-    """MMNTRACE_DEBUG=1: what the tracer decided, and what the libraries printed."""
-    if os.environ.get("MMNTRACE_DEBUG"):
-        print(f"mmntrace(debug) {time.monotonic():.3f}: {msg}", file=sys.stderr, flush=True)
+_debug = debug
 
 
 #: bcc methods that print from C (libbcc, libbpf, clang): a failed attach
@@ -164,128 +150,6 @@ def quiet_bpf_class(BPF: type) -> type:
     return _BPF
 
 
-class RingReader:
-    """Consume a BPF ring buffer map directly: whole batches, no per-record callback.
-
-    bcc's ring_buffer_poll() calls a Python function once per record, which
-    capped streaming at a few ten thousand records/s in the lab (6.1: 1.5 M
-    recorded, 3.6 M dropped in the benchmark). Every mmntrace record has the
-    same size, so the records between the consumer and producer positions sit
-    at a fixed stride in the doubly-mapped data area: one numpy view finds the
-    committed ones (the first BUSY header ends the batch), one copy takes
-    them, one store releases the space (libbpf's ringbuf.c protocol).
-    """
-
-    BUSY, DISCARD, HDR = 1 << 31, 1 << 30, 8
-
-    def __init__(self, map_fd: int, rec_size: int):
-        import mmap
-        import select
-        page = mmap.PAGESIZE
-        size = self._max_entries(map_fd)
-        self.mask = size - 1
-        self.stride = (rec_size + self.HDR + 7) & ~7
-        self.rec_size = rec_size
-        self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._prod = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        self.cons_pos = np.frombuffer(self._cons, np.uint64, 1)
-        self.prod_pos = np.frombuffer(self._prod, np.uint64, 1)
-        self.data = np.frombuffer(self._prod, np.uint8, 2 * size, offset=page)
-        self._ep = select.epoll()
-        self._ep.register(map_fd, select.EPOLLIN)
-
-    @staticmethod
-    def _max_entries(fd: int) -> int:
-        v = fdinfo(fd).get("max_entries")
-        if v is None:
-            raise BpfLoadError("cannot read the ring buffer's size")
-        return int(v)
-
-    def poll(self, timeout_ms: int) -> bytes:
-        raw = self.consume()
-        if raw:
-            return raw
-        self._ep.poll(timeout_ms / 1000)
-        return self.consume()
-
-    def consume(self) -> bytes:
-        out = []
-        while True:
-            cons, prod = int(self.cons_pos[0]), int(self.prod_pos[0])
-            n = (prod - cons) // self.stride
-            if n <= 0:
-                break
-            n = min(n, (self.mask + 1) // self.stride)
-            off = cons & self.mask
-            block = self.data[off:off + n * self.stride].reshape(n, self.stride)
-            hdr = block[:, :4].copy().view(np.uint32)[:, 0]
-            busy = np.flatnonzero(hdr & self.BUSY)
-            k = int(busy[0]) if len(busy) else n
-            if k == 0:
-                break
-            lens = hdr[:k] & ~np.uint32(self.BUSY | self.DISCARD)
-            if (lens != self.rec_size).any() or (hdr[:k] & self.DISCARD).any():
-                raise BpfLoadError("unexpected record in the ring buffer")
-            out.append(block[:k, self.HDR:self.HDR + self.rec_size].tobytes())
-            self.cons_pos[0] = cons + k * self.stride    # release the space
-            if k < n:
-                break
-        return b"".join(out)
-
-    def close(self) -> None:
-        self._ep.close()
-        del self.cons_pos, self.prod_pos, self.data     # numpy views pin the mappings
-        for m in (self._cons, self._prod):
-            try:
-                m.close()
-            except BufferError:
-                pass
-
-
-_KPROBE_EVENTS = ("/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events")
-
-
-def stale_kprobe_events() -> tuple[str | None, list[str]]:
-    """(kprobe_events path, names of the events there whose bcc process is gone)."""
-    for path in _KPROBE_EVENTS:
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError:
-            continue
-        names = []
-        for line in lines:
-            m = re.match(r"^[pr]\d*:kprobes/(\S+_bcc_(\d+))\s", line)
-            if m and not os.path.exists(f"/proc/{m.group(2)}"):
-                names.append(m.group(1))
-        return path, names
-    return None, []
-
-
-def remove_stale_kprobe_events() -> int:
-    """Remove kprobe events that a killed bcc process left behind.
-
-    Kretprobes with a maxactive go through tracefs's kprobe_events (the perf
-    kprobe PMU has no maxactive), and only the process that made them removes
-    them. After `kill -9` they stay defined, disabled and with no program, as
-    kprobes/[pr]_<symbol>_bcc_<pid>. Those of dead processes are removed here,
-    at the next start. Returns how many."""
-    path, names = stale_kprobe_events()
-    n = 0
-    for name in names:
-        # os.open, not open(path, "a"): Python seeks to the end of a file it
-        # appends to, and tracefs refuses that seek, so nothing was removed
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-            try:
-                os.write(fd, f"-:kprobes/{name}\n".encode())
-            finally:
-                os.close(fd)
-            n += 1
-        except OSError as e:     # EBUSY while the kernel still holds the dead process's events
-            _debug(f"cannot remove stale kprobe event {name}: {e.strerror}")
-    return n
-
-
 def overhead_median(durations) -> float | None:
     """The median of the calibration's durations, the first tenth left out
     (the first calls of a freshly attached probe pay for cold caches)."""
@@ -299,112 +163,6 @@ def overhead_median(durations) -> float | None:
 
 class _CbInfo(ctypes.Structure):
     _fields_ = [("func", ctypes.c_uint64), ("hook", ctypes.c_uint32), ("series", ctypes.c_uint32)]
-
-
-def trampoline_listed(enabled_functions: str, symbol: str, module: str | None) -> bool:
-    """Does tracefs' enabled_functions list ``symbol`` with a direct call to a
-    BPF trampoline? Its lines read ``name [module] (n) R D M  tramp: ...``,
-    the direct call on the next line (``direct-->bpf_trampoline_...``)."""
-    want = f"{symbol} [{module}]" if module else symbol
-    lines = enabled_functions.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith(want + " ") or line == want:
-            nxt = lines[i + 1] if i + 1 < len(lines) else ""
-            if "bpf_trampoline_" in line or (nxt[:1].isspace() and "direct-->bpf_trampoline_" in nxt):
-                return True
-    return False
-
-
-def _trampoline_in_place(symbol: str, module: str | None) -> bool:
-    for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
-        try:
-            with open(f"{d}/enabled_functions") as f:
-                return trampoline_listed(f.read(), symbol, module)
-        except OSError:
-            continue
-    return False
-
-
-class _MappedArray:
-    """A BPF array map created with BPF_F_MMAPABLE, read and zeroed whole
-    through a shared mapping (one numpy view: no syscall per element)."""
-
-    def __init__(self, table, shape: tuple, dtype):
-        import mmap
-        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        size = (n + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
-        self._m = mmap.mmap(table.map_fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.a = np.frombuffer(self._m, dtype, count=int(np.prod(shape))).reshape(shape)
-
-    def snapshot(self) -> np.ndarray:
-        return self.a.copy()
-
-    def zero(self) -> None:
-        self.a[...] = 0
-
-    def close(self) -> None:
-        self.a = None
-        try:
-            self._m.close()
-        except BufferError:
-            pass
-
-
-class _ByName:
-    """name -> every text address of that name, first first (a read-only
-    view over a :class:`kernel.SymbolTable`)."""
-
-    def __init__(self, table: kernel.SymbolTable, text: np.ndarray):
-        self._t, self._text = table, text
-
-    def get(self, name: str, default=None):
-        rows = [i for i in self._t.rows_of(name) if self._text[i]]
-        return [int(self._t.addrs[i]) for i in rows] if rows else default
-
-    def __getitem__(self, name: str) -> list[int]:
-        v = self.get(name)
-        if v is None:
-            raise KeyError(name)
-        return v
-
-    def __contains__(self, name) -> bool:
-        return any(self._text[i] for i in self._t.rows_of(name))
-
-
-class _Ksyms:
-    """Address -> (name, module) over the text symbols of /proc/kallsyms,
-    reloaded when an address is unknown (modules load while we trace)."""
-
-    def __init__(self):
-        self._load(kernel.symbol_table())      # the read feature detection made
-
-    def _load(self, table: kernel.SymbolTable | None = None):
-        t = kernel.SymbolTable.read() if table is None else table
-        text = np.frombuffer(t.types, dtype=np.uint8)
-        text = np.isin(text, np.frombuffer(b"tTwW", dtype=np.uint8))
-        rows = np.flatnonzero(text)
-        order = rows[np.argsort(t.addrs[rows], kind="stable")]
-        self.table = t
-        self.by_name = _ByName(t, text)
-        self.order = order                      # text rows by address
-        self.addrs = t.addrs[order]
-        self.loaded = time.monotonic()
-
-    def lookup(self, addr: int, exact: bool = False, force: bool = False):
-        """``force``: reload on a miss however recent the last load (a driver
-        callback found right after its module loaded)."""
-        for attempt in range(2):
-            i = int(np.searchsorted(self.addrs, np.uint64(addr), side="right")) - 1
-            if i >= 0:
-                a = int(self.addrs[i])
-                if (not exact or a == addr) and (exact or addr - a < 1 << 20):
-                    row = int(self.order[i])
-                    return self.table.names[row], self.table.module(row), addr - a
-            if attempt == 0 and (force or time.monotonic() - self.loaded > 0.5):
-                self._load()
-            else:
-                break
-        return None
 
 
 class Tracer:
@@ -468,12 +226,12 @@ class Tracer:
         self._cb_known: dict[int, dict] = {}
         self._chunks: list[bytes] = []
         self._perf_lost = 0
-        self._ksyms: _Ksyms | None = None
+        self._ksyms: KernelSymbols | None = None
         self._dtype = record_dtype()
         self._final: dict | None = None
         self._series: dict[int, tuple[int, int]] = {}   # histogram series -> (callback, hook)
         self._series_of: dict[int, int] = {}            # callback address -> its series
-        self._agg: dict[str, _MappedArray] = {}
+        self._agg: dict[str, MappedArray] = {}
         self.task_storage = True
         self._raw: dict[int, list[int]] = {}             # callback -> fds of its fentry/fexit programs and links
         self._raw_insns: dict[str, bytes] = {}          # program name -> its instructions (bcc's compile)
@@ -572,7 +330,7 @@ class Tracer:
         self._BPF = _BPF = quiet_bpf_class(BPF)
         t0 = time.monotonic()
         self.stale_kprobes_removed = remove_stale_kprobe_events()
-        self._ksyms = _Ksyms()
+        self._ksyms = KernelSymbols()
         self.timing["kallsyms_s"] = time.monotonic() - t0
         try:
             text = bpf_text()
@@ -617,8 +375,8 @@ class Tracer:
 
     def _map_aggregates(self) -> None:
         if self.aggregate and not self._agg:
-            self._agg["hist"] = _MappedArray(self.bpf[b"hist"], (NR_SERIES, NR_EVIDX, NR_SLOTS), np.uint64)
-            self._agg["totals"] = _MappedArray(self.bpf[b"totals"], (NR_SERIES, NR_EVIDX, 2), np.uint64)
+            self._agg["hist"] = MappedArray(self.bpf[b"hist"], (NR_SERIES, NR_EVIDX, NR_SLOTS), np.uint64)
+            self._agg["totals"] = MappedArray(self.bpf[b"totals"], (NR_SERIES, NR_EVIDX, 2), np.uint64)
 
     def attach(self) -> None:
         """Attach every hook, registration, might-sleep and known callback probe."""
@@ -974,7 +732,7 @@ class Tracer:
                 os.close(x)
             _debug(f"fentry on {symbol}: {e}\n{e.log}")
             return str(e)
-        if check_patched and not _trampoline_in_place(symbol, module):
+        if check_patched and not trampoline_in_place(symbol, module):
             # seen on 6.12: kvm_mmu_notifier_invalidate_range_end took both
             # programs and a link, yet its call site stayed a NOP and it
             # never ran them; a kprobe pair sees it (exactness first)

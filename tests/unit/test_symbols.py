@@ -1,10 +1,10 @@
-"""/proc/kallsyms as the tracer holds it (kernel.SymbolTable, tracer._Ksyms),
+"""/proc/kallsyms as the tracer holds it (kernel.SymbolTable, ksyms.KernelSymbols),
 on a file written here: every field of a line, names that repeat, modules,
 lookups by address, and reloads."""
 
 import numpy as np
 
-from mmntrace import kernel, tracer
+from mmntrace import kernel, ksyms
 
 KALLSYMS = """\
 ffffffff81000000 T _stext
@@ -57,7 +57,7 @@ def test_unreadable_or_hidden_addresses(tmp_path):
 def test_text_symbols_by_address_and_by_name(tmp_path, monkeypatch):
     t = table(tmp_path)
     monkeypatch.setattr(kernel, "symbol_table", lambda: t)
-    k = tracer._Ksyms()
+    k = ksyms.KernelSymbols()
     # data symbols are not text: some_data is skipped, the address inside it
     # belongs to the text symbol before it
     assert k.lookup(0xffffffff81002010) == ("helper", None, 0xc10)
@@ -71,7 +71,7 @@ def test_text_symbols_by_address_and_by_name(tmp_path, monkeypatch):
 def test_an_unknown_address_reloads_the_table(tmp_path, monkeypatch):
     t = table(tmp_path)
     monkeypatch.setattr(kernel, "symbol_table", lambda: t)
-    k = tracer._Ksyms()
+    k = ksyms.KernelSymbols()
     assert k.lookup(0xffffffffc0009000, exact=True, force=True) is None
     loaded = table(tmp_path, KALLSYMS + "ffffffffc0009000 t new_cb\t[newmod]\n")
     monkeypatch.setattr(kernel.SymbolTable, "read", classmethod(lambda cls, path="": loaded))

@@ -1,0 +1,70 @@
+"""Kernel symbols as the tracer uses them: address -> (name, module) and
+name -> addresses over the text symbols of /proc/kallsyms
+(:class:`mmntrace.kernel.SymbolTable`), reloaded when an address is unknown
+(modules load while we trace).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import kernel
+
+
+class ByName:
+    """name -> every text address of that name, first first (a read-only
+    view over a :class:`kernel.SymbolTable`)."""
+
+    def __init__(self, table: kernel.SymbolTable, text: np.ndarray):
+        self._t, self._text = table, text
+
+    def get(self, name: str, default=None):
+        rows = [i for i in self._t.rows_of(name) if self._text[i]]
+        return [int(self._t.addrs[i]) for i in rows] if rows else default
+
+    def __getitem__(self, name: str) -> list[int]:
+        v = self.get(name)
+        if v is None:
+            raise KeyError(name)
+        return v
+
+    def __contains__(self, name) -> bool:
+        return any(self._text[i] for i in self._t.rows_of(name))
+
+
+class KernelSymbols:
+    """Address -> (name, module) over the text symbols of /proc/kallsyms,
+    reloaded when an address is unknown (modules load while we trace)."""
+
+    def __init__(self):
+        self._load(kernel.symbol_table())      # the read feature detection made
+
+    def _load(self, table: kernel.SymbolTable | None = None):
+        t = kernel.SymbolTable.read() if table is None else table
+        text = np.frombuffer(t.types, dtype=np.uint8)
+        text = np.isin(text, np.frombuffer(b"tTwW", dtype=np.uint8))
+        rows = np.flatnonzero(text)
+        order = rows[np.argsort(t.addrs[rows], kind="stable")]
+        self.table = t
+        self.by_name = ByName(t, text)
+        self.order = order                      # text rows by address
+        self.addrs = t.addrs[order]
+        self.loaded = time.monotonic()
+
+    def lookup(self, addr: int, exact: bool = False, force: bool = False):
+        """``force``: reload on a miss however recent the last load (a driver
+        callback found right after its module loaded)."""
+        for attempt in range(2):
+            i = int(np.searchsorted(self.addrs, np.uint64(addr), side="right")) - 1
+            if i >= 0:
+                a = int(self.addrs[i])
+                if (not exact or a == addr) and (exact or addr - a < 1 << 20):
+                    row = int(self.order[i])
+                    return self.table.names[row], self.table.module(row), addr - a
+            if attempt == 0 and (force or time.monotonic() - self.loaded > 0.5):
+                self._load()
+            else:
+                break
+        return None
