@@ -261,7 +261,9 @@ def test_event_storm_drops_are_exact_then_sigterm(tmp_path):
 def test_disk_full_stops_with_one_sentence(tmp_path):
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    # room for the first segments (the streaming buffer keeps every event of
+    # the workload: 4 MiB filled up before the filler went in), then filled
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], check=True)
     try:
         rec = _recorder(mnt / "rec", "--comm", "notifier_bench", side=tmp_path)   # log + ready file off the tmpfs
         b = Bench(tmp_path, rounds=200, pages=16)
