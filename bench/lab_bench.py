@@ -282,6 +282,9 @@ class Tool:
             out["drop_kinds"] = {k: v for k, v in d.items() if v and k != "total"}
             out["status"] = m.get("status")
             out["timing"] = {k: round(v, 2) for k, v in (m.get("timing") or {}).items() if isinstance(v, float)}
+            # what one probed callback costs its hook beyond its programs (measured at
+            # start, taken off the hooks' durations): the observer effect's correction
+            out["probe_overhead_ns"] = m.get("probe_overhead_ns")
         out["medians_ns"] = self.medians()
         return out
 

@@ -189,6 +189,14 @@ def main() -> int:
                    "interpolated alike).", "", "| tool | " + " | ".join(next(iter(obs.values()))) + " |",
                    "|---|" + "---:|" * len(next(iter(obs.values())))]
             md += [f"| {n} | " + " | ".join(f"{v:.2f}" for v in r.values()) + " |" for n, r in obs.items()]
+            po = {n: lab["tools"][n].get("probe_overhead_ns") for n in obs}
+            po = {n: v for n, v in po.items() if v}
+            if po:
+                md += ["", "Each hook's duration has its callbacks' probe work taken off: their programs' own "
+                       "time, measured per call, and the dispatch around them, calibrated at start on the "
+                       "tracer's own getppid() (ns per probed callback): "
+                       + "; ".join(f"{n} " + ", ".join(f"{k} {v:,}" for k, v in sorted(d.items()))
+                                   for n, d in po.items()) + "."]
             md.append("")
         pt = prog_table(lab)
         if pt:
