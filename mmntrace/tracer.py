@@ -68,7 +68,7 @@ NR_SERIES, NR_EVIDX, NR_SLOTS = 128, 16, _H.defines["MMNT_NR_SLOTS"]
 _CALIB_KPROBE, _CALIB_FENTRY = 0, 4   # bpf/context.h calib[] bases
 _CALIB_OVERHEAD = {"kprobe": 8, "fentry": 9}    # calib[] slots of probe_overhead()
 _CALIB_NSAMPLES, _CALIB_MAX_SAMPLES = 10, 512
-_HOOK_CALIB = 254       # bpf/mmntrace.h MMNT_HOOK_CALIB
+_HOOK_CALIB = _H.enums["mmnt_hook"]["MMNT_HOOK_CALIB"]   # in-kernel only: the calibration
 #: the calibration's callback stand-in: getppid() calls it exactly once
 #: (task_tgid_vnr -> __task_pid_nr_ns, kernel/sys.c, kernel/pid.c)
 CALIB_INNER = "__task_pid_nr_ns"
