@@ -15,9 +15,11 @@ recorder has attached the module's callbacks):
   is readable; nothing stays attached.
 """
 
+import errno
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -261,8 +263,9 @@ def test_event_storm_drops_are_exact_then_sigterm(tmp_path):
 def test_disk_full_stops_with_one_sentence(tmp_path):
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    # room for the first segments (the streaming buffer keeps every event of
-    # the workload: 4 MiB filled up before the filler went in), then filled
+    # room for the first segments, then filled (on 6.12 it was at times full
+    # before the filler went in, at 4 and at 32 MiB; cause not found yet: the
+    # size before the filler is printed, and full is full either way)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], check=True)
     try:
         rec = _recorder(mnt / "rec", "--comm", "notifier_bench", side=tmp_path)   # log + ready file off the tmpfs
@@ -273,16 +276,24 @@ def test_disk_full_stops_with_one_sentence(tmp_path):
         while not list((mnt / "rec").glob("events-*.parquet")):
             assert rec.proc.poll() is None and time.monotonic() < deadline, "no segment was written"
             time.sleep(0.2)
-        filled = 0                           # then the file system fills up under the running recorder
-        with open(mnt / "filler", "wb") as f:
-            try:
+        # then the file system fills up under the running recorder (seen on 6.12:
+        # already full by the time the filler was opened; full either way)
+        print("before the filler:", shutil.disk_usage(mnt), sorted((p.name, p.stat().st_size)
+                                                                     for p in (mnt / "rec").iterdir()))
+        try:
+            with open(mnt / "filler", "wb") as f:
                 while True:
                     f.write(b"\0" * 65536)
                     f.flush()
-                    filled += 65536
-            except OSError:
-                pass
-        assert filled > 0
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+        try:            # the file system now refuses what the recorder writes next
+            with open(mnt / "probe", "wb") as f:
+                f.write(b"\0" * 65536)
+                f.flush()
+            raise AssertionError(f"the file system still takes writes: {shutil.disk_usage(mnt)}")
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
         Bench(tmp_path, rounds=50, pages=16).go(timeout=600)   # more events for the next segment
         rc = rec.proc.wait(timeout=120)     # it stops by itself at its next flush
         rec._log.close()
@@ -298,7 +309,9 @@ def test_disk_full_stops_with_one_sentence(tmp_path):
                              capture_output=True, text=True)
         assert out.returncode == 0 and "cut short" in out.stdout
         assert not [f for f in (mnt / "rec").iterdir() if f.name.startswith(".")]   # no partial files
-        os.unlink(mnt / "filler")
+        for f in ("filler", "probe"):
+            if (mnt / f).exists():
+                os.unlink(mnt / f)
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
