@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 KERNELS ?= 6.1 6.12
 
-.PHONY: setup test unit lab-test kmod demo clean bench bench-tiny
+.PHONY: setup test unit lab-test kmod demo clean bench bench-tiny wheel
 
 # make bench: the tracer against its peers in the lab (both kernels) plus the
 # host-side decode and report benchmarks -> bench/results.json, BENCHMARKS.md.
@@ -34,7 +34,12 @@ unit: setup
 # If the emulator loses the guest, scripts/lab_suite.py resumes once in a fresh
 # one without the tests that had finished (their failures still count).
 LAB_TEST_TIMEOUT ?= 600
-lab-test: setup kmod build/bench/notifier_bench
+# The wheel, installed non-editable into build/wheel-venv the way the README
+# tells a production user: tests/lab/test_install.py records from it in the lab.
+wheel: setup
+	@bash scripts/wheel-venv.sh build/dist build/wheel-venv
+
+lab-test: setup kmod build/bench/notifier_bench wheel
 	@mkdir -p build; rm -rf build/lab-recordings
 	@echo "== the lab itself: guests lost before the command are booted again (host, real boots)"
 	$(PY) -m pytest -q -p no:cacheprovider -m boot tests/boot

@@ -47,7 +47,36 @@ def _keep_root_owner_option(fn):
              "sudo, still private to them: 0700 directories, 0600 files).")(fn)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+PLUGIN_GROUP = "mmntrace.commands"
+
+
+class _Main(click.Group):
+    """The commands of this package, plus any another installed distribution
+    registers under the entry-point group ``mmntrace.commands`` (the
+    development checkout's ``lab``, from lab/): the runtime package never
+    imports the lab. Entry points are only read for --help and for a name
+    that is not built in."""
+
+    def _plugins(self) -> dict:
+        from importlib.metadata import entry_points
+        return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP) if ep.name not in self.commands}
+
+    def list_commands(self, ctx):
+        return sorted([*self.commands, *self._plugins()])
+
+    def get_command(self, ctx, name):
+        if name in self.commands:
+            return self.commands[name]
+        ep = self._plugins().get(name)
+        if ep is None:
+            return None
+        try:
+            return ep.load()
+        except Exception as e:      # a broken plugin must not take the tool down: one sentence
+            raise click.ClickException(f"command '{name}' (from {ep.value}) cannot be loaded: {e}") from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mmntrace")
 def main():
     """Trace Linux MMU notifiers: who invalidates secondary MMUs, how long each
@@ -59,64 +88,10 @@ def main():
       sudo mmntrace record -d 10 -o rec    record 10 s of notifier activity
       mmntrace report rec              latency and rule-violation report
       mmntrace plot rec                latency CDFs, heatmap, timelines (PNG)
+    \b
+    In a development checkout (lab/ installed by `make setup`):
       mmntrace lab --kernel 6.12 -- CMD    run CMD in a lab VM of another kernel
     """
-
-
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--kernel", "-k", required=True, metavar="VERSION|IMAGE",
-              help="Version prefix of an installed kernel (6.1, 6.12) or a path to a kernel image.")
-@click.option("--share", multiple=True, type=click.Path(file_okay=False), metavar="HOST_DIR",
-              help="Directory the guest may write, at the same path (repeatable).")
-@click.option("--cpus", default=2, show_default=True, help="Guest CPUs.")
-@click.option("--memory", default="2G", show_default=True, help="Guest memory (split over 2 NUMA nodes).")
-@click.option("--no-numa", is_flag=True, help="One NUMA node instead of two.")
-@click.option("--timeout", default=1200, show_default=True, help="Seconds before the VM is killed (a failure).")
-@click.option("--boot-timeout", default=150, show_default=True, metavar="SECONDS",
-              help="A guest that has not started CMD by then is killed and booted again (a boot takes 15-25 s).")
-@click.option("--boot-attempts", default=3, show_default=True, type=click.IntRange(1, 20),
-              help="Boots tried when the guest dies or hangs before CMD starts.")
-@click.option("--verbose", "-v", is_flag=True, help="Print the QEMU/virtme-ng command line.")
-@click.option("--keep-run-dir", is_flag=True,
-              help="Keep the run directory (/tmp/mmntrace-lab-*) after a clean run too; it is always kept, and "
-                   "named, when CMD fails or a guest dies or times out.")
-@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
-@_friendly
-def lab(kernel, share, cpus, memory, no_numa, timeout, boot_timeout, boot_attempts, verbose, keep_run_dir, cmd):
-    """Boot a real kernel under QEMU and run CMD in it as root.
-
-    The guest sees this machine's root file system read-only (so the project,
-    its .venv and its build outputs are all there) and every --share directory
-    writable. Before CMD runs, tracefs and debugfs are mounted, kvm_amd or
-    kvm_intel is loaded when the virtual CPU offers it, and the project's test
-    module (tests/kmod), built against that kernel's own headers, is loaded.
-
-    The exit status is CMD's. A VM that dies or times out exits 125/124; a
-    command that passed while the kernel logged BUG:/WARNING: exits 3.
-
-    The emulator loses a few guests in early boot. A guest that dies, or has
-    not started CMD after --boot-timeout seconds, is booted again (one line
-    says so), up to --boot-attempts boots; once CMD has started, a death is a
-    failure. Each boot's output (QEMU, virtme-ng, the kernel's console when
-    it Oopses or panics) and its kernel log stay in the run directory, with
-    attempts.json. That directory is removed after a clean run (exit 0, no
-    boot lost) unless --keep-run-dir; otherwise one line names it. The VM
-    never outlives this command, however it ends.
-
-    \b
-    Examples:
-      mmntrace lab --kernel 6.12 -- uname -r
-      mmntrace lab --kernel 6.1 --share /tmp/out -- sudo mmntrace record -d 5 -o /tmp/out/rec
-      mmntrace lab --kernel ~/linux/arch/x86/boot/bzImage -- mmntrace doctor
-    """
-    from . import lab as labmod
-    k = labmod.resolve_kernel(kernel)
-    res = labmod.run(k, list(cmd), shares=share, cpus=cpus, memory=memory, numa=not no_numa,
-                     timeout=timeout, verbose=verbose, boot_timeout=boot_timeout,
-                     boot_attempts=boot_attempts, keep_run_dir=keep_run_dir)
-    click.echo(f"lab: {k.release or k.image}: exit {res.returncode}, {res.wall_s:.1f} s "
-               f"(guest ready after {res.boot_s:.1f} s)", err=True)
-    sys.exit(res.returncode)
 
 
 HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb", "release",
@@ -463,6 +438,39 @@ def plot(recording, outdir, fmt, keep_root_owner):
         click.echo(str(p))
     for why in skipped:
         click.echo(f"mmntrace: skipped {why}", err=True)
+
+
+@main.command(epilog="""\b
+Examples:
+  mmntrace notebooks rec rec-notebooks     executed copies in rec-notebooks/
+  mmntrace notebooks --where               where the notebooks are, to open them in Jupyter
+""")
+@click.argument("recording", required=False, type=click.Path(readable=False))
+@click.argument("outdir", required=False, type=click.Path(file_okay=False))
+@click.option("--where", is_flag=True, help="Print the directory of the shipped notebooks and exit.")
+@click.option("--timeout", default=600, show_default=True, type=click.IntRange(1, 86400), metavar="SECONDS",
+              help="Longest a single cell may run.")
+@_friendly
+def notebooks(recording, outdir, where, timeout):
+    """Run the notebooks shipped with mmntrace on a recording.
+
+    Each notebook (latency, violations) reads the recording named by
+    MMNTRACE_RECORDING; the executed copies, with their tables and figures,
+    are written to OUTDIR (0700, each notebook 0600: they show the
+    recording's mm addresses and stacks). Needs the notebooks extra:
+    pip install 'mmntrace[notebooks]'. To explore interactively, open the
+    notebooks --where prints with MMNTRACE_RECORDING set.
+    """
+    from . import notebooks as nb
+    if where:
+        click.echo(str(nb.NOTEBOOKS))
+        return
+    if not recording or not outdir:
+        raise errors.UsageError("give a RECORDING and an OUTDIR (or --where)")
+    from .recording import Recording
+    Recording(recording)          # an unreadable or foreign directory: one sentence before any kernel starts
+    for p in nb.run_notebooks(recording, outdir, timeout=timeout):
+        click.echo(str(p))
 
 
 @main.command()

@@ -60,15 +60,3 @@ class OverheadGuardError(MmntraceError):
     """The daemon stopped itself: its BPF programs used more CPU than --max-bpf-cpu allows."""
 
     exit_code = 23
-
-
-class LabError(MmntraceError):
-    exit_code = 30
-
-
-class LabTimeout(LabError):
-    exit_code = 124
-
-
-class LabVmDied(LabError):
-    exit_code = 125

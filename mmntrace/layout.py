@@ -1,7 +1,7 @@
 """Python views of C record layouts, derived from the C headers themselves.
 
-Each struct is defined once, in C (``bpf/mmntrace.h`` for the tracer's records,
-``tests/kmod/mmnt_test_uapi.h`` for the test module). This module parses the
+Each struct is defined once, in C (``mmntrace/bpf/mmntrace.h`` for the tracer's
+records; the lab's test module has its own header, read the same way). This module parses the
 small subset of C those headers use (``#define NAME number``, enums, structs of
 fixed-width fields, one per line, arrays sized by a number or a define) into
 numpy dtypes with C alignment, so Python can never drift from the C side.
@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-BPF_HEADER = REPO / "bpf" / "mmntrace.h"
-TESTMOD_HEADER = REPO / "tests" / "kmod" / "mmnt_test_uapi.h"
+BPF_HEADER = Path(__file__).resolve().parent / "bpf" / "mmntrace.h"   # package data
 
 _CTYPES = {
     "__u8": "u1", "__s8": "i1", "char": "S1", "__u16": "<u2", "__s16": "<i2",

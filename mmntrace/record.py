@@ -54,13 +54,22 @@ def classify_secondary_tlb(stack: list[str]) -> str | None:
     return "ptl_clear"
 
 
+def _notifier_core(name: str) -> bool:
+    return "mmu_notifier" in name or name.startswith("mn_")
+
+
 def caller_of(stack: list[str]) -> str | None:
-    """First frame outside the notifier core: which kernel path invoked the hook."""
-    for s in stack:
-        n = bare_symbol(s)
-        if "mmu_notifier" in n or n.startswith("mn_") or n.startswith("mmnt_") or n.startswith("kvm_mmu_notifier"):
-            continue
-        return n
+    """Which kernel path invoked the hook: the first frame above the notifier
+    core (``__mmu_notifier_*``, ``mn_*``). Whatever lies below the core (the
+    subscriber's callback, what it called) is skipped whoever the subscriber
+    is; a stack without a core frame gives its first frame."""
+    names = [bare_symbol(s) for s in stack]
+    core = next((i for i, n in enumerate(names) if _notifier_core(n)), None)
+    if core is None:
+        return names[0] if names else None
+    for n in names[core:]:
+        if not _notifier_core(n):
+            return n
     return None
 
 

@@ -48,8 +48,8 @@ from .quiet import debug, quietly
 if TYPE_CHECKING:
     from .trial import Verdict
 
-REPO = Path(__file__).resolve().parent.parent
-BPF_SRC = REPO / "bpf" / "mmntrace.bpf.c"
+BPF_DIR = Path(__file__).resolve().parent / "bpf"     # package data: the BPF C sources
+BPF_SRC = BPF_DIR / "mmntrace.bpf.c"
 MAXACTIVE = 4096  # kretprobe instances: large, so that deep concurrency is not missed
 
 _H = header()
@@ -261,7 +261,7 @@ class Tracer:
     def _cflags(self) -> list[str]:
         f = self.f
         fl = ["-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes", "-Wno-unknown-warning-option",
-              f"-I{REPO / 'bpf'}", f"-DMMNT_RINGBUF={1 if self.ringbuf else 0}",
+              f"-I{BPF_DIR}", f"-DMMNT_RINGBUF={1 if self.ringbuf else 0}",
               f"-DMMNT_RINGBUF_PAGES={self.ringbuf_pages}", f"-DMMNT_SELF_TGID={os.getpid()}"]
         if f.preempt_count_addr is not None and f.per_cpu_offset_addr:
             fl += [f"-DMMNT_PC_ADDR={f.preempt_count_addr:#x}ULL",

@@ -8,7 +8,8 @@
 #    exact matching headers, bcc (python3-bpfcc), bpftrace, bpftool, numactl,
 #    the tools to build kernel modules, and chromium (renders the HTML report in a test);
 #  - makes .venv/ from /usr/bin/python3 with --system-site-packages (bcc lives in
-#    Debian's dist-packages) and installs mmntrace editable with its dev extras.
+#    Debian's dist-packages) and installs mmntrace editable with its dev extras,
+#    and the lab (lab/: `mmntrace lab`, workloads, test harness), editable too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -95,9 +96,9 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 stamp=.venv/.mmntrace-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    log "installing mmntrace (editable) and its dev extras into .venv"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]" >/tmp/mmntrace-pip.log 2>&1 \
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ lab/pyproject.toml -nt "$stamp" ]; then
+    log "installing mmntrace and the lab (lab/, development only), editable, with the dev extras into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]" -e ./lab >/tmp/mmntrace-pip.log 2>&1 \
         || { tail -n 30 /tmp/mmntrace-pip.log; log "pip install failed (full log: /tmp/mmntrace-pip.log)"; exit 1; }
     touch "$stamp"
 fi

@@ -1,3 +1,3 @@
-"""Ground truth helpers for the lab tests (they live in mmntrace.harness)."""
+"""Ground truth helpers for the lab tests (they live in mmnlab.harness)."""
 
-from mmntrace.harness import Bpftrace, Recorder, WorkloadProcess, expect_dmesg, kernel_symbols  # noqa: F401
+from mmnlab.harness import Bpftrace, Recorder, WorkloadProcess, expect_dmesg, kernel_symbols  # noqa: F401

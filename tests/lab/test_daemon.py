@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from mmntrace import testmod
+from mmnlab import testmod
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
@@ -33,8 +33,8 @@ H = testmod.HOOKS
 CHILD = r"""
 import base64, json, sys, ctypes
 sys.path.insert(0, %(repo)r)
-from mmntrace import testmod
-from mmntrace.workload import mmap_anon, libc, PAGE, PROT_READ, PROT_WRITE
+from mmnlab import testmod
+from mmnlab.workload import mmap_anon, libc, PAGE, PROT_READ, PROT_WRITE
 m = testmod.TestModule()
 m.register(0)
 m.reset()

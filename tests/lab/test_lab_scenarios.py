@@ -12,8 +12,8 @@ import re
 import numpy as np
 import pytest
 
-from mmntrace import testmod
-from mmntrace import workload as W
+from mmnlab import testmod
+from mmnlab import workload as W
 from groundtruth import Bpftrace, WorkloadProcess, kernel_symbols
 
 pytestmark = pytest.mark.lab

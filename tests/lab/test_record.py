@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 
 import mmntrace
-from mmntrace import kernel, report, testmod
+from mmntrace import kernel, report
+from mmnlab import testmod
 from mmntrace.recording import Recording
 from groundtruth import Bpftrace, Recorder, WorkloadProcess, expect_dmesg
 
@@ -380,8 +381,8 @@ IDLE = "sys.stdin.readline()"
 REGISTER_AT_ONCE = r"""
 import json, sys, ctypes, time
 sys.path.insert(0, %(repo)r)
-from mmntrace import testmod
-from mmntrace.workload import mmap_anon, libc, PAGE, PROT_READ
+from mmnlab import testmod
+from mmnlab.workload import mmap_anon, libc, PAGE, PROT_READ
 m = testmod.TestModule()
 m.register(0)                       # no pause: invalidated at once, for a few seconds
 end = time.monotonic() + %(seconds)f

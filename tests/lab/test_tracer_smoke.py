@@ -42,7 +42,8 @@ def _skip_reason():
 if _skip_reason():
     pytest.skip(_skip_reason(), allow_module_level=True)
 
-from mmntrace import kernel, testmod  # noqa: E402
+from mmntrace import kernel  # noqa: E402
+from mmnlab import testmod  # noqa: E402
 from mmntrace.layout import header, record_dtype  # noqa: E402
 from mmntrace.tracer import Tracer  # noqa: E402
 
@@ -57,8 +58,8 @@ NPAGES = 16
 CHILD = r"""
 import base64, json, sys, time, ctypes
 sys.path.insert(0, %(repo)r)
-from mmntrace import testmod
-from mmntrace.workload import mmap_anon, libc, PAGE, PROT_READ
+from mmnlab import testmod
+from mmnlab.workload import mmap_anon, libc, PAGE, PROT_READ
 m = testmod.TestModule()
 m.register(0)
 print("ready", flush=True)

@@ -161,7 +161,7 @@ def test_fleet_notebook_compares_hosts_and_kernels(tmp_path):
                                "hook": ["invalidate_range"], "callback": ["drv_cb [drv]"], "rule": ["sleep"],
                                "sleeper": ["msleep"], "atomic": [True], "seq": [1], "stack": [["msleep"]]})
             d.write_window(fleet, host, s, rows, sl if host == "c" else None)
-    nb_dir = Path(__file__).resolve().parents[2] / "notebooks" / "fleet"
+    nb_dir = Path(__file__).resolve().parents[2] / "mmntrace" / "notebooks" / "fleet"
     done = run_notebooks(fleet, tmp_path / "out", notebooks_dir=nb_dir)
     text = json.dumps([c.get("outputs", []) for c in json.loads(done[0].read_text())["cells"]])
     assert "3 hosts, 6 windows, 600 traced calls" in text

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mmntrace import guest, lab
+from mmnlab import guest, vm as lab
 from mmntrace.cli import main
 from mmntrace.errors import UsageError
 
@@ -168,7 +168,7 @@ def _lab_process(tmp_path, vng_script: str, stderr):
     fake_vng.chmod(0o755)
     img = tmp_path / "vmlinuz-1.0"
     img.write_bytes(b"x")
-    code = ("import sys; from mmntrace import lab, cli; v = sys.argv[1]; lab._vng = lambda: v; "
+    code = ("import sys; from mmnlab import vm as lab; from mmntrace import cli; v = sys.argv[1]; lab._vng = lambda: v; "
             "sys.argv = ['mmntrace', 'lab', '--kernel', sys.argv[2], '--', 'true']; cli.main()")
     p = subprocess.Popen([sys.executable, "-c", code, str(fake_vng), str(img)], stderr=stderr, text=True)
     for _ in range(100):

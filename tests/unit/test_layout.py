@@ -8,7 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from mmntrace import layout, testmod
+from mmntrace import layout
+from mmnlab import testmod
 
 
 def _c_sizeof(header, structs):
@@ -40,7 +41,7 @@ def test_testmod_dtypes_match_c(tmp_path):
     structs = ["mmnt_test_info", "mmnt_test_register", "mmnt_test_interval", "mmnt_test_behave",
                "mmnt_test_record", "mmnt_test_counts"]
     src = '#include <stdio.h>\n#include "%s"\nint main(void){\n%s return 0;}\n' % (
-        layout.TESTMOD_HEADER, "".join(f'printf("%zu\\n", sizeof(struct {s}));\n' for s in structs))
+        testmod.TESTMOD_HEADER, "".join(f'printf("%zu\\n", sizeof(struct {s}));\n' for s in structs))
     sizes = _compile_and_run(tmp_path, src)
     assert sizes == [testmod._H.structs[s].itemsize for s in structs]
 
@@ -49,7 +50,7 @@ def test_ioctl_numbers_match_c(tmp_path):
     names = ["MMNT_IOC_INFO", "MMNT_IOC_REGISTER", "MMNT_IOC_UNREGISTER", "MMNT_IOC_INTERVAL",
              "MMNT_IOC_BEHAVE", "MMNT_IOC_COUNTS", "MMNT_IOC_RESET", "MMNT_IOC_DSLEEP"]
     src = '#include <stdio.h>\n#include "%s"\nint main(void){\n%s return 0;}\n' % (
-        layout.TESTMOD_HEADER, "".join(f'printf("%lu\\n", (unsigned long){n});\n' for n in names))
+        testmod.TESTMOD_HEADER, "".join(f'printf("%lu\\n", (unsigned long){n});\n' for n in names))
     vals = _compile_and_run(tmp_path, src)
     ours = [getattr(testmod, "IOC_" + n[len("MMNT_IOC_"):]) for n in names]
     assert vals == ours
@@ -81,7 +82,7 @@ def test_header_parser_rejects_unknown_field():
 
 def test_hook_numbering_shared_with_test_module():
     bpf = layout.header(layout.BPF_HEADER).enums["mmnt_hook"]
-    mod = layout.header(layout.TESTMOD_HEADER).enums["mmnt_test_hook"]
+    mod = layout.header(testmod.TESTMOD_HEADER).enums["mmnt_test_hook"]
     pairs = {"START": "START", "END": "END", "SECONDARY_TLB": "SECONDARY_TLB", "RELEASE": "RELEASE",
              "CLEAR_FLUSH_YOUNG": "CLEAR_FLUSH_YOUNG", "CLEAR_YOUNG": "CLEAR_YOUNG",
              "TEST_YOUNG": "TEST_YOUNG", "CHANGE_PTE": "CHANGE_PTE", "INTERVAL": "INTERVAL"}

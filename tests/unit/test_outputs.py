@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from mmntrace import daemon, kernel, lab, outpath, synthetic
+from mmntrace import daemon, kernel, outpath, synthetic
+from mmnlab import vm as lab
 from mmntrace.cli import main
 from mmntrace.errors import UsageError
 from mmntrace.record import Session

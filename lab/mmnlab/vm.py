@@ -2,7 +2,7 @@
 
 The guest sees the host's root file system read-only, each ``share`` directory
 writable at the same path, and a private run directory where the guest side
-(:mod:`mmntrace.guest`) writes the command's exit status and the kernel log.
+(:mod:`mmnlab.guest`) writes the command's exit status and the kernel log.
 A guest that never writes its status died: that is a failure, never a pass.
 
 Commands travel as an argument vector in a JSON file, never through a shell.
@@ -26,10 +26,12 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import LabError, LabTimeout, LabVmDied, UsageError
-from .outpath import write_atomic
+from mmntrace.errors import UsageError
+from mmntrace.outpath import write_atomic
 
-REPO = Path(__file__).resolve().parent.parent
+from .errors import LabError, LabTimeout, LabVmDied
+
+REPO = Path(__file__).resolve().parents[2]     # the checkout: lab/mmnlab/vm.py
 KMOD_DIR = REPO / "tests" / "kmod"
 
 #: exit code when the command passed but the kernel log shows unexpected BUG:/WARNING: lines
@@ -170,7 +172,7 @@ class Attempt:
 def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, memory: str,
              numa: bool) -> list[str]:
     guest_cmd = " ".join(shlex.quote(x) for x in
-                         [sys.executable, "-m", "mmntrace.guest", str(run_dir)])
+                         [sys.executable, "-m", "mmnlab.guest", str(run_dir)])
     console = os.environ.get("MMNTRACE_LAB_CONSOLE") == "1"
     kopts = ["log_buf_len=8M",     # injected sleeps in atomic context log many BUG lines: keep them all
              # A guest whose kernel wedges (a CPU stuck in the kernel, or a task
@@ -504,7 +506,7 @@ def _print_tail(path: Path, what: str, mark: str, n: int, only_if: str | None = 
 
 
 def _print_last_words(kmsg: Path, console: Path) -> None:
-    """What a dead or killed guest said last: its kernel log (mmntrace.guest
+    """What a dead or killed guest said last: its kernel log (mmnlab.guest
     copies it as it goes), and its console when that shows an Oops or a panic
     (it is silent otherwise)."""
     _print_tail(kmsg, "kernel log", "|", 40)

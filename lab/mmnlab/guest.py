@@ -1,7 +1,7 @@
 """Guest side of the lab: prepare the kernel, run the command, check the kernel log.
 
-Runs as root inside the VM that :func:`mmntrace.lab.run` boots, as
-``python -m mmntrace.guest RUN_DIR``. It always writes ``RUN_DIR/result.json``
+Runs as root inside the VM that :func:`mmnlab.vm.run` boots, as
+``python -m mmnlab.guest RUN_DIR``. It always writes ``RUN_DIR/result.json``
 last; a run directory without it means the VM died.
 
 Commands may declare expected kernel-log lines (for example a test that injects

@@ -9,7 +9,7 @@ Run as a process, a workload talks a tiny line protocol so that a test or a
 benchmark can start tracers between set-up and the work, and read the ground
 truth before the process exits (exit itself sends notifier events)::
 
-    python -m mmntrace.workload --kvm --out DIR mprotect cow ...
+    python -m mmnlab.workload --kvm --out DIR mprotect cow ...
     -> "ready PID"        (subscribers registered; waits for a line on stdin)
     <- "go"
     -> "counted"          (scenarios ran, module counters read; now idle)
@@ -531,7 +531,7 @@ def _jsonable(facts: dict, out: Path, idx: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mmntrace.workload",
+    ap = argparse.ArgumentParser(prog="python -m mmnlab.workload",
                                  description="Run MMU-notifier workload scenarios against real subscribers.")
     ap.add_argument("scenarios", nargs="+", choices=sorted(SCENARIOS) + ["all"])
     ap.add_argument("--kvm", action="store_true", help="also create a KVM VM with a memory slot on this mm")

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+from pathlib import Path
 
 import numpy as np
 
-from .layout import TESTMOD_HEADER, header
+from mmntrace.layout import header
+
+#: the test module's uapi, parsed like the tracer's own header
+TESTMOD_HEADER = Path(__file__).resolve().parents[2] / "tests" / "kmod" / "mmnt_test_uapi.h"
 
 DEVICE = "/dev/mmnt_test"
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]     # the checkout: lab/mmnlab/harness.py
 
 
 class Bpftrace:
@@ -101,10 +101,10 @@ class Bpftrace:
 
 
 class WorkloadProcess:
-    """`python -m mmntrace.workload --sync`: set up, wait for go, run, report, wait for exit."""
+    """`python -m mmnlab.workload --sync`: set up, wait for go, run, report, wait for exit."""
 
     def __init__(self, scenarios: list[str], out: Path, kvm: bool = False, extra: list[str] = ()):
-        cmd = [sys.executable, "-m", "mmntrace.workload", "--sync", "--out", str(out), *extra, *scenarios]
+        cmd = [sys.executable, "-m", "mmnlab.workload", "--sync", "--out", str(out), *extra, *scenarios]
         if kvm:
             cmd.insert(3, "--kvm")
         self.out = out
@@ -143,16 +143,18 @@ class WorkloadProcess:
 class Recorder:
     """`mmntrace record` as a subprocess, ready once --ready-file says so."""
 
-    def __init__(self, out: Path, *extra, timeout: float = 600, side: Path | None = None):
-        """``side``: where the ready file and the log go (default: next to ``out``)."""
+    def __init__(self, out: Path, *extra, timeout: float = 600, side: Path | None = None,
+                 cmd: list[str] | None = None, cwd: Path | None = None):
+        """``side``: where the ready file and the log go (default: next to ``out``);
+        ``cmd``: the mmntrace to run (default: this checkout's, by this Python)."""
         self.out = Path(out)
         side = Path(side) if side else self.out.parent
         self.ready = side / (self.out.name + ".ready.json")
         self.log = side / (self.out.name + ".log")
         self._log = open(self.log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(self.out),
-                                      "--ready-file", str(self.ready), *extra],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = subprocess.Popen([*(cmd or [sys.executable, "-m", "mmntrace.cli"]), "record", "-q",
+                                      "-o", str(self.out), "--ready-file", str(self.ready), *extra],
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or REPO)
         # what --ready-file said first: every subscriber that existed is probed
         self.first_ready = self.wait_for(lambda att: True, timeout=timeout)
 
@@ -184,7 +186,7 @@ class Recorder:
 
 
 def expect_dmesg(pattern: str) -> None:
-    """Declare a kernel-log line this test provokes on purpose (see mmntrace.guest)."""
+    """Declare a kernel-log line this test provokes on purpose (see mmnlab.guest)."""
     d = os.environ.get("MMNTRACE_LAB_DIR")
     if d:
         with open(Path(d) / "dmesg-expected", "a") as f:
@@ -230,5 +232,5 @@ def demo(out: Path, scenarios=("munmap", "dontneed", "mprotect", "soft_dirty", "
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "demo":
-        sys.exit("usage: python -m mmntrace.harness demo OUTDIR")
+        sys.exit("usage: python -m mmnlab.harness demo OUTDIR")
     demo(Path(sys.argv[2]))

@@ -1,11 +1,11 @@
-"""Run the project's notebooks (notebooks/*.ipynb) against a recording.
+"""Run the notebooks shipped with mmntrace (this package's *.ipynb) against a recording.
 
-    python -m mmntrace.notebooks RECORDING OUTDIR
+    mmntrace notebooks RECORDING OUTDIR     (or: python -m mmntrace.notebooks RECORDING OUTDIR)
 
 Each notebook reads the recording named by ``MMNTRACE_RECORDING``; the
 executed copies (with outputs) are written to OUTDIR. Used by the unit test
-(synthetic recording) and the lab test (a real one). Needs the dev extras
-(nbclient, nbformat, ipykernel).
+(synthetic recording) and the lab test (a real one). Needs the ``notebooks``
+extra (nbclient, nbformat, ipykernel).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import MmntraceError
-from .outpath import OutputDir, write_atomic
+from ..errors import MmntraceError
+from ..outpath import OutputDir, write_atomic
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+#: the notebooks are package data: beside this file in a checkout and in an install
+NOTEBOOKS = Path(__file__).resolve().parent
+FLEET = NOTEBOOKS / "fleet"
 
 
 class NotebookError(MmntraceError):
@@ -43,8 +45,8 @@ def run_notebooks(recording_dir: str | Path, out_dir: str | Path, *, notebooks_d
         import nbclient  # noqa: F401
         import nbformat  # noqa: F401
     except ImportError as e:
-        raise NotebookError(f"running notebooks needs the dev extras ({e.name} is missing): "
-                            "pip install -e '.[dev]'") from None
+        raise NotebookError(f"running notebooks needs the notebooks extra ({e.name} is missing): "
+                            "pip install 'mmntrace[notebooks]'") from None
     rec = Path(recording_dir).resolve()
     out = Path(out_dir)
     OutputDir(out, mode=0o700).close()      # made private, never a link (outpath)
@@ -58,8 +60,8 @@ def run_notebooks(recording_dir: str | Path, out_dir: str | Path, *, notebooks_d
             "MPLCONFIGDIR": scratch / "mpl"}
     env = dict(os.environ, MMNTRACE_RECORDING=str(rec), MPLBACKEND="module://matplotlib_inline.backend_inline",
                **{k: str(v) for k, v in dirs.items()})
-    # the kernel must import this checkout's mmntrace, whatever its working directory
-    root = str(Path(__file__).resolve().parent.parent)
+    # the kernel must import this mmntrace (checkout or install), whatever its working directory
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     saved = {k: os.environ.get(k) for k in dirs}
     os.environ.update({k: str(v) for k, v in dirs.items()})   # this side writes the connection file
@@ -114,6 +116,3 @@ def main(argv=None) -> int:
         return e.exit_code
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
