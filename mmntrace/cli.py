@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import errors
+from . import errors, hooks
 
 if TYPE_CHECKING:
     from .trial import Verdict
@@ -119,8 +119,7 @@ def lab(kernel, share, cpus, memory, no_numa, timeout, boot_timeout, boot_attemp
     sys.exit(res.returncode)
 
 
-HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb", "release",
-                "clear_flush_young", "clear_young", "test_young", "change_pte", "interval_invalidate"]
+HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the same on every kernel
 
 
 @main.command()
