@@ -37,16 +37,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from . import hooks as hookmod
 from .decode import bare_symbol  # noqa: F401  (re-exported: report and record name frames alike)
 
 LATENCY_KEYS = ["hook", "callback", "event"]
 QUANTILES = {"p50_ns": 0.5, "p90_ns": 0.9, "p99_ns": 0.99, "p999_ns": 0.999}
-RANGE_HOOKS = {"invalidate_range_start", "invalidate_range_end", "interval_invalidate"}
-SECONDARY_HOOKS = {"invalidate_range", "arch_invalidate_secondary_tlbs"}
-RANGE_END_HOOKS = {"invalidate_range_end"}
-HOOK_ORDER = ["invalidate_range_start", "invalidate_range_end", "arch_invalidate_secondary_tlbs",
-              "invalidate_range", "interval_invalidate", "release", "clear_flush_young", "clear_young",
-              "test_young", "change_pte"]
+# hook names by what the aggregation does with them (the stable names: mmntrace/hooks.py)
+RANGE_HOOKS = hookmod.names_where("ranged")             # carry an event
+SECONDARY_HOOKS = hookmod.names_where("secondary_tlb")  # the callers table
+RANGE_END_HOOKS = hookmod.names_where("range_end")      # 6.1: call the secondary-TLB ops themselves
+HOOK_ORDER = hookmod.choices()                          # report order
 CALLER_CLASSES = ["ptl_clear", "tlb_flush", "permission_upgrade", "range_end"]
 N_LOG2 = 65             # log2 buckets: 0 ns, then [2**(b-1), 2**b) for b = 1..64
 FINE_SUB = 128          # log-linear sub-buckets per power of two (inexact quantiles)
@@ -157,7 +157,7 @@ def _nice_bucket_ns(span_ns: int, buckets: int) -> int:
 
 
 def _hook_sort(h):
-    return (HOOK_ORDER.index(h) if h in HOOK_ORDER else len(HOOK_ORDER), h)
+    return hookmod.order(h)
 
 
 def _row_sort(r):
@@ -208,6 +208,7 @@ class _EventAcc:
         if n == 0:
             return
         self.records += n
+        df = hookmod.stable_frame(df)         # a frame of an older recording, made by hand
         if not isinstance(df.index, pd.RangeIndex) or df.index.start != 0:
             df = df.reset_index(drop=True)      # columns made here are positional
         hc, hv = _codes(df["hook"])
@@ -516,7 +517,7 @@ def secondary_tlb(events: pd.DataFrame, top: int = TOP) -> dict | None:
 
 def _norm_hist(hist: pd.DataFrame) -> pd.DataFrame:
     h = hist.copy()
-    h["hook"] = h["hook"].astype(str)
+    h["hook"] = h["hook"].astype(str).map(hookmod.stable)
     h["callback"] = h["callback"].astype(object).map(_none)
     h["event"] = h["event"].astype(object).map(_none).where(h["hook"].isin(RANGE_HOOKS), None)
     return h
@@ -537,8 +538,9 @@ def _hist_latency(hist: pd.DataFrame, totals: list[dict], duration_s=None):
     for t in totals if isinstance(totals, list) else []:
         if not isinstance(t, dict):
             continue
-        ev = t.get("event") if t.get("hook") in RANGE_HOOKS else None
-        k = (t.get("hook"), t.get("callback"), ev)
+        hook = hookmod.stable(t.get("hook"))
+        ev = t.get("event") if hook in RANGE_HOOKS else None
+        k = (hook, t.get("callback"), ev)
         c, s = tot.get(k, (0, 0))
         try:
             tot[k] = (c + int(t.get("count") or 0), s + int(t.get("sum_ns") or 0))
@@ -602,6 +604,7 @@ def violation_detail(sleeps: pd.DataFrame) -> tuple[list[dict], pd.DataFrame]:
     if sleeps.empty:
         return [], empty
     codes, stacks = _stack_codes(sleeps)
+    sleeps = hookmod.stable_frame(sleeps)
     n = len(sleeps)
     order = np.argsort(sleeps["ts_ns"].to_numpy(), kind="stable")
     s = sleeps.iloc[order].reset_index(drop=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import errors
+from . import errors, hooks
 
 if TYPE_CHECKING:
     from .trial import Verdict
@@ -94,8 +94,7 @@ def main():
     """
 
 
-HOOK_CHOICES = ["invalidate_range_start", "invalidate_range_end", "secondary_tlb", "release",
-                "clear_flush_young", "clear_young", "test_young", "change_pte", "interval_invalidate"]
+HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the same on every kernel
 
 
 @main.command()

@@ -15,68 +15,34 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import errors
+from . import errors, hooks
 from .btf import Btf, load_vmlinux
 
 if TYPE_CHECKING:
     from .trial import Verdict
 
-# enum mmnt_hook (bpf/mmntrace.h)
-HOOK_START, HOOK_END, HOOK_SECONDARY_TLB, HOOK_RELEASE = 0, 1, 2, 3
-HOOK_CLEAR_FLUSH_YOUNG, HOOK_CLEAR_YOUNG, HOOK_TEST_YOUNG, HOOK_CHANGE_PTE, HOOK_INTERVAL = 4, 5, 6, 7, 8
-HOOK_NONE = 255            # a callback that ran under no hook we traced (bpf/mmntrace.h MMNT_HOOK_NONE)
-NR_HOOKS = 9
-
-#: hook id -> candidate (kernel entry point, report name), first present wins
-HOOK_CANDIDATES: dict[int, tuple[tuple[str, str], ...]] = {
-    HOOK_START: (("__mmu_notifier_invalidate_range_start", "invalidate_range_start"),),
-    HOOK_END: (("__mmu_notifier_invalidate_range_end", "invalidate_range_end"),),
-    # renamed by upstream 1af5a8109904 ("mmu_notifiers: rename invalidate_range notifier", 6.6)
-    HOOK_SECONDARY_TLB: (("__mmu_notifier_arch_invalidate_secondary_tlbs", "arch_invalidate_secondary_tlbs"),
-                         ("__mmu_notifier_invalidate_range", "invalidate_range")),
-    HOOK_RELEASE: (("__mmu_notifier_release", "release"),),
-    HOOK_CLEAR_FLUSH_YOUNG: (("__mmu_notifier_clear_flush_young", "clear_flush_young"),),
-    HOOK_CLEAR_YOUNG: (("__mmu_notifier_clear_young", "clear_young"),),
-    HOOK_TEST_YOUNG: (("__mmu_notifier_test_young", "test_young"),),
-    # removed by upstream 3c6a1af6a24b ("mm/mmu_notifier: remove change_pte", 6.9)
-    HOOK_CHANGE_PTE: (("__mmu_notifier_change_pte", "change_pte"),),
-    # static in mm/mmu_notifier.c: only when the compiler kept it out of line
-    HOOK_INTERVAL: (("mn_itree_invalidate", "interval_invalidate"),),
-}
+# enum mmnt_hook ids, from the one table of hooks (mmntrace/hooks.py, which reads bpf/mmntrace.h)
+_ID = {h.enum: h.id for h in hooks.HOOKS}
+HOOK_START, HOOK_END, HOOK_SECONDARY_TLB, HOOK_RELEASE = _ID["START"], _ID["END"], _ID["SECONDARY_TLB"], _ID["RELEASE"]
+HOOK_CLEAR_FLUSH_YOUNG, HOOK_CLEAR_YOUNG, HOOK_TEST_YOUNG = _ID["CLEAR_FLUSH_YOUNG"], _ID["CLEAR_YOUNG"], _ID["TEST_YOUNG"]
+HOOK_CHANGE_PTE, HOOK_INTERVAL = _ID["CHANGE_PTE"], _ID["INTERVAL"]
+HOOK_NONE = hooks.NONE     # a callback that ran under no hook we traced
+NR_HOOKS = hooks.NR_HOOKS
 
 #: struct mmu_notifier_ops member -> hook id
-OP_HOOK = {
-    "invalidate_range_start": HOOK_START,
-    "invalidate_range_end": HOOK_END,
-    "invalidate_range": HOOK_SECONDARY_TLB,
-    "arch_invalidate_secondary_tlbs": HOOK_SECONDARY_TLB,
-    "release": HOOK_RELEASE,
-    "clear_flush_young": HOOK_CLEAR_FLUSH_YOUNG,
-    "clear_young": HOOK_CLEAR_YOUNG,
-    "test_young": HOOK_TEST_YOUNG,
-    "change_pte": HOOK_CHANGE_PTE,
-}
+OP_HOOK = {op: h.id for h in hooks.HOOKS for op in h.ops}
 
-HOOK_NAMES = {
-    HOOK_START: "invalidate_range_start", HOOK_END: "invalidate_range_end",
-    HOOK_SECONDARY_TLB: "secondary_tlb", HOOK_RELEASE: "release",
-    HOOK_CLEAR_FLUSH_YOUNG: "clear_flush_young", HOOK_CLEAR_YOUNG: "clear_young",
-    HOOK_TEST_YOUNG: "test_young", HOOK_CHANGE_PTE: "change_pte", HOOK_INTERVAL: "interval_invalidate",
-}
-
+#: hook id -> stable name (what recordings, reports and ``--hooks`` call it)
+HOOK_NAMES = {h.id: h.name for h in hooks.HOOKS}
 
 
 def stable_hook_name(name: str) -> str:
-    """The name a hook has on every kernel (:data:`HOOK_NAMES`, what ``--hooks``
-    takes) for the name a recording gives it (the report name of
-    :data:`HOOK_CANDIDATES`, which follows the kernel's symbol): the
-    secondary-TLB hook is ``invalidate_range`` before 6.6 and
-    ``arch_invalidate_secondary_tlbs`` since, ``secondary_tlb`` on both.
-    A name no table knows is returned as it is."""
-    for hook, cands in HOOK_CANDIDATES.items():
-        if any(name == report_name for _sym, report_name in cands):
-            return HOOK_NAMES[hook]
-    return name
+    """The name a hook has on every kernel for any name it was given
+    (:func:`mmntrace.hooks.stable`): recordings made before the stable names
+    call the secondary-TLB hook ``invalidate_range`` (before 6.6) or
+    ``arch_invalidate_secondary_tlbs``; it is ``secondary_tlb`` on both.
+    A name no hook has is returned as it is."""
+    return hooks.stable(name)
 
 
 REGISTRATION = ("__mmu_notifier_register", "mmu_notifier_unregister", "mmu_interval_notifier_insert",
@@ -117,7 +83,7 @@ class Features:
     ringbuf: bool                    # BPF ring buffer (bpf_ringbuf_output in kallsyms; upstream 457f44363a88, 5.8)
     fentry_possible: bool            # a guess (BTF + bpf_trampoline_link_prog in kallsyms): fentry_verdict() tries for real
     mmu_notifiers: bool              # CONFIG_MMU_NOTIFIER (__mmu_notifier_invalidate_range_start in kallsyms)
-    hooks: tuple                     # ((hook id, kernel symbol, report name), ...) present in kallsyms
+    hooks: tuple                     # ((hook id, kernel symbol, stable name), ...) present in kallsyms
     registration: tuple              # registration functions present in kallsyms
     events: tuple                    # ((value, name), ...) of enum mmu_notifier_event, MMU_NOTIFY_ stripped, lower-case
     ops: tuple                       # member names of struct mmu_notifier_ops
@@ -368,12 +334,11 @@ def probe() -> Features:
     build_ok = build.is_dir()
     hrel = _headers_release(build) if build_ok else None
 
-    hooks = []
-    for hook, cands in HOOK_CANDIDATES.items():
-        for sym, name in cands:
-            if sym in ks:
-                hooks.append((hook, sym, name))
-                break
+    found = []
+    for h in sorted(hooks.HOOKS, key=lambda h: h.id):      # attached in id order
+        sym = next((s for s in h.symbols if s in ks), None)
+        if sym is not None:
+            found.append((h.id, sym, h.name))
 
     events: tuple = ()
     if b is not None:
@@ -421,7 +386,7 @@ def probe() -> Features:
         ringbuf="bpf_ringbuf_output" in ks,
         fentry_possible=b is not None and "bpf_trampoline_link_prog" in ks,
         mmu_notifiers="__mmu_notifier_invalidate_range_start" in ks,
-        hooks=tuple(hooks),
+        hooks=tuple(found),
         registration=tuple(s for s in REGISTRATION if s in ks),
         events=events,
         ops=ops,

@@ -130,9 +130,9 @@ def _cdf_hooks(s: Summary, other: Summary | None) -> tuple[dict, dict, list]:
     cb_ = callback_cdfs(other) if other is not None else {}
     if other is None:
         return ca, cb_, sorted((h for h in ca if ca[h]), key=_hook_sort)
-    from .kernel import stable_hook_name
-    order = {stable_hook_name(h): _hook_sort(h) for h in [*cb_, *ca]}
-    ca, cb_ = ({stable_hook_name(h): v for h, v in d.items()} for d in (ca, cb_))
+    from .hooks import stable
+    order = {stable(h): _hook_sort(h) for h in [*cb_, *ca]}
+    ca, cb_ = ({stable(h): v for h, v in d.items()} for d in (ca, cb_))
     return ca, cb_, sorted((h for h in set(ca) | set(cb_) if ca.get(h) or cb_.get(h)), key=order.get)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import decode, kernel
+from . import decode, hooks, kernel
 from .decode import bare_symbol
 from .errors import DiskFullError
 from .outpath import write_atomic
@@ -98,9 +98,7 @@ def give_back_memory() -> None:
 class Symbolizer:
     def __init__(self, tracer, features: kernel.Features):
         self.t = tracer
-        self.hook_names = dict(kernel.HOOK_NAMES)
-        for hid, _sym, name in features.hooks:
-            self.hook_names[hid] = name
+        self.hook_names = dict(kernel.HOOK_NAMES)     # stable on every kernel: the symbol is in metadata
         self.events = {v: n for v, n in features.events}
         self._stacks: dict[int, list[str]] = {}
         self._syms: dict[int, str] = {}
@@ -242,12 +240,14 @@ class Session:
                         "modules": sorted(self.t.modules) if self.t.modules else None,
                         "callbacks": sorted(self.t.callbacks) if self.t.callbacks else None},
             "hooks": [name for _h, _s, name in self.f.hooks],
+            # the kernel's entry point of each hook (the name is the same on every kernel, the symbol not)
+            "hook_symbols": {name: sym for _h, sym, name in self.f.hooks},
             # hooks this kernel lacks (change_pte went in 6.9; mn_itree_invalidate is static and may be
             # inlined): skipped, and said so here rather than silently
             "hooks_missing": [
-                {"hook": cands[0][1], "symbols": [c[0] for c in cands],
+                {"hook": h.name, "symbols": list(h.symbols),
                  "reason": "none of these symbols is in this kernel (removed, renamed or inlined)"}
-                for hid, cands in kernel.HOOK_CANDIDATES.items() if self.f.hook_symbol(hid) is None],
+                for h in sorted(hooks.HOOKS, key=lambda h: h.id) if self.f.hook_symbol(h.id) is None],
             "events_enum": {str(v): n for v, n in self.f.events},
             "host": platform.node(),
             "redacted": self.redact,

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import hooks
 from .errors import RecordingError, RecordingVersionError
 
 from .store import FORMAT_VERSION, META, RecordingWriter  # noqa: F401  (the write side, re-exported)
@@ -42,6 +43,49 @@ SLEEP_COLUMNS = [*_IDENTITY, ("addr", "uint64"), ("hook", object), ("event", obj
                  ("rule", object), ("sleeper", object), ("stack", object)]
 HIST_COLUMNS = [("func", "uint64"), ("hook_id", "uint8"), ("event_id", "int32"), ("slot", "int64"),
                 ("count", "int64"), ("hook", object), ("event", object), ("callback", object)]
+
+
+def _stable_table(t: pa.Table) -> pa.Table:
+    """A segment's table with every hook name stable (as :func:`mmntrace.hooks.stable_frame`)."""
+    import pyarrow.compute as pc
+    for c in hooks.HOOK_COLUMNS:
+        i = t.schema.get_field_index(c)
+        if i < 0:
+            continue
+        col = t.column(i)
+        names = pc.unique(col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col).to_pylist()
+        if all(hooks.stable(n) == n for n in names):
+            continue
+        chunks = []
+        for ch in col.chunks:
+            if pa.types.is_dictionary(ch.type):
+                new = pa.array([hooks.stable(v) for v in ch.dictionary.to_pylist()], pa.string())
+                chunks.append(new.take(ch.indices).dictionary_encode())
+            else:
+                chunks.append(pa.array([hooks.stable(v) for v in ch.to_pylist()], pa.string()))
+        t = t.set_column(i, c, pa.chunked_array(chunks) if chunks else col)
+    return t
+
+
+def stable_meta(meta: dict) -> dict:
+    """Metadata with every hook named by its stable name (``hooks``,
+    ``hooks_missing``, ``attached``, ``totals``), and ``hook_symbols`` (each
+    hook's kernel entry point) taken from the attached hook probes where a
+    recording made before it lacks it."""
+    def fix(rows):
+        return [r | {"hook": hooks.stable(r["hook"])} if isinstance(r, dict) and "hook" in r else r
+                for r in rows] if isinstance(rows, list) else rows
+    m = dict(meta)
+    if isinstance(m.get("hooks"), list):
+        m["hooks"] = [hooks.stable(h) for h in m["hooks"]]
+    for k in ("hooks_missing", "attached", "totals"):
+        if k in m:
+            m[k] = fix(m[k])
+    if not isinstance(m.get("hook_symbols"), dict) and isinstance(m.get("attached"), list):
+        m["hook_symbols"] = {a["hook"]: a["symbol"] for a in m["attached"]
+                             if isinstance(a, dict) and a.get("kind") == "hook" and isinstance(a.get("hook"), str)
+                             and isinstance(a.get("symbol"), str)}
+    return m
 
 
 def empty_frame(schema, columns=None) -> pd.DataFrame:
@@ -83,6 +127,7 @@ class Recording:
         if v > FORMAT_VERSION:
             raise RecordingVersionError(f"{self.dir} was written by a newer mmntrace (format {v}; "
                                         f"this one reads up to {FORMAT_VERSION}): upgrade mmntrace")
+        self.meta = stable_meta(self.meta)
 
     @property
     def complete(self) -> bool:
@@ -99,7 +144,7 @@ class Recording:
         frames = [f for f in frames if len(f.columns)]
         if not frames:
             return empty_frame(schema, columns) if schema is not None else pd.DataFrame()
-        return pd.concat(frames, ignore_index=True)
+        return hooks.stable_frame(pd.concat(frames, ignore_index=True))
 
     def segment_files(self, prefix: str) -> list[Path]:
         """The segments of one kind (``events`` or ``sleeps``), in recording order."""
@@ -123,10 +168,11 @@ class Recording:
             names = self._parquet(f).schema_arrow.names
             cols = [c for c in columns if c in names] if columns is not None else None
             try:
-                yield self._parquet(f, [c for c in dictionary if c in names and (cols is None or c in cols)]
-                                    ).read(columns=cols)
+                t = self._parquet(f, [c for c in dictionary if c in names and (cols is None or c in cols)]
+                                  ).read(columns=cols)
             except (pa.ArrowException, OSError) as e:
                 raise RecordingError(f"segment {f.name} of {self.dir} is corrupt ({str(e).splitlines()[0]})") from None
+            yield _stable_table(t)
 
     def column_range(self, prefix: str, column: str) -> tuple[int, int] | None:
         """(min, max) of an integer column over all segments: from the Parquet
@@ -174,7 +220,7 @@ class Recording:
         if not p.exists():
             return empty_frame(HIST_COLUMNS)
         try:
-            return pq.read_table(p).to_pandas()
+            return hooks.stable_frame(pq.read_table(p).to_pandas())
         except (pa.ArrowException, OSError) as e:
             raise RecordingError(f"hist.parquet of {self.dir} is corrupt ({e})") from None
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from .kernel import stable_hook_name
+from .hooks import stable as stable_hook_name
 from .render_text import TREE_KEY, num, para, pct, tree_keys, us
 from .textfit import Col, Grid, fits, tables, to_table
 

@@ -176,6 +176,9 @@ def _coverage(rep) -> str:
            + (": " + _e(", ".join(f"{k} {v}" for k, v in d.items() if k != "total" and v)) if any(
                v for k, v in d.items() if k != "total") else "") + ".</p>"]
     out.append(f"<p>{len(cov['attached'])} probes attached, {len(cov['skipped'])} skipped.</p>")
+    sym = T.hook_symbols_line(cov)
+    if sym:
+        out.append(f"<p>{_e(sym[0].upper() + sym[1:])}.</p>")
     if cov.get("by_kind"):
         out.append(_table(["probe kind", "attached", "skipped"],
                           [[k, v["attached"], v["skipped"]] for k, v in sorted(cov["by_kind"].items())], left={0}))

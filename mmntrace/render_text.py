@@ -345,6 +345,14 @@ def verdict(rep) -> list[str]:
                                                          v["skipped_probes"] else "")]
 
 
+def hook_symbols_line(cov: dict) -> str | None:
+    """The kernel symbols the hooks were traced at, where one is not
+    __mmu_notifier_<hook> (the secondary-TLB hook's is the kernel's own name,
+    renamed in 6.6); None where every one is."""
+    odd = [f"{h} at {s}" for h, s in (cov.get("hook_symbols") or {}).items() if s != f"__mmu_notifier_{h}"]
+    return f"kernel symbols: {', '.join(odd)} (the other hooks at __mmu_notifier_<hook>)" if odd else None
+
+
 def drops_coverage(rep) -> list:
     out = []
     d = rep.get("drops") or {}
@@ -359,6 +367,9 @@ def drops_coverage(rep) -> list:
         out.append(Text("  " + ", ".join(f"{k}: {v['attached']} attached"
                                           + (f", {v['skipped']} skipped" if v["skipped"] else "")
                                           for k, v in sorted(bk.items()))))
+    sym = hook_symbols_line(cov)
+    if sym:
+        out.append(Text(f"  {sym}"))
     for s in skipped[:10]:
         out.append(Text(f"  skipped {s['symbol']}: {s['why']}"))
     for u in cov.get("untimed") or []:

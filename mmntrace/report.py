@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 
-from . import aggregate
+from . import aggregate, hooks
 from .errors import RecordingError
-from .kernel import stable_hook_name
 from .recording import Recording
 
 SCHEMA_VERSION = 1
 #: additions within schema_version 1 (docs/report-schema.md lists what each added)
-SCHEMA_MINOR = 5
+SCHEMA_MINOR = 6
 
 LAT_FIELDS = ["count", "rate_per_s", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
 
@@ -42,6 +41,15 @@ def _int(v) -> int:
         return int(v or 0)
     except (TypeError, ValueError, OverflowError):
         return 0
+
+
+def hook_symbols(meta: dict) -> dict:
+    """Stable hook name -> the kernel's entry point it was traced at, from
+    the metadata (:func:`mmntrace.recording.stable_meta` derives it for
+    recordings made before it was written)."""
+    hs = meta.get("hook_symbols")
+    return {str(k): str(v) for k, v in sorted(hs.items(), key=lambda kv: hooks.order(kv[0]))} \
+        if isinstance(hs, dict) else {}
 
 
 def from_summary(s: aggregate.Summary) -> dict:
@@ -119,6 +127,7 @@ def from_summary(s: aggregate.Summary) -> dict:
                         for u in _list(m.get("untimed")) if isinstance(u, dict)],
             "by_kind": by_kind,
             "hooks": _list(m.get("hooks")),
+            "hook_symbols": hook_symbols(m),
             "filters": m.get("filters"),
             "not_selected": sorted({str(a.get("symbol")) for a in chosen_out}),
         },
@@ -203,7 +212,7 @@ def _join(rows_a, rows_b, key):
 def _hook_names(ra, rb) -> dict:
     """A joined row's hook: the stable name it was joined on, and each side's own."""
     hook = (ra or rb)["hook"]
-    return {"hook": hook, "stable_hook": stable_hook_name(hook), "a_hook": ra["hook"] if ra else None,
+    return {"hook": hook, "stable_hook": hooks.stable(hook), "a_hook": ra["hook"] if ra else None,
             "b_hook": rb["hook"] if rb else None}
 
 
@@ -212,7 +221,7 @@ def _latency(a: dict, b: dict, sa, sb) -> list[dict]:
     numbers, B/A of each (the rate's from the exact rates) and the judgement
     of p50, p99 and max."""
     out = []
-    key = lambda r: (stable_hook_name(r["hook"]), r["callback"], r["event"])  # noqa: E731
+    key = lambda r: (hooks.stable(r["hook"]), r["callback"], r["event"])  # noqa: E731
     pick = lambda r: {f: r.get(f) for f in LAT_FIELDS} if r else None  # noqa: E731
     for (_h, cb, ev), ra, rb in _join(a["latency"], b["latency"], key):
         q = {f: ratio(ra and ra.get(f), rb and rb.get(f)) for f in LAT_FIELDS}
@@ -235,7 +244,7 @@ def _invocations(rep: dict) -> list[dict]:
 
 def _rates(a: dict, b: dict, sa, sb) -> list[dict]:
     """Invocations of each hook and callback (over all events) as rates."""
-    key = lambda r: (stable_hook_name(r["hook"]), r["callback"])  # noqa: E731
+    key = lambda r: (hooks.stable(r["hook"]), r["callback"])  # noqa: E731
     rows = [_hook_names(ra, rb) | {"callback": cb, "event": None}
             | counted(ra and ra["count"], rb and rb["count"], sa, sb)
             for (_h, cb), ra, rb in _join(_invocations(a), _invocations(b), key)]
@@ -248,7 +257,7 @@ def _rates(a: dict, b: dict, sa, sb) -> list[dict]:
 def _violations(a: dict, b: dict, sa, sb) -> list[dict]:
     """Violation rows joined on (rule, stable hook, callback, sleeper); a
     violation that appears is worse, one that disappears better."""
-    key = lambda r: (r["rule"], stable_hook_name(r["hook"]), r["callback"], r["sleeper"])  # noqa: E731
+    key = lambda r: (r["rule"], hooks.stable(r["hook"]), r["callback"], r["sleeper"])  # noqa: E731
     out = []
     for (rule, _h, cb, sleeper), ra, rb in _join(a["violations"], b["violations"], key):
         c = counted(ra and ra["count"], rb and rb["count"], sa, sb)
@@ -294,15 +303,25 @@ def _recorded_hooks(rep: dict) -> dict[str, set]:
         + [h for h in (rep.get("coverage") or {}).get("hooks") or [] if isinstance(h, str)]
     out: dict[str, set] = {}
     for n in names:
-        out.setdefault(stable_hook_name(n), set()).add(n)
+        out.setdefault(hooks.stable(n), set()).add(n)
     return out
 
 
 def hook_names(a: dict, b: dict) -> list[dict]:
-    """The hooks the two recordings name differently (the kernel renamed the
-    symbol), compared under their stable name."""
+    """The hooks the two reports name differently, compared under their
+    stable name: none since recordings name every hook by it (older ones
+    are mapped as they are read); kept for the schema."""
     ha, hb = _recorded_hooks(a), _recorded_hooks(b)
     return [{"hook": h, "a": sorted(ha[h]), "b": sorted(hb[h])} for h in ha if h in hb and ha[h] != hb[h]]
+
+
+def hook_symbol_changes(a: dict, b: dict) -> list[dict]:
+    """The hooks both recordings traced at different kernel symbols (the
+    kernel renamed its entry point: the secondary-TLB hook is
+    __mmu_notifier_invalidate_range before 6.6), in report order."""
+    sa, sb = ((r.get("coverage") or {}).get("hook_symbols") or {} for r in (a, b))
+    return [{"hook": h, "a": sa[h], "b": sb[h]} for h in sorted(set(sa) & set(sb), key=hooks.order)
+            if sa[h] != sb[h]]
 
 
 def _kernel_text(a: dict, b: dict, ka, kb) -> str:
@@ -317,6 +336,8 @@ def _kernel_text(a: dict, b: dict, ka, kb) -> str:
     for h in hook_names(a, b):
         text += (f"; {h['hook']} is {'/'.join(h['a'])} before and {'/'.join(h['b'])} after, "
                  f"compared as {h['hook']}")
+    for h in hook_symbol_changes(a, b):
+        text += f"; {h['hook']} is the kernel's {h['a']} before and {h['b']} after"
     return text
 
 
@@ -365,7 +386,8 @@ def compare(a: dict, b: dict) -> dict:
     drops = [{"type": k, "a": (a.get("drops") or {}).get(k), "b": (b.get("drops") or {}).get(k),
               "ratio": ratio((a.get("drops") or {}).get(k), (b.get("drops") or {}).get(k))} for k in dk]
     return {"a": a.get("recording"), "b": b.get("recording"), "rate_s": {"a": sa, "b": sb},
-            "warnings": warnings(a, b), "hook_names": hook_names(a, b), "notable": NOTABLE,
+            "warnings": warnings(a, b), "hook_names": hook_names(a, b),
+            "hook_symbols": hook_symbol_changes(a, b), "notable": NOTABLE,
             "summary": summary, "totals": [{"metric": k} | counted(a.get(k), b.get(k), sa, sb) for k in TOTALS],
             "rates": _rates(a, b, sa, sb), "latency": _latency(a, b, sa, sb),
             "violations": _violations(a, b, sa, sb), "processes": _processes(a, b, sa, sb),

@@ -19,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import hooks
 from .recording import RecordingWriter
 
-SEC = "arch_invalidate_secondary_tlbs"
+SEC = "secondary_tlb"
+#: the secondary-TLB hook's ops member on 6.12 (its kernel symbol: __mmu_notifier_ + it); 6.1: invalidate_range
+SEC_612 = "arch_invalidate_secondary_tlbs"
 #: (kind, hook, callback, weight, median ns, sigma of log)
 MIX = [
     ("hook", "invalidate_range_start", None, 0.17, 1500, 0.8),
@@ -36,7 +39,8 @@ MIX = [
     ("callback", "clear_flush_young", "kvm_mmu_notifier_clear_flush_young [kvm]", 0.0399, 1500, 0.9),
     ("hook", "release", None, 0.0001, 50000, 0.3),
 ]
-HOOK_IDS = {"invalidate_range_start": 0, "invalidate_range_end": 1, SEC: 2, "release": 3, "clear_flush_young": 4}
+HOOK_IDS = {n: hooks.by_name(n).id for n in ("invalidate_range_start", "invalidate_range_end", SEC, "release",
+                                              "clear_flush_young")}
 EVENTS = ["unmap", "clear", "protection_vma", "protection_page", "soft_dirty", "release", "migrate", "exclusive"]
 EVENT_P = [0.3, 0.4, 0.1, 0.05, 0.02, 0.01, 0.1, 0.02]
 RANGE_CALLERS = ["zap_pte_range", "change_protection", "migrate_vma_collect", "try_to_unmap_one",
@@ -52,8 +56,13 @@ META = {"kernel": {"release": "6.12.0-synthetic", "arch": "x86_64"}, "backend": 
         "hooks": list(HOOK_IDS), "filters": {"pid": None, "comm": None}, "synthetic": True}
 
 
-def attached() -> list[dict]:
-    out = [{"kind": "hook", "symbol": f"__mmu_notifier_{h}", "module": None, "hook": h, "status": "attached"}
+def hook_symbol(hook: str, secondary: str = SEC_612) -> str:
+    """The kernel's entry point of a hook, on the kernel whose secondary-TLB op is ``secondary``."""
+    return f"__mmu_notifier_{secondary}" if hook == SEC else hooks.by_name(hook).symbols[0]
+
+
+def attached(secondary: str = SEC_612) -> list[dict]:
+    out = [{"kind": "hook", "symbol": hook_symbol(h, secondary), "module": None, "hook": h, "status": "attached"}
            for h in HOOK_IDS]
     out += [{"kind": "callback", "symbol": cb, "module": cb.split("[")[-1].rstrip("]"), "hook": h,
              "status": "attached"} for k, h, cb, *_ in MIX if cb]
@@ -142,7 +151,7 @@ def hist_frame(ev: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     keys = ["hook", "callback", "event"]
     h = d.groupby(keys + ["slot"], dropna=False).size().rename("count").reset_index()
     h["func"] = 0
-    h["hook_id"] = [HOOK_IDS.get(x, HOOK_IDS[SEC]) for x in h["hook"]]     # else: the renamed secondary-TLB hook
+    h["hook_id"] = [hooks.by_name(x).id for x in h["hook"]]     # an old name too (legacy_names)
     h["event_id"] = -1
     tot = d.groupby(keys, dropna=False)["dur_ns"].agg(["size", "sum"]).reset_index()
     totals = [{"hook": r.hook, "event": None if pd.isna(r.event) else r.event,
@@ -178,9 +187,10 @@ def _release_once(ev: pd.DataFrame) -> pd.DataFrame:
 
 
 def _as_kernel(df: pd.DataFrame, secondary: str, scale: dict[str, float] | None) -> pd.DataFrame:
-    """Records as another kernel would name them (the secondary-TLB hook is
-    ``invalidate_range`` before 6.6), durations of the callbacks (or hooks,
-    by name) in ``scale`` multiplied by its factor."""
+    """Records with the secondary-TLB hook named ``secondary`` (as mmntrace
+    named it before the stable names: ``invalidate_range`` before 6.6),
+    durations of the callbacks (or hooks, by name) in ``scale`` multiplied by
+    its factor."""
     if df.empty:
         return df
     if secondary != SEC:
@@ -197,13 +207,18 @@ def _as_kernel(df: pd.DataFrame, secondary: str, scale: dict[str, float] | None)
 
 def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30, *, aggregate: bool = False,
           span_s: float = 30.0, seed: int = 1, ts0: int = 5_000_000_000_000,
-          release: str = META["kernel"]["release"], secondary: str = SEC, backend: str = META["backend"],
+          release: str = META["kernel"]["release"], secondary: str = SEC_612, backend: str = META["backend"],
           scale: dict[str, float] | None = None, idle_start_s: float = 0.0, idle_end_s: float = 0.0,
-          end: bool = True, release_once: bool = False) -> Path:
+          end: bool = True, release_once: bool = False, legacy_names: bool = False) -> Path:
     """Write a synthetic recording to ``path`` (a new directory) and return it.
 
-    ``release`` and ``secondary`` make it look like another kernel's (for
-    6.1: ``secondary="invalidate_range"``); ``scale`` multiplies the latency
+    ``release`` and ``secondary`` (the secondary-TLB hook's ops member) make
+    it look like another kernel's (for 6.1: ``secondary="invalidate_range"``:
+    the hook is still ``secondary_tlb``, its symbol in ``hook_symbols``
+    ``__mmu_notifier_invalidate_range``). ``legacy_names``: as mmntrace wrote
+    recordings before the stable names, the hook named after the kernel's
+    symbol (``invalidate_range``, ``arch_invalidate_secondary_tlbs``) and no
+    ``hook_symbols``. ``scale`` multiplies the latency
     of the callbacks (or hooks) it names, to make a before and an after.
     The records span ``span_s`` seconds from ``ts0``; the recording lasts
     ``idle_start_s`` more before them and ``idle_end_s`` more after (an idle
@@ -213,15 +228,18 @@ def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30,
     callbacks (RELEASE_ONCE), as when the traced process exits."""
     rng = np.random.default_rng(seed)
     span = int(span_s * 1e9)
-    ren = lambda h: secondary if h == SEC else h  # noqa: E731
-    att = [a | {"hook": ren(a["hook"]), "symbol": a["symbol"].replace(SEC, secondary)} for a in attached()]
+    named = secondary if legacy_names else SEC         # the secondary-TLB hook's name in the tables
+    ren = lambda h: named if h == SEC else h  # noqa: E731
+    att = [a | {"hook": ren(a["hook"])} for a in attached(secondary)]
     if release_once:
         att += [{"kind": "callback", "symbol": cb, "module": cb.split("[")[-1].rstrip("]"), "hook": "release",
                  "status": "attached"} for _k, cb, _d in RELEASE_ONCE if cb]
     w = RecordingWriter(path, META | {"aggregate": aggregate, "attached": att, "backend": backend,
                                       "kernel": {"release": release, "arch": META["kernel"]["arch"]},
                                       "hooks": [ren(h) for h in META["hooks"]],
-                                      "events_enum": {str(i): e for i, e in enumerate(EVENTS)}})
+                                      "events_enum": {str(i): e for i, e in enumerate(EVENTS)}}
+                        | ({} if legacy_names else {"hook_symbols": {h: hook_symbol(h, secondary)
+                                                                     for h in META["hooks"]}}))
     start = time.time()
     per = -(-n_events // segments) if segments else 0
     seg_span = span // max(segments, 1)
@@ -236,10 +254,10 @@ def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30,
         if release_once:
             ev = _release_once(ev) if k == segments - 1 or (k + 1) * per >= n_events else \
                 ev[ev["hook"].astype(object) != "release"]
-        ev = _as_kernel(ev, secondary, scale)
+        ev = _as_kernel(ev, named, scale)
         lo, hi = ts0 + k * seg_span, ts0 + (k + 1) * seg_span
         sl = sl_all[(sl_all["ts_ns"] >= lo) & (sl_all["ts_ns"] < hi)] if len(sl_all) else sl_all
-        sl = _as_kernel(sl, secondary, None)
+        sl = _as_kernel(sl, named, None)
         if aggregate:
             hist_parts.append(ev)
             w.write_segment(pd.DataFrame(), sl.reset_index(drop=True))

@@ -37,6 +37,7 @@ import numpy as np
 
 from . import bpfsys
 from . import btf as btfmod
+from . import hooks as hookmod
 from . import kernel
 from .errors import BpfLoadError, MmntraceError
 from .ksyms import KernelSymbols
@@ -245,14 +246,11 @@ class Tracer:
         if hooks is None:
             return set(range(kernel.NR_HOOKS))
         out = set()
-        names = {v: k for k, v in kernel.HOOK_NAMES.items()}
         for h in hooks:
             if isinstance(h, int):
                 out.add(h)
-            elif h in names:
-                out.add(names[h])
-            elif h in kernel.OP_HOOK:
-                out.add(kernel.OP_HOOK[h])
+            elif hookmod.by_name(h) is not None:     # the stable name, an old one, an ops member
+                out.add(hookmod.by_name(h).id)
             else:
                 raise MmntraceError(f"unknown hook {h!r}")
         return out
@@ -274,11 +272,7 @@ class Tracer:
             fl.append("-DMMNT_ITER")
         if getattr(f, "raw_sched_switch", False):
             fl.append("-DMMNT_RAW_SWITCH")
-        for op, define in (("invalidate_range", "MMNT_HAVE_OP_INVALIDATE_RANGE"),
-                           ("arch_invalidate_secondary_tlbs", "MMNT_HAVE_OP_ARCH_SECONDARY"),
-                           ("change_pte", "MMNT_HAVE_OP_CHANGE_PTE")):
-            if f.has_op(op):
-                fl.append(f"-D{define}")
+        fl += [f"-D{d}" for d in hookmod.op_defines(f.ops)]     # the ops members this kernel has
         if f.gfp_direct_reclaim is not None:
             fl.append(f"-DMMNT_GFP_DIRECT_RECLAIM={f.gfp_direct_reclaim:#x}ULL")
         if self.layout == "btf":

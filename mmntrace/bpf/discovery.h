@@ -54,7 +54,7 @@ static __always_inline int op_hook_at(u32 off)
 	if (off == MMNT_L_OPS_invalidate_range)
 		return MMNT_HOOK_SECONDARY_TLB;
 #endif
-#ifdef MMNT_HAVE_OP_ARCH_SECONDARY
+#ifdef MMNT_HAVE_OP_ARCH_INVALIDATE_SECONDARY_TLBS
 	if (off == MMNT_L_OPS_arch_invalidate_secondary_tlbs)
 		return MMNT_HOOK_SECONDARY_TLB;
 #endif
@@ -203,7 +203,7 @@ static __always_inline int op_off_of(u32 hook)
 		return MMNT_L_OPS_clear_young;
 	if (hook == MMNT_HOOK_TEST_YOUNG)
 		return MMNT_L_OPS_test_young;
-#ifdef MMNT_HAVE_OP_ARCH_SECONDARY
+#ifdef MMNT_HAVE_OP_ARCH_INVALIDATE_SECONDARY_TLBS
 	if (hook == MMNT_HOOK_SECONDARY_TLB)
 		return MMNT_L_OPS_arch_invalidate_secondary_tlbs;
 #endif

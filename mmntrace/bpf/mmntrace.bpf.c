@@ -8,7 +8,9 @@
  *   MMNT_SELF_TGID                            the tracer (calibration probe)
  *   MMNT_PC_ADDR, MMNT_PCPU_OFF_ADDR          per-cpu preempt_count, __per_cpu_offset (0: unknown)
  *   MMNT_SUBS_LIST_OFF                        offsetof(struct mmu_notifier_subscriptions, list), -1: unknown
- *   MMNT_HAVE_OP_INVALIDATE_RANGE / _ARCH_SECONDARY / _CHANGE_PTE   ops members present
+ *   MMNT_HAVE_OP_<MEMBER>                     struct mmu_notifier_ops members present (one per
+ *                                             member of mmntrace/hooks.py's table: INVALIDATE_RANGE,
+ *                                             ARCH_INVALIDATE_SECONDARY_TLBS, CHANGE_PTE...)
  *   MMNT_GFP_DIRECT_RECLAIM                   __GFP_DIRECT_RECLAIM value (BTF or header)
  *   MMNT_AGGREGATE                            durations into in-kernel histograms
  *   MMNT_BTF_LAYOUT, MMNT_L_*                 struct layouts from BTF (else the headers give them)
@@ -78,7 +80,7 @@
 #ifdef MMNT_HAVE_OP_INVALIDATE_RANGE
 #define MMNT_L_OPS_invalidate_range offsetof(struct mmu_notifier_ops, invalidate_range)
 #endif
-#ifdef MMNT_HAVE_OP_ARCH_SECONDARY
+#ifdef MMNT_HAVE_OP_ARCH_INVALIDATE_SECONDARY_TLBS
 #define MMNT_L_OPS_arch_invalidate_secondary_tlbs offsetof(struct mmu_notifier_ops, arch_invalidate_secondary_tlbs)
 #endif
 #ifdef MMNT_HAVE_OP_CHANGE_PTE

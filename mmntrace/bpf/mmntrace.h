@@ -27,11 +27,13 @@ enum mmnt_type {
 	MMNT_REC_REGISTER = 5,	/* (un)registration of a subscription */
 };
 
-/* Hooks. Same numbering as tests/kmod/mmnt_test_uapi.h. */
+/* Hooks. Same numbering as tests/kmod/mmnt_test_uapi.h. Their stable names,
+ * kernel symbols and ops members: the table in mmntrace/hooks.py, which reads
+ * the ids from here (a unit test checks that each member has a row there). */
 enum mmnt_hook {
 	MMNT_HOOK_START = 0,		/* invalidate_range_start */
 	MMNT_HOOK_END = 1,		/* invalidate_range_end */
-	MMNT_HOOK_SECONDARY_TLB = 2,	/* invalidate_range (<6.6) / arch_invalidate_secondary_tlbs */
+	MMNT_HOOK_SECONDARY_TLB = 2,	/* secondary_tlb: invalidate_range (<6.6) / arch_invalidate_secondary_tlbs */
 	MMNT_HOOK_RELEASE = 3,
 	MMNT_HOOK_CLEAR_FLUSH_YOUNG = 4,
 	MMNT_HOOK_CLEAR_YOUNG = 5,

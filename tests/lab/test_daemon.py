@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
+from mmntrace import hooks as hooks_table
 from mmnlab import testmod
 
 pytestmark = pytest.mark.lab
@@ -215,6 +216,7 @@ def test_windows_match_module_metrics_budget_and_sigterm(tmp_path):
         lo, hi = s["start_ns"], s["end_ns"]
         assert lo == w["start_ns"]
         assert s["drops"]["total"] == 0 and s["sample_every"] == 1
+        assert {r["hook"] for r in s["latency"]} <= set(hooks_table.choices())     # stable names
         lat: dict = {}
         for r in s["latency"]:     # one row per event type: sum them
             k = (r["hook"], (r["callback"] or "").split(" ")[0])

@@ -12,13 +12,15 @@ import re
 import shutil
 import subprocess
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, strategies as st
 
-from mmntrace import report, synthetic
+from mmntrace import hooks, report, synthetic
 from mmntrace.cli import main
 from mmntrace.kernel import stable_hook_name
+from mmntrace.recording import Recording
 from mmntrace.render_compare import ratio_text
 
 KVM_YOUNG = "kvm_mmu_notifier_clear_flush_young [kvm]"     # 4x slower after
@@ -36,7 +38,13 @@ def recs(tmp_path_factory):
     after = synthetic.write(d / "after", n_events=6000, segments=2, violations=12, span_s=30.0, seed=2,
                             backend="fentry", scale={KVM_YOUNG: 4.0, TEST_SEC: 0.25})
     agg = synthetic.write(d / "agg", n_events=2000, segments=1, violations=0, span_s=10.0, seed=3, aggregate=True)
-    return {"before": before, "after": after, "agg": agg}
+    # the same two as mmntrace wrote them before the stable names: the hook named after the kernel's symbol
+    old = {k: synthetic.write(d / f"old-{k}", **kw, legacy_names=True) for k, kw in (
+        ("before", dict(n_events=3000, segments=2, violations=0, span_s=10.0, seed=1, release="6.1.0-synthetic",
+                        secondary="invalidate_range")),
+        ("after", dict(n_events=6000, segments=2, violations=12, span_s=30.0, seed=2, backend="fentry",
+                       scale={KVM_YOUNG: 4.0, TEST_SEC: 0.25})))}
+    return {"before": before, "after": after, "agg": agg, "old_before": old["before"], "old_after": old["after"]}
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +117,7 @@ def test_violation_that_appeared_is_new_and_worse(reps):
     for v in c["violations"]:
         assert v["a_count"] == 0 and v["b_count"] > 0 and v["rate_ratio"] is None and v["ratio"] is None
         assert v["b_rate_per_s"] == pytest.approx(v["b_count"] / 30.0) and v["stack"]
-        assert v["stable_hook"] == "secondary_tlb" and v["hook"] == "arch_invalidate_secondary_tlbs"
+        assert v["stable_hook"] == v["hook"] == v["b_hook"] == "secondary_tlb"
     assert report.judge(0.0, "gone", presence_counts=True) == "better"
     assert report.judge(1.1, "both") == "worse" and report.judge(1.09, "both") is None
     assert report.judge(0.91, "both") == "better" and report.judge(0.92, "both") is None
@@ -117,23 +125,66 @@ def test_violation_that_appeared_is_new_and_worse(reps):
 
 # ---- one name per hook ---------------------------------------------------------------------
 
-def test_secondary_tlb_lines_up_across_61_and_612(reps):
+SYM_61, SYM_612 = "__mmu_notifier_invalidate_range", "__mmu_notifier_arch_invalidate_secondary_tlbs"
+
+
+def _lined_up(a: dict, b: dict, c: dict) -> None:
+    """Every hook of a 6.1 (A) and a 6.12 (B) comparison is joined under its
+    stable name, the secondary-TLB hook and its callback included: a row
+    only one side has is one the other side never saw (release is rare)."""
+    sec = [r for r in c["latency"] if r["stable_hook"] == "secondary_tlb"]
+    assert {r["callback"] for r in sec} == {None, TEST_SEC} and all(r["status"] == "both" for r in sec)
+    seen = {side: {(r["hook"], r["callback"], r["event"]) for r in rep["latency"]}
+            for side, rep in (("a", a), ("b", b))}
+    for r in c["latency"] + c["rates"]:
+        assert r["hook"] == r["stable_hook"] == hooks.stable(r["hook"]) and r["hook"] in hooks.choices()
+        if r["status"] == "both":
+            assert r["a_hook"] == r["b_hook"] == r["stable_hook"], r
+        else:
+            n = 3 if "event" in r else 2        # rates rows: all events together
+            other = {k[:n] for k in seen["a" if r["status"] == "new" else "b"]}
+            assert (r["hook"], r["callback"], r.get("event"))[:n] not in other, r
+    assert {k[0] for k in seen["a"]} - {"release"} == {k[0] for k in seen["b"]} - {"release"}
+    for v in c["violations"]:
+        assert v["hook"] == v["stable_hook"] == "secondary_tlb"
+    assert c["hook_names"] == []
+    assert c["hook_symbols"] == [{"hook": "secondary_tlb", "a": SYM_61, "b": SYM_612}]
+
+
+def test_secondary_tlb_lines_up_across_61_and_612(reps, recs):
     c = reps["rep"]["compare"]
     assert stable_hook_name("invalidate_range") == stable_hook_name("arch_invalidate_secondary_tlbs") == \
         "secondary_tlb"
     assert stable_hook_name("release") == "release" and stable_hook_name("no_such_hook") == "no_such_hook"
-    sec = [r for r in c["latency"] if r["stable_hook"] == "secondary_tlb"]
-    assert {r["callback"] for r in sec} == {None, TEST_SEC}
-    for r in sec:
-        assert r["status"] == "both" and (r["a_hook"], r["b_hook"]) == ("invalidate_range",
-                                                                          "arch_invalidate_secondary_tlbs")
-    assert not [r for r in c["latency"] + c["rates"] if r["status"] in ("new", "gone")
-                and r["stable_hook"] == "secondary_tlb"]
-    assert c["hook_names"] == [{"hook": "secondary_tlb", "a": ["invalidate_range"],
-                                "b": ["arch_invalidate_secondary_tlbs"]}]
+    _lined_up(reps["a"], reps["b"], c)
+    # the kernel's symbol is a field of the recording, not its name
+    ma, mb = Recording(recs["before"]).meta, Recording(recs["after"]).meta
+    assert ma["hook_symbols"]["secondary_tlb"] == SYM_61 and mb["hook_symbols"]["secondary_tlb"] == SYM_612
+    assert "secondary_tlb" in ma["hooks"] and "secondary_tlb" in mb["hooks"]
     text = report.to_text(reps["rep"], width=160)
     assert "\nsecondary_tlb" in text and "\ninvalidate_range " not in text
-    assert "secondary_tlb is invalidate_range before and arch_invalidate_secondary_tlbs after" in text
+    assert "arch_invalidate_secondary_tlbs" not in text.replace(SYM_612, "")
+    assert f"secondary_tlb is the kernel's {SYM_61} before and {SYM_612} after" in " ".join(text.split())
+
+
+def test_recordings_made_before_the_stable_names_line_up(recs, reps):
+    """Recordings that name the secondary-TLB hook after the kernel's symbol
+    (``invalidate_range`` on 6.1, ``arch_invalidate_secondary_tlbs`` on 6.12)
+    are read under the stable names: compared with each other or with a
+    new recording, every hook lines up as it does between two new ones."""
+    raw = pd.read_parquet(recs["old_before"] / "events-000001.parquet", columns=["hook"])
+    assert "invalidate_range" in set(raw["hook"].astype(str))                   # as written ...
+    old = Recording(recs["old_before"])
+    assert set(old.events()["hook"].astype(str)) <= set(hooks.choices())        # ... as read
+    assert old.meta["hook_symbols"]["secondary_tlb"] == SYM_61 and "invalidate_range" not in old.meta["hooks"]
+    assert {a["hook"] for a in old.meta["attached"] if a["hook"]} <= set(hooks.choices())
+    oa, ob = report.build(recs["old_before"]), report.build(recs["old_after"])
+    assert {v["hook"] for v in ob["violations"]} == {"secondary_tlb"}
+    for a, b in ((oa, ob), (oa, reps["b"]), (reps["a"], ob)):
+        _lined_up(a, b, report.compare(a, b))
+    # old and new of the same kernel: the same report, names and all
+    for k in ("latency", "violations", "secondary_tlb"):
+        assert oa[k] == reps["a"][k] and ob[k] == reps["b"][k], k
 
 
 # ---- warnings ------------------------------------------------------------------------------
@@ -184,9 +235,9 @@ def test_json_carries_rates_ratios_status_and_warnings(recs):
     r = _cli("report", recs["before"], "--compare", recs["after"], "--format", "json")
     assert r.exit_code == 0
     rep = json.loads(r.output)
-    assert rep["schema_minor"] == 5 and rep["recording"] == str(recs["before"])     # before's report, as before
+    assert rep["schema_minor"] == 6 and rep["recording"] == str(recs["before"])     # before's report, as before
     c = rep["compare"]
-    assert {"warnings", "hook_names", "rate_s", "totals", "rates", "notable"} <= c.keys()
+    assert {"warnings", "hook_names", "hook_symbols", "rate_s", "totals", "rates", "notable"} <= c.keys()
     for rows in (c["rates"], c["violations"], c["processes"], c["secondary_tlb"], c["totals"]):
         for x in rows:
             assert {"a_count", "b_count", "a_rate_per_s", "b_rate_per_s", "rate_ratio", "status"} <= x.keys()

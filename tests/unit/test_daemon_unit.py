@@ -80,7 +80,7 @@ def _summary(name, index, t):
             "latency": [{"hook": "invalidate_range_start", "callback": None, "event": "unmap", "count": 3},
                         {"hook": "invalidate_range_start", "callback": "kvm_cb [kvm]", "event": "unmap",
                          "count": 3}],
-            "violations": [{"rule": "sleep", "hook": "invalidate_range", "callback": "drv_cb [drv]",
+            "violations": [{"rule": "sleep", "hook": "secondary_tlb", "callback": "drv_cb [drv]",
                             "sleeper": "msleep", "count": 2}]}
 
 
@@ -88,7 +88,7 @@ def test_partitions_are_hive_and_atomic(tmp_path):
     t = 1_700_000_000.0
     rows = [{"window": "w0", "start_ns": 1, "hook": "invalidate_range_start", "callback": None, "event": "unmap",
              "slot": 10, "count": 3}]
-    sl = pd.DataFrame({"ts_ns": [5], "cpu": [0], "pid": [1], "tid": [1], "comm": ["x"], "hook": ["invalidate_range"],
+    sl = pd.DataFrame({"ts_ns": [5], "cpu": [0], "pid": [1], "tid": [1], "comm": ["x"], "hook": ["secondary_tlb"],
                        "callback": ["drv_cb [drv]"], "rule": ["sleep"], "sleeper": ["msleep"], "atomic": [True],
                        "seq": [1], "stack": [["msleep", "drv_cb"]]})
     paths = d.write_window(tmp_path, "h1", _summary("w0", 0, t), rows, sl)
@@ -158,7 +158,7 @@ def test_fleet_notebook_compares_hosts_and_kernels(tmp_path):
                      "callback": "kvm_mmu_notifier_invalidate_range_start [kvm]", "event": "unmap",
                      "slot": 10 + i, "count": 100}]
             sl = pd.DataFrame({"ts_ns": [1], "cpu": [0], "pid": [1], "tid": [1], "comm": ["x"],
-                               "hook": ["invalidate_range"], "callback": ["drv_cb [drv]"], "rule": ["sleep"],
+                               "hook": ["secondary_tlb"], "callback": ["drv_cb [drv]"], "rule": ["sleep"],
                                "sleeper": ["msleep"], "atomic": [True], "seq": [1], "stack": [["msleep"]]})
             d.write_window(fleet, host, s, rows, sl if host == "c" else None)
     nb_dir = Path(__file__).resolve().parents[2] / "mmntrace" / "notebooks" / "fleet"

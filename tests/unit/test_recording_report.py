@@ -29,7 +29,7 @@ def _events(rows):
 def _sleeps(rows):
     base = dict(ts_ns=0, cpu=0, pid=1, tid=1, comm="t", mm=1, hook_id=2, event_id=-1, start=0, end=0,
                 blockable=True, atomic=True, irqs_off=False, must_not_sleep=True, preempt_count=1, dur_ns=0,
-                ret=0, seq=0, stack_id=1, func=0, hook="arch_invalidate_secondary_tlbs", event=None,
+                ret=0, seq=0, stack_id=1, func=0, hook="secondary_tlb", event=None,
                 callback="cb [mod]", rule="might_sleep", sleeper="mutex_lock", stack=["mutex_lock", "cb [mod]"])
     return pd.DataFrame([{**base, **r} for r in rows])
 
@@ -62,7 +62,7 @@ def test_latency_matches_numpy(tmp_path):
     d = rng.integers(100, 100000, 1000)
     rows = [dict(dur_ns=int(x), event="clear") for x in d]
     rows += [dict(kind="callback", callback="kvm_cb [kvm]", dur_ns=int(x), event="clear") for x in d[:10]]
-    rows += [dict(hook="arch_invalidate_secondary_tlbs", dur_ns=7, event="unmap")]
+    rows += [dict(hook="secondary_tlb", dur_ns=7, event="unmap")]
     rep = report.build(Recording(_write(tmp_path, _events(rows))))
     by = {(r["hook"], r["callback"], r["event"]): r for r in rep["latency"]}
     h = by[("invalidate_range_start", None, "clear")]
@@ -72,7 +72,7 @@ def test_latency_matches_numpy(tmp_path):
     assert h["max_ns"] == int(d.max())
     assert by[("invalidate_range_start", "kvm_cb [kvm]", "clear")]["count"] == 10
     # the secondary-TLB hook has no event type
-    assert by[("arch_invalidate_secondary_tlbs", None, None)]["count"] == 1
+    assert by[("secondary_tlb", None, None)]["count"] == 1
     assert rep["events"] == 1011 and rep["dropped"] == 0 and rep["complete"]
 
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from mmntrace import synthetic
+from mmntrace import hooks, synthetic
 from mmntrace.cli import main
 from mmntrace.recording import RecordingWriter
 
@@ -83,8 +83,14 @@ def test_json_report_contract_and_additions(recs):
     assert rep["rate_s"] == rep["duration_s"] == 10.0
     assert all(r["rate_per_s"] == round(r["count"] / rep["rate_s"], 3) for r in rep["latency"])
     # ... and minor 4: whether calls that may sleep were watched (this recording has such violations)
-    assert rep["schema_minor"] == 5
+    assert rep["schema_minor"] >= 4
     assert v["might_sleep_watched"] is True and "not watched" not in text.splitlines()[4]
+    # ... and minor 6: hooks by their stable names, the kernel's symbol of each beside them
+    assert rep["schema_minor"] == 6
+    assert rep["coverage"]["hook_symbols"]["secondary_tlb"] == "__mmu_notifier_arch_invalidate_secondary_tlbs"
+    assert list(rep["coverage"]["hook_symbols"]) == [h for h in hooks.choices() if h in rep["coverage"]["hooks"]]
+    assert {r["hook"] for r in rep["latency"]} <= set(hooks.choices())
+    assert "kernel symbols: secondary_tlb at __mmu_notifier_arch_invalidate_secondary_tlbs" in text
 
 
 def test_verdict_says_when_might_sleep_calls_were_not_watched(recs, tmp_path):
