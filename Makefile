@@ -40,15 +40,16 @@ wheel: setup
 	@bash scripts/wheel-venv.sh build/dist build/wheel-venv
 
 lab-test: setup kmod build/bench/notifier_bench wheel
-	@mkdir -p build; rm -rf build/lab-recordings
+	@mkdir -p build; rm -rf build/lab-recordings build/lab-recordings-installed
 	@echo "== the lab itself: guests lost before the command are booted again (host, real boots)"
 	$(PY) -m pytest -q -p no:cacheprovider -m boot tests/boot
 	@set -e; for k in $(KERNELS); do \
 	  echo "== lab tests on $$k"; \
 	  $(PY) scripts/lab_suite.py $$k --timeout $(LAB_TEST_TIMEOUT); \
 	done
-	@echo "== notebooks, HTML report and plots on the lab recordings (host)"
-	MMNTRACE_REQUIRE_LAB_RECORDINGS=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_lab_recordings.py
+	@echo "== notebooks, HTML report and plots on the lab recordings, by this checkout and by the installed wheel (host)"
+	MMNTRACE_REQUIRE_LAB_RECORDINGS=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_lab_recordings.py \
+	  tests/unit/test_installed.py
 
 test: setup
 	@mkdir -p build

@@ -4,16 +4,20 @@
 build/wheel-venv (scripts/wheel-venv.sh: a venv that sees Debian's bcc, the
 wheel with its dependencies and the notebooks extra). Here, in a lab kernel,
 that install records the test module's workload (counts against the
-module's own), reports, plots, runs the notebooks, and samples one daemon
-window through the exact command line of the systemd unit; all from a
-directory outside the checkout, with nothing of the checkout on its path.
+module's own) and reports on it, and samples one daemon window through the
+exact command line of the systemd unit; all from a directory outside the
+checkout, with nothing of the checkout on its path. The recording is left in
+build/lab-recordings-installed/<release>/ for the host, where the installed
+command plots it and runs the notebooks (tests/unit/test_installed.py).
 """
 
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,27 +56,14 @@ def installed():
     return VENV
 
 
-def test_the_install_is_what_runs_and_carries_no_lab(installed, tmp_path):
-    p = _run([VENV / "bin" / "python", "-c",
-              "import importlib.util, mmntrace, mmntrace.tracer as t; "
-              "print(mmntrace.__file__); print(t.BPF_SRC.is_file()); print(importlib.util.find_spec('mmnlab'))"],
-             tmp_path)
-    where, bpf_src, lab = p.stdout.split()
-    assert Path(where).resolve().is_relative_to(VENV.resolve()), where      # not the editable checkout
-    assert "site-packages" in where
-    assert bpf_src == "True"                                                # the BPF sources are package data
-    assert lab == "None"                                                    # the lab is not shipped
-    helptext = _run([MMNTRACE, "--help"], tmp_path).stdout
-    assert re.search(r"^\s+record\s", helptext, re.M) and not re.search(r"^\s+lab\s", helptext, re.M)
-    _run([MMNTRACE, "doctor"], tmp_path)
-
-
-def test_installed_mmntrace_records_reports_plots_and_runs_the_notebooks(installed, tmp_path):
+def test_installed_mmntrace_records_from_the_first_call(installed, tmp_path):
     work = tmp_path / "user"
     work.mkdir()
     wp = WorkloadProcess(["mprotect", "dontneed"], tmp_path / "wl")
     try:
+        t0 = time.monotonic()
         rec = Recorder(work / "rec", cmd=[str(MMNTRACE)], cwd=work, side=tmp_path)
+        print(f"installed recorder ready after {time.monotonic() - t0:.1f} s")
         wp.go()
         res = wp.collect()
     finally:
@@ -93,18 +84,18 @@ def test_installed_mmntrace_records_reports_plots_and_runs_the_notebooks(install
         hook = {"mmnt_invalidate_range_start": "start", "mmnt_invalidate_range_end": "end",
                 "mmnt_secondary_tlb": "secondary_tlb"}[fn]
         assert n == int((mod["hook"] == testmod.HOOKS[hook]).sum()) and n > 0, fn
-    # report (text and JSON), plots and notebooks, all by the installed command
-    text = _run([MMNTRACE, "report", "rec"], work).stdout
-    assert "mmnt_invalidate_range_start" in text
+    # the report the installed command writes agrees; the host runs its plots and
+    # notebooks on a copy (tests/unit/test_installed.py: Jupyter is not emulated)
+    t0 = time.monotonic()
     _run([MMNTRACE, "report", "rec", "--format", "json", "-o", "rep.json"], work)
+    print(f"installed report: {time.monotonic() - t0:.1f} s")
     rep = json.loads((work / "rep.json").read_text())
     assert rep["dropped"] == 0 and rep["violations"] == []
-    figs = _run([MMNTRACE, "plot", "rec", "-o", "figs"], work).stdout.split()
-    assert figs and all((work / f).stat().st_size > 0 for f in figs)      # (work / an absolute path) is that path
-    nbs = _run([MMNTRACE, "notebooks", "rec", "nb"], work, timeout=900).stdout.split()
-    assert sorted(Path(p).name for p in nbs) == ["latency.ipynb", "violations.ipynb"]
-    shipped = Path(_run([MMNTRACE, "notebooks", "--where"], work).stdout.strip())
-    assert shipped.resolve().is_relative_to(VENV.resolve()) and (shipped / "latency.ipynb").is_file()
+    share = REPO / "build"
+    if os.access(share, os.W_OK):   # hand it to the host-side tests
+        dest = share / "lab-recordings-installed" / os.uname().release
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(work / "rec", dest)
 
 
 def test_the_systemd_units_command_line_samples_a_window(installed, tmp_path):
