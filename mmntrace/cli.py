@@ -348,7 +348,7 @@ def report(recording, fmt, out, other, top, width, keep_root_owner):
     sections are absent. A file written with -o is 0600 (it shows mm
     addresses), never through a symbolic link.
     """
-    from . import aggregate, report as rep
+    from . import aggregate, render, report as rep
     from .recording import Recording
     if fmt == "html" and not out:
         raise errors.UsageError("--format html writes a file: add -o FILE (for example -o report.html)")
@@ -363,11 +363,11 @@ def report(recording, fmt, out, other, top, width, keep_root_owner):
         rep.require_data(sb)
         r = rep.with_compare(r, rep.from_summary(sb))
     if fmt == "json":
-        text = rep.to_json(r) + "\n"
+        text = render.json(r) + "\n"
     elif fmt == "html":
-        text = rep.to_html(r, sa, sb)
+        text = render.html(r, sa, sb)
     else:
-        text = rep.to_text(r, width=width or (None if out else _term_width()),
+        text = render.text(r, width=width or (None if out else _term_width()),
                            color=not out and sys.stdout.isatty())
     if out:
         _write_output(Path(out), text, hand_over=not keep_root_owner)

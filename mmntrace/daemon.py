@@ -498,7 +498,7 @@ class Daemon:
 
     def _summarize(self, t, name, start_time, start_ns, end_ns, chunks, sampled_from):
         from . import aggregate
-        from .record import Symbolizer
+        from .symbolize import Symbolizer
         sym = Symbolizer(t, t.f)
         sleeps = pd.DataFrame()
         if chunks:

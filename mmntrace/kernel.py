@@ -502,9 +502,9 @@ def require_recording(f: Features, backend: str = "auto") -> None:
                 "probe whose trampoline cannot attach)"
                 if backend == "fentry" else "")
         raise errors.NoKprobesError("kprobes are not available on this kernel (CONFIG_KPROBES is off or tracefs is "
-                                    f"missing){also}: use `mmntrace lab`")
+                                    f"missing){also}; a development checkout's `mmntrace lab` boots a kernel that has them")
     if not f.kallsyms:
-        raise errors.NoKprobesError("/proc/kallsyms shows no real addresses (kptr_restrict): set kernel.kptr_restrict=0 or use `mmntrace lab`")
+        raise errors.NoKprobesError("/proc/kallsyms shows no real addresses (kptr_restrict): set kernel.kptr_restrict=0")
     if f.headers is None:
         if not f.btf:
             raise errors.NoKernelInfoError(f"this kernel has neither BTF nor headers: install linux-headers-{f.release}")

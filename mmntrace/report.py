@@ -1,13 +1,12 @@
 """The report: a :class:`mmntrace.aggregate.Summary` -> the JSON report dict,
-and a comparison of two. Rendering lives in :mod:`mmntrace.render_text`,
-:mod:`mmntrace.render_html` and :mod:`mmntrace.plot`.
+and a comparison of two. Rendering lives in :mod:`mmntrace.render` (text,
+JSON, HTML) and :mod:`mmntrace.plot`; nothing here imports them.
 
 JSON schema: docs/report-schema.md. Keys are only ever added.
 """
 
 from __future__ import annotations
 
-import json
 
 from . import aggregate, hooks
 from .errors import RecordingError
@@ -397,23 +396,6 @@ def compare(a: dict, b: dict) -> dict:
 def with_compare(a: dict, b: dict) -> dict:
     """A's report with the ``compare`` object added (the JSON of `report --compare`)."""
     return a | {"compare": compare(a, b)}
-
-
-# ---- renderers ---------------------------------------------------------------------------
-
-def to_json(rep: dict) -> str:
-    return json.dumps(rep, indent=2)
-
-
-def to_text(rep: dict, *, width: int | None = None, color: bool = False) -> str:
-    from .render_text import render
-    return render(rep, width=width, color=color)
-
-
-def to_html(rep: dict, summary: aggregate.Summary | None = None,
-            summary_b: aggregate.Summary | None = None) -> str:
-    from .render_html import render
-    return render(rep, summary, summary_b)
 
 
 def load_summary(path) -> aggregate.Summary:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from mmntrace import kernel, report
+from mmntrace import kernel, render, report
 from mmntrace.tracer import stale_kprobe_events
 from mmntrace.recording import Recording
 from groundtruth import Recorder
@@ -197,7 +197,7 @@ def test_module_reload_then_kill9_redacted(tmp_path):
     r = Recording(tmp_path / "rec")
     assert not r.complete
     rep = report.build(r)
-    assert "cut short" in report.to_text(rep)
+    assert "cut short" in render.text(rep)
     ev = r.events()
     # the old callbacks are listed as detached, the reloaded ones probed once each
     att = r.meta["attached"]

@@ -21,7 +21,7 @@ import pytest
 
 import mmntrace
 from mmntrace import hooks as hooks_table
-from mmntrace import kernel, report
+from mmntrace import kernel, render, report
 from mmnlab import testmod
 from mmntrace.recording import Recording
 from groundtruth import Bpftrace, Recorder, WorkloadProcess, expect_dmesg
@@ -261,7 +261,7 @@ def test_module_and_callback_choose_the_callbacks_probed(tmp_path):
     assert rep["dropped"] == 0 and rep["verdict"]["untimed"] == 0
     assert set(rep["coverage"]["not_selected"]) == left
     assert not {s["symbol"] for s in rep["coverage"]["skipped"]} & left
-    text = report.to_text(rep)
+    text = render.text(rep)
     assert f"not probed, as chosen (--module mmnt_test --callback {kvm_start})" in text
 
 

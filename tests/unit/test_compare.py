@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, strategies as st
 
-from mmntrace import hooks, report, synthetic
+from mmntrace import hooks, render, report, synthetic
 from mmntrace.cli import main
 from mmntrace.kernel import stable_hook_name
 from mmntrace.recording import Recording
@@ -161,7 +161,7 @@ def test_secondary_tlb_lines_up_across_61_and_612(reps, recs):
     ma, mb = Recording(recs["before"]).meta, Recording(recs["after"]).meta
     assert ma["hook_symbols"]["secondary_tlb"] == SYM_61 and mb["hook_symbols"]["secondary_tlb"] == SYM_612
     assert "secondary_tlb" in ma["hooks"] and "secondary_tlb" in mb["hooks"]
-    text = report.to_text(reps["rep"], width=160)
+    text = render.text(reps["rep"], width=160)
     assert "\nsecondary_tlb" in text and "\ninvalidate_range " not in text
     assert "arch_invalidate_secondary_tlbs" not in text.replace(SYM_612, "")
     assert f"secondary_tlb is the kernel's {SYM_61} before and {SYM_612} after" in " ".join(text.split())

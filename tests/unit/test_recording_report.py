@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings, strategies as st
 
-from mmntrace import aggregate, decode, report
+from mmntrace import aggregate, decode, render, report
 from mmntrace.cli import main
 from mmntrace.errors import RecordingError, RecordingVersionError, UsageError
 from mmntrace.recording import Recording, RecordingWriter, load
-from mmntrace.record import caller_of, classify_secondary_tlb
+from mmntrace.symbolize import caller_of, classify_secondary_tlb
 
 META = {"kernel": {"release": "6.12.0-test", "arch": "x86_64"}, "backend": "kprobe", "aggregate": False}
 
@@ -124,7 +124,7 @@ def test_cut_short_recording_is_readable(tmp_path):
     # no finish(): the recorder was killed
     rep = report.build(Recording(tmp_path / "rec"))
     assert rep["complete"] is False and rep["events"] == 1
-    assert "cut short" in report.to_text(rep)
+    assert "cut short" in render.text(rep)
 
 
 @pytest.mark.parametrize("setup,code,msg", [

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from mmntrace import report, synthetic
+from mmntrace import render, report, synthetic
 from mmntrace.cli import main
 from mmntrace.textfit import Col, Grid, layout, wrap
 
@@ -140,9 +140,9 @@ def _numbers(text: str) -> Counter:
 @pytest.mark.parametrize("width", [60, 80, 93, 100, 120, 137, 160, 200, 220])
 def test_every_width_fits_and_keeps_every_number(reports, kind, width):
     rep = reports[kind]
-    text = report.to_text(rep, width=width)
+    text = render.text(rep, width=width)
     assert not _widths_ok(text, width), _widths_ok(text, width)[:3]
-    missing = _numbers(report.to_text(rep, width=220)) - _numbers(text)
+    missing = _numbers(render.text(rep, width=220)) - _numbers(text)
     assert not missing, f"numbers of the 220-column report missing at {width}: {dict(missing)}"
 
 
@@ -150,9 +150,9 @@ def test_every_width_fits_and_keeps_every_number(reports, kind, width):
 @given(st.integers(60, 240))
 def test_any_width_fits(reports, width):
     for kind in ("compare", "compare_kernels"):
-        text = report.to_text(reports[kind], width=width)
+        text = render.text(reports[kind], width=width)
         assert not _widths_ok(text, width)
-        assert not _numbers(report.to_text(reports[kind], width=220)) - _numbers(text)
+        assert not _numbers(render.text(reports[kind], width=220)) - _numbers(text)
 
 
 def test_wrap_breaks_names_at_underscores_and_keeps_module_tags():

@@ -1,11 +1,11 @@
-"""Record-time symbolization (record.Symbolizer.frames): computed once per
+"""Record-time symbolization (symbolize.Symbolizer.frames): computed once per
 distinct callback, stack, hook, event, and yet the same, record by record, as
 symbolizing each record on its own."""
 
 import numpy as np
 import pandas as pd
 
-from mmntrace import decode, kernel, record
+from mmntrace import decode, kernel, symbolize
 from mmntrace.layout import record_dtype
 
 STACKS = {
@@ -59,8 +59,8 @@ def one_by_one(sym, recs, kind):
             row.update(rule=decode.SLEEP_KIND.get(int(r["kind"]), "unknown"),
                        sleeper=sym.sym(int(r["addr"])) if r["addr"] else None, stack=st)
         else:
-            row.update(caller=record.caller_of(st),
-                       caller_class=record.classify_secondary_tlb(st)
+            row.update(caller=symbolize.caller_of(st),
+                       caller_class=symbolize.classify_secondary_tlb(st)
                        if r["hook"] == kernel.HOOK_SECONDARY_TLB else None)
             if kind == "callback":
                 row["via"] = sym.hook_names.get(int(r["kind"])) if r["kind"] != kernel.HOOK_NONE else None
@@ -75,7 +75,7 @@ def same(a, b):
 
 
 def test_frames_match_symbolizing_each_record():
-    sym = record.Symbolizer(FakeTracer(), Features())
+    sym = symbolize.Symbolizer(FakeTracer(), Features())
     for rtype, kind in ((2, "callback"), (1, "hook"), (3, "sleep")):
         recs = batch(rtype=rtype)
         df = sym.frames(recs, kind)
@@ -96,7 +96,7 @@ def test_frames_match_symbolizing_each_record():
 
 
 def test_a_batch_without_any_name_keeps_its_columns():
-    sym = record.Symbolizer(FakeTracer(), Features())
+    sym = symbolize.Symbolizer(FakeTracer(), Features())
     recs = batch(rtype=1)
     recs["stack_id"] = -1
     recs["func"] = 0
