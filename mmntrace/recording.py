@@ -19,6 +19,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,9 +39,13 @@ _IDENTITY = [("ts_ns", "uint64"), ("cpu", "uint32"), ("pid", "uint32"), ("tid", 
              ("must_not_sleep", bool), ("preempt_count", "uint32"), ("dur_ns", "uint64"), ("ret", "int32"),
              ("seq", "uint64"), ("stack_id", "int32"), ("func", "uint64")]
 EVENT_COLUMNS = [("kind", object), *_IDENTITY, ("hook", object), ("event", object), ("callback", object),
-                 ("caller", object), ("caller_class", object)]
+                 ("caller", object), ("caller_class", object), ("t_s", "float64"), ("mm_hex", object)]
 SLEEP_COLUMNS = [*_IDENTITY, ("addr", "uint64"), ("hook", object), ("event", object), ("callback", object),
-                 ("rule", object), ("sleeper", object), ("stack", object)]
+                 ("rule", object), ("sleeper", object), ("stack", object), ("t_s", "float64"), ("mm_hex", object)]
+#: columns derived on read, not stored: seconds since the recording started
+#: (metadata ``start_ns``; NaN for a recording made before it was kept) and
+#: the mm as the kernel prints it (hex; categorical: a recording holds few mms)
+DERIVED = {"t_s": ("ts_ns",), "mm_hex": ("mm",)}
 HIST_COLUMNS = [("func", "uint64"), ("hook_id", "uint8"), ("event_id", "int32"), ("slot", "int64"),
                 ("count", "int64"), ("hook", object), ("event", object), ("callback", object)]
 
@@ -135,16 +140,31 @@ class Recording:
 
     def _read(self, prefix: str, columns=None, schema=None) -> pd.DataFrame:
         files = sorted(self.dir.glob(f"{prefix}-*.parquet"))
+        want = None if columns is None else list(columns)
+        stored = None if want is None else list(dict.fromkeys(
+            c for w in want for c in (DERIVED.get(w, (w,)))))
         frames = []
         for f in files:
             try:
-                frames.append(pq.read_table(f, columns=columns).to_pandas())
+                frames.append(pq.read_table(f, columns=stored).to_pandas())
             except (pa.ArrowException, OSError) as e:
                 raise RecordingError(f"segment {f.name} of {self.dir} is corrupt ({str(e).splitlines()[0]})") from None
         frames = [f for f in frames if len(f.columns)]
         if not frames:
             return empty_frame(schema, columns) if schema is not None else pd.DataFrame()
-        return hooks.stable_frame(pd.concat(frames, ignore_index=True))
+        df = self._derive(hooks.stable_frame(pd.concat(frames, ignore_index=True)), want)
+        return df if want is None else df[[c for c in want if c in df.columns]]
+
+    def _derive(self, df: pd.DataFrame, want) -> pd.DataFrame:
+        """Add the :data:`DERIVED` columns asked for (all of them when ``want`` is None)."""
+        if (want is None or "t_s" in want) and "ts_ns" in df:
+            start = self.meta.get("start_ns")
+            df["t_s"] = ((df["ts_ns"].astype("int64") - int(start)) / 1e9 if isinstance(start, int)
+                         else np.full(len(df), np.nan))
+        if (want is None or "mm_hex" in want) and "mm" in df:
+            codes, uniq = pd.factorize(df["mm"], sort=True)
+            df["mm_hex"] = pd.Categorical.from_codes(codes, [f"{int(v):#x}" for v in uniq])
+        return df
 
     def segment_files(self, prefix: str) -> list[Path]:
         """The segments of one kind (``events`` or ``sleeps``), in recording order."""
@@ -201,8 +221,10 @@ class Recording:
 
     def events(self, columns=None) -> pd.DataFrame:
         """One row per hook or callback invocation, in recording order (columns:
-        docs/recording-format.md; ``columns`` reads only those). Empty
-        recordings give the same columns with no rows."""
+        docs/recording-format.md; ``columns`` reads only those). ``t_s``
+        (seconds since the recording started) and ``mm_hex`` (the mm as the
+        kernel prints it) are derived as they are read. Empty recordings give
+        the same columns with no rows."""
         return self._read("events", columns, EVENT_COLUMNS)
 
     def sleeps(self) -> pd.DataFrame:

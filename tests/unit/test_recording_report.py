@@ -207,3 +207,20 @@ def test_api_columns_are_stable_on_empty_recordings(tmp_path):
     full = Recording(tmp_path / "full")
     assert set(full.events().columns) <= {c for c, _ in EVENT_COLUMNS}
     assert set(full.sleeps().columns) <= {c for c, _ in SLEEP_COLUMNS}
+
+
+def test_api_derives_time_since_start_and_hex_mm(tmp_path):
+    """events() and sleeps() give t_s (seconds since the recording started, the
+    plots' time axis) and mm_hex (the mm as the kernel prints it), also when
+    only they are asked for."""
+    from mmntrace import synthetic
+    synthetic.write(tmp_path / "rec", n_events=300, segments=2, violations=4)
+    r = Recording(tmp_path / "rec")
+    start = r.meta["start_ns"]
+    for df in (r.events(), r.sleeps()):
+        assert len(df)
+        assert np.allclose(df["t_s"], (df["ts_ns"].astype("int64") - start) / 1e9)
+        assert list(df["mm_hex"].astype(str)) == [hex(int(m)) for m in df["mm"]]
+    only = r.events(columns=["t_s", "mm_hex", "hook"])
+    assert list(only.columns) == ["t_s", "mm_hex", "hook"]
+    assert np.allclose(only["t_s"], r.events()["t_s"])
