@@ -15,4 +15,6 @@ else
     echo "demo: ${why#mmntrace: } -- recording in the lab (${DEMO_KERNEL:-6.12}) instead" >&2
     .venv/bin/mmntrace lab --kernel "${DEMO_KERNEL:-6.12}" --share "$OUT" -- "${INNER[@]}"
 fi
+# what was injected on purpose, before the report it explains
+if [ -f "$OUT/injected.txt" ]; then fold -s -w 100 "$OUT/injected.txt" | sed 's/^/demo: /' >&2; fi
 .venv/bin/mmntrace report "$OUT/rec"
