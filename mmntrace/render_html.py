@@ -115,10 +115,10 @@ def _timeline(rep) -> str:
     for s in tl["series"]:
         n = sum(s["count"])
         p99 = [v for v in s["p99_ns"] if v is not None]
-        rows.append([s["hook"], T.num(n), T.num(n / (tl["buckets"] * tl["bucket_s"])), T.num(max(s["rate_per_s"])),
+        rows.append([s["hook"], T.num(n), T.num(n / T.rate_span_s(rep, tl)), T.num(max(s["rate_per_s"])),
                      _spark(T.spark(s["rate_per_s"])), T.us(max(p99)) if p99 else "-", _spark(T.spark(s["p99_ns"]))])
     return (f"<p>{tl['buckets']} buckets of {tl['bucket_s']:g} s.</p>"
-            + _table(["hook", "invocations", "mean/s", "peak/s", "rate", "p99 peak µs", "p99"], rows,
+            + _table(["hook", "invocations", "rate/s", "peak/s", "rate", "p99 peak µs", "p99"], rows,
                      left={0, 4, 6}))
 
 

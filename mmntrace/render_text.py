@@ -187,16 +187,23 @@ def _tl_title(tl, k: int) -> str:
     return t + (f", drawn {k} to a bar ({tl['bucket_s'] * k:g} s)" if k > 1 else "")
 
 
+def rate_span_s(rep, tl) -> float:
+    """What every rate/s of a report divides by: the recording's duration (the
+    latency table's rate/s too), not first-to-last event; the buckets' span only
+    for a recording that does not know its duration."""
+    return rep.get("duration_s") or tl["buckets"] * tl["bucket_s"]
+
+
 def _tl_numbers(tl, s) -> list[str]:
     n = sum(s["count"])
     p99 = [v for v in s["p99_ns"] if v is not None]
-    return [num(n), num(n / (tl["buckets"] * tl["bucket_s"])), num(max(s["rate_per_s"])),
+    return [num(n), num(n / tl["rate_span_s"]), num(max(s["rate_per_s"])),
             us(max(p99)) if p99 else "-"]
 
 
 def _tl_grid(tl, k: int) -> Grid:
     """Hooks' numbers and both sparklines in one table, ``k`` buckets to a bar."""
-    g = Grid(_tl_title(tl, k), [Col("hook", "name", min_width=14), Col("invocations", short="calls"), Col("mean/s"),
+    g = Grid(_tl_title(tl, k), [Col("hook", "name", min_width=14), Col("invocations", short="calls"), Col("rate/s"),
                                 Col("peak/s"), Col("rate through the recording", "fixed", short="rate"),
                                 Col("p99 peak (µs)", short="p99 peak"),
                                 Col("p99 through the recording", "fixed", short="p99")])
@@ -213,7 +220,7 @@ def _tl_grid(tl, k: int) -> Grid:
 def _tl_split(tl, width: int) -> list[Table]:
     """Narrow: the numbers in one table, then the sparklines, rate above p99,
     under each hook, as many buckets to a bar as it takes to fit."""
-    g = Grid(_tl_title(tl, 1), [Col("hook", "name", min_width=14), Col("invocations", short="calls"), Col("mean/s"),
+    g = Grid(_tl_title(tl, 1), [Col("hook", "name", min_width=14), Col("invocations", short="calls"), Col("rate/s"),
                                 Col("peak/s"), Col("p99 peak (µs)", short="p99 peak")])
     for s in tl["series"]:
         g.add(s["hook"], *_tl_numbers(tl, s))
@@ -242,6 +249,7 @@ def timeline_tables(rep, width: int) -> list[Table] | None:
     tl = rep.get("timeline")
     if not tl or not tl["series"]:
         return None
+    tl = dict(tl, rate_span_s=rate_span_s(rep, tl))
     ks = [k for k in range(1, tl["buckets"] + 1) if k == 1 or -(-tl["buckets"] // k) >= MIN_BARS]
     for wrap_names in (False, True):
         for k in ks:

@@ -190,3 +190,23 @@ def test_width_default_and_help(recdir):
     assert max(len(line) for line in r.output.splitlines()) <= 220
     h = _cli("report", "--help")
     assert "--width COLUMNS" in h.output and "never cutting a number" in h.output
+
+
+def test_one_rate_definition_across_tables(tmp_path):
+    """Issue 16: the Over-time table's rate/s and the latency table's rate/s
+    divide by the same thing, the recording's duration, even when the events
+    fill only part of it (here 10 s of 30)."""
+    synthetic.write(tmp_path / "rec", n_events=3000, segments=1, violations=0, span_s=10.0,
+                    idle_start_s=10.0, idle_end_s=10.0)
+    from mmntrace.recording import Recording
+    from mmntrace import aggregate
+    rep = report.from_summary(aggregate.summarize(Recording(tmp_path / "rec")))
+    assert abs(rep["duration_s"] - 30.0) < 0.5
+    text = render.text(rep, width=200)
+    over = text[text.index("Over time"):]
+    for s in rep["timeline"]["series"]:
+        hook_rows = [r for r in rep["latency"] if r["hook"] == s["hook"] and r["callback"] is None]
+        want = sum(r["rate_per_s"] for r in hook_rows)
+        line = next(ln for ln in over.splitlines() if ln.startswith(s["hook"] + " "))
+        got = float(line.split()[2].replace(",", ""))
+        assert abs(got - want) <= max(0.06, want * 0.01), (s["hook"], got, want, line)
