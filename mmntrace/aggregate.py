@@ -43,6 +43,7 @@ from .decode import bare_symbol  # noqa: F401  (re-exported: report and record n
 LATENCY_KEYS = ["hook", "callback", "event"]
 QUANTILES = {"p50_ns": 0.5, "p90_ns": 0.9, "p99_ns": 0.99, "p999_ns": 0.999}
 # hook names by what the aggregation does with them (the stable names: mmntrace/hooks.py)
+PAGE = 4096     # range sizes are counted in base pages
 RANGE_HOOKS = hookmod.names_where("ranged")             # carry an event
 SECONDARY_HOOKS = hookmod.names_where("secondary_tlb")  # the callers table
 RANGE_END_HOOKS = hookmod.names_where("range_end")      # 6.1: call the secondary-TLB ops themselves
@@ -58,7 +59,7 @@ CDF_POINTS = 400
 
 #: columns `summarize` reads from event and sleep segments
 EVENT_COLUMNS = ["kind", "hook", "callback", "event", "dur_ns", "ts_ns", "pid", "comm", "mm", "caller",
-                 "caller_class", "must_not_sleep", "via", "hook_seq"]
+                 "caller_class", "must_not_sleep", "via", "hook_seq", "blockable", "ret", "start", "end"]
 EVENT_DICT = ["kind", "hook", "callback", "event", "comm", "caller", "caller_class", "via"]
 SLEEP_COLUMNS = ["ts_ns", "seq", "tid", "pid", "comm", "hook", "callback", "rule", "sleeper", "atomic",
                  "irqs_off", "stack"]
@@ -175,6 +176,7 @@ class _EventAcc:
         self.tb: list[list] = []            # exact: per hook-level group, time-bucket chunks
         self.fine: list = []                # inexact: per group log-linear counts
         self.n: list[int] = []
+        self.rng: list[list[int]] = []      # range hooks: [non-blockable, failed (ret < 0), pages total, pages max, sized]
         self.sum: list[int] = []
         self.min: list[int] = []
         self.max: list[int] = []
@@ -198,6 +200,7 @@ class _EventAcc:
             self.tb.append([])
             self.fine.append(np.zeros(N_FINE, np.int64) if not self.exact else None)
             self.n.append(0)
+            self.rng.append([0, 0, 0, 0, 0])
             self.sum.append(0)
             self.min.append(None)
             self.max.append(0)
@@ -238,12 +241,30 @@ class _EventAcc:
         order = np.argsort(gidx, kind="stable")
         counts = np.bincount(gidx, minlength=len(self.keys))
         ends = np.cumsum(counts)
+        on_rng = rng[hc]
+        facts = None
+        if on_rng.any() and {"blockable", "start", "end"} <= set(df.columns):
+            nonblock = on_rng & ~df["blockable"].to_numpy(dtype=bool)
+            failed = on_rng & (df["ret"].to_numpy().astype(np.int64) < 0) if "ret" in df else np.zeros(n, bool)
+            # a range over the whole address space (end ULONG_MAX: the exit path) has no size worth averaging
+            st, en = _u64(df["start"]), _u64(df["end"])
+            sized = on_rng & (en >= st) & (en < np.uint64(1 << 63))
+            pages = np.where(sized, (en - np.minimum(st, en)) // np.uint64(PAGE), 0).astype(np.int64)
+            facts = (np.bincount(gidx, nonblock, len(self.keys)), np.bincount(gidx, failed, len(self.keys)),
+                     np.bincount(gidx, pages, len(self.keys)), np.bincount(gidx, sized, len(self.keys)))
         fi = _fine_index(dur) if not self.exact else None
         for g in np.flatnonzero(counts):
             sel = order[ends[g] - counts[g]:ends[g]]
             d = dur[sel]
             hook_level = self._is_hook_key(g)
             self.n[g] += len(d)
+            if facts is not None:
+                r = self.rng[g]
+                r[0] += int(facts[0][g])
+                r[1] += int(facts[1][g])
+                r[2] += int(facts[2][g])
+                r[3] = max(r[3], int(pages[sel].max()))
+                r[4] += int(facts[3][g])
             self.sum[g] += int(d.sum(dtype=np.uint64))
             dmin, dmax = int(d.min()), int(d.max())
             self.min[g] = dmin if self.min[g] is None else min(self.min[g], dmin)
@@ -349,6 +370,10 @@ class _EventAcc:
             row["total_ns"] = self.sum[g]
             row["rate_per_s"] = round(n / duration_s, 3) if duration_s else None
             row["hist_log2"] = _hist_pairs(hist)
+            if key[0] in RANGE_HOOKS:
+                nb_, failed, pages, pmax, sized = self.rng[g]
+                row["range"] = {"non_blockable": nb_, "failed": failed, "sized": sized,
+                                "pages_mean": round(pages / sized, 1) if sized else None, "pages_max": pmax}
             rows.append(row)
         return rows, cdfs
 

@@ -122,6 +122,17 @@ def _timeline(rep) -> str:
                      left={0, 4, 6}))
 
 
+def _ranges(rep) -> str:
+    rows = [[r["hook"], r["callback"] or "(hook)", T.num(r["count"]), T.num(r["range"]["non_blockable"]),
+             T.num(r["range"]["failed"]),
+             "-" if r["range"]["pages_mean"] is None else f"{r['range']['pages_mean']:,.1f}",
+             T.num(r["range"]["pages_max"])] for r in T.range_rows(rep)]
+    if not rows:
+        return "<p>Not available (no range hook invocations, or an --aggregate recording).</p>"
+    return _table(["hook", "callback", "calls", "non-blockable", "failed", "pages mean", "pages max"], rows,
+                  left={0, 1})
+
+
 def _processes(rep) -> str:
     out = []
     if rep.get("processes"):
@@ -355,6 +366,7 @@ def render(rep: dict, summary: Summary | None = None, summary_b: Summary | None 
     figs = plot.figures(summary) if summary is not None else {}
     sec = [
         ("Latency by hook × callback × event", _latency(rep) + _img(figs.get("latency-cdf"), "latency CDF")),
+        ("Ranges: blockable, failures, size (4 KiB pages)", _ranges(rep)),
         ("Over time", _timeline(rep) + _img(figs.get("rate-timeline"), "rate and p99 over time")
          + _img(figs.get("latency-heatmap"), "latency heatmap")),
         ("Processes and mms", _processes(rep)),

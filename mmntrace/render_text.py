@@ -165,6 +165,52 @@ def latency_tables(rep, width: int) -> list[Table]:
     return tables(nums, width) + tables(hists, width)
 
 
+# ---- ranges ------------------------------------------------------------------------------
+
+RANGE_TITLE = "Ranges of the range hooks: blockable or not, failures, size (4 KiB pages)"
+
+
+def range_rows(rep) -> list[dict]:
+    """The latency rows' ``range`` facts summed over events: one row per hook x callback."""
+    out: dict = {}
+    for r in rep["latency"]:
+        x = r.get("range")
+        if not x:
+            continue
+        o = out.setdefault((r["hook"], r["callback"]), {"hook": r["hook"], "callback": r["callback"], "event": None,
+                                                        "count": 0, "range": {"non_blockable": 0, "failed": 0,
+                                                                              "pages": 0.0, "pages_max": 0}})
+        o["count"] += r["count"]
+        o["range"]["non_blockable"] += x["non_blockable"]
+        o["range"]["failed"] += x["failed"]
+        o["range"]["pages"] += (x["pages_mean"] or 0) * x["sized"]
+        o["range"]["sized"] = o["range"].get("sized", 0) + x["sized"]
+        o["range"]["pages_max"] = max(o["range"]["pages_max"], x["pages_max"])
+    for o in out.values():
+        sized = o["range"]["sized"]
+        o["range"]["pages_mean"] = o["range"].pop("pages") / sized if sized else None
+    return list(out.values())
+
+
+def range_tables(rep, width: int) -> list[Table]:
+    """What the sleeping rules turn on, per row of a range hook: how many
+    calls were not blockable (no sleeping allowed), how many failed (a
+    start that returned -EAGAIN, which a non-blockable range permits),
+    and the ranges' size. Absent for --aggregate recordings (no per-call data)."""
+    rows = range_rows(rep)
+    if not rows:
+        return []
+    g = Grid(RANGE_TITLE, [Col("hook / callback", "name", min_width=24), Col("calls"), Col("non-blockable", short="non-block"),
+                           Col("failed"), Col("pages mean", short="mean pg"), Col("pages max", short="max pg")],
+             valign="bottom")
+    for k, r in zip(tree_keys(rows), rows):
+        x = r["range"]
+        g.add(k, num(r["count"]), f"{num(x['non_blockable'])}", num(x["failed"]),
+              "-" if x["pages_mean"] is None else f"{x['pages_mean']:,.1f}", num(x["pages_max"]))
+    lay = shrunk(g, width)
+    return [to_table(lay)] if lay else tables(g, width)
+
+
 # ---- over time ---------------------------------------------------------------------------
 
 #: a sparkline is not merged below this many bars in the one-table layout
@@ -426,6 +472,7 @@ def render(rep: dict, *, width: int | None = None, color: bool = False) -> str:
         con.print(Text(para(line, width), style="bold" if line.startswith("VERDICT") else ""))
     con.print()
     parts: list = latency_tables(rep, width) if rep["latency"] else [Text("Latency: no hook or callback invocations")]
+    parts += range_tables(rep, width)
     tl = timeline_tables(rep, width)
     if tl is not None:
         parts += tl

@@ -364,3 +364,28 @@ def test_secondary_tlb_ops_called_by_range_end(tmp_path):
     # recordings made before these columns existed: as before
     old = _write(tmp_path / "old", [seg1.drop(columns=["via", "hook_seq"])])
     assert summarize(old).secondary_tlb["count"] == 1
+
+
+def test_range_facts_blockable_failures_and_size():
+    """Issue 16: what the sleeping rules turn on appears per latency row of a
+    range hook: non-blockable calls, failed ones (-EAGAIN), range size in
+    pages; a range over the whole address space is left out of the size."""
+    P = 4096
+    df = pd.DataFrame({
+        "kind": ["hook", "callback", "hook", "callback", "hook", "hook"],
+        "hook": ["invalidate_range_start"] * 4 + ["invalidate_range_end", "secondary_tlb"],
+        "callback": [None, "drv_start", None, "drv_start", None, None],
+        "event": ["unmap"] * 6,
+        "dur_ns": np.array([100, 50, 200, 70, 30, 10], np.uint64),
+        "blockable": [False, False, True, True, True, True],
+        "ret": np.array([-11, -11, 0, 0, 0, 0], np.int32),
+        "start": np.array([0, 0, 8 * P, 8 * P, 0, 0], np.uint64),
+        "end": np.array([4 * P, 4 * P, 10 * P, 10 * P, 2 ** 64 - 1, 0], np.uint64),
+    })
+    rows = {(r["hook"], r["callback"]): r for r in aggregate.latency(df)}
+    assert rows[("invalidate_range_start", None)]["range"] == {
+        "non_blockable": 1, "failed": 1, "sized": 2, "pages_mean": 3.0, "pages_max": 4}
+    assert rows[("invalidate_range_start", "drv_start")]["range"]["failed"] == 1
+    end = rows[("invalidate_range_end", None)]["range"]
+    assert end["sized"] == 0 and end["pages_mean"] is None       # the whole address space
+    assert "range" not in rows[("secondary_tlb", None)]
