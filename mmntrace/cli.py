@@ -51,7 +51,7 @@ PLUGIN_GROUP = "mmntrace.commands"
 
 
 class _Main(click.Group):
-    """The commands of this package, plus any another installed distribution
+    """The commands of this package, plus those any other installed distribution
     registers under the entry-point group ``mmntrace.commands`` (the
     development checkout's ``lab``, from lab/): the runtime package never
     imports the lab. Entry points are only read for --help and for a name
