@@ -144,9 +144,10 @@ class Recorder:
     """`mmntrace record` as a subprocess, ready once --ready-file says so."""
 
     def __init__(self, out: Path, *extra, timeout: float = 600, side: Path | None = None,
-                 cmd: list[str] | None = None, cwd: Path | None = None):
+                 cmd: list[str] | None = None, cwd: Path | None = None, env: dict | None = None):
         """``side``: where the ready file and the log go (default: next to ``out``);
-        ``cmd``: the mmntrace to run (default: this checkout's, by this Python)."""
+        ``cmd``: the mmntrace to run (default: this checkout's, by this Python);
+        ``env``: its environment (default: this process's)."""
         self.out = Path(out)
         side = Path(side) if side else self.out.parent
         self.ready = side / (self.out.name + ".ready.json")
@@ -154,7 +155,7 @@ class Recorder:
         self._log = open(self.log, "w")
         self.proc = subprocess.Popen([*(cmd or [sys.executable, "-m", "mmntrace.cli"]), "record", "-q",
                                       "-o", str(self.out), "--ready-file", str(self.ready), *extra],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or REPO)
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or REPO, env=env)
         # what --ready-file said first: every subscriber that existed is probed
         self.first_ready = self.wait_for(lambda att: True, timeout=timeout)
 

@@ -62,7 +62,7 @@ def test_installed_mmntrace_records_from_the_first_call(installed, tmp_path):
     wp = WorkloadProcess(["mprotect", "dontneed"], tmp_path / "wl")
     try:
         t0 = time.monotonic()
-        rec = Recorder(work / "rec", cmd=[str(MMNTRACE)], cwd=work, side=tmp_path)
+        rec = Recorder(work / "rec", cmd=[str(MMNTRACE)], cwd=work, side=tmp_path, env=_env())
         print(f"installed recorder ready after {time.monotonic() - t0:.1f} s")
         wp.go()
         res = wp.collect()
