@@ -178,13 +178,13 @@ def range_rows(rep) -> list[dict]:
         if not x:
             continue
         o = out.setdefault((r["hook"], r["callback"]), {"hook": r["hook"], "callback": r["callback"], "event": None,
-                                                        "count": 0, "range": {"non_blockable": 0, "failed": 0,
+                                                        "count": 0, "range": {"non_blockable": 0, "failed": 0, "sized": 0,
                                                                               "pages": 0.0, "pages_max": 0}})
         o["count"] += r["count"]
         o["range"]["non_blockable"] += x["non_blockable"]
         o["range"]["failed"] += x["failed"]
         o["range"]["pages"] += (x["pages_mean"] or 0) * x["sized"]
-        o["range"]["sized"] = o["range"].get("sized", 0) + x["sized"]
+        o["range"]["sized"] += x["sized"]
         o["range"]["pages_max"] = max(o["range"]["pages_max"], x["pages_max"])
     for o in out.values():
         sized = o["range"]["sized"]
@@ -234,10 +234,11 @@ def _tl_title(tl, k: int) -> str:
 
 
 def rate_span_s(rep, tl) -> float:
-    """What every rate/s of a report divides by: the recording's duration (the
-    latency table's rate/s too), not first-to-last event; the buckets' span only
-    for a recording that does not know its duration."""
-    return rep.get("duration_s") or tl["buckets"] * tl["bucket_s"]
+    """What the Over-time rate/s divides by: the report's own ``rate_s``
+    (:func:`mmntrace.report.rate_seconds`), as the latency table's rate/s
+    does; the buckets' span only where a report has none."""
+    from .report import rate_seconds
+    return rate_seconds(rep) or tl["buckets"] * tl["bucket_s"]
 
 
 def _tl_numbers(tl, s) -> list[str]:
