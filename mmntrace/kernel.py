@@ -29,20 +29,8 @@ HOOK_CHANGE_PTE, HOOK_INTERVAL = _ID["CHANGE_PTE"], _ID["INTERVAL"]
 HOOK_NONE = hooks.NONE     # a callback that ran under no hook we traced
 NR_HOOKS = hooks.NR_HOOKS
 
-#: struct mmu_notifier_ops member -> hook id
-OP_HOOK = {op: h.id for h in hooks.HOOKS for op in h.ops}
-
 #: hook id -> stable name (what recordings, reports and ``--hooks`` call it)
 HOOK_NAMES = {h.id: h.name for h in hooks.HOOKS}
-
-
-def stable_hook_name(name: str) -> str:
-    """The name a hook has on every kernel for any name it was given
-    (:func:`mmntrace.hooks.stable`): recordings made before the stable names
-    call the secondary-TLB hook ``invalidate_range`` (before 6.6) or
-    ``arch_invalidate_secondary_tlbs``; it is ``secondary_tlb`` on both.
-    A name no hook has is returned as it is."""
-    return hooks.stable(name)
 
 
 REGISTRATION = ("__mmu_notifier_register", "mmu_notifier_unregister", "mmu_interval_notifier_insert",

@@ -82,7 +82,3 @@ def record_dtype() -> np.dtype:
     """dtype of struct mmnt_record, the one record on the ring buffer."""
     return header(BPF_HEADER).structs["mmnt_record"]
 
-
-def hook_names_by_id() -> dict[int, str]:
-    """MMNT_HOOK_* ids to the symbolic enum names (MMNT_HOOK_START -> 'START')."""
-    return {v: k[len("MMNT_HOOK_"):] for k, v in header(BPF_HEADER).enums["mmnt_hook"].items()}

@@ -140,6 +140,16 @@ class WorkloadProcess:
         return self.proc.wait(timeout=60)
 
 
+def user_env(venv: Path) -> dict:
+    """An installed mmntrace's user's environment: ``venv``'s bin first on PATH,
+    nothing pointing into this checkout or its .venv (no PYTHONPATH,
+    VIRTUAL_ENV, PYTHONHOME; no PATH entry under the checkout)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env["PATH"] = os.pathsep.join([str(Path(venv) / "bin")] + [p for p in env.get("PATH", "").split(os.pathsep)
+                                                               if p and not p.startswith(str(REPO))])
+    return env
+
+
 class Recorder:
     """`mmntrace record` as a subprocess, ready once --ready-file says so."""
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from groundtruth import Recorder, WorkloadProcess
+from mmnlab.harness import user_env
 from mmnlab import testmod
 
 pytestmark = pytest.mark.lab
@@ -36,11 +37,7 @@ CONFIG = REPO / "packaging" / "daemon.toml"
 
 
 def _env() -> dict:
-    """A user's environment: nothing pointing into the checkout or its .venv."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env["PATH"] = os.pathsep.join([str(VENV / "bin")] + [p for p in env.get("PATH", "").split(os.pathsep)
-                                                         if p and not p.startswith(str(REPO))])
-    return env
+    return user_env(VENV)
 
 
 def _run(args, cwd, timeout=600, check=True):

@@ -19,7 +19,7 @@ from hypothesis import given, strategies as st
 
 from mmntrace import hooks, render, report, synthetic
 from mmntrace.cli import main
-from mmntrace.kernel import stable_hook_name
+from mmntrace.hooks import stable as stable_hook_name
 from mmntrace.recording import Recording
 from mmntrace.render_compare import ratio_text
 

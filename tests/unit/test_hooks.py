@@ -48,9 +48,9 @@ def test_stable_names_and_report_order():
 
 def test_kernel_names_come_from_the_table():
     assert kernel.HOOK_NAMES == {h.id: h.name for h in hooks.HOOKS}
-    assert kernel.OP_HOOK["invalidate_range"] == kernel.OP_HOOK["arch_invalidate_secondary_tlbs"] \
+    assert hooks.by_name("invalidate_range").id == hooks.by_name("arch_invalidate_secondary_tlbs").id \
         == kernel.HOOK_SECONDARY_TLB
-    assert kernel.stable_hook_name("invalidate_range") == "secondary_tlb"
+    assert hooks.stable("invalidate_range") == "secondary_tlb"
     enum = header(BPF_HEADER).enums["mmnt_hook"]
     for h in hooks.HOOKS:
         assert getattr(kernel, f"HOOK_{h.enum}") == enum[f"MMNT_HOOK_{h.enum}"] == h.id

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from mmnlab.harness import user_env
+
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("MMNTRACE_WHEEL_VENV", REPO / "build" / "wheel-venv"))
 MMNTRACE = VENV / "bin" / "mmntrace"
@@ -30,10 +32,7 @@ if not MMNTRACE.exists():
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env["PATH"] = os.pathsep.join([str(VENV / "bin")] + [p for p in env.get("PATH", "").split(os.pathsep)
-                                                         if p and not p.startswith(str(REPO))])
-    return env
+    return user_env(VENV)
 
 
 def _run(args, cwd, timeout=600):
