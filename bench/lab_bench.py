@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mmntrace import kernel  # noqa: E402
+from mmnlab.harness import interrupt  # noqa: E402
 
 BENCH_BIN = ROOT / "build" / "bench" / "notifier_bench"
 SIZES = {"full": dict(rounds=800, pages=64, reps=5, sweep_s=2.0, sweep=(2, 4, 8, 16, 32, 64, 128),
@@ -261,12 +261,11 @@ class Tool:
 
     def stop(self) -> dict:
         hwm = vm_hwm_kib(self.proc.pid)
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            rc = self.proc.wait(timeout=300)
-        except subprocess.TimeoutExpired:
+        # bpftrace can miss a SIGINT (mmnlab.harness.interrupt): it gets one every
+        # 5 s; the Python tools get one (a second would interrupt their last print)
+        if not interrupt(self.proc, 300, every=5 if self.name == "bpftrace" else 300):
             self.proc.kill()
-            rc = self.proc.wait()
+        rc = self.proc.wait()
         self._log.close()
         out = {"exit": rc, "peak_rss_mib": round(hwm / 1024, 1) if hwm else None}
         if self.name.startswith("mmntrace") and (self.rec / "metadata.json").exists():

@@ -15,10 +15,30 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]     # the checkout: lab/mmnlab/harness.py
+
+
+def interrupt(proc: subprocess.Popen, timeout: float, every: float = 5.0) -> bool:
+    """SIGINT `proc` until it exits (True), at most `timeout` seconds (False).
+
+    Once is not enough: bpftrace checks its exit flag and then blocks in
+    epoll_wait() with no timeout, so a SIGINT that lands between the two is
+    lost (seen in the lab: bpftrace asleep in do_epoll_wait 120 s after it).
+    communicate() drains the pipes meanwhile: an exit-time print must not
+    block on a full one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=max(0.1, min(every, deadline - time.monotonic())))
+            return True
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                return False
 
 
 class Bpftrace:
@@ -31,6 +51,8 @@ class Bpftrace:
     """
 
     MAX_EVENTS = 32768     # per function, in events mode (its maps are preallocated, per CPU)
+    DUMPED = "MMNT_MAPS_DUMPED"
+    EXIT_TIMEOUT = 120     # seconds bpftrace has to exit once its maps are read
 
     def __init__(self, funcs: list[str], pid: int | None = None, timeout: float = 240, events: bool = False):
         # One map per function: keying one map by `func` makes bpftrace
@@ -43,9 +65,17 @@ class Bpftrace:
         # perf buffer that bpftrace does not drain at SIGINT: calls went missing).
         act = ((lambda i: f"@c{i} = count(); @e{i}[tid, nsecs] = count();") if events
                else (lambda i: f"@c{i} = count();"))
+        # The maps are printed on demand, before bpftrace is asked to exit: a
+        # kill(self, 0) by this process fires the dump (see stop()), so the
+        # counts never depend on how bpftrace's exit goes (a CI run lost a
+        # test to one that had not exited after 240 s).
+        me = os.getpid()
+        dump = " ".join(f"print(@c{i});" + (f" print(@e{i});" if events else "") for i in range(len(funcs)))
         prog = 'BEGIN { printf("READY\\n"); } ' + " ".join(
             (f"kretprobe:{f[4:]}" if f.startswith("ret:") else f"kprobe:{f}") + f" {flt}{{ {act(i)} }}"
-            for i, f in enumerate(funcs))
+            for i, f in enumerate(funcs)) + \
+            (f" tracepoint:syscalls:sys_enter_kill /pid == {me} && args->pid == {me} && args->sig == 0/"
+             f" {{ {dump} printf(\"{self.DUMPED}\\n\"); }}")
         env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX=str(self.MAX_EVENTS))
         self.proc = subprocess.Popen(["bpftrace", "-f", "json", "-e", prog], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
@@ -60,10 +90,34 @@ class Bpftrace:
                     break
 
     def stop(self) -> dict[str, int]:
-        self.proc.send_signal(signal.SIGINT)
-        out, err = self.proc.communicate(timeout=240)
+        """Read the counts (a dump bpftrace prints on demand), then end bpftrace.
+
+        An exit that hangs is reported with the kernel stacks of bpftrace's
+        threads (a warning and the test's output), and bpftrace is killed; the
+        counts, read before, stand."""
+        os.kill(os.getpid(), 0)           # fires the dump probe: the maps, then DUMPED
+        why: list[str] = []
+
+        def too_late():                   # a blocking readline, bounded by this watchdog
+            why.append(self._diagnose())
+            self.proc.kill()
+        watchdog = threading.Timer(600, too_late)
+        watchdog.start()
+        lines = []
+        try:
+            for line in self.proc.stdout:
+                if self.DUMPED in line:
+                    break
+                lines.append(line)
+            else:
+                self.proc.wait()
+                raise RuntimeError("bpftrace ended before printing its maps"
+                                   + (f" (600 s):\n{why[0]}" if why else f": {self.proc.stderr.read()}"))
+        finally:
+            watchdog.cancel()
+        self._end()
         counts = {f: 0 for f in self.funcs}
-        for line in out.splitlines():
+        for line in lines:
             if '"type": "map"' not in line:
                 continue
             for name, v in json.loads(line)["data"].items():
@@ -77,6 +131,40 @@ class Bpftrace:
         if self.event_mode and any(counts[f] != sum(1 for e in self.events if e[0] == f) for f in self.funcs):
             raise RuntimeError("bpftrace's per-call map is incomplete (more calls than BPFTRACE_MAP_KEYS_MAX?)")
         return counts
+
+    def _end(self) -> None:
+        if interrupt(self.proc, self.EXIT_TIMEOUT):
+            return
+        why = self._diagnose()
+        msg = f"bpftrace did not exit in {self.EXIT_TIMEOUT} s of SIGINTs (its counts were read before); killed it.\n{why}"
+        print(msg, file=sys.stderr, flush=True)
+        import warnings
+        warnings.warn(msg)
+        self.proc.kill()
+        try:
+            self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            print(f"bpftrace (pid {self.proc.pid}) is still there 60 s after SIGKILL:\n{self._diagnose()}",
+                  file=sys.stderr, flush=True)
+
+    def _diagnose(self) -> str:
+        """Where bpftrace's threads are (state, wchan, kernel stack), and the
+        kernel's list of blocked tasks (sysrq w, to the kernel log)."""
+        out = []
+        for t in sorted(Path(f"/proc/{self.proc.pid}/task").glob("*")):
+            def rd(name):
+                try:
+                    return (t / name).read_text().strip()
+                except OSError as e:
+                    return f"({e.strerror})"
+            state = next((ln for ln in rd("status").splitlines() if ln.startswith("State:")), "")
+            out.append(f"thread {t.name} {rd('comm')} {state} wchan={rd('wchan')}\n{rd('stack')}")
+        try:
+            Path("/proc/sysrq-trigger").write_text("w")
+            out.append("(sysrq w: blocked tasks are in the kernel log)")
+        except OSError:
+            pass
+        return "\n".join(out) or f"(no /proc/{self.proc.pid}/task)"
 
     def count_inside(self, func: str, outer: str, lo: int, hi: int, tid: int | None = None) -> int:
         """Calls of `func` with lo <= nsecs <= hi made while `outer` was running

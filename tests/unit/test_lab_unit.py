@@ -249,3 +249,34 @@ def test_guest_clock_is_the_tsc_unless_asked(monkeypatch, tmp_path):
     monkeypatch.setattr(lab.platform, "machine", lambda: "aarch64")
     monkeypatch.delenv("MMNTRACE_LAB_CLOCK")
     assert lab.clock_options() == []
+
+
+def test_interrupt_sends_sigint_until_the_process_exits():
+    """bpftrace can lose a SIGINT (it lands between its exit-flag check and an
+    epoll_wait with no timeout): `interrupt` sends another until it exits, and
+    says False, not hangs, for a process that never does."""
+    import subprocess
+    import sys
+    import time
+    from mmnlab.harness import interrupt
+    # counts the SIGINTs it gets, exits at the second, after printing more than a pipe holds
+    prog = ("import signal, sys, time\n"
+            "n = []\n"
+            "signal.signal(signal.SIGINT, lambda *a: n.append(1))\n"
+            "print('up', flush=True)\n"
+            "while len(n) < 2: time.sleep(0.01)\n"
+            "sys.stdout.write('x' * 200000 + '\\n%d\\n' % len(n))\n")
+    p = subprocess.Popen([sys.executable, "-c", prog], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "up\n"
+    t0 = time.monotonic()
+    assert interrupt(p, timeout=30, every=0.5)
+    assert p.returncode == 0 and time.monotonic() - t0 < 10
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
+                                 "signal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('up', flush=True)\n"
+                                 "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout.readline() == "up\n"
+    t0 = time.monotonic()
+    assert not interrupt(stubborn, timeout=1.5, every=0.5)
+    assert 1.4 < time.monotonic() - t0 < 5 and stubborn.poll() is None
+    stubborn.kill()
+    stubborn.wait()
