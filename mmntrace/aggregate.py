@@ -724,7 +724,7 @@ class Summary:
     path: str
     meta: dict
     complete: bool
-    kernel_hist: bool                   # an --aggregate recording: log2 histograms only
+    kernel_hist: bool                   # --aggregate or --min-latency: latency from the log2 histograms
     quantile_method: str                # exact | loglinear | log2_upper
     duration_s: float | None            # wall time from metadata (None if cut short)
     span_s: float | None                # first to last timestamp
@@ -743,6 +743,7 @@ class Summary:
     violation_times: pd.DataFrame | None = None     # one row per violating invocation
     sleep_records: int = 0
     watched_callbacks: int | None = None            # must-not-sleep callback invocations (None: unknown)
+    min_latency_ns: int | None = None               # record --min-latency: events are the calls this long only
 
     @property
     def rate_s(self) -> float | None:
@@ -809,7 +810,9 @@ def summarize(rec, *, buckets: int = TIME_BUCKETS, top: int = TOP, exact_limit: 
         acc.add(t.to_pandas())
     sleeps = _read_sleeps(rec)
     viol, vt = violation_detail(sleeps)
-    kernel_hist = bool(m.get("aggregate"))
+    min_lat = m.get("min_latency_ns")
+    min_lat = int(min_lat) if isinstance(min_lat, int) and not isinstance(min_lat, bool) and min_lat > 0 else None
+    kernel_hist = bool(m.get("aggregate")) or min_lat is not None
     if kernel_hist:
         lat, cdf = _hist_latency(rec.hist(), m.get("totals", []), rate_s)
         hooks_n = sum(r["count"] for r in lat if r["callback"] is None)
@@ -833,4 +836,5 @@ def summarize(rec, *, buckets: int = TIME_BUCKETS, top: int = TOP, exact_limit: 
                    records=acc.records, hook_invocations=hooks_n, callback_invocations=cbs_n,
                    latency=lat, cdf=cdf, timeline=tl, heatmap=heat, processes=procs, mms=mm_rows,
                    secondary_tlb=acc.secondary_tlb(top), violations=viol, violation_times=vt,
-                   sleep_records=len(sleeps), watched_callbacks=None if kernel_hist else acc.watched)
+                   sleep_records=len(sleeps), watched_callbacks=None if kernel_hist else acc.watched,
+                   min_latency_ns=min_lat)

@@ -114,6 +114,11 @@ HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the s
               help="Probe only these driver callbacks (kvm_mmu_notifier_invalidate_range_start...). "
                    "With --module, a callback that either names is probed.")
 @click.option("--aggregate", is_flag=True, help="Keep log2 latency histograms in the kernel; stream only violations.")
+@click.option("--min-latency", "min_latency", metavar="LATENCY",
+              help="Record as events (with range, process, stack) only the hook and callback calls that took "
+                   "at least LATENCY (100us, 2ms, 500ns), as funcslower does; every call is still counted and "
+                   "timed in in-kernel log2 histograms, so the report's counts and quantiles cover them all. "
+                   "Violations are recorded whatever their length. Not with --aggregate.")
 @click.option("--backend", type=click.Choice(["auto", "kprobe", "fentry"]), default="auto", show_default=True,
               help="How functions are probed: fentry/fexit (BPF trampolines, cheaper) or kprobes. auto: "
                    "trampolines on kernel functions where a trial fentry program attaches (as `mmntrace doctor` "
@@ -141,8 +146,8 @@ HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the s
 @click.option("-q", "--quiet", is_flag=True, help="No live status line.")
 @_keep_root_owner_option
 @_friendly
-def record(command, duration, out, pid, comm, hooks, modules, callbacks, aggregate, backend, transport, buffer_pages,
-           might_sleep, ready_file, redact, quiet, keep_root_owner):
+def record(command, duration, out, pid, comm, hooks, modules, callbacks, aggregate, min_latency, backend, transport,
+           buffer_pages, might_sleep, ready_file, redact, quiet, keep_root_owner):
     """Record MMU-notifier activity into a recording directory (needs root).
 
     Attaches to every notifier entry point the running kernel has
@@ -170,12 +175,19 @@ def record(command, duration, out, pid, comm, hooks, modules, callbacks, aggrega
       sudo mmntrace record --comm qemu-system-x86 --aggregate -o rec
       sudo mmntrace record --might-sleep -d 30s -o rec   # also calls that may sleep
       sudo mmntrace record --module kvm -d 30s -o rec    # KVM's callbacks only
+      sudo mmntrace record --min-latency 100us -o rec    # events for slow calls only
       sudo mmntrace record -o rec -- ./my-hmm-test --iterations 100
     """
     # the arguments first: a typo is told at once, before the environment
     # checks and the compile (tens of seconds)
     from .units import parse_duration
     duration = parse_duration(duration) if duration is not None else None
+    if min_latency is not None:
+        from .units import parse_latency
+        if aggregate:
+            raise errors.UsageError("--min-latency and --aggregate: --aggregate records no call as an event; "
+                                    "give one of them")
+        min_latency = parse_latency(min_latency)
     hook_list = [h.strip() for h in hooks.split(",")] if hooks else None
     if hook_list is not None:
         from .tracer import Tracer
@@ -204,7 +216,7 @@ def record(command, duration, out, pid, comm, hooks, modules, callbacks, aggrega
         pid = held.pid
     try:
         _record(held, duration, out, pid, comm, hook_list, aggregate, backend, transport, buffer_pages,
-                might_sleep, ready_file, redact, quiet, keep_root_owner, modules, callbacks)
+                might_sleep, ready_file, redact, quiet, keep_root_owner, modules, callbacks, min_latency)
     finally:
         if held is not None:
             held.cancel()       # never let go (the recorder failed first): it exits unrun
@@ -238,7 +250,7 @@ def default_buffer_pages(aggregate: bool, per_cpu: bool, cpus: int) -> int:
 
 
 def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, transport, buffer_pages, might_sleep,
-            ready_file, redact, quiet, keep_root_owner, modules=None, callbacks=None):
+            ready_file, redact, quiet, keep_root_owner, modules=None, callbacks=None, min_latency=None):
     import concurrent.futures
     import importlib
     # The recorder's modules import in a thread while bcc compiles, which
@@ -263,7 +275,7 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
         buffer_pages = default_buffer_pages(aggregate, transport == "perf" or not f.ringbuf, os.cpu_count() or 1)
     t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
                       ringbuf=None if transport == "auto" else transport == "ringbuf", ringbuf_pages=buffer_pages,
-                      might_sleep=might_sleep, modules=modules, callbacks=callbacks)
+                      might_sleep=might_sleep, modules=modules, callbacks=callbacks, min_latency_ns=min_latency)
     t.timing["features_s"] = features_s     # kallsyms, BTF, headers: what this kernel offers
     if not quiet:
         click.echo("mmntrace: compiling and attaching probes...", err=True)

@@ -107,6 +107,8 @@ class Session:
             "transport": "ringbuf" if self.t.ringbuf else "perf",
             "layout": self.t.layout,
             "aggregate": self.t.aggregate,
+            # record --min-latency: only calls this long are events; hist.parquet has them all
+            "min_latency_ns": self.t.min_latency_ns,
             "filters": {"pid": self.t.pid, "comm": self.t.comm,
                         "modules": sorted(self.t.modules) if self.t.modules else None,
                         "callbacks": sorted(self.t.callbacks) if self.t.callbacks else None},
@@ -262,7 +264,7 @@ class Session:
             hist_rows, total_rows = list(self.t.histograms()), list(self.t.totals())
             self.t.stop()       # the compiler's memory goes back before pandas comes in
             give_back_memory()
-            if self.t.aggregate and self.disk_full is None:
+            if self.t.kernel_hist and self.disk_full is None:
                 import pandas as pd
                 hist = pd.DataFrame(hist_rows, columns=["func", "hook_id", "event_id", "slot", "count"])
                 totals = pd.DataFrame(total_rows, columns=["func", "hook_id", "event_id", "count", "sum_ns"])

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .hooks import stable as stable_hook_name
+from .report import mode_text
 from .render_text import TREE_KEY, num, para, pct, tree_keys, us
 from .textfit import Col, Grid, fits, tables, to_table
 
@@ -74,7 +75,7 @@ def side_line(rep: dict) -> str:
     span = f"{rep['duration_s']:g} s" if rep.get("duration_s") is not None else \
         f"{secs:.3f} s first to last record" if secs else "duration unknown"
     rate = f" ({num(rep['events_per_s'])}/s)" if rep.get("events_per_s") is not None else ""
-    mode = ", --aggregate" if rep.get("aggregate") else ""
+    mode = "" if not rep.get("aggregate") else f", {mode_text(rep)}"
     return (f"kernel {k.get('release')} ({k.get('arch')}), backend {rep.get('backend')}{mode}, {span}: "
             f"{num(rep.get('hook_invocations', 0))} hook invocations{rate}, "
             f"{num(rep.get('violation_invocations', 0))} violating calls"

@@ -109,8 +109,10 @@ def _latency(rep) -> str:
 def _timeline(rep) -> str:
     tl = rep.get("timeline")
     if not tl or not tl["series"]:
-        return "<p>Not available: " + ("--aggregate recordings keep only histograms." if rep["aggregate"]
-                                       else "no hook invocations.") + "</p>"
+        why = (f"no call took {T.fmt_duration(rep['min_latency_ns'])} or more (--min-latency)."
+               if rep.get("min_latency_ns") else
+               "--aggregate recordings keep only histograms." if rep["aggregate"] else "no hook invocations.")
+        return f"<p>Not available: {_e(why)}</p>"
     rows = []
     for s in tl["series"]:
         n = sum(s["count"])
@@ -364,13 +366,14 @@ def render(rep: dict, summary: Summary | None = None, summary_b: Summary | None 
         return render_compare(rep, summary, summary_b)
     from . import plot
     figs = plot.figures(summary) if summary is not None else {}
+    only = f" (invocations{T.slow_only(rep)} only)" if rep.get("min_latency_ns") else ""
     sec = [
         ("Latency by hook × callback × event", _latency(rep) + _img(figs.get("latency-cdf"), "latency CDF")),
         ("Ranges: blockable, failures, size (4 KiB pages)", _ranges(rep)),
-        ("Over time", _timeline(rep) + _img(figs.get("rate-timeline"), "rate and p99 over time")
+        ("Over time" + only, _timeline(rep) + _img(figs.get("rate-timeline"), "rate and p99 over time")
          + _img(figs.get("latency-heatmap"), "latency heatmap")),
-        ("Processes and mms", _processes(rep)),
-        ("Callers of the secondary-TLB hook", _secondary(rep)),
+        ("Processes and mms" + only, _processes(rep)),
+        ("Callers of the secondary-TLB hook" + only, _secondary(rep)),
         ("Sleeping-rule violations", _violations(rep) + (_img(figs.get("violations-timeline"), "violation timeline")
                                                          if rep["violations"] else "")),
         ("Drops and coverage", _coverage(rep)),

@@ -79,9 +79,11 @@ def _cb(r) -> str:
 
 def header(rep) -> list[str]:
     k = rep["kernel"]
+    ml = rep.get("min_latency_ns")
+    mode = (f", calls of at least {fmt_duration(ml)} recorded (--min-latency)" if ml else
+            ", aggregated in kernel (--aggregate)" if rep["aggregate"] else "")
     lines = [f"mmntrace report: {rep.get('recording') or ''}".rstrip(),
-             f"kernel {k['release']} ({k['arch']}), backend {rep['backend']}"
-             f"{', aggregated in kernel (--aggregate)' if rep['aggregate'] else ''}"]
+             f"kernel {k['release']} ({k['arch']}), backend {rep['backend']}{mode}"]
     rate = f" ({rep['events_per_s']:,.1f}/s)" if rep.get("events_per_s") is not None else ""
     if rep["duration_s"] is not None:
         span = f"duration {rep['duration_s']} s"
@@ -95,8 +97,17 @@ def header(rep) -> list[str]:
     q = {"exact": "exact", "loglinear": "from log-linear histograms (within 0.8%)",
          "log2_upper": "upper bounds of log2 slots (within 2x)"}.get(rep.get("quantile_method"), "")
     if q:
-        lines.append(f"quantiles: {q}")
+        lines.append(f"quantiles: {q}" + (" for every call" if ml else ""))
+    if ml:
+        lines.append(slow_line(rep))
     return lines
+
+
+def slow_line(rep) -> str:
+    """What a --min-latency recording's per-call sections hold."""
+    return (f"slow calls: {num(rep.get('slow_calls') or 0)} hook and callback calls took at least "
+            f"{fmt_duration(rep['min_latency_ns'])}; over time, processes, mms and callers show those only, "
+            "the latency table every call")
 
 
 # ---- latency -----------------------------------------------------------------------------
@@ -228,8 +239,16 @@ def merge(values, k: int, how: str) -> list:
     return out
 
 
+def slow_only(rep) -> str:
+    """What the per-call sections count in a --min-latency recording ('' else)."""
+    ml = rep.get("min_latency_ns")
+    return f" of at least {fmt_duration(ml)}" if ml else ""
+
+
 def _tl_title(tl, k: int) -> str:
     t = f"Over time: {tl['buckets']} buckets of {tl['bucket_s']:g} s"
+    if tl.get("only"):
+        t += f", invocations{tl['only']} only"
     return t + (f", drawn {k} to a bar ({tl['bucket_s'] * k:g} s)" if k > 1 else "")
 
 
@@ -296,7 +315,7 @@ def timeline_tables(rep, width: int) -> list[Table] | None:
     tl = rep.get("timeline")
     if not tl or not tl["series"]:
         return None
-    tl = dict(tl, rate_span_s=rate_span_s(rep, tl))
+    tl = dict(tl, rate_span_s=rate_span_s(rep, tl), only=slow_only(rep))
     ks = [k for k in range(1, tl["buckets"] + 1) if k == 1 or -(-tl["buckets"] // k) >= MIN_BARS]
     for wrap_names in (False, True):
         for k in ks:
@@ -314,14 +333,14 @@ CALLS = dict(short="calls")
 def process_tables(rep, width: int) -> list[Table]:
     out = []
     if rep.get("processes"):
-        g = Grid("Top processes (hook invocations)", [Col("pid"), Col("comm", "name"), Col("invocations", **CALLS),
+        g = Grid(f"Top processes (hook invocations{slow_only(rep)})", [Col("pid"), Col("comm", "name"), Col("invocations", **CALLS),
                                                       Col("share"), Col("total time", short="total"), Col("max")])
         for p in rep["processes"]:
             g.add(str(p["pid"]), p["comm"] or "?", num(p["count"]), pct(p["share"]), dur(p["total_ns"]),
                   dur(p["max_ns"]))
         out += tables(g, width)
     if rep.get("mms"):
-        g = Grid("Top mms (hook invocations)", [Col("mm", "fixed"), Col("invocations", **CALLS), Col("share"),
+        g = Grid(f"Top mms (hook invocations{slow_only(rep)})", [Col("mm", "fixed"), Col("invocations", **CALLS), Col("share"),
                                                 Col("total time", short="total"), Col("max"),
                                                 Col("processes", "name", min_width=16, stack=True)])
         for m in rep["mms"]:
@@ -335,7 +354,7 @@ def secondary_tables(rep, width: int) -> list[Table]:
     s = rep.get("secondary_tlb")
     if not s:
         return []
-    g = Grid(f"Callers of the secondary-TLB hook: {num(s['count'])} invocations",
+    g = Grid(f"Callers of the secondary-TLB hook: {num(s['count'])} invocations{slow_only(rep)}",
              [Col("caller class", "name"), Col("invocations", **CALLS), Col("share"), Col("total time", short="total")])
     for c in s["classes"]:
         g.add(c["caller_class"], num(c["count"]), pct(c["share"]), dur(c["total_ns"]))
@@ -381,7 +400,8 @@ def verdict(rep) -> list[str]:
         return []
     w = v.get("must_not_sleep_watched")
     seen = (f"{num(w)} must-not-sleep callback calls watched" if w is not None
-            else "must-not-sleep calls watched: not counted (--aggregate)")
+            else "must-not-sleep calls watched: not counted "
+                 + ("(--min-latency)" if rep.get("min_latency_ns") else "(--aggregate)"))
     if v["violation_invocations"]:
         head = (f"VERDICT: {num(v['violation_invocations'])} callback calls broke the sleeping rules "
                 f"({v['violation_rules']} distinct rule/callback/sleeper, "
@@ -477,6 +497,9 @@ def render(rep: dict, *, width: int | None = None, color: bool = False) -> str:
     tl = timeline_tables(rep, width)
     if tl is not None:
         parts += tl
+    elif rep.get("min_latency_ns"):
+        parts.append(Text(f"Over time, processes, mms, callers: no call took {fmt_duration(rep['min_latency_ns'])} "
+                          "or more (--min-latency)"))
     elif rep["aggregate"]:
         parts.append(Text("Over time, processes, mms, callers: not available (--aggregate keeps only histograms)"))
     parts += process_tables(rep, width)

@@ -14,7 +14,7 @@ from .recording import Recording
 
 SCHEMA_VERSION = 1
 #: additions within schema_version 1 (docs/report-schema.md lists what each added)
-SCHEMA_MINOR = 7
+SCHEMA_MINOR = 8
 
 LAT_FIELDS = ["count", "rate_per_s", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
 
@@ -98,6 +98,10 @@ def from_summary(s: aggregate.Summary) -> dict:
         "complete": s.complete,
         "backend": m.get("backend"),
         "aggregate": s.kernel_hist,
+        # record --min-latency: the calls at least this long are events (timeline, processes,
+        # mms, callers: slow_calls of them); latency counts every call, from the histograms
+        "min_latency_ns": s.min_latency_ns,
+        "slow_calls": s.records if s.min_latency_ns is not None else None,
         "duration_s": s.duration_s,
         "span_s": round(s.span_s, 6) if s.span_s is not None else None,
         "start_time": m.get("start_time"),
@@ -340,8 +344,14 @@ def _kernel_text(a: dict, b: dict, ka, kb) -> str:
     return text
 
 
-def _mode(rep: dict) -> str:
+def mode_text(rep: dict) -> str:
+    """How a recording was made, as its record flags say it."""
+    if rep.get("min_latency_ns"):
+        from .units import fmt_duration
+        return f"--min-latency {fmt_duration(rep['min_latency_ns'])}"
     return "--aggregate" if rep.get("aggregate") else "per-event"
+
+
 
 
 def warnings(a: dict, b: dict) -> list[dict]:
@@ -362,9 +372,10 @@ def warnings(a: dict, b: dict) -> list[dict]:
            f"backends differ ({a.get('backend')} before, {b.get('backend')} after): kprobes cost more per probed "
            "call than fentry trampolines, so part of a latency change may be the probes' own")
     differ("aggregate", bool(a.get("aggregate")), bool(b.get("aggregate")),
-           f"recording modes differ ({_mode(a)} before, {_mode(b)} after): --aggregate quantiles are log2 upper "
-           "bounds, up to 2x above the true value, so latency ratios say little; counts and rates are exact in "
-           "both; processes and callers exist only per-event")
+           f"recording modes differ ({mode_text(a)} before, {mode_text(b)} after): --aggregate and --min-latency "
+           "quantiles are log2 upper bounds, up to 2x above the true value, so latency ratios say little; counts "
+           "and rates are exact in both; processes and callers exist only per-event (--min-latency: for the "
+           "slow calls)")
     if bool(a.get("aggregate")) == bool(b.get("aggregate")):      # else the line above said it
         qa, qb = a.get("quantile_method"), b.get("quantile_method")
         differ("quantile_method", qa, qb,

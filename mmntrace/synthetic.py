@@ -209,7 +209,8 @@ def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30,
           span_s: float = 30.0, seed: int = 1, ts0: int = 5_000_000_000_000,
           release: str = META["kernel"]["release"], secondary: str = SEC_612, backend: str = META["backend"],
           scale: dict[str, float] | None = None, idle_start_s: float = 0.0, idle_end_s: float = 0.0,
-          end: bool = True, release_once: bool = False, legacy_names: bool = False) -> Path:
+          end: bool = True, release_once: bool = False, legacy_names: bool = False,
+          min_latency_ns: int | None = None) -> Path:
     """Write a synthetic recording to ``path`` (a new directory) and return it.
 
     ``release`` and ``secondary`` (the secondary-TLB hook's ops member) make
@@ -225,7 +226,9 @@ def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30,
     start or end). ``end=False`` leaves it as a recorder killed before it
     finished leaves one: no end time, status "recording". ``release_once``:
     the release hook called once at the end, with one call of each of its
-    callbacks (RELEASE_ONCE), as when the traced process exits."""
+    callbacks (RELEASE_ONCE), as when the traced process exits.
+    ``min_latency_ns``: as `record --min-latency` writes one, the calls at
+    least that long as events and every call in the histograms."""
     rng = np.random.default_rng(seed)
     span = int(span_s * 1e9)
     named = secondary if legacy_names else SEC         # the secondary-TLB hook's name in the tables
@@ -234,7 +237,9 @@ def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30,
     if release_once:
         att += [{"kind": "callback", "symbol": cb, "module": cb.split("[")[-1].rstrip("]"), "hook": "release",
                  "status": "attached"} for _k, cb, _d in RELEASE_ONCE if cb]
-    w = RecordingWriter(path, META | {"aggregate": aggregate, "attached": att, "backend": backend,
+    keep_hist = aggregate or min_latency_ns is not None
+    w = RecordingWriter(path, META | {"aggregate": aggregate, "min_latency_ns": min_latency_ns,
+                                      "attached": att, "backend": backend,
                                       "kernel": {"release": release, "arch": META["kernel"]["arch"]},
                                       "hooks": [ren(h) for h in META["hooks"]],
                                       "events_enum": {str(i): e for i, e in enumerate(EVENTS)}}
@@ -258,13 +263,16 @@ def write(path, n_events: int = 20_000, segments: int = 4, violations: int = 30,
         lo, hi = ts0 + k * seg_span, ts0 + (k + 1) * seg_span
         sl = sl_all[(sl_all["ts_ns"] >= lo) & (sl_all["ts_ns"] < hi)] if len(sl_all) else sl_all
         sl = _as_kernel(sl, named, None)
-        if aggregate:
+        if keep_hist:
             hist_parts.append(ev)
+        if aggregate:
             w.write_segment(pd.DataFrame(), sl.reset_index(drop=True))
+        elif min_latency_ns is not None:
+            w.write_segment(ev[ev["dur_ns"] >= min_latency_ns].reset_index(drop=True), sl.reset_index(drop=True))
         else:
             w.write_segment(ev, sl.reset_index(drop=True))
     extra = {}
-    if aggregate and hist_parts:
+    if keep_hist and hist_parts:
         h, totals = hist_frame(pd.concat(hist_parts, ignore_index=True))
         w.write_hist(h)
         extra["totals"] = totals
@@ -293,6 +301,8 @@ def main(argv=None) -> None:
     ap.add_argument("--segments", type=int, default=10)
     ap.add_argument("--violations", type=int, default=40)
     ap.add_argument("--aggregate", action="store_true")
+    ap.add_argument("--min-latency-ns", type=int, metavar="NS",
+                    help="as record --min-latency: events only for calls at least NS long, histograms of all")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--release-once", action="store_true",
                     help="one release (hook and each callback called once), as when the traced process exits")
@@ -304,6 +314,7 @@ def main(argv=None) -> None:
     if a.idle_start < 0 or a.idle_end < 0:
         ap.error("--idle-start and --idle-end must not be negative")
     print(write(a.out, a.events, a.segments, a.violations, aggregate=a.aggregate, seed=a.seed,
+                min_latency_ns=a.min_latency_ns,
                 idle_start_s=a.idle_start, idle_end_s=a.idle_end, release_once=a.release_once))
 
 

@@ -170,10 +170,14 @@ class Tracer:
     def __init__(self, features: kernel.Features, *, backend: str = "kprobe", hooks=None,
                  pid: int | None = None, comm: str | None = None, aggregate: bool = False,
                  ringbuf_pages: int = 256, ringbuf: bool | None = None, layout: str = "auto",
-                 might_sleep: bool = False, sampling: bool = False, modules=None, callbacks=None):
+                 might_sleep: bool = False, sampling: bool = False, modules=None, callbacks=None,
+                 min_latency_ns: int | None = None):
         """``modules``, ``callbacks``: probe only the driver callbacks of these
         modules (``vmlinux``: built-in subscribers) or with these symbol names
-        (either selects; None: every callback). The hooks are traced in full."""
+        (either selects; None: every callback). The hooks are traced in full.
+        ``min_latency_ns`` (streaming only): send only the hook and callback
+        calls at least this long; every call still goes to the in-kernel
+        histograms (:meth:`histograms`), so counts and quantiles stay whole."""
         self.f = features
         self.modules = frozenset(modules) if modules else None
         self.callbacks = frozenset(callbacks) if callbacks else None
@@ -212,6 +216,9 @@ class Tracer:
         self.pid = pid
         self.comm = comm
         self.aggregate = aggregate
+        if min_latency_ns is not None and (aggregate or min_latency_ns <= 0):
+            raise MmntraceError("a minimum latency is for streaming recordings, and must be positive")
+        self.min_latency_ns = int(min_latency_ns) if min_latency_ns is not None else None
         self.ringbuf_pages = ringbuf_pages
         self.bpf = None
         self._stack_ips: dict[int, list[int]] = {}
@@ -285,6 +292,8 @@ class Tracer:
             fl.append(f'-DMMNT_FILTER_COMM="{c}"')
         if self.aggregate:
             fl.append("-DMMNT_AGGREGATE")
+        if self.min_latency_ns is not None:
+            fl.append(f"-DMMNT_MIN_LAT_NS={self.min_latency_ns}ULL")
         if self.task_storage:
             fl.append("-DMMNT_TASK_STORAGE")
         if self.sampling:
@@ -367,8 +376,13 @@ class Tracer:
             _debug(f"loading cb_entry failed: {e}")
             return False
 
+    @property
+    def kernel_hist(self) -> bool:
+        """Durations go to in-kernel histograms: --aggregate, --min-latency."""
+        return self.aggregate or self.min_latency_ns is not None
+
     def _map_aggregates(self) -> None:
-        if self.aggregate and not self._agg:
+        if self.kernel_hist and not self._agg:
             self._agg["hist"] = MappedArray(self.bpf[b"hist"], (NR_SERIES, NR_EVIDX, NR_SLOTS), np.uint64)
             self._agg["totals"] = MappedArray(self.bpf[b"totals"], (NR_SERIES, NR_EVIDX, 2), np.uint64)
 

@@ -26,6 +26,24 @@ def parse_duration(s) -> float:
     return v
 
 
+_LAT_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+
+
+def parse_latency(s) -> int:
+    """'100us', '100µs', '2ms', '500ns', '0.5s' -> nanoseconds. A unit is
+    required: a bare number reads as seconds to some tools and as
+    milliseconds or microseconds to others."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ns|us|µs|ms|s)?\s*", str(s))
+    if not m:
+        raise UsageError(f"cannot read {s!r} as a latency: use e.g. 100us, 2ms or 500ns")
+    if m.group(2) is None:
+        raise UsageError(f"latency {s!r} needs a unit: 100us, 2ms, 500ns")
+    v = float(m.group(1)) * _LAT_UNITS[m.group(2)]
+    if not math.isfinite(v) or round(v) <= 0:
+        raise UsageError(f"latency {s!r} must be at least 1ns")
+    return int(round(v))
+
+
 def parse_size(s) -> int:
     """'500M', '2G', '1024' (bytes) -> bytes."""
     if isinstance(s, int) and s > 0:

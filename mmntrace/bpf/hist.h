@@ -6,9 +6,9 @@
 #ifndef MMNT_HIST_H
 #define MMNT_HIST_H
 
-#ifdef MMNT_AGGREGATE
+#if defined(MMNT_AGGREGATE) || defined(MMNT_MIN_LAT_NS)
 /*
- * In-kernel aggregation (--aggregate): flat arrays, no hash. A series is a
+ * In-kernel aggregation (--aggregate, and every call under --min-latency): flat arrays, no hash. A series is a
  * hook (0 .. MMNT_NR_HOOKS-1) or one driver callback (user space numbers
  * them from MMNT_NR_HOOKS in cb_info); the event index is the event + 1
  * (0: none). User space maps the arrays (BPF_F_MMAPABLE) and reads them whole.
@@ -22,7 +22,7 @@ BPF_F_TABLE("array", u32, u64, hist, MMNT_NR_SERIES * MMNT_NR_EVIDX * MMNT_NR_SL
 BPF_F_TABLE("array", u32, struct tot_val, totals, MMNT_NR_SERIES * MMNT_NR_EVIDX, BPF_F_MMAPABLE);
 #endif
 
-#ifdef MMNT_AGGREGATE
+#if defined(MMNT_AGGREGATE) || defined(MMNT_MIN_LAT_NS)
 static __always_inline void aggregate(u32 series, s32 event, u64 dur)
 {
 	u32 slot = bpf_log2l(dur);

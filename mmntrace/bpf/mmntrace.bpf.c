@@ -13,6 +13,8 @@
  *                                             ARCH_INVALIDATE_SECONDARY_TLBS, CHANGE_PTE...)
  *   MMNT_GFP_DIRECT_RECLAIM                   __GFP_DIRECT_RECLAIM value (BTF or header)
  *   MMNT_AGGREGATE                            durations into in-kernel histograms
+ *   MMNT_MIN_LAT_NS                           streaming, but only calls at least this long
+ *                                             are sent; every call goes to the histograms
  *   MMNT_BTF_LAYOUT, MMNT_L_*                 struct layouts from BTF (else the headers give them)
  *   MMNT_TASK_STORAGE                         per-task state in task-local storage (else a hash)
  *   MMNT_SAMPLING                             the daemon's 1-in-N sampling
@@ -388,6 +390,13 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc)
 #ifdef MMNT_AGGREGATE
 	aggregate(hook, s->event, dur);
 #else
+#ifdef MMNT_MIN_LAT_NS
+	aggregate(hook, s->event, dur);		/* every call counted and timed, */
+	if (dur < MMNT_MIN_LAT_NS) {		/* only the slow ones sent */
+		tstate_put(t);
+		return 0;
+	}
+#endif
 	struct mmnt_record r = {};
 	fill_common(&r, MMNT_REC_HOOK);
 	r.hook = hook;
@@ -530,6 +539,11 @@ static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
 #ifdef MMNT_AGGREGATE
 	aggregate(c->series, c->event, dur);
 #else
+#ifdef MMNT_MIN_LAT_NS
+	aggregate(c->series, c->event, dur);
+	if (dur < MMNT_MIN_LAT_NS)
+		goto out;
+#endif
 	struct mmnt_record r = {};
 	fill_common(&r, MMNT_REC_CALLBACK);
 	r.hook = hook;

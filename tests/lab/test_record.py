@@ -469,3 +469,59 @@ def test_record_a_command_from_its_first_call(tmp_path):
     for hook, fn in MODULE_CB.items():
         assert len(_cb(mine, fn)) + untimed.get(fn, 0) == calls[hook], (hook, untimed, calls, r.meta["drops"])
     assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]
+
+
+#: 2**18 ns: a log2 slot boundary (slot 19 and up hold the calls at least this long),
+#: so the histograms say exactly how many calls --min-latency had to send
+SLOW_NS = 1 << 18
+
+
+def test_min_latency_sends_the_slow_calls_and_counts_every_call(tmp_path):
+    """`record --min-latency`: a subscriber (registered under the recorder,
+    invalidated at once) whose range_start spins 300 us in every call. Every
+    call of each of its callbacks is counted (histogram + untimed = the
+    module's count); every range_start call it timed is an event; no event
+    is shorter than the minimum; and for every hook and callback, its events
+    are exactly its histogram's calls in the slots at or above the minimum."""
+    rec = Recorder(tmp_path / "rec", "--min-latency", f"{SLOW_NS}ns")
+    script = REGISTER_AT_ONCE.replace("m = testmod.TestModule()\n",
+                                      "m = testmod.TestModule()\nm.behave('start', 'delay', 300)\n")
+    p = subprocess.Popen([sys.executable, "-c", script % dict(then=IDLE, repo=str(Path(__file__).resolve().parents[2]),
+                                                              seconds=3.0)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        res = json.loads(p.stdout.readline())
+        assert rec.stop() == 0, rec.log.read_text()
+    finally:
+        p.stdin.write("exit\n")
+        p.stdin.close()
+        p.wait(60)
+    r = Recording(tmp_path / "rec")
+    assert r.meta["min_latency_ns"] == SLOW_NS and r.meta["aggregate"] is False
+    assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]
+    ev = r.events()
+    assert len(ev) and (ev["dur_ns"] >= SLOW_NS).all(), ev["dur_ns"].describe()
+    def bare(names):      # "(hook)", or the callback's function name (no module, no offset)
+        return [re.split(r"[ +]", str(x))[0] if isinstance(x, str) and x else "(hook)" for x in names]
+    h = r.hist()
+    h["cb"] = bare(h["callback"].astype(object))
+    untimed = {u["callback"].split(" ")[0]: u["count"] for u in r.meta["untimed"]}
+    calls = res["counts"]["calls"]
+    counted = {}
+    for hook, fn in MODULE_CB.items():
+        mine = h[h["cb"] == fn]
+        counted[fn] = int(mine["count"].sum())
+        assert counted[fn] + untimed.get(fn, 0) == calls[hook], (hook, counted, untimed, calls)
+    start = ev[(ev["kind"] == "callback") & ev["callback"].astype(str).str.startswith("mmnt_invalidate_range_start")]
+    assert len(start) == counted["mmnt_invalidate_range_start"] > 0      # each one took 300 us
+    assert (start["mm"] == res["mm"]).all()
+    # events == the histograms' calls at or above the minimum, per hook and callback
+    e = ev.assign(cb=bare(ev["callback"].astype(object)), hk=ev["hook"].astype(str))
+    got = e.groupby(["hk", "cb"]).size().to_dict()
+    slow = h[h["slot"] >= SLOW_NS.bit_length()].assign(hk=lambda d: d["hook"].astype(str))
+    want = {k: int(v) for k, v in slow.groupby(["hk", "cb"])["count"].sum().items()}
+    assert got == want, (got, want)
+    assert ("invalidate_range_start", "(hook)") in got      # the hook lasted as long as its callbacks
+    rep = report.build(r)
+    assert rep["min_latency_ns"] == SLOW_NS and rep["slow_calls"] == len(ev)
+    assert "(--min-latency)" in render.text(rep, width=120)

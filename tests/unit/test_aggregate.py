@@ -389,3 +389,39 @@ def test_range_facts_blockable_failures_and_size():
     end = rows[("invalidate_range_end", None)]["range"]
     assert end["sized"] == 0 and end["pages_mean"] is None       # the whole address space
     assert "range" not in rows[("secondary_tlb", None)]
+
+
+def test_min_latency_recording_counts_every_call_and_shows_the_slow_ones(tmp_path):
+    """record --min-latency: every call in the histograms (counts and totals as
+    a per-event recording of the same calls has them), only the calls at least
+    that long as events; the per-call sections say so, in text, HTML and JSON."""
+    from mmntrace import render
+    kw = dict(n_events=20_000, segments=3, violations=5, span_s=10.0, seed=5)
+    full = synthetic.write(tmp_path / "full", **kw)
+    slow = synthetic.write(tmp_path / "slow", min_latency_ns=20_000, **kw)
+    ev = Recording(full).events()
+    s, f = summarize(slow), summarize(full)
+    assert s.kernel_hist and s.quantile_method == "log2_upper" and s.min_latency_ns == 20_000
+    assert s.records == int((ev["dur_ns"] >= 20_000).sum()) > 0
+    assert s.hook_invocations == f.hook_invocations and s.callback_invocations == f.callback_invocations
+    counts = {(r["hook"], r["callback"], r["event"]): (r["count"], r["total_ns"]) for r in f.latency}
+    assert {(r["hook"], r["callback"], r["event"]): (r["count"], r["total_ns"]) for r in s.latency} == counts
+    slow_hooks = ev[(ev["kind"] == "hook") & (ev["dur_ns"] >= 20_000)]
+    assert sum(p["count"] for p in s.processes) == len(slow_hooks)
+    assert s.watched_callbacks is None and len(s.violations) == len(f.violations)
+    rep = report.from_summary(s)
+    assert rep["min_latency_ns"] == 20_000 and rep["slow_calls"] == s.records and rep["aggregate"] is True
+    assert rep["events"] == f.hook_invocations
+    assert report.from_summary(f)["min_latency_ns"] is None
+    text = render.text(rep, width=120)
+    assert "calls of at least 20 µs recorded (--min-latency)" in text
+    assert f"slow calls: {s.records:,} hook and callback calls took at least 20 µs" in text
+    assert "Top processes (hook invocations of at least 20 µs)" in text and "not counted (--min-latency)" in text
+    assert "invocations of at least 20 µs only" in text      # the Over-time title
+    html = render.html(rep, s)
+    assert "Processes and mms (invocations of at least 20 µs only)" in html
+    json.dumps(rep)
+    # nothing slow enough: the per-call sections say why they are empty
+    none = summarize(synthetic.write(tmp_path / "none", min_latency_ns=10 ** 12, **kw))
+    assert none.records == 0 and none.hook_invocations == f.hook_invocations
+    assert "no call took 1000 s or more (--min-latency)" in render.text(report.from_summary(none), width=120)

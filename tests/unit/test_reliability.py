@@ -85,9 +85,12 @@ def test_argument_errors_come_before_the_environment(monkeypatch, tmp_path):
     non-empty -o before any compile."""
     bad_env = dataclasses.replace(GOOD, is_root=False, kprobes=False)
     monkeypatch.setattr(kernel, "probe", lambda: bad_env)
-    for args in (["--hooks", "bogus"], ["-d", "soon"], ["--buffer-pages", "3"]):
+    for args, says in ((["--hooks", "bogus"], "bogus"), (["-d", "soon"], "duration"),
+                       (["--buffer-pages", "3"], "power of two"), (["--min-latency", "100"], "needs a unit"),
+                       (["--min-latency", "fast"], "as a latency"), (["--min-latency", "0us"], "at least 1ns"),
+                       (["--min-latency", "1ms", "--aggregate"], "give one of them")):
         r = CliRunner().invoke(main, ["record", "-q", *args, "-o", str(tmp_path / "r")])
-        assert r.exit_code == 2, (args, r.output)
+        assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, (args, r.output)
     full = tmp_path / "full"
     full.mkdir()
     (full / "x").write_text("")
@@ -106,6 +109,16 @@ def test_durations_with_units():
     for bad in ("0", "-1s", "10x", "s"):
         with pytest.raises(UsageError):
             parse_duration(bad)
+
+
+def test_latencies_with_units():
+    """record --min-latency: ns, us (or µs), ms, s; a unit is required."""
+    from mmntrace.units import parse_latency
+    assert parse_latency("100us") == parse_latency("100µs") == parse_latency("0.1ms") == 100_000
+    assert parse_latency("500ns") == 500 and parse_latency("2 s") == 2_000_000_000
+    for bad in ("100", "0ns", "0.4ns", "-1us", "1 us x", "us"):
+        with pytest.raises(UsageError):
+            parse_latency(bad)
 
 
 # -- recordings: empty, truncated, corrupt, newer, not a recording ----------------------------------

@@ -86,7 +86,7 @@ def test_json_report_contract_and_additions(recs):
     assert rep["schema_minor"] >= 4
     assert v["might_sleep_watched"] is True and "not watched" not in text.splitlines()[4]
     # ... and minor 6: hooks by their stable names, the kernel's symbol of each beside them
-    assert rep["schema_minor"] == 7
+    assert rep["schema_minor"] == 8
     assert rep["coverage"]["hook_symbols"]["secondary_tlb"] == "__mmu_notifier_arch_invalidate_secondary_tlbs"
     assert list(rep["coverage"]["hook_symbols"]) == [h for h in hooks.choices() if h in rep["coverage"]["hooks"]]
     assert {r["hook"] for r in rep["latency"]} <= set(hooks.choices())
