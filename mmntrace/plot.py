@@ -192,6 +192,11 @@ def _bucket_edges(tl: dict, t: TimeAxis) -> np.ndarray:
     return off + np.arange(int(tl["buckets"]) + 1) * float(tl["bucket_s"])
 
 
+def _slow_only(s: Summary) -> str:
+    """What a --min-latency recording's per-call figures hold ('' else)."""
+    return f": invocations of at least {fmt_duration(s.min_latency_ns)} only" if s.min_latency_ns else ""
+
+
 def fig_heatmap(s: Summary, hooks: list[str] | None = None) -> Figure | None:
     """Hook latency over time (``hooks``: these only): log2 latency buckets x
     time buckets, colour = invocations."""
@@ -222,7 +227,7 @@ def fig_heatmap(s: Summary, hooks: list[str] | None = None) -> Figure | None:
         seconds_axis(ax, t)
         ax.set_title(hook, fontsize=11)
         count_colorbar(fig.colorbar(mesh, ax=ax, label=f"invocations per {fmt_duration(tl['bucket_ns'])}"))
-    fig.suptitle(t.title("Hook latency over time"), fontsize=13)
+    fig.suptitle(t.title("Hook latency over time" + _slow_only(s)), fontsize=13)
     return fig
 
 
@@ -267,7 +272,7 @@ def fig_rate(s: Summary) -> Figure | None:
         seconds_axis(ax, t)
         ax.grid(alpha=0.3, which="both")
     ax1.set_xlabel("")
-    fig.suptitle(t.title("Rate and latency through the recording"), fontsize=13)
+    fig.suptitle(t.title("Rate and latency through the recording" + _slow_only(s)), fontsize=13)
     return fig
 
 

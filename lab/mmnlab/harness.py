@@ -269,12 +269,6 @@ class Recorder:
             time.sleep(0.2)
         raise TimeoutError(f"recorder not ready after {timeout:.0f} s: {self.log.read_text()[-2000:]}")
 
-    def wait_callbacks(self, names, timeout: float = 120):
-        """Wait until every named driver callback is attached (they are found
-        when their subscriber registers, and attached asynchronously)."""
-        return self.wait_for(lambda att: set(names) <= {a["symbol"] for a in att if a["status"] == "attached"},
-                             timeout)
-
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)
         try:

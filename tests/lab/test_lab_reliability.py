@@ -219,9 +219,8 @@ def test_module_reload_then_kill9_redacted(tmp_path):
 
 
 def test_event_storm_drops_are_exact_then_sigterm(tmp_path):
+    b = Bench(tmp_path, rounds=400, pages=64)      # subscribed before the recorder: --ready-file covers it
     rec = _recorder(tmp_path / "rec", "--buffer-pages", "1", "--comm", "notifier_bench")
-    b = Bench(tmp_path, rounds=400, pages=64)
-    rec.wait_callbacks(list(MOD_CB))
     # this recorder's start removed what the kill -9 above left defined
     assert _stale_events() == []
     meta = json.loads((tmp_path / "rec" / "metadata.json").read_text())
@@ -268,9 +267,8 @@ def test_disk_full_stops_with_one_sentence(tmp_path):
     # size before the filler is printed, and full is full either way)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], check=True)
     try:
+        b = Bench(tmp_path, rounds=200, pages=16)      # subscribed before the recorder: --ready-file covers it
         rec = _recorder(mnt / "rec", "--comm", "notifier_bench", side=tmp_path)   # log + ready file off the tmpfs
-        b = Bench(tmp_path, rounds=200, pages=16)
-        rec.wait_callbacks(list(MOD_CB))
         b.go(timeout=600)
         deadline = time.monotonic() + 60     # a segment with these events is on disk (flushed every 2 s)
         while not list((mnt / "rec").glob("events-*.parquet")):

@@ -420,6 +420,10 @@ def test_min_latency_recording_counts_every_call_and_shows_the_slow_ones(tmp_pat
     assert "invocations of at least 20 µs only" in text      # the Over-time title
     html = render.html(rep, s)
     assert "Processes and mms (invocations of at least 20 µs only)" in html
+    from mmntrace import plot      # the per-call figures say so too
+    for fig in (plot.fig_rate(s), plot.fig_heatmap(s)):
+        assert "invocations of at least 20 µs only" in fig._suptitle.get_text()
+    assert "at least" not in plot.fig_rate(f)._suptitle.get_text()
     json.dumps(rep)
     # nothing slow enough: the per-call sections say why they are empty
     none = summarize(synthetic.write(tmp_path / "none", min_latency_ns=10 ** 12, **kw))
