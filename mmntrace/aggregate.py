@@ -189,6 +189,7 @@ class _EventAcc:
         self.parts: list[pd.DataFrame] = []     # (mm, pid, comm) -> count, total, max   (hook level)
         self.callers: list[pd.DataFrame] = []   # (hook, caller, caller_class) -> count, total
         self._direct: set[int] = set()          # range_end invocations seen calling secondary-TLB ops
+        self.via_parts: list[pd.DataFrame] = [] # (hook, callback, via) -> callback calls
         self.records = 0
         self.watched: int | None = None         # callback invocations that must not sleep (the rules' reach)
 
@@ -222,6 +223,10 @@ class _EventAcc:
         if "must_not_sleep" in df:
             mns = df["must_not_sleep"].to_numpy(dtype=bool)
             self.watched = (self.watched or 0) + int((mns & ~is_hook).sum())
+        # via: recordings made before it have none (a segment without one is not counted)
+        if "via" in df and df.loc[~is_hook, "via"].notna().any():
+            cb = df.loc[~is_hook, ["hook", "callback", "via"]].astype(object)
+            self.via_parts.append(cb.where(cb.notna(), "").value_counts().rename("count").reset_index())
         rng = np.array([v in RANGE_HOOKS for v in hv] + [False])
         ec = np.where(rng[hc], ec, -1)
         ncb, nev = len(cv) + 1, len(ev) + 1
@@ -376,6 +381,14 @@ class _EventAcc:
                                 "pages_mean": round(pages / sized, 1) if sized else None, "pages_max": pmax}
             rows.append(row)
         return rows, cdfs
+
+    def via(self) -> list[dict]:
+        """Callback calls per (hook, callback, via): via is the hook whose
+        invocation made them (None: none of ours was running)."""
+        if not self.via_parts:
+            return []
+        d = pd.concat(self.via_parts).groupby(["hook", "callback", "via"], sort=False)["count"].sum()
+        return via_rows((h, c or None, v or None, n) for (h, c, v), n in d.items())
 
     def timeline(self) -> tuple[dict | None, dict]:
         """Per hook (hook-level invocations): count and latency per time bucket,
@@ -744,6 +757,7 @@ class Summary:
     sleep_records: int = 0
     watched_callbacks: int | None = None            # must-not-sleep callback invocations (None: unknown)
     min_latency_ns: int | None = None               # record --min-latency: events are the calls this long only
+    via: list[dict] = field(default_factory=list)   # callback calls by the hook whose invocation made them
 
     @property
     def rate_s(self) -> float | None:
@@ -753,6 +767,19 @@ class Summary:
     @property
     def empty(self) -> bool:
         return not self.records and not self.sleep_records and not self.latency
+
+
+def via_rows(rows) -> list[dict]:
+    """(hook, callback, via, count) -> the report's rows, each with the
+    callback's share of its calls made so; sorted by hook, callback, count."""
+    rows = [(str(h), c, v, int(n)) for h, c, v, n in rows if c and n]
+    tot: dict = {}
+    for h, c, _v, n in rows:
+        tot[(h, c)] = tot.get((h, c), 0) + n
+    out = [{"hook": h, "callback": c, "via": v, "count": n, "share": round(n / tot[(h, c)], 4)}
+           for h, c, v, n in rows]
+    out.sort(key=lambda r: (_hook_sort(r["hook"]), r["callback"], -r["count"]))
+    return out
 
 
 def _read_sleeps(rec) -> pd.DataFrame:
@@ -837,4 +864,7 @@ def summarize(rec, *, buckets: int = TIME_BUCKETS, top: int = TOP, exact_limit: 
                    latency=lat, cdf=cdf, timeline=tl, heatmap=heat, processes=procs, mms=mm_rows,
                    secondary_tlb=acc.secondary_tlb(top), violations=viol, violation_times=vt,
                    sleep_records=len(sleeps), watched_callbacks=None if kernel_hist else acc.watched,
-                   min_latency_ns=min_lat)
+                   min_latency_ns=min_lat,
+                   via=(via_rows((r.get("hook"), r.get("callback"), r.get("via"), r.get("count", 0))
+                                 for r in m.get("via") or [] if isinstance(r, dict))
+                        if kernel_hist else acc.via()))

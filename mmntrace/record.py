@@ -261,7 +261,7 @@ class Session:
             drops = self.t.drops()
             attached = self.t.attached()
             untimed = self._untimed(sym)
-            hist_rows, total_rows = list(self.t.histograms()), list(self.t.totals())
+            hist_rows, total_rows, via_rows = list(self.t.histograms()), list(self.t.totals()), list(self.t.via())
             self.t.stop()       # the compiler's memory goes back before pandas comes in
             give_back_memory()
             if self.t.kernel_hist and self.disk_full is None:
@@ -276,6 +276,11 @@ class Session:
                     {"hook": sym.hook_names.get(int(r.hook_id)), "event": sym.events.get(int(r.event_id)),
                      "callback": sym.sym(int(r.func)), "count": int(r.count), "sum_ns": int(r.sum_ns)}
                     for r in totals.itertuples()]
+                # which hook's invocation made each callback's calls (6.1's range_end: the secondary-TLB ops)
+                writer.meta["via"] = [
+                    {"hook": sym.hook_names.get(int(h)), "callback": sym.sym(int(f)),
+                     "via": sym.hook_names.get(int(v)) if v is not None else None, "count": int(n)}
+                    for f, h, v, n in via_rows]
             if self.command is not None:    # None: still running (the recording was stopped first)
                 writer.meta["command"]["exit"] = self.command.poll()
             if self.disk_full is None:

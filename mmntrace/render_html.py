@@ -164,6 +164,16 @@ def _secondary(rep) -> str:
                       for c in s["callers"]], left={0, 1}))
 
 
+def _via(rep) -> str:
+    rows = [r for r in rep.get("via") or [] if r["via"] != r["hook"]]
+    if not rows:
+        return ""
+    return ("<h3>Callbacks called from another entry point than their hook</h3>"
+            + _table(["hook", "callback", "made by", "calls", "share of its calls"],
+                     [[r["hook"], r["callback"], r["via"] or "(no traced hook)", T.num(r["count"]), T.pct(r["share"])]
+                      for r in rows], left={0, 1, 2}))
+
+
 def _violations(rep) -> str:
     v = rep["violations"]
     if not v:
@@ -373,7 +383,7 @@ def render(rep: dict, summary: Summary | None = None, summary_b: Summary | None 
         ("Over time" + only, _timeline(rep) + _img(figs.get("rate-timeline"), "rate and p99 over time")
          + _img(figs.get("latency-heatmap"), "latency heatmap")),
         ("Processes and mms" + only, _processes(rep)),
-        ("Callers of the secondary-TLB hook" + only, _secondary(rep)),
+        ("Callers of the secondary-TLB hook" + only, _secondary(rep) + _via(rep)),
         ("Sleeping-rule violations", _violations(rep) + (_img(figs.get("violations-timeline"), "violation timeline")
                                                          if rep["violations"] else "")),
         ("Drops and coverage", _coverage(rep)),

@@ -365,6 +365,22 @@ def secondary_tables(rep, width: int) -> list[Table]:
     return tables(g, width) + tables(u, width)
 
 
+def via_tables(rep, width: int) -> list[Table]:
+    """The callback calls that another entry point than their own hook made:
+    before 6.6 invalidate_range_end calls the secondary-TLB ops itself; an
+    interval notifier's calls come from an inlined mn_itree_invalidate (no
+    hook of ours). Nothing where every callback ran under its own hook."""
+    rows = [r for r in rep.get("via") or [] if r["via"] != r["hook"]]
+    if not rows:
+        return []
+    g = Grid("Callbacks called from another entry point than their hook",
+             [Col("hook", "name"), Col("callback", "name", min_width=16), Col("made by", "name"),
+              Col("calls", **CALLS), Col("share of its calls", short="share")])
+    for r in rows:
+        g.add(r["hook"], r["callback"], r["via"] or "(no traced hook)", num(r["count"]), pct(r["share"]))
+    return tables(g, width)
+
+
 def violation_section(rep, width: int) -> list:
     v = rep["violations"]
     if not v:
@@ -504,6 +520,7 @@ def render(rep: dict, *, width: int | None = None, color: bool = False) -> str:
         parts.append(Text("Over time, processes, mms, callers: not available (--aggregate keeps only histograms)"))
     parts += process_tables(rep, width)
     parts += secondary_tables(rep, width)
+    parts += via_tables(rep, width)
     parts += violation_section(rep, width)
     parts += drops_coverage(rep)
     return _print(con, buf, parts, width)

@@ -119,6 +119,8 @@ def from_summary(s: aggregate.Summary) -> dict:
         "processes": s.processes,
         "mms": s.mms,
         "secondary_tlb": s.secondary_tlb,
+        # callback calls by the hook whose invocation made them (via; null: none of ours)
+        "via": s.via,
         "violations": viol,
         "violation_invocations": sum(v["count"] for v in viol),
         "sleep_records": s.sleep_records,

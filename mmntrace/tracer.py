@@ -385,6 +385,7 @@ class Tracer:
         if self.kernel_hist and not self._agg:
             self._agg["hist"] = MappedArray(self.bpf[b"hist"], (NR_SERIES, NR_EVIDX, NR_SLOTS), np.uint64)
             self._agg["totals"] = MappedArray(self.bpf[b"totals"], (NR_SERIES, NR_EVIDX, 2), np.uint64)
+            self._agg["via"] = MappedArray(self.bpf[b"via"], (NR_SERIES, kernel.NR_HOOKS + 1), np.uint64)
 
     def attach(self) -> None:
         """Attach every hook, registration, might-sleep and known callback probe."""
@@ -1156,6 +1157,23 @@ class Tracer:
                 out.append((key[0], key[1], int(ev) - 1, int(t[series, ev, 0]), int(t[series, ev, 1])))
         return sorted(out)
 
+    def via(self) -> list[tuple]:
+        """(func, hook, via, count) of the timed callback calls in the
+        histograms: via is the hook whose invocation made them (None: none of
+        ours was running). Before 6.6 invalidate_range_end calls the
+        secondary-TLB ops itself: (func, secondary_tlb, invalidate_range_end, n)."""
+        if self.bpf is None and self._final:
+            return list(self._final.get("via", []))
+        if self.bpf is None or "via" not in self._agg:
+            return []
+        v = self._agg["via"].snapshot()
+        out = []
+        for series, h in zip(*np.nonzero(v)):
+            key = self._series_key(int(series))
+            if key is not None and key[0]:
+                out.append((key[0], key[1], int(h) if h < kernel.NR_HOOKS else None, int(v[series, h])))
+        return sorted(out, key=lambda r: (r[0], r[1], -1 if r[2] is None else r[2]))
+
     def stop(self) -> None:
         """Detach and unload everything; drops and histograms stay readable."""
         if self.bpf is None:
@@ -1166,7 +1184,7 @@ class Tracer:
         try:
             try:
                 self._final = dict(drops=self.drops(), hist=self.histograms(), totals=self.totals(),
-                                   untimed=self.untimed())
+                                   via=self.via(), untimed=self.untimed())
                 for k, v in self.bpf[b"stack_by_id"].items():   # readable after unload
                     self._stack_ips.setdefault(k.value, [a for a in v.ip if a])
             except Exception:

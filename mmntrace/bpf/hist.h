@@ -20,6 +20,15 @@ struct tot_val {
 };
 BPF_F_TABLE("array", u32, u64, hist, MMNT_NR_SERIES * MMNT_NR_EVIDX * MMNT_NR_SLOTS, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", u32, struct tot_val, totals, MMNT_NR_SERIES * MMNT_NR_EVIDX, BPF_F_MMAPABLE);
+/*
+ * The entry point that made each timed callback call, per callback series:
+ * [series][hook], the last slot for none (no hook of ours was running). A
+ * per-event recording has it per call (the records' via); this is the same
+ * for the histograms: before 6.6 invalidate_range_end calls the
+ * invalidate_range ops itself, not through the secondary-TLB hook.
+ */
+#define MMNT_NR_VIA (MMNT_NR_HOOKS + 1)
+BPF_F_TABLE("array", u32, u64, via, MMNT_NR_SERIES * MMNT_NR_VIA, BPF_F_MMAPABLE);
 #endif
 
 #if defined(MMNT_AGGREGATE) || defined(MMNT_MIN_LAT_NS)
@@ -46,6 +55,17 @@ static __always_inline void aggregate(u32 series, s32 event, u64 dur)
 	u64 *h = hist.lookup(&k);
 	if (h)
 		__sync_fetch_and_add(h, 1);
+}
+
+/* a callback series' call, made inside hook via_hook (MMNT_HOOK_NONE: none) */
+static __always_inline void count_via(u32 series, u32 via_hook)
+{
+	if (series >= MMNT_NR_SERIES)
+		return;			/* counted as a drop by aggregate() */
+	u32 k = series * MMNT_NR_VIA + (via_hook < MMNT_NR_HOOKS ? via_hook : MMNT_NR_HOOKS);
+	u64 *n = via.lookup(&k);
+	if (n)
+		__sync_fetch_and_add(n, 1);
 }
 #endif
 

@@ -538,9 +538,11 @@ static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
 		goto out;		/* the calibration's inner function: its time is its hook's */
 #ifdef MMNT_AGGREGATE
 	aggregate(c->series, c->event, dur);
+	count_via(c->series, t->h.active ? t->h.hook : MMNT_HOOK_NONE);
 #else
 #ifdef MMNT_MIN_LAT_NS
 	aggregate(c->series, c->event, dur);
+	count_via(c->series, t->h.active ? t->h.hook : MMNT_HOOK_NONE);
 	if (dur < MMNT_MIN_LAT_NS)
 		goto out;
 #endif

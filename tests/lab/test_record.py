@@ -525,3 +525,47 @@ def test_min_latency_sends_the_slow_calls_and_counts_every_call(tmp_path):
     rep = report.build(r)
     assert rep["min_latency_ns"] == SLOW_NS and rep["slow_calls"] == len(ev)
     assert "(--min-latency)" in render.text(rep, width=120)
+
+
+def test_aggregate_says_which_entry_point_made_each_callback_call(tmp_path):
+    """--aggregate keeps, per callback, the hook whose invocation made its
+    calls (`via` in the metadata and the report), as a per-event recording
+    does per call. Before 6.6 invalidate_range_end calls the secondary-TLB ops
+    itself: those calls of the module's are exactly bpftrace's count of
+    mmnt_secondary_tlb inside __mmu_notifier_invalidate_range_end (0 since)."""
+    wp = WorkloadProcess(SCENARIOS, tmp_path / "wl")      # subscribed before the recorder
+    try:
+        rec = Recorder(tmp_path / "rec", "--aggregate")
+        bt = Bpftrace(BY_RANGE_END, events=True)
+    except BaseException:
+        wp.finish()
+        raise
+    wp.go()
+    wp.collect()
+    wp.finish()                 # the module's subscriber is gone: no call after this
+    assert rec.stop() == 0, rec.log.read_text()
+    bt.stop()
+    r = Recording(tmp_path / "rec")
+    assert r.meta["aggregate"] and r.meta["drops"]["untimed"] == 0, r.meta["drops"]
+    via = [v for v in r.meta["via"] if str(v["callback"]).startswith("mmnt_")]
+    by = {(v["callback"].split(" ")[0], v["via"]): v["count"] for v in via}
+    for fn, hook in ((MODULE_CB["start"], "invalidate_range_start"), (MODULE_CB["end"], "invalidate_range_end")):
+        assert {k[1] for k in by if k[0] == fn} == {hook}, by
+    st = MODULE_CB["secondary_tlb"]
+    assert {k[1] for k in by if k[0] == st} <= {"secondary_tlb", "invalidate_range_end"}, by
+    # every timed call of each callback has its entry point: via sums to the histograms' count
+    totals = {}
+    for t in r.meta["totals"]:
+        if str(t["callback"]).startswith("mmnt_"):
+            fn = t["callback"].split(" ")[0]
+            totals[fn] = totals.get(fn, 0) + t["count"]
+    for fn in MODULE_CB.values():
+        assert sum(n for (f, _v), n in by.items() if f == fn) == totals[fn] > 0, (fn, by, totals)
+    by_end = by.get((st, "invalidate_range_end"), 0)
+    assert by_end == bt.count_inside(st, "__mmu_notifier_invalidate_range_end", 0, 1 << 63), by
+    pre_66 = kernel.probe().hook_symbol(kernel.HOOK_SECONDARY_TLB) == "__mmu_notifier_invalidate_range"
+    assert (by_end > 0) if pre_66 else (by_end == 0), by
+    rep = report.build(r)
+    assert {(v["callback"].split(" ")[0], v["via"]): v["count"] for v in rep["via"]
+            if v["callback"].startswith("mmnt_")} == by
+    assert ("another entry point" in render.text(rep, width=120)) == pre_66

@@ -224,3 +224,37 @@ def test_api_derives_time_since_start_and_hex_mm(tmp_path):
     only = r.events(columns=["t_s", "mm_hex", "hook"])
     assert list(only.columns) == ["t_s", "mm_hex", "hook"]
     assert np.allclose(only["t_s"], r.events()["t_s"])
+
+
+def test_callbacks_by_the_entry_point_that_made_them(tmp_path):
+    """The report's `via`: each callback's calls by the hook whose invocation
+    made them. Before 6.6 invalidate_range_end calls the secondary-TLB ops
+    itself; the text and HTML show the calls made from another entry point
+    than the callback's hook (none where all ran under their own). The same
+    rows from the events (per-event) and from the metadata (--aggregate)."""
+    cb = "mmnt_secondary_tlb [mmnt_test]"
+    rows = ([dict(kind="callback", hook="secondary_tlb", callback=cb, via="secondary_tlb")] * 3
+            + [dict(kind="callback", hook="secondary_tlb", callback=cb, via="invalidate_range_end")] * 1
+            + [dict(kind="callback", hook="invalidate_range_start", callback="s [m]", via="invalidate_range_start")] * 2
+            + [dict(kind="hook")])
+    rep = report.build(Recording(_write(tmp_path / "ev", _events(rows))))
+    want = [{"hook": "invalidate_range_start", "callback": "s [m]", "via": "invalidate_range_start", "count": 2,
+             "share": 1.0},
+            {"hook": "secondary_tlb", "callback": cb, "via": "secondary_tlb", "count": 3, "share": 0.75},
+            {"hook": "secondary_tlb", "callback": cb, "via": "invalidate_range_end", "count": 1, "share": 0.25}]
+    assert rep["via"] == want
+    text = render.text(rep, width=120)
+    assert "Callbacks called from another entry point than their hook" in text
+    line = next(ln for ln in text.splitlines() if "invalidate_range_end" in ln and "25.0%" in ln)
+    assert "secondary_tlb" in line and "mmnt_secondary_tlb" in line
+    assert "another entry point" in render.html(rep)
+    # --aggregate: the same rows from the metadata the recorder writes
+    meta_via = [{"hook": r["hook"], "callback": r["callback"], "via": r["via"], "count": r["count"]} for r in want]
+    agg = report.build(Recording(_write(tmp_path / "agg", pd.DataFrame(), aggregate=True, via=meta_via)))
+    assert agg["via"] == want
+    # every callback under its own hook, or a recording from before via: no table
+    plain = report.build(Recording(_write(tmp_path / "own", _events(rows[:3] + rows[4:]))))
+    assert [r["via"] for r in plain["via"]] == ["invalidate_range_start", "secondary_tlb"]
+    assert "another entry point" not in render.text(plain, width=120)
+    old = report.build(Recording(_write(tmp_path / "old", _events(rows).drop(columns=["via"]))))
+    assert old["via"] == [] and "another entry point" not in render.text(old, width=120)
