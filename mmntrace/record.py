@@ -198,6 +198,9 @@ class Session:
         writer.meta["probe_overhead_ns"] = getattr(self.t, "probe_overhead", None) or None
         writer.meta["stale_kprobes_removed"] = getattr(self.t, "stale_kprobes_removed", 0)
         writer.meta["might_sleep"] = getattr(self.t, "might_sleep", True)
+        # mms whose interval tree the start-up sweep could not walk to its end (more interval
+        # notifiers than its runs visit): an ops table only there is found at registration only
+        writer.meta["sweep_unfinished_mms"] = getattr(self.t, "sweep_unfinished", 0)
         writer.meta["task_storage"] = getattr(self.t, "task_storage", None)
         if self.command is not None:
             writer.meta["command"] = {"argv": self.command.argv, "pid": self.command.pid, "exit": None}

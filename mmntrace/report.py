@@ -76,7 +76,12 @@ def from_summary(s: aggregate.Summary) -> dict:
     skipped = [{"symbol": a.get("symbol"), "why": a.get("status")} for a in attached
                if a.get("status") != "attached"] + \
         [{"symbol": "/".join(h.get("symbols") or [str(h.get("hook"))]), "why": f"hook {h.get('hook')}: {h.get('reason')}"}
-         for h in _list(m.get("hooks_missing")) if isinstance(h, dict)]
+         for h in _list(m.get("hooks_missing")) if isinstance(h, dict)] + \
+        ([{"symbol": "interval notifiers",
+           "why": f"the start-up sweep could not walk the interval trees of {_int(m.get('sweep_unfinished_mms'))} "
+                  "mms to their end (more than 8192 interval notifiers each): subscribers found only there are "
+                  "probed when they register, not before"}]
+         if _int(m.get("sweep_unfinished_mms")) else [])
     verdict = {
         "violation_rules": len(viol),
         "violation_invocations": sum(v["count"] for v in viol),

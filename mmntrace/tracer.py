@@ -64,6 +64,9 @@ REC_NAMES = {REC_HOOK: "hook", REC_CALLBACK: "callback", REC_SLEEP: "sleep", REC
 DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series"}
 # --aggregate arrays (bpf/mmntrace.bpf.c): series x event index x log2 slot
 NR_SERIES, NR_EVIDX, NR_SLOTS = 128, 16, _H.defines["MMNT_NR_SLOTS"]
+#: runs of the start-up sweep's interval-tree walk (each visits 128 notifiers per mm): an mm
+#: with up to 64 x 128 = 8192 interval notifiers is walked to its end
+SWEEP_ITREE_RUNS = 64
 
 
 _CALIB_KPROBE, _CALIB_FENTRY = 0, 4   # bpf/context.h calib[] bases
@@ -229,6 +232,7 @@ class Tracer:
         self.probe_overhead: dict[str, int] = {}
         self.timing: dict[str, float] = {}
         self.swept: int | None = None     # ops records the start-up sweep reported (None: no sweep)
+        self.sweep_unfinished = 0         # mms whose interval tree the sweep could not walk to its end
         self._ops_handled = 0             # OPS records from the buffer whose callbacks were probed
         self._attached: list[dict] = []
         self._cb_known: dict[int, dict] = {}
@@ -463,6 +467,7 @@ class Tracer:
         so that --ready-file means they are all probed."""
         t0 = time.monotonic()
         self.swept = None
+        self.sweep_unfinished = 0
         if not getattr(self.f, "task_iter", False):
             return
         fds: list[int] = []
@@ -472,6 +477,9 @@ class Tracer:
             if tid is None:
                 raise OSError("no bpf_iter_task in BTF")
             raw = b""
+            resume, resuming = self.bpf[b"itree_resume"], self.bpf[b"itree_resuming"]
+            resume.clear()              # an earlier window's sweep (the daemon) left nothing to go on from
+            resuming[ctypes.c_int(0)] = ctypes.c_uint32(0)
             for fn in (b"iter_subs", b"iter_itree"):
                 insns = self.bpf.dump_func(fn)
                 prog = bpfsys.load_tracing(insns, name=fn.decode(), attach=bpfsys.TRACE_ITER,
@@ -479,6 +487,17 @@ class Tracer:
                 fds.append(prog)
                 fds.append(bpfsys.iter_link(prog))
                 raw += bpfsys.iter_read(fds[-1])
+            # interval trees longer than one run visits: go on where each stopped
+            runs = 1
+            try:
+                while len(resume) and runs < SWEEP_ITREE_RUNS:
+                    resuming[ctypes.c_int(0)] = ctypes.c_uint32(1)
+                    raw += bpfsys.iter_read(fds[-1])
+                    runs += 1
+            finally:
+                resuming[ctypes.c_int(0)] = ctypes.c_uint32(0)
+            self.sweep_unfinished = len(resume)
+            self.timing["sweep_itree_runs"] = runs
         except Exception as e:      # subscribers are then found at their mm's first hook
             _debug(f"start-up sweep failed: {e}\n{getattr(e, 'log', '')}")
             self.timing["sweep_error"] = str(e)

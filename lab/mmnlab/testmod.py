@@ -43,6 +43,7 @@ IOC_BEHAVE = _ioc(_IOW, 5, _H.structs["mmnt_test_behave"].itemsize)
 IOC_COUNTS = _ioc(_IOR, 6, COUNTS.itemsize)
 IOC_RESET = _ioc(_IO, 7, 0)
 IOC_DSLEEP = _ioc(_IOW, 8, 4)
+IOC_INTERVAL_ALT = _ioc(_IOW, 9, _H.structs["mmnt_test_interval"].itemsize)
 
 
 def available() -> bool:
@@ -97,8 +98,12 @@ class TestModule:
     def unregister(self) -> None:
         fcntl.ioctl(self.fd, IOC_UNREGISTER)
 
-    def interval(self, start: int, length: int) -> None:
-        self._ioctl_in(IOC_INTERVAL, _H.structs["mmnt_test_interval"], start=start, length=length)
+    def interval(self, start: int, length: int, alt: bool = False) -> None:
+        """An interval notifier on [start, start + length) of this client's mm
+        (at most 16 per client); ``alt``: with the module's second ops table
+        (its invalidate is mmnt_interval_invalidate_alt)."""
+        self._ioctl_in(IOC_INTERVAL_ALT if alt else IOC_INTERVAL, _H.structs["mmnt_test_interval"],
+                       start=start, length=length)
 
     def behave(self, hook: str, behaviour: str, arg: int = 0, count: int = 0) -> None:
         """Inject ``behaviour`` in ``hook``'s callback, for the next ``count`` invocations (0: all)."""

@@ -314,7 +314,14 @@ struct mmnt_iter_task {
 	struct task_struct *task;
 };
 
-#define MMNT_ITREE_NODES 128	/* interval notifiers visited per mm at start (the verifier's limit) */
+#define MMNT_ITREE_NODES 128	/* interval notifiers visited per mm and run (the verifier's limit) */
+
+/* An interval tree longer than that is walked in several runs of the
+ * iterator: a run that stops early leaves the node to go on from; user
+ * space then runs it again with itree_resuming set, and only those mms are
+ * walked, from there on (Tracer._sweep). */
+BPF_HASH(itree_resume, u64, u64, 1024);		/* mm -> its next node */
+BPF_ARRAY(itree_resuming, u32, 1);
 #define MMNT_RB_DEPTH 24	/* steps down or up an rbtree: depth <= 2*log2(n+1), 4095 nodes */
 
 /* In-order walk from the leftmost node by parent pointers (rb_next()): no
@@ -324,12 +331,21 @@ static __always_inline void walk_itree_to(void *ctx, void *seq, u64 mm)
 {
 #if MMNT_SUBS_ITREE_OFF >= 0
 	u64 subs = 0, node = 0;
+	u32 z = 0;
+	u32 *resuming = itree_resuming.lookup(&z);
+	u64 *from = itree_resume.lookup(&mm);
 
-	if (bpf_probe_read_kernel(&subs, sizeof(subs), (void *)(mm + MMNT_L_MM_SUBS)) || !subs)
-		return;
-	if (bpf_probe_read_kernel(&node, sizeof(node),
-				  (void *)(subs + MMNT_SUBS_ITREE_OFF + MMNT_L_RBC_LEFTMOST)))
-		return;
+	if (resuming && *resuming) {		/* a rerun: the trees left unfinished */
+		if (!from)
+			return;
+		node = *from;
+	} else {
+		if (bpf_probe_read_kernel(&subs, sizeof(subs), (void *)(mm + MMNT_L_MM_SUBS)) || !subs)
+			return;
+		if (bpf_probe_read_kernel(&node, sizeof(node),
+					  (void *)(subs + MMNT_SUBS_ITREE_OFF + MMNT_L_RBC_LEFTMOST)))
+			return;
+	}
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < MMNT_ITREE_NODES; i++) {
 		u64 ops = 0, next = 0, right = 0;
@@ -366,6 +382,10 @@ static __always_inline void walk_itree_to(void *ctx, void *seq, u64 mm)
 		}
 		node = next;
 	}
+	if (node)			/* more than this run could visit: the next run goes on */
+		itree_resume.update(&mm, &node);
+	else if (from)
+		itree_resume.delete(&mm);
 #endif
 }
 

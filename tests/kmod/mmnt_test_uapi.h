@@ -117,6 +117,10 @@ struct mmnt_test_counts {
  * here keeps an OOM victim's mm alive, so that the OOM reaper, which may not
  * block, is the one that unmaps it. */
 #define MMNT_IOC_DSLEEP		_IOW(MMNT_IOC_MAGIC, 8, __u32)
+/* As MMNT_IOC_INTERVAL, with a second ops table whose invalidate is
+ * mmnt_interval_invalidate_alt (another subscriber type on the same mm, as
+ * two drivers' userptrs are); its calls count and log as MMNT_T_INTERVAL. */
+#define MMNT_IOC_INTERVAL_ALT	_IOW(MMNT_IOC_MAGIC, 9, struct mmnt_test_interval)
 
 /* read(2) on the file returns whole struct mmnt_test_record entries, oldest
  * first, and consumes them. */

@@ -569,3 +569,59 @@ def test_aggregate_says_which_entry_point_made_each_callback_call(tmp_path):
     assert {(v["callback"].split(" ")[0], v["via"]): v["count"] for v in rep["via"]
             if v["callback"].startswith("mmnt_")} == by
     assert ("another entry point" in render.text(rep, width=120)) == pre_66
+
+
+#: a process with 144 interval notifiers of the module's first ops table on 144 pages, then
+#: one of its second table above them all: an in-order walk meets it 145th
+MANY_INTERVALS = r"""
+import json, sys, ctypes
+sys.path.insert(0, %(repo)r)
+from mmnlab import testmod
+from mmnlab.workload import mmap_anon, libc, PAGE, PROT_READ, PROT_WRITE
+N = 144
+base = mmap_anon((N + 1) * PAGE)
+for i in range(N + 1):
+    ctypes.c_char.from_address(base + i * PAGE).value = b"x"
+clients = [testmod.TestModule() for _ in range(N // 16 + 1)]     # 16 interval notifiers each
+for i in range(N):
+    clients[i // 16].interval(base + i * PAGE, PAGE)
+alt = clients[-1]
+alt.interval(base + N * PAGE, PAGE, alt=True)
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(5):                  # each flip invalidates the last page: the alt notifier only
+    libc.mprotect(base + N * PAGE, PAGE, PROT_READ)
+    libc.mprotect(base + N * PAGE, PAGE, PROT_READ | PROT_WRITE)
+    ctypes.c_char.from_address(base + N * PAGE).value = b"y"
+print(json.dumps({"alt": alt.counts()["calls"]["interval"],
+                  "others": sum(c.counts()["calls"]["interval"] for c in clients[:-1])}), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_sweep_walks_interval_trees_longer_than_one_run(tmp_path):
+    """Issue 13: an mm with 145 interval notifiers, the last (by address) of
+    another ops table. One run of the start-up sweep visits 128 per mm; it
+    goes on where it stopped, so --ready-file lists the second table's
+    callback too, and each of its calls is recorded (the module's count)."""
+    p = subprocess.Popen([sys.executable, "-c", MANY_INTERVALS % dict(repo=str(Path(__file__).resolve().parents[2]))],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        rec = Recorder(tmp_path / "rec")
+        ready = {a["symbol"] for a in rec.first_ready if a["kind"] == "callback" and a["status"] == "attached"}
+        assert {"mmnt_interval_invalidate", "mmnt_interval_invalidate_alt"} <= ready, ready
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        res = json.loads(p.stdout.readline())
+        assert rec.stop() == 0, rec.log.read_text()
+    finally:
+        p.stdin.write("exit\n")
+        p.stdin.close()
+        p.wait(60)
+    r = Recording(tmp_path / "rec")
+    assert r.meta["timing"]["sweep_itree_runs"] >= 2 and r.meta["sweep_unfinished_mms"] == 0, r.meta["timing"]
+    ev = r.events()
+    alt = _cb(ev, "mmnt_interval_invalidate_alt")
+    assert len(alt) == res["alt"] >= 5, (len(alt), res)
+    assert not [u for u in r.meta["untimed"] if u["callback"].startswith("mmnt_interval_invalidate_alt")]
