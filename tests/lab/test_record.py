@@ -568,7 +568,12 @@ def test_aggregate_says_which_entry_point_made_each_callback_call(tmp_path):
     rep = report.build(r)
     assert {(v["callback"].split(" ")[0], v["via"]): v["count"] for v in rep["via"]
             if v["callback"].startswith("mmnt_")} == by
-    assert ("another entry point" in render.text(rep, width=120)) == pre_66
+    # the text's table of calls made from another entry point: this row before 6.6 only
+    # (other rows are true on both: a release made by mmu_notifier_unregister has no hook)
+    text = render.text(rep, width=200)
+    rows = [ln for ln in text.split("Callbacks called from another entry point")[-1].splitlines()
+            if "mmnt_secondary_tlb" in ln and "invalidate_range_end" in ln]
+    assert len(rows) == (1 if pre_66 else 0), text
 
 
 #: a process with 144 interval notifiers of the module's first ops table on 144 pages, then
