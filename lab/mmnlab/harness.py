@@ -60,7 +60,10 @@ class Bpftrace:
         self.funcs = list(funcs)
         self.events: list[tuple[str, int, int]] = []
         self.event_mode = events
-        flt = "" if pid is None else f"/pid == {pid}/ "
+        # @mmnt_frozen: set by the dump probe below, so that the maps it prints
+        # stop moving (system-wide probes keep firing while bpftrace reads them:
+        # a count read before its per-call map then disagreed with it)
+        flt = "/@mmnt_frozen == 0/ " if pid is None else f"/@mmnt_frozen == 0 && pid == {pid}/ "
         # Per-call keys live in a map, read whole at exit (printf goes through a
         # perf buffer that bpftrace does not drain at SIGINT: calls went missing).
         act = ((lambda i: f"@c{i} = count(); @e{i}[tid, nsecs] = count();") if events
@@ -75,7 +78,7 @@ class Bpftrace:
             (f"kretprobe:{f[4:]}" if f.startswith("ret:") else f"kprobe:{f}") + f" {flt}{{ {act(i)} }}"
             for i, f in enumerate(funcs)) + \
             (f" tracepoint:syscalls:sys_enter_kill /pid == {me} && args->pid == {me} && args->sig == 0/"
-             f" {{ {dump} printf(\"{self.DUMPED}\\n\"); }}")
+             f" {{ @mmnt_frozen = 1; {dump} printf(\"{self.DUMPED}\\n\"); }}")
         env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX=str(self.MAX_EVENTS))
         self.proc = subprocess.Popen(["bpftrace", "-f", "json", "-e", prog], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
