@@ -29,6 +29,8 @@ VM_DIED = 125
 NO_TESTS = 5          # pytest: everything was deselected
 # beyond the per-test limit: the boot, a test's setup and teardown (tests shorten it)
 STALL_MARGIN_S = float(os.environ.get("LAB_SUITE_STALL_MARGIN_S", "300"))
+# one guest's whole suite, at most (a 6.1 suite took 40 min on a slow day, 17 on a fast one)
+SUITE_TIMEOUT_S = 4200
 
 
 def progress(path: Path) -> dict[str, str]:
@@ -81,8 +83,9 @@ def main() -> int:
         argv = ["env", f"MMNTRACE_LAB_PROGRESS={prog}", py, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                 "--timeout", a.timeout, "--durations", "12", "-m", "lab", "tests",
                 *[f"--deselect={n}" for n in done]]
-        # the whole suite in one guest: 13-20 min; each test has its own limit (--timeout)
-        proc = subprocess.Popen([mmntrace, "lab", "--kernel", a.kernel, "--timeout", "2700",
+        # the whole suite in one guest: 17-40 min (the host's speed varies that much); each test
+        # has its own limit (--timeout), and a guest in which none finishes is stopped (watch)
+        proc = subprocess.Popen([mmntrace, "lab", "--kernel", a.kernel, "--timeout", str(SUITE_TIMEOUT_S),
                                  "--memory", "3G", "--share", str(build), "--", *argv], cwd=REPO)
         stalled = watch(proc, prog, stall_s=float(a.timeout) + STALL_MARGIN_S)
         rc = proc.wait()
