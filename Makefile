@@ -34,6 +34,10 @@ unit: setup
 # If the emulator loses the guest, scripts/lab_suite.py resumes once in a fresh
 # one without the tests that had finished (their failures still count).
 LAB_TEST_TIMEOUT ?= 600
+# The kernels' suites run side by side, one guest each (single-threaded TCG:
+# one host CPU per guest; lines led by their kernel). LAB_TEST_PARALLEL=0: one
+# kernel after the other.
+LAB_TEST_PARALLEL ?= 1
 # The wheel, installed non-editable into build/wheel-venv the way the README
 # tells a production user: tests/lab/test_install.py records from it in the lab.
 wheel: setup
@@ -43,10 +47,13 @@ lab-test: setup kmod build/bench/notifier_bench wheel
 	@mkdir -p build; rm -rf build/lab-recordings build/lab-recordings-installed
 	@echo "== the lab itself: guests lost before the command are booted again (host, real boots)"
 	$(PY) -m pytest -q -p no:cacheprovider -m boot tests/boot
-	@set -e; for k in $(KERNELS); do \
+	@set -e; if [ "$(LAB_TEST_PARALLEL)" = 1 ]; then \
+	  echo "== lab tests on $(KERNELS), side by side"; \
+	  $(PY) scripts/lab_suite.py $(KERNELS) --timeout $(LAB_TEST_TIMEOUT); \
+	else for k in $(KERNELS); do \
 	  echo "== lab tests on $$k"; \
 	  $(PY) scripts/lab_suite.py $$k --timeout $(LAB_TEST_TIMEOUT); \
-	done
+	done; fi
 	@echo "== notebooks, HTML report and plots on the lab recordings, by this checkout and by the installed wheel (host)"
 	MMNTRACE_REQUIRE_LAB_RECORDINGS=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_lab_recordings.py \
 	  tests/unit/test_installed.py

@@ -11,7 +11,10 @@ second death fails it too. A guest in which no test finishes for longer than
 any test may run (its kernel wedged: under QEMU TCG a 6.1 guest has hung
 silently, both CPUs, no watchdog output) is stopped and counts as a death.
 
-usage: lab_suite.py KERNEL [--timeout SECONDS]
+usage: lab_suite.py KERNEL [KERNEL...] [--timeout SECONDS]
+
+With several kernels, their suites run at the same time, one guest each
+(single-threaded TCG: a host CPU per guest), lines led by their kernel.
 """
 
 from __future__ import annotations
@@ -67,11 +70,40 @@ def watch(proc: subprocess.Popen, prog: Path, stall_s: float) -> float:
     return 0.0
 
 
+def parallel(kernels: list[str], timeout: str) -> int:
+    """One suite per kernel, each in its own guest, at the same time: a guest
+    runs single-threaded TCG, one host CPU each, so two kernels take about
+    the time of one. Each line is printed as it comes, led by its kernel;
+    the exit status is the first failing suite's (0 when all passed)."""
+    import threading
+    procs = {k: subprocess.Popen([sys.executable, __file__, k, "--timeout", timeout], cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+             for k in kernels}
+    lock = threading.Lock()
+
+    def pump(k: str, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with lock:
+                print(f"[{k}] {line}", end="", flush=True)
+    threads = [threading.Thread(target=pump, args=(k, p), daemon=True) for k, p in procs.items()]
+    for t in threads:
+        t.start()
+    rcs = {k: p.wait() for k, p in procs.items()}
+    for t in threads:
+        t.join(timeout=10)
+    for k, rc in rcs.items():
+        print(f"lab-test: {k}: " + ("passed" if rc == 0 else f"failed (exit {rc})"), flush=True)
+    return next((rc for rc in rcs.values() if rc), 0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("kernel")
+    ap.add_argument("kernel", nargs="+", help="one kernel, or several: their suites run side by side")
     ap.add_argument("--timeout", default="600", help="per-test limit (pytest-timeout), seconds")
     a = ap.parse_args()
+    if len(a.kernel) > 1:
+        return parallel(a.kernel, a.timeout)
+    a.kernel = a.kernel[0]
     build = Path(os.environ.get("LAB_SUITE_BUILD", REPO / "build"))
     build.mkdir(exist_ok=True)
     prog = build / f"lab-progress-{a.kernel}.txt"

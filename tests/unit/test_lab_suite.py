@@ -88,3 +88,43 @@ def test_wedged_guest_is_stopped_and_resumed(tmp_path):
     assert r.returncode == 0 and len(calls) == 2, r.stderr
     assert "--deselect=tests/a.py::t1" in calls[1].split()
     assert "kernel is wedged" in r.stderr and "guest died" in r.stderr
+
+
+PARALLEL_FAKE = r"""#!/usr/bin/env python3
+import os, sys, time
+argv = sys.argv[1:]
+k = argv[argv.index("--kernel") + 1]
+prog = next(a.split("=", 1)[1] for a in argv if a.startswith("MMNTRACE_LAB_PROGRESS="))
+print(f"guest of {k} up", flush=True)
+time.sleep(5)
+with open(prog, "a") as f:
+    f.write(f"tests/a.py::t_{k} passed\n")
+print(f"guest of {k} done", flush=True)
+sys.exit(int(os.environ.get("FAKE_RC_" + k.replace(".", "_"), "0")))
+"""
+
+
+@pytest.mark.parametrize("fail", [None, "6.12"])
+def test_several_kernels_run_side_by_side(tmp_path, fail):
+    """`lab_suite.py 6.1 6.12`: both guests at once (each sleeps 5 s: together
+    under 9), every line led by its kernel, the exit status a failing
+    suite's."""
+    fake = tmp_path / "mmntrace"
+    fake.write_text(PARALLEL_FAKE)
+    fake.chmod(0o755)
+    env = dict(os.environ, LAB_SUITE_MMNTRACE=str(fake), LAB_SUITE_BUILD=str(tmp_path))
+    if fail:
+        env["FAKE_RC_" + fail.replace(".", "_")] = "1"
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "lab_suite.py"), "6.1", "6.12"], env=env,
+                       capture_output=True, text=True)
+    took = time.monotonic() - t0
+    assert took < 9, took            # one after the other: 10 s at least
+    lines = r.stdout.splitlines()
+    for k in ("6.1", "6.12"):
+        assert f"[{k}] guest of {k} up" in lines and f"[{k}] guest of {k} done" in lines, r.stdout
+        assert (tmp_path / f"lab-progress-{k}.txt").read_text() == f"tests/a.py::t_{k} passed\n"
+    if fail:
+        assert r.returncode == 1 and "lab-test: 6.12: failed (exit 1)" in lines and "lab-test: 6.1: passed" in lines
+    else:
+        assert r.returncode == 0 and "lab-test: 6.12: passed" in lines, r.stdout + r.stderr
