@@ -407,15 +407,12 @@ print(json.dumps({"counts": c, "mm": int(recs["mm"][0]) if len(recs) else 0}), f
 """
 
 
-def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(tmp_path):
-    """Issue 13: a subscriber that registers under a running recorder and is
-    invalidated at once. Its first calls come before its callbacks can be
-    probed; each is then counted as untimed (hooks count, at their return,
-    the calls of their subscribers' ops that no probe timed while probing is
-    under way). Timed + untimed = the module's own count, per op, exactly."""
-    rec = Recorder(tmp_path / "rec")
-    p = subprocess.Popen([sys.executable, "-c", REGISTER_AT_ONCE % dict(then=IDLE, repo=str(Path(__file__).resolve().parents[2]),
-                                                                         seconds=3.0)],
+def _register_at_once_under(rec, script: str = REGISTER_AT_ONCE) -> dict:
+    """Run ``script`` (REGISTER_AT_ONCE or a variant: a subscriber that
+    registers and is invalidated at once, then idles) under the running
+    recorder ``rec``; stop the recorder once it has reported; return its report."""
+    p = subprocess.Popen([sys.executable, "-c", script % dict(then=IDLE, repo=str(Path(__file__).resolve().parents[2]),
+                                                              seconds=3.0)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         res = json.loads(p.stdout.readline())
@@ -424,6 +421,17 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
         p.stdin.write("exit\n")
         p.stdin.close()
         p.wait(60)
+    return res
+
+
+def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(tmp_path):
+    """Issue 13: a subscriber that registers under a running recorder and is
+    invalidated at once. Its first calls come before its callbacks can be
+    probed; each is then counted as untimed (hooks count, at their return,
+    the calls of their subscribers' ops that no probe timed while probing is
+    under way). Timed + untimed = the module's own count, per op, exactly."""
+    rec = Recorder(tmp_path / "rec")
+    res = _register_at_once_under(rec)
     r = Recording(tmp_path / "rec")
     mine = r.events()
     mine = mine[(mine["mm"] == res["mm"]) & (mine["kind"] == "callback")]
@@ -486,16 +494,7 @@ def test_min_latency_sends_the_slow_calls_and_counts_every_call(tmp_path):
     rec = Recorder(tmp_path / "rec", "--min-latency", f"{SLOW_NS}ns")
     script = REGISTER_AT_ONCE.replace("m = testmod.TestModule()\n",
                                       "m = testmod.TestModule()\nm.behave('start', 'delay', 300)\n")
-    p = subprocess.Popen([sys.executable, "-c", script % dict(then=IDLE, repo=str(Path(__file__).resolve().parents[2]),
-                                                              seconds=3.0)],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        res = json.loads(p.stdout.readline())
-        assert rec.stop() == 0, rec.log.read_text()
-    finally:
-        p.stdin.write("exit\n")
-        p.stdin.close()
-        p.wait(60)
+    res = _register_at_once_under(rec, script)
     r = Recording(tmp_path / "rec")
     assert r.meta["min_latency_ns"] == SLOW_NS and r.meta["aggregate"] is False
     assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]
