@@ -62,7 +62,7 @@ EVENT_COLUMNS = ["kind", "hook", "callback", "event", "dur_ns", "ts_ns", "pid", 
                  "caller_class", "must_not_sleep", "via", "hook_seq", "blockable", "ret", "start", "end"]
 EVENT_DICT = ["kind", "hook", "callback", "event", "comm", "caller", "caller_class", "via"]
 SLEEP_COLUMNS = ["ts_ns", "seq", "tid", "pid", "comm", "hook", "callback", "rule", "sleeper", "atomic",
-                 "irqs_off", "stack"]
+                 "irqs_off", "migration_disabled", "rcu_read_side", "stack"]
 SLEEP_DICT = ["comm", "hook", "callback", "rule", "sleeper"]
 
 
@@ -668,6 +668,11 @@ def violation_detail(sleeps: pd.DataFrame) -> tuple[list[dict], pd.DataFrame]:
     atomic = s["atomic"].to_numpy(dtype=bool) | s["irqs_off"].to_numpy(dtype=bool) if "irqs_off" in s else \
         s["atomic"].to_numpy(dtype=bool)
     atomic_inv = np.bincount(inv, weights=atomic, minlength=ninv) > 0
+    # PREEMPT_RT: preempt_count() stays 0 under a spinlock_t; holding one disables
+    # migration and enters an RCU read-side section (recordings before: never)
+    rt = (_col(s, "migration_disabled", n, False).to_numpy(dtype=bool)
+          & _col(s, "rcu_read_side", n, False).to_numpy(dtype=bool))
+    rt_inv = np.bincount(inv, weights=rt, minlength=ninv) > 0
     hooks = s["hook"].astype(object).to_numpy()
     cbs = s["callback"].astype(object).to_numpy()
     sleepers = _col(s, "sleeper", n).astype(object).to_numpy()
@@ -697,6 +702,7 @@ def violation_detail(sleeps: pd.DataFrame) -> tuple[list[dict], pd.DataFrame]:
     iv["first"] = ts[first]
     iv["last"] = ts[last]
     iv["atomic"] = atomic_inv
+    iv["rt_lock"] = rt_inv
     iv["pid"] = pids[first]
     iv["comm"] = comms[first]
     rows = []
@@ -707,6 +713,7 @@ def violation_detail(sleeps: pd.DataFrame) -> tuple[list[dict], pd.DataFrame]:
     for (rule_, hook, cb, sl), g in rows:
         out.append({"rule": rule_, "hook": hook, "callback": _none(cb), "sleeper": _none(sl),
                     "atomic": bool(g["atomic"].any()), "atomic_count": int(g["atomic"].sum()), "count": int(len(g)),
+                    "rt_lock_count": int(g["rt_lock"].sum()),
                     "stack": [str(x) for x in stacks[codes[int(g["ex"].iloc[0])]]],
                     "first_ns": int(g["first"].min()), "last_ns": int(g["last"].max()),
                     "pids": sorted({int(p) for p in g["pid"]}),

@@ -14,6 +14,7 @@ from .layout import header, record_dtype
 _H = header()
 REC = {k[len("MMNT_REC_"):].lower(): v for k, v in _H.enums["mmnt_type"].items()}
 FL = {k[len("MMNT_FL_"):].lower(): v for k, v in _H.defines.items() if k.startswith("MMNT_FL_")}
+RT_MIGRATE_OFF, RT_RCU = _H.defines["MMNT_RT_MIGRATE_OFF"], _H.defines["MMNT_RT_RCU"]
 SLEEP_KIND = {_H.defines["MMNT_SLEEP_SWITCH"]: "sleep", _H.defines["MMNT_SLEEP_MIGHT"]: "might_sleep"}
 DTYPE = record_dtype()
 
@@ -70,6 +71,9 @@ def columns(recs: np.ndarray) -> dict[str, np.ndarray]:
         "irqs_off": (flags & FL["irqs_off"]) != 0,
         "must_not_sleep": (flags & FL["must_not_sleep"]) != 0,
         "preempt_count": recs["preempt_count"].astype(np.uint32),
+        # PREEMPT_RT (always False elsewhere): a spinlock_t held sets both
+        "migration_disabled": (recs["rt"] & RT_MIGRATE_OFF) != 0,
+        "rcu_read_side": (recs["rt"] & RT_RCU) != 0,
         "dur_ns": recs["dur_ns"].astype(np.uint64),
         "ret": recs["ret"].astype(np.int32),
         "seq": recs["seq"].astype(np.uint64),

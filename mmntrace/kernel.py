@@ -85,6 +85,18 @@ class Features:
     subs_itree_off: int | None = None  # offsetof(struct mmu_notifier_subscriptions, itree), from BTF
     task_iter: bool = False          # BPF task iterators (bpf_iter_reg_target + BTF's bpf_iter_task): the start-up sweep
     raw_sched_switch: bool = False   # sched_switch's raw tracepoint passes prev_state (5.18+; BTF's btf_trace_sched_switch)
+    preempt_rt: bool = False         # PREEMPT_RT: spinlock_t is a sleeping lock (rt_spin_lock in kallsyms)
+    task_rt_offsets: tuple | None = None  # (migration_disabled, rcu_read_lock_nesting) offsets in task_struct, BTF
+
+    @property
+    def context_source(self) -> str:
+        """How a call's lock context is determined: ``preempt_count`` (the
+        per-CPU count), ``preempt_rt`` (PREEMPT_RT: the count, plus the task's
+        migration-disabled and RCU read-side nesting that a spinlock_t sets),
+        or ``unknown`` (neither readable)."""
+        if self.preempt_rt and self.task_rt_offsets:
+            return "preempt_rt"
+        return "preempt_count" if self.preempt_count_addr and self.per_cpu_offset_addr else "unknown"
 
     def hook_symbol(self, hook: int) -> str | None:
         for h, sym, _n in self.hooks:
@@ -388,7 +400,17 @@ def probe() -> Features:
         subs_itree_off=b.member_offset("mmu_notifier_subscriptions", "itree") if b is not None else None,
         task_iter=b is not None and "bpf_iter_reg_target" in ks and b.has_func("bpf_iter_task"),
         raw_sched_switch=b is not None and (b.typedef_proto_params("btf_trace_sched_switch") or 0) >= 5,
+        preempt_rt="rt_spin_lock" in ks,
+        task_rt_offsets=_task_rt_offsets(b) if "rt_spin_lock" in ks else None,
     )
+
+
+def _task_rt_offsets(b) -> tuple | None:
+    """task_struct's migration_disabled and rcu_read_lock_nesting offsets (BTF)."""
+    if b is None:
+        return None
+    md, rcu = b.member_offset("task_struct", "migration_disabled"), b.member_offset("task_struct", "rcu_read_lock_nesting")
+    return (md, rcu) if md is not None and rcu is not None else None
 
 
 # What the BPF program reads from MM structs, as (struct, member). With all

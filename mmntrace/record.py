@@ -195,6 +195,10 @@ class Session:
         writer.meta["timing"] = dict(self.t.timing)
         writer.meta["calibration"] = self.t.calibration
         writer.meta["calibration_fentry"] = getattr(self.t, "calibration_fentry", None)
+        # how each call's lock context is read (report.CONTEXT_SOURCES); PREEMPT_RT:
+        # the probe's own migration-disabled and RCU nesting, taken off
+        writer.meta["context_source"] = self.f.context_source
+        writer.meta["calibration_rt"] = getattr(self.t, "calibration_rt", None) or None
         writer.meta["probe_overhead_ns"] = getattr(self.t, "probe_overhead", None) or None
         writer.meta["stale_kprobes_removed"] = getattr(self.t, "stale_kprobes_removed", 0)
         writer.meta["might_sleep"] = getattr(self.t, "might_sleep", True)

@@ -36,7 +36,8 @@ from .store import FORMAT_VERSION, META, RecordingWriter  # noqa: F401  (the wri
 _IDENTITY = [("ts_ns", "uint64"), ("cpu", "uint32"), ("pid", "uint32"), ("tid", "uint32"), ("comm", object),
              ("mm", "uint64"), ("hook_id", "uint8"), ("event_id", "int32"), ("start", "uint64"),
              ("end", "uint64"), ("blockable", bool), ("atomic", bool), ("irqs_off", bool),
-             ("must_not_sleep", bool), ("preempt_count", "uint32"), ("dur_ns", "uint64"), ("ret", "int32"),
+             ("must_not_sleep", bool), ("preempt_count", "uint32"), ("migration_disabled", bool),
+             ("rcu_read_side", bool), ("dur_ns", "uint64"), ("ret", "int32"),
              ("seq", "uint64"), ("stack_id", "int32"), ("func", "uint64")]
 EVENT_COLUMNS = [("kind", object), *_IDENTITY, ("hook", object), ("event", object), ("callback", object),
                  ("caller", object), ("caller_class", object), ("t_s", "float64"), ("mm_hex", object)]

@@ -79,6 +79,9 @@ def _header(rep) -> str:
     for ln in lines[1:]:
         cls = "warn" if "cut short" in ln else "meta"
         out.append(f'<p class="{cls}">{_e(ln)}</p>')
+    ctx = rep.get("context") or {}
+    if ctx.get("source", "preempt_count") != "preempt_count":
+        out.append(f'<p class="meta">lock context: {_e(ctx.get("how") or ctx.get("source"))}</p>')
     return "\n".join(out)
 
 
@@ -178,18 +181,24 @@ def _violations(rep) -> str:
     v = rep["violations"]
     if not v:
         return "<p>None.</p>"
+    rt = (rep.get("context") or {}).get("source") == "preempt_rt"
     rows = []
     for x in v:
+        ac = x.get("atomic_count", x["count"] if x["atomic"] else 0)
         rows.append([x["rule"], x["hook"], x["callback"] or "(hook)", x["sleeper"] or "?",
-                     "yes" if x["atomic"] else "no", T.num(x["count"]), T.num(x.get("first_s"), 3),
+                     f"{ac} of {x['count']}", *([f"{x.get('rt_lock_count', 0)} of {x['count']}"] if rt else []),
+                     T.num(x["count"]), T.num(x.get("first_s"), 3),
                      T.num(x.get("last_s"), 3), ", ".join(x.get("comms", [])[:3])
                      + f" (pids {', '.join(map(str, x['pids'][:6]))})"])
     stacks = "".join(f"<details><summary>Example stack {i + 1}: {_e(x['rule'])} in "
                      f"<code>{_e(x['callback'] or x['hook'])}</code> → <code>{_e(x['sleeper'])}</code></summary>"
                      f"<pre>{_e(chr(10).join(x['stack']))}</pre></details>" for i, x in enumerate(v))
-    return (f"<p>{sum(x['count'] for x in v)} callback invocations broke a sleeping rule.</p>"
-            + _table(["rule", "hook", "callback", "sleeper", "atomic", "count", "first (s)", "last (s)", "processes"],
-                     rows, left={0, 1, 2, 3, 4, 8}) + stacks)
+    rt_n = sum(x.get("rt_lock_count", 0) for x in v)
+    return (f"<p>{sum(x['count'] for x in v)} callback invocations broke a sleeping rule"
+            + (f" ({rt_n} under a PREEMPT_RT spinlock)" if rt else "") + ".</p>"
+            + _table(["rule", "hook", "callback", "sleeper", "atomic", *(["rt lock"] if rt else []), "count",
+                      "first (s)", "last (s)", "processes"],
+                     rows, left={0, 1, 2, 3, 4, 9 if rt else 8}) + stacks)
 
 
 def _coverage(rep) -> str:

@@ -385,21 +385,25 @@ def violation_section(rep, width: int) -> list:
     v = rep["violations"]
     if not v:
         return [Text("Rule violations: none")]
+    rt = (rep.get("context") or {}).get("source") == "preempt_rt"
     g = Grid(f"Rule violations ({sum(x['count'] for x in v)} callback invocations)",
              [Col("rule", "name"), Col("hook", "name", min_width=20, stack=True),
-              Col("callback", "name", min_width=20, stack=True), Col("sleeper", "name", stack=True), Col("atomic"),
-              Col("count"), Col("first (s)", short="first s"), Col("last (s)", short="last s"),
-              Col("processes", "name", min_width=20, stack=True)])
+              Col("callback", "name", min_width=20, stack=True), Col("sleeper", "name", stack=True), Col("atomic")]
+             + ([Col("rt lock")] if rt else [])
+             + [Col("count"), Col("first (s)", short="first s"), Col("last (s)", short="last s"),
+                Col("processes", "name", min_width=20, stack=True)])
     for x in v:
         procs = ", ".join(f"{c}" for c in x.get("comms", [])[:3])
         procs += f" (pids {', '.join(map(str, x['pids'][:5]))}{'...' if len(x['pids']) > 5 else ''})"
         ac = x.get("atomic_count", x["count"] if x["atomic"] else 0)
         g.add(x["rule"], x["hook"], x["callback"] or "(hook)", x["sleeper"] or "?", f"{ac} of {x['count']}",
+              *([f"{x.get('rt_lock_count', 0)} of {x['count']}"] if rt else []),
               num(x["count"]), num(x.get("first_s"), 3), num(x.get("last_s"), 3), procs)
     out: list = tables(g, width)
     for i, x in enumerate(v):
-        lines = [f"  example stack {i + 1}: {x['rule']} in {x['callback'] or x['hook']}"
-                 f"{' in atomic context' if x['atomic'] else ''}"]
+        where = (" in atomic context" if x["atomic"] else
+                 " under a PREEMPT_RT spinlock" if x.get("rt_lock_count") else "")
+        lines = [f"  example stack {i + 1}: {x['rule']} in {x['callback'] or x['hook']}{where}"]
         lines += [f"      {fr}" for fr in x["stack"][:12]]
         if len(x["stack"]) > 12:
             lines.append(f"      ... {len(x['stack']) - 12} more frames")
@@ -421,7 +425,9 @@ def verdict(rep) -> list[str]:
     if v["violation_invocations"]:
         head = (f"VERDICT: {num(v['violation_invocations'])} callback calls broke the sleeping rules "
                 f"({v['violation_rules']} distinct rule/callback/sleeper, "
-                f"{num(v['atomic_violation_invocations'])} in atomic context); {seen}")
+                f"{num(v['atomic_violation_invocations'])} in atomic context"
+                + (f", {num(v['rt_lock_violation_invocations'])} under a PREEMPT_RT spinlock"
+                   if v.get("context") == "preempt_rt" else "") + f"); {seen}")
     else:
         head = f"VERDICT: no callback call broke the sleeping rules; {seen}"
     if not v.get("might_sleep_watched", True):
@@ -432,8 +438,11 @@ def verdict(rep) -> list[str]:
                        "probe was attached)")
     if not v.get("complete", True):
         gaps.append("recording cut short")
-    return [head, "  blind spots: " + ", ".join(gaps) + (" (details at the end)" if v["dropped"] or
-                                                         v["skipped_probes"] else "")]
+    out = [head, "  blind spots: " + ", ".join(gaps) + (" (details at the end)" if v["dropped"] or
+                                                        v["skipped_probes"] else "")]
+    if v.get("context", "preempt_count") != "preempt_count":    # said only where it is not the usual
+        out.append("  lock context: " + ((rep.get("context") or {}).get("how") or v["context"]))
+    return out
 
 
 def hook_symbols_line(cov: dict) -> str | None:

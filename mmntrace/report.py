@@ -14,10 +14,27 @@ from .recording import Recording
 
 SCHEMA_VERSION = 1
 #: additions within schema_version 1 (docs/report-schema.md lists what each added)
-SCHEMA_MINOR = 8
+SCHEMA_MINOR = 9
 
 LAT_FIELDS = ["count", "rate_per_s", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
 
+
+
+#: how a call's lock context is known (metadata ``context_source``)
+CONTEXT_SOURCES = {
+    "preempt_count": "preempt_count() at entry (and the IRQ flag)",
+    "preempt_rt": "PREEMPT_RT: preempt_count() stays 0 under a spinlock_t, which is a sleeping lock there; "
+                  "a held one is read from the task's migration-disabled count and RCU read-side nesting",
+    "unknown": "unknown: this kernel's preempt_count() cannot say whether a lock is held "
+               "(the rules still apply by hook)",
+}
+
+
+def context_source(meta: dict) -> str:
+    """``preempt_count``, ``preempt_rt`` or ``unknown`` (recordings made before
+    it was kept read preempt_count() on x86: ``preempt_count``)."""
+    v = meta.get("context_source")
+    return v if v in CONTEXT_SOURCES else "preempt_count"
 
 def build(rec, **kw) -> dict:
     """The JSON report of a recording (a :class:`Recording` or a path)."""
@@ -67,7 +84,8 @@ def from_summary(s: aggregate.Summary) -> dict:
     viol = []
     for r in s.violations:
         viol.append({k: r[k] for k in ("rule", "hook", "callback", "sleeper", "atomic", "count", "stack")}
-                    | {"atomic_count": r.get("atomic_count", r["count"] if r["atomic"] else 0)}
+                    | {"atomic_count": r.get("atomic_count", r["count"] if r["atomic"] else 0),
+                       "rt_lock_count": r.get("rt_lock_count", 0)}
                     | {"first_ns": r["first_ns"], "last_ns": r["last_ns"], "pids": r["pids"],
                        "comms": r.get("comms", []),
                        "first_s": round((r["first_ns"] - t0) / 1e9, 9) if t0 is not None else None,
@@ -86,6 +104,9 @@ def from_summary(s: aggregate.Summary) -> dict:
         "violation_rules": len(viol),
         "violation_invocations": sum(v["count"] for v in viol),
         "atomic_violation_invocations": sum(v["atomic_count"] for v in viol),
+        # PREEMPT_RT: under a spinlock_t (preempt_count() 0, migration disabled, RCU read-side)
+        "rt_lock_violation_invocations": sum(v["rt_lock_count"] for v in viol),
+        "context": context_source(m),
         "must_not_sleep_watched": s.watched_callbacks,
         # sleeps are always watched; calls that may sleep only with record --might-sleep
         # (recordings from before it was a choice probed them: true when absent)
@@ -100,6 +121,10 @@ def from_summary(s: aggregate.Summary) -> dict:
         "schema_minor": SCHEMA_MINOR,
         "recording": s.path,
         "kernel": {"release": kern.get("release"), "arch": kern.get("arch")},
+        # how each call's lock context was read (context_source()), and on
+        # PREEMPT_RT what the probe itself adds to the task's counts
+        "context": {"source": context_source(m), "how": CONTEXT_SOURCES[context_source(m)],
+                    "calibration_rt": m.get("calibration_rt")},
         "complete": s.complete,
         "backend": m.get("backend"),
         "aggregate": s.kernel_hist,

@@ -70,6 +70,7 @@ SWEEP_ITREE_RUNS = 64
 
 
 _CALIB_KPROBE, _CALIB_FENTRY = 0, 4   # bpf/context.h calib[] bases
+_CALIB_RT = {_CALIB_KPROBE: 12, _CALIB_FENTRY: 14}   # PREEMPT_RT: lowest migration_disabled, rcu nesting
 _CALIB_OVERHEAD = {"kprobe": 8, "fentry": 9}    # calib[] slots of probe_overhead()
 _CALIB_NSAMPLES, _CALIB_MAX_SAMPLES = 10, 512
 _HOOK_CALIB = _H.enums["mmnt_hook"]["MMNT_HOOK_CALIB"]   # in-kernel only: the calibration
@@ -226,6 +227,9 @@ class Tracer:
         self.bpf = None
         self._stack_ips: dict[int, list[int]] = {}
         self.calibration: int | None = None
+        #: PREEMPT_RT: what the probe itself adds to migration_disabled and
+        #: rcu_read_lock_nesting, by mechanism (None: unreadable, no RT context)
+        self.calibration_rt: dict = {}
         self.calibration_irqs_off = False
         #: ns that one probed callback costs its hook beyond its programs' own
         #: time, by probe mechanism ("kprobe", "fentry"): _calibrate_overhead
@@ -275,6 +279,9 @@ class Tracer:
         if f.preempt_count_addr is not None and f.per_cpu_offset_addr:
             fl += [f"-DMMNT_PC_ADDR={f.preempt_count_addr:#x}ULL",
                    f"-DMMNT_PCPU_OFF_ADDR={f.per_cpu_offset_addr:#x}ULL"]
+        if f.preempt_rt and f.task_rt_offsets:
+            fl += ["-DMMNT_RT", f"-DMMNT_TASK_MD_OFF={f.task_rt_offsets[0]}",
+                   f"-DMMNT_TASK_RCU_OFF={f.task_rt_offsets[1]}"]
         if f.subs_list_off is not None:
             fl.append(f"-DMMNT_SUBS_LIST_OFF={f.subs_list_off}")
         if f.subs_itree_off is not None:
@@ -319,7 +326,8 @@ class Tracer:
     def _find_calib_sym(self) -> str | None:
         """getppid's syscall function with BTF: the fentry calibration's target."""
         b = btfmod.load_vmlinux()
-        for prefix in ("__x64_sys_", "__arm64_sys_", "__se_sys_", "sys_"):
+        # __do_sys_: the body the wrapper calls, where the wrapper has no BTF (6.12 PREEMPT_RT)
+        for prefix in ("__x64_sys_", "__arm64_sys_", "__se_sys_", "sys_", "__do_sys_"):
             sym = prefix + "getppid"
             if sym in self._ksyms.by_name and b is not None and b.func_signature(sym) is not None:
                 return sym
@@ -558,6 +566,10 @@ class Tracer:
     def _calibrate(self) -> None:
         """preempt_count that the probe machinery itself adds, seen on getppid(),
         for kprobes and (fentry backend) for trampolines, which differ."""
+        calib = self.bpf[b"calib"]
+        for base in _CALIB_RT.values():     # PREEMPT_RT: a mechanism never calibrated reads no RT context
+            for slot in (base, base + 1):
+                calib[ctypes.c_int(slot)] = ctypes.c_uint32(0xFFFFFFFF)
         self.calibration = self._calibrate_one(_CALIB_KPROBE)
         self.calibration_fentry = self._calibrate_one(_CALIB_FENTRY) if self._calib_sym else None
         self._calibrate_overhead()
@@ -653,7 +665,8 @@ class Tracer:
 
     def _calibrate_one(self, base: int) -> int | None:
         calib = self.bpf[b"calib"]
-        calib[ctypes.c_int(base + 1)] = ctypes.c_uint32(0xFFFFFFFF)
+        for slot in (base + 1, _CALIB_RT[base], _CALIB_RT[base] + 1):
+            calib[ctypes.c_int(slot)] = ctypes.c_uint32(0xFFFFFFFF)
         if base == _CALIB_KPROBE:
             fn = self.bpf.get_syscall_fnname(b"getppid")
             self.bpf.attach_kprobe(event=fn, fn_name=b"calib_entry")
@@ -677,6 +690,10 @@ class Tracer:
             return None  # preempt count unreadable: records say PC_UNKNOWN
         if base == _CALIB_KPROBE:
             self.calibration_irqs_off = calib[ctypes.c_int(base + 3)].value > 0
+        if self.f.preempt_rt:
+            md, rcu = (calib[ctypes.c_int(_CALIB_RT[base] + i)].value for i in (0, 1))
+            self.calibration_rt["fentry" if base == _CALIB_FENTRY else "kprobe"] = (
+                None if 0xFFFFFFFF in (md, rcu) else {"migration_disabled": md, "rcu_read_lock_nesting": rcu})
         calib[ctypes.c_int(base)] = ctypes.c_uint32(raw)
         return raw
 

@@ -11,10 +11,22 @@ second death fails it too. A guest in which no test finishes for longer than
 any test may run (its kernel wedged: under QEMU TCG a 6.1 guest has hung
 silently, both CPUs, no watchdog output) is stopped and counts as a death.
 
-usage: lab_suite.py KERNEL [KERNEL...] [--timeout SECONDS]
+usage: lab_suite.py KERNEL[:SCOPE] [KERNEL[:SCOPE]...] [--timeout SECONDS] [--jobs N]
+
+SCOPE says which lab tests a kernel's guest runs (pytest markers, pyproject.toml):
+  all      every lab test (the default)
+  kernel   those whose behaviour depends on the kernel: not the `one_kernel`
+           ones (the install, the CLI's choices, the recorder's own limits),
+           which the `all` kernel covers
+  context  the lock-context and sleeping-rule tests (`lock_context`): what
+           differs on PREEMPT_RT, where preempt_count() cannot see a spinlock_t
+`make lab-test` runs 6.12:all 6.1:kernel 6.12-rt:context; `make lab-test-all`
+every kernel's whole suite.
 
 With several kernels, their suites run at the same time, one guest each
-(single-threaded TCG: a host CPU per guest), lines led by their kernel.
+(single-threaded TCG: a host CPU per guest), at most --jobs guests at once
+(default 2, this machine's CPUs: a third guest would only slow the other
+two), the next one starting as one ends; lines led by their kernel.
 """
 
 from __future__ import annotations
@@ -34,6 +46,17 @@ NO_TESTS = 5          # pytest: everything was deselected
 STALL_MARGIN_S = float(os.environ.get("LAB_SUITE_STALL_MARGIN_S", "300"))
 # one guest's whole suite, at most (a 6.1 suite took 40 min on a slow day, 17 on a fast one)
 SUITE_TIMEOUT_S = 4200
+#: which tests each scope runs (pytest -m)
+SCOPES = {"all": "lab", "kernel": "lab and not one_kernel", "context": "lab and lock_context"}
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``6.1:kernel`` -> ("6.1", "kernel"); a bare kernel runs ``all``."""
+    k, _, scope = spec.partition(":")
+    scope = scope or "all"
+    if not k or scope not in SCOPES:
+        raise SystemExit(f"lab_suite: {spec!r}: want KERNEL or KERNEL:SCOPE, SCOPE one of {', '.join(SCOPES)}")
+    return k, scope
 
 
 def progress(path: Path) -> dict[str, str]:
@@ -70,40 +93,56 @@ def watch(proc: subprocess.Popen, prog: Path, stall_s: float) -> float:
     return 0.0
 
 
-def parallel(kernels: list[str], timeout: str) -> int:
-    """One suite per kernel, each in its own guest, at the same time: a guest
-    runs single-threaded TCG, one host CPU each, so two kernels take about
-    the time of one. Each line is printed as it comes, led by its kernel;
-    the exit status is the first failing suite's (0 when all passed)."""
+def parallel(specs: list[str], timeout: str, jobs: int) -> int:
+    """One suite per kernel, each in its own guest, ``jobs`` at a time: a
+    guest runs single-threaded TCG, one host CPU each, so two kernels take
+    about the time of one; the next starts as soon as one ends, in the
+    order given. Each line is printed as it comes, led by its kernel; the
+    exit status is the first failing suite's (0 when all passed)."""
     import threading
-    procs = {k: subprocess.Popen([sys.executable, __file__, k, "--timeout", timeout], cwd=REPO,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-             for k in kernels}
     lock = threading.Lock()
+    rcs: dict[str, int] = {}
+    queue = list(specs)
+    sem = threading.Semaphore(max(1, jobs))
 
-    def pump(k: str, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
+    def run(spec: str) -> None:
+        k = parse_spec(spec)[0]
+        with sem:
+            t0 = time.monotonic()
+            proc = subprocess.Popen([sys.executable, __file__, spec, "--timeout", timeout], cwd=REPO,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            for line in proc.stdout:
+                with lock:
+                    print(f"[{k}] {line}", end="", flush=True)
+            rcs[spec] = proc.wait()
             with lock:
-                print(f"[{k}] {line}", end="", flush=True)
-    threads = [threading.Thread(target=pump, args=(k, p), daemon=True) for k, p in procs.items()]
-    for t in threads:
+                print(f"[{k}] suite ({spec}) ended after {time.monotonic() - t0:.0f} s", flush=True)
+    threads = []
+    for spec in queue:      # started in order: each waits for a free slot
+        t = threading.Thread(target=run, args=(spec,), daemon=True)
         t.start()
-    rcs = {k: p.wait() for k, p in procs.items()}
+        threads.append(t)
+        time.sleep(0.2)     # keep the order in which they take the slots
     for t in threads:
-        t.join(timeout=10)
-    for k, rc in rcs.items():
-        print(f"lab-test: {k}: " + ("passed" if rc == 0 else f"failed (exit {rc})"), flush=True)
-    return next((rc for rc in rcs.values() if rc), 0)
+        t.join()
+    for spec in specs:
+        rc = rcs.get(spec, 1)
+        print(f"lab-test: {spec}: " + ("passed" if rc == 0 else f"failed (exit {rc})"), flush=True)
+    return next((rcs.get(s, 1) for s in specs if rcs.get(s, 1)), 0)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("kernel", nargs="+", help="one kernel, or several: their suites run side by side")
+    ap.add_argument("kernel", nargs="+", help="KERNEL[:SCOPE] (all, kernel, context), one or several: "
+                                              "their suites run side by side")
     ap.add_argument("--timeout", default="600", help="per-test limit (pytest-timeout), seconds")
+    ap.add_argument("--jobs", type=int, default=2, help="guests at once (default 2)")
     a = ap.parse_args()
+    for spec in a.kernel:
+        parse_spec(spec)
     if len(a.kernel) > 1:
-        return parallel(a.kernel, a.timeout)
-    a.kernel = a.kernel[0]
+        return parallel(a.kernel, a.timeout, a.jobs)
+    a.kernel, scope = parse_spec(a.kernel[0])
     build = Path(os.environ.get("LAB_SUITE_BUILD", REPO / "build"))
     build.mkdir(exist_ok=True)
     prog = build / f"lab-progress-{a.kernel}.txt"
@@ -113,7 +152,7 @@ def main() -> int:
     done: dict[str, str] = {}          # what the dead guest finished (nothing before the first run)
     for attempt in (1, 2):
         argv = ["env", f"MMNTRACE_LAB_PROGRESS={prog}", py, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                "--timeout", a.timeout, "--durations", "12", "-m", "lab", "tests",
+                "--timeout", a.timeout, "--durations", "12", "-m", SCOPES[scope], "tests",
                 *[f"--deselect={n}" for n in done]]
         # the whole suite in one guest: 17-40 min (the host's speed varies that much); each test
         # has its own limit (--timeout), and a guest in which none finishes is stopped (watch)

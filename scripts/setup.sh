@@ -4,7 +4,8 @@
 #
 #  - adds the bookworm-backports suite, copying the URI of the machine's own
 #    Debian source (no host name is written in this repository);
-#  - installs QEMU, the newest Debian 6.1 and backports 6.12 kernels with their
+#  - installs QEMU, the newest Debian 6.1 and backports 6.12 kernels (and 6.12
+#    PREEMPT_RT) with their
 #    exact matching headers, bcc (python3-bpfcc), bpftrace, bpftool, numactl,
 #    the tools to build kernel modules, and chromium (renders the HTML report in a test);
 #  - makes .venv/ from /usr/bin/python3 with --system-site-packages (bcc lives in
@@ -44,10 +45,11 @@ SRC
     $SUDO apt-get update -q >/dev/null
 }
 
-# Newest linux-image-<abi>-amd64 of a series, from the linux-image-amd64 metapackage.
-kernel_pkg() {  # $1 = series regex, e.g. '6\.1\.0-[0-9]+' or '6\.12\.[0-9]+\+deb12'
-    apt-cache show linux-image-amd64 2>/dev/null \
-      | grep -oE "linux-image-$1-amd64" | sort -V | tail -n 1
+# Newest linux-image-<abi>-[<flavour>-]amd64 of a series, from its metapackage
+# (linux-image-amd64, or linux-image-rt-amd64 for the PREEMPT_RT flavour).
+kernel_pkg() {  # $1 = series regex, e.g. '6\.1\.0-[0-9]+' or '6\.12\.[0-9]+\+deb12'; $2 = flavour- (optional)
+    apt-cache show "linux-image-${2:-}amd64" 2>/dev/null \
+      | grep -oE "linux-image-$1-${2:-}amd64" | sort -V | tail -n 1
 }
 
 # chromium: the unit test that renders the HTML report headless (skipped without it)
@@ -59,12 +61,14 @@ missing=()
 for p in $BASE_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-# Kernels: one of each series must be installed with its exact headers.
-have_series() {  # $1 = glob of the image in /boot
+# Kernels: one of each series must be installed with its exact headers:
+# 6.1 and 6.12 (generic flavour) and 6.12 PREEMPT_RT (`mmntrace lab --kernel 6.12-rt`).
+have_series() {  # $1 = glob of the image in /boot; $2 = rt to want the rt flavour (default: not rt)
     local v
     for f in /boot/vmlinuz-$1; do
         [ -e "$f" ] || continue
         v=${f#/boot/vmlinuz-}
+        case "$v" in *-rt-*) [ "${2:-}" = rt ] || continue ;; *) [ "${2:-}" = rt ] && continue ;; esac
         [ -d "/usr/src/linux-headers-$v" ] && return 0
     done
     return 1
@@ -72,6 +76,7 @@ have_series() {  # $1 = glob of the image in /boot
 need_kernels=0
 have_series '6.1.0-*-amd64' || need_kernels=1
 have_series '6.12.*-amd64' || need_kernels=1
+have_series '6.12.*-rt-amd64' rt || need_kernels=1
 
 if [ ${#missing[@]} -gt 0 ] || [ $need_kernels = 1 ]; then
     add_backports
@@ -79,11 +84,14 @@ if [ ${#missing[@]} -gt 0 ] || [ $need_kernels = 1 ]; then
     if [ $need_kernels = 1 ]; then
         k61=$(kernel_pkg '6\.1\.0-[0-9]+')
         k612=$(kernel_pkg '6\.12\.[0-9]+\+deb12')
-        [ -n "$k61" ] && [ -n "$k612" ] || { log "cannot find Debian 6.1 and 6.12 kernel packages (got '$k61' '$k612')"; exit 1; }
-        missing+=("$k61" "${k61/image/headers}" "$k612" "${k612/image/headers}")
+        k612rt=$(kernel_pkg '6\.12\.[0-9]+\+deb12' rt-)
+        [ -n "$k61" ] && [ -n "$k612" ] && [ -n "$k612rt" ] \
+            || { log "cannot find Debian 6.1, 6.12 and 6.12-rt kernel packages (got '$k61' '$k612' '$k612rt')"; exit 1; }
+        missing+=("$k61" "${k61/image/headers}" "$k612" "${k612/image/headers}" "$k612rt" "${k612rt/image/headers}")
     fi
     log "installing: ${missing[*]}"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+    # INITRD=No: the lab boots the images directly over the host's root (no initramfs to build)
+    $SUDO env DEBIAN_FRONTEND=noninteractive INITRD=No apt-get install -y -q --no-install-recommends "${missing[@]}" \
         >/tmp/mmntrace-apt.log 2>&1 || { tail -n 30 /tmp/mmntrace-apt.log; log "apt-get install failed (full log: /tmp/mmntrace-apt.log)"; exit 1; }
 fi
 

@@ -16,7 +16,8 @@ from mmntrace.cli import _friendly
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--kernel", "-k", required=True, metavar="VERSION|IMAGE",
-              help="Version prefix of an installed kernel (6.1, 6.12) or a path to a kernel image.")
+              help="An installed kernel: a version prefix (6.1, 6.12: the generic flavour), with a "
+                   "flavour (6.12-rt: PREEMPT_RT), a full release, or a path to a kernel image.")
 @click.option("--share", multiple=True, type=click.Path(file_okay=False), metavar="HOST_DIR",
               help="Directory the guest may write, at the same path (repeatable).")
 @click.option("--cpus", default=2, show_default=True, help="Guest CPUs.")
@@ -57,6 +58,7 @@ def lab(kernel, share, cpus, memory, no_numa, timeout, boot_timeout, boot_attemp
     \b
     Examples:
       mmntrace lab --kernel 6.12 -- uname -r
+      mmntrace lab --kernel 6.12-rt -- uname -r     # PREEMPT_RT
       mmntrace lab --kernel 6.1 --share /tmp/out -- sudo mmntrace record -d 5 -o /tmp/out/rec
       mmntrace lab --kernel ~/linux/arch/x86/boot/bzImage -- mmntrace doctor
     """

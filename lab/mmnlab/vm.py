@@ -72,16 +72,40 @@ def installed_kernels() -> list[Kernel]:
     return out
 
 
+_ARCHES = {"amd64", "arm64", "i386", "armmp", "armhf", "ppc64el", "s390x", "riscv64"}
+
+
+def flavour(release: str) -> str:
+    """The Debian flavour of a kernel release: ``rt`` for ``6.12.95+deb12-rt-amd64``
+    and ``6.1.0-57-rt-amd64``, ``cloud`` for ``...-cloud-amd64``, ``""`` for the
+    generic ``6.12.95+deb12-amd64``: the alphabetic words between the version
+    and the architecture."""
+    words = release.split("-")[1:]
+    if words and words[-1] in _ARCHES:
+        words = words[:-1]
+    return "-".join(w for w in words if w.isalpha())
+
+
 def resolve_kernel(spec: str) -> Kernel:
-    """``spec`` is a version prefix of an installed kernel (``6.1``, ``6.12``) or an image path."""
+    """``spec`` is an installed kernel's release, a version prefix with an
+    optional flavour (``6.1``, ``6.12``, ``6.12-rt``: the newest such kernel;
+    ``6.12`` never picks a flavoured one such as PREEMPT_RT), or an image path."""
     p = Path(spec)
     if "/" in spec or p.exists():
         if not p.is_file():
             raise UsageError(f"kernel image {spec} does not exist")
         rel = p.name[len("vmlinuz-"):] if p.name.startswith("vmlinuz-") else None
         return Kernel(p.resolve(), rel)
-    matches = [k for k in installed_kernels()
-               if k.release == spec or k.release.startswith(spec + ".") or k.release.startswith(spec + "-")]
+    m = re.fullmatch(r"(\d+(?:\.\d+)*)(?:-([a-z]+))?", spec)
+    series, flav = (m.group(1), m.group(2) or "") if m else (spec, None)
+
+    def fits(k: Kernel) -> bool:
+        if k.release == spec:
+            return True
+        if not (k.release.startswith(series + ".") or k.release.startswith(series + "-")):
+            return False
+        return flav is None or flavour(k.release) == flav
+    matches = [k for k in installed_kernels() if fits(k)]
     if not matches:
         have = ", ".join(k.release for k in installed_kernels()) or "none"
         raise UsageError(f"no installed kernel matches '{spec}' (installed: {have}); run `make setup`")

@@ -20,8 +20,13 @@
 #define CALIB_OVERHEAD_KPROBE 8
 #define CALIB_OVERHEAD_FENTRY 9
 #define CALIB_NSAMPLES 10
+/* PREEMPT_RT: the lowest migration_disabled and rcu_read_lock_nesting seen on
+ * getppid, [12], [13] kprobe, [14], [15] fentry (user space starts them at ~0):
+ * the probe machinery's own share, taken off what the hooks see */
+#define CALIB_RT_KPROBE 12
+#define CALIB_RT_FENTRY 14
 #define MMNT_CALIB_SAMPLES 512
-BPF_ARRAY(calib, u32, 12);
+BPF_ARRAY(calib, u32, 16);
 BPF_ARRAY(calib_dur, u64, MMNT_CALIB_SAMPLES);	/* durations of the calibration's outer function */
 
 /* The dispatch cost of the callback probe that fired (fentry: irqs_off < 0). */
@@ -74,13 +79,52 @@ static __always_inline bool read_pc(u32 *out)
 #endif
 }
 
+#ifdef MMNT_RT
+/* current's migration_disabled (u16) and rcu_read_lock_nesting (int), raw */
+static __always_inline bool read_rt(u32 *md, u32 *rcu)
+{
+	u8 *task = (u8 *)bpf_get_current_task();
+	u16 m = 0;
+	s32 r = 0;
+	if (bpf_probe_read_kernel(&m, sizeof(m), task + MMNT_TASK_MD_OFF) ||
+	    bpf_probe_read_kernel(&r, sizeof(r), task + MMNT_TASK_RCU_OFF))
+		return false;
+	*md = m;
+	*rcu = r > 0 ? r : 0;
+	return true;
+}
+
+/* MMNT_RT_* of this task at entry, the probe's own share (calibrated) taken off */
+static __always_inline u8 rt_context(int irqs_off)
+{
+	u32 md = 0, rcu = 0, k = irqs_off < 0 ? CALIB_RT_FENTRY : CALIB_RT_KPROBE;
+	u8 out = 0;
+	if (!read_rt(&md, &rcu))
+		return 0;
+	u32 *lo = calib.lookup(&k);
+	if (lo && md > *lo)
+		out |= MMNT_RT_MIGRATE_OFF;
+	k++;
+	lo = calib.lookup(&k);
+	if (lo && rcu > *lo)
+		out |= MMNT_RT_RCU;
+	return out;
+}
+#endif
+
 /* IRQ state at entry: 1 disabled, 0 enabled, -1 unknown (fentry: no saved flags). */
 #define KP_IRQS_OFF(ctx) (!((ctx)->flags & X86_EFLAGS_IF))
 #define IRQS_UNKNOWN (-1)
 
-/* preempt_count (calibrated) and IRQ state at entry, into pc/flags. */
-static __always_inline void entry_context(int irqs_off, u32 *pc, u8 *flags)
+/* preempt_count (calibrated), IRQ state and (PREEMPT_RT) the sleeping-lock
+ * context at entry, into pc/flags/rt. */
+static __always_inline void entry_context(int irqs_off, u32 *pc, u8 *flags, u8 *rt)
 {
+#ifdef MMNT_RT
+	*rt = rt_context(irqs_off);
+#else
+	*rt = 0;
+#endif
 	/* only fentry programs cannot see the IRQ state */
 	u32 raw = 0, z = irqs_off < 0 ? CALIB_FENTRY : CALIB_KPROBE;
 	if (read_pc(&raw)) {
@@ -112,8 +156,10 @@ static __always_inline void read_range(u64 range, u64 *mm, u64 *start, u64 *end,
 		*flags &= ~MMNT_FL_BLOCKABLE;
 }
 
-static __always_inline bool hook_forbids_sleep(u32 hook, u8 flags)
+static __always_inline bool hook_forbids_sleep(u32 hook, u8 flags, u8 rt)
 {
+	if (rt & MMNT_RT_RCU)		/* PREEMPT_RT: no voluntary sleep in an RCU read-side section */
+		return true;
 	if (hook == MMNT_HOOK_SECONDARY_TLB || hook == MMNT_HOOK_CHANGE_PTE ||
 	    hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG || hook == MMNT_HOOK_CLEAR_YOUNG ||
 	    hook == MMNT_HOOK_TEST_YOUNG)

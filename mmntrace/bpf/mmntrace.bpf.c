@@ -7,6 +7,8 @@
  *   MMNT_FILTER_PID (tgid), MMNT_FILTER_COMM ("name")   filters, optional
  *   MMNT_SELF_TGID                            the tracer (calibration probe)
  *   MMNT_PC_ADDR, MMNT_PCPU_OFF_ADDR          per-cpu preempt_count, __per_cpu_offset (0: unknown)
+ *   MMNT_RT, MMNT_TASK_MD_OFF, MMNT_TASK_RCU_OFF  PREEMPT_RT: offsets of task_struct's
+ *                                             migration_disabled, rcu_read_lock_nesting
  *   MMNT_SUBS_LIST_OFF                        offsetof(struct mmu_notifier_subscriptions, list), -1: unknown
  *   MMNT_HAVE_OP_<MEMBER>                     struct mmu_notifier_ops members present (one per
  *                                             member of mmntrace/hooks.py's table: INVALIDATE_RANGE,
@@ -336,8 +338,8 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 		s->start = a2;
 		s->end = a3;
 	}
-	entry_context(irqs_off, &s->pc, &s->flags);
-	if (hook_forbids_sleep(hook, s->flags)) {
+	entry_context(irqs_off, &s->pc, &s->flags, &s->rt);
+	if (hook_forbids_sleep(hook, s->flags, s->rt)) {
 		s->flags |= MMNT_FL_MUST_NOT_SLEEP;
 		nosleep_add(1);
 	}
@@ -402,6 +404,7 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc)
 	r.hook = hook;
 	r.flags = s->flags;
 	r.preempt_count = s->pc;
+	r.rt = s->rt;
 	if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_INTERVAL || hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG ||
 	    hook == MMNT_HOOK_CLEAR_YOUNG || hook == MMNT_HOOK_TEST_YOUNG)
 		r.ret = (s32)rc;
@@ -502,8 +505,8 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 			c->end = a4;
 		}
 	}
-	entry_context(irqs_off, &c->pc, &c->flags);
-	if (hook_forbids_sleep(hook, c->flags)) {
+	entry_context(irqs_off, &c->pc, &c->flags, &c->rt);
+	if (hook_forbids_sleep(hook, c->flags, c->rt)) {
 		c->flags |= MMNT_FL_MUST_NOT_SLEEP;
 		nosleep_add(1);
 	}
@@ -551,6 +554,7 @@ static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
 	r.hook = hook;
 	r.flags = c->flags;
 	r.preempt_count = c->pc;
+	r.rt = c->rt;
 	if (hook == MMNT_HOOK_INTERVAL)
 		r.ret = (u8)rc;				/* bool */
 	else if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG ||
@@ -798,6 +802,19 @@ static __always_inline int calib_hit(int irqs_off, u32 base)
 	u32 *lo = calib.lookup(&k);	/* user space starts it at ~0: keep the minimum */
 	if (lo && raw < *lo)
 		*lo = raw;
+#ifdef MMNT_RT
+	u32 md = 0, rcu = 0;
+	if (read_rt(&md, &rcu)) {
+		k = base == CALIB_FENTRY ? CALIB_RT_FENTRY : CALIB_RT_KPROBE;
+		lo = calib.lookup(&k);
+		if (lo && md < *lo)
+			*lo = md;
+		k++;
+		lo = calib.lookup(&k);
+		if (lo && rcu < *lo)
+			*lo = rcu;
+	}
+#endif
 	k = base + 2;
 	u32 *hits = calib.lookup(&k);
 	if (hits)

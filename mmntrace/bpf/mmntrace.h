@@ -59,6 +59,12 @@ enum mmnt_hook {
 #define MMNT_FL_UNREGISTER	(1 << 6)	/* MMNT_REC_REGISTER: removal */
 #define MMNT_FL_SKIP		(1 << 7)	/* in-kernel only: hook invocation not sampled */
 
+/* rt: on PREEMPT_RT a spinlock_t (the page-table lock) is a sleeping lock and
+ * preempt_count() stays 0 under it; holding one disables migration and enters
+ * an RCU read-side section (kernel/locking/spinlock_rt.c), both per task */
+#define MMNT_RT_MIGRATE_OFF	(1 << 0)	/* current->migration_disabled > 0 */
+#define MMNT_RT_RCU		(1 << 1)	/* current->rcu_read_lock_nesting > 0 */
+
 /* MMNT_REC_SLEEP kinds */
 #define MMNT_SLEEP_SWITCH	1	/* scheduled out voluntarily (rule "sleep") */
 #define MMNT_SLEEP_MIGHT	2	/* called a might-sleep function (rule "might_sleep") */
@@ -85,6 +91,8 @@ struct mmnt_record {
 	__u64 addr;		/* SLEEP: might-sleep function address; OPS: ops table; REGISTER: subscription;
 				 * CALLBACK: seq of the hook invocation it ran under (0: none) */
 	char comm[MMNT_COMM_LEN];
+	__u8 rt;		/* PREEMPT_RT only, at entry (calibrated): MMNT_RT_* bits; 0 elsewhere */
+	__u8 pad[7];
 };
 
 /* MMNT_REC_OPS carries the ops table's function pointers in start/end/...:

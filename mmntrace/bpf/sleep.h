@@ -27,6 +27,7 @@ static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr)
 		r.hook = c->hook;
 		r.flags = c->flags;
 		r.preempt_count = c->pc;
+		r.rt = c->rt;
 		r.event = c->event;
 		r.seq = c->seq;
 		r.mm = c->mm;
@@ -41,6 +42,7 @@ static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr)
 		r.hook = h->hook;
 		r.flags = h->flags;
 		r.preempt_count = h->pc;
+		r.rt = h->rt;
 		r.event = h->event;
 		r.seq = h->seq;
 		r.mm = h->mm;

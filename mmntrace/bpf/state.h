@@ -17,7 +17,8 @@ struct hstate {				/* the hook in progress on this task */
 	s32 event, stack_id;
 	u32 pc;
 	u8 hook, flags, active, ncb;
-	u8 pending, only_end, pad8[6];	/* callbacks were being probed when it began; range_end's only_end (before 6.6) */
+	u8 pending, only_end;		/* callbacks were being probed when it began; range_end's only_end (before 6.6) */
+	u8 rt, pad8[5];			/* MMNT_RT_* at entry (PREEMPT_RT) */
 	u64 cbs[MMNT_HOOK_CBS];		/* callbacks timed inside it (untimed counting) */
 };
 
@@ -25,7 +26,7 @@ struct cstate {				/* the callback in progress on this task */
 	u64 ts, mm, start, end, seq, func;
 	s32 event, stack_id;
 	u32 pc, series;
-	u8 hook, flags, active, pad;
+	u8 hook, flags, active, rt;	/* rt: MMNT_RT_* at entry (PREEMPT_RT) */
 };
 
 struct tstate {

@@ -105,12 +105,22 @@ struct mmnt_entry {
 	u64 ts;
 	u32 preempt;
 	u32 irqs_off;
+	u32 migration_disabled;	/* PREEMPT_RT: a spinlock_t held disables migration ... */
+	u32 rcu_depth;		/* ... and enters an RCU read-side section */
 };
+
+#ifdef CONFIG_SMP
+#define MMNT_MIGRATION_DISABLED() (current->migration_disabled)
+#else
+#define MMNT_MIGRATION_DISABLED() 0
+#endif
 
 /* Must be the first thing a callback does. */
 #define MMNT_ENTRY(e) do {					\
 	(e).preempt = preempt_count();				\
 	(e).irqs_off = irqs_disabled() ? 1 : 0;			\
+	(e).migration_disabled = MMNT_MIGRATION_DISABLED();	\
+	(e).rcu_depth = rcu_preempt_depth();			\
 	(e).ts = ktime_get_ns();				\
 } while (0)
 
@@ -208,6 +218,8 @@ static void mmnt_record(struct mmnt_client *c, const struct mmnt_entry *e,
 	r->pid = current->tgid;
 	r->tid = current->pid;
 	r->ret = ret;
+	r->migration_disabled = e->migration_disabled;
+	r->rcu_depth = e->rcu_depth;
 	c->count++;
 	c->counts.logged++;
 out:

@@ -87,6 +87,8 @@ struct mmnt_test_record {
 	__u32 pid;		/* current->tgid */
 	__u32 tid;		/* current->pid */
 	__s32 ret;		/* what the callback returned (0, -EAGAIN, or bool for interval) */
+	__u32 migration_disabled;	/* current->migration_disabled at entry (0 without SMP) */
+	__u32 rcu_depth;	/* rcu_preempt_depth() at entry (PREEMPT_RCU; 0 elsewhere) */
 };
 
 struct mmnt_test_counts {

@@ -161,6 +161,7 @@ def _in(recs, lo, hi, pid, hook):
                 & (recs["ts_ns"] <= hi)).sum())
 
 
+@pytest.mark.lock_context
 def test_windows_match_module_metrics_budget_and_sigterm(tmp_path):
     """One daemon, five windows: three exact ones, one under an event storm
     (the budget turns sampling on), and one cancelled by SIGTERM."""
@@ -266,6 +267,7 @@ def _stop(d: Daemon) -> None:
             d.p.wait(30)
 
 
+@pytest.mark.one_kernel
 def test_overhead_guard_stops_the_daemon(tmp_path):
     """--max-bpf-cpu: a window whose BPF run time (the kernel's own
     run_time_ns per program, kernel.bpf_stats_enabled) exceeds the share of

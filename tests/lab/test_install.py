@@ -27,7 +27,7 @@ from groundtruth import Recorder, WorkloadProcess
 from mmnlab.harness import user_env
 from mmnlab import testmod
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.one_kernel]
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("MMNTRACE_WHEEL_VENV", REPO / "build" / "wheel-venv"))

@@ -45,6 +45,7 @@ def recording(tmp_path_factory):
     return tmp / "rec", res
 
 
+@pytest.mark.lock_context
 def test_lab_recording_reports_the_injected_mutex(recording, tmp_path):
     rec, res = recording
     py = [sys.executable, "-m", "mmntrace.cli"]

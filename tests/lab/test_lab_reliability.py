@@ -218,6 +218,7 @@ def test_module_reload_then_kill9_redacted(tmp_path):
     assert ev["callback"].dropna().astype(str).str.startswith(MOD_CB).any()
 
 
+@pytest.mark.one_kernel
 def test_event_storm_drops_are_exact_then_sigterm(tmp_path):
     b = Bench(tmp_path, rounds=400, pages=64)      # subscribed before the recorder: --ready-file covers it
     rec = _recorder(tmp_path / "rec", "--buffer-pages", "1", "--comm", "notifier_bench")
@@ -259,6 +260,7 @@ def test_event_storm_drops_are_exact_then_sigterm(tmp_path):
           f"{drops['callback']} callback records dropped")
 
 
+@pytest.mark.one_kernel
 def test_disk_full_stops_with_one_sentence(tmp_path):
     mnt = tmp_path / "tiny"
     mnt.mkdir()

@@ -134,9 +134,11 @@ def _check_backend(r, backend, transport):
 
 # Both backends where the kernel offers both; the fentry run also takes the
 # perf-buffer transport (the fallback for kernels without a BPF ring buffer).
+@pytest.mark.lock_context
 @pytest.mark.parametrize("backend,transport", [("kprobe", "ringbuf"), ("fentry", "perf")])
 def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     _need_fentry(backend)
+    rt = kernel.probe().context_source == "preempt_rt"
     r, ev, win, res, bt, mod = _session(tmp_path, kvm=os.path.exists("/dev/kvm"), interval=True,
                                         rec_args=("--backend", backend, "--transport", transport))
     assert r.complete
@@ -175,10 +177,20 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
         if backend == "kprobe":
             assert known.all()
         assert (t["atomic"].to_numpy() == (m["preempt_count"] != 0)).all(), hook
+        if rt:      # PREEMPT_RT: the task's migration-disabled and RCU read-side state, as the module saw it
+            assert (t["migration_disabled"].to_numpy() == (m["migration_disabled"] != 0)).all(), hook
+            assert (t["rcu_read_side"].to_numpy() == (m["rcu_depth"] != 0)).all(), hook
+        else:       # read on PREEMPT_RT only
+            assert not t["migration_disabled"].any() and not t["rcu_read_side"].any(), hook
         if hook in ("start", "end"):
             assert (t["start"].to_numpy() == m["start"]).all() and (t["end"].to_numpy() == m["end"]).all()
             assert (t["blockable"].to_numpy() == (m["blockable"] != 0)).all()
-    assert (mod["preempt_count"][mod["hook"] == testmod.HOOKS["secondary_tlb"]] > 0).any()
+    sec_mod = mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]]
+    if rt:      # the page-table lock is a sleeping lock there: preempt_count() 0 under it
+        assert ((sec_mod["migration_disabled"] > 0) & (sec_mod["rcu_depth"] > 0)).any()
+        assert (report.build(r)["context"]["source"]) == "preempt_rt"
+    else:
+        assert (sec_mod["preempt_count"] > 0).any()
     # nothing injected: zero violations, KVM included
     assert rep["violations"] == []
     if bt:   # bpftrace saw the same calls of KVM's callbacks by the workload's thread in the window
@@ -222,6 +234,7 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     assert set(sec["caller_class"]) <= {"ptl_clear", "tlb_flush", "permission_upgrade", "range_end"}
 
 
+@pytest.mark.one_kernel
 def test_module_and_callback_choose_the_callbacks_probed(tmp_path):
     """record --module mmnt_test --callback kvm_mmu_notifier_invalidate_range_start:
     the module's callbacks and that one KVM callback are probed and counted
@@ -265,6 +278,7 @@ def test_module_and_callback_choose_the_callbacks_probed(tmp_path):
     assert f"not probed, as chosen (--module mmnt_test --callback {kvm_start})" in text
 
 
+@pytest.mark.lock_context
 @pytest.mark.parametrize("backend,might_sleep", [("kprobe", True), ("fentry", False)])
 def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend, might_sleep):
     """A real sleep is caught with or without --might-sleep (sched_switch);
@@ -319,11 +333,21 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
     assert row["atomic"] == bool(first["preempt_count"]), (row, first)
     bugs = [ln for ln in _kmsg_since(kmsg0) if "scheduling while atomic" in ln and f"/{res['pid']}/" in ln]
     assert row["atomic"] == bool(bugs), (row, bugs)
+    # PREEMPT_RT: no preempt count under the page-table lock, but the lock held,
+    # as the module saw it (and the kernel warns of a sleep in an RCU read-side section)
+    if kernel.probe().context_source == "preempt_rt":
+        assert first["migration_disabled"] and first["rcu_depth"] and not row["atomic"], (row, first)
+        assert row["rt_lock_count"] == 1, row
+    else:           # read on PREEMPT_RT only
+        assert row["rt_lock_count"] == 0, row
     assert any("mmnt_secondary_tlb" in f for f in row["stack"])
     assert any(f.startswith("msleep") or "schedule" in f for f in row["stack"])
 
 
-@pytest.mark.parametrize("backend,might_sleep", [("kprobe", True), ("fentry", True), ("fentry", False)])
+# PREEMPT_RT (lock_context) runs the kprobe case: the fentry calibration of the RT
+# context is the msleep test's; the mutex's rows differ only in the backend
+@pytest.mark.parametrize("backend,might_sleep", [pytest.param("kprobe", True, marks=pytest.mark.lock_context),
+                                                 ("fentry", True), ("fentry", False)])
 def test_injected_mutex_and_delay(tmp_path, backend, might_sleep):
     """--might-sleep: every secondary-TLB call that took the mutex is reported,
     call by call. Without it (the default) no might-sleep function is probed,
@@ -376,10 +400,15 @@ def test_injected_mutex_and_delay(tmp_path, backend, might_sleep):
     assert len(others) > 0 and others["dur_ns"].median() < 300_000
 
 
+@pytest.mark.lock_context
 def test_doctor_and_report_json_contract(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mmntrace.cli", "doctor"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "invalidate_range_start" in out.stdout
+    # PREEMPT_RT detected from the kernel itself (its rt_spin_lock), never from a version
+    rt = "rt_spin_lock" in kernel.kallsyms()
+    assert ("lock context    PREEMPT_RT" in out.stdout) == rt, out.stdout
+    assert ("lock context    preempt_count()" in out.stdout) == (not rt), out.stdout
 
 
 #: the script's end while the recorder stops: idle (no mm activity)
@@ -454,6 +483,7 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
 TRACED_COMMAND = REGISTER_AT_ONCE % dict(repo="%(repo)s", seconds=3.0, then="sys.exit(7)")
 
 
+@pytest.mark.one_kernel
 def test_record_a_command_from_its_first_call(tmp_path):
     """`record -- CMD`: CMD is held until the probes are attached, only it is
     traced (-p its pid), the recording ends when it exits, with its status.

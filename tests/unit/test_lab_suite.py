@@ -95,6 +95,8 @@ import os, sys, time
 argv = sys.argv[1:]
 k = argv[argv.index("--kernel") + 1]
 prog = next(a.split("=", 1)[1] for a in argv if a.startswith("MMNTRACE_LAB_PROGRESS="))
+with open(os.path.join(os.path.dirname(prog), f"argv-{k}"), "w") as f:
+    f.write(f"{time.monotonic()}\n" + "\n".join(argv))
 print(f"guest of {k} up", flush=True)
 time.sleep(5)
 with open(prog, "a") as f:
@@ -128,3 +130,30 @@ def test_several_kernels_run_side_by_side(tmp_path, fail):
         assert r.returncode == 1 and "lab-test: 6.12: failed (exit 1)" in lines and "lab-test: 6.1: passed" in lines
     else:
         assert r.returncode == 0 and "lab-test: 6.12: passed" in lines, r.stdout + r.stderr
+
+
+def test_matrix_scopes_and_at_most_jobs_guests(tmp_path):
+    """`lab_suite.py 6.12:all 6.1:kernel 6.12-rt:context --jobs 2`: each kernel
+    runs its scope's tests (pytest -m), two guests at once, the third when a
+    slot frees; a bad scope is one sentence before anything boots."""
+    fake = tmp_path / "mmntrace"
+    fake.write_text(PARALLEL_FAKE)
+    fake.chmod(0o755)
+    env = dict(os.environ, LAB_SUITE_MMNTRACE=str(fake), LAB_SUITE_BUILD=str(tmp_path))
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "lab_suite.py"), "6.12:all", "6.1:kernel",
+                        "6.12-rt:context", "--jobs", "2"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 10 <= time.monotonic() - t0 < 14            # two rounds of 5 s, not one nor three
+    marks = {}
+    starts = {}
+    for k in ("6.12", "6.1", "6.12-rt"):
+        first, *argv = (tmp_path / f"argv-{k}").read_text().splitlines()
+        starts[k] = float(first)
+        marks[k] = argv[len(argv) - 1 - argv[::-1].index("-m") + 1]
+    assert marks == {"6.12": "lab", "6.1": "lab and not one_kernel", "6.12-rt": "lab and lock_context"}
+    assert starts["6.12-rt"] - max(starts["6.12"], starts["6.1"]) >= 4     # waited for a free guest
+    assert "lab-test: 6.12-rt:context: passed" in r.stdout.splitlines()
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "lab_suite.py"), "6.1:most"], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "SCOPE one of all, kernel, context" in bad.stderr

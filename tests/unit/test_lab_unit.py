@@ -23,6 +23,24 @@ def test_resolve_prefix_does_not_confuse_6_1_and_6_12(monkeypatch):
         lab.resolve_kernel("5.10")
 
 
+def test_resolve_flavours_pick_their_own_kernel(monkeypatch):
+    """6.12 is the generic kernel even when a PREEMPT_RT one sorts after it;
+    6.12-rt is the RT one; a full release names itself."""
+    ks = [lab.Kernel(Path("/boot/vmlinuz-6.12.95+deb12-rt-amd64"), "6.12.95+deb12-rt-amd64"),
+          lab.Kernel(Path("/boot/vmlinuz-6.12.95+deb12-amd64"), "6.12.95+deb12-amd64"),
+          lab.Kernel(Path("/boot/vmlinuz-6.1.0-57-rt-amd64"), "6.1.0-57-rt-amd64"),
+          lab.Kernel(Path("/boot/vmlinuz-6.1.0-57-amd64"), "6.1.0-57-amd64")]
+    monkeypatch.setattr(lab, "installed_kernels", lambda: ks)
+    assert lab.resolve_kernel("6.12").release == "6.12.95+deb12-amd64"
+    assert lab.resolve_kernel("6.12-rt").release == "6.12.95+deb12-rt-amd64"
+    assert lab.resolve_kernel("6.1").release == "6.1.0-57-amd64"
+    assert lab.resolve_kernel("6.1-rt").release == "6.1.0-57-rt-amd64"
+    assert lab.resolve_kernel("6.12.95+deb12-rt-amd64").release == "6.12.95+deb12-rt-amd64"
+    with pytest.raises(UsageError, match="no installed kernel matches '6.12-cloud'"):
+        lab.resolve_kernel("6.12-cloud")
+    assert [lab.flavour(k.release) for k in ks] == ["rt", "", "rt", ""]
+
+
 def test_resolve_image_path(tmp_path):
     img = tmp_path / "vmlinuz-6.99.0-test"
     img.write_bytes(b"x")

@@ -101,6 +101,35 @@ def test_violations_grouped_by_invocation(tmp_path):
     assert sum(r["count"] for r in rep["violations"]) == 4
 
 
+def test_preempt_rt_violations_say_the_lock_was_held(tmp_path):
+    """On PREEMPT_RT preempt_count() is 0 under the page-table lock: the report
+    counts the calls made under it (migration disabled, RCU read-side) apart,
+    says how the context was read, and an older recording reads as before."""
+    sl = _sleeps([
+        dict(seq=1, ts_ns=1, atomic=False, preempt_count=0, migration_disabled=True, rcu_read_side=True),
+        dict(seq=2, ts_ns=2, atomic=False, preempt_count=0, migration_disabled=True, rcu_read_side=True),
+        # an RCU read-side section alone is not a spinlock_t held
+        dict(seq=3, ts_ns=3, atomic=False, preempt_count=0, migration_disabled=False, rcu_read_side=True),
+    ])
+    rec = Recording(_write(tmp_path, pd.DataFrame(), sl, context_source="preempt_rt"))
+    rep = report.build(rec)
+    (row,) = rep["violations"]
+    assert row["count"] == 3 and row["rt_lock_count"] == 2 and row["atomic_count"] == 0
+    assert rep["verdict"]["rt_lock_violation_invocations"] == 2 and rep["verdict"]["context"] == "preempt_rt"
+    assert rep["context"]["source"] == "preempt_rt"
+    text = render.text(rep, width=160)
+    assert "0 in atomic context, 2 under a PREEMPT_RT spinlock" in text
+    assert "lock context: PREEMPT_RT" in text and "rt lock" in text and "2 of 3" in text
+    assert "under a PREEMPT_RT spinlock" in render.html(rep)
+    s = rec.sleeps()
+    assert s["migration_disabled"].sum() == 2 and s["rcu_read_side"].sum() == 3
+    # a recording from before: no RT columns, no context_source
+    old = Recording(_write(tmp_path / "old", pd.DataFrame(), _sleeps([dict(seq=1)])))
+    rep = report.build(old)
+    assert rep["context"]["source"] == "preempt_count" and rep["violations"][0]["rt_lock_count"] == 0
+    assert "lock context" not in render.text(rep, width=160) and "rt lock" not in render.text(rep, width=160)
+
+
 def test_aggregate_histogram_quantiles():
     hist = pd.DataFrame({"func": [0, 0, 0], "hook_id": [0, 0, 0], "event_id": [1, 1, 1], "slot": [9, 10, 12],
                          "count": [50, 40, 10], "hook": ["invalidate_range_start"] * 3, "event": ["clear"] * 3,
