@@ -158,13 +158,13 @@ static __always_inline void read_range(u64 range, u64 *mm, u64 *start, u64 *end,
 
 static __always_inline bool hook_forbids_sleep(u32 hook, u8 flags, u8 rt)
 {
-	if (rt & MMNT_RT_RCU)		/* PREEMPT_RT: no voluntary sleep in an RCU read-side section */
-		return true;
 	if (hook == MMNT_HOOK_SECONDARY_TLB || hook == MMNT_HOOK_CHANGE_PTE ||
 	    hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG || hook == MMNT_HOOK_CLEAR_YOUNG ||
 	    hook == MMNT_HOOK_TEST_YOUNG)
 		return true;
 	if (flags & (MMNT_FL_ATOMIC | MMNT_FL_IRQS_OFF))
+		return true;
+	if (rt & MMNT_RT_RCU)		/* PREEMPT_RT: no voluntary sleep in an RCU read-side section */
 		return true;
 	if ((hook == MMNT_HOOK_START || hook == MMNT_HOOK_END || hook == MMNT_HOOK_INTERVAL) &&
 	    !(flags & MMNT_FL_BLOCKABLE))

@@ -235,7 +235,7 @@ def test_json_carries_rates_ratios_status_and_warnings(recs):
     r = _cli("report", recs["before"], "--compare", recs["after"], "--format", "json")
     assert r.exit_code == 0
     rep = json.loads(r.output)
-    assert rep["schema_minor"] == 8 and rep["recording"] == str(recs["before"])     # before's report, as before
+    assert rep["schema_minor"] == report.SCHEMA_MINOR and rep["recording"] == str(recs["before"])     # before's report, as before
     c = rep["compare"]
     assert {"warnings", "hook_names", "hook_symbols", "rate_s", "totals", "rates", "notable"} <= c.keys()
     for rows in (c["rates"], c["violations"], c["processes"], c["secondary_tlb"], c["totals"]):
