@@ -161,7 +161,9 @@ def _in(recs, lo, hi, pid, hook):
                 & (recs["ts_ns"] <= hi)).sum())
 
 
-@pytest.mark.lock_context
+# Not in the PREEMPT_RT scope of `make lab-test` (its windows read the lock context
+# through the same Tracer as record, which that scope checks call by call): at 200-300 s
+# it would push make test past CI's limit; `make lab-test-all` runs it there.
 def test_windows_match_module_metrics_budget_and_sigterm(tmp_path):
     """One daemon, five windows: three exact ones, one under an event storm
     (the budget turns sampling on), and one cancelled by SIGTERM."""

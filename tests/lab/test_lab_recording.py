@@ -45,7 +45,7 @@ def recording(tmp_path_factory):
     return tmp / "rec", res
 
 
-@pytest.mark.lock_context
+# on PREEMPT_RT with `make lab-test-all` (README's excerpt), not in make test's RT scope (CI's time)
 def test_lab_recording_reports_the_injected_mutex(recording, tmp_path):
     rec, res = recording
     py = [sys.executable, "-m", "mmntrace.cli"]
