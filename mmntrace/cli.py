@@ -511,10 +511,7 @@ def doctor():
     for hid, sym, name in f.hooks:
         click.echo(f"  hook {name:<32} {sym}")
     click.echo(f"events          {', '.join(n for _v, n in f.events)}")
-    click.echo("lock context    " + {"preempt_count": "preempt_count() and the IRQ flag",
-                                    "preempt_rt": "PREEMPT_RT: preempt_count(), and the task's migration-disabled "
-                                                  "and RCU read-side nesting (a spinlock_t held sets both)",
-                                    }.get(f.context_source, "unknown: preempt_count() cannot be read"))
+    click.echo(f"lock context    {kernel.CONTEXT_SOURCES[f.context_source]}")
     click.echo(f"might-sleep     {len(f.sleepers)} functions (probed with record --might-sleep; real sleeps: sched_switch, "
                + ("raw tracepoint)" if getattr(f, "raw_sched_switch", False) else "perf tracepoint)"))
     kernel.require_recording(f)

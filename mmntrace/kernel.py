@@ -58,6 +58,17 @@ SLEEPER_CANDIDATES: dict[str, int] = {
 }
 
 
+#: how a call's lock context is known: Features.context_source, recording
+#: metadata ``context_source``, printed by doctor and the report
+CONTEXT_SOURCES = {
+    "preempt_count": "preempt_count() at entry (and the IRQ flag)",
+    "preempt_rt": "PREEMPT_RT: preempt_count() stays 0 under a spinlock_t, which is a sleeping lock there; "
+                  "a held one is read from the task's migration-disabled count and RCU read-side nesting",
+    "unknown": "unknown: this kernel's preempt_count() cannot say whether a lock is held "
+               "(the rules still apply by hook)",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Features:
     release: str                     # uname -r
@@ -367,6 +378,8 @@ def probe() -> Features:
         if off is not None:
             pc_sym, pc_addr = "pcpu_hot", ks["pcpu_hot"] + off
 
+    rt = "rt_spin_lock" in ks       # PREEMPT_RT's spinlock_t: a sleeping lock
+
     gfp = None
     if b is not None:
         bit = b.enumerator("___GFP_DIRECT_RECLAIM_BIT")
@@ -400,8 +413,8 @@ def probe() -> Features:
         subs_itree_off=b.member_offset("mmu_notifier_subscriptions", "itree") if b is not None else None,
         task_iter=b is not None and "bpf_iter_reg_target" in ks and b.has_func("bpf_iter_task"),
         raw_sched_switch=b is not None and (b.typedef_proto_params("btf_trace_sched_switch") or 0) >= 5,
-        preempt_rt="rt_spin_lock" in ks,
-        task_rt_offsets=_task_rt_offsets(b) if "rt_spin_lock" in ks else None,
+        preempt_rt=rt,
+        task_rt_offsets=_task_rt_offsets(b) if rt else None,
     )
 
 

@@ -195,7 +195,7 @@ class Session:
         writer.meta["timing"] = dict(self.t.timing)
         writer.meta["calibration"] = self.t.calibration
         writer.meta["calibration_fentry"] = getattr(self.t, "calibration_fentry", None)
-        # how each call's lock context is read (report.CONTEXT_SOURCES); PREEMPT_RT:
+        # how each call's lock context is read (kernel.CONTEXT_SOURCES); PREEMPT_RT:
         # the probe's own migration-disabled and RCU nesting, taken off
         writer.meta["context_source"] = self.f.context_source
         writer.meta["calibration_rt"] = getattr(self.t, "calibration_rt", None) or None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 
 from . import aggregate, hooks
+from .kernel import CONTEXT_SOURCES
 from .errors import RecordingError
 from .recording import Recording
 
@@ -19,22 +20,12 @@ SCHEMA_MINOR = 9
 LAT_FIELDS = ["count", "rate_per_s", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
 
 
-
-#: how a call's lock context is known (metadata ``context_source``)
-CONTEXT_SOURCES = {
-    "preempt_count": "preempt_count() at entry (and the IRQ flag)",
-    "preempt_rt": "PREEMPT_RT: preempt_count() stays 0 under a spinlock_t, which is a sleeping lock there; "
-                  "a held one is read from the task's migration-disabled count and RCU read-side nesting",
-    "unknown": "unknown: this kernel's preempt_count() cannot say whether a lock is held "
-               "(the rules still apply by hook)",
-}
-
-
 def context_source(meta: dict) -> str:
     """``preempt_count``, ``preempt_rt`` or ``unknown`` (recordings made before
     it was kept read preempt_count() on x86: ``preempt_count``)."""
     v = meta.get("context_source")
     return v if v in CONTEXT_SOURCES else "preempt_count"
+
 
 def build(rec, **kw) -> dict:
     """The JSON report of a recording (a :class:`Recording` or a path)."""
@@ -81,6 +72,7 @@ def from_summary(s: aggregate.Summary) -> dict:
         d = by_kind.setdefault(str(a.get("kind", "unknown")), {"attached": 0, "skipped": 0})
         d["attached" if a.get("status") == "attached" else "skipped"] += 1
     t0 = s.t0_ns
+    ctx = context_source(m)
     viol = []
     for r in s.violations:
         viol.append({k: r[k] for k in ("rule", "hook", "callback", "sleeper", "atomic", "count", "stack")}
@@ -106,7 +98,7 @@ def from_summary(s: aggregate.Summary) -> dict:
         "atomic_violation_invocations": sum(v["atomic_count"] for v in viol),
         # PREEMPT_RT: under a spinlock_t (preempt_count() 0, migration disabled, RCU read-side)
         "rt_lock_violation_invocations": sum(v["rt_lock_count"] for v in viol),
-        "context": context_source(m),
+        "context": ctx,
         "must_not_sleep_watched": s.watched_callbacks,
         # sleeps are always watched; calls that may sleep only with record --might-sleep
         # (recordings from before it was a choice probed them: true when absent)
@@ -123,7 +115,7 @@ def from_summary(s: aggregate.Summary) -> dict:
         "kernel": {"release": kern.get("release"), "arch": kern.get("arch")},
         # how each call's lock context was read (context_source()), and on
         # PREEMPT_RT what the probe itself adds to the task's counts
-        "context": {"source": context_source(m), "how": CONTEXT_SOURCES[context_source(m)],
+        "context": {"source": ctx, "how": CONTEXT_SOURCES[ctx],
                     "calibration_rt": m.get("calibration_rt")},
         "complete": s.complete,
         "backend": m.get("backend"),

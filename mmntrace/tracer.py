@@ -665,8 +665,7 @@ class Tracer:
 
     def _calibrate_one(self, base: int) -> int | None:
         calib = self.bpf[b"calib"]
-        for slot in (base + 1, _CALIB_RT[base], _CALIB_RT[base] + 1):
-            calib[ctypes.c_int(slot)] = ctypes.c_uint32(0xFFFFFFFF)
+        calib[ctypes.c_int(base + 1)] = ctypes.c_uint32(0xFFFFFFFF)    # RT slots: _calibrate set them
         if base == _CALIB_KPROBE:
             fn = self.bpf.get_syscall_fnname(b"getppid")
             self.bpf.attach_kprobe(event=fn, fn_name=b"calib_entry")

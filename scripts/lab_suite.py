@@ -102,7 +102,6 @@ def parallel(specs: list[str], timeout: str, jobs: int) -> int:
     import threading
     lock = threading.Lock()
     rcs: dict[str, int] = {}
-    queue = list(specs)
     sem = threading.Semaphore(max(1, jobs))
 
     def run(spec: str) -> None:
@@ -118,7 +117,7 @@ def parallel(specs: list[str], timeout: str, jobs: int) -> int:
             with lock:
                 print(f"[{k}] suite ({spec}) ended after {time.monotonic() - t0:.0f} s", flush=True)
     threads = []
-    for spec in queue:      # started in order: each waits for a free slot
+    for spec in specs:      # started in order: each waits for a free slot
         t = threading.Thread(target=run, args=(spec,), daemon=True)
         t.start()
         threads.append(t)
