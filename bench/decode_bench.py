@@ -63,10 +63,14 @@ def ctypes_struct():
     fields = []
     for name in dt.names:
         f = dt.fields[name][0]
-        if f.kind == "S":
-            fields.append((name, ctypes.c_char * f.itemsize))
+        base, shape = f.subdtype or (f, ())      # arrays (``__u8 pad[7]``) as ctypes arrays
+        if base.kind == "S":
+            ct = ctypes.c_char * base.itemsize
         else:
-            fields.append((name, ctmap[f.str.lstrip("<|=")]))
+            ct = ctmap[base.str.lstrip("<|=")]
+        for n in reversed(shape):
+            ct = ct * n
+        fields.append((name, ct))
 
     class Rec(ctypes.Structure):
         _fields_ = fields

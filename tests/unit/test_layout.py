@@ -117,3 +117,20 @@ def test_int_expression_evaluator_takes_only_literals_and_three_operators():
     assert _eval_int_expr("((0x1 | 0x2) + 1) << 1") == 8
     for bad in ("__import__('os')", "1 - 1", "(1 << 40)", "a | 1", "1 if 1 else 2", ""):
         assert _eval_int_expr(bad) is None, bad
+
+
+def test_decode_bench_mirrors_the_record_in_ctypes():
+    """bench/decode_bench.py's per-event baseline rebuilds the record as a
+    ctypes.Structure from the same dtype: every field kind the header uses
+    (arrays such as the padding after ``rt`` included) must map, byte for byte."""
+    import ctypes
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import decode_bench
+    from mmntrace.layout import record_dtype
+    rec = decode_bench.ctypes_struct()
+    dt = record_dtype()
+    assert ctypes.sizeof(rec) == dt.itemsize
+    assert [f[0] for f in rec._fields_] == list(dt.names)
+    assert all(getattr(rec, n).offset == dt.fields[n][1] for n in dt.names)
