@@ -145,6 +145,17 @@ def _module_cbs(ev, pid, release=False):
     return cb[name.str.startswith("mmnt_") & (release | ~name.str.startswith("mmnt_release"))]
 
 
+def _in_window(cbs, res):
+    """The callbacks made between notifier_bench's two reads of the module's counts
+    (its window_ns, the kernel's monotonic clock, as the records' ts_ns): what its
+    hook_calls count. Outside them the process may have more of its own: automatic
+    NUMA balancing migrates its pages in its context (try_to_migrate_one) while it
+    waits for the go file, and the tracer records those too (6.12 and 6.1 guests
+    have two nodes: 10 and 49 such calls of a process held 40 s)."""
+    lo, hi = res["window_ns"]
+    return cbs[(cbs["ts_ns"] >= lo) & (cbs["ts_ns"] <= hi)]
+
+
 def _reload_module():
     """rmmod, insmod, and the device back: what a user does, without a look at the recorder."""
     subprocess.run(["rmmod", "mmnt_test"], check=True)
@@ -181,7 +192,7 @@ def test_module_reload_then_kill9_redacted(tmp_path):
         time.sleep(2)
         try:
             live = Recording(tmp_path / "rec")
-            got = len(_module_cbs(live.events(), b2.p.pid))
+            got = len(_in_window(_module_cbs(live.events(), b2.p.pid), r2))
             untimed = sum(u["count"] for u in live.meta.get("untimed", []) if str(u["callback"]).startswith("mmnt_"))
         except Exception:            # a segment being replaced as we read
             got = untimed = -1
@@ -209,9 +220,11 @@ def test_module_reload_then_kill9_redacted(tmp_path):
     # counts exact before and after the reload (everything reached the disk: we waited);
     # after it, what came before the new probes is counted untimed (metadata of the
     # last segment flush: a killed recorder leaves that)
-    assert len(_module_cbs(ev, b1.p.pid)) == r1["hook_calls"] > 0
+    b1_all = _module_cbs(ev, b1.p.pid)
+    assert len(_in_window(b1_all, r1)) == r1["hook_calls"] > 0, (len(b1_all), r1)
     untimed = sum(u["count"] for u in r.meta.get("untimed", []) if str(u["callback"]).startswith("mmnt_"))
-    assert len(_module_cbs(ev, b2.p.pid)) + untimed == r2["hook_calls"] > 0, (untimed, r.meta["drops"])
+    b2_got = len(_in_window(_module_cbs(ev, b2.p.pid), r2))
+    assert b2_got + untimed == r2["hook_calls"] > 0, (b2_got, untimed, r2, r.meta["drops"])
     # --redact: symbols kept, raw addresses gone
     assert (ev[["mm", "start", "end", "func"]] == 0).all().all()
     assert all(u["func"] == 0 for u in r.meta.get("untimed", []))
