@@ -58,7 +58,7 @@ def ctypes_struct():
     """The same layout as a ctypes.Structure, built from the numpy dtype
     (which mmntrace.layout derives from bpf/mmntrace.h)."""
     dt = record_dtype()
-    ctmap = {"u1": ctypes.c_uint8, "u4": ctypes.c_uint32, "i4": ctypes.c_int32, "u8": ctypes.c_uint64,
+    ctmap = {"u1": ctypes.c_uint8, "u2": ctypes.c_uint16, "i2": ctypes.c_int16, "u4": ctypes.c_uint32, "i4": ctypes.c_int32, "u8": ctypes.c_uint64,
              "i8": ctypes.c_int64}
     fields = []
     for name in dt.names:

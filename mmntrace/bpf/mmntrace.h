@@ -74,7 +74,9 @@ struct mmnt_record {
 	__u8 hook;		/* enum mmnt_hook */
 	__u8 flags;		/* MMNT_FL_* */
 	__u8 kind;		/* SLEEP: MMNT_SLEEP_*; OPS: op slot count; CALLBACK: the hook it ran under (MMNT_HOOK_NONE: none) */
-	__u32 cpu;
+	__u16 cpu;
+	__u8 rt;		/* PREEMPT_RT only, at entry (calibrated): MMNT_RT_* bits; 0 elsewhere */
+	__u8 pad;
 	__u32 pid;		/* tgid */
 	__u32 tid;
 	__u32 preempt_count;	/* at entry, calibrated (probe overhead removed) */
@@ -91,8 +93,6 @@ struct mmnt_record {
 	__u64 addr;		/* SLEEP: might-sleep function address; OPS: ops table; REGISTER: subscription;
 				 * CALLBACK: seq of the hook invocation it ran under (0: none) */
 	char comm[MMNT_COMM_LEN];
-	__u8 rt;		/* PREEMPT_RT only, at entry (calibrated): MMNT_RT_* bits; 0 elsewhere */
-	__u8 pad[7];
 };
 
 /* MMNT_REC_OPS carries the ops table's function pointers in start/end/...:
