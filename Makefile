@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 KERNELS ?= 6.1 6.12
 
-.PHONY: setup test unit lab-test lab-test-all kmod demo clean bench bench-tiny wheel
+.PHONY: setup test unit lab-test lab-test-all lab-test-arm64 arm64-root kmod demo clean bench bench-tiny wheel
 
 # make bench: the tracer against its peers in the lab (both kernels) plus the
 # host-side decode and report benchmarks -> bench/results.json, BENCHMARKS.md.
@@ -56,6 +56,16 @@ lab-test: setup kmod build/bench/notifier_bench wheel
 	@echo "== notebooks, HTML report and plots on the lab recordings, by this checkout and by the installed wheel (host)"
 	MMNTRACE_REQUIRE_LAB_RECORDINGS=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_lab_recordings.py \
 	  tests/unit/test_installed.py
+
+# The arm64 lab: a Debian arm64 root file system with the 6.12 arm64 kernel
+# (build/arm64, a few minutes and about 1 GB), booted under qemu-system-aarch64.
+arm64-root: setup
+	@bash scripts/arm64_root.sh
+
+# The arm64 lab's tests (marker arm64): the seed's permission-upgrade path,
+# the module's ground truth and the tracer on arm64.
+lab-test-arm64: arm64-root
+	$(PY) scripts/lab_suite.py 6.12-arm64:arm64 --timeout $(LAB_TEST_TIMEOUT)
 
 lab-test-all:
 	@$(MAKE) --no-print-directory lab-test LAB_MATRIX="6.12:all 6.1:all 6.12-rt:all"

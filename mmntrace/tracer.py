@@ -276,6 +276,8 @@ class Tracer:
         fl = ["-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes", "-Wno-unknown-warning-option",
               f"-I{BPF_DIR}", f"-DMMNT_RINGBUF={1 if self.ringbuf else 0}",
               f"-DMMNT_RINGBUF_PAGES={self.ringbuf_pages}", f"-DMMNT_SELF_TGID={os.getpid()}"]
+        if os.uname().machine == "aarch64":
+            fl.append("-DMMNT_ARCH_ARM64")     # struct pt_regs differs (KP_IRQS_OFF)
         if f.preempt_count_addr is not None and f.per_cpu_offset_addr:
             fl += [f"-DMMNT_PC_ADDR={f.preempt_count_addr:#x}ULL",
                    f"-DMMNT_PCPU_OFF_ADDR={f.per_cpu_offset_addr:#x}ULL"]

@@ -20,8 +20,11 @@ SCOPE says which lab tests a kernel's guest runs (pytest markers, pyproject.toml
            which the `all` kernel covers
   context  the lock-context and sleeping-rule tests (`lock_context`): what
            differs on PREEMPT_RT, where preempt_count() cannot see a spinlock_t
-`make lab-test` runs 6.12:all 6.1:kernel 6.12-rt:context; `make lab-test-all`
-every kernel's whole suite.
+  arm64    the tests the arm64 lab runs (`arm64`): the permission-upgrade path,
+           the module's ground truth and the tracer there (6.12-arm64, QEMU
+           TCG emulating another architecture: several times slower)
+`make lab-test` runs 6.12:all 6.1:kernel 6.12-rt:context; `make lab-test-arm64`
+6.12-arm64:arm64; `make lab-test-all` every x86 kernel's whole suite.
 
 With several kernels, their suites run at the same time, one guest each
 (single-threaded TCG: a host CPU per guest), at most --jobs guests at once
@@ -47,7 +50,8 @@ STALL_MARGIN_S = float(os.environ.get("LAB_SUITE_STALL_MARGIN_S", "300"))
 # one guest's whole suite, at most (a 6.1 suite took 40 min on a slow day, 17 on a fast one)
 SUITE_TIMEOUT_S = 4200
 #: which tests each scope runs (pytest -m)
-SCOPES = {"all": "lab", "kernel": "lab and not one_kernel", "context": "lab and lock_context"}
+SCOPES = {"all": "lab", "kernel": "lab and not one_kernel", "context": "lab and lock_context",
+          "arm64": "lab and arm64"}
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -146,11 +150,15 @@ def main() -> int:
     build.mkdir(exist_ok=True)
     prog = build / f"lab-progress-{a.kernel}.txt"
     prog.unlink(missing_ok=True)
-    py = str(REPO / ".venv" / "bin" / "python")
+    py = [str(REPO / ".venv" / "bin" / "python")]
+    from mmnlab.vm import resolve_kernel
+    kern = resolve_kernel(a.kernel)
+    if kern.foreign:        # the guest's own Python (build/arm64/root), this checkout on its path
+        py = [f"PYTHONPATH={REPO}:{REPO / 'lab'}", kern.python]
     mmntrace = os.environ.get("LAB_SUITE_MMNTRACE", str(REPO / ".venv" / "bin" / "mmntrace"))
     done: dict[str, str] = {}          # what the dead guest finished (nothing before the first run)
     for attempt in (1, 2):
-        argv = ["env", f"MMNTRACE_LAB_PROGRESS={prog}", py, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        argv = ["env", f"MMNTRACE_LAB_PROGRESS={prog}", *py, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                 "--timeout", a.timeout, "--durations", "12", "-m", SCOPES[scope], "tests",
                 *[f"--deselect={n}" for n in done]]
         # the whole suite in one guest: 17-40 min (the host's speed varies that much); each test

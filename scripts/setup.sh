@@ -24,16 +24,8 @@ fi
 BPO=/etc/apt/sources.list.d/mmntrace-backports.sources
 add_backports() {
     [ -f "$BPO" ] && return 0
-    local uri=""
-    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-        uri=$(awk '/^URIs:/{u=$2} /^Suites:/{for(i=2;i<=NF;i++) if($i=="bookworm"){print u; exit}}' \
-              /etc/apt/sources.list.d/debian.sources)
-    fi
-    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
-        uri=$(awk '$1=="deb" && $0 ~ / bookworm / {for(i=2;i<=NF;i++) if($i ~ /^[a-z]+:\/\//){print $i; exit}}' \
-              /etc/apt/sources.list)
-    fi
-    [ -n "$uri" ] || { log "cannot find the machine's Debian bookworm apt source to derive bookworm-backports from"; exit 1; }
+    local uri
+    uri=$(scripts/debian_uri.sh) || exit 1
     log "adding bookworm-backports from $uri"
     $SUDO tee "$BPO" >/dev/null <<SRC
 Types: deb

@@ -17,7 +17,10 @@ from mmntrace.cli import _friendly
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--kernel", "-k", required=True, metavar="VERSION|IMAGE",
               help="An installed kernel: a version prefix (6.1, 6.12: the generic flavour), with a "
-                   "flavour (6.12-rt: PREEMPT_RT), a full release, or a path to a kernel image.")
+                   "flavour (6.12-rt: PREEMPT_RT) or an architecture (6.12-arm64: the arm64 lab, "
+                   "`make arm64-root`), a full release, or a path to a kernel image.")
+@click.option("--arch", metavar="ARCH", default=None,
+              help="Another architecture's kernel: arm64 (the same as --kernel 6.12-arm64).")
 @click.option("--share", multiple=True, type=click.Path(file_okay=False), metavar="HOST_DIR",
               help="Directory the guest may write, at the same path (repeatable).")
 @click.option("--cpus", default=2, show_default=True, help="Guest CPUs.")
@@ -34,12 +37,14 @@ from mmntrace.cli import _friendly
                    "named, when CMD fails or a guest dies or times out.")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @_friendly
-def lab(kernel, share, cpus, memory, no_numa, timeout, boot_timeout, boot_attempts, verbose, keep_run_dir, cmd):
+def lab(kernel, arch, share, cpus, memory, no_numa, timeout, boot_timeout, boot_attempts, verbose, keep_run_dir, cmd):
     """Boot a real kernel under QEMU and run CMD in it as root.
 
     The guest sees this machine's root file system read-only (so the project,
     its .venv and its build outputs are all there) and every --share directory
-    writable. Before CMD runs, tracefs and debugfs are mounted, kvm_amd or
+    writable. An arm64 guest (QEMU emulating it) boots build/arm64/root
+    instead, with this checkout mounted at its own path and run by that
+    root's Python. Before CMD runs, tracefs and debugfs are mounted, kvm_amd or
     kvm_intel is loaded when the virtual CPU offers it, and the project's test
     module (tests/kmod), built against that kernel's own headers, is loaded.
 
@@ -59,11 +64,12 @@ def lab(kernel, share, cpus, memory, no_numa, timeout, boot_timeout, boot_attemp
     Examples:
       mmntrace lab --kernel 6.12 -- uname -r
       mmntrace lab --kernel 6.12-rt -- uname -r     # PREEMPT_RT
+      mmntrace lab --arch arm64 --kernel 6.12 -- uname -m   # its own root: make arm64-root
       mmntrace lab --kernel 6.1 --share /tmp/out -- sudo mmntrace record -d 5 -o /tmp/out/rec
       mmntrace lab --kernel ~/linux/arch/x86/boot/bzImage -- mmntrace doctor
     """
     from . import vm as labmod
-    k = labmod.resolve_kernel(kernel)
+    k = labmod.resolve_kernel(kernel, arch)
     res = labmod.run(k, list(cmd), shares=share, cpus=cpus, memory=memory, numa=not no_numa,
                      timeout=timeout, verbose=verbose, boot_timeout=boot_timeout,
                      boot_attempts=boot_attempts, keep_run_dir=keep_run_dir)

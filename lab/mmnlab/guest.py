@@ -47,8 +47,8 @@ def prepare(kmod_dir: str) -> dict:
         if line.startswith("flags"):
             flags.update(line.split(":", 1)[1].split())
     kvm_mod = "kvm_amd" if "svm" in flags else "kvm_intel" if "vmx" in flags else None
-    info["kvm"] = False
-    if kvm_mod:
+    info["kvm"] = os.path.exists("/dev/kvm")     # built in (arm64: with virtualization=on)
+    if kvm_mod and not info["kvm"]:
         r = subprocess.run(["modprobe", kvm_mod], capture_output=True, text=True)
         info["kvm"] = r.returncode == 0 and os.path.exists("/dev/kvm")
         if not info["kvm"]:

@@ -38,17 +38,44 @@ KMOD_DIR = REPO / "tests" / "kmod"
 DMESG_EXIT = 3
 
 
+#: the arm64 lab (scripts/arm64_root.sh, `make arm64-root`): a Debian arm64 root
+#: file system with its kernel, and that kernel's headers set up for a cross build
+ARM64_DIR = REPO / "build" / "arm64"
+
+
+def host_arch() -> str:
+    """The Debian name of this machine's architecture (amd64, arm64)."""
+    m = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+
+
 @dataclasses.dataclass(frozen=True)
 class Kernel:
     image: Path
     release: str | None  # None when the image name does not tell it
+    arch: str = dataclasses.field(default_factory=host_arch)
+    #: the guest's root file system; None: the host's own (read-only)
+    root: Path | None = None
+
+    @property
+    def foreign(self) -> bool:
+        """Booted under an emulator of another architecture, on its own root file system."""
+        return self.arch != host_arch()
 
     @property
     def headers(self) -> Path | None:
         if self.release is None:
             return None
+        if self.foreign:
+            p = ARM64_DIR / "headers"          # build/arm64/headers (scripts/arm64_root.sh)
+            return p if (p / "Makefile").exists() else None
         p = Path("/lib/modules") / self.release / "build"
         return p if p.is_dir() else None
+
+    @property
+    def python(self) -> str:
+        """The Python the guest runs the lab's side with."""
+        return "/usr/bin/python3" if self.foreign else sys.executable
 
 
 @dataclasses.dataclass
@@ -66,10 +93,16 @@ def _release_key(rel: str):
 
 
 def installed_kernels() -> list[Kernel]:
+    """The host's kernels in /boot, and the arm64 lab's kernel where it is built."""
     out = []
     for img in sorted(glob.glob("/boot/vmlinuz-*")):
         out.append(Kernel(Path(img), Path(img).name[len("vmlinuz-"):]))
+    root = ARM64_DIR / "root"
+    if (ARM64_DIR / "root.stamp").exists() and host_arch() != "arm64":
+        for img in sorted(glob.glob(str(root / "boot" / "vmlinuz-*"))):
+            out.append(Kernel(Path(img), Path(img).name[len("vmlinuz-"):], arch="arm64", root=root))
     return out
+
 
 
 _ARCHES = {"amd64", "arm64", "i386", "armmp", "armhf", "ppc64el", "s390x", "riscv64"}
@@ -86,29 +119,43 @@ def flavour(release: str) -> str:
     return "-".join(w for w in words if w.isalpha())
 
 
-def resolve_kernel(spec: str) -> Kernel:
+def resolve_kernel(spec: str, arch: str | None = None) -> Kernel:
     """``spec`` is an installed kernel's release, a version prefix with an
-    optional flavour (``6.1``, ``6.12``, ``6.12-rt``: the newest such kernel;
-    ``6.12`` never picks a flavoured one such as PREEMPT_RT), or an image path."""
+    optional flavour or architecture (``6.1``, ``6.12``, ``6.12-rt``,
+    ``6.12-arm64``: the newest such kernel; ``6.12`` never picks a flavoured
+    one such as PREEMPT_RT, nor one of another architecture), or an image path.
+    ``arch`` (``--arch arm64``) is the same as ``-arm64`` after the version."""
+    if arch is not None:
+        if arch not in _ARCHES:
+            raise UsageError(f"--arch {arch}: not a Debian architecture name (amd64, arm64, ...)")
+        if arch != host_arch():
+            spec = f"{spec}-{arch}"
     p = Path(spec)
     if "/" in spec or p.exists():
         if not p.is_file():
             raise UsageError(f"kernel image {spec} does not exist")
         rel = p.name[len("vmlinuz-"):] if p.name.startswith("vmlinuz-") else None
         return Kernel(p.resolve(), rel)
-    m = re.fullmatch(r"(\d+(?:\.\d+)*)(?:-([a-z]+))?", spec)
+    m = re.fullmatch(r"(\d+(?:\.\d+)*)(?:-([a-z][a-z0-9]*))?", spec)
     series, flav = (m.group(1), m.group(2) or "") if m else (spec, None)
+
+    arch = host_arch()
+    if flav in _ARCHES:
+        arch, flav = flav, ""
 
     def fits(k: Kernel) -> bool:
         if k.release == spec:
             return True
         if not (k.release.startswith(series + ".") or k.release.startswith(series + "-")):
             return False
+        if k.arch != arch:
+            return False
         return flav is None or flavour(k.release) == flav
     matches = [k for k in installed_kernels() if fits(k)]
     if not matches:
         have = ", ".join(k.release for k in installed_kernels()) or "none"
-        raise UsageError(f"no installed kernel matches '{spec}' (installed: {have}); run `make setup`")
+        hint = "run `make arm64-root`" if arch == "arm64" else "run `make setup`"
+        raise UsageError(f"no installed kernel matches '{spec}' (installed: {have}); {hint}")
     return max(matches, key=lambda k: _release_key(k.release))
 
 
@@ -117,8 +164,10 @@ def build_test_module(kernel: Kernel, quiet: bool = True) -> Path | None:
     if kernel.headers is None or not (KMOD_DIR / "mmnt_test.c").exists():
         return None
     ko = KMOD_DIR / "build" / kernel.release / "mmnt_test.ko"
-    r = subprocess.run(["make", "-s", "-C", str(KMOD_DIR), f"KVER={kernel.release}"],
-                       capture_output=quiet, text=True)
+    cmd = ["make", "-s", "-C", str(KMOD_DIR), f"KVER={kernel.release}"]
+    if kernel.foreign:      # cross-built (gcc-aarch64-linux-gnu) against build/arm64/headers
+        cmd += [f"KDIR={kernel.headers}", "ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"]
+    r = subprocess.run(cmd, capture_output=quiet, text=True)
     if r.returncode != 0:
         raise LabError(f"building the test module for {kernel.release} failed:\n{(r.stdout or '')[-2000:]}{(r.stderr or '')[-2000:]}")
     return ko if ko.exists() else None
@@ -195,8 +244,10 @@ class Attempt:
 
 def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, memory: str,
              numa: bool) -> list[str]:
-    guest_cmd = " ".join(shlex.quote(x) for x in
-                         [sys.executable, "-m", "mmnlab.guest", str(run_dir)])
+    guest = [kernel.python, "-m", "mmnlab.guest", str(run_dir)]
+    if kernel.foreign:      # its own Python: the lab and mmntrace from this checkout
+        guest = ["env", f"PYTHONPATH={REPO / 'lab'}:{REPO}"] + guest
+    guest_cmd = " ".join(shlex.quote(x) for x in guest)
     console = os.environ.get("MMNTRACE_LAB_CONSOLE") == "1"
     kopts = ["log_buf_len=8M",     # injected sleeps in atomic context log many BUG lines: keep them all
              # A guest whose kernel wedges (a CPU stuck in the kernel, or a task
@@ -204,7 +255,8 @@ def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, 
              # instead of sitting silent until --timeout: `mmntrace lab` then
              # reports a died guest and lab_suite.py can resume in a fresh one.
              "softlockup_panic=1", "hung_task_panic=1", "sysctl.kernel.hung_task_timeout_secs=240"]
-    kopts += clock_options()
+    if kernel.arch == "amd64":
+        kopts += clock_options()
     qopts = []
     if not console:
         # The kernel console also goes to a virtio console (hvc0), into
@@ -216,13 +268,26 @@ def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, 
         qopts.append(f"-chardev file,id=mmntcon,path={run_dir / f'attempt-{attempt}.console'} "
                      f"-device virtconsole,chardev=mmntcon")
         kopts += ["console=hvc0", "loglevel=1"]
+    def rw(d) -> str:
+        """A writable directory at its own path in the guest (its own root: GUEST=HOST)."""
+        return f"{d}={d}" if kernel.foreign else str(d)
+    cwd = kernel.root / str(REPO).lstrip("/") if kernel.foreign else REPO
     cmd = [_vng(), "-r", str(kernel.image), "--cpus", str(cpus), "--memory", memory,
-           "--rwdir", str(run_dir), "--cwd", str(REPO), "--append", " ".join(kopts)]
+           "--rwdir", rw(run_dir), "--cwd", str(cwd), "--append", " ".join(kopts)]
+    if kernel.foreign:
+        # QEMU's `virt` machine under TCG, on the arm64 root file system; the
+        # checkout and the shares are mounted at their own paths there too.
+        # virtualization=on and GICv3: KVM runs inside the guest (/dev/kvm, a
+        # real secondary MMU); -cpu max has hardware dirty-bit management.
+        for d in [REPO, run_dir, *shares]:
+            (kernel.root / str(d).lstrip("/")).mkdir(parents=True, exist_ok=True)
+        cmd += ["--arch", kernel.arch, "--root", str(kernel.root), "--rwdir", rw(REPO)]
+        qopts.append("-machine virt,virtualization=on,gic-version=3 -cpu max")
     if console:
         cmd.append("--verbose")     # the guest kernel's whole console on our stderr (debugging)
-    if not _kvm_usable():
+    if not _kvm_usable() or kernel.foreign:
         cmd.append("--disable-kvm")
-    if not _kvm_usable():
+    if not _kvm_usable() or kernel.foreign:
         # One host thread runs every vCPU in turn: QEMU's multi-threaded TCG
         # lets one vCPU run kernel text that another is patching (text_poke_bp,
         # static calls), and guests died of it (docs/reliability.md). Measured
@@ -236,7 +301,7 @@ def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, 
         # one socket per node, or the guest warns that the topology is insane
         qopts.append(f"-smp {cpus},sockets=2,cores={cpus // 2},threads=1")
     for s in shares:
-        cmd += ["--rwdir", s]
+        cmd += ["--rwdir", rw(s)]
     for q in qopts:
         cmd.append(f"--qemu-opts={q}")     # "=": a value that starts with "-c" is not vng's -c
     cmd += ["--exec", guest_cmd]
@@ -315,7 +380,7 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
         "cwd": cwd or os.getcwd(),
         "env": env or {},
         "kmod_dir": str(KMOD_DIR / "build"),
-        "python": sys.executable,
+        "python": kernel.python,
         # fault injection for the lab's own tests: what attempt N does before
         # the command ("panic", "hang"), from MMNTRACE_LAB_FAULTS=panic,hang,...
         "faults": [f for f in os.environ.get("MMNTRACE_LAB_FAULTS", "").split(",") if f],

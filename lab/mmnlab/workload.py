@@ -51,7 +51,7 @@ libc.syscall.restype = ctypes.c_long
 PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
 MADV_DONTNEED, MADV_MERGEABLE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT = 4, 12, 14, 15, 21
-SYS_move_pages = 279  # x86_64
+SYS_move_pages = {"x86_64": 279, "aarch64": 239}.get(os.uname().machine, 279)
 MPOL_MF_MOVE = 1 << 1
 
 
@@ -222,6 +222,33 @@ def s_cow(w):
     os.waitpid(pid, 0)
     libc.munmap(a, n)
     return {"region": [a, a + n], "expect": "secondary_tlb", "pages": n // PAGE}
+
+
+@scenario
+def s_upgrade(w):
+    """The seed's case: a write fault that only upgrades a PTE's permissions.
+    Pages written, a fork (their PTEs become read-only in the parent), the
+    child exits (the pages are the parent's alone again), then the parent
+    writes each page once more: wp_page_reuse makes the PTE writable in place,
+    no page is copied and no range is invalidated. Where the architecture
+    flushes the TLB for that (arm64: ptep_set_access_flags -> flush_tlb_page ->
+    __flush_tlb_page_nosync), the secondary-TLB hook runs once per page; x86
+    never flushes for an upgrade, so it runs none."""
+    n = 16 * PAGE
+    a = mmap_anon(n)
+    touch(a, n)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    before = w.take_records()      # the fork's write-protection (range start/end)
+    t0 = time.monotonic_ns()
+    touch(a, n, 4)
+    t1 = time.monotonic_ns()
+    upgrade = w.take_records()
+    libc.munmap(a, n)
+    return {"region": [a, a + n], "expect": "secondary_tlb", "pages": n // PAGE,
+            "records_before": before, "records_upgrade": upgrade, "upgrade_ns": [t0, t1]}
 
 
 def _thp_enabled() -> str:

@@ -112,8 +112,16 @@ static __always_inline u8 rt_context(int irqs_off)
 }
 #endif
 
-/* IRQ state at entry: 1 disabled, 0 enabled, -1 unknown (fentry: no saved flags). */
+/* IRQ state at entry: 1 disabled, 0 enabled, -1 unknown (fentry: no saved flags).
+ * The interrupted context's flags a kprobe saved: x86 EFLAGS.IF; arm64 PSTATE's
+ * I bit (DAIF; Debian's arm64 kernels leave GIC priority masking off). */
+#ifdef MMNT_ARCH_ARM64
+#define KP_IRQS_OFF(ctx) (!!((ctx)->pstate & 0x80))		/* PSR_I_BIT */
+#define KP_LR(ctx) (((struct pt_regs *)(ctx))->regs[30])	/* get_stack_id */
+#else
 #define KP_IRQS_OFF(ctx) (!((ctx)->flags & X86_EFLAGS_IF))
+#define KP_LR(ctx) 0ULL
+#endif
 #define IRQS_UNKNOWN (-1)
 
 /* preempt_count (calibrated), IRQ state and (PREEMPT_RT) the sleeping-lock

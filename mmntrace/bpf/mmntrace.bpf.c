@@ -150,7 +150,11 @@ BPF_HASH(stack_ids, struct stack_key, u32, MMNT_MAX_STACKS);
 BPF_HASH(stack_by_id, u32, struct stack_key, MMNT_MAX_STACKS);
 BPF_PERCPU_ARRAY(stack_next, u32, 1);	/* ids: cpu << 20 | per-CPU count */
 
-static __always_inline s32 get_stack_id(void *ctx)
+/* lr: the link register at a kprobe on a function's entry (arm64; 0 elsewhere):
+ * the function has not saved it yet, so the unwinder, which starts from the
+ * caller's frame, misses the direct caller (ptep_set_access_flags for the seed's
+ * permission upgrade); it goes in after the function itself. */
+static __always_inline s32 get_stack_id(void *ctx, u64 lr)
 {
 	u32 z = 0, nid;
 	struct stack_key *k = stack_scratch.lookup(&z);
@@ -161,6 +165,12 @@ static __always_inline s32 get_stack_id(void *ctx)
 	/* bpf_get_stack zero-fills the rest of the buffer */
 	if (bpf_get_stack(ctx, k->ip, sizeof(k->ip), 0) < 0)
 		return -2;
+	if (lr && k->ip[1] != lr) {
+#pragma unroll
+		for (int i = MMNT_MAX_STACK - 1; i > 1; i--)
+			k->ip[i] = k->ip[i - 1];
+		k->ip[1] = lr;
+	}
 	id = stack_ids.lookup(k);
 	if (id)
 		return *id;
@@ -346,7 +356,7 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 #ifdef MMNT_AGGREGATE
 	s->stack_id = -1;	/* no hook record is sent: skip the unwind (the costliest step) */
 #else
-	s->stack_id = get_stack_id(ctx);
+	s->stack_id = get_stack_id(ctx, irqs_off >= 0 ? KP_LR(ctx) : 0);
 #endif
 	s->seq = need_seq(s->flags) ? next_seq() : 0;
 	u32 z = 0;

@@ -54,7 +54,7 @@ static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr)
 	r.kind = kind;
 	r.addr = addr;
 	r.ts_ns = bpf_ktime_get_ns();
-	r.stack_id = get_stack_id(ctx);
+	r.stack_id = get_stack_id(ctx, 0);
 	emit(ctx, &r);
 	return 0;
 }

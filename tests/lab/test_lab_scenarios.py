@@ -154,6 +154,29 @@ def test_cow_secondary_tlb_atomic_and_not(wl):
     assert (~held).any(), "no secondary-TLB call outside a lock"
 
 
+@pytest.mark.arm64
+def test_permission_upgrade_reaches_secondary_tlb_where_the_arch_flushes(wl):
+    """The seed's case (../shared/KERNEL-NOTES.md, "arm64: where the seed's case
+    happens"): a write fault that upgrades a read-only PTE to writable in place
+    (wp_page_reuse, after a fork whose child has exited). arm64 flushes the TLB
+    for it, and the flush calls the secondary-TLB hook: exactly one call per
+    page, and no range start/end. x86 never flushes for an upgrade: none."""
+    f = wl.run("upgrade")
+    lo, hi = f["region"]
+    r = f["records_upgrade"]
+    r = r[(r["start"] < hi) & (r["end"] > lo)]
+    tlb = r[r["hook"] == H["secondary_tlb"]]
+    ranges = r[np.isin(r["hook"], [H["start"], H["end"]])]
+    assert len(ranges) == 0, ranges
+    if os.uname().machine == "aarch64":
+        assert len(tlb) == f["pages"], (len(tlb), f["pages"])
+        # one page each, every page of the region once
+        assert sorted(tlb["start"].tolist()) == [lo + i * W.PAGE for i in range(f["pages"])]
+        assert ((tlb["end"] - tlb["start"]) == W.PAGE).all()
+    else:
+        assert len(tlb) == 0, tlb
+
+
 def test_thp_split(wl, ev):
     f = wl.run("thp_split")
     assert f["anon_huge_kb"] == 2048, "no huge page was mapped"

@@ -234,6 +234,59 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     assert set(sec["caller_class"]) <= {"ptl_clear", "tlb_flush", "permission_upgrade", "range_end"}
 
 
+@pytest.mark.arm64
+def test_permission_upgrade_recorded_as_such(tmp_path):
+    """The seed's case as a user sees it: a subscriber (the module; KVM where
+    the guest has it), the recorder up (--ready-file), then write faults that
+    only upgrade PTEs (the `upgrade` scenario). Where the architecture flushes
+    for them (arm64), the recording holds exactly one secondary-TLB hook call
+    per page in the written range, each calling the module once, classed
+    `permission_upgrade` (the stack names the upgrade path), with no range
+    start/end; on x86, none. The lock context is `unknown` where the kernel
+    keeps no preempt count the tracer can read (Debian arm64: no
+    CONFIG_PREEMPT_COUNT), and said so in the report."""
+    wp = WorkloadProcess(["upgrade"], tmp_path / "wl", kvm=os.path.exists("/dev/kvm"))
+    try:
+        rec = Recorder(tmp_path / "rec")
+    except BaseException:
+        wp.finish()
+        raise
+    wp.go()
+    res = wp.collect()
+    wp.finish()
+    assert rec.stop() == 0, rec.log.read_text()
+    _no_library_noise(rec.log.read_text())
+    r = Recording(tmp_path / "rec")
+    ev = r.events()
+    sc = res["scenarios"][0]
+    lo, hi = sc["region"]
+    t0, t1 = sc["upgrade_ns"]
+    up = np.load(sc["records_upgrade"])
+    mod_tlb = up[(up["hook"] == testmod.HOOKS["secondary_tlb"]) & (up["start"] < hi) & (up["end"] > lo)]
+    pid = res["pid"]
+    win = ev[(ev["tid"] == pid) & (ev["ts_ns"] >= t0) & (ev["ts_ns"] <= t1)
+             & (ev["start"] < hi) & (ev["end"] > lo)]
+    hooks = win[win["kind"] == "hook"]
+    sec = hooks[hooks["hook"].astype(str) == "secondary_tlb"]
+    arm64 = os.uname().machine == "aarch64"
+    assert len(mod_tlb) == (sc["pages"] if arm64 else 0), len(mod_tlb)
+    assert len(sec) == len(mod_tlb), (len(sec), len(mod_tlb))
+    assert len(_cb(win, MODULE_CB["secondary_tlb"])) == len(mod_tlb)
+    assert not hooks["hook"].astype(str).isin(["invalidate_range_start", "invalidate_range_end"]).any()
+    if arm64:
+        assert sorted(sec["start"].tolist()) == sorted(mod_tlb["start"].tolist())
+        assert (sec["caller_class"] == "permission_upgrade").all(), sec[["caller", "caller_class"]]
+        rep = report.build(r)
+        classes = {c["caller_class"]: c["count"] for c in (rep["secondary_tlb"] or {}).get("classes", [])}
+        assert classes.get("permission_upgrade", 0) >= len(sec)
+    feats = kernel.probe()
+    if feats.preempt_count_sym is None and not feats.preempt_rt:
+        # no per-CPU preempt count to read: the lock state is unknown, and the report says so
+        assert r.meta["context_source"] == "unknown"
+        assert report.build(r)["context"]["source"] == "unknown"
+        assert not win["atomic"].any()
+
+
 @pytest.mark.one_kernel
 def test_module_and_callback_choose_the_callbacks_probed(tmp_path):
     """record --module mmnt_test --callback kvm_mmu_notifier_invalidate_range_start:

@@ -41,6 +41,43 @@ def test_resolve_flavours_pick_their_own_kernel(monkeypatch):
     assert [lab.flavour(k.release) for k in ks] == ["rt", "", "rt", ""]
 
 
+def test_resolve_arm64_kernel_only_when_asked(monkeypatch, tmp_path):
+    """The arm64 lab's kernel (build/arm64/root) is picked by 6.12-arm64 only:
+    6.12 stays this machine's own architecture, even though it sorts after."""
+    root = tmp_path / "root"
+    ks = [lab.Kernel(Path("/boot/vmlinuz-6.12.95+deb12-amd64"), "6.12.95+deb12-amd64", arch="amd64"),
+          lab.Kernel(root / "boot/vmlinuz-6.12.99+deb12-arm64", "6.12.99+deb12-arm64", arch="arm64", root=root)]
+    monkeypatch.setattr(lab, "installed_kernels", lambda: ks)
+    monkeypatch.setattr(lab, "host_arch", lambda: "amd64")
+    assert lab.resolve_kernel("6.12").release == "6.12.95+deb12-amd64"
+    k = lab.resolve_kernel("6.12-arm64")
+    assert k.release == "6.12.99+deb12-arm64" and k.foreign and k.python == "/usr/bin/python3"
+    assert not ks[0].foreign
+    assert lab.resolve_kernel("6.12", arch="arm64").release == "6.12.99+deb12-arm64"
+    assert lab.resolve_kernel("6.12", arch="amd64").release == "6.12.95+deb12-amd64"
+    with pytest.raises(UsageError, match="--arch sparc"):
+        lab.resolve_kernel("6.12", arch="sparc")
+    monkeypatch.setattr(lab, "installed_kernels", lambda: ks[:1])
+    with pytest.raises(UsageError, match="make arm64-root"):
+        lab.resolve_kernel("6.12-arm64")
+
+
+def test_vng_command_for_the_arm64_lab(tmp_path, monkeypatch):
+    """An arm64 guest: QEMU's virt machine with its own root and Python, the
+    checkout mounted where it is here, no x86 clock options."""
+    root = tmp_path / "root"
+    k = lab.Kernel(root / "boot/vmlinuz-6.12.99+deb12-arm64", "6.12.99+deb12-arm64", arch="arm64", root=root)
+    monkeypatch.setattr(lab, "host_arch", lambda: "amd64")
+    cmd = lab._vng_cmd(k, tmp_path / "run", 1, shares=[str(tmp_path / "share")], cpus=2, memory="3G", numa=True)
+    i = cmd.index("--arch")
+    assert cmd[i + 1] == "arm64" and cmd[cmd.index("--root") + 1] == str(root)
+    assert "tsc=reliable" not in " ".join(cmd)
+    assert any("virtualization=on" in c for c in cmd)
+    guest = cmd[cmd.index("--exec") + 1]
+    assert "/usr/bin/python3 -m mmnlab.guest" in guest and "PYTHONPATH=" in guest
+    assert (root / str(lab.REPO).lstrip("/")).is_dir() and (root / str(tmp_path / "share").lstrip("/")).is_dir()
+
+
 def test_resolve_image_path(tmp_path):
     img = tmp_path / "vmlinuz-6.99.0-test"
     img.write_bytes(b"x")
