@@ -163,13 +163,13 @@ static __always_inline s32 get_stack_id(void *ctx, u64 lr)
 	if (!k)
 		return -1;
 	/* bpf_get_stack zero-fills the rest of the buffer */
-	if (bpf_get_stack(ctx, k->ip, sizeof(k->ip), 0) < 0)
-		return -2;
-	if (lr && k->ip[1] != lr) {
-#pragma unroll
-		for (int i = MMNT_MAX_STACK - 1; i > 1; i--)
-			k->ip[i] = k->ip[i - 1];
+	if (lr) {		/* the stack one slot on, then [the function, lr, ...] */
+		if (bpf_get_stack(ctx, &k->ip[1], sizeof(k->ip) - sizeof(k->ip[0]), 0) < 0)
+			return -2;
+		k->ip[0] = k->ip[1];
 		k->ip[1] = lr;
+	} else if (bpf_get_stack(ctx, k->ip, sizeof(k->ip), 0) < 0) {
+		return -2;
 	}
 	id = stack_ids.lookup(k);
 	if (id)
