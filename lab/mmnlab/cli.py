@@ -27,8 +27,9 @@ from mmntrace.cli import _friendly
 @click.option("--memory", default="2G", show_default=True, help="Guest memory (split over 2 NUMA nodes).")
 @click.option("--no-numa", is_flag=True, help="One NUMA node instead of two.")
 @click.option("--timeout", default=1200, show_default=True, help="Seconds before the VM is killed (a failure).")
-@click.option("--boot-timeout", default=150, show_default=True, metavar="SECONDS",
-              help="A guest that has not started CMD by then is killed and booted again (a boot takes 15-25 s).")
+@click.option("--boot-timeout", default=None, type=float, metavar="SECONDS",
+              help="A guest that has not started CMD by then is killed and booted again (a boot takes 15-25 s; "
+                   "default 150, 450 for another architecture's, about 95 s).")
 @click.option("--boot-attempts", default=3, show_default=True, type=click.IntRange(1, 20),
               help="Boots tried when the guest dies or hangs before CMD starts.")
 @click.option("--verbose", "-v", is_flag=True, help="Print the QEMU/virtme-ng command line.")
