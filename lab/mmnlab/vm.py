@@ -104,7 +104,6 @@ def installed_kernels() -> list[Kernel]:
     return out
 
 
-
 _ARCHES = {"amd64", "arm64", "i386", "armmp", "armhf", "ppc64el", "s390x", "riscv64"}
 
 
@@ -139,22 +138,22 @@ def resolve_kernel(spec: str, arch: str | None = None) -> Kernel:
     m = re.fullmatch(r"(\d+(?:\.\d+)*)(?:-([a-z][a-z0-9]*))?", spec)
     series, flav = (m.group(1), m.group(2) or "") if m else (spec, None)
 
-    arch = host_arch()
+    want_arch = host_arch()
     if flav in _ARCHES:
-        arch, flav = flav, ""
+        want_arch, flav = flav, ""
 
     def fits(k: Kernel) -> bool:
         if k.release == spec:
             return True
         if not (k.release.startswith(series + ".") or k.release.startswith(series + "-")):
             return False
-        if k.arch != arch:
+        if k.arch != want_arch:
             return False
         return flav is None or flavour(k.release) == flav
     matches = [k for k in installed_kernels() if fits(k)]
     if not matches:
         have = ", ".join(k.release for k in installed_kernels()) or "none"
-        hint = "run `make arm64-root`" if arch == "arm64" else "run `make setup`"
+        hint = "run `make arm64-root`" if want_arch == "arm64" else "run `make setup`"
         raise UsageError(f"no installed kernel matches '{spec}' (installed: {have}); {hint}")
     return max(matches, key=lambda k: _release_key(k.release))
 
