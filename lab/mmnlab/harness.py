@@ -281,6 +281,28 @@ class Recorder:
         return self.proc.returncode
 
 
+def record_workload(scenarios, wl_dir: Path, rec_dir: Path, *rec_args, kvm: bool = False,
+                    extra=()) -> tuple[Recorder, dict]:
+    """A workload recorded as a user records one: the process with subscribers
+    exists first, the recorder starts and its --ready-file says their callbacks
+    are probed (nothing waits on its internals), then the work runs. The
+    recorder is stopped however the work ends (its exit status:
+    ``rec.proc.returncode``); returns it and the workload's results."""
+    wp = WorkloadProcess(list(scenarios), wl_dir, kvm=kvm, extra=list(extra))
+    try:
+        rec = Recorder(rec_dir, *rec_args)
+    except BaseException:
+        wp.finish()
+        raise
+    try:
+        wp.go()
+        res = wp.collect()
+        wp.finish()
+    finally:
+        rec.stop()
+    return rec, res
+
+
 def expect_dmesg(pattern: str) -> None:
     """Declare a kernel-log line this test provokes on purpose (see mmnlab.guest)."""
     d = os.environ.get("MMNTRACE_LAB_DIR")
@@ -311,23 +333,11 @@ def demo(out: Path, scenarios=("munmap", "dontneed", "mprotect", "soft_dirty", "
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kvm = Path("/dev/kvm").exists()
-    # as a user would: the processes with subscribers exist first, and the
-    # recorder's --ready-file says their callbacks are probed
-    wp = WorkloadProcess(list(scenarios), out / "workload", kvm=kvm,
-                         extra=["--repeat", str(repeat), "--behave", DEMO_BEHAVE])
-    print("demo: subscribers registered (test module" + (", KVM" if kvm else "") +
-          "); starting the recorder with --might-sleep...", file=sys.stderr, flush=True)
-    try:
-        rec = Recorder(out / "rec", "--might-sleep")
-    except BaseException:
-        wp.finish()
-        raise
-    try:
-        wp.go()
-        res = wp.collect()
-        wp.finish()
-    finally:
-        rc = rec.stop()
+    print("demo: registering the subscribers (test module" + (", KVM" if kvm else "") +
+          "), then the recorder with --might-sleep...", file=sys.stderr, flush=True)
+    rec, res = record_workload(scenarios, out / "workload", out / "rec", "--might-sleep", kvm=kvm,
+                               extra=["--repeat", str(repeat), "--behave", DEMO_BEHAVE])
+    rc = rec.proc.returncode
     if rc != 0:
         raise RuntimeError(f"recorder failed ({rc}): {rec.log.read_text()[-2000:]}")
     calls = res["counts"]["calls"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from groundtruth import Recorder, WorkloadProcess
+from groundtruth import record_workload
 
 pytestmark = pytest.mark.lab
 
@@ -26,17 +26,9 @@ def recording(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nb")
     # the workload's subscribers exist before the recorder, as a user's VM does:
     # --ready-file means they are probed (nothing waits on the recorder's internals)
-    wp = WorkloadProcess(["munmap", "mprotect", "cow"], tmp / "wl", kvm=os.path.exists("/dev/kvm"),
-                         extra=["--behave", "secondary_tlb:mutex"])
-    try:
-        rec = Recorder(tmp / "rec", "--might-sleep")
-    except BaseException:
-        wp.finish()
-        raise
-    wp.go()
-    res = wp.collect()
-    wp.finish()
-    assert rec.stop() == 0, rec.log.read_text()
+    rec, res = record_workload(["munmap", "mprotect", "cow"], tmp / "wl", tmp / "rec", "--might-sleep",
+                               kvm=os.path.exists("/dev/kvm"), extra=["--behave", "secondary_tlb:mutex"])
+    assert rec.proc.returncode == 0, rec.log.read_text()
     share = Path(__file__).resolve().parents[2] / "build"
     if os.access(share, os.W_OK):   # hand it to the host-side tests
         dest = share / "lab-recordings" / os.uname().release

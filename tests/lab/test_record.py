@@ -24,7 +24,7 @@ from mmntrace import hooks as hooks_table
 from mmntrace import kernel, render, report
 from mmnlab import testmod
 from mmntrace.recording import Recording
-from groundtruth import Bpftrace, Recorder, WorkloadProcess, expect_dmesg
+from groundtruth import Bpftrace, Recorder, WorkloadProcess, expect_dmesg, record_workload
 
 pytestmark = pytest.mark.lab
 
@@ -251,16 +251,8 @@ def test_permission_upgrade_recorded_as_such(tmp_path):
     start/end; on x86, none. The lock context is `unknown` where the kernel
     keeps no preempt count the tracer can read (Debian arm64: no
     CONFIG_PREEMPT_COUNT), and said so in the report."""
-    wp = WorkloadProcess(["upgrade"], tmp_path / "wl", kvm=os.path.exists("/dev/kvm"))
-    try:
-        rec = Recorder(tmp_path / "rec")
-    except BaseException:
-        wp.finish()
-        raise
-    wp.go()
-    res = wp.collect()
-    wp.finish()
-    assert rec.stop() == 0, rec.log.read_text()
+    rec, res = record_workload(["upgrade"], tmp_path / "wl", tmp_path / "rec", kvm=os.path.exists("/dev/kvm"))
+    assert rec.proc.returncode == 0, rec.log.read_text()
     _no_library_noise(rec.log.read_text())
     r = Recording(tmp_path / "rec")
     ev = r.events()
