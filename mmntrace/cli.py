@@ -103,7 +103,7 @@ HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the s
               help="Stop after DURATION: 10 (seconds), 10s, 500ms, 5m, 2h (default: until Ctrl-C).")
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False), default="mmntrace-rec", show_default=True,
               help="New directory for the recording (must not exist or be empty).")
-@click.option("-p", "--pid", type=int, help="Only this process (tgid).")
+@click.option("-p", "--pid", type=int, help="Only this process (tgid), not the processes it forks.")
 @click.option("--comm", help="Only tasks with this command name.")
 @click.option("--hooks", help="Comma-separated hooks to trace (default: all): " + ", ".join(HOOK_CHOICES))
 @click.option("--module", "modules", metavar="NAME[,NAME...]",
@@ -161,7 +161,8 @@ def record(command, duration, out, pid, comm, hooks, modules, callbacks, aggrega
 
     With `-- CMD`, starts CMD (as perf record does: held before its exec
     until every probe is attached, so that its first call is seen), traces
-    only it (as -p its pid) and stops when it exits.
+    it and every process it forks (and theirs), as perf does, nothing else,
+    and stops when it exits. -p PID traces that one process only.
 
     Stops on Ctrl-C, SIGTERM or after --duration, always writing complete
     metadata. Then: `mmntrace report DIR`. The recording is private (0700
@@ -275,7 +276,8 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
         buffer_pages = default_buffer_pages(aggregate, transport == "perf" or not f.ringbuf, os.cpu_count() or 1)
     t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
                       ringbuf=None if transport == "auto" else transport == "ringbuf", ringbuf_pages=buffer_pages,
-                      might_sleep=might_sleep, modules=modules, callbacks=callbacks, min_latency_ns=min_latency)
+                      might_sleep=might_sleep, modules=modules, callbacks=callbacks, min_latency_ns=min_latency,
+                      children=held is not None)
     t.timing["features_s"] = features_s     # kallsyms, BTF, headers: what this kernel offers
     if not quiet:
         click.echo("mmntrace: compiling and attaching probes...", err=True)

@@ -439,6 +439,8 @@ _LAYOUT_MEMBERS = {
     "ISUB_TREE": ("mmu_interval_notifier", "interval_tree"),
     "TASK_MM": ("task_struct", "mm"),
     "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+    "TASK_PID": ("task_struct", "pid"),
+    "TASK_TGID": ("task_struct", "tgid"),
     "RB_LEFT": ("rb_node", "rb_left"),
     "RB_RIGHT": ("rb_node", "rb_right"),
     "RB_PARENT": ("rb_node", "__rb_parent_color"),

@@ -109,7 +109,7 @@ class Session:
             "aggregate": self.t.aggregate,
             # record --min-latency: only calls this long are events; hist.parquet has them all
             "min_latency_ns": self.t.min_latency_ns,
-            "filters": {"pid": self.t.pid, "comm": self.t.comm,
+            "filters": {"pid": self.t.pid, "children": self.t.children, "comm": self.t.comm,
                         "modules": sorted(self.t.modules) if self.t.modules else None,
                         "callbacks": sorted(self.t.callbacks) if self.t.callbacks else None},
             "hooks": [name for _h, _s, name in self.f.hooks],

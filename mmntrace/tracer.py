@@ -61,7 +61,8 @@ REC_OPS = _H.defines["MMNT_REC_OPS"]
 REC_REGISTER = _H.defines["MMNT_REC_REGISTER"]
 REC_NAMES = {REC_HOOK: "hook", REC_CALLBACK: "callback", REC_SLEEP: "sleep", REC_OPS: "ops",
              REC_REGISTER: "register"}
-DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series"}
+DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series",
+              _H.defines["MMNT_DROP_FOLLOW"]: "unfollowed_processes"}
 # --aggregate arrays (bpf/mmntrace.bpf.c): series x event index x log2 slot
 NR_SERIES, NR_EVIDX, NR_SLOTS = 128, 16, _H.defines["MMNT_NR_SLOTS"]
 #: runs of the start-up sweep's interval-tree walk (each visits 128 notifiers per mm): an mm
@@ -175,8 +176,10 @@ class Tracer:
                  pid: int | None = None, comm: str | None = None, aggregate: bool = False,
                  ringbuf_pages: int = 256, ringbuf: bool | None = None, layout: str = "auto",
                  might_sleep: bool = False, sampling: bool = False, modules=None, callbacks=None,
-                 min_latency_ns: int | None = None):
-        """``modules``, ``callbacks``: probe only the driver callbacks of these
+                 min_latency_ns: int | None = None, children: bool = False):
+        """``pid``: only this process; with ``children``, also every process it
+        forks while traced, and theirs (threads are the process's own).
+        ``modules``, ``callbacks``: probe only the driver callbacks of these
         modules (``vmlinux``: built-in subscribers) or with these symbol names
         (either selects; None: every callback). The hooks are traced in full.
         ``min_latency_ns`` (streaming only): send only the hook and callback
@@ -218,6 +221,9 @@ class Tracer:
         self._mod_state: dict[str, str | None] = {}   # module -> its load (address, sysfs inode) when probed
         self.hooks = self._hook_ids(hooks)
         self.pid = pid
+        # children: the pid filter takes in the processes it forks from now
+        # on, and theirs (record -- CMD, as perf record follows its workload)
+        self.children = bool(children) and pid is not None
         self.comm = comm
         self.aggregate = aggregate
         if min_latency_ns is not None and (aggregate or min_latency_ns <= 0):
@@ -300,6 +306,8 @@ class Tracer:
             fl += [f"-DMMNT_L_{k}={v}" for k, v in f.layout]
         if self.pid is not None:
             fl.append(f"-DMMNT_FILTER_PID={int(self.pid)}")
+            if self.children:
+                fl.append("-DMMNT_FILTER_TREE")
         if self.comm:
             c = self.comm[:15].replace("\\", "\\\\").replace('"', '\\"')
             fl.append(f'-DMMNT_FILTER_COMM="{c}"')
@@ -412,6 +420,8 @@ class Tracer:
             # registrations first, then the sweep of the subscribers that exist:
             # between the two, none can come and go unseen
             self._attach_module_load()
+            if self.children:
+                self._follow_children()
             self._attach_registration()
             self._sweep()
             self._attach_hooks()
@@ -455,6 +465,19 @@ class Tracer:
             self._attached.append(info | {"status": f"failed: {e}; {on_failure}"})
             return
         self._attached.append(info | {"attach": "tracepoint"})
+
+    def _follow_children(self) -> None:
+        """The traced process in the table the pid filter reads, and the
+        tracepoints that add the processes it forks and drop those freed."""
+        self.bpf[b"filter_tgids"][ctypes.c_uint32(int(self.pid))] = ctypes.c_uint8(1)
+        for name in ("sched_process_fork", "sched_process_free"):
+            try:
+                self.bpf.attach_raw_tracepoint(tp=name.encode(), fn_name=f"raw_tracepoint__{name}".encode())
+            except Exception as e:
+                raise BpfLoadError(f"following the traced command's child processes needs the raw "
+                                   f"tracepoint {name}, which did not attach: {e}") from e
+            self._attached.append(dict(kind="tracepoint", symbol=f"sched:{name}", hook=None, module=None,
+                                       status="attached", attach="raw_tracepoint"))
 
     def _attach_sched_switch(self) -> None:
         """Real sleeps: sched_switch as a raw tracepoint where it carries

@@ -5,6 +5,7 @@
  *
  *   MMNT_RINGBUF (0/1), MMNT_RINGBUF_PAGES    transport
  *   MMNT_FILTER_PID (tgid), MMNT_FILTER_COMM ("name")   filters, optional
+ *   MMNT_FILTER_TREE                          the pid filter follows the processes it forks
  *   MMNT_SELF_TGID                            the tracer (calibration probe)
  *   MMNT_PC_ADDR, MMNT_PCPU_OFF_ADDR          per-cpu preempt_count, __per_cpu_offset (0: unknown)
  *   MMNT_RT, MMNT_TASK_MD_OFF, MMNT_TASK_RCU_OFF  PREEMPT_RT: offsets of task_struct's
@@ -64,6 +65,8 @@
 #define MMNT_L_ISUB_TREE offsetof(struct mmu_interval_notifier, interval_tree)
 #define MMNT_L_TASK_MM offsetof(struct task_struct, mm)
 #define MMNT_L_TASK_GROUP_LEADER offsetof(struct task_struct, group_leader)
+#define MMNT_L_TASK_PID offsetof(struct task_struct, pid)
+#define MMNT_L_TASK_TGID offsetof(struct task_struct, tgid)
 #define MMNT_L_RB_LEFT offsetof(struct rb_node, rb_left)
 #define MMNT_L_RB_RIGHT offsetof(struct rb_node, rb_right)
 #define MMNT_L_RB_PARENT offsetof(struct rb_node, __rb_parent_color)
@@ -222,9 +225,19 @@ static __always_inline int emit(void *ctx, struct mmnt_record *r)
 	return 0;
 }
 
+#ifdef MMNT_FILTER_TREE
+/* `record -- CMD`: the command (user space puts its pid here before it runs)
+ * and every process it, or one of them, forks while traced (sched_process_fork
+ * below), as perf record follows a workload's children */
+BPF_HASH(filter_tgids, u32, u8, 10240);
+#endif
+
 static __always_inline bool pass_filter(u32 tgid)
 {
-#ifdef MMNT_FILTER_PID
+#ifdef MMNT_FILTER_TREE
+	if (!filter_tgids.lookup(&tgid))
+		return false;
+#elif defined(MMNT_FILTER_PID)
 	if (tgid != MMNT_FILTER_PID)
 		return false;
 #endif
@@ -674,10 +687,10 @@ int msf_entry(u64 *ctx)
 	u64 ip = bpf_get_func_ip(ctx), a1 = 0, a2 = 0;
 	struct cbinfo *si = sleeper_info.lookup(&ip);
 	if (!si)
-		return sleep_hit(ctx, MMNT_SLEEP_MIGHT, ip);
+		return sleep_hit(ctx, MMNT_SLEEP_MIGHT, ip, 0);
 	mmnt_func_arg(ctx, 0, &a1);
 	mmnt_func_arg(ctx, 1, &a2);
-	return might_sleep_hit(ctx, si->func, si->hook, a1, a2);
+	return might_sleep_hit(ctx, si->func, si->hook, a1, a2, 0);
 }
 #endif
 
@@ -700,7 +713,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 		return 0;
 	if ((u8)ctx->args[0] || (u32)ctx->args[3] == 0)	/* preempted, or still running */
 		return 0;
-	return sleep_hit(ctx, MMNT_SLEEP_SWITCH, 0);
+	return sleep_hit(ctx, MMNT_SLEEP_SWITCH, 0, 0);
 }
 #endif
 
@@ -713,9 +726,41 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	u64 st = (u64)args->prev_state;
 	if (st == 0 || st == MMNT_L_TASK_REPORT_MAX)	/* running, or preempted */
 		return 0;
-	return sleep_hit(args, MMNT_SLEEP_SWITCH, 0);
+	return sleep_hit(args, MMNT_SLEEP_SWITCH, 0, 0);
 }
 
+
+#ifdef MMNT_FILTER_TREE
+/* In the parent's context (kernel_clone): a new process (not a thread) of a
+ * traced one is traced too. Full table: counted, as a drop. */
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+	/* (struct task_struct *parent, struct task_struct *child) */
+	u32 ptgid = bpf_get_current_pid_tgid() >> 32, ctgid = 0;
+	u8 one = 1;
+
+	if (!filter_tgids.lookup(&ptgid))
+		return 0;
+	bpf_probe_read_kernel(&ctgid, sizeof(ctgid), (void *)(ctx->args[1] + MMNT_L_TASK_TGID));
+	if (ctgid && ctgid != ptgid && filter_tgids.update(&ctgid, &one) != 0)
+		count_drop(MMNT_DROP_FOLLOW);
+	return 0;
+}
+
+/* A process's leader freed (all its threads gone, RCU-delayed): its number
+ * may be given to an unrelated process from now on */
+RAW_TRACEPOINT_PROBE(sched_process_free)
+{
+	/* (struct task_struct *p) */
+	u32 pid = 0, tgid = 0;
+
+	bpf_probe_read_kernel(&pid, sizeof(pid), (void *)(ctx->args[0] + MMNT_L_TASK_PID));
+	bpf_probe_read_kernel(&tgid, sizeof(tgid), (void *)(ctx->args[0] + MMNT_L_TASK_TGID));
+	if (pid == tgid)
+		filter_tgids.delete(&tgid);
+	return 0;
+}
+#endif
 
 /*
  * A module was loaded. Its ops tables may sit where an unloaded module's did

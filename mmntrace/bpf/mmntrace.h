@@ -48,6 +48,8 @@ enum mmnt_hook {
 /* drops[] beyond the record types: aggregation lost for want of a histogram
  * series (more distinct driver callbacks than MMNT_NR_SERIES allows) */
 #define MMNT_DROP_SERIES	6
+/* a process forked by a traced command, not followed (the table was full) */
+#define MMNT_DROP_FOLLOW	7
 
 /* flags */
 #define MMNT_FL_BLOCKABLE	(1 << 0)	/* range was blockable (1 for hooks without a range) */

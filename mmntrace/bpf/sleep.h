@@ -10,7 +10,9 @@
 BPF_HASH(sleeper_info, u64, struct cbinfo, 256);	/* might-sleep function -> gfp arg */
 
 
-static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr)
+/* lr: the link register at a kprobe on a might-sleep function's entry (arm64;
+ * 0 elsewhere): the callback that called it, which the unwinder misses */
+static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr, u64 lr)
 {
 	u32 z = 0;
 	s64 *n = nosleep.lookup(&z);
@@ -54,19 +56,19 @@ static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr)
 	r.kind = kind;
 	r.addr = addr;
 	r.ts_ns = bpf_ktime_get_ns();
-	r.stack_id = get_stack_id(ctx, 0);
+	r.stack_id = get_stack_id(ctx, lr);
 	emit(ctx, &r);
 	return 0;
 }
 
 /* a might-sleep function was entered; gfp_arg: 0 always counts, else 1/2 = a1/a2's gfp */
-static __always_inline int might_sleep_hit(void *ctx, u64 func, u32 gfp_arg, u64 a1, u64 a2)
+static __always_inline int might_sleep_hit(void *ctx, u64 func, u32 gfp_arg, u64 a1, u64 a2, u64 lr)
 {
 	if (gfp_arg == 1 && !(a1 & MMNT_GFP_DIRECT_RECLAIM))
 		return 0;
 	if (gfp_arg == 2 && !(a2 & MMNT_GFP_DIRECT_RECLAIM))
 		return 0;
-	return sleep_hit(ctx, MMNT_SLEEP_MIGHT, func);
+	return sleep_hit(ctx, MMNT_SLEEP_MIGHT, func, lr);
 }
 
 #ifdef MMNT_MIGHT_SLEEP
@@ -79,8 +81,8 @@ int ms_entry(struct pt_regs *ctx)
 	u64 ip = bpf_get_func_ip(ctx);
 	struct cbinfo *si = sleeper_info.lookup(&ip);
 	if (!si)
-		return sleep_hit(ctx, MMNT_SLEEP_MIGHT, ip);
-	return might_sleep_hit(ctx, si->func, si->hook, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx));
+		return sleep_hit(ctx, MMNT_SLEEP_MIGHT, ip, KP_LR(ctx));
+	return might_sleep_hit(ctx, si->func, si->hook, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), KP_LR(ctx));
 }
 #endif
 
