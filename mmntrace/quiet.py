@@ -58,19 +58,61 @@ def _flush_all() -> None:
         _libc.fflush(None)
 
 
+#: what the witness (:func:`_witness`) says when the process ended inside a captured call
+DIED_INSIDE = ("mmntrace: the process ended inside bcc (compiling or loading the BPF program); "
+               "what bcc and the compiler printed:")
+
+
+class _Witness:
+    """A small shell process that outlives this one if it dies inside a
+    captured call: LLVM ends the process with exit(1) on a fatal compile
+    error (a BPF program over its 512-byte stack), and what it said would be
+    in the capture file, seen by nobody. The witness waits on a pipe; told
+    "ok" at the block's normal end it says nothing, else (end of
+    file: this process is gone, however it ended) it prints the file to the
+    standard error both had at the start."""
+
+    def __init__(self, path: str):
+        import subprocess
+        r, self._w = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                ["sh", "-c", 'read -r w; if [ "$w" != ok ] && [ -s "$2" ]; then printf "%s\\n" "$1" >&2; '
+                             'cat "$2" >&2; fi; rm -f "$2"', "sh", DIED_INSIDE, path],
+                stdin=r, stdout=subprocess.DEVNULL, close_fds=True)
+        except OSError:
+            os.close(self._w)
+            self._proc = None
+        finally:
+            os.close(r)
+
+    def release(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            os.write(self._w, b"ok\n")
+        finally:
+            os.close(self._w)
+        self._proc.wait()
+
+
 @contextlib.contextmanager
-def captured_fds(*fds: int) -> Iterator[Captured]:
+def captured_fds(*fds: int, witness: bool = False) -> Iterator[Captured]:
     """Point each of ``fds`` at one temporary file around the block (so that
     their text interleaves as written) and restore them however the block
     ends. A temporary file, not a pipe: a verifier log can be far larger
     than a pipe holds, and nobody would read the pipe meanwhile.
+    ``witness``: if the process itself ends inside the block (a library
+    called exit()), what was captured still reaches the standard error
+    (:class:`_Witness`; a process spawned per block: for the compile only).
 
     A descriptor belongs to the whole process: a thread writing to it
     meanwhile is captured too (mmntrace calls the libraries from one thread)."""
     cap = Captured()
     _flush_all()
     saved: dict[int, int | None] = {}
-    with tempfile.TemporaryFile() as tmp:
+    with tempfile.NamedTemporaryFile(prefix="mmntrace-lib-", delete=False) as tmp:
+        wit = _Witness(tmp.name) if witness else None
         try:
             for fd in fds:
                 try:
@@ -89,6 +131,10 @@ def captured_fds(*fds: int) -> Iterator[Captured]:
                     os.close(fd)
             tmp.seek(0)
             cap.text = tmp.read().decode("utf-8", errors="replace")
+            if wit is not None:
+                wit.release()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp.name)
 
 
 def captured_stderr() -> contextlib.AbstractContextManager[Captured]:
@@ -141,6 +187,8 @@ def quietly(fn: Callable, log: Callable[[str], None]) -> Callable:
     (kfunc): Unknown error 524``. Other exception types pass unchanged, for
     callers that catch them by type."""
 
+    witness = getattr(fn, "__name__", "") == "__init__"     # bcc's BPF(): the compile, where LLVM may exit()
+
     @functools.wraps(fn)
     def call(*args, **kwargs):
         global _depth
@@ -150,7 +198,7 @@ def quietly(fn: Callable, log: Callable[[str], None]) -> Callable:
         result = None
         _depth += 1
         try:
-            with captured_fds(1, 2) as cap:
+            with captured_fds(1, 2, witness=witness) as cap:
                 try:
                     result = fn(*args, **kwargs)
                 except Exception as e:      # noqa: BLE001 - re-raised below, with the library's words

@@ -3,6 +3,8 @@ libraries' calls, its text kept for MMNTRACE_DEBUG and for error sentences."""
 
 import ctypes
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -197,3 +199,37 @@ def test_stdout_of_the_library_is_captured_too_and_in_order(capfd):
     assert ei.value.output.index("Unable") < ei.value.output.index("chdir")
     libc.fflush(None)
     assert capfd.readouterr() == ("", "")
+
+
+# A library that ends the process inside a captured call: LLVM calls exit(1) on a
+# fatal compile error (a BPF program over its 512-byte stack), after printing why
+# to fd 2, which the capture holds. The witness prints it once the process is gone.
+_DIES_INSIDE = r"""
+import ctypes, os, sys
+sys.path.insert(0, %(repo)r)
+from mmntrace.quiet import quietly
+
+class Lib:
+    def __init__(self):
+        os.write(2, b"error: Looks like the BPF stack limit is exceeded\n")
+        ctypes.CDLL(None).exit(1)
+
+quietly(Lib.__init__, print)(object())
+"""
+
+
+def test_a_library_exit_inside_the_compile_still_shows_what_it_printed():
+    import subprocess
+    repo = str(Path(__file__).resolve().parents[2])
+    r = subprocess.run([sys.executable, "-c", _DIES_INSIDE % dict(repo=repo)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1
+    assert quiet.DIED_INSIDE in r.stderr and "BPF stack limit is exceeded" in r.stderr, r.stderr
+
+
+def test_the_witness_says_nothing_when_the_call_returns(capfd):
+    with quiet.captured_fds(1, 2, witness=True) as cap:
+        os.write(2, b"warning: harmless\n")
+    assert cap.text == "warning: harmless\n"
+    err = capfd.readouterr().err
+    assert quiet.DIED_INSIDE not in err and "harmless" not in err
