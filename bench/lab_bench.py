@@ -15,6 +15,8 @@ is compared with the untraced runs next to it in time):
   mmntrace-kprobe / mmntrace-fentry            `mmntrace record` streaming
   mmntrace-agg-kprobe / mmntrace-agg-fentry    `mmntrace record --aggregate`
   mmntrace-agg-fentry-ms                       the same with --might-sleep (its ambient tax)
+  mmntrace-agg-kprobe-cnt, mmntrace-agg-fentry-cnt
+                                               --sleep-detect count: no sched_switch program
   funclatency                                  bcc's funclatency -F on the hook functions
   bpftrace                                     per-hook kprobe/kretprobe latency hist()
 
@@ -60,7 +62,7 @@ AMBIENT_BIN = ROOT / "build" / "bench" / "ambient_bench"
 PEER_CALLBACK = "kvm_mmu_notifier_invalidate_range_start"
 SETTLE_S = 3.0
 TOOLS = ["mmntrace-kprobe", "mmntrace-fentry", "mmntrace-agg-kprobe", "mmntrace-agg-fentry",
-         "mmntrace-agg-fentry-ms", "funclatency", "funclatency-callback", "bpftrace"]
+         "mmntrace-agg-kprobe-cnt", "mmntrace-agg-fentry-cnt", "mmntrace-agg-fentry-ms", "funclatency", "funclatency-callback", "bpftrace"]
 STREAMING = ("mmntrace-kprobe", "mmntrace-fentry")
 HOOK_IDS = (kernel.HOOK_START, kernel.HOOK_END, kernel.HOOK_SECONDARY_TLB)
 
@@ -181,12 +183,14 @@ class Tool:
     def argv(self) -> list[str]:
         n = self.name
         if n.startswith("mmntrace"):
-            # mmntrace[-agg]-BACKEND[-ms]: --aggregate, the backend, --might-sleep
+            # mmntrace[-agg]-BACKEND[-ms][-cnt]: --aggregate, the backend, --might-sleep,
+            # --sleep-detect count
             parts = n.split("-")
             backend = "fentry" if "fentry" in parts else "kprobe"
             a = [sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(self.rec),
                  "--ready-file", str(self.work / f"{n}.ready"), "--backend", backend]
-            return a + (["--aggregate"] if "agg" in parts else []) + (["--might-sleep"] if "ms" in parts else [])
+            return (a + (["--aggregate"] if "agg" in parts else []) + (["--might-sleep"] if "ms" in parts else [])
+                    + (["--sleep-detect", "count"] if "cnt" in parts else []))
         if n.startswith("funclatency"):
             exe = shutil.which("funclatency-bpfcc") or "/usr/sbin/funclatency-bpfcc"
             syms = [PEER_CALLBACK] if n == "funclatency-callback" else self.syms

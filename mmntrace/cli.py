@@ -140,6 +140,14 @@ HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the s
                    "sleep this time. Off by default: those probes fire on every allocation and lock of "
                    "the machine, traced process or not (BENCHMARKS.md, ambient tax). Real sleeps inside "
                    "must-not-sleep callbacks are caught either way.")
+@click.option("--sleep-detect", "sleep_detect", type=click.Choice(["switch", "count"]), default="switch",
+              show_default=True, help="How real sleeps inside callbacks that must not sleep are caught. switch: a program on the "
+                   "sched_switch tracepoint, which names what slept with its stack, but runs on every "
+                   "context switch of the machine, traced process or not. count: the task's count of "
+                   "voluntary context switches, read as each such callback enters and returns: the same "
+                   "sleeps, counted exactly, with nothing running outside MMU-notifier calls, but "
+                   "without the sleeping function (with --might-sleep the might-sleep call names it). "
+                   "BENCHMARKS.md has the cost of each.")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="Written (JSON: attached probes) once every probe is attached, and again when new driver callbacks are.")
 @click.option("--redact", is_flag=True, help="Drop raw kernel addresses (mm, ranges, functions); keep symbols.")
@@ -147,7 +155,7 @@ HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the s
 @_keep_root_owner_option
 @_friendly
 def record(command, duration, out, pid, comm, hooks, modules, callbacks, aggregate, min_latency, backend, transport,
-           buffer_pages, might_sleep, ready_file, redact, quiet, keep_root_owner):
+           buffer_pages, might_sleep, sleep_detect, ready_file, redact, quiet, keep_root_owner):
     """Record MMU-notifier activity into a recording directory (needs root).
 
     Attaches to every notifier entry point the running kernel has
@@ -217,7 +225,8 @@ def record(command, duration, out, pid, comm, hooks, modules, callbacks, aggrega
         pid = held.pid
     try:
         _record(held, duration, out, pid, comm, hook_list, aggregate, backend, transport, buffer_pages,
-                might_sleep, ready_file, redact, quiet, keep_root_owner, modules, callbacks, min_latency)
+                might_sleep, ready_file, redact, quiet, keep_root_owner, modules, callbacks, min_latency,
+                sleep_detect)
     finally:
         if held is not None:
             held.cancel()       # never let go (the recorder failed first): it exits unrun
@@ -251,7 +260,8 @@ def default_buffer_pages(aggregate: bool, per_cpu: bool, cpus: int) -> int:
 
 
 def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, transport, buffer_pages, might_sleep,
-            ready_file, redact, quiet, keep_root_owner, modules=None, callbacks=None, min_latency=None):
+            ready_file, redact, quiet, keep_root_owner, modules=None, callbacks=None, min_latency=None,
+            sleep_detect="switch"):
     import concurrent.futures
     import importlib
     # The recorder's modules import in a thread while bcc compiles, which
@@ -277,7 +287,7 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     t = tracer.Tracer(f, backend=backend, hooks=hook_list, pid=pid, comm=comm, aggregate=aggregate,
                       ringbuf=None if transport == "auto" else transport == "ringbuf", ringbuf_pages=buffer_pages,
                       might_sleep=might_sleep, modules=modules, callbacks=callbacks, min_latency_ns=min_latency,
-                      children=held is not None)
+                      children=held is not None, sleep_detect=sleep_detect)
     t.timing["features_s"] = features_s     # kallsyms, BTF, headers: what this kernel offers
     if not quiet:
         click.echo("mmntrace: compiling and attaching probes...", err=True)
@@ -515,7 +525,8 @@ def doctor():
     click.echo(f"events          {', '.join(n for _v, n in f.events)}")
     click.echo(f"lock context    {kernel.CONTEXT_SOURCES[f.context_source]}")
     click.echo(f"might-sleep     {len(f.sleepers)} functions (probed with record --might-sleep; real sleeps: sched_switch, "
-               + ("raw tracepoint)" if getattr(f, "raw_sched_switch", False) else "perf tracepoint)"))
+               + ("raw tracepoint" if getattr(f, "raw_sched_switch", False) else "perf tracepoint")
+               + "; or --sleep-detect count: the task's voluntary-switch count)")
     kernel.require_recording(f)
     click.echo("recording is possible: sudo mmntrace record -d 10 -o rec")
 
@@ -572,9 +583,12 @@ See docs/daemon.md for the rollout and what it costs per host.
 @click.option("--might-sleep/--no-might-sleep", default=None,
               help="Also probe might-sleep functions in each window [default: off: they tax every allocation "
                    "and lock of the machine; real sleeps are caught either way].")
+@click.option("--sleep-detect", "sleep_detect", type=click.Choice(["switch", "count"]), default=None,
+              help="How real sleeps are caught, as for record [default: count: nothing runs outside "
+                   "MMU-notifier calls; switch also names what slept, at a cost on every context switch].")
 @_friendly
 def daemon(every, for_, once, count, out, config, max_events_per_s, textfile, http, retention_age,
-           retention_size, host, pid, comm, hooks, max_bpf_cpu, might_sleep):
+           retention_size, host, pid, comm, hooks, max_bpf_cpu, might_sleep, sleep_detect):
     """Sample MMU-notifier latency and rule violations periodically, at bounded cost.
 
     The BPF program is compiled once; each window attaches every probe, keeps
@@ -599,7 +613,7 @@ def daemon(every, for_, once, count, out, config, max_events_per_s, textfile, ht
     for name, val, conv in (("out", out, Path), ("max_events_per_s", max_events_per_s, float),
                             ("textfile", textfile, Path), ("http", http, str), ("host", host, str),
                             ("pid", pid, int), ("comm", comm, str), ("max_bpf_cpu", max_bpf_cpu, float),
-                            ("might_sleep", might_sleep, bool)):
+                            ("might_sleep", might_sleep, bool), ("sleep_detect", sleep_detect, str)):
         if val is not None:
             kw[name] = conv(val)
     if retention_age:

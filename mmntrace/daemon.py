@@ -67,6 +67,9 @@ class DaemonConfig:
     backend: str = "kprobe"
     max_bpf_cpu: float | None = 0.05  # stop when BPF run time exceeds this share of one CPU
     might_sleep: bool = False         # probe might-sleep functions too (an ambient tax: BENCHMARKS.md)
+    # real sleeps by the task's voluntary-switch count: no program on the machine's
+    # context switches between notifier calls (record's default is switch: stacks)
+    sleep_detect: str = "count"
 
     def __post_init__(self):
         if self.for_s > self.every_s:
@@ -75,6 +78,8 @@ class DaemonConfig:
             raise UsageError("--max-events-per-s must be positive")
         if self.count is not None and self.count < 1:
             raise UsageError("--count must be at least 1")
+        if self.sleep_detect not in ("switch", "count"):
+            raise UsageError(f"sleep-detect {self.sleep_detect!r}: use switch or count")
 
 
 # TOML keys mirror the long flags (dashes or underscores).
@@ -87,7 +92,7 @@ _TOML_KEYS = {
     "retention_size": ("retention_bytes", parse_size), "pid": ("pid", int), "comm": ("comm", str),
     "hooks": ("hooks", lambda v: [str(x) for x in (v if isinstance(v, list) else str(v).split(","))]),
     "backend": ("backend", str), "max_bpf_cpu": ("max_bpf_cpu", float),
-    "might_sleep": ("might_sleep", bool),
+    "might_sleep": ("might_sleep", bool), "sleep_detect": ("sleep_detect", str),
 }
 
 
@@ -211,7 +216,8 @@ def _write_violations(out: OutputDir, host: str, date: str, name: str, sleeps: p
         for c in ("hook", "callback", "rule", "sleeper", "comm"):
             if c in v:
                 v[c] = v[c].astype(object).where(v[c].notna(), None).astype(str)
-        table = pa.Table.from_pandas(v, preserve_index=False)
+        from .store import typed
+        table = typed(pa.Table.from_pandas(v, preserve_index=False))
         return {"violations": _write_part(out, "violations", host, date, f"{name}.parquet",
                                           lambda f: pq.write_table(table, f))}
     return {}
@@ -358,8 +364,9 @@ class Daemon:
         except MmntraceError as e:
             self.log({"event": "reload", "status": "error", "error": str(e)})
             return
-        rebuild = ((new.pid, new.comm, new.hooks, new.backend, new.might_sleep)
-                   != (self.cfg.pid, self.cfg.comm, self.cfg.hooks, self.cfg.backend, self.cfg.might_sleep))
+        rebuild = ((new.pid, new.comm, new.hooks, new.backend, new.might_sleep, new.sleep_detect)
+                   != (self.cfg.pid, self.cfg.comm, self.cfg.hooks, self.cfg.backend, self.cfg.might_sleep,
+                       self.cfg.sleep_detect))
         self.cfg = new
         if rebuild and self.tracer is not None:
             self.tracer.stop()
@@ -372,7 +379,8 @@ class Daemon:
             f = kernel.probe()
             kernel.require_recording(f, self.cfg.backend)
             t = Tracer(f, backend=self.cfg.backend, hooks=self.cfg.hooks, pid=self.cfg.pid, comm=self.cfg.comm,
-                       aggregate=True, might_sleep=self.cfg.might_sleep, sampling=True)
+                       aggregate=True, might_sleep=self.cfg.might_sleep, sampling=True,
+                       sleep_detect=self.cfg.sleep_detect)
             t0 = time.monotonic()
             t.load()
             self.log({"event": "compiled", "seconds": round(time.monotonic() - t0, 2),

@@ -15,7 +15,8 @@ _H = header()
 REC = {k[len("MMNT_REC_"):].lower(): v for k, v in _H.enums["mmnt_type"].items()}
 FL = {k[len("MMNT_FL_"):].lower(): v for k, v in _H.defines.items() if k.startswith("MMNT_FL_")}
 RT_MIGRATE_OFF, RT_RCU = _H.defines["MMNT_RT_MIGRATE_OFF"], _H.defines["MMNT_RT_RCU"]
-SLEEP_KIND = {_H.defines["MMNT_SLEEP_SWITCH"]: "sleep", _H.defines["MMNT_SLEEP_MIGHT"]: "might_sleep"}
+SLEEP_KIND = {_H.defines["MMNT_SLEEP_SWITCH"]: "sleep", _H.defines["MMNT_SLEEP_MIGHT"]: "might_sleep",
+              _H.defines["MMNT_SLEEP_COUNTED"]: "sleep"}
 DTYPE = record_dtype()
 
 

@@ -441,6 +441,7 @@ _LAYOUT_MEMBERS = {
     "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
     "TASK_PID": ("task_struct", "pid"),
     "TASK_TGID": ("task_struct", "tgid"),
+    "TASK_NVCSW": ("task_struct", "nvcsw"),
     "RB_LEFT": ("rb_node", "rb_left"),
     "RB_RIGHT": ("rb_node", "rb_right"),
     "RB_PARENT": ("rb_node", "__rb_parent_color"),

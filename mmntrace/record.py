@@ -202,6 +202,8 @@ class Session:
         writer.meta["probe_overhead_ns"] = getattr(self.t, "probe_overhead", None) or None
         writer.meta["stale_kprobes_removed"] = getattr(self.t, "stale_kprobes_removed", 0)
         writer.meta["might_sleep"] = getattr(self.t, "might_sleep", True)
+        # how real sleeps were seen: switch (sched_switch, with the sleep's stack) or count
+        writer.meta["sleep_detect"] = getattr(self.t, "sleep_detect", "switch")
         # mms whose interval tree the start-up sweep could not walk to its end (more interval
         # notifiers than its runs visit): an ops table only there is found at registration only
         writer.meta["sweep_unfinished_mms"] = getattr(self.t, "sweep_unfinished", 0)

@@ -432,6 +432,9 @@ def verdict(rep) -> list[str]:
         head = f"VERDICT: no callback call broke the sleeping rules; {seen}"
     if not v.get("might_sleep_watched", True):
         head += " (for sleeps; calls that may sleep were not watched: record --might-sleep)"
+    if v.get("sleep_detect") == "count" and v["violation_invocations"]:
+        head += ("; sleeps seen by the task's switch count, without what slept ('?': "
+                 "record --sleep-detect switch names it)")
     gaps = [f"{num(v['dropped'])} records dropped", f"{v['skipped_probes']} probes skipped"]
     if v.get("untimed"):
         gaps.insert(1, f"of which {num(v['untimed'])} callback calls counted but not timed (made before their "

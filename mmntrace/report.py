@@ -15,7 +15,7 @@ from .recording import Recording
 
 SCHEMA_VERSION = 1
 #: additions within schema_version 1 (docs/report-schema.md lists what each added)
-SCHEMA_MINOR = 9
+SCHEMA_MINOR = 10
 
 LAT_FIELDS = ["count", "rate_per_s", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
 
@@ -103,6 +103,9 @@ def from_summary(s: aggregate.Summary) -> dict:
         # sleeps are always watched; calls that may sleep only with record --might-sleep
         # (recordings from before it was a choice probed them: true when absent)
         "might_sleep_watched": bool(m.get("might_sleep", True)),
+        # how real sleeps were seen: "switch" (sched_switch: what slept, with its stack) or
+        # "count" (the task's voluntary switches at the callback's return: no sleeper)
+        "sleep_detect": m.get("sleep_detect") or "switch",
         "dropped": _int(drops.get("total")),
         "untimed": _int(drops.get("untimed")),
         "skipped_probes": len(skipped),

@@ -23,6 +23,19 @@ FORMAT_VERSION = 1
 META = "metadata.json"
 
 
+
+def typed(table):
+    """``table`` with the columns pyarrow could type only as null (every value
+    None; every stack empty: sleeps seen by --sleep-detect count) typed as
+    strings, or lists of strings, as in every other segment."""
+    import pyarrow as pa
+    for i, f in enumerate(table.schema):
+        if pa.types.is_null(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.string()))
+        elif pa.types.is_list(f.type) and pa.types.is_null(f.type.value_type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.list_(pa.string())))
+    return table
+
 class RecordingWriter:
     """Writes a recording directory: made 0700 (never through a link, never a
     directory that holds anything), every file 0600 and written whole
@@ -52,7 +65,7 @@ class RecordingWriter:
     def _write_table(self, name: str, df: pd.DataFrame) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
-        table = pa.Table.from_pandas(df, preserve_index=False)
+        table = typed(pa.Table.from_pandas(df, preserve_index=False))
         sink = pa.BufferOutputStream()
         # dictionary pages for the names (a few distinct values), not for the
         # numbers, nearly all distinct (timestamps, seq): a third less time

@@ -61,6 +61,9 @@ REC_OPS = _H.defines["MMNT_REC_OPS"]
 REC_REGISTER = _H.defines["MMNT_REC_REGISTER"]
 REC_NAMES = {REC_HOOK: "hook", REC_CALLBACK: "callback", REC_SLEEP: "sleep", REC_OPS: "ops",
              REC_REGISTER: "register"}
+#: how real sleeps are seen (Tracer(sleep_detect=)): a sched_switch program, or
+#: the task's voluntary-switch count at each must-not-sleep section's return
+SLEEP_DETECT = ("switch", "count")
 DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series",
               _H.defines["MMNT_DROP_FOLLOW"]: "unfollowed_processes"}
 # --aggregate arrays (bpf/mmntrace.bpf.c): series x event index x log2 slot
@@ -176,10 +179,14 @@ class Tracer:
                  pid: int | None = None, comm: str | None = None, aggregate: bool = False,
                  ringbuf_pages: int = 256, ringbuf: bool | None = None, layout: str = "auto",
                  might_sleep: bool = False, sampling: bool = False, modules=None, callbacks=None,
-                 min_latency_ns: int | None = None, children: bool = False):
+                 min_latency_ns: int | None = None, children: bool = False, sleep_detect: str = "switch"):
         """``pid``: only this process; with ``children``, also every process it
         forks while traced, and theirs (threads are the process's own).
-        ``modules``, ``callbacks``: probe only the driver callbacks of these
+        ``sleep_detect``: how real sleeps in must-not-sleep sections are seen:
+        ``switch``, a sched_switch program (the sleep's own stack; it runs on
+        every context switch of the machine), or ``count``, the task's
+        voluntary-switch count at each such section's return (nothing runs
+        outside notifier calls; no stack at the sleep). ``modules``, ``callbacks``: probe only the driver callbacks of these
         modules (``vmlinux``: built-in subscribers) or with these symbol names
         (either selects; None: every callback). The hooks are traced in full.
         ``min_latency_ns`` (streaming only): send only the hook and callback
@@ -199,6 +206,9 @@ class Tracer:
         # every allocation and lock of the machine: the ambient tax); real
         # sleeps inside must-not-sleep callbacks are still caught (sched_switch)
         self.might_sleep = might_sleep
+        if sleep_detect not in SLEEP_DETECT:
+            raise MmntraceError(f"unknown sleep detection {sleep_detect!r}: use {' or '.join(SLEEP_DETECT)}")
+        self.sleep_detect = sleep_detect
         self.backend = resolve_backend(backend)
         # ringbuf=False forces the perf-buffer transport (kernels before 5.8 have
         # no BPF ring buffer; tests use it to exercise that path on newer ones)
@@ -325,6 +335,8 @@ class Tracer:
             fl.append("-DMMNT_FENTRY")
         if self.might_sleep:
             fl.append("-DMMNT_MIGHT_SLEEP")
+        if self.sleep_detect == "count":
+            fl.append("-DMMNT_SLEEP_COUNT")
         return fl
 
     def start(self) -> None:
@@ -427,7 +439,8 @@ class Tracer:
             self._attach_hooks()
             if self.might_sleep:
                 self._attach_sleepers()
-            self._attach_sched_switch()
+            if self.sleep_detect == "switch":
+                self._attach_sched_switch()
             for func, hook in known:      # callbacks found in an earlier window
                 if func not in self._cb_known:      # (the sweep may have probed it again)
                     self._attach_callback(func, hook)

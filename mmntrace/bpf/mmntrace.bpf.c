@@ -21,6 +21,9 @@
  *   MMNT_BTF_LAYOUT, MMNT_L_*                 struct layouts from BTF (else the headers give them)
  *   MMNT_TASK_STORAGE                         per-task state in task-local storage (else a hash)
  *   MMNT_SAMPLING                             the daemon's 1-in-N sampling
+ *   MMNT_SLEEP_COUNT                          real sleeps seen by the task's voluntary-switch
+ *                                             count at each must-not-sleep section's return,
+ *                                             not by a sched_switch program (sleep.h)
  *   MMNT_FENTRY, MMNT_MIGHT_SLEEP             the programs of the fentry backend, of
  *                                             might-sleep detection (not compiled
  *                                             when unused: compile time and memory)
@@ -67,6 +70,7 @@
 #define MMNT_L_TASK_GROUP_LEADER offsetof(struct task_struct, group_leader)
 #define MMNT_L_TASK_PID offsetof(struct task_struct, pid)
 #define MMNT_L_TASK_TGID offsetof(struct task_struct, tgid)
+#define MMNT_L_TASK_NVCSW offsetof(struct task_struct, nvcsw)
 #define MMNT_L_RB_LEFT offsetof(struct rb_node, rb_left)
 #define MMNT_L_RB_RIGHT offsetof(struct rb_node, rb_right)
 #define MMNT_L_RB_PARENT offsetof(struct rb_node, __rb_parent_color)
@@ -271,6 +275,7 @@ static __always_inline void fill_common(struct mmnt_record *r, u8 type)
 
 #include "discovery.h"
 #include "hist.h"
+#include "sleep.h"
 
 /* ---- hooks ---------------------------------------------------------------- */
 
@@ -365,6 +370,7 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	if (hook_forbids_sleep(hook, s->flags, s->rt)) {
 		s->flags |= MMNT_FL_MUST_NOT_SLEEP;
 		nosleep_add(1);
+		section_enter(&s->nvcsw);
 	}
 #ifdef MMNT_AGGREGATE
 	s->stack_id = -1;	/* no hook record is sent: skip the unwind (the costliest step) */
@@ -403,8 +409,10 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc)
 	}
 	u64 dur = now - s->ts;
 	dur = dur > s->nested_ns ? dur - s->nested_ns : 0;
-	if (s->flags & MMNT_FL_MUST_NOT_SLEEP)
+	if (s->flags & MMNT_FL_MUST_NOT_SLEEP) {
 		nosleep_add(-1);
+		section_return(ctx, t, false, now);
+	}
 	if (hook == MMNT_HOOK_CALIB) {
 		calib_sample(dur);
 		tstate_put(t);
@@ -532,6 +540,7 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 	if (hook_forbids_sleep(hook, c->flags, c->rt)) {
 		c->flags |= MMNT_FL_MUST_NOT_SLEEP;
 		nosleep_add(1);
+		section_enter(&c->nvcsw);
 	}
 	c->stack_id = -1;
 	c->seq = need_seq(c->flags) ? next_seq() : 0;
@@ -558,8 +567,10 @@ static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
 	u32 hook = c->hook;
 	u64 dur = now - c->ts;
 	c->active = 0;
-	if (c->flags & MMNT_FL_MUST_NOT_SLEEP)
+	if (c->flags & MMNT_FL_MUST_NOT_SLEEP) {
 		nosleep_add(-1);
+		section_return(ctx, t, true, now);
+	}
 	if (hook == MMNT_HOOK_CALIB)
 		goto out;		/* the calibration's inner function: its time is its hook's */
 #ifdef MMNT_AGGREGATE
@@ -674,8 +685,6 @@ int hkf_exit(u64 *ctx)
 }
 #endif /* MMNT_FENTRY */
 
-#include "sleep.h"
-
 #if defined(MMNT_FENTRY) && defined(MMNT_MIGHT_SLEEP)
 /* might-sleep functions, fentry flavour: loaded on each like hkf_entry */
 int msf_entry(u64 *ctx)
@@ -703,6 +712,7 @@ int msf_entry(u64 *ctx)
  * BTF); else the perf tracepoint, whose prev_state is the reported state
  * index (TASK_REPORT_MAX when preempted).
  */
+#ifndef MMNT_SLEEP_COUNT	/* else sleep.h's section_return() sees them */
 #ifdef MMNT_RAW_SWITCH
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
@@ -728,6 +738,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 		return 0;
 	return sleep_hit(args, MMNT_SLEEP_SWITCH, 0, 0);
 }
+#endif /* MMNT_SLEEP_COUNT */
 
 
 #ifdef MMNT_FILTER_TREE

@@ -70,6 +70,8 @@ enum mmnt_hook {
 /* MMNT_REC_SLEEP kinds */
 #define MMNT_SLEEP_SWITCH	1	/* scheduled out voluntarily (rule "sleep") */
 #define MMNT_SLEEP_MIGHT	2	/* called a might-sleep function (rule "might_sleep") */
+#define MMNT_SLEEP_COUNTED	3	/* scheduled out voluntarily, seen by the task's count at the
+					 * section's return (rule "sleep"; ret: how many times; no stack) */
 
 struct mmnt_record {
 	__u8 type;		/* enum mmnt_type */

@@ -10,6 +10,37 @@
 BPF_HASH(sleeper_info, u64, struct cbinfo, 256);	/* might-sleep function -> gfp arg */
 
 
+/* The section a sleep record describes: the callback in progress, else its hook */
+static __always_inline void fill_section(struct mmnt_record *r, struct tstate *t, bool cb, u64 now)
+{
+	if (cb) {
+		struct cstate *c = &t->c;
+		r->hook = c->hook;
+		r->flags = c->flags;
+		r->preempt_count = c->pc;
+		r->rt = c->rt;
+		r->event = c->event;
+		r->seq = c->seq;
+		r->mm = c->mm;
+		r->start = c->start;
+		r->end = c->end;
+		r->func = c->func;
+		r->dur_ns = now - c->ts;
+	} else {
+		struct hstate *h = &t->h;
+		r->hook = h->hook;
+		r->flags = h->flags;
+		r->preempt_count = h->pc;
+		r->rt = h->rt;
+		r->event = h->event;
+		r->seq = h->seq;
+		r->mm = h->mm;
+		r->start = h->start;
+		r->end = h->end;
+		r->dur_ns = now - h->ts;
+	}
+}
+
 /* lr: the link register at a kprobe on a might-sleep function's entry (arm64;
  * 0 elsewhere): the callback that called it, which the unwinder misses */
 static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr, u64 lr)
@@ -21,44 +52,56 @@ static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr, u64 lr)
 	struct tstate *t = tstate_get(false);
 	if (!t)
 		return 0;
+	bool cb = t->c.active;
+	if (cb ? !(t->c.flags & MMNT_FL_MUST_NOT_SLEEP) : !(t->h.active && (t->h.flags & MMNT_FL_MUST_NOT_SLEEP)))
+		return 0;
 	struct mmnt_record r = {};
-	if (t->c.active) {
-		struct cstate *c = &t->c;
-		if (!(c->flags & MMNT_FL_MUST_NOT_SLEEP))
-			return 0;
-		r.hook = c->hook;
-		r.flags = c->flags;
-		r.preempt_count = c->pc;
-		r.rt = c->rt;
-		r.event = c->event;
-		r.seq = c->seq;
-		r.mm = c->mm;
-		r.start = c->start;
-		r.end = c->end;
-		r.func = c->func;
-		r.dur_ns = bpf_ktime_get_ns() - c->ts;
-	} else {
-		struct hstate *h = &t->h;
-		if (!h->active || !(h->flags & MMNT_FL_MUST_NOT_SLEEP))
-			return 0;
-		r.hook = h->hook;
-		r.flags = h->flags;
-		r.preempt_count = h->pc;
-		r.rt = h->rt;
-		r.event = h->event;
-		r.seq = h->seq;
-		r.mm = h->mm;
-		r.start = h->start;
-		r.end = h->end;
-		r.dur_ns = bpf_ktime_get_ns() - h->ts;
-	}
+	u64 now = bpf_ktime_get_ns();
+	fill_section(&r, t, cb, now);
 	fill_common(&r, MMNT_REC_SLEEP);
 	r.kind = kind;
 	r.addr = addr;
-	r.ts_ns = bpf_ktime_get_ns();
+	r.ts_ns = now;
 	r.stack_id = get_stack_id(ctx, lr);
 	emit(ctx, &r);
 	return 0;
+}
+
+/*
+ * MMNT_SLEEP_COUNT (record --sleep-detect count): a real sleep is seen by the
+ * task's count of voluntary context switches (task_struct.nvcsw), read as a
+ * must-not-sleep hook or callback enters and as it returns. __schedule()
+ * counts one exactly when sched_switch fires with the task neither preempted
+ * nor runnable, the test the sched_switch programs make: the same sleeps, and
+ * no program on the context switches of the whole machine (the ambient tax of
+ * a pipe ping-pong); but no stack at the sleep, so no sleeper, unless a
+ * might-sleep record names it. One record per section that slept, at its return.
+ */
+static __always_inline void section_enter(u64 *nvcsw)
+{
+#ifdef MMNT_SLEEP_COUNT
+	bpf_probe_read_kernel(nvcsw, sizeof(*nvcsw), (void *)((u64)bpf_get_current_task() + MMNT_L_TASK_NVCSW));
+#endif
+}
+
+static __always_inline void section_return(void *ctx, struct tstate *t, bool cb, u64 now)
+{
+#ifdef MMNT_SLEEP_COUNT
+	u64 n = 0, *at = cb ? &t->c.nvcsw : &t->h.nvcsw;
+	bpf_probe_read_kernel(&n, sizeof(n), (void *)((u64)bpf_get_current_task() + MMNT_L_TASK_NVCSW));
+	if (n == *at)
+		return;
+	struct mmnt_record r = {};
+	fill_section(&r, t, cb, now);
+	fill_common(&r, MMNT_REC_SLEEP);
+	r.kind = MMNT_SLEEP_COUNTED;
+	r.ret = (s32)(n - *at);
+	r.ts_ns = now;
+	r.stack_id = -1;
+	emit(ctx, &r);
+	if (cb)
+		t->h.nvcsw += n - *at;	/* the hook around it does not count them again */
+#endif
 }
 
 /* a might-sleep function was entered; gfp_arg: 0 always counts, else 1/2 = a1/a2's gfp */

@@ -14,6 +14,7 @@ struct hstate {				/* the hook in progress on this task */
 	u64 ts, mm, start, end, seq;
 	u64 range;			/* start/end: the struct mmu_notifier_range its callbacks get */
 	u64 nested_ns;			/* our own probes' time inside it (callbacks) */
+	u64 nvcsw;			/* MMNT_SLEEP_COUNT: the task's voluntary switches at entry */
 	s32 event, stack_id;
 	u32 pc;
 	u8 hook, flags, active, ncb;
@@ -24,6 +25,7 @@ struct hstate {				/* the hook in progress on this task */
 
 struct cstate {				/* the callback in progress on this task */
 	u64 ts, mm, start, end, seq, func;
+	u64 nvcsw;			/* MMNT_SLEEP_COUNT: the task's voluntary switches at entry */
 	s32 event, stack_id;
 	u32 pc, series;
 	u8 hook, flags, active, rt;	/* rt: MMNT_RT_* at entry (PREEMPT_RT) */
@@ -92,6 +94,9 @@ static __always_inline u64 next_seq(void)
 
 static __always_inline void nosleep_add(s64 v)
 {
+#if defined(MMNT_SLEEP_COUNT) && !defined(MMNT_MIGHT_SLEEP)
+	return;			/* read by sched_switch and might-sleep programs only: none here */
+#endif
 	u32 z = 0;
 	s64 *p = nosleep.lookup(&z);
 	if (p)

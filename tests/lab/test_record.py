@@ -331,10 +331,12 @@ def test_module_and_callback_choose_the_callbacks_probed(tmp_path):
 
 @pytest.mark.lock_context
 @pytest.mark.arm64
-@pytest.mark.parametrize("backend,might_sleep", [("kprobe", True), ("fentry", False)])
-def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend, might_sleep):
-    """A real sleep is caught with or without --might-sleep (sched_switch);
-    with it, also the msleep() call when the task was not switched out."""
+@pytest.mark.parametrize("backend,might_sleep,detect", [("kprobe", True, "switch"), ("fentry", False, "count")])
+def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend, might_sleep, detect):
+    """A real sleep is caught with or without --might-sleep, by sched_switch
+    (what slept, with its stack) or by the task's voluntary-switch count
+    (--sleep-detect count: no sleeper); with --might-sleep, also the msleep()
+    call when the task was not switched out."""
     _need_fentry(backend)
     expect_dmesg(r"BUG: scheduling while atomic")
     expect_dmesg(r"WARNING: .*rcu")
@@ -343,8 +345,9 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
     # invocation (the module's count), and expect exactly one.
     kmsg0 = _kmsg_lines()
     r, ev, win, res, _, mod = _session(tmp_path, behave=["secondary_tlb:msleep:1:1"], kvm=False,
-                                       rec_args=("--backend", backend) + (("--might-sleep",) if might_sleep else ()))
-    assert r.meta["backend"] == backend
+                                       rec_args=("--backend", backend, "--sleep-detect", detect)
+                                       + (("--might-sleep",) if might_sleep else ()))
+    assert r.meta["backend"] == backend and r.meta["sleep_detect"] == detect
     assert res["counts"]["calls"]["secondary_tlb"] >= 1
     c = res["counts"]
     assert c["msleeps"] == 1          # the injection landed in a counted, logged call
@@ -362,7 +365,7 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
     want = "sleep" if c["msleeps_switched"] else "might_sleep"
     # the sleeper: msleep's might-sleep record; without --might-sleep, the frame
     # below the callback (the module's mmnt_inject, which calls msleep, where not inlined)
-    sleepers = ("msleep",) if might_sleep else ("msleep", "mmnt_inject")
+    sleepers = ("msleep",) if might_sleep else ("msleep", "mmnt_inject") if detect == "switch" else (None,)
     assert row["rule"] == want and row["sleeper"] in sleepers, (
         want, row, sl.drop(columns=["stack"], errors="ignore").to_string(),
         mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]][:3], r.meta["drops"])
@@ -392,6 +395,9 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
         assert row["rt_lock_count"] == 1, row
     else:           # read on PREEMPT_RT only
         assert row["rt_lock_count"] == 0, row
+    if detect == "count" and not might_sleep:      # seen at the callback's return: no stack
+        assert not row["stack"], row
+        return
     assert any("mmnt_secondary_tlb" in f for f in row["stack"])
     assert any(f.startswith("msleep") or "schedule" in f for f in row["stack"])
     # the sleeper's direct caller is in its stack: the module (mmnt_inject, or the

@@ -40,6 +40,9 @@ def test_config_mirrors_flags(tmp_path):
     c = d.load_config(p)
     assert (c.every_s, c.for_s, c.out, c.max_events_per_s, c.http, c.retention_bytes, c.hooks, c.count) == \
         (300, 20, Path("/x"), 1000.0, "9475", 10 << 20, ["invalidate_range_start"], 1)
+    assert c.sleep_detect == "count"          # the default: nothing on the machine's context switches
+    p.write_text('sleep-detect = "switch"\n')
+    assert d.load_config(p).sleep_detect == "switch"
     assert d.parse_http("9475") == ("127.0.0.1", 9475)     # loopback unless told otherwise
     assert d.parse_http("0.0.0.0:9") == ("0.0.0.0", 9)
 
@@ -51,6 +54,7 @@ def test_config_mirrors_flags(tmp_path):
     ('every = "10s"\nfor = "1m"\n', "longer than the period"),
     ('count = 0\n', "at least 1"),
     ('pid = "x"\n', "bad value"),
+    ('sleep_detect = "often"\n', "use switch or count"),
 ])
 def test_config_errors_are_one_sentence(tmp_path, text, words):
     p = tmp_path / "c.toml"

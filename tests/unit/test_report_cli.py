@@ -92,7 +92,7 @@ def test_json_report_contract_and_additions(recs):
     assert {r["hook"] for r in rep["latency"]} <= set(hooks.choices())
     assert "kernel symbols: secondary_tlb at __mmu_notifier_arch_invalidate_secondary_tlbs" in text
     # ... and minor 9: how the lock context was read (the usual way: not printed)
-    assert rep["schema_minor"] == 9
+    assert rep["schema_minor"] >= 9
     assert rep["context"]["source"] == v["context"] == "preempt_count" and v["rt_lock_violation_invocations"] == 0
     assert "lock context" not in text
 
@@ -110,6 +110,13 @@ def test_verdict_says_when_might_sleep_calls_were_not_watched(recs, tmp_path):
     text = " ".join(_run("report", rec).output.split())       # the verdict wraps at the width
     assert "must-not-sleep callback calls watched (for sleeps; calls that may sleep were not watched: " \
            "record --might-sleep)" in text
+    # ... and minor 10: sleeps seen by the switch count (--sleep-detect count) have no sleeper
+    assert rep["schema_minor"] >= 10 and rep["verdict"]["sleep_detect"] == "switch"
+    meta["sleep_detect"] = "count"
+    (rec / "metadata.json").write_text(json.dumps(meta))
+    assert json.loads(_run("report", rec, "--format", "json").output)["verdict"]["sleep_detect"] == "count"
+    text = " ".join(_run("report", rec).output.split())
+    assert "sleeps seen by the task's switch count, without what slept" in text
 
 
 def test_callbacks_left_out_by_choice_are_not_gaps(recs, tmp_path):
@@ -339,3 +346,27 @@ def test_record_buffer_defaults_follow_the_mode_and_transport():
     assert default_buffer_pages(False, True, 2) == 2048        # perf: per CPU, shared out
     assert default_buffer_pages(False, True, 6) == 512         # a power of two
     assert default_buffer_pages(True, True, 64) == 64          # never below 64 per CPU
+
+
+def test_sleeps_without_stacks_are_reported(recs, tmp_path):
+    """--sleep-detect count: sleep records carry no stack. A segment in which no
+    record has one was typed list<null> by pyarrow: it is read, and written
+    from now on, as lists of strings."""
+    import shutil
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from mmntrace.store import typed
+    rec = tmp_path / "rec"
+    shutil.copytree(recs["a"], rec)
+    segs = sorted(rec.glob("sleeps-*.parquet"))
+    assert segs
+    for p in segs:
+        t = pq.read_table(p)
+        t = t.set_column(t.column_names.index("stack"), "stack", pa.array([[]] * len(t), pa.list_(pa.null())))
+        pq.write_table(t, p)
+    rep = json.loads(_run("report", rec, "--format", "json").output)
+    assert rep["verdict"]["violation_invocations"] == 12
+    assert all(v["stack"] == [] for v in rep["violations"])
+    t = typed(pa.Table.from_pandas(pd.DataFrame({"stack": [[], []], "sleeper": [None, None]})))
+    assert t.schema.field("stack").type == pa.list_(pa.string()) and t.schema.field("sleeper").type == pa.string()
