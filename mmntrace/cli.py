@@ -147,7 +147,7 @@ HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the s
                    "voluntary context switches, read as each such callback enters and returns: the same "
                    "sleeps, counted exactly, with nothing running outside MMU-notifier calls, but "
                    "without the sleeping function (with --might-sleep the might-sleep call names it). "
-                   "BENCHMARKS.md has the cost of each.")
+                   "BENCHMARKS.md has the sched_switch program's cost per run.")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="Written (JSON: attached probes) once every probe is attached, and again when new driver callbacks are.")
 @click.option("--redact", is_flag=True, help="Drop raw kernel addresses (mm, ranges, functions); keep symbols.")

@@ -353,6 +353,7 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
     assert c["msleeps"] == 1          # the injection landed in a counted, logged call
     v = report.build(r)["violations"]
     rows = [x for x in v if x["callback"] and x["callback"].startswith("mmnt_secondary_tlb")]
+    print(f"msleep in secondary_tlb ({backend}, {detect}): switched {c['msleeps_switched']}, rows {len(rows)}")
     if not might_sleep and not c["msleeps_switched"]:
         assert rows == [], v          # it did not sleep, and might-sleep calls were not watched
         return
