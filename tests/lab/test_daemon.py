@@ -170,93 +170,99 @@ def test_windows_match_module_metrics_budget_and_sigterm(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
     child = Child()
     out = tmp_path / "d"
-    d = Daemon(out, "--every", "30s", "--for", "12s", "--count", "5", "--pid", str(child.p.pid),
+    d = Daemon(out, "--every", "45s", "--for", "12s", "--count", "5", "--pid", str(child.p.pid),
                "--host", "labhost", "--max-bpf-cpu", "1", "--max-events-per-s", "1000")
-    opened, between = [], []
-    checked_ns = None
-    for i in range(3):
-        # the first window waits for the start-up too (the compile: 70-110 s in a slow lab
-        # guest, more with a second guest beside it on a 2-CPU host)
-        w = d.wait("window_open", timeout=300 if i == 0 else 150)
-        opened.append(w)
-        if i:        # the checks between windows ran before this one started attaching
-            assert checked_ns < w["attach_ns"]
-        assert _our_kprobes() and _perf_links(d.p.pid), "nothing attached during a window"
-        # the child subscribed before the daemon started: every window opens
-        # with the module's callbacks already probed (the start-up sweep)
-        assert set(MOD_CBS) <= set(w["callbacks"]), w
-        assert child.say(f"run {2 + i}").strip() == "ok"
-        d.wait("window", timeout=120)
-        between.append((_our_kprobes(), _perf_links(d.p.pid)))
-        checked_ns = time.monotonic_ns()
-    assert between == [([], [])] * 3
+    try:
+        opened, between = [], []
+        checked_ns = None
+        for i in range(3):
+            # the first window waits for the start-up too (the compile: 70-110 s in a slow lab
+            # guest, more with a second guest beside it on a 2-CPU host)
+            w = d.wait("window_open", timeout=300 if i == 0 else 150)
+            opened.append(w)
+            if i:        # the checks between windows ran before this one started attaching
+                assert checked_ns < w["attach_ns"]
+            assert _our_kprobes() and _perf_links(d.p.pid), "nothing attached during a window"
+            # the child subscribed before the daemon started: every window opens
+            # with the module's callbacks already probed (the start-up sweep)
+            assert set(MOD_CBS) <= set(w["callbacks"]), w
+            assert child.say(f"run {2 + i}").strip() == "ok"
+            d.wait("window", timeout=120)
+            between.append((_our_kprobes(), _perf_links(d.p.pid)))
+            checked_ns = time.monotonic_ns()
+        assert between == [([], [])] * 3
 
-    # window 3: a storm far above the budget turns 1-in-N sampling on
-    w = d.wait("window_open")
-    assert checked_ns < w["attach_ns"]
-    assert child.say("storm 5").strip() == "ok"
-    s = d.wait("sampling")
-    assert s["sample_every"] > 1
-    w = d.wait("window", timeout=120)
-    assert w["sample_every"] > 1
-    storm = json.loads(Path(w["files"]["summary"]).read_text())
-    assert storm["sample_every"] == w["sample_every"] and storm["sampled_from_s"] is not None
-    # window 4: SIGTERM in the middle cancels it, detaches everything, exits 0
-    d.wait("window_open")
-    d.p.send_signal(signal.SIGTERM)
-    d.wait("window_cancelled")
-    d.wait("exit")
-    assert d.p.wait(60) == 0
-    assert _our_kprobes() == []
-    files = [p for p in out.rglob("*") if p.is_file()]
-    assert all(not p.name.startswith(".") for p in files), files     # nothing partial
-    recs = child.records()
-    child.close()
+        # window 3: a storm far above the budget turns 1-in-N sampling on
+        w = d.wait("window_open")
+        assert checked_ns < w["attach_ns"]
+        assert child.say("storm 5").strip() == "ok"
+        s = d.wait("sampling")
+        assert s["sample_every"] > 1
+        w = d.wait("window", timeout=120)
+        assert w["sample_every"] > 1
+        storm = json.loads(Path(w["files"]["summary"]).read_text())
+        assert storm["sample_every"] == w["sample_every"] and storm["sampled_from_s"] is not None
+        # window 4: SIGTERM in the middle cancels it, detaches everything, exits 0
+        d.wait("window_open")
+        d.p.send_signal(signal.SIGTERM)
+        d.wait("window_cancelled")
+        d.wait("exit")
+        assert d.p.wait(60) == 0
+        assert _our_kprobes() == []
+        files = [p for p in out.rglob("*") if p.is_file()]
+        assert all(not p.name.startswith(".") for p in files), files     # nothing partial
+        recs = child.records()
+        child.close()
 
-    summaries = sorted((json.loads(p.read_text()) for p in out.glob("windows/host=labhost/date=*/*.json")),
-                       key=lambda s: s["index"])
-    assert [s["index"] for s in summaries] == [0, 1, 2, 3]
-    pid = child.p.pid
-    for s, w in zip(summaries[:3], opened):
-        lo, hi = s["start_ns"], s["end_ns"]
-        assert lo == w["start_ns"]
-        assert s["drops"]["total"] == 0 and s["sample_every"] == 1
-        assert {r["hook"] for r in s["latency"]} <= set(hooks_table.choices())     # stable names
-        lat: dict = {}
-        for r in s["latency"]:     # one row per event type: sum them
-            k = (r["hook"], (r["callback"] or "").split(" ")[0])
-            lat[k] = lat.get(k, 0) + r["count"]
-        for hook_name in ("invalidate_range_start", "invalidate_range_end"):
-            want = _in(recs, lo, hi, pid, hook_name.split("_")[-1])
-            assert lat.get((hook_name, ""), 0) == want, (hook_name, s["index"])
-        cb_lo = lo      # exact from the window's first call, callbacks included
-        for cb, hook in (("mmnt_invalidate_range_start", "start"), ("mmnt_invalidate_range_end", "end"),
-                         ("mmnt_secondary_tlb", "secondary_tlb")):
-            got = sum(n for (h, c), n in lat.items() if c == cb)
-            assert got == _in(recs, cb_lo, hi, pid, hook), (cb, s["index"])
-        assert _in(recs, cb_lo, hi, pid, "start") > 0
-        assert s["violations"] == []
+        summaries = sorted((json.loads(p.read_text()) for p in out.glob("windows/host=labhost/date=*/*.json")),
+                           key=lambda s: s["index"])
+        assert [s["index"] for s in summaries] == [0, 1, 2, 3]
+        pid = child.p.pid
+        for s, w in zip(summaries[:3], opened):
+            lo, hi = s["start_ns"], s["end_ns"]
+            assert lo == w["start_ns"]
+            assert s["drops"]["total"] == 0 and s["sample_every"] == 1
+            assert {r["hook"] for r in s["latency"]} <= set(hooks_table.choices())     # stable names
+            lat: dict = {}
+            for r in s["latency"]:     # one row per event type: sum them
+                k = (r["hook"], (r["callback"] or "").split(" ")[0])
+                lat[k] = lat.get(k, 0) + r["count"]
+            for hook_name in ("invalidate_range_start", "invalidate_range_end"):
+                want = _in(recs, lo, hi, pid, hook_name.split("_")[-1])
+                assert lat.get((hook_name, ""), 0) == want, (hook_name, s["index"])
+            cb_lo = lo      # exact from the window's first call, callbacks included
+            for cb, hook in (("mmnt_invalidate_range_start", "start"), ("mmnt_invalidate_range_end", "end"),
+                             ("mmnt_secondary_tlb", "secondary_tlb")):
+                got = sum(n for (h, c), n in lat.items() if c == cb)
+                assert got == _in(recs, cb_lo, hi, pid, hook), (cb, s["index"])
+            assert _in(recs, cb_lo, hi, pid, "start") > 0
+            assert s["violations"] == []
 
-    # the windows' Hive partitions, readable as one dataset
-    hist = ds.dataset(out / "hist", format="parquet", partitioning="hive").to_table().to_pandas()
-    assert sorted(hist["window"].unique()) == [s["window"] for s in summaries]
-    assert set(hist["host"]) == {"labhost"}
-    for s in summaries:
-        h = hist[(hist["window"] == s["window"]) & (hist["callback"].fillna("").str.startswith("mmnt_secondary_tlb"))]
-        assert int(h["count"].sum()) == sum(r["count"] for r in s["latency"]
-                                            if (r["callback"] or "").startswith("mmnt_secondary_tlb"))
+        # the windows' Hive partitions, readable as one dataset
+        hist = ds.dataset(out / "hist", format="parquet", partitioning="hive").to_table().to_pandas()
+        assert sorted(hist["window"].unique()) == [s["window"] for s in summaries]
+        assert set(hist["host"]) == {"labhost"}
+        for s in summaries:
+            h = hist[(hist["window"] == s["window"]) & (hist["callback"].fillna("").str.startswith("mmnt_secondary_tlb"))]
+            assert int(h["count"].sum()) == sum(r["count"] for r in s["latency"]
+                                                if (r["callback"] or "").startswith("mmnt_secondary_tlb"))
 
-    # the textfile holds the last complete window's figures, parseable by prometheus-client
-    fams = {f.name: f for f in text_string_to_metric_families((out / "mmntrace.prom").read_text())}
-    last = summaries[-1]
-    calls = {(x.labels["hook"], x.labels["callback"], x.labels["event"]): x.value
-             for x in fams["mmntrace_window_calls"].samples}
-    assert calls == {(r["hook"], r["callback"] or "", r["event"] or ""): r["count"] for r in last["latency"]}
-    hsum = {(x.labels["hook"], x.labels["callback"], x.labels["event"]): x.value
-            for x in fams["mmntrace_latency_seconds"].samples if x.name.endswith("_count")}
-    assert hsum == calls
-    assert fams["mmntrace_daemon_windows"].samples[0].value == 4
-    assert fams["mmntrace_window_sample_every"].samples[0].value == last["sample_every"]
+        # the textfile holds the last complete window's figures, parseable by prometheus-client
+        fams = {f.name: f for f in text_string_to_metric_families((out / "mmntrace.prom").read_text())}
+        last = summaries[-1]
+        calls = {(x.labels["hook"], x.labels["callback"], x.labels["event"]): x.value
+                 for x in fams["mmntrace_window_calls"].samples}
+        assert calls == {(r["hook"], r["callback"] or "", r["event"] or ""): r["count"] for r in last["latency"]}
+        hsum = {(x.labels["hook"], x.labels["callback"], x.labels["event"]): x.value
+                for x in fams["mmntrace_latency_seconds"].samples if x.name.endswith("_count")}
+        assert hsum == calls
+        assert fams["mmntrace_daemon_windows"].samples[0].value == 4
+        assert fams["mmntrace_window_sample_every"].samples[0].value == last["sample_every"]
+    finally:        # a failure leaves neither the daemon nor the subscriber behind (the next
+        _stop(d)    # test unloads the module: a child still holding it would fail that one too)
+        if child.p.poll() is None:
+            child.p.kill()
+            child.p.wait(30)
 
 
 def _stop(d: Daemon) -> None:
