@@ -792,15 +792,13 @@ def via_rows(rows) -> list[dict]:
 def _read_sleeps(rec) -> pd.DataFrame:
     """All sleep segments, only the columns violations need; stacks as codes
     into a shared list (``.attrs["stacks"]``) instead of Python lists per row."""
-    import pyarrow as pa
     import pyarrow.compute as pc
+    from .store import typed
     frames, stacks, index = [], [], {}
     for t in rec.tables("sleeps", SLEEP_COLUMNS, SLEEP_DICT):
         if "stack" in t.column_names:
-            col = t.column("stack")
-            if not pa.types.is_string(col.type.value_type):     # a segment whose stacks are all empty
-                col = col.cast(pa.list_(pa.string()))           # (--sleep-detect count) is list<null>
-            joined = pc.fill_null(pc.binary_join(col, "\n"), "").combine_chunks().dictionary_encode()
+            t = typed(t)        # a segment whose stacks are all empty (--sleep-detect count): list<null>
+            joined = pc.fill_null(pc.binary_join(t.column("stack"), "\n"), "").combine_chunks().dictionary_encode()
             local = np.array([index.setdefault(v, len(index)) for v in joined.dictionary.to_pylist()], np.int64)
             key = local[joined.indices.to_numpy(zero_copy_only=False)] if len(local) else np.zeros(len(t), np.int64)
             t = t.drop_columns(["stack"])

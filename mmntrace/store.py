@@ -23,7 +23,6 @@ FORMAT_VERSION = 1
 META = "metadata.json"
 
 
-
 def typed(table):
     """``table`` with the columns pyarrow could type only as null (every value
     None; every stack empty: sleeps seen by --sleep-detect count) typed as
@@ -35,6 +34,7 @@ def typed(table):
         elif pa.types.is_list(f.type) and pa.types.is_null(f.type.value_type):
             table = table.set_column(i, f.name, table.column(i).cast(pa.list_(pa.string())))
     return table
+
 
 class RecordingWriter:
     """Writes a recording directory: made 0700 (never through a link, never a
