@@ -15,15 +15,18 @@ usage: lab_suite.py KERNEL[:SCOPE] [KERNEL[:SCOPE]...] [--timeout SECONDS] [--jo
 
 SCOPE says which lab tests a kernel's guest runs (pytest markers, pyproject.toml):
   all      every lab test (the default)
+  main     every lab test but the `second_kernel` ones: `make lab-test`'s
+           first kernel, beside which the second runs those
   kernel   those whose behaviour depends on the kernel: not the `one_kernel`
-           ones (the install, the CLI's choices, the recorder's own limits),
-           which the `all` kernel covers
+           ones (the install, the CLI's choices, the recorder's own limits,
+           and the variants whose kernel-dependent code other tests check on
+           every kernel), which the `all` or `main` kernel covers
   context  the lock-context and sleeping-rule tests (`lock_context`): what
            differs on PREEMPT_RT, where preempt_count() cannot see a spinlock_t
   arm64    the tests the arm64 lab runs (`arm64`): the permission-upgrade path,
            the module's ground truth and the tracer there (6.12-arm64, QEMU
            TCG emulating another architecture: several times slower)
-`make lab-test` runs 6.12:all 6.1:kernel 6.12-rt:context; `make lab-test-arm64`
+`make lab-test` runs 6.12:main 6.1:kernel 6.12-rt:context; `make lab-test-arm64`
 6.12-arm64:arm64; `make lab-test-all` every x86 kernel's whole suite.
 
 With several kernels, their suites run at the same time, one guest each
@@ -50,7 +53,7 @@ STALL_MARGIN_S = float(os.environ.get("LAB_SUITE_STALL_MARGIN_S", "300"))
 # one guest's whole suite, at most (a 6.1 suite took 40 min on a slow day, 17 on a fast one)
 SUITE_TIMEOUT_S = 4200
 #: which tests each scope runs (pytest -m)
-SCOPES = {"all": "lab", "kernel": "lab and not one_kernel", "context": "lab and lock_context",
+SCOPES = {"all": "lab", "main": "lab and not second_kernel", "kernel": "lab and not one_kernel", "context": "lab and lock_context",
           "arm64": "lab and arm64"}
 
 
@@ -159,7 +162,7 @@ def main() -> int:
     done: dict[str, str] = {}          # what the dead guest finished (nothing before the first run)
     for attempt in (1, 2):
         argv = ["env", f"MMNTRACE_LAB_PROGRESS={prog}", *py, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                "--timeout", a.timeout, "--durations", "12", "-m", SCOPES[scope], "tests",
+                "--timeout", a.timeout, "--durations", "0", "--durations-min", "30", "-m", SCOPES[scope], "tests",
                 *[f"--deselect={n}" for n in done]]
         # the whole suite in one guest: 17-40 min (the host's speed varies that much); each test
         # has its own limit (--timeout), and a guest in which none finishes is stopped (watch)

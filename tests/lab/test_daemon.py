@@ -161,21 +161,24 @@ def _in(recs, lo, hi, pid, hook):
                 & (recs["ts_ns"] <= hi)).sum())
 
 
-# Not in the PREEMPT_RT scope of `make lab-test` (its windows read the lock context
-# through the same Tracer as record, which that scope checks call by call): at 200-300 s
-# it would push make test past CI's limit; `make lab-test-all` runs it there.
+# `make lab-test` runs it on 6.12 only (one_kernel): a window attaches and detaches
+# through the same Tracer as record, whose counts, lock context and sleep detection
+# (the daemon's default, --sleep-detect count) the record tests check on every kernel;
+# at 200-300 s a kernel it would push make test past CI's limit. `make lab-test-all`
+# runs it on every kernel (it passed on 6.1 and PREEMPT_RT).
+@pytest.mark.one_kernel
 def test_windows_match_module_metrics_budget_and_sigterm(tmp_path):
-    """One daemon, five windows: three exact ones, one under an event storm
+    """One daemon, four windows: two exact ones, one under an event storm
     (the budget turns sampling on), and one cancelled by SIGTERM."""
     from prometheus_client.parser import text_string_to_metric_families
     child = Child()
     out = tmp_path / "d"
-    d = Daemon(out, "--every", "45s", "--for", "12s", "--count", "5", "--pid", str(child.p.pid),
+    d = Daemon(out, "--every", "45s", "--for", "12s", "--count", "4", "--pid", str(child.p.pid),
                "--host", "labhost", "--max-bpf-cpu", "1", "--max-events-per-s", "1000")
     try:
         opened, between = [], []
         checked_ns = None
-        for i in range(3):
+        for i in range(2):
             # the first window waits for the start-up too (the compile: 70-110 s in a slow lab
             # guest, more with a second guest beside it on a 2-CPU host)
             w = d.wait("window_open", timeout=300 if i == 0 else 150)
@@ -190,9 +193,9 @@ def test_windows_match_module_metrics_budget_and_sigterm(tmp_path):
             d.wait("window", timeout=120)
             between.append((_our_kprobes(), _perf_links(d.p.pid)))
             checked_ns = time.monotonic_ns()
-        assert between == [([], [])] * 3
+        assert between == [([], [])] * 2
 
-        # window 3: a storm far above the budget turns 1-in-N sampling on
+        # window 2: a storm far above the budget turns 1-in-N sampling on
         w = d.wait("window_open")
         assert checked_ns < w["attach_ns"]
         assert child.say("storm 5").strip() == "ok"
@@ -202,7 +205,7 @@ def test_windows_match_module_metrics_budget_and_sigterm(tmp_path):
         assert w["sample_every"] > 1
         storm = json.loads(Path(w["files"]["summary"]).read_text())
         assert storm["sample_every"] == w["sample_every"] and storm["sampled_from_s"] is not None
-        # window 4: SIGTERM in the middle cancels it, detaches everything, exits 0
+        # window 3: SIGTERM in the middle cancels it, detaches everything, exits 0
         d.wait("window_open")
         d.p.send_signal(signal.SIGTERM)
         d.wait("window_cancelled")
@@ -216,9 +219,9 @@ def test_windows_match_module_metrics_budget_and_sigterm(tmp_path):
 
         summaries = sorted((json.loads(p.read_text()) for p in out.glob("windows/host=labhost/date=*/*.json")),
                            key=lambda s: s["index"])
-        assert [s["index"] for s in summaries] == [0, 1, 2, 3]
+        assert [s["index"] for s in summaries] == [0, 1, 2]
         pid = child.p.pid
-        for s, w in zip(summaries[:3], opened):
+        for s, w in zip(summaries[:2], opened):
             lo, hi = s["start_ns"], s["end_ns"]
             assert lo == w["start_ns"]
             assert s["drops"]["total"] == 0 and s["sample_every"] == 1
@@ -256,7 +259,7 @@ def test_windows_match_module_metrics_budget_and_sigterm(tmp_path):
         hsum = {(x.labels["hook"], x.labels["callback"], x.labels["event"]): x.value
                 for x in fams["mmntrace_latency_seconds"].samples if x.name.endswith("_count")}
         assert hsum == calls
-        assert fams["mmntrace_daemon_windows"].samples[0].value == 4
+        assert fams["mmntrace_daemon_windows"].samples[0].value == 3
         assert fams["mmntrace_window_sample_every"].samples[0].value == last["sample_every"]
     finally:        # a failure leaves neither the daemon nor the subscriber behind (the next
         _stop(d)    # test unloads the module: a child still holding it would fail that one too)
