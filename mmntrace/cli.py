@@ -140,7 +140,7 @@ HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the s
                    "sleep this time. Off by default: those probes fire on every allocation and lock of "
                    "the machine, traced process or not (BENCHMARKS.md, ambient tax). Real sleeps inside "
                    "must-not-sleep callbacks are caught either way.")
-@click.option("--sleep-detect", "sleep_detect", type=click.Choice(["switch", "count"]), default="switch",
+@click.option("--sleep-detect", "sleep_detect", type=click.Choice(hooks.SLEEP_DETECT), default="switch",
               show_default=True, help="How real sleeps inside callbacks that must not sleep are caught. switch: a program on the "
                    "sched_switch tracepoint, which names what slept with its stack, but runs on every "
                    "context switch of the machine, traced process or not. count: the task's count of "
@@ -583,7 +583,7 @@ See docs/daemon.md for the rollout and what it costs per host.
 @click.option("--might-sleep/--no-might-sleep", default=None,
               help="Also probe might-sleep functions in each window [default: off: they tax every allocation "
                    "and lock of the machine; real sleeps are caught either way].")
-@click.option("--sleep-detect", "sleep_detect", type=click.Choice(["switch", "count"]), default=None,
+@click.option("--sleep-detect", "sleep_detect", type=click.Choice(hooks.SLEEP_DETECT), default=None,
               help="How real sleeps are caught, as for record [default: count: nothing runs outside "
                    "MMU-notifier calls; switch also names what slept, at a cost on every context switch].")
 @_friendly

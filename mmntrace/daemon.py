@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from . import decode, kernel
 from .errors import MmntraceError, OverheadGuardError, UsageError
+from .hooks import SLEEP_DETECT
 from .outpath import OutputDir, make_parents, write_atomic
 from .units import DAY, parse_duration, parse_size  # noqa: F401 (the daemon's API)
 
@@ -78,8 +79,8 @@ class DaemonConfig:
             raise UsageError("--max-events-per-s must be positive")
         if self.count is not None and self.count < 1:
             raise UsageError("--count must be at least 1")
-        if self.sleep_detect not in ("switch", "count"):
-            raise UsageError(f"sleep-detect {self.sleep_detect!r}: use switch or count")
+        if self.sleep_detect not in SLEEP_DETECT:
+            raise UsageError(f"sleep-detect {self.sleep_detect!r}: use {' or '.join(SLEEP_DETECT)}")
 
 
 # TOML keys mirror the long flags (dashes or underscores).

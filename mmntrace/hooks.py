@@ -54,6 +54,12 @@ def _hook(enum: str, name: str, symbols: tuple[str, ...], **kw) -> Hook:
 
 
 #: every hook, in report order
+#: how real sleeps in a must-not-sleep callback are seen (record and daemon
+#: --sleep-detect, Tracer(sleep_detect=)): a sched_switch program on every
+#: context switch, with the sleeper's stack; or the task's voluntary-switch
+#: count read at each must-not-sleep section's entry and return, nothing else
+SLEEP_DETECT = ("switch", "count")
+
 HOOKS: tuple[Hook, ...] = (
     _hook("START", "invalidate_range_start", ("__mmu_notifier_invalidate_range_start",),
           ops=("invalidate_range_start",), ranged=True),

@@ -61,9 +61,7 @@ REC_OPS = _H.defines["MMNT_REC_OPS"]
 REC_REGISTER = _H.defines["MMNT_REC_REGISTER"]
 REC_NAMES = {REC_HOOK: "hook", REC_CALLBACK: "callback", REC_SLEEP: "sleep", REC_OPS: "ops",
              REC_REGISTER: "register"}
-#: how real sleeps are seen (Tracer(sleep_detect=)): a sched_switch program, or
-#: the task's voluntary-switch count at each must-not-sleep section's return
-SLEEP_DETECT = ("switch", "count")
+SLEEP_DETECT = hookmod.SLEEP_DETECT
 DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series",
               _H.defines["MMNT_DROP_FOLLOW"]: "unfollowed_processes"}
 # --aggregate arrays (bpf/mmntrace.bpf.c): series x event index x log2 slot
@@ -1105,7 +1103,8 @@ class Tracer:
 
     def untimed(self) -> dict[int, int]:
         """callback address -> its calls counted but not timed (made before its
-        probe was attached: a subscriber that registered and was invalidated at once)."""
+        probe was attached: a subscriber that registered and was invalidated at once,
+        or unregistered at once, mmu_notifier_unregister() calling its release)."""
         if self.bpf is None:
             return dict(self._final.get("untimed", {})) if self._final else {}
         seen = {int(k.value): int(v.value) for k, v in self.bpf[b"cb_seen"].items()}

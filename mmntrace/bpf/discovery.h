@@ -237,6 +237,44 @@ static __always_inline void add_to(u64 fn, bool seen)
 }
 
 /*
+ * mmu_notifier_unregister() calls the subscriber's release op itself, outside
+ * any hook, while the subscription is still on the mm's list (its mm's exit
+ * has not released it already: hlist_unhashed()). A subscriber that comes and
+ * goes at once unregisters before that op can be probed, and the call would
+ * go unseen: the unregistration counts it (cb_expected), and the release
+ * probe, where it is in, matches it on the same task (cb_seen).
+ */
+BPF_HASH(unreg_release, u64, u64, 1024);	/* task -> the release op its unregistration calls */
+
+static __always_inline void unregister_counts_release(u64 sub)
+{
+	u64 pprev = 0, ops = 0, fn = 0, id = bpf_get_current_pid_tgid();
+
+	/* struct hlist_node { next; pprev; }: pprev NULL once unhashed */
+	if (!sub || bpf_probe_read_kernel(&pprev, sizeof(pprev),
+					  (void *)(sub + MMNT_L_SUB_HLIST + sizeof(void *))) || !pprev)
+		return;
+	bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(sub + MMNT_L_SUB_OPS));
+	if (ops)
+		bpf_probe_read_kernel(&fn, sizeof(fn), (void *)(ops + MMNT_L_OPS_release));
+	if (!fn)
+		return;
+	add_to(fn, false);
+	unreg_release.update(&id, &fn);
+}
+
+/* A release callback outside any hook: the one this task's unregistration counted? */
+static __always_inline void release_seen(u64 func)
+{
+	u64 id = bpf_get_current_pid_tgid(), *fn = unreg_release.lookup(&id);
+
+	if (fn && *fn == func) {
+		add_to(func, true);
+		unreg_release.delete(&id);
+	}
+}
+
+/*
  * At a hook's return while callbacks are being probed: each subscriber of
  * the mm whose op for this hook is set was called once (the core calls every
  * one): cb_expected[op]++. The callbacks our probes timed inside this

@@ -501,6 +501,8 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 	bool in_hook = hs->active;
 	if (in_hook && (hs->flags & MMNT_FL_SKIP))
 		return 0;		/* its hook invocation was not sampled */
+	if (!in_hook && ci->hook == MMNT_HOOK_RELEASE)
+		release_seen(ci->func);	/* mmu_notifier_unregister() calling it */
 	struct cstate *c = &t->c;
 	if (c->active && (c->flags & MMNT_FL_MUST_NOT_SLEEP))
 		nosleep_add(-1);	/* nested callback: the outer one is forgotten */
@@ -831,9 +833,12 @@ int reg_register(struct pt_regs *ctx)
 	return 0;
 }
 
+/* mmu_notifier_unregister(subscription, mm): it calls ops->release itself */
 int reg_unregister(struct pt_regs *ctx)
 {
 	emit_register(ctx, MMNT_HOOK_NONE, MMNT_FL_UNREGISTER, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), 0, 0);
+	if (pass_filter(bpf_get_current_pid_tgid() >> 32))
+		unregister_counts_release(PT_REGS_PARM1(ctx));
 	return 0;
 }
 

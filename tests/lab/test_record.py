@@ -508,12 +508,23 @@ print(json.dumps({"counts": c, "mm": int(recs["mm"][0]) if len(recs) else 0}), f
 """
 
 
-def _register_at_once_under(rec, script: str = REGISTER_AT_ONCE) -> dict:
+#: a first client of the module that comes and goes at once: mmu_notifier_unregister()
+#: calls its release op microseconds after the registration, before a probe can be in
+RELEASED_AT_ONCE = """m0 = testmod.TestModule()
+m0.register(0)
+m0.unregister()
+released = m0.counts()["calls"]["release"]
+m0.close()
+m = testmod.TestModule()
+"""
+
+
+def _register_at_once_under(rec, script: str = REGISTER_AT_ONCE, seconds: float = 3.0) -> dict:
     """Run ``script`` (REGISTER_AT_ONCE or a variant: a subscriber that
     registers and is invalidated at once, then idles) under the running
     recorder ``rec``; stop the recorder once it has reported; return its report."""
     p = subprocess.Popen([sys.executable, "-c", script % dict(then=IDLE, repo=str(Path(__file__).resolve().parents[2]),
-                                                              seconds=3.0)],
+                                                              seconds=seconds)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         res = json.loads(p.stdout.readline())
@@ -533,9 +544,15 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
     invalidated at once. Its first calls come before its callbacks can be
     probed; each is then counted as untimed (hooks count, at their return,
     the calls of their subscribers' ops that no probe timed while probing is
-    under way). Timed + untimed = the module's own count, per op, exactly."""
+    under way). Timed + untimed = the module's own count, per op, exactly.
+    Before it, a first client registers and unregisters at once: the release
+    op mmu_notifier_unregister() calls, outside any hook, is counted untimed
+    by the unregistration probe."""
     rec = Recorder(tmp_path / "rec")
-    res = _register_at_once_under(rec)
+    res = _register_at_once_under(rec, REGISTER_AT_ONCE.replace("m = testmod.TestModule()\n", RELEASED_AT_ONCE).replace(
+        '{"counts": c,', '{"counts": c, "released_at_once": released,'), seconds=6.0)
+    # (6 s: the module's eight callbacks are probed one by one, the secondary-TLB one
+    # last; in a guest beside another, 3 s once ended before it went in)
     r = Recording(tmp_path / "rec")
     mine = r.events()
     mine = mine[(mine["mm"] == res["mm"]) & (mine["kind"] == "callback")]
@@ -547,6 +564,13 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
         assert timed > 0, hook         # its probes did go in while it ran
     assert sum(untimed.get(fn, 0) for fn in MODULE_CB.values()) > 0, \
         "the probes went in before the first call: nothing was untimed (precondition)"
+    # release, called by mmu_notifier_unregister() outside any hook: the first client's
+    # (before its probe could go in) counted untimed, the second's (at the end) timed
+    released = res["released_at_once"] + calls["release"]
+    timed = len(_cb(mine, "mmnt_release"))
+    assert res["released_at_once"] == 1 and calls["release"] == 1, res
+    assert timed + untimed.get("mmnt_release", 0) == released, (timed, untimed, res)
+    assert untimed.get("mmnt_release", 0) >= 1, "the first client's release was timed (precondition)"
     rep = report.build(r)
     assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]   # nothing else lost
     assert rep["verdict"]["untimed"] == r.meta["drops"]["untimed"] == sum(untimed.values())
