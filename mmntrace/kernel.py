@@ -437,6 +437,8 @@ _LAYOUT_MEMBERS = {
     "IOPS_INVALIDATE": ("mmu_interval_notifier_ops", "invalidate"),
     "ISUB_OPS": ("mmu_interval_notifier", "ops"),
     "ISUB_TREE": ("mmu_interval_notifier", "interval_tree"),
+    "ITN_START": ("interval_tree_node", "start"),
+    "ITN_LAST": ("interval_tree_node", "last"),
     "TASK_MM": ("task_struct", "mm"),
     "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
     "TASK_PID": ("task_struct", "pid"),

@@ -274,33 +274,94 @@ static __always_inline void release_seen(u64 func)
 	}
 }
 
+#define MMNT_RB_DEPTH 24	/* steps down or up an rbtree: depth <= 2*log2(n+1), 4095 nodes */
+
+/* rb_next() by parent pointers: no stack of pending subtrees, so that the
+ * verifier's states at a walk's loop head stay alike and it can prune them */
+static __always_inline u64 rb_next_of(u64 node)
+{
+	u64 next = 0, right = 0;
+
+	bpf_probe_read_kernel(&right, sizeof(right), (void *)(node + MMNT_L_RB_RIGHT));
+	if (right) {		/* the leftmost node of the right subtree */
+		next = right;
+#pragma clang loop unroll(disable)
+		for (int j = 0; j < MMNT_RB_DEPTH; j++) {
+			u64 left = 0;
+			bpf_probe_read_kernel(&left, sizeof(left), (void *)(next + MMNT_L_RB_LEFT));
+			if (!left)
+				break;
+			next = left;
+		}
+	} else {		/* up to the first ancestor we are left of */
+		u64 cur = node;
+#pragma clang loop unroll(disable)
+		for (int j = 0; j < MMNT_RB_DEPTH; j++) {
+			u64 pc = 0, pr = 0;
+			bpf_probe_read_kernel(&pc, sizeof(pc), (void *)(cur + MMNT_L_RB_PARENT));
+			next = pc & ~3ULL;
+			if (!next)
+				break;
+			bpf_probe_read_kernel(&pr, sizeof(pr), (void *)(next + MMNT_L_RB_RIGHT));
+			if (pr != cur)
+				break;
+			cur = next;
+			next = 0;
+		}
+	}
+	return next;
+}
+
+#define MMNT_ITREE_COUNT_NODES 64	/* interval notifiers a hook's count visits */
+
 /*
- * At a hook's return while callbacks are being probed: each subscriber of
- * the mm whose op for this hook is set was called once (the core calls every
- * one): cb_expected[op]++. The callbacks our probes timed inside this
- * invocation: cb_seen[op]++. User space reads expected - seen per op as the
- * calls no probe timed (plain sums: matching the two here made the verifier
- * give up). Not counted where the core may have stopped early: a failed
- * start (an interval notifier refused, the list was skipped) and test_young
- * once one said young. Before 6.6 range_end also calls each invalidate_range
- * op, unless only_end.
+ * The interval notifiers a range start (mn_itree_invalidate(), inlined on
+ * 6.12) or a release (mn_itree_release(): all of them) calls: each one whose
+ * [start, last] meets [start, last] of the range, once. In order from the
+ * leftmost node (the tree is sorted by start) up to the first node that
+ * starts past the range. Read at range start's return, the tree is the one
+ * the core walked: from mn_itree_inv_start_range() until this range's
+ * mn_itree_inv_end() (in range_end) inserts and removals are deferred. An mm
+ * with more interval notifiers below the range's end than one count visits
+ * is a drop (MMNT_DROP_ITREE), not a silent gap.
  */
-static __always_inline void count_untimed(struct hstate *s, u32 hook, u64 rc)
+static __always_inline void count_itree(u64 subs, u64 start, u64 last)
+{
+#if MMNT_SUBS_ITREE_OFF >= 0
+	u64 node = 0;
+
+	if (bpf_probe_read_kernel(&node, sizeof(node), (void *)(subs + MMNT_SUBS_ITREE_OFF + MMNT_L_RBC_LEFTMOST)))
+		return;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < MMNT_ITREE_COUNT_NODES; i++) {
+		u64 ns = 0, nl = 0, ops = 0, fn = 0;
+		if (!node)
+			return;
+		bpf_probe_read_kernel(&ns, sizeof(ns), (void *)(node + MMNT_L_ITN_START));
+		if (ns > last)
+			return;
+		bpf_probe_read_kernel(&nl, sizeof(nl), (void *)(node + MMNT_L_ITN_LAST));
+		if (nl >= start) {
+			bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(node - MMNT_L_ISUB_TREE + MMNT_L_ISUB_OPS));
+			if (ops)
+				bpf_probe_read_kernel(&fn, sizeof(fn), (void *)(ops + MMNT_L_IOPS_INVALIDATE));
+			if (fn)
+				add_to(fn, false);
+		}
+		node = rb_next_of(node);
+	}
+	if (node)
+		count_drop(MMNT_DROP_ITREE);
+#endif
+}
+
+/* Each subscriber on the mm's list whose op at ``off`` (and ``off2``) is set
+ * was called once: cb_expected[op]++. */
+static __always_inline void count_list(u64 subs, int off, int off2)
 {
 #if MMNT_SUBS_LIST_OFF >= 0
-	u64 subs = 0, node = 0;
-	int off = op_off_of(hook), off2 = -1;
+	u64 node = 0;
 
-	if (off < 0 || !s->mm)
-		return;
-	if ((hook == MMNT_HOOK_START || hook == MMNT_HOOK_TEST_YOUNG) && (u32)rc)
-		return;
-#ifdef MMNT_HAVE_OP_INVALIDATE_RANGE
-	if (hook == MMNT_HOOK_END && !s->only_end)
-		off2 = MMNT_L_OPS_invalidate_range;
-#endif
-	if (bpf_probe_read_kernel(&subs, sizeof(subs), (void *)(s->mm + MMNT_L_MM_SUBS)) || !subs)
-		return;
 	if (bpf_probe_read_kernel(&node, sizeof(node), (void *)(subs + MMNT_SUBS_LIST_OFF)))
 		return;
 #pragma clang loop unroll(disable)
@@ -321,6 +382,72 @@ static __always_inline void count_untimed(struct hstate *s, u32 hook, u64 rc)
 		}
 		if (bpf_probe_read_kernel(&node, sizeof(node), (void *)node))
 			break;
+	}
+#endif
+}
+
+static __always_inline u64 subs_of(u64 mm)
+{
+	u64 subs = 0;
+
+	if (!mm || bpf_probe_read_kernel(&subs, sizeof(subs), (void *)(mm + MMNT_L_MM_SUBS)))
+		return 0;
+	return subs;
+}
+
+/*
+ * A release (__mmu_notifier_release) empties the mm's list as it goes and
+ * ends its interval walk with mn_itree_inv_end(), which applies deferred
+ * changes: what it calls is counted at its entry, while probing is under way.
+ */
+static __always_inline void count_expected_at_entry(struct hstate *s)
+{
+	u64 subs = subs_of(s->mm);
+
+	if (!subs)
+		return;
+	s->expected_at_entry = 1;
+	count_list(subs, MMNT_L_OPS_release, -1);
+	count_itree(subs, 0, ~0ULL);
+}
+
+/*
+ * At a hook's return while callbacks are being probed: each subscriber of
+ * the mm whose op for this hook is set was called once (the core calls every
+ * one): cb_expected[op]++; a range start's interval notifiers too
+ * (count_itree). The callbacks our probes timed inside this invocation:
+ * cb_seen[op]++ (those beyond cbs[] were, as they came). User space reads
+ * expected - seen per op as the calls no probe timed (plain sums: matching
+ * the two here made the verifier give up). Not counted where the core may
+ * have stopped early: a failed start (an interval notifier refused, the list
+ * was skipped) and test_young once one said young. Before 6.6 range_end also
+ * calls each invalidate_range op, unless only_end. A release counted its
+ * calls at entry.
+ */
+static __always_inline void count_untimed(struct hstate *s, u32 hook, u64 rc)
+{
+#if MMNT_SUBS_LIST_OFF >= 0
+	int off = op_off_of(hook), off2 = -1;
+
+	if (off < 0 || !s->mm)
+		return;
+	if (hook == MMNT_HOOK_RELEASE) {
+		if (!s->expected_at_entry)
+			return;
+	} else {
+		u64 subs;
+		if ((hook == MMNT_HOOK_START || hook == MMNT_HOOK_TEST_YOUNG) && (u32)rc)
+			return;
+#ifdef MMNT_HAVE_OP_INVALIDATE_RANGE
+		if (hook == MMNT_HOOK_END && !s->only_end)
+			off2 = MMNT_L_OPS_invalidate_range;
+#endif
+		subs = subs_of(s->mm);
+		if (!subs)
+			return;
+		count_list(subs, off, off2);
+		if (hook == MMNT_HOOK_START)
+			count_itree(subs, s->start, s->end - 1);
 	}
 	u32 n = s->ncb;
 	/* unrolled, constant offsets: a loop here became a pointer walk that the
@@ -360,11 +487,7 @@ struct mmnt_iter_task {
  * walked, from there on (Tracer._sweep). */
 BPF_HASH(itree_resume, u64, u64, 1024);		/* mm -> its next node */
 BPF_ARRAY(itree_resuming, u32, 1);
-#define MMNT_RB_DEPTH 24	/* steps down or up an rbtree: depth <= 2*log2(n+1), 4095 nodes */
-
-/* In-order walk from the leftmost node by parent pointers (rb_next()): no
- * stack of pending subtrees, so that the verifier's states at the loop head
- * stay alike and it can prune them. */
+/* In-order walk from the leftmost node (rb_next_of()). */
 static __always_inline void walk_itree_to(void *ctx, void *seq, u64 mm)
 {
 #if MMNT_SUBS_ITREE_OFF >= 0
@@ -386,39 +509,12 @@ static __always_inline void walk_itree_to(void *ctx, void *seq, u64 mm)
 	}
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < MMNT_ITREE_NODES; i++) {
-		u64 ops = 0, next = 0, right = 0;
+		u64 ops = 0;
 		if (!node)
 			break;
 		bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(node - MMNT_L_ISUB_TREE + MMNT_L_ISUB_OPS));
 		emit_interval_ops_to(ctx, seq, ops, mm);
-		bpf_probe_read_kernel(&right, sizeof(right), (void *)(node + MMNT_L_RB_RIGHT));
-		if (right) {		/* the leftmost node of the right subtree */
-			next = right;
-#pragma clang loop unroll(disable)
-			for (int j = 0; j < MMNT_RB_DEPTH; j++) {
-				u64 left = 0;
-				bpf_probe_read_kernel(&left, sizeof(left), (void *)(next + MMNT_L_RB_LEFT));
-				if (!left)
-					break;
-				next = left;
-			}
-		} else {		/* up to the first ancestor we are left of */
-			u64 cur = node;
-#pragma clang loop unroll(disable)
-			for (int j = 0; j < MMNT_RB_DEPTH; j++) {
-				u64 pc = 0, pr = 0;
-				bpf_probe_read_kernel(&pc, sizeof(pc), (void *)(cur + MMNT_L_RB_PARENT));
-				next = pc & ~3ULL;
-				if (!next)
-					break;
-				bpf_probe_read_kernel(&pr, sizeof(pr), (void *)(next + MMNT_L_RB_RIGHT));
-				if (pr != cur)
-					break;
-				cur = next;
-				next = 0;
-			}
-		}
-		node = next;
+		node = rb_next_of(node);
 	}
 	if (node)			/* more than this run could visit: the next run goes on */
 		itree_resume.update(&mm, &node);

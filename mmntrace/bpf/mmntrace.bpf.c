@@ -66,6 +66,8 @@
 #define MMNT_L_IOPS_INVALIDATE offsetof(struct mmu_interval_notifier_ops, invalidate)
 #define MMNT_L_ISUB_OPS offsetof(struct mmu_interval_notifier, ops)
 #define MMNT_L_ISUB_TREE offsetof(struct mmu_interval_notifier, interval_tree)
+#define MMNT_L_ITN_START offsetof(struct interval_tree_node, start)
+#define MMNT_L_ITN_LAST offsetof(struct interval_tree_node, last)
 #define MMNT_L_TASK_MM offsetof(struct task_struct, mm)
 #define MMNT_L_TASK_GROUP_LEADER offsetof(struct task_struct, group_leader)
 #define MMNT_L_TASK_PID offsetof(struct task_struct, pid)
@@ -144,7 +146,7 @@ BPF_RINGBUF_OUTPUT(events, MMNT_RINGBUF_PAGES);
 #else
 BPF_PERF_OUTPUT(events);
 #endif
-BPF_PERCPU_ARRAY(drops, u64, 8);		/* by record type */
+BPF_PERCPU_ARRAY(drops, u64, 16);		/* by record type, then MMNT_DROP_* */
 /*
  * Stacks are keyed by their content, not by BPF_STACK_TRACE's hash bucket:
  * a stackmap answers -EEXIST when two different stacks share a bucket, and
@@ -337,6 +339,8 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	s->hook = hook;
 	s->nested_ns = 0;
 	s->ncb = 0;
+	s->cb_over = 0;
+	s->expected_at_entry = 0;
 	s->pending = probing_pending();
 	if (sampled_out()) {
 		/* remembered, so that its callbacks are skipped too */
@@ -386,6 +390,10 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 		t->walked_mm = s->mm;
 		t->walked_gen = g;
 	}
+	/* release empties the mm's list of subscribers as it goes: what it will
+	 * call is counted now (its callbacks timed are, at its return) */
+	if (hook == MMNT_HOOK_RELEASE && (s->pending || probing_pending()))
+		count_expected_at_entry(s);
 	s->ts = bpf_ktime_get_ns();	/* last: our own work above is not the hook's */
 	return 0;
 }
@@ -418,7 +426,7 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc)
 		tstate_put(t);
 		return 0;
 	}
-	if (s->pending || probing_pending())	/* a probe may have gone in meanwhile */
+	if (s->pending || probing_pending() || s->cb_over)	/* a probe may have gone in meanwhile */
 		count_untimed(s, hook, rc);
 #ifdef MMNT_AGGREGATE
 	aggregate(hook, s->event, dur);
@@ -551,6 +559,9 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 		if (n < MMNT_HOOK_CBS) {
 			hs->cbs[n & (MMNT_HOOK_CBS - 1)] = ci->func;
 			hs->ncb = n + 1;
+		} else if (hs->pending || probing_pending()) {
+			add_to(ci->func, true);	/* beyond cbs[] (many interval notifiers): */
+			hs->cb_over = 1;	/* counted now, and the return counts the rest */
 		}
 	}
 	c->ts = bpf_ktime_get_ns();	/* last: our own work above is not the callback's */

@@ -50,6 +50,9 @@ enum mmnt_hook {
 #define MMNT_DROP_SERIES	6
 /* a process forked by a traced command, not followed (the table was full) */
 #define MMNT_DROP_FOLLOW	7
+/* interval notifiers' calls not counted while their probe was pending: an mm
+ * with more interval notifiers below the range's end than one walk visits */
+#define MMNT_DROP_ITREE		8
 
 /* flags */
 #define MMNT_FL_BLOCKABLE	(1 << 0)	/* range was blockable (1 for hooks without a range) */

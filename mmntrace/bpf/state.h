@@ -19,7 +19,10 @@ struct hstate {				/* the hook in progress on this task */
 	u32 pc;
 	u8 hook, flags, active, ncb;
 	u8 pending, only_end;		/* callbacks were being probed when it began; range_end's only_end (before 6.6) */
-	u8 rt, pad8[5];			/* MMNT_RT_* at entry (PREEMPT_RT) */
+	u8 rt;				/* MMNT_RT_* at entry (PREEMPT_RT) */
+	u8 cb_over;			/* callbacks timed beyond cbs[], put in cb_seen at once */
+	u8 expected_at_entry;		/* release: its subscribers' calls counted at entry */
+	u8 pad8[2];
 	u64 cbs[MMNT_HOOK_CBS];		/* callbacks timed inside it (untimed counting) */
 };
 

@@ -516,6 +516,7 @@ m0.unregister()
 released = m0.counts()["calls"]["release"]
 m0.close()
 m = testmod.TestModule()
+m.interval(PAGE, (1 << 47) - 2 * PAGE)   # an interval notifier over the whole address space
 """
 
 
@@ -547,7 +548,9 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
     under way). Timed + untimed = the module's own count, per op, exactly.
     Before it, a first client registers and unregisters at once: the release
     op mmu_notifier_unregister() calls, outside any hook, is counted untimed
-    by the unregistration probe."""
+    by the unregistration probe. The second client also inserts an interval
+    notifier over the whole address space: its calls before its probe are
+    counted untimed too."""
     rec = Recorder(tmp_path / "rec")
     res = _register_at_once_under(rec, REGISTER_AT_ONCE.replace("m = testmod.TestModule()\n", RELEASED_AT_ONCE).replace(
         '{"counts": c,', '{"counts": c, "released_at_once": released,'), seconds=6.0)
@@ -571,6 +574,13 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
     assert res["released_at_once"] == 1 and calls["release"] == 1, res
     assert timed + untimed.get("mmnt_release", 0) == released, (timed, untimed, res)
     assert untimed.get("mmnt_release", 0) >= 1, "the first client's release was timed (precondition)"
+    # the interval notifier, inserted at once too: its calls inside range starts before its
+    # probe went in are counted by a walk of the mm's interval tree at the start's return
+    timed = len(_cb(mine, "mmnt_interval_invalidate"))
+    assert timed + untimed.get("mmnt_interval_invalidate", 0) == calls["interval"], (timed, untimed, calls)
+    assert timed > 0 and untimed.get("mmnt_interval_invalidate", 0) >= 1, (timed, untimed)
+    assert r.meta["drops"].get("interval_uncounted", 0) == 0
+    print(f"module calls {calls}, released at once {res['released_at_once']}; untimed {untimed}")
     rep = report.build(r)
     assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]   # nothing else lost
     assert rep["verdict"]["untimed"] == r.meta["drops"]["untimed"] == sum(untimed.values())
