@@ -374,4 +374,5 @@ def test_fifty_short_lived_subscribers_each_counted_from_its_first_call(tmp_path
     rel_untimed = sum(u["count"] for u in r.meta.get("untimed", []) if u["callback"].startswith("mmnt_release"))
     assert released + rel_untimed == len(runs), (released, rel_untimed)
     assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]
-    print(f"50 subscribers: {expected} module calls through hooks, {recorded} recorded, {untimed} untimed")
+    print(f"50 subscribers: {expected} module calls through hooks, {recorded} recorded, {untimed} untimed; "
+          f"releases by unregister: {released} recorded, {rel_untimed} untimed")
