@@ -416,9 +416,9 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
 
 # Not in the PREEMPT_RT scope of `make lab-test` (CI's time): the msleep test checks the
 # same might-sleep records there, with both mechanisms' RT calibration; `make lab-test-all` runs it.
-# The fentry case with --might-sleep on 6.12 only: 6.1 runs the other two, its fentry
-# programs and its might-sleep probes
-@pytest.mark.parametrize("backend,might_sleep", [("kprobe", True), pytest.param("fentry", True, marks=pytest.mark.one_kernel),
+# The fentry case with --might-sleep on 6.1 only (second_kernel: it balances the two guests
+# of `make lab-test`): 6.12 runs the other two, its fentry programs and its might-sleep probes
+@pytest.mark.parametrize("backend,might_sleep", [("kprobe", True), pytest.param("fentry", True, marks=pytest.mark.second_kernel),
                                                  ("fentry", False)])
 def test_injected_mutex_and_delay(tmp_path, backend, might_sleep):
     """--might-sleep: every secondary-TLB call that took the mutex is reported,
@@ -646,9 +646,10 @@ def test_record_a_command_and_its_children_from_their_first_call(tmp_path):
 SLOW_NS = 1 << 18
 
 
-# One kernel: the filter is one comparison in the histogram path every kernel shares; the
-# counts it is checked against are checked exactly on each kernel by the other tests
-@pytest.mark.one_kernel
+# One kernel, 6.1 (second_kernel: it balances the two guests of `make lab-test`): the filter
+# is one comparison in the histogram path every kernel shares; the counts it is checked
+# against are checked exactly on each kernel by the other tests
+@pytest.mark.second_kernel
 def test_min_latency_sends_the_slow_calls_and_counts_every_call(tmp_path):
     """`record --min-latency`: a subscriber (registered under the recorder,
     invalidated at once) whose range_start spins 300 us in every call. Every
