@@ -50,8 +50,9 @@ enum mmnt_hook {
 #define MMNT_DROP_SERIES	6
 /* a process forked by a traced command, not followed (the table was full) */
 #define MMNT_DROP_FOLLOW	7
-/* interval notifiers' calls not counted while their probe was pending: an mm
- * with more interval notifiers below the range's end than one walk visits */
+/* range starts and releases, while a callback probe was pending, whose interval
+ * notifiers could not all be counted: more below the range's end than one walk
+ * visits (count_itree) */
 #define MMNT_DROP_ITREE		8
 
 /* flags */
