@@ -72,6 +72,60 @@ def prepare(kmod_dir: str) -> dict:
     return info
 
 
+def _mount_options(path: str) -> tuple[str, dict] | None:
+    """(fstype, options) of the topmost mount at ``path``, or None."""
+    found = None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 4 and parts[1] == path:
+                opts = dict(o.partition("=")[::2] for o in parts[3].split(","))
+                found = (parts[2], opts)
+    return found
+
+
+def cache_root(paths: list[str], tag: str) -> str:
+    """Read ``paths`` through the host's second, cached export of the root
+    (mmnlab.vm.root_cache: virtme-ng's own root mount caches nothing, so each
+    process re-read its libraries through the emulated 9p transport). A
+    directory that virtme-ng overlaid (/usr: writable, changes in memory)
+    gets a new overlay whose lower layers are the old one's changes and the
+    cached export; any other is bound to the cached export, read-only.
+    Returns what was done, for guest.json; a failure leaves the path as it
+    was (slower, nothing else)."""
+    if not paths:
+        return "none"
+    mnt = "/run/mmnt-root"
+    os.makedirs(mnt, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "9p", "-o", "trans=virtio,version=9p2000.L,cache=loose,msize=512000,"
+                        "ro,access=any", tag, mnt], capture_output=True, text=True)
+    if r.returncode != 0:
+        _log(f"the cached root export did not mount ({r.stderr.strip()}): reads stay uncached")
+        return "failed"
+    done = []
+    for i, path in enumerate(paths):
+        src = mnt + path
+        if not os.path.isdir(src):
+            continue
+        cur = _mount_options(path)
+        if cur and cur[0] == "overlay" and cur[1].get("upperdir"):
+            base = f"/run/tmp/mmnt-cached{i}"
+            os.makedirs(base + "/upper", exist_ok=True)
+            os.makedirs(base + "/work", exist_ok=True)
+            old = cur[1]["upperdir"]
+            lower = f"{old}:{src}" if os.path.isdir(old) and os.listdir(old) else src
+            cmd = ["mount", "-t", "overlay", f"mmnt_cached{i}", "-o",
+                   f"lowerdir={lower},upperdir={base}/upper,workdir={base}/work", path]
+        else:
+            cmd = ["mount", "--bind", "-o", "ro", src, path]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            _log(f"{path} stays uncached: {' '.join(cmd)}: {r.stderr.strip()}")
+        else:
+            done.append(path)
+    return "loose: " + " ".join(done) if done else "failed"
+
+
 _PINNED: list[int] = []
 
 
@@ -204,6 +258,7 @@ def main(run_dir: str) -> int:
     spec = json.loads((rd / "argv.json").read_text())
     t_boot = time.monotonic()  # CLOCK_MONOTONIC starts at boot in the guest
     follow_kmsg(rd / "kmsg.log")
+    root_cache = cache_root(spec.get("cached_paths", []), spec.get("root_cache_tag", ""))
     with one_cpu():
         info = prepare(spec["kmod_dir"])
         why = pin_preempt_notifier_key()
@@ -215,6 +270,7 @@ def main(run_dir: str) -> int:
             .read_text().strip()
     except OSError:
         pass
+    info["root_cache"] = root_cache
     (rd / "guest.json").write_text(json.dumps(info))
     env = dict(os.environ)
     env.update(spec.get("env", {}))

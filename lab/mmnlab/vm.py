@@ -217,6 +217,37 @@ def _kvm_usable() -> bool:
     return os.environ.get("MMNTRACE_LAB_KVM") == "1" and os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
+#: mount tag of the second, cached, read-only export of the guest's root
+ROOT_CACHE_TAG = "mmntroot"
+
+
+def root_cache() -> str:
+    """How the guest reads its root's programs and libraries, from
+    ``MMNTRACE_LAB_ROOT_CACHE``: ``loose`` (the default) or ``none``.
+
+    virtme-ng mounts the root over 9p without a cache: no page of a file
+    outlives the last process that has it open, so every process re-reads
+    what it loads through the emulated transport (measured in a 6.12 guest:
+    ``cat libLLVM-14.so.1`` 17-30 s every time, ``import pandas, pyarrow``
+    41-45 s every time; a 1-second ``mmntrace record`` 129-166 s). ``loose``
+    exports the root a second time, read-only, and the guest mounts it with
+    the page cache on under /usr and the checkout's .venv (nothing changes
+    there while a guest runs), as a real machine's disk is cached: the same
+    reads took 0.9-1.2 s and 16 s, the record 93-103 s."""
+    v = os.environ.get("MMNTRACE_LAB_ROOT_CACHE", "loose")
+    if v not in ("loose", "none"):
+        raise LabError(f"MMNTRACE_LAB_ROOT_CACHE must be loose or none, not {v!r}")
+    return v
+
+
+def cached_paths(kernel: "Kernel") -> list[str]:
+    """The guest's directories read through the cached root (:func:`root_cache`)."""
+    if root_cache() == "none":
+        return []
+    # a foreign root has its own Python under /usr; here the checkout's venv too
+    return ["/usr"] if kernel.foreign else ["/usr", str(REPO / ".venv")]
+
+
 #: the guest writes this file just before it starts the command
 STARTED = "started"
 #: per-attempt records of one run: status, outcome, times (kept in the run directory)
@@ -304,6 +335,10 @@ def _vng_cmd(kernel: Kernel, run_dir: Path, attempt: int, *, shares, cpus: int, 
         qopts.append(f"-smp {cpus},sockets=2,cores={cpus // 2},threads=1")
     for s in shares:
         cmd += ["--rwdir", rw(s)]
+    if cached_paths(kernel):
+        src = kernel.root if kernel.foreign else "/"
+        qopts.append(f"-fsdev local,id={ROOT_CACHE_TAG},path={src},security_model=none,readonly=on,"
+                     f"multidevs=remap -device virtio-9p-pci,fsdev={ROOT_CACHE_TAG},mount_tag={ROOT_CACHE_TAG}")
     for q in qopts:
         cmd.append(f"--qemu-opts={q}")     # "=": a value that starts with "-c" is not vng's -c
     cmd += ["--exec", guest_cmd]
@@ -389,6 +424,9 @@ def run(kernel: Kernel, argv: list[str], *, shares=(), cpus: int = 2, memory: st
         # the command ("panic", "hang"), from MMNTRACE_LAB_FAULTS=panic,hang,...
         "faults": [f for f in os.environ.get("MMNTRACE_LAB_FAULTS", "").split(",") if f],
         "tcg_thread": None if _kvm_usable() else tcg_threads(),
+        # mounted from the cached export of the root (root_cache())
+        "cached_paths": cached_paths(kernel),
+        "root_cache_tag": ROOT_CACHE_TAG,
     }
     name = kernel.release or str(kernel.image)
     attempts: list[Attempt] = []

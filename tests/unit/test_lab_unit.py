@@ -335,3 +335,26 @@ def test_interrupt_sends_sigint_until_the_process_exits():
     assert 1.4 < time.monotonic() - t0 < 5 and stubborn.poll() is None
     stubborn.kill()
     stubborn.wait()
+
+
+def test_guest_root_is_exported_again_with_a_cache_unless_asked(monkeypatch, tmp_path):
+    """virtme-ng's root mount caches nothing: the lab exports the root a
+    second time (the guest mounts it cached under /usr and the venv), the
+    foreign root for an arm64 guest; MMNTRACE_LAB_ROOT_CACHE=none leaves it."""
+    monkeypatch.delenv("MMNTRACE_LAB_ROOT_CACHE", raising=False)
+    k = lab.Kernel(Path("/boot/vmlinuz-x"), "x")
+    cmd = lab._vng_cmd(k, tmp_path, 1, shares=[], cpus=2, memory="3G", numa=True)
+    fsdev = [c for c in cmd if lab.ROOT_CACHE_TAG in c]
+    assert len(fsdev) == 1 and ",path=/," in fsdev[0] and "readonly=on" in fsdev[0]
+    assert lab.cached_paths(k) == ["/usr", str(lab.REPO / ".venv")]
+    root = tmp_path / "root"
+    a = lab.Kernel(root / "boot/vmlinuz-6.12.99+deb12-arm64", "6.12.99+deb12-arm64", arch="arm64", root=root)
+    monkeypatch.setattr(lab, "host_arch", lambda: "amd64")
+    cmd = lab._vng_cmd(a, tmp_path / "run", 1, shares=[], cpus=2, memory="3G", numa=True)
+    assert any(f",path={root}," in c for c in cmd) and lab.cached_paths(a) == ["/usr"]
+    monkeypatch.setenv("MMNTRACE_LAB_ROOT_CACHE", "none")
+    cmd = lab._vng_cmd(k, tmp_path, 1, shares=[], cpus=2, memory="3G", numa=True)
+    assert not any(lab.ROOT_CACHE_TAG in c for c in cmd) and lab.cached_paths(k) == []
+    monkeypatch.setenv("MMNTRACE_LAB_ROOT_CACHE", "always")
+    with pytest.raises(lab.LabError, match="MMNTRACE_LAB_ROOT_CACHE must be loose or none"):
+        lab.root_cache()
