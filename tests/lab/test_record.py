@@ -416,9 +416,10 @@ def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend
 
 # Not in the PREEMPT_RT scope of `make lab-test` (CI's time): the msleep test checks the
 # same might-sleep records there, with both mechanisms' RT calibration; `make lab-test-all` runs it.
-# The fentry case with --might-sleep on 6.1 only (second_kernel: it balances the two guests
-# of `make lab-test`): 6.12 runs the other two, its fentry programs and its might-sleep probes
-@pytest.mark.parametrize("backend,might_sleep", [("kprobe", True), pytest.param("fentry", True, marks=pytest.mark.second_kernel),
+# The fentry case with --might-sleep on 6.12 only (one_kernel: it balances the two guests of
+# `make lab-test`, 6.12 against 6.1 then PREEMPT_RT): 6.1 runs the other two, its fentry
+# programs and its might-sleep probes
+@pytest.mark.parametrize("backend,might_sleep", [("kprobe", True), pytest.param("fentry", True, marks=pytest.mark.one_kernel),
                                                  ("fentry", False)])
 def test_injected_mutex_and_delay(tmp_path, backend, might_sleep):
     """--might-sleep: every secondary-TLB call that took the mutex is reported,
