@@ -64,7 +64,8 @@ REC_NAMES = {REC_HOOK: "hook", REC_CALLBACK: "callback", REC_SLEEP: "sleep", REC
 SLEEP_DETECT = hookmod.SLEEP_DETECT
 DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series",
               _H.defines["MMNT_DROP_FOLLOW"]: "unfollowed_processes",
-              _H.defines["MMNT_DROP_ITREE"]: "interval_uncounted"}
+              _H.defines["MMNT_DROP_ITREE"]: "interval_uncounted",
+              _H.defines["MMNT_DROP_EARLY_STOP"]: "early_stop_uncounted"}
 # --aggregate arrays (bpf/mmntrace.bpf.c): series x event index x log2 slot
 NR_SERIES, NR_EVIDX, NR_SLOTS = 128, 16, _H.defines["MMNT_NR_SLOTS"]
 #: runs of the start-up sweep's interval-tree walk (each visits 128 notifiers per mm): an mm

@@ -418,9 +418,10 @@ static __always_inline void count_expected_at_entry(struct hstate *s)
  * (count_itree). The callbacks our probes timed inside this invocation:
  * cb_seen[op]++ (those beyond cbs[] were, as they came). User space reads
  * expected - seen per op as the calls no probe timed (plain sums: matching
- * the two here made the verifier give up). Not counted where the core may
- * have stopped early: a failed start (an interval notifier refused, the list
- * was skipped) and test_young once one said young. Before 6.6 range_end also
+ * the two here made the verifier give up). Where the core may have stopped
+ * early (a failed start: an interval notifier refused, the list was skipped;
+ * test_young once one said young) the invocation is a drop
+ * (MMNT_DROP_EARLY_STOP) while a probe is pending, never silent. Before 6.6 range_end also
  * calls each invalidate_range op, unless only_end. A release counted its
  * calls at entry.
  */
@@ -436,8 +437,13 @@ static __always_inline void count_untimed(struct hstate *s, u32 hook, u64 rc)
 			return;
 	} else {
 		u64 subs;
-		if ((hook == MMNT_HOOK_START || hook == MMNT_HOOK_TEST_YOUNG) && (u32)rc)
+		if ((hook == MMNT_HOOK_START || hook == MMNT_HOOK_TEST_YOUNG) && (u32)rc) {
+			/* the core may have stopped early: the calls no probe
+			 * timed are unknown, so this invocation is a drop */
+			if (s->pending || probing_pending())
+				count_drop(MMNT_DROP_EARLY_STOP);
 			return;
+		}
 #ifdef MMNT_HAVE_OP_INVALIDATE_RANGE
 		if (hook == MMNT_HOOK_END && !s->only_end)
 			off2 = MMNT_L_OPS_invalidate_range;

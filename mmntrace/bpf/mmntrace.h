@@ -54,6 +54,10 @@ enum mmnt_hook {
  * notifiers could not all be counted: more below the range's end than one walk
  * visits (count_itree) */
 #define MMNT_DROP_ITREE		8
+/* range starts that failed and test_young calls that answered young, while a
+ * callback probe was pending: the core may have stopped before some
+ * subscribers, so which were called (untimed) is unknown (count_untimed) */
+#define MMNT_DROP_EARLY_STOP	9
 
 /* flags */
 #define MMNT_FL_BLOCKABLE	(1 << 0)	/* range was blockable (1 for hooks without a range) */
