@@ -31,9 +31,20 @@ def _log(msg: str) -> None:
     print(f"lab(guest): {msg}", file=sys.stderr, flush=True)
 
 
-def _mounted(path: str) -> bool:
+def _mount_options(path: str) -> tuple[str, dict] | None:
+    """(fstype, options) of the topmost mount at ``path``, or None."""
+    found = None
     with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == path for line in f)
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 4 and parts[1] == path:
+                opts = dict(o.partition("=")[::2] for o in parts[3].split(","))
+                found = (parts[2], opts)
+    return found
+
+
+def _mounted(path: str) -> bool:
+    return _mount_options(path) is not None
 
 
 def prepare(kmod_dir: str) -> dict:
@@ -70,18 +81,6 @@ def prepare(kmod_dir: str) -> dict:
         except OSError:
             pass
     return info
-
-
-def _mount_options(path: str) -> tuple[str, dict] | None:
-    """(fstype, options) of the topmost mount at ``path``, or None."""
-    found = None
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 4 and parts[1] == path:
-                opts = dict(o.partition("=")[::2] for o in parts[3].split(","))
-                found = (parts[2], opts)
-    return found
 
 
 def cache_root(paths: list[str], tag: str) -> str:
