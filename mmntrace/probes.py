@@ -12,6 +12,8 @@ from pathlib import Path
 from .quiet import debug as _debug
 
 
+MAXACTIVE = 4096  # kretprobe instances: large, so that deep concurrency is not missed
+
 _KPROBE_EVENTS = ("/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events")
 
 
@@ -78,3 +80,25 @@ def trampoline_in_place(symbol: str, module: str | None) -> bool:
         except OSError:
             continue
     return False
+
+
+_KPROBE_PROFILES = ("/sys/kernel/tracing/kprobe_profile", "/sys/kernel/debug/tracing/kprobe_profile")
+
+
+def kprobe_misses(suffix: str, paths=_KPROBE_PROFILES) -> int:
+    """Hits the kernel missed, summed over the kprobe events whose name ends
+    with ``suffix`` (bcc names a process's events ``..._bcc_<pid>``): the
+    third column of tracefs kprobe_profile (a kretprobe out of instances, a
+    probe hit while another ran). 0 where tracefs is not there."""
+    for p in paths:
+        try:
+            total = 0
+            with open(p) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 3 and parts[0].endswith(suffix):
+                        total += int(parts[2])
+            return total
+        except OSError:
+            continue
+    return 0

@@ -12,46 +12,56 @@ it sees (registration, or the subscription list of an mm on its first hook),
 and :meth:`poll` attaches the generic callback probes to each new op function.
 
 Backends. ``kprobe`` attaches kprobes/kretprobes everywhere. ``fentry``
-generates one KFUNC_PROBE/KRETFUNC_PROBE pair per hook, might-sleep function
-and getppid (calibration) of the running kernel, from its BTF, calling the
-same BPF bodies. Driver callbacks stay kprobes with either backend: they are
-found at run time in modules, and bcc (0.26, Debian 12) binds a trampoline
-program to a vmlinux function by name at load. A vmlinux function whose
+compiles one fentry/fexit program pair per kind of probe (hook, callback,
+might-sleep function) and loads it on each function's BTF id
+(mmntrace/fentry.py: bcc 0.26 binds a trampoline program to one vmlinux
+function by name, and to none in a module). Driver callbacks get
+trampolines only when fentry was asked for by name (a trampoline pins its
+module; ``auto`` keeps drivers reloadable with kprobes). A function whose
 trampoline cannot attach falls back to a kprobe; every probe's mechanism is
 in :meth:`attached` (and the recording's metadata). ``auto`` is fentry only
 where a trial attach works on this kernel (:func:`resolve_backend`,
 mmntrace/trial.py). What bcc prints from C along the way is captured
 (:func:`quiet_bpf_class`): MMNTRACE_DEBUG=1 shows it.
+
+The parts the tracer uses, each with its own module: codegen.py (the
+program's text and compile flags, pure functions of the kernel's features and
+the options), fentry.py (the fentry backend's programs loaded per function,
+which bcc 0.26 cannot), calibrate.py (what the probes themselves add to
+preempt_count() and to a hook's time), sweep.py (the subscribers that exist
+at start), histograms.py (the in-kernel histograms), transport.py (ring
+buffer, mapped arrays), ksyms.py and probes.py. What stays here is the order
+of things: load, attach with fallback, callbacks as they are found and
+modules as they come and go, and what was lost.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import re
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import bpfsys
-from . import btf as btfmod
+from . import codegen
 from . import hooks as hookmod
 from . import kernel
 from .errors import BpfLoadError, MmntraceError
+from .codegen import BPF_DIR, BPF_SRC, bpf_text  # noqa: F401 (names older code imports from here)
+from .calibrate import Calibration, CbInfo as _CbInfo, fentry_calib_symbol
+from .fentry import Trampolines
+from .histograms import NR_EVIDX, NR_SERIES, NR_SLOTS, InKernelHistograms  # noqa: F401 (NR_*: older imports)
 from .ksyms import KernelSymbols
 from .layout import header, record_dtype
-from .probes import remove_stale_kprobe_events, stale_kprobe_events, trampoline_in_place, trampoline_listed  # noqa: F401
-from .transport import MappedArray, RingReader, fdinfo
+from . import sweep
+from .probes import MAXACTIVE, kprobe_misses, remove_stale_kprobe_events, stale_kprobe_events, trampoline_in_place, trampoline_listed  # noqa: F401
+from .transport import RingReader, fdinfo
 from .quiet import debug, quietly
 
 if TYPE_CHECKING:
     from .trial import Verdict
 
-BPF_DIR = Path(__file__).resolve().parent / "bpf"     # package data: the BPF C sources
-BPF_SRC = BPF_DIR / "mmntrace.bpf.c"
-MAXACTIVE = 4096  # kretprobe instances: large, so that deep concurrency is not missed
 
 _H = header()
 REC_HOOK = _H.defines["MMNT_REC_HOOK"]
@@ -66,46 +76,16 @@ DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series",
               _H.defines["MMNT_DROP_FOLLOW"]: "unfollowed_processes",
               _H.defines["MMNT_DROP_ITREE"]: "interval_uncounted",
               _H.defines["MMNT_DROP_EARLY_STOP"]: "early_stop_uncounted"}
-# --aggregate arrays (bpf/mmntrace.bpf.c): series x event index x log2 slot
-NR_SERIES, NR_EVIDX, NR_SLOTS = 128, 16, _H.defines["MMNT_NR_SLOTS"]
 #: runs of the start-up sweep's interval-tree walk (each visits 128 notifiers per mm): an mm
 #: with up to 64 x 128 = 8192 interval notifiers is walked to its end
 SWEEP_ITREE_RUNS = 64
 
 
-_CALIB_KPROBE, _CALIB_FENTRY = 0, 4   # bpf/context.h calib[] bases
-_CALIB_RT = {_CALIB_KPROBE: 12, _CALIB_FENTRY: 14}   # PREEMPT_RT: lowest migration_disabled, rcu nesting
-_CALIB_OVERHEAD = {"kprobe": 8, "fentry": 9}    # calib[] slots of probe_overhead()
-_CALIB_NSAMPLES, _CALIB_MAX_SAMPLES = 10, 512
-_HOOK_CALIB = _H.enums["mmnt_hook"]["MMNT_HOOK_CALIB"]   # in-kernel only: the calibration
-#: the calibration's callback stand-in: getppid() calls it exactly once
-#: (task_tgid_vnr -> __task_pid_nr_ns, kernel/sys.c, kernel/pid.c)
-CALIB_INNER = "__task_pid_nr_ns"
-CALIB_CALLS = 300
 #: the fentry backend's programs (entry, exit) by probe kind: each compiled
-#: once and loaded on every function of its kind (Tracer._try_raw_fentry)
+#: once and loaded on every function of its kind (mmntrace/fentry.py)
 _FENTRY_PROGS = {"hook": ("hkf_entry", "hkf_exit"), "callback": ("cbf_entry", "cbf_exit"),
                  "sleeper": ("msf_entry", None)}
 _IRQS_UNKNOWN = "IRQS_UNKNOWN"
-
-
-def bpf_text(path: Path = BPF_SRC) -> str:
-    """bpf/mmntrace.bpf.c with its parts (``#include "state.h"``...) pasted in.
-
-    bcc rewrites map calls (``m.lookup()``) and generates tracepoint argument
-    structs in the main text only, so the parts by concern are joined here
-    rather than by the preprocessor; mmntrace.h, the record layout that
-    mmntrace/layout.py also reads, holds no code and stays an include."""
-    out = []
-    for line in path.read_text().splitlines():
-        m = re.fullmatch(r'#include "([\w.]+)"', line.strip())
-        part = path.parent / m.group(1) if m else None
-        if part is not None and part.name != "mmntrace.h" and part.exists():
-            out.append(f"/* ---- {part.name} ---- */")
-            out.append(bpf_text(part))
-        else:
-            out.append(line)
-    return "\n".join(out) + "\n"
 
 
 def resolve_backend(backend: str, verdict: Verdict | None = None) -> str:
@@ -157,21 +137,6 @@ def quiet_bpf_class(BPF: type) -> type:
         if hasattr(BPF, name):
             setattr(_BPF, name, quietly(getattr(BPF, name), _debug))
     return _BPF
-
-
-def overhead_median(durations) -> float | None:
-    """The median of the calibration's durations, the first tenth left out
-    (the first calls of a freshly attached probe pay for cold caches)."""
-    d = list(durations)[len(durations) // 10:]
-    if not d:
-        return None
-    d.sort()
-    m = len(d) // 2
-    return float(d[m]) if len(d) % 2 else (d[m - 1] + d[m]) / 2
-
-
-class _CbInfo(ctypes.Structure):
-    _fields_ = [("func", ctypes.c_uint64), ("hook", ctypes.c_uint32), ("series", ctypes.c_uint32)]
 
 
 class Tracer:
@@ -261,16 +226,10 @@ class Tracer:
         self._ksyms: KernelSymbols | None = None
         self._dtype = record_dtype()
         self._final: dict | None = None
-        self._series: dict[int, tuple[int, int]] = {}   # histogram series -> (callback, hook)
-        self._series_of: dict[int, int] = {}            # callback address -> its series
-        self._agg: dict[str, MappedArray] = {}
+        self._hist = InKernelHistograms()      # --aggregate, --min-latency (mmntrace/histograms.py)
         self.task_storage = True
-        self._raw: dict[int, list[int]] = {}             # callback -> fds of its fentry/fexit programs and links
-        self._raw_insns: dict[str, bytes] = {}          # program name -> its instructions (bcc's compile)
-        self._raw_missed = 0                             # recursion misses of raw programs since closed
-        self._raw_run_ns = 0                             # and their run time
-        self._raw_counted: set[int] = set()              # functions whose raw programs' misses are drops
-        self._btf_objs: dict[str, tuple] = {}            # "vmlinux" or module -> (Btf, BTF object fd)
+        # the fentry backend's programs, loaded per function (mmntrace/fentry.py)
+        self._tramp = Trampolines(lambda name: self.bpf.dump_func(name.encode()), lambda: self._ksyms.by_name)
 
     @staticmethod
     def _hook_ids(hooks) -> set[int]:
@@ -288,72 +247,18 @@ class Tracer:
 
     # -- start ----------------------------------------------------------------
     def _cflags(self) -> list[str]:
-        f = self.f
-        fl = ["-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes", "-Wno-unknown-warning-option",
-              f"-I{BPF_DIR}", f"-DMMNT_RINGBUF={1 if self.ringbuf else 0}",
-              f"-DMMNT_RINGBUF_PAGES={self.ringbuf_pages}", f"-DMMNT_SELF_TGID={os.getpid()}"]
-        if os.uname().machine == "aarch64":
-            fl.append("-DMMNT_ARCH_ARM64")     # struct pt_regs differs (KP_IRQS_OFF)
-        if f.preempt_count_addr is not None and f.per_cpu_offset_addr:
-            fl += [f"-DMMNT_PC_ADDR={f.preempt_count_addr:#x}ULL",
-                   f"-DMMNT_PCPU_OFF_ADDR={f.per_cpu_offset_addr:#x}ULL"]
-        if f.preempt_rt and f.task_rt_offsets:
-            fl += ["-DMMNT_RT", f"-DMMNT_TASK_MD_OFF={f.task_rt_offsets[0]}",
-                   f"-DMMNT_TASK_RCU_OFF={f.task_rt_offsets[1]}"]
-        if f.subs_list_off is not None:
-            fl.append(f"-DMMNT_SUBS_LIST_OFF={f.subs_list_off}")
-        if f.subs_itree_off is not None:
-            fl.append(f"-DMMNT_SUBS_ITREE_OFF={f.subs_itree_off}")
-        if getattr(f, "task_iter", False):
-            fl.append("-DMMNT_ITER")
-        if getattr(f, "raw_sched_switch", False):
-            fl.append("-DMMNT_RAW_SWITCH")
-        fl += [f"-D{d}" for d in hookmod.op_defines(f.ops)]     # the ops members this kernel has
-        if f.gfp_direct_reclaim is not None:
-            fl.append(f"-DMMNT_GFP_DIRECT_RECLAIM={f.gfp_direct_reclaim:#x}ULL")
-        if self.layout == "btf":
-            fl.append("-DMMNT_BTF_LAYOUT")
-            fl += [f"-DMMNT_L_{k}={v}" for k, v in f.layout]
-        if self.pid is not None:
-            fl.append(f"-DMMNT_FILTER_PID={int(self.pid)}")
-            if self.children:
-                fl.append("-DMMNT_FILTER_TREE")
-        if self.comm:
-            c = self.comm[:15].replace("\\", "\\\\").replace('"', '\\"')
-            fl.append(f'-DMMNT_FILTER_COMM="{c}"')
-        if self.aggregate:
-            fl.append("-DMMNT_AGGREGATE")
-        if self.min_latency_ns is not None:
-            fl.append(f"-DMMNT_MIN_LAT_NS={self.min_latency_ns}ULL")
-        if self.task_storage:
-            fl.append("-DMMNT_TASK_STORAGE")
-        if self.sampling:
-            fl.append("-DMMNT_SAMPLING")
-        # only the programs this tracer can attach are compiled (each inlines
-        # the bodies: seconds of compile and tens of MiB of clang per flavour)
-        if self.backend == "fentry":
-            fl.append("-DMMNT_FENTRY")
-        if self.might_sleep:
-            fl.append("-DMMNT_MIGHT_SLEEP")
-        if self.sleep_detect == "count":
-            fl.append("-DMMNT_SLEEP_COUNT")
-        return fl
+        """The compile flags of this tracer's program (mmntrace/codegen.py)."""
+        return codegen.cflags(self.f, backend=self.backend, ringbuf=self.ringbuf, ringbuf_pages=self.ringbuf_pages,
+                              layout=self.layout, pid=self.pid, children=self.children, comm=self.comm,
+                              aggregate=self.aggregate, min_latency_ns=self.min_latency_ns,
+                              task_storage=self.task_storage, sampling=self.sampling,
+                              might_sleep=self.might_sleep, sleep_detect=self.sleep_detect)
 
     def start(self) -> None:
         """Compile and load (unless load() already ran), then attach everything (`record`)."""
         if self.bpf is None:
             self.load()
         self.attach()
-
-    def _find_calib_sym(self) -> str | None:
-        """getppid's syscall function with BTF: the fentry calibration's target."""
-        b = btfmod.load_vmlinux()
-        # __do_sys_: the body the wrapper calls, where the wrapper has no BTF (6.12 PREEMPT_RT)
-        for prefix in ("__x64_sys_", "__arm64_sys_", "__se_sys_", "sys_", "__do_sys_"):
-            sym = prefix + "getppid"
-            if sym in self._ksyms.by_name and b is not None and b.func_signature(sym) is not None:
-                return sym
-        return None
 
     def load(self) -> None:
         """Compile and load the BPF program, calibrate, open the ring buffer.
@@ -372,7 +277,7 @@ class Tracer:
         try:
             text = bpf_text()
             if self.backend == "fentry":
-                self._calib_sym = self._find_calib_sym()
+                self._calib_sym = fentry_calib_symbol(self._ksyms.by_name)
             t0 = time.monotonic()
             self.bpf = _BPF(text=text.encode(), cflags=self._cflags())
             if not self._loads():
@@ -392,7 +297,8 @@ class Tracer:
             self._detach_all()
             self._calibrate()
             self._open_buffer()
-            self._map_aggregates()
+            if self.kernel_hist:
+                self._hist.map(self.bpf)
             self.timing["calibrate_s"] = time.monotonic() - t0
         except Exception as e:
             self.stop()
@@ -414,12 +320,6 @@ class Tracer:
     def kernel_hist(self) -> bool:
         """Durations go to in-kernel histograms: --aggregate, --min-latency."""
         return self.aggregate or self.min_latency_ns is not None
-
-    def _map_aggregates(self) -> None:
-        if self.kernel_hist and not self._agg:
-            self._agg["hist"] = MappedArray(self.bpf[b"hist"], (NR_SERIES, NR_EVIDX, NR_SLOTS), np.uint64)
-            self._agg["totals"] = MappedArray(self.bpf[b"totals"], (NR_SERIES, NR_EVIDX, 2), np.uint64)
-            self._agg["via"] = MappedArray(self.bpf[b"via"], (NR_SERIES, kernel.NR_HOOKS + 1), np.uint64)
 
     def attach(self) -> None:
         """Attach every hook, registration, might-sleep and known callback probe."""
@@ -516,48 +416,20 @@ class Tracer:
         self.sweep_unfinished = 0
         if not getattr(self.f, "task_iter", False):
             return
-        fds: list[int] = []
         try:
-            b = btfmod.load_vmlinux()
-            tid = b.find("bpf_iter_task", (btfmod.KIND_FUNC,)) if b is not None else None
-            if tid is None:
-                raise OSError("no bpf_iter_task in BTF")
-            raw = b""
-            resume, resuming = self.bpf[b"itree_resume"], self.bpf[b"itree_resuming"]
-            resume.clear()              # an earlier window's sweep (the daemon) left nothing to go on from
-            resuming[ctypes.c_int(0)] = ctypes.c_uint32(0)
-            for fn in (b"iter_subs", b"iter_itree"):
-                insns = self.bpf.dump_func(fn)
-                prog = bpfsys.load_tracing(insns, name=fn.decode(), attach=bpfsys.TRACE_ITER,
-                                           btf_obj_fd=0, btf_id=tid)
-                fds.append(prog)
-                fds.append(bpfsys.iter_link(prog))
-                raw += bpfsys.iter_read(fds[-1])
-            # interval trees longer than one run visits: go on where each stopped
-            runs = 1
-            try:
-                while len(resume) and runs < SWEEP_ITREE_RUNS:
-                    resuming[ctypes.c_int(0)] = ctypes.c_uint32(1)
-                    raw += bpfsys.iter_read(fds[-1])
-                    runs += 1
-            finally:
-                resuming[ctypes.c_int(0)] = ctypes.c_uint32(0)
-            self.sweep_unfinished = len(resume)
+            raw, runs, self.sweep_unfinished = sweep.walk(self.bpf, SWEEP_ITREE_RUNS)
             self.timing["sweep_itree_runs"] = runs
         except Exception as e:      # subscribers are then found at their mm's first hook
             _debug(f"start-up sweep failed: {e}\n{getattr(e, 'log', '')}")
             self.timing["sweep_error"] = str(e)
             return
-        finally:
-            for x in reversed(fds):
-                os.close(x)
         raw = raw[:len(raw) - len(raw) % self._dtype.itemsize]
         self.swept = len(raw) // self._dtype.itemsize
         self.process_discovery(raw, sent=False)
         self.timing["sweep_s"] = time.monotonic() - t0
 
     def _detach_all(self) -> None:
-        self._detach_raw()
+        self._tramp.detach()
         for ev in list(self.bpf.kprobe_fds):
             self.bpf.detach_kprobe_event(ev)
         for tp in list(self.bpf.tracepoint_fds):
@@ -578,8 +450,7 @@ class Tracer:
 
     def reset_window(self) -> None:
         """Zero the in-kernel histograms, totals and drop counters."""
-        for a in self._agg.values():
-            a.zero()
+        self._hist.zero()
         d = self.bpf[b"drops"]
         for k in list(d.keys()):
             d[k] = d.Leaf()
@@ -593,146 +464,22 @@ class Tracer:
         """Every program loaded now: bcc's, and the fentry programs loaded per function."""
         if self.bpf is None:
             return []
-        return [int(fn.fd) for fn in self.bpf.funcs.values()] + [fd for fds in self._raw.values() for fd in fds[::2]]
+        return [int(fn.fd) for fn in self.bpf.funcs.values()] + self._tramp.prog_fds()
 
     def run_time_ns(self) -> int | None:
         """Nanoseconds our programs ran (kernel.bpf_stats_enabled), those since
         closed included (the fentry programs of a window are closed at its end)."""
         vals = [int(v) for v in (fdinfo(fd).get("run_time_ns") for fd in self.prog_fds()) if v is not None]
-        return sum(vals) + self._raw_run_ns if vals else None
+        return sum(vals) + self._tramp.closed_run_ns if vals else None
 
     def _calibrate(self) -> None:
-        """preempt_count that the probe machinery itself adds, seen on getppid(),
-        for kprobes and (fentry backend) for trampolines, which differ."""
-        calib = self.bpf[b"calib"]
-        for base in _CALIB_RT.values():     # PREEMPT_RT: a mechanism never calibrated reads no RT context
-            for slot in (base, base + 1):
-                calib[ctypes.c_int(slot)] = ctypes.c_uint32(0xFFFFFFFF)
-        self.calibration = self._calibrate_one(_CALIB_KPROBE)
-        self.calibration_fentry = self._calibrate_one(_CALIB_FENTRY) if self._calib_sym else None
-        self._calibrate_overhead()
-
-    def _calibrate_overhead(self) -> None:
-        """What a probed callback costs the hook it runs in, beyond the time its
-        own programs measure and take off (nested_ns): the probe machinery's
-        dispatch around each program (ftrace, kprobe and rethook trampolines, or
-        the BPF trampoline), which no program can see. Measured here on the
-        tracer's own getppid() calls, as a hook with a callback inside: the
-        syscall function probed as the hook, __task_pid_nr_ns (which it calls
-        once) as the callback. The median hook duration with the callback probed
-        minus the median without it is that cost, per mechanism; the BPF side
-        adds it to nested_ns for each callback probe that fires inside a hook.
-        Unmeasurable (symbols missing, a probe refused): 0, nothing taken off."""
-        self.probe_overhead = {}
-        outer = self.bpf.get_syscall_fnname(b"getppid").decode()
-        oa = self._ksyms.by_name.get(outer, [None])[0]
-        ia = self._ksyms.by_name.get(CALIB_INNER, [None])[0]
-        if oa is None or ia is None:
-            _debug(f"probe-overhead calibration: {outer} or {CALIB_INNER} not in kallsyms")
-            return
-        hook_ip, cb_info, calib = self.bpf[b"hook_ip"], self.bpf[b"cb_info"], self.bpf[b"calib"]
-        for k in (oa, oa + 4):
-            hook_ip[ctypes.c_uint64(k)] = ctypes.c_uint32(_HOOK_CALIB)
-        for k in (ia, ia + 4):
-            cb_info[ctypes.c_uint64(k)] = _CbInfo(ia, _HOOK_CALIB, 0)
-        attached: list[tuple] = []
-        try:
-            for fn, kind in ((b"hk_return", "ret"), (b"hk_entry", "entry")):
-                self._calib_attach(outer, fn, kind, attached)
-            alone = self._calib_median()
-            self._calib_attach(CALIB_INNER, b"cb_return", "ret", attached)
-            self._calib_attach(CALIB_INNER, b"cb_entry", "entry", attached)
-            with_kprobe = self._calib_median()
-            for ev, fn, kind in reversed(attached[2:]):
-                self._calib_detach(ev, fn, kind)
-            del attached[2:]
-            measured = {"kprobe": with_kprobe}
-            if self.backend == "fentry":
-                err = self._try_raw_fentry(CALIB_INNER, None, "cbf_entry", "cbf_exit", check_patched=False)
-                if err is None:
-                    measured["fentry"] = self._calib_median()
-                    self._detach_raw(ia)
-                else:
-                    _debug(f"probe-overhead calibration, fentry on {CALIB_INNER}: {err}")
-            for mech, with_probe in measured.items():
-                if alone is not None and with_probe is not None:
-                    cost = max(0, round(with_probe - alone))
-                    self.probe_overhead[mech] = cost
-                    calib[ctypes.c_int(_CALIB_OVERHEAD[mech])] = ctypes.c_uint32(cost)
-        except Exception as e:      # calibration is best effort: nothing taken off
-            _debug(f"probe-overhead calibration failed: {e}")
-            for mech, slot in _CALIB_OVERHEAD.items():
-                calib[ctypes.c_int(slot)] = ctypes.c_uint32(0)
-            self.probe_overhead = {}
-        finally:
-            for ev, fn, kind in reversed(attached):
-                self._calib_detach(ev, fn, kind)
-            for table, keys in ((hook_ip, (oa, oa + 4)), (cb_info, (ia, ia + 4))):
-                for k in keys:
-                    try:
-                        del table[ctypes.c_uint64(k)]
-                    except KeyError:
-                        pass
-        _debug(f"probe overhead per probed callback: {self.probe_overhead}")
-
-    def _calib_attach(self, event: str, fn: bytes, kind: str, attached: list) -> None:
-        if kind == "ret":
-            self.bpf.attach_kretprobe(event=event.encode(), fn_name=fn, maxactive=MAXACTIVE)
-        else:
-            self.bpf.attach_kprobe(event=event.encode(), fn_name=fn)
-        attached.append((event, fn, kind))
-
-    def _calib_detach(self, event: str, fn: bytes, kind: str) -> None:
-        try:
-            if kind == "ret":
-                self.bpf.detach_kretprobe(event=event.encode(), fn_name=fn)
-            else:
-                self.bpf.detach_kprobe(event=event.encode(), fn_name=fn)
-        except Exception as e:
-            _debug(f"calibration: detaching {fn!r} from {event}: {e}")
-
-    def _calib_median(self) -> float | None:
-        """The median duration of CALIB_CALLS getppid() calls, as the hook
-        programs measured them (None: none seen)."""
-        calib, durs = self.bpf[b"calib"], self.bpf[b"calib_dur"]
-        calib[ctypes.c_int(_CALIB_NSAMPLES)] = ctypes.c_uint32(0)
-        for _ in range(CALIB_CALLS):
-            os.getppid()
-        n = min(calib[ctypes.c_int(_CALIB_NSAMPLES)].value, _CALIB_MAX_SAMPLES)
-        return overhead_median([durs[ctypes.c_int(i)].value for i in range(n)])
-
-    def _calibrate_one(self, base: int) -> int | None:
-        calib = self.bpf[b"calib"]
-        calib[ctypes.c_int(base + 1)] = ctypes.c_uint32(0xFFFFFFFF)    # RT slots: _calibrate set them
-        if base == _CALIB_KPROBE:
-            fn = self.bpf.get_syscall_fnname(b"getppid")
-            self.bpf.attach_kprobe(event=fn, fn_name=b"calib_entry")
-        else:
-            err = self._try_raw_fentry(self._calib_sym, None, "calib_fentry", None, check_patched=False)
-            if err is not None:
-                _debug(f"fentry calibration on {self._calib_sym}: {err}")
-                return None
-        try:
-            for _ in range(16):
-                os.getppid()
-        finally:
-            if base == _CALIB_KPROBE:
-                self.bpf.detach_kprobe(event=fn, fn_name=b"calib_entry")
-            else:
-                self._detach_raw(self._ksyms.by_name[self._calib_sym][0])
-        hits = calib[ctypes.c_int(base + 2)].value
-        raw = calib[ctypes.c_int(base + 1)].value
-        if hits == 0 or raw == 0xFFFFFFFF:
-            calib[ctypes.c_int(base)] = ctypes.c_uint32(0)
-            return None  # preempt count unreadable: records say PC_UNKNOWN
-        if base == _CALIB_KPROBE:
-            self.calibration_irqs_off = calib[ctypes.c_int(base + 3)].value > 0
-        if self.f.preempt_rt:
-            md, rcu = (calib[ctypes.c_int(_CALIB_RT[base] + i)].value for i in (0, 1))
-            self.calibration_rt["fentry" if base == _CALIB_FENTRY else "kprobe"] = (
-                None if 0xFFFFFFFF in (md, rcu) else {"migration_disabled": md, "rcu_read_lock_nesting": rcu})
-        calib[ctypes.c_int(base)] = ctypes.c_uint32(raw)
-        return raw
+        """What the probe machinery itself adds, measured on getppid()
+        (mmntrace/calibrate.py): its preempt_count, PREEMPT_RT context and cost."""
+        c = Calibration(self.bpf, self._ksyms, self._tramp, backend=self.backend,
+                        preempt_rt=self.f.preempt_rt, fentry_sym=self._calib_sym)
+        c.run()
+        self.calibration, self.calibration_fentry = c.kprobe, c.fentry
+        self.calibration_irqs_off, self.calibration_rt, self.probe_overhead = c.irqs_off, c.rt, c.probe_overhead
 
     def _try_attach(self, kind: str, symbol: str, hook, module, entry: str, ret: str | None,
                     hook_id: int | None = None) -> bool:
@@ -740,10 +487,10 @@ class Tracer:
                    attach="kprobe")
         progs = _FENTRY_PROGS.get(kind)
         if progs and self.backend == "fentry" and (kind != "callback" or self.callback_fentry or not module):
-            err = self._try_raw_fentry(symbol, module, *progs)
+            err = self._tramp.attach(symbol, module, *progs)
             if err is None:
                 if kind != "sleeper":       # their recursion misses are drops (_prog_missed_raw)
-                    self._raw_counted.add(self._ksyms.by_name[symbol][0])
+                    self._tramp.counted.add(self._ksyms.by_name[symbol][0])
                 rec["attach"] = "fentry"
                 self._attached.append(rec)
                 return True
@@ -767,75 +514,6 @@ class Tracer:
             return False
         self._attached.append(rec)
         return True
-
-    def _btf_obj(self, obj: str):
-        """(parsed BTF, BTF object fd) of vmlinux or a module, cached."""
-        if obj not in self._btf_objs:
-            base = btfmod.load_vmlinux()
-            b = base if obj == "vmlinux" else None
-            if obj != "vmlinux" and base is not None and Path(f"/sys/kernel/btf/{obj}").exists():
-                b = btfmod.Btf.load(f"/sys/kernel/btf/{obj}", base=base)
-            fd = bpfsys.btf_obj_fd(obj) if b is not None else None
-            self._btf_objs[obj] = (b, fd)
-        return self._btf_objs[obj]
-
-    def _insns(self, name: str) -> bytes:
-        if name not in self._raw_insns:
-            self._raw_insns[name] = self.bpf.dump_func(name.encode())
-        return self._raw_insns[name]
-
-    def _try_raw_fentry(self, symbol: str, module: str | None, entry: str, exit_: str | None,
-                        check_patched: bool = True) -> str | None:
-        """Put the fentry program ``entry`` (and the fexit program ``exit_``) on
-        ``symbol``, loaded on its BTF function through mmntrace/bpfsys.py: one
-        compiled program serves every function (bcc 0.26 binds a trampoline
-        program to one vmlinux function by name, and to none in a module).
-        The reason if not."""
-        b, fd = self._btf_obj(module or "vmlinux")
-        if b is None or fd is None:
-            return f"no BTF for {module or 'vmlinux'}"
-        tid = b.find(symbol, (btfmod.KIND_FUNC,))
-        if tid is None:
-            return f"{symbol} is not in the BTF of {module or 'vmlinux'}"
-        addr = self._ksyms.by_name.get(symbol, [None])[0]
-        if addr is None:
-            return f"{symbol} is not in /proc/kallsyms"
-        fds: list[int] = []
-        try:
-            # fexit first, as for kprobes (see _try_attach)
-            for name, kind in ((exit_, bpfsys.TRACE_FEXIT), (entry, bpfsys.TRACE_FENTRY)):
-                if name is None:
-                    continue
-                prog = bpfsys.load_tracing(self._insns(name), name=name, attach=kind, btf_obj_fd=fd, btf_id=tid)
-                fds.append(prog)
-                fds.append(bpfsys.attach_tracing(prog))
-        except bpfsys.BpfSysError as e:
-            for x in fds:
-                os.close(x)
-            _debug(f"fentry on {symbol}: {e}\n{e.log}")
-            return str(e)
-        if check_patched and not trampoline_in_place(symbol, module):
-            # seen on 6.12: kvm_mmu_notifier_invalidate_range_end took both
-            # programs and a link, yet its call site stayed a NOP and it
-            # never ran them; a kprobe pair sees it (exactness first)
-            for x in fds:
-                os.close(x)
-            return "the kernel took the programs but did not patch the function"
-        self._raw[addr] = fds
-        return None
-
-    def _detach_raw(self, func: int | None = None) -> None:
-        """Close the fentry/fexit programs and links of one callback (or all)."""
-        for f in ([func] if func is not None else list(self._raw)):
-            fds = self._raw.pop(f, [])
-            if f in self._raw_counted:
-                self._raw_missed += self._raw_misses(fds)
-            self._raw_run_ns += self._raw_field(fds, "run_time_ns")
-            for fd in reversed(fds):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
 
     def _attach_hooks(self) -> None:
         n = 0
@@ -957,11 +635,7 @@ class Tracer:
             self._attached.append(info)
             return
         table = self.bpf[b"cb_info"]
-        series = self._series_of.get(func)
-        if series is None:      # its own histogram series, kept across windows and re-probes
-            series = kernel.NR_HOOKS + len(self._series)
-            self._series_of[func] = series
-            self._series[series] = (func, hook)
+        series = self._hist.series_for(func, hook)   # its own, kept across windows and re-probes
         for k in (func, func + 4):
             table[ctypes.c_uint64(k)] = _CbInfo(func, hook, series)
         rec_before = len(self._attached)
@@ -1002,8 +676,8 @@ class Tracer:
         """Detach a callback whose module went away (the kernel already disarmed its
         probe) so that the name can be probed again; its entry stays in the
         metadata as "detached: module unloaded"."""
-        if a.get("attach") == "fentry":
-            self._detach_raw(a.get("addr"))
+        if a.get("attach") == "fentry" and a.get("addr") is not None:
+            self._tramp.detach(a.get("addr"))
         for detach in (self.bpf.detach_kretprobe, self.bpf.detach_kprobe):
             try:
                 detach(event=a["symbol"].encode())
@@ -1076,13 +750,8 @@ class Tracer:
         self._gen_seen = self._walk_gen()
         for m in changed:
             del self._mod_state[m]     # taken again when its callbacks are re-probed
-            self._close_btf_obj(m)
+            self._tramp.close_btf_obj(m)
         self._ksyms._load()
-
-    def _close_btf_obj(self, obj: str) -> None:
-        b_fd = self._btf_objs.pop(obj, None)
-        if b_fd and b_fd[1] is not None:
-            os.close(b_fd[1])
 
     # -- queries -----------------------------------------------------------------
     def attached(self) -> list[dict]:
@@ -1127,45 +796,16 @@ class Tracer:
         system, and skip ones inside bpf() syscalls that could never be ours."""
         if self.bpf is None:
             return 0
-        total = self._raw_missed
+        total = self._tramp.missed()       # the hooks' and callbacks' fentry programs
         for name, fn in self.bpf.funcs.items():
             n = name.decode() if isinstance(name, bytes) else name
             if not n.startswith(("hk_", "cb_")):
                 continue
             total += int(fdinfo(int(fn.fd)).get("recursion_misses", 0))
-        for f, fds in self._raw.items():    # the hooks' and callbacks' fentry programs
-            if f in self._raw_counted:
-                total += self._raw_misses(fds)
         return total
-
-    @classmethod
-    def _raw_misses(cls, fds: list[int]) -> int:
-        return cls._raw_field(fds, "recursion_misses")
-
-    @staticmethod
-    def _raw_field(fds: list[int], key: str) -> int:
-        n = 0
-        for fd in fds[::2]:                 # [prog, link, prog, link]
-            try:
-                n += int(fdinfo(fd).get(key, 0))
-            except (OSError, ValueError):
-                pass
-        return n
 
     def _kprobe_missed_raw(self) -> int:
-        suffix = f"_bcc_{os.getpid()}"
-        total = 0
-        for p in ("/sys/kernel/tracing/kprobe_profile", "/sys/kernel/debug/tracing/kprobe_profile"):
-            try:
-                with open(p) as f:
-                    for line in f:
-                        parts = line.split()
-                        if len(parts) == 3 and parts[0].endswith(suffix):
-                            total += int(parts[2])
-                return total
-            except OSError:
-                continue
-        return total
+        return kprobe_misses(f"_bcc_{os.getpid()}")
 
     def callback_symbol(self, addr: int) -> str:
         """A driver callback's name as it was when probed: records still in flight
@@ -1197,56 +837,24 @@ class Tracer:
             frames.pop(0)
         return frames
 
-    def _series_key(self, series: int) -> tuple[int, int] | None:
-        """(callback address or 0 for the hook itself, hook) of a histogram series."""
-        if series < kernel.NR_HOOKS:
-            return 0, series
-        return self._series.get(series)
-
     def histograms(self) -> list[tuple]:
         """(func, hook, event, slot, count) of the aggregated durations (func 0: the hook)."""
-        if self.bpf is None and self._final:
-            return list(self._final["hist"])
-        if self.bpf is None or "hist" not in self._agg:
-            return []
-        h = self._agg["hist"].snapshot()
-        out = []
-        for series, ev, slot in zip(*np.nonzero(h)):
-            key = self._series_key(int(series))
-            if key is not None:
-                out.append((key[0], key[1], int(ev) - 1, int(slot), int(h[series, ev, slot])))
-        return sorted(out)
+        if self.bpf is None:
+            return list(self._final["hist"]) if self._final else []
+        return self._hist.histograms()
 
     def totals(self) -> list[tuple]:
         """(func, hook, event, count, sum_ns) of the aggregated durations."""
-        if self.bpf is None and self._final:
-            return list(self._final["totals"])
-        if self.bpf is None or "totals" not in self._agg:
-            return []
-        t = self._agg["totals"].snapshot()
-        out = []
-        for series, ev in zip(*np.nonzero(t[:, :, 0])):
-            key = self._series_key(int(series))
-            if key is not None:
-                out.append((key[0], key[1], int(ev) - 1, int(t[series, ev, 0]), int(t[series, ev, 1])))
-        return sorted(out)
+        if self.bpf is None:
+            return list(self._final["totals"]) if self._final else []
+        return self._hist.totals()
 
     def via(self) -> list[tuple]:
-        """(func, hook, via, count) of the timed callback calls in the
-        histograms: via is the hook whose invocation made them (None: none of
-        ours was running). Before 6.6 invalidate_range_end calls the
-        secondary-TLB ops itself: (func, secondary_tlb, invalidate_range_end, n)."""
-        if self.bpf is None and self._final:
-            return list(self._final.get("via", []))
-        if self.bpf is None or "via" not in self._agg:
-            return []
-        v = self._agg["via"].snapshot()
-        out = []
-        for series, h in zip(*np.nonzero(v)):
-            key = self._series_key(int(series))
-            if key is not None and key[0]:
-                out.append((key[0], key[1], int(h) if h < kernel.NR_HOOKS else None, int(v[series, h])))
-        return sorted(out, key=lambda r: (r[0], r[1], -1 if r[2] is None else r[2]))
+        """(func, hook, via, count): the hook whose invocation made a callback's
+        timed calls (InKernelHistograms.via)."""
+        if self.bpf is None:
+            return list(self._final.get("via", [])) if self._final else []
+        return self._hist.via()
 
     def stop(self) -> None:
         """Detach and unload everything; drops and histograms stay readable."""
@@ -1263,12 +871,8 @@ class Tracer:
                     self._stack_ips.setdefault(k.value, [a for a in v.ip if a])
             except Exception:
                 self._final = None
-            for a in self._agg.values():
-                a.close()
-            self._agg.clear()
-            self._detach_raw()
-            for obj in list(self._btf_objs):
-                self._close_btf_obj(obj)
+            self._hist.close()
+            self._tramp.close()
             self.bpf.cleanup()
         finally:
             self.bpf = None

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from mmntrace import kernel, tracer
+from mmntrace.histograms import NR_EVIDX, NR_SERIES, NR_SLOTS, InKernelHistograms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import lab_bench  # noqa: E402
@@ -20,19 +21,21 @@ class _FakeArray:
 
 
 def _tracer_with(hist, totals, series):
+    """A tracer with a program loaded (bpf) whose histogram arrays are these."""
     t = tracer.Tracer.__new__(tracer.Tracer)
     t.bpf = object()
     t._final = None
-    t._agg = {"hist": _FakeArray(hist), "totals": _FakeArray(totals)}
-    t._series = series
+    t._hist = InKernelHistograms()
+    t._hist.arrays = {"hist": _FakeArray(hist), "totals": _FakeArray(totals)}
+    t._hist.series = series
     return t
 
 
 def test_histograms_map_series_back_to_hook_and_callback():
     """Series < NR_HOOKS are the hooks themselves (func 0); the others are the
     callbacks user space numbered; the event index is the event + 1."""
-    h = np.zeros((tracer.NR_SERIES, tracer.NR_EVIDX, tracer.NR_SLOTS), np.uint64)
-    tot = np.zeros((tracer.NR_SERIES, tracer.NR_EVIDX, 2), np.uint64)
+    h = np.zeros((NR_SERIES, NR_EVIDX, NR_SLOTS), np.uint64)
+    tot = np.zeros((NR_SERIES, NR_EVIDX, 2), np.uint64)
     h[kernel.HOOK_START, 2, 11] = 5           # event 1, 2-4 us
     h[kernel.HOOK_SECONDARY_TLB, 0, 10] = 3   # no event
     h[kernel.NR_HOOKS, 2, 12] = 4             # the first callback
@@ -93,3 +96,16 @@ def test_trampoline_listed_reads_enabled_functions():
     assert not tracer.trampoline_listed(text, "kvm_mmu_notifier_release", "kvm")     # a kprobe, not ours
     assert tracer.trampoline_listed(text, "__cond_resched", None)
     assert not tracer.trampoline_listed(text, "kvm_mmu_notifier_invalidate_range", "kvm")   # a prefix is not a name
+
+
+def test_kprobe_misses_sum_this_process_events_only(tmp_path):
+    """tracefs kprobe_profile: event, hits, misses. Only the events bcc made for
+    this process (name suffix _bcc_<pid>) count; a missing file is 0."""
+    from mmntrace.probes import kprobe_misses
+    prof = tmp_path / "kprobe_profile"
+    prof.write_text("  p___mmu_notifier_release_bcc_77      120     3\n"
+                    "  r___mmu_notifier_release_bcc_77      120     4\n"
+                    "  p___mmu_notifier_release_bcc_770     500     9\n"
+                    "  p_other_event                         10     1\n")
+    assert kprobe_misses("_bcc_77", paths=(str(tmp_path / "absent"), str(prof))) == 7
+    assert kprobe_misses("_bcc_77", paths=(str(tmp_path / "absent"),)) == 0

@@ -121,16 +121,14 @@ def test_quietly_nested_captures_once(capfd):
     assert capfd.readouterr().err == ""
 
 
-def _refusing_tracer(monkeypatch):
-    """A tracer whose fentry attach meets the 6.1 kernel's 524 (ENOTSUPP): the
+def _refusing_trampolines(monkeypatch):
+    """The fentry backend's loader meeting the 6.1 kernel's 524 (ENOTSUPP): the
     program loads, RAW_TRACEPOINT_OPEN refuses it (mmntrace/bpfsys.py raises)."""
     import os
     from mmntrace import bpfsys
-    t = tracer.Tracer.__new__(tracer.Tracer)
-    t._btf_obj = lambda obj: (type("B", (), {"find": lambda self, name, kinds: 42})(), 7)
-    t._ksyms = type("K", (), {"by_name": {"__mmu_notifier_release": [0xffffffff81000000]}})()
-    t._raw_insns = {"hkf_entry": b"", "hkf_exit": b""}
-    t._raw = {}
+    from mmntrace.fentry import Trampolines
+    t = Trampolines(lambda name: b"", lambda: {"__mmu_notifier_release": [0xffffffff81000000]})
+    t.btf_obj = lambda obj: (type("B", (), {"find": lambda self, name, kinds: 42})(), 7)
     loaded = []
 
     def load(insns, **kw):
@@ -145,28 +143,32 @@ def _refusing_tracer(monkeypatch):
     return t, loaded
 
 
+def _closed(fd) -> bool:
+    import os
+    try:
+        os.fstat(fd)
+        return False
+    except OSError:
+        return True
+
+
 def test_failed_fentry_attach_is_silent_and_says_why_in_the_metadata(capfd, monkeypatch):
     """The 6.1 report: a trampoline refused with 524 fell back to a kprobe, and
     bcc's line reached the terminal. Now the reason is the probe's fentry_error,
     and the loaded program is closed."""
-    import os
     monkeypatch.delenv("MMNTRACE_DEBUG", raising=False)
-    t, loaded = _refusing_tracer(monkeypatch)
-    err = t._try_raw_fentry("__mmu_notifier_release", None, "hkf_entry", "hkf_exit")
+    t, loaded = _refusing_trampolines(monkeypatch)
+    err = t.attach("__mmu_notifier_release", None, "hkf_entry", "hkf_exit")
     assert err.startswith("[Errno 524] RAW_TRACEPOINT_OPEN")
     assert capfd.readouterr().err == ""
-    assert t._raw == {} and len(loaded) == 1
-    try:
-        os.fstat(loaded[0])
-        raise AssertionError("the refused program's fd stayed open")
-    except OSError:
-        pass
+    assert t.fds == {} and len(loaded) == 1
+    assert _closed(loaded[0]), "the refused program's fd stayed open"
 
 
 def test_failed_fentry_attach_is_shown_with_debug(capfd, monkeypatch):
     monkeypatch.setenv("MMNTRACE_DEBUG", "1")
-    t, _ = _refusing_tracer(monkeypatch)
-    t._try_raw_fentry("__mmu_notifier_release", None, "hkf_entry", "hkf_exit")
+    t, _ = _refusing_trampolines(monkeypatch)
+    t.attach("__mmu_notifier_release", None, "hkf_entry", "hkf_exit")
     err = capfd.readouterr().err
     assert "mmntrace(debug)" in err and "RAW_TRACEPOINT_OPEN" in err
 

@@ -1,0 +1,97 @@
+"""The BPF program as this kernel and these options want it: its text and its compile flags.
+
+Pure functions of the kernel's features (mmntrace/kernel.py) and the tracer's
+options, testable without a kernel: what gets compiled is decided here, what
+is loaded and attached in mmntrace/tracer.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from . import hooks as hookmod
+
+BPF_DIR = Path(__file__).resolve().parent / "bpf"     # package data: the BPF C sources
+BPF_SRC = BPF_DIR / "mmntrace.bpf.c"
+
+
+def bpf_text(path: Path = BPF_SRC) -> str:
+    """bpf/mmntrace.bpf.c with its parts (``#include "state.h"``...) pasted in.
+
+    bcc rewrites map calls (``m.lookup()``) and generates tracepoint argument
+    structs in the main text only, so the parts by concern are joined here
+    rather than by the preprocessor; mmntrace.h, the record layout that
+    mmntrace/layout.py also reads, holds no code and stays an include."""
+    out = []
+    for line in path.read_text().splitlines():
+        m = re.fullmatch(r'#include "([\w.]+)"', line.strip())
+        part = path.parent / m.group(1) if m else None
+        if part is not None and part.name != "mmntrace.h" and part.exists():
+            out.append(f"/* ---- {part.name} ---- */")
+            out.append(bpf_text(part))
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, pid: int | None = None,
+           children: bool = False, comm: str | None = None, aggregate: bool = False,
+           min_latency_ns: int | None = None, task_storage: bool = True, sampling: bool = False,
+           might_sleep: bool = False, sleep_detect: str = "switch", self_tgid: int | None = None,
+           machine: str | None = None) -> list[str]:
+    """The compiler flags (-D...) of the program for kernel features ``f``
+    (kernel.Features) and the tracer's options (mmntrace.tracer.Tracer's
+    arguments, resolved: ``backend`` kprobe or fentry, ``layout`` btf or
+    headers). ``self_tgid``: the tracer's own process, whose calls are not
+    traced (default: this one); ``machine``: os.uname().machine."""
+    fl = ["-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes", "-Wno-unknown-warning-option",
+          f"-I{BPF_DIR}", f"-DMMNT_RINGBUF={1 if ringbuf else 0}",
+          f"-DMMNT_RINGBUF_PAGES={ringbuf_pages}", f"-DMMNT_SELF_TGID={self_tgid if self_tgid is not None else os.getpid()}"]
+    if (machine or os.uname().machine) == "aarch64":
+        fl.append("-DMMNT_ARCH_ARM64")     # struct pt_regs differs (KP_IRQS_OFF)
+    if f.preempt_count_addr is not None and f.per_cpu_offset_addr:
+        fl += [f"-DMMNT_PC_ADDR={f.preempt_count_addr:#x}ULL",
+               f"-DMMNT_PCPU_OFF_ADDR={f.per_cpu_offset_addr:#x}ULL"]
+    if f.preempt_rt and f.task_rt_offsets:
+        fl += ["-DMMNT_RT", f"-DMMNT_TASK_MD_OFF={f.task_rt_offsets[0]}",
+               f"-DMMNT_TASK_RCU_OFF={f.task_rt_offsets[1]}"]
+    if f.subs_list_off is not None:
+        fl.append(f"-DMMNT_SUBS_LIST_OFF={f.subs_list_off}")
+    if f.subs_itree_off is not None:
+        fl.append(f"-DMMNT_SUBS_ITREE_OFF={f.subs_itree_off}")
+    if getattr(f, "task_iter", False):
+        fl.append("-DMMNT_ITER")
+    if getattr(f, "raw_sched_switch", False):
+        fl.append("-DMMNT_RAW_SWITCH")
+    fl += [f"-D{d}" for d in hookmod.op_defines(f.ops)]     # the ops members this kernel has
+    if f.gfp_direct_reclaim is not None:
+        fl.append(f"-DMMNT_GFP_DIRECT_RECLAIM={f.gfp_direct_reclaim:#x}ULL")
+    if layout == "btf":
+        fl.append("-DMMNT_BTF_LAYOUT")
+        fl += [f"-DMMNT_L_{k}={v}" for k, v in f.layout]
+    if pid is not None:
+        fl.append(f"-DMMNT_FILTER_PID={int(pid)}")
+        if children:
+            fl.append("-DMMNT_FILTER_TREE")
+    if comm:
+        c = comm[:15].replace("\\", "\\\\").replace('"', '\\"')
+        fl.append(f'-DMMNT_FILTER_COMM="{c}"')
+    if aggregate:
+        fl.append("-DMMNT_AGGREGATE")
+    if min_latency_ns is not None:
+        fl.append(f"-DMMNT_MIN_LAT_NS={min_latency_ns}ULL")
+    if task_storage:
+        fl.append("-DMMNT_TASK_STORAGE")
+    if sampling:
+        fl.append("-DMMNT_SAMPLING")
+    # only the programs this tracer can attach are compiled (each inlines
+    # the bodies: seconds of compile and tens of MiB of clang per flavour)
+    if backend == "fentry":
+        fl.append("-DMMNT_FENTRY")
+    if might_sleep:
+        fl.append("-DMMNT_MIGHT_SLEEP")
+    if sleep_detect == "count":
+        fl.append("-DMMNT_SLEEP_COUNT")
+    return fl

@@ -1,0 +1,159 @@
+"""The fentry backend's trampolines: one compiled program, loaded on each function.
+
+bcc 0.26 (Debian 12) binds a trampoline program to one vmlinux function by
+name, and to none in a module. So the tracer compiles each fentry/fexit
+program once (``hkf_entry``, ``cbf_exit``...), takes its instructions, and
+:class:`Trampolines` loads them here on each target's BTF function and
+attaches them (mmntrace/bpfsys.py: the path libbpf takes, through the raw
+syscall).
+
+Each load is verified by the kernel on its own: about 1.1-1.3 s a program in
+the lab's emulated guests, 18 programs for the hooks of 6.12, most of what the
+fentry backend's attach takes. (Loading them side by side in threads was
+measured there and bought nothing: a lab guest runs on one host CPU.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from . import bpfsys
+from . import btf as btfmod
+from .probes import trampoline_in_place
+from .quiet import debug
+from .transport import fdinfo
+
+class Trampolines:
+    """fentry/fexit programs loaded and attached per function, keyed by the
+    function's address: ``fds[addr]`` = [prog, link, prog, link] (fexit
+    first). ``insns(name)``: the compiled instructions of program ``name``;
+    ``by_name``: symbol -> its addresses (mmntrace/ksyms.py)."""
+
+    def __init__(self, insns: Callable[[str], bytes], by_name: Callable[[], dict]):
+        self._insns_of = insns
+        self._by_name = by_name
+        self._insns: dict[str, bytes] = {}          # program name -> its instructions
+        self.fds: dict[int, list[int]] = {}         # function address -> its programs and links
+        self.counted: set[int] = set()              # functions whose programs' recursion misses are drops
+        self.closed_missed = 0                      # recursion misses of counted programs since closed
+        self.closed_run_ns = 0                      # run time of every program since closed
+        self._btf_objs: dict[str, tuple] = {}       # "vmlinux" or module -> (Btf, BTF object fd)
+
+    # -- BTF objects -------------------------------------------------------------
+    def btf_obj(self, obj: str):
+        """(parsed BTF, BTF object fd) of vmlinux or a module, cached."""
+        if obj not in self._btf_objs:
+            base = btfmod.load_vmlinux()
+            b = base if obj == "vmlinux" else None
+            if obj != "vmlinux" and base is not None and Path(f"/sys/kernel/btf/{obj}").exists():
+                b = btfmod.Btf.load(f"/sys/kernel/btf/{obj}", base=base)
+            fd = bpfsys.btf_obj_fd(obj) if b is not None else None
+            self._btf_objs[obj] = (b, fd)
+        return self._btf_objs[obj]
+
+    def close_btf_obj(self, obj: str) -> None:
+        """Forget a module's BTF object (it unloaded: a reload has a new one)."""
+        b_fd = self._btf_objs.pop(obj, None)
+        if b_fd and b_fd[1] is not None:
+            os.close(b_fd[1])
+
+    def insns(self, name: str) -> bytes:
+        if name not in self._insns:
+            self._insns[name] = self._insns_of(name)
+        return self._insns[name]
+
+    def _target(self, symbol: str, module: str | None):
+        """(BTF object fd, BTF id, address) of ``symbol``, or the reason there is none."""
+        b, fd = self.btf_obj(module or "vmlinux")
+        if b is None or fd is None:
+            return f"no BTF for {module or 'vmlinux'}"
+        tid = b.find(symbol, (btfmod.KIND_FUNC,))
+        if tid is None:
+            return f"{symbol} is not in the BTF of {module or 'vmlinux'}"
+        addr = self._by_name().get(symbol, [None])[0]
+        if addr is None:
+            return f"{symbol} is not in /proc/kallsyms"
+        return fd, tid, addr
+
+    @staticmethod
+    def _progs(entry: str, exit_: str | None):
+        # fexit first, as for kprobes (Tracer._try_attach): a call that meets
+        # only the entry program would be seen yet leave no record
+        return [(n, k) for n, k in ((exit_, bpfsys.TRACE_FEXIT), (entry, bpfsys.TRACE_FENTRY)) if n is not None]
+
+    # -- loading and attaching ---------------------------------------------------
+    def attach(self, symbol: str, module: str | None, entry: str, exit_: str | None,
+               check_patched: bool = True) -> str | None:
+        """Put the fentry program ``entry`` (and the fexit program ``exit_``)
+        on ``symbol``, loaded on its BTF function. The reason if not (nothing
+        of it is left loaded then)."""
+        t = self._target(symbol, module)
+        if isinstance(t, str):
+            return t
+        fd, tid, addr = t
+        fds: list[int] = []
+        try:
+            for name, kind in self._progs(entry, exit_):
+                prog = bpfsys.load_tracing(self.insns(name), name=name, attach=kind, btf_obj_fd=fd, btf_id=tid)
+                fds.append(prog)
+                fds.append(bpfsys.attach_tracing(prog))
+        except bpfsys.BpfSysError as e:
+            for x in fds:
+                os.close(x)
+            debug(f"fentry on {symbol}: {e}\n{e.log}")
+            return str(e)
+        if check_patched and not trampoline_in_place(symbol, module):
+            # seen on 6.12: kvm_mmu_notifier_invalidate_range_end took both
+            # programs and a link, yet its call site stayed a NOP and it
+            # never ran them; a kprobe pair sees it (exactness first)
+            for x in fds:
+                os.close(x)
+            return "the kernel took the programs but did not patch the function"
+        self.fds[addr] = fds
+        return None
+
+    def detach(self, func: int | None = None) -> None:
+        """Close the programs and links on one function (or all); what they
+        missed and ran stays counted."""
+        for f in ([func] if func is not None else list(self.fds)):
+            fds = self.fds.pop(f, [])
+            if f in self.counted:
+                self.closed_missed += _field(fds, "recursion_misses")
+            self.closed_run_ns += _field(fds, "run_time_ns")
+            for fd in reversed(fds):
+                _close(fd)
+
+    def close(self) -> None:
+        """Detach everything, close the BTF objects."""
+        self.detach()
+        for obj in list(self._btf_objs):
+            self.close_btf_obj(obj)
+        self._insns.clear()         # a program compiled again has other map fds
+
+    # -- what they cost and missed -------------------------------------------------
+    def prog_fds(self) -> list[int]:
+        return [fd for fds in self.fds.values() for fd in fds[::2]]
+
+    def missed(self) -> int:
+        """Recursion misses of the counted functions' programs, those closed included."""
+        return self.closed_missed + sum(_field(fds, "recursion_misses") for f, fds in self.fds.items()
+                                        if f in self.counted)
+
+
+def _field(fds: list[int], key: str) -> int:
+    n = 0
+    for fd in fds[::2]:                 # [prog, link, prog, link]
+        try:
+            n += int(fdinfo(fd).get(key, 0))
+        except (OSError, ValueError):
+            pass
+    return n
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

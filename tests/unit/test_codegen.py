@@ -1,0 +1,69 @@
+"""mmntrace/codegen.py: what gets compiled, decided without a kernel."""
+
+import dataclasses
+import re
+
+from mmntrace import codegen, hooks, kernel
+
+F = kernel.Features(
+    release="6.12.0-test", is_root=True, kallsyms=True, kprobes=True, btf=True,
+    headers=None, headers_release=None, headers_match=False,
+    ringbuf=True, fentry_possible=True, mmu_notifiers=True,
+    hooks=((0, "__mmu_notifier_invalidate_range_start", "invalidate_range_start"),),
+    registration=(), events=((1, "unmap"),), ops=("invalidate_range_start", "arch_invalidate_secondary_tlbs"),
+    preempt_count_sym="pcpu_hot", preempt_count_addr=0x1234, per_cpu_offset_addr=0xffffffff82000000,
+    subs_list_off=8, sleepers=(), gfp_direct_reclaim=0x400, layout=(("MM_SUBS", 1000),),
+    subs_itree_off=16, task_iter=True, raw_sched_switch=True)
+BASE = dict(backend="kprobe", ringbuf=True, ringbuf_pages=256, layout="btf", self_tgid=42, machine="x86_64")
+
+
+def defines(flags) -> dict:
+    out = {}
+    for fl in flags:
+        m = re.fullmatch(r"-D(\w+)(?:=(.*))?", fl)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def test_defaults_say_what_this_kernel_has_and_nothing_optional():
+    d = defines(codegen.cflags(F, **BASE))
+    assert d["MMNT_RINGBUF"] == "1" and d["MMNT_RINGBUF_PAGES"] == "256" and d["MMNT_SELF_TGID"] == "42"
+    assert d["MMNT_PC_ADDR"] == "0x1234ULL" and d["MMNT_PCPU_OFF_ADDR"] == "0xffffffff82000000ULL"
+    assert d["MMNT_SUBS_LIST_OFF"] == "8" and d["MMNT_SUBS_ITREE_OFF"] == "16"
+    assert d["MMNT_GFP_DIRECT_RECLAIM"] == "0x400ULL" and d["MMNT_L_MM_SUBS"] == "1000"
+    assert {"MMNT_ITER", "MMNT_RAW_SWITCH", "MMNT_BTF_LAYOUT", "MMNT_TASK_STORAGE"} <= d.keys()
+    assert set(hooks.op_defines(F.ops)) <= d.keys()
+    for off in ("MMNT_FENTRY", "MMNT_MIGHT_SLEEP", "MMNT_SLEEP_COUNT", "MMNT_AGGREGATE", "MMNT_SAMPLING",
+                "MMNT_FILTER_PID", "MMNT_FILTER_TREE", "MMNT_FILTER_COMM", "MMNT_MIN_LAT_NS", "MMNT_RT",
+                "MMNT_ARCH_ARM64"):
+        assert off not in d, off
+
+
+def test_each_option_compiles_its_part_in():
+    d = defines(codegen.cflags(F, **{**BASE, "backend": "fentry", "ringbuf": False, "layout": "headers"},
+                               pid=7, children=True, comm='a"b\\c', aggregate=True, task_storage=False,
+                               sampling=True, might_sleep=True, sleep_detect="count"))
+    assert d["MMNT_RINGBUF"] == "0" and d["MMNT_FILTER_PID"] == "7"
+    assert d["MMNT_FILTER_COMM"] == '"a\\"b\\\\c"'          # a C string, quotes and backslashes escaped
+    assert {"MMNT_FENTRY", "MMNT_FILTER_TREE", "MMNT_AGGREGATE", "MMNT_SAMPLING", "MMNT_MIGHT_SLEEP",
+            "MMNT_SLEEP_COUNT"} <= d.keys()
+    assert not {"MMNT_BTF_LAYOUT", "MMNT_TASK_STORAGE"} & d.keys()
+    assert defines(codegen.cflags(F, **BASE, min_latency_ns=5000))["MMNT_MIN_LAT_NS"] == "5000ULL"
+
+
+def test_kernel_differences_reach_the_program():
+    rt = dataclasses.replace(F, preempt_rt=True, task_rt_offsets=(100, 200), preempt_count_addr=None)
+    d = defines(codegen.cflags(rt, **{**BASE, "machine": "aarch64"}))
+    assert d["MMNT_TASK_MD_OFF"] == "100" and d["MMNT_TASK_RCU_OFF"] == "200"
+    assert "MMNT_RT" in d and "MMNT_ARCH_ARM64" in d and "MMNT_PC_ADDR" not in d
+
+
+def test_bpf_text_pastes_the_parts_and_keeps_the_record_layout_an_include():
+    text = codegen.bpf_text()
+    parts = re.findall(r'#include "([\w.]+)"', codegen.BPF_SRC.read_text())
+    assert "mmntrace.h" in parts and len(parts) > 2
+    for p in parts:
+        if p != "mmntrace.h":
+            assert f"/* ---- {p} ---- */" in text and f'#include "{p}"' not in text
+    assert '#include "mmntrace.h"' in text
