@@ -25,6 +25,7 @@ from .probes import trampoline_in_place
 from .quiet import debug
 from .transport import fdinfo
 
+
 class Trampolines:
     """fentry/fexit programs loaded and attached per function, keyed by the
     function's address: ``fds[addr]`` = [prog, link, prog, link] (fexit
