@@ -38,7 +38,8 @@ LAB_TEST_TIMEOUT ?= 600
 # markers in pyproject.toml): 6.12 all of them but the `second_kernel` ones; 6.1
 # those whose behaviour depends on the kernel (not `one_kernel`), `second_kernel`
 # included; PREEMPT_RT 6.12 the lock-context and sleeping-rule ones
-# (`lock_context`). `make lab-test-all`: every test on every kernel.
+# (`lock_context`); none of the `matrix_all` ones. `make lab-test-all`: every
+# test on every kernel.
 LAB_MATRIX ?= 6.12:main 6.1:kernel 6.12-rt:context
 # The suites run side by side, LAB_JOBS guests at once (single-threaded TCG:
 # one host CPU per guest; lines led by their kernel). LAB_JOBS=1: one after the other.

@@ -55,7 +55,8 @@ STALL_MARGIN_S = float(os.environ.get("LAB_SUITE_STALL_MARGIN_S", "300"))
 # a hung test is stopped long before by --timeout and the stall watch)
 SUITE_TIMEOUT_S = 4800
 #: which tests each scope runs (pytest -m)
-SCOPES = {"all": "lab", "main": "lab and not second_kernel", "kernel": "lab and not one_kernel", "context": "lab and lock_context",
+SCOPES = {"all": "lab", "main": "lab and not second_kernel and not matrix_all",
+          "kernel": "lab and not one_kernel and not matrix_all", "context": "lab and lock_context and not matrix_all",
           "arm64": "lab and arm64"}
 
 

@@ -281,6 +281,7 @@ def _stop(d: Daemon) -> None:
 
 
 @pytest.mark.one_kernel
+@pytest.mark.matrix_all     # the guard's arithmetic is unit-tested; CI's 90 minutes
 def test_overhead_guard_stops_the_daemon(tmp_path):
     """--max-bpf-cpu: a window whose BPF run time (the kernel's own
     run_time_ns per program, kernel.bpf_stats_enabled) exceeds the share of

@@ -95,6 +95,7 @@ def test_installed_mmntrace_records_from_the_first_call(installed, tmp_path):
         shutil.copytree(work / "rec", dest)
 
 
+@pytest.mark.matrix_all     # the installed wheel records in the test above; CI's 90 minutes
 def test_the_systemd_units_command_line_samples_a_window(installed, tmp_path):
     """mmntrace-once.service's ExecStart, with the installed mmntrace where the
     unit expects /usr/local/bin/mmntrace and the shipped daemon.toml (its

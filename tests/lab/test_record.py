@@ -293,6 +293,7 @@ def test_permission_upgrade_recorded_as_such(tmp_path):
 
 
 @pytest.mark.one_kernel
+@pytest.mark.matrix_all     # CI's 90 minutes: a choice of probes, no kernel-dependent code
 def test_module_and_callback_choose_the_callbacks_probed(tmp_path):
     """record --module mmnt_test --callback kvm_mmu_notifier_invalidate_range_start:
     the module's callbacks and that one KVM callback are probed and counted
@@ -655,6 +656,7 @@ SLOW_NS = 1 << 18
 # is one comparison in the histogram path every kernel shares; the counts it is checked
 # against are checked exactly on each kernel by the other tests
 @pytest.mark.second_kernel
+@pytest.mark.matrix_all     # CI's 90 minutes: one comparison in the histogram path
 def test_min_latency_sends_the_slow_calls_and_counts_every_call(tmp_path):
     """`record --min-latency`: a subscriber (registered under the recorder,
     invalidated at once) whose range_start spins 300 us in every call. Every
@@ -777,6 +779,7 @@ sys.stdin.readline()
 # `make lab-test` runs it on 6.1 (second_kernel); on 6.12 the sweep of interval trees
 # is checked by the sessions with an interval notifier (test_counts_lock_state_...)
 @pytest.mark.second_kernel
+@pytest.mark.matrix_all     # CI's 90 minutes: the sweep itself is in every session test
 def test_sweep_walks_interval_trees_longer_than_one_run(tmp_path):
     """Issue 13: an mm with 145 interval notifiers, the last (by address) of
     another ops table. One run of the start-up sweep visits 128 per mm; it
