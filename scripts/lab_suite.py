@@ -112,6 +112,7 @@ def parallel(specs: list[str], timeout: str, jobs: int) -> int:
     import threading
     lock = threading.Lock()
     rcs: dict[str, int] = {}
+    why: dict[str, list[str]] = {}      # each suite's failed tests, repeated at the very end
     sem = threading.Semaphore(max(1, jobs))
 
     def run(spec: str) -> None:
@@ -123,6 +124,8 @@ def parallel(specs: list[str], timeout: str, jobs: int) -> int:
             for line in proc.stdout:
                 with lock:
                     print(f"[{k}] {line}", end="", flush=True)
+                if line.startswith(("FAILED ", "ERROR ", "lab-test: ")):
+                    why.setdefault(spec, []).append(line.rstrip()[:300])
             rcs[spec] = proc.wait()
             with lock:
                 print(f"[{k}] suite ({spec}) ended after {time.monotonic() - t0:.0f} s", flush=True)
@@ -137,6 +140,8 @@ def parallel(specs: list[str], timeout: str, jobs: int) -> int:
     for spec in specs:
         rc = rcs.get(spec, 1)
         print(f"lab-test: {spec}: " + ("passed" if rc == 0 else f"failed (exit {rc})"), flush=True)
+        for line in why.get(spec, []) if rc else []:    # CI keeps the log's tail: name what failed there
+            print(f"lab-test:   {line}", flush=True)
     return next((rcs.get(s, 1) for s in specs if rcs.get(s, 1)), 0)
 
 

@@ -102,7 +102,10 @@ time.sleep(5)
 with open(prog, "a") as f:
     f.write(f"tests/a.py::t_{k} passed\n")
 print(f"guest of {k} done", flush=True)
-sys.exit(int(os.environ.get("FAKE_RC_" + k.replace(".", "_"), "0")))
+rc = int(os.environ.get("FAKE_RC_" + k.replace(".", "_"), "0"))
+if rc:
+    print(f"FAILED tests/a.py::t_{k} - assert 2 == 1", flush=True)
+sys.exit(rc)
 """
 
 
@@ -128,6 +131,8 @@ def test_several_kernels_run_side_by_side(tmp_path, fail):
         assert (tmp_path / f"lab-progress-{k}.txt").read_text() == f"tests/a.py::t_{k} passed\n"
     if fail:
         assert r.returncode == 1 and "lab-test: 6.12: failed (exit 1)" in lines and "lab-test: 6.1: passed" in lines
+        # CI shows the log's tail only: the failed test is named again after the verdicts
+        assert lines[-1] == "lab-test:   FAILED tests/a.py::t_6.12 - assert 2 == 1", r.stdout
     else:
         assert r.returncode == 0 and "lab-test: 6.12: passed" in lines, r.stdout + r.stderr
 
