@@ -76,3 +76,28 @@ def test_an_unknown_address_reloads_the_table(tmp_path, monkeypatch):
     loaded = table(tmp_path, KALLSYMS + "ffffffffc0009000 t new_cb\t[newmod]\n")
     monkeypatch.setattr(kernel.SymbolTable, "read", classmethod(lambda cls, path="": loaded))
     assert k.lookup(0xffffffffc0009000, exact=True, force=True) == ("new_cb", "newmod", 0)
+
+
+def test_columns_read_at_once_equal_the_line_by_line_reading(tmp_path, monkeypatch):
+    """kernel._parse_lines reads a chunk's columns with numpy; a chunk of any
+    other shape (32-bit addresses, a stray line, no last newline) goes line
+    by line through the regular expression, with the same result."""
+    def slow(text):
+        names, mods = [], {"": 0}
+        a, t, m = kernel._parse_lines_slowly(text, names, mods)
+        return a.tolist(), t, names, m.tolist(), mods
+
+    def fast(text):
+        names, mods = [], {"": 0}
+        a, t, m = kernel._parse_lines(text, names, mods)
+        return a.tolist(), t, names, m.tolist(), mods
+
+    assert fast(KALLSYMS) == slow(KALLSYMS)
+    assert slow(KALLSYMS)[0][6] == 0xffffffffc0001000 and slow(KALLSYMS)[4] == {"": 0, "kvm": 1, "mmnt_test": 2}
+    short = "c1000000 T _stext\nc1001000 t helper\t[mod]\n"
+    assert fast(short) == slow(short) and fast(short)[0] == [0xc1000000, 0xc1001000]
+    odd = KALLSYMS + "garbage line\n"
+    assert fast(odd) == slow(odd) and len(fast(odd)[2]) == 8
+    # a file whose last line has no newline, read in chunks that cut lines
+    t = table(tmp_path, KALLSYMS.rstrip("\n"), chunk=50, monkeypatch=monkeypatch)
+    assert len(t) == 8 and t.module(7) == "mmnt_test" and t.rows_of("helper") == [2, 4, 7]
