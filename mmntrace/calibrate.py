@@ -35,11 +35,6 @@ CALIB_INNER = "__task_pid_nr_ns"
 CALIB_CALLS = 300
 
 
-class CbInfo(ctypes.Structure):
-    """bpf/state.h struct cb_info: the value of cb_info and sleeper_info."""
-    _fields_ = [("func", ctypes.c_uint64), ("hook", ctypes.c_uint32), ("series", ctypes.c_uint32)]
-
-
 def overhead_median(durations) -> float | None:
     """The median of the calibration's durations, the first tenth left out
     (the first calls of a freshly attached probe pay for cold caches)."""
@@ -130,7 +125,7 @@ class Calibration:
         for k in (oa, oa + 4):
             hook_ip[ctypes.c_uint64(k)] = ctypes.c_uint32(_HOOK_CALIB)
         for k in (ia, ia + 4):
-            cb_info[ctypes.c_uint64(k)] = CbInfo(ia, _HOOK_CALIB, 0)
+            cb_info[ctypes.c_uint64(k)] = cb_info.Leaf(ia, _HOOK_CALIB, 0)   # struct cbinfo, as bcc read it
         attached: list[tuple] = []
         try:
             for fn, kind in ((b"hk_return", "ret"), (b"hk_entry", "entry")):

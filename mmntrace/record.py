@@ -168,9 +168,9 @@ class Session:
         self.counts["violations"] += len(sl_df)
         writer.write_segment(ev_df, sl_df)
 
-    def _guard(self, g: dict, now: float) -> None:
+    def _guard(self, g: dict, now: float, fresh: bool = False) -> None:
         """The overhead guard: warn once, with the measured rate, CPU share and drops."""
-        cpu, drops_now = sum(os.times()[:2]), self.t.drops().get("total", 0)
+        cpu, drops_now = sum(os.times()[:2]), self.t.drops(fresh=fresh).get("total", 0)
         span = max(now - g["t"], 1e-3)
         msg = None if g["warned"] else overhead_warning(g["n"] / span, (cpu - g["cpu"]) / span,
                                                         drops_now - g["drops"], self.t.aggregate)
@@ -235,7 +235,7 @@ class Session:
                     try:
                         self._flush(writer, sym, pending)
                         writer.meta["attached"] = self.t.attached()
-                        writer.meta["drops"] = self.t.drops()
+                        writer.meta["drops"] = self.t.drops(fresh=False)
                         writer.meta["untimed"] = self._untimed(sym)   # kept if we are killed
                         writer.flush_meta()
                     except OSError as e:
@@ -249,7 +249,7 @@ class Session:
                     self._guard(guard, now)
                 if self.status and now - last_status >= 1.0:
                     self.status(n_since / (now - last_status), self.counts["events"],
-                                self.t.drops().get("total", 0), self.counts["violations"], now - t0)
+                                self.t.drops(fresh=False).get("total", 0), self.counts["violations"], now - t0)
                     n_since, last_status = 0, now
         finally:
             # drain what is still in the ring buffer, then detach
@@ -266,7 +266,7 @@ class Session:
                         raise
                     self.disk_full = e
             pending.clear()
-            self._guard(guard, time.monotonic())      # a storm that ended between two checks
+            self._guard(guard, time.monotonic(), fresh=True)    # a storm that ended between two checks
             drops = self.t.drops()
             attached = self.t.attached()
             untimed = self._untimed(sym)

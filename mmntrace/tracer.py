@@ -49,7 +49,7 @@ from . import hooks as hookmod
 from . import kernel
 from .errors import BpfLoadError, MmntraceError
 from .codegen import BPF_DIR, BPF_SRC, bpf_text  # noqa: F401 (names older code imports from here)
-from .calibrate import Calibration, CbInfo as _CbInfo, fentry_calib_symbol
+from .calibrate import Calibration, fentry_calib_symbol
 from .fentry import Trampolines
 from .histograms import NR_EVIDX, NR_SERIES, NR_SLOTS, InKernelHistograms  # noqa: F401 (NR_*: older imports)
 from .ksyms import KernelSymbols
@@ -79,6 +79,8 @@ DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series",
 #: runs of the start-up sweep's interval-tree walk (each visits 128 notifiers per mm): an mm
 #: with up to 64 x 128 = 8192 interval notifiers is walked to its end
 SWEEP_ITREE_RUNS = 64
+#: how old the probe misses a running session's drops(fresh=False) shows may be
+MISSES_REFRESH_S = 10.0
 
 
 #: the fentry backend's programs (entry, exit) by probe kind: each compiled
@@ -189,6 +191,7 @@ class Tracer:
         self._ring: RingReader | None = None
         self._calib_sym: str | None = None
         self._missed_base = 0
+        self._misses: tuple | None = None     # (when, kretprobe misses, program misses): drops()
         self._kprobe_missed_base = 0
         self._mods_checked = 0.0
         self._gen_seen = 0              # walk_gen when the modules were last checked
@@ -207,14 +210,9 @@ class Tracer:
         self.ringbuf_pages = ringbuf_pages
         self.bpf = None
         self._stack_ips: dict[int, list[int]] = {}
-        self.calibration: int | None = None
-        #: PREEMPT_RT: what the probe itself adds to migration_disabled and
-        #: rcu_read_lock_nesting, by mechanism (None: unreadable, no RT context)
-        self.calibration_rt: dict = {}
-        self.calibration_irqs_off = False
-        #: ns that one probed callback costs its hook beyond its programs' own
-        #: time, by probe mechanism ("kprobe", "fentry"): _calibrate_overhead
-        self.probe_overhead: dict[str, int] = {}
+        #: what the probes themselves add, measured at load (mmntrace/calibrate.py);
+        #: read through calibration, calibration_fentry, calibration_rt, probe_overhead
+        self.calib: Calibration | None = None
         self.timing: dict[str, float] = {}
         self.swept: int | None = None     # ops records the start-up sweep reported (None: no sweep)
         self.sweep_unfinished = 0         # mms whose interval tree the sweep could not walk to its end
@@ -478,8 +476,29 @@ class Tracer:
         c = Calibration(self.bpf, self._ksyms, self._tramp, backend=self.backend,
                         preempt_rt=self.f.preempt_rt, fentry_sym=self._calib_sym)
         c.run()
-        self.calibration, self.calibration_fentry = c.kprobe, c.fentry
-        self.calibration_irqs_off, self.calibration_rt, self.probe_overhead = c.irqs_off, c.rt, c.probe_overhead
+        self.calib = c
+
+    @property
+    def calibration(self) -> int | None:
+        """The preempt_count a kprobe adds (None: unreadable, or not calibrated yet)."""
+        return self.calib.kprobe if self.calib else None
+
+    @property
+    def calibration_fentry(self) -> int | None:
+        """The preempt_count a trampoline adds."""
+        return self.calib.fentry if self.calib else None
+
+    @property
+    def calibration_rt(self) -> dict:
+        """PREEMPT_RT: what the probe itself adds to migration_disabled and
+        rcu_read_lock_nesting, by mechanism (empty: no RT context)."""
+        return self.calib.rt if self.calib else {}
+
+    @property
+    def probe_overhead(self) -> dict[str, int]:
+        """ns that one probed callback costs its hook beyond its programs' own
+        time, by probe mechanism ("kprobe", "fentry")."""
+        return self.calib.probe_overhead if self.calib else {}
 
     def _try_attach(self, kind: str, symbol: str, hook, module, entry: str, ret: str | None,
                     hook_id: int | None = None) -> bool:
@@ -541,7 +560,7 @@ class Tracer:
             addrs = self._ksyms.by_name.get(sym, [])
             for a in addrs[:1]:
                 for k in (a, a + 4):  # with IBT the probe sits after endbr64
-                    table[ctypes.c_uint64(k)] = _CbInfo(a, gfp_arg, 0)
+                    table[ctypes.c_uint64(k)] = table.Leaf(a, gfp_arg, 0)     # struct cbinfo
             self._try_attach("sleeper", sym, None, None, "ms_entry", None)
 
     def _open_buffer(self) -> None:
@@ -637,7 +656,7 @@ class Tracer:
         table = self.bpf[b"cb_info"]
         series = self._hist.series_for(func, hook)   # its own, kept across windows and re-probes
         for k in (func, func + 4):
-            table[ctypes.c_uint64(k)] = _CbInfo(func, hook, series)
+            table[ctypes.c_uint64(k)] = table.Leaf(func, hook, series)   # struct cbinfo
         rec_before = len(self._attached)
         self._cb_names[func] = f"{name} [{mod}]" if mod else name
         if mod and mod not in self._mod_state:   # its load address now: _check_modules compares with it
@@ -757,7 +776,13 @@ class Tracer:
     def attached(self) -> list[dict]:
         return [dict(r) for r in self._attached]
 
-    def drops(self) -> dict:
+    def drops(self, fresh: bool = True) -> dict:
+        """Drops by kind, and their total. ``fresh=False`` (a running session's
+        periodic look: its overhead guard, status line, metadata kept if it is
+        killed) may reuse the recursion and kretprobe misses read up to
+        MISSES_REFRESH_S ago: reading them opens a file per program (an fdinfo
+        each, and tracefs), which in a lab guest cost a quarter of a CPU at the
+        session's pace, taken from the workload it watches."""
         if self.bpf is None and self._final:
             return dict(self._final["drops"])
         out = {name: 0 for name in DROP_NAMES.values()}
@@ -767,8 +792,10 @@ class Tracer:
                 out[name] = int(sum(d[ctypes.c_int(t)]))
         out["perf_lost"] = self._perf_lost
         out["untimed"] = sum(self.untimed().values())
-        out["kretprobe_missed"] = self._kprobe_missed()
-        out["prog_missed"] = self._prog_missed_raw() - self._missed_base
+        now = time.monotonic()
+        if fresh or self._misses is None or now - self._misses[0] >= MISSES_REFRESH_S:
+            self._misses = (now, self._kprobe_missed(), self._prog_missed_raw() - self._missed_base)
+        out["kretprobe_missed"], out["prog_missed"] = self._misses[1:]
         out["total"] = sum(out.values())
         return out
 
