@@ -93,6 +93,7 @@ class Session:
         self.redact = redact
         self.hand_over = hand_over
         self._stop = False
+        self._state_seen: list | None = None      # the probes as --ready-file last told them
         self.command = command
         self.counts = {"events": 0, "violations": 0}
         self.disk_full: OSError | None = None
@@ -139,11 +140,12 @@ class Session:
         return [(a.get("symbol"), a.get("status")) for a in self.t.attached()]
 
     def _drain(self, pending: list) -> int:
-        before = self._probe_state()
         raw = self.t.poll(100)      # also attaches newly discovered driver callbacks
         if raw:
             pending.append(raw)
-        if self._probe_state() != before:
+        state = self._probe_state()     # probes change only inside poll()
+        if state != self._state_seen:
+            self._state_seen = state
             self._write_ready()     # tell whoever waits on --ready-file (attached, detached)
         return len(raw) // decode.DTYPE.itemsize if raw else 0
 
@@ -212,11 +214,13 @@ class Session:
             writer.meta["command"] = {"argv": self.command.argv, "pid": self.command.pid, "exit": None}
         writer.flush_meta()
         self._write_ready()
+        self._state_seen = self._probe_state()
         if self.command is not None:
             self.command.go()       # every probe is attached: CMD runs now
         pending: list[bytes] = []
         t0 = time.monotonic()
         last_flush = last_status = t0
+        last_kept = None
         n_since = 0
         guard = {"t": t0, "cpu": sum(os.times()[:2]), "n": 0, "drops": 0, "warned": False}
         try:
@@ -234,10 +238,11 @@ class Session:
                 if now - last_flush >= self.segment_s:
                     try:
                         self._flush(writer, sym, pending)
-                        writer.meta["attached"] = self.t.attached()
-                        writer.meta["drops"] = self.t.drops(fresh=False)
-                        writer.meta["untimed"] = self._untimed(sym)   # kept if we are killed
-                        writer.flush_meta()
+                        kept = (self.t.attached(), self.t.drops(fresh=False), self._untimed(sym))
+                        if kept != last_kept:       # kept if we are killed; rewritten when they moved
+                            writer.meta["attached"], writer.meta["drops"], writer.meta["untimed"] = kept
+                            writer.flush_meta()
+                            last_kept = kept
                     except OSError as e:
                         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                             raise

@@ -173,6 +173,30 @@ def test_ready_file_is_private_and_refuses_a_link(tmp_path, no_sudo):
     assert victim.read_text() == "keep"
 
 
+def test_ready_file_rewritten_when_a_poll_changed_the_probes_only(tmp_path, no_sudo):
+    """--ready-file follows the probes (a callback attached, a module's detached)
+    without being rewritten at every poll: ten a second in an idle session."""
+    t = _FakeTracer()
+    probes = t.attached()
+    t.attached = lambda: [dict(a) for a in probes]
+    changes = []
+    t.poll = lambda ms: (changes and probes.append(changes.pop())) or b""
+    s = Session(t, None, tmp_path / "rec", ready_file=tmp_path / "ready.json")
+    writes = []
+    s._write_ready = lambda: writes.append(len(t.attached()))
+    s._state_seen = s._probe_state()
+    for _ in range(3):
+        assert s._drain([]) == 0
+    assert writes == []
+    changes.append({"kind": "callback", "symbol": "kvm_mmu_notifier_release", "status": "attached"})
+    s._drain([])
+    s._drain([])
+    assert writes == [2]
+    probes[0]["status"] = "detached: module unloaded"
+    s._drain([])
+    assert writes == [2, 2]
+
+
 @pytest.mark.parametrize("fmt", ["text", "json", "html"])
 def test_report_output_refuses_a_link_and_is_private(rec, tmp_path, fmt, no_sudo):
     victim = _victim(tmp_path)
