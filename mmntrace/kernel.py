@@ -98,6 +98,7 @@ class Features:
     raw_sched_switch: bool = False   # sched_switch's raw tracepoint passes prev_state (5.18+; BTF's btf_trace_sched_switch)
     preempt_rt: bool = False         # PREEMPT_RT: spinlock_t is a sleeping lock (rt_spin_lock in kallsyms)
     task_rt_offsets: tuple | None = None  # (migration_disabled, rcu_read_lock_nesting) offsets in task_struct, BTF
+    mmap_array: bool = False         # BPF_F_MMAPABLE arrays (array_map_mmap in kallsyms; upstream fc9702273e2e, 5.5)
 
     @property
     def context_source(self) -> str:
@@ -462,6 +463,7 @@ def probe() -> Features:
         headers_release=hrel,
         headers_match=hrel == rel,
         ringbuf="bpf_ringbuf_output" in ks,
+        mmap_array="array_map_mmap" in ks,
         fentry_possible=b is not None and "bpf_trampoline_link_prog" in ks,
         mmu_notifiers="__mmu_notifier_invalidate_range_start" in ks,
         hooks=tuple(found),

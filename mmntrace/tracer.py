@@ -56,7 +56,7 @@ from .ksyms import KernelSymbols
 from .layout import header, record_dtype
 from . import sweep
 from .probes import MAXACTIVE, kprobe_misses, remove_stale_kprobe_events, stale_kprobe_events, trampoline_in_place, trampoline_listed  # noqa: F401
-from .transport import RingReader, fdinfo
+from .transport import MappedArray, RingReader, fdinfo
 from .quiet import debug, quietly
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series",
               _H.defines["MMNT_DROP_FOLLOW"]: "unfollowed_processes",
               _H.defines["MMNT_DROP_ITREE"]: "interval_uncounted",
               _H.defines["MMNT_DROP_EARLY_STOP"]: "early_stop_uncounted"}
+#: the slots of the BPF side's drops[] (bpf/mmntrace.bpf.c)
+DROP_SLOTS = range(16)
 #: runs of the start-up sweep's interval-tree walk (each visits 128 notifiers per mm): an mm
 #: with up to 64 x 128 = 8192 interval notifiers is walked to its end
 SWEEP_ITREE_RUNS = 64
@@ -209,6 +211,8 @@ class Tracer:
         self.min_latency_ns = int(min_latency_ns) if min_latency_ns is not None else None
         self.ringbuf_pages = ringbuf_pages
         self.bpf = None
+        #: drops and walk_gen mapped into memory where the kernel can (MMNT_MMAP_ARRAYS)
+        self._views: dict[bytes, MappedArray] = {}
         self._stack_ips: dict[int, list[int]] = {}
         #: what the probes themselves add, measured at load (mmntrace/calibrate.py);
         #: read through calibration, calibration_fentry, calibration_rt, probe_overhead
@@ -290,6 +294,7 @@ class Tracer:
                                "(MMNTRACE_DEBUG=1 shows everything the compiler and bcc printed)") from e
         self.timing["compile_s"] = time.monotonic() - t0
         _debug(f"timing: {self.timing}")
+        self._map_counters()
         try:
             t0 = time.monotonic()
             self._detach_all()
@@ -449,9 +454,12 @@ class Tracer:
     def reset_window(self) -> None:
         """Zero the in-kernel histograms, totals and drop counters."""
         self._hist.zero()
-        d = self.bpf[b"drops"]
-        for k in list(d.keys()):
-            d[k] = d.Leaf()
+        if b"drops" in self._views:
+            self._views[b"drops"].zero()
+        else:
+            d = self.bpf[b"drops"]
+            for k in list(d.keys()):
+                d[k] = d.Leaf()
         self.bpf[b"cb_expected"].clear()
         self.bpf[b"cb_seen"].clear()
         self._perf_lost = 0
@@ -736,8 +744,43 @@ class Tracer:
             pass
         return out
 
+    def _map_counters(self) -> None:
+        """Map the counters read while the probes run (drops, at each overhead
+        check; walk_gen, at every poll) where the kernel lets arrays be mapped:
+        read from memory, with no bpf() lookup (one per poll and nine per
+        drops() before), which holds its CPU's bpf_prog_active meanwhile, when
+        kprobe programs on that CPU are skipped (bpf/mmntrace.bpf.c,
+        MMNT_MMAP_ARRAYS)."""
+        if not getattr(self.f, "mmap_array", False):
+            return
+        for name, n, dtype in ((b"drops", len(DROP_SLOTS), np.uint64), (b"walk_gen", 1, np.uint32)):
+            try:
+                self._views[name] = MappedArray(self.bpf[name], (n,), dtype)
+            except (OSError, ValueError, KeyError) as e:
+                _debug(f"{name.decode()} read by bpf() lookups: mapping it failed ({e})")
+
+    def _unmap_counters(self) -> None:
+        for v in self._views.values():
+            v.close()
+        self._views = {}
+
     def _walk_gen(self) -> int:
+        v = self._views.get(b"walk_gen")
+        if v is not None:
+            return int(v.a[0])
         return int(self.bpf[b"walk_gen"][ctypes.c_int(0)].value)
+
+    def _drop_counts(self) -> list[int]:
+        """drops[] of the BPF side, by slot (a per-CPU array's summed)."""
+        v = self._views.get(b"drops")
+        if v is not None:
+            return [int(x) for x in v.snapshot()]
+        d = self.bpf[b"drops"]
+        out = []
+        for t in DROP_SLOTS:
+            leaf = d[ctypes.c_int(t)]
+            out.append(int(leaf.value) if hasattr(leaf, "value") else int(sum(leaf)))
+        return out
 
     def _check_modules(self, force: bool = False) -> None:
         """Every half second, and at once after a module load (``force``): did a
@@ -787,9 +830,9 @@ class Tracer:
             return dict(self._final["drops"])
         out = {name: 0 for name in DROP_NAMES.values()}
         if self.bpf is not None:
-            d = self.bpf[b"drops"]
+            counts = self._drop_counts()
             for t, name in DROP_NAMES.items():
-                out[name] = int(sum(d[ctypes.c_int(t)]))
+                out[name] = counts[t]
         out["perf_lost"] = self._perf_lost
         out["untimed"] = sum(self.untimed().values())
         now = time.monotonic()
@@ -899,6 +942,7 @@ class Tracer:
             except Exception:
                 self._final = None
             self._hist.close()
+            self._unmap_counters()
             self._tramp.close()
             self.bpf.cleanup()
         finally:

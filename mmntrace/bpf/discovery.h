@@ -14,7 +14,7 @@ BPF_TABLE("lru_hash", u64, u32, seen_mm, 4096);	/* mms whose subscriptions were 
 /* The generation of what was seen: bumped by a module load (module_loaded()
  * below) and by user space when it forgets what was seen. An entry of
  * seen_ops or seen_mm from an older generation counts as not seen. */
-BPF_ARRAY(walk_gen, u32, 1);
+MMNT_READ_ARRAY(walk_gen, u32, 1);	/* read at every poll: mmap()ed where it can be */
 BPF_ARRAY(disc, u64, 2);		/* [0] ops records sent, [1] those user space has probed */
 BPF_HASH(cb_expected, u64, u64, 1024);	/* op -> its calls by hooks while probing was under way */
 BPF_HASH(cb_seen, u64, u64, 1024);	/* op -> those of them our callback probes timed */

@@ -146,7 +146,25 @@ BPF_RINGBUF_OUTPUT(events, MMNT_RINGBUF_PAGES);
 #else
 BPF_PERF_OUTPUT(events);
 #endif
+/*
+ * Counters user space reads while the probes run (walk_gen at every poll,
+ * drops at every overhead check). Where arrays can be mmap()ed (5.5+) it
+ * reads them from memory, not by a bpf() lookup each: one syscall per poll
+ * less, and a lookup holds its CPU's bpf_prog_active, during which a kprobe
+ * program that fires on that CPU is skipped (a miss; on PREEMPT_RT the
+ * lookup can be preempted there). One shared array then, not per CPU: a
+ * drop is rare, its atomic add cheap.
+ */
+#ifdef MMNT_MMAP_ARRAYS
+#ifndef BPF_F_MMAPABLE
+#define BPF_F_MMAPABLE (1U << 10)
+#endif
+#define MMNT_READ_ARRAY(name, leaf, n) BPF_F_TABLE("array", int, leaf, name, n, BPF_F_MMAPABLE)
+MMNT_READ_ARRAY(drops, u64, 16);		/* by record type, then MMNT_DROP_* */
+#else
+#define MMNT_READ_ARRAY(name, leaf, n) BPF_ARRAY(name, leaf, n)
 BPF_PERCPU_ARRAY(drops, u64, 16);		/* by record type, then MMNT_DROP_* */
+#endif
 /*
  * Stacks are keyed by their content, not by BPF_STACK_TRACE's hash bucket:
  * a stackmap answers -EEXIST when two different stacks share a bucket, and
@@ -212,7 +230,11 @@ static __always_inline void count_drop(u32 type)
 {
 	u64 *d = drops.lookup(&type);
 	if (d)
+#ifdef MMNT_MMAP_ARRAYS
+		__sync_fetch_and_add(d, 1);
+#else
 		(*d)++;
+#endif
 }
 
 static __always_inline int emit(void *ctx, struct mmnt_record *r)

@@ -145,7 +145,7 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     assert r.complete
     _check_backend(r, backend, transport)
     rep = report.build(r)
-    assert rep["dropped"] == 0
+    assert rep["dropped"] == 0, (r.meta["drops"], r.meta.get("untimed"))
     calls = res["counts"]["calls"]
     assert len(mod) == sum(calls.values())      # the module's log is complete
     # Compare what the workload's own thread did: kcompactd, khugepaged or NUMA
@@ -519,7 +519,8 @@ print(json.dumps({"counts": c, "mm": int(recs["mm"][0]) if len(recs) else 0}), f
 RELEASED_AT_ONCE = """m0 = testmod.TestModule()
 m0.register(0)
 m0.unregister()
-released = m0.counts()["calls"]["release"]
+first = m0.counts()["calls"]
+released = first["release"]
 m0.close()
 m = testmod.TestModule()
 m.interval(PAGE, (1 << 47) - 2 * PAGE)   # an interval notifier over the whole address space
@@ -559,7 +560,7 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
     counted untimed too."""
     rec = Recorder(tmp_path / "rec")
     res = _register_at_once_under(rec, REGISTER_AT_ONCE.replace("m = testmod.TestModule()\n", RELEASED_AT_ONCE).replace(
-        '{"counts": c,', '{"counts": c, "released_at_once": released,'), seconds=6.0)
+        '{"counts": c,', '{"counts": c, "released_at_once": released, "first": first,'), seconds=6.0)
     # (6 s: the module's eight callbacks are probed one by one, the secondary-TLB one
     # last; in a guest beside another, 3 s once ended before it went in)
     r = Recording(tmp_path / "rec")
@@ -567,9 +568,18 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
     mine = mine[(mine["mm"] == res["mm"]) & (mine["kind"] == "callback")]
     untimed = {u["callback"].split(" ")[0]: u["count"] for u in r.meta["untimed"]}
     calls = res["counts"]["calls"]
+    # The first client is on the mm's list for a moment, between its registration and
+    # its unregistration (which takes no lock an invalidation holds): a kernel thread's
+    # invalidation of this mm then (compaction, khugepaged) calls it too. The tracer
+    # counts such a call untimed when the client is still on the list at the hook's
+    # return, and cannot when it is gone by then (docs/reliability.md). One CI run saw
+    # one range start more than the second client's, as this allows. The second
+    # client's calls are counted exactly.
+    first = {h: n for h, n in res["first"].items() if h != "release"}
     for hook, fn in MODULE_CB.items():
         timed = len(_cb(mine, fn))
-        assert timed + untimed.get(fn, 0) == calls[hook], (hook, timed, untimed, calls, r.meta["drops"])
+        assert calls[hook] <= timed + untimed.get(fn, 0) <= calls[hook] + first.get(hook, 0), \
+            (hook, timed, untimed, calls, first, r.meta["drops"])
         assert timed > 0, hook         # its probes did go in while it ran
     assert sum(untimed.get(fn, 0) for fn in MODULE_CB.values()) > 0, \
         "the probes went in before the first call: nothing was untimed (precondition)"

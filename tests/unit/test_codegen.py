@@ -67,3 +67,11 @@ def test_bpf_text_pastes_the_parts_and_keeps_the_record_layout_an_include():
         if p != "mmntrace.h":
             assert f"/* ---- {p} ---- */" in text and f'#include "{p}"' not in text
     assert '#include "mmntrace.h"' in text
+
+
+def test_counters_read_while_running_are_mapped_only_where_arrays_can_be():
+    """drops and walk_gen become mmap-able arrays (MMNT_MMAP_ARRAYS) only on a
+    kernel whose kallsyms has array_map_mmap: elsewhere bpf() lookups."""
+    assert "MMNT_MMAP_ARRAYS" not in defines(codegen.cflags(F, **BASE))
+    mapped = dataclasses.replace(F, mmap_array=True)
+    assert "MMNT_MMAP_ARRAYS" in defines(codegen.cflags(mapped, **BASE))
