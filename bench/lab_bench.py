@@ -90,6 +90,42 @@ def run_ambient(size: dict) -> dict:
     return out
 
 
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its live descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                f = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            stats[int(d)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)     # ppid, utime + stime
+    tree, total = {pid}, 0.0
+    for _ in range(8):          # descendants, a level per pass
+        tree |= {p for p, (pp, _c) in stats.items() if pp in tree}
+    for p in tree:
+        total += stats.get(p, (0, 0.0))[1]
+    return total
+
+
+def settle(pid: int, quiet_cpu_s: float = 0.05, window_s: float = 1.0, timeout_s: float = 120.0) -> float:
+    """Wait until the tool's CPU time grows by less than ``quiet_cpu_s`` over
+    ``window_s`` (what the workload just made it do is done: a streaming
+    recorder decodes and writes its backlog); return the seconds waited.
+    A lab guest's vCPUs share one host thread, so work the tool still does
+    during the ambient run would be charged to the ambient workload."""
+    t0 = time.monotonic()
+    last = tree_cpu_s(pid)
+    while time.monotonic() - t0 < timeout_s:
+        time.sleep(window_s)
+        now = tree_cpu_s(pid)
+        if now - last < quiet_cpu_s:
+            break
+        last = now
+    return time.monotonic() - t0
+
+
 def parse_log2_hists(text: str) -> dict[str, dict[int, int]]:
     """funclatency -F output: function -> {log2 slot: count} (its rows read
     "lo -> hi : count", lo = 2**slot, slot 0 covering 0 -> 1)."""
@@ -370,7 +406,12 @@ def main() -> int:
         try:
             for _ in range(size["reps"]):
                 runs.append(run_workload(size))
+                # the ambient run starts once the tool has finished with the workload's
+                # records, and the tool's own CPU over it is a column of its own
+                runs[-1]["settle_s"] = round(settle(tool.proc.pid), 1)
+                c0 = tree_cpu_s(tool.proc.pid)
                 runs[-1]["ambient"] = run_ambient(size)
+                runs[-1]["ambient_tool_cpu_s"] = round(tree_cpu_s(tool.proc.pid) - c0, 3)
                 progress(f"{name} {runs[-1]['ops_per_s']:.0f} ops/s")
             costs = stats_run(size)
             sweep = None
@@ -398,7 +439,11 @@ def main() -> int:
                  # paths that never reach a notifier: traced / untraced median time - 1
                  "ambient_tax": {m: round(statistics.median(r["ambient"][m] for r in runs)
                                           / statistics.median(r["ambient"][m] for r in before + after) - 1, 4)
-                                 for m in size["ambient"]}}
+                                 for m in size["ambient"]},
+                 # the tool's own CPU while the ambient workloads ran, over their time
+                 "ambient_tool_cpu_share": round(statistics.median(
+                     r["ambient_tool_cpu_s"] / sum(r["ambient"].values()) for r in runs), 4),
+                 "settle_s": statistics.median(r["settle_s"] for r in runs)}
         if "events" in st and busy > 0:
             entry["events_per_s"] = round(st["events"] / busy)
         if sweep is not None:
@@ -416,6 +461,7 @@ def main() -> int:
         if st.get("timing"):
             log(f"{name}: start-up " + ", ".join(f"{k} {v}" for k, v in st["timing"].items()))
         log(f"{name}: ambient tax " + ", ".join(f"{m} {v * 100:+.1f} %" for m, v in entry["ambient_tax"].items())
+            + f" (its own CPU over them {entry['ambient_tool_cpu_share'] * 100:.1f} %, after {entry['settle_s']} s settling)"
             + "; medians " + ", ".join(f"{k} {v:.0f} ns" for k, v in sorted(st.get("medians_ns", {}).items())))
         for c in costs[:12]:
             log(f"{name}:   bpf {c['name']:<16} {c['type']:<14} {c['run_cnt']:>9} runs "

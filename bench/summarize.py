@@ -100,10 +100,13 @@ def ambient_table(lab: dict) -> str:
     modes = next((list(x["ambient_tax"]) for x in lab["tools"].values() if "ambient_tax" in x), [])
     if not modes:
         return ""
-    rows = ["| tool | " + " | ".join(f"{m} tax" for m in modes) + " |", "|---|" + "---:|" * len(modes)]
+    rows = ["| tool | " + " | ".join(f"{m} tax" for m in modes) + " | tool's own CPU meanwhile |",
+            "|---|" + "---:|" * (len(modes) + 1)]
     for n, x in lab["tools"].items():
         if "ambient_tax" in x:
-            rows.append(f"| {n} | " + " | ".join(f"{x['ambient_tax'][m] * 100:+.1f} %" for m in modes) + " |")
+            own = x.get("ambient_tool_cpu_share")
+            rows.append(f"| {n} | " + " | ".join(f"{x['ambient_tax'][m] * 100:+.1f} %" for m in modes)
+                        + (f" | {own * 100:.1f} % |" if own is not None else " | |"))
     return "\n".join(rows)
 
 
@@ -180,7 +183,10 @@ def main() -> int:
         if amb:
             md += ["Ambient tax: the same tools on paths that never reach a notifier "
                    "(`ambient_bench`: pipe ping-pong, open+fstat+close of /dev/null, mmap+fault+munmap), "
-                   "traced median time / untraced median time - 1.", "", amb, ""]
+                   "traced median time / untraced median time - 1, run once the tool's CPU time has "
+                   "stopped growing after the notifier run; the last column is the tool's own CPU time "
+                   "over those runs, over their time (a lab guest's vCPUs share one host thread: what the "
+                   "tool does meanwhile is charged to the ambient workload here, not on real CPUs).", "", amb, ""]
         obs = {n: observer_ratios(lab, n) for n in lab["tools"]}
         obs = {n: r for n, r in obs.items() if r}
         if obs:

@@ -109,3 +109,26 @@ def test_kprobe_misses_sum_this_process_events_only(tmp_path):
                     "  p_other_event                         10     1\n")
     assert kprobe_misses("_bcc_77", paths=(str(tmp_path / "absent"), str(prof))) == 7
     assert kprobe_misses("_bcc_77", paths=(str(tmp_path / "absent"),)) == 0
+
+
+def test_tool_cpu_counts_descendants_and_settle_waits_for_quiet():
+    """The bench's ambient run waits until the tool's CPU stops growing and
+    charges it the CPU of its whole process tree (a tool may be a wrapper)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(30)"
+    p = subprocess.Popen(["sh", "-c", f"{sys.executable} -c '{busy}'; true"], start_new_session=True)
+    try:
+        time.sleep(0.2)
+        waited = lab_bench.settle(p.pid, window_s=0.3, timeout_s=20)
+        assert waited >= 0.3
+        assert lab_bench.tree_cpu_s(p.pid) >= 0.5       # the grandchild's spin, not the shell's
+        t0 = time.monotonic()
+        lab_bench.settle(p.pid, window_s=0.3, timeout_s=20)
+        assert time.monotonic() - t0 < 1.0               # quiet now: one window
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
