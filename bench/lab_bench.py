@@ -79,15 +79,28 @@ def run_workload(size: dict, *extra: str) -> dict:
     return json.loads(out.stdout)
 
 
-def run_ambient(size: dict) -> dict:
-    """Each ambient workload once (paths that never reach a notifier): mode -> seconds."""
-    out = {}
-    for mode, ops in size["ambient"].items():
-        r = subprocess.run([str(AMBIENT_BIN), mode, str(ops)], capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            raise RuntimeError(f"ambient_bench {mode} failed: {r.stderr.strip()}")
-        out[mode] = json.loads(r.stdout)["seconds"]
-    return out
+#: each ambient workload runs this many times back to back (interleaved), the
+#: fastest counts: the lab's noise only ever adds time (a host thread shared by
+#: the guest's vCPUs and QEMU), and single runs of a second or less swung by
+#: ten points between two untraced runs
+AMBIENT_REPEATS = 3
+
+
+def run_ambient(size: dict) -> tuple[dict, float]:
+    """The ambient workloads (paths that never reach a notifier), each the
+    fastest of AMBIENT_REPEATS interleaved runs: (mode -> seconds, the
+    seconds of all the runs)."""
+    out: dict[str, float] = {}
+    total = 0.0
+    for _ in range(AMBIENT_REPEATS):
+        for mode, ops in size["ambient"].items():
+            r = subprocess.run([str(AMBIENT_BIN), mode, str(ops)], capture_output=True, text=True, timeout=900)
+            if r.returncode != 0:
+                raise RuntimeError(f"ambient_bench {mode} failed: {r.stderr.strip()}")
+            sec = json.loads(r.stdout)["seconds"]
+            out[mode] = min(out.get(mode, sec), sec)
+            total += sec
+    return out, total
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -364,6 +377,8 @@ def main() -> int:
     # tiny (make test's pipeline check) leaves out --might-sleep: fentry on ~35 of the
     # machine's hottest functions is the likeliest to meet the emulator's patching hazard
     default = TOOLS if a.size == "full" else ["mmntrace-kprobe", "mmntrace-agg-fentry", "funclatency", "bpftrace"]
+    if a.size == "quick":       # the daemon's default configuration (issue 12's ambient goal)
+        default.insert(2, "mmntrace-agg-kprobe-cnt")
     if PEER_CALLBACK not in kernel.kallsyms():
         default = [t for t in default if t != "funclatency-callback"]
     tools = [t for t in (a.tools.split(",") if a.tools else default) if t]
@@ -371,7 +386,7 @@ def main() -> int:
         tools = [t for t in tools if "fentry" not in t.split("-")]
     work = Path(tempfile.mkdtemp(prefix="mmntrace-bench-"))
     res = {"kernel": f.release, "arch": platform.machine(), "cpus": os.cpu_count(), "size": a.size, **size,
-           "hook_functions": syms, "untraced": [], "tools": {}}
+           "hook_functions": syms, "untraced": [], "tools": {}, "ambient_repeats": AMBIENT_REPEATS}
     total_runs = size["reps"] * (2 * len(tools) + 1)
     done = 0
 
@@ -384,7 +399,7 @@ def main() -> int:
         block = []
         for _ in range(size["reps"]):
             block.append(run_workload(size))
-            block[-1]["ambient"] = run_ambient(size)
+            block[-1]["ambient"], block[-1]["ambient_total_s"] = run_ambient(size)
             progress(f"untraced {block[-1]['ops_per_s']:.0f} ops/s")
         res["untraced"].append(block)
         return block
@@ -410,7 +425,7 @@ def main() -> int:
                 # records, and the tool's own CPU over it is a column of its own
                 runs[-1]["settle_s"] = round(settle(tool.proc.pid), 1)
                 c0 = tree_cpu_s(tool.proc.pid)
-                runs[-1]["ambient"] = run_ambient(size)
+                runs[-1]["ambient"], runs[-1]["ambient_total_s"] = run_ambient(size)
                 runs[-1]["ambient_tool_cpu_s"] = round(tree_cpu_s(tool.proc.pid) - c0, 3)
                 progress(f"{name} {runs[-1]['ops_per_s']:.0f} ops/s")
             costs = stats_run(size)
@@ -442,7 +457,7 @@ def main() -> int:
                                  for m in size["ambient"]},
                  # the tool's own CPU while the ambient workloads ran, over their time
                  "ambient_tool_cpu_share": round(statistics.median(
-                     r["ambient_tool_cpu_s"] / sum(r["ambient"].values()) for r in runs), 4),
+                     r["ambient_tool_cpu_s"] / r["ambient_total_s"] for r in runs), 4),
                  "settle_s": statistics.median(r["settle_s"] for r in runs)}
         if "events" in st and busy > 0:
             entry["events_per_s"] = round(st["events"] / busy)

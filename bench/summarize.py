@@ -183,10 +183,16 @@ def main() -> int:
         if amb:
             md += ["Ambient tax: the same tools on paths that never reach a notifier "
                    "(`ambient_bench`: pipe ping-pong, open+fstat+close of /dev/null, mmap+fault+munmap), "
-                   "traced median time / untraced median time - 1, run once the tool's CPU time has "
+                   "traced median time / untraced median time - 1"
+                   + (f" (a run's time: the fastest of {lab['ambient_repeats']} back-to-back repetitions)"
+                      if lab.get("ambient_repeats", 1) > 1 else "")
+                   + ", run once the tool's CPU time has "
                    "stopped growing after the notifier run; the last column is the tool's own CPU time "
                    "over those runs, over their time (a lab guest's vCPUs share one host thread: what the "
-                   "tool does meanwhile is charged to the ambient workload here, not on real CPUs).", "", amb, ""]
+                   "tool does meanwhile is charged to the ambient workload here, not on real CPUs)."
+                   + (" mmntrace-agg-kprobe-cnt is the daemon's default configuration (`--aggregate "
+                      "--backend kprobe --sleep-detect count`, no --might-sleep)."
+                      if "mmntrace-agg-kprobe-cnt" in lab["tools"] else ""), "", amb, ""]
         obs = {n: observer_ratios(lab, n) for n in lab["tools"]}
         obs = {n: r for n, r in obs.items() if r}
         if obs:

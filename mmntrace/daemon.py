@@ -46,6 +46,7 @@ from .errors import MmntraceError, OverheadGuardError, UsageError
 from .hooks import SLEEP_DETECT
 from .outpath import OutputDir, make_parents, write_atomic
 from .units import DAY, parse_duration, parse_size  # noqa: F401 (the daemon's API)
+from .wake import Wakeups
 
 
 
@@ -451,26 +452,30 @@ class Daemon:
         end = time.monotonic() + cfg.for_s
         last_check, last_calls = time.monotonic(), 0
         sampled_from = None
-        while time.monotonic() < end and not self.stopping.is_set():
-            raw = t.poll(200)
-            if raw:
-                chunks.append(raw)
-            now_cb = {a["symbol"] for a in t.attached() if a["kind"] == "callback" and a["status"] == "attached"}
-            if now_cb - known_cb:
-                self.log({"event": "callbacks_attached", "window": name, "ns": time.monotonic_ns(),
-                          "callbacks": sorted(now_cb - known_cb)})
-                known_cb = now_cb
-            if cfg.max_events_per_s and time.monotonic() - last_check >= 1.0:
-                calls = sum(n for (_f, _h, _e, n, _s) in t.totals())
-                rate = (calls - last_calls) / (time.monotonic() - last_check)
-                last_check, last_calls = time.monotonic(), calls
-                if rate * self.sample_every > cfg.max_events_per_s:
-                    self.sample_every = max(self.sample_every,
-                                            math.ceil(rate * self.sample_every / cfg.max_events_per_s))
-                    t.set_sampling(self.sample_every)
-                    sampled_from = sampled_from or round(cfg.for_s - (end - time.monotonic()), 3)
-                    self.log({"event": "sampling", "window": name, "sample_every": self.sample_every,
-                              "rate_per_s": round(rate, 1)})
+        # records and signals end a poll (mmntrace/wake.py): no wake-ups ten times a second
+        with Wakeups(t) as wake:
+            while time.monotonic() < end and not self.stopping.is_set():
+                due = min(end, last_check + 1.0) if cfg.max_events_per_s else end
+                raw = t.poll(wake.timeout_ms(due - time.monotonic()))
+                wake.clear()
+                if raw:
+                    chunks.append(raw)
+                now_cb = {a["symbol"] for a in t.attached() if a["kind"] == "callback" and a["status"] == "attached"}
+                if now_cb - known_cb:
+                    self.log({"event": "callbacks_attached", "window": name, "ns": time.monotonic_ns(),
+                              "callbacks": sorted(now_cb - known_cb)})
+                    known_cb = now_cb
+                if cfg.max_events_per_s and time.monotonic() - last_check >= 1.0:
+                    calls = sum(n for (_f, _h, _e, n, _s) in t.totals())
+                    rate = (calls - last_calls) / (time.monotonic() - last_check)
+                    last_check, last_calls = time.monotonic(), calls
+                    if rate * self.sample_every > cfg.max_events_per_s:
+                        self.sample_every = max(self.sample_every,
+                                                math.ceil(rate * self.sample_every / cfg.max_events_per_s))
+                        t.set_sampling(self.sample_every)
+                        sampled_from = sampled_from or round(cfg.for_s - (end - time.monotonic()), 3)
+                        self.log({"event": "sampling", "window": name, "sample_every": self.sample_every,
+                                  "rate_per_s": round(rate, 1)})
         end_ns = time.monotonic_ns()
         cancelled = self.stopping.is_set()
         t.detach()

@@ -7,23 +7,49 @@ program once (``hkf_entry``, ``cbf_exit``...), takes its instructions, and
 attaches them (mmntrace/bpfsys.py: the path libbpf takes, through the raw
 syscall).
 
-Each load is verified by the kernel on its own: about 1.1-1.3 s a program in
-the lab's emulated guests, 18 programs for the hooks of 6.12, most of what the
-fentry backend's attach takes. (Loading them side by side in threads was
-measured there and bought nothing: a lab guest runs on one host CPU.)
+Each load is verified by the kernel on its own. The hook programs carry
+their hook's id as a constant (:func:`with_hook`), so that the verifier walks
+one hook's paths: with the id read from a map it walked every hook's, about
+a second per load in the lab's emulated 6.12 guest and fourteen loads. (Loading
+them side by side in threads was measured there and bought nothing: a lab
+guest runs on one host CPU.)
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Callable
 
 from . import bpfsys
 from . import btf as btfmod
+from .errors import BpfLoadError
+from .layout import header
 from .probes import trampoline_in_place
 from .quiet import debug
 from .transport import fdinfo
+
+
+#: bpf/mmntrace.h: the immediate that hook_const() loads, replaced per copy
+HOOK_IMM = header().defines["MMNT_HOOK_IMM"]
+_LD_IMM64 = 0x18        # BPF_LD | BPF_IMM | BPF_DW: two instruction slots, imm split in halves
+
+
+def with_hook(insns: bytes, hook: int) -> bytes:
+    """``insns`` with hook_const()'s placeholder (a 64-bit immediate load of
+    HOOK_IMM, not a map reference) set to ``hook``: the verifier then walks
+    that hook's paths only. It must be there exactly once."""
+    b = bytearray(insns)
+    at = [i for i in range(0, len(b) - 15, 8)
+          if b[i] == _LD_IMM64 and b[i + 1] >> 4 == 0
+          and struct.unpack_from("<iI", b, i + 4) == (HOOK_IMM, 0) and b[i + 8] == 0
+          and struct.unpack_from("<i", b, i + 12)[0] == 0]
+    if len(at) != 1:
+        raise BpfLoadError(f"the hook program has {len(at)} places for its hook id, not one "
+                           "(bpf/mmntrace.bpf.c hook_const() and the compiler disagree)")
+    struct.pack_into("<i", b, at[0] + 4, hook)
+    return bytes(b)
 
 
 class Trampolines:
@@ -86,10 +112,11 @@ class Trampolines:
 
     # -- loading and attaching ---------------------------------------------------
     def attach(self, symbol: str, module: str | None, entry: str, exit_: str | None,
-               check_patched: bool = True) -> str | None:
+               check_patched: bool = True, hook: int | None = None) -> str | None:
         """Put the fentry program ``entry`` (and the fexit program ``exit_``)
-        on ``symbol``, loaded on its BTF function. The reason if not (nothing
-        of it is left loaded then)."""
+        on ``symbol``, loaded on its BTF function; ``hook``: the hook id the
+        copies serve (:func:`with_hook`). The reason if not (nothing of it is
+        left loaded then)."""
         t = self._target(symbol, module)
         if isinstance(t, str):
             return t
@@ -97,7 +124,8 @@ class Trampolines:
         fds: list[int] = []
         try:
             for name, kind in self._progs(entry, exit_):
-                prog = bpfsys.load_tracing(self.insns(name), name=name, attach=kind, btf_obj_fd=fd, btf_id=tid)
+                insns = self.insns(name) if hook is None else with_hook(self.insns(name), hook)
+                prog = bpfsys.load_tracing(insns, name=name, attach=kind, btf_obj_fd=fd, btf_id=tid)
                 fds.append(prog)
                 fds.append(bpfsys.attach_tracing(prog))
         except bpfsys.BpfSysError as e:

@@ -24,6 +24,7 @@ from .errors import DiskFullError
 from .outpath import write_atomic
 from .store import RecordingWriter
 from .symbolize import Symbolizer
+from .wake import POLL_CAP_MS, Wakeups
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,6 +56,7 @@ def give_back_memory() -> None:
 
 
 GUARD_CPU_SHARE = 0.5
+GUARD_S = 2.0          # the overhead guard's period
 GUARD_MIN_RATE = 10_000
 
 
@@ -139,8 +141,8 @@ class Session:
     def _probe_state(self) -> list:
         return [(a.get("symbol"), a.get("status")) for a in self.t.attached()]
 
-    def _drain(self, pending: list) -> int:
-        raw = self.t.poll(100)      # also attaches newly discovered driver callbacks
+    def _drain(self, pending: list, timeout_ms: int = POLL_CAP_MS) -> int:
+        raw = self.t.poll(timeout_ms)   # also attaches newly discovered driver callbacks
         if raw:
             pending.append(raw)
         state = self._probe_state()     # probes change only inside poll()
@@ -224,38 +226,47 @@ class Session:
         n_since = 0
         guard = {"t": t0, "cpu": sum(os.times()[:2]), "n": 0, "drops": 0, "warned": False}
         try:
-            while not self._stop:
-                now = time.monotonic()
-                if self.duration is not None and now - t0 >= self.duration:
-                    break
-                if self.command is not None and self.command.poll() is not None:
-                    self._drain(pending)        # what it did last is in the buffer
-                    break
-                n = self._drain(pending)
-                self.counts["events"] += n
-                n_since += n
-                now = time.monotonic()
-                if now - last_flush >= self.segment_s:
-                    try:
-                        self._flush(writer, sym, pending)
-                        kept = (self.t.attached(), self.t.drops(fresh=False), self._untimed(sym))
-                        if kept != last_kept:       # kept if we are killed; rewritten when they moved
-                            writer.meta["attached"], writer.meta["drops"], writer.meta["untimed"] = kept
-                            writer.flush_meta()
-                            last_kept = kept
-                    except OSError as e:
-                        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                            raise
-                        self.disk_full = e
+            # records, signals and CMD's exit wake the loop (mmntrace/wake.py): it
+            # sleeps until its next deadline, not ten times a second
+            with Wakeups(self.t, self.command.pid if self.command is not None else None) as wake:
+                while not self._stop:
+                    now = time.monotonic()
+                    if self.duration is not None and now - t0 >= self.duration:
                         break
-                    last_flush = now
-                guard["n"] += n
-                if now - guard["t"] >= 2.0:
-                    self._guard(guard, now)
-                if self.status and now - last_status >= 1.0:
-                    self.status(n_since / (now - last_status), self.counts["events"],
-                                self.t.drops(fresh=False).get("total", 0), self.counts["violations"], now - t0)
-                    n_since, last_status = 0, now
+                    if self.command is not None and self.command.poll() is not None:
+                        self._drain(pending, 0)     # what it did last is in the buffer
+                        break
+                    due = [last_flush + self.segment_s, guard["t"] + GUARD_S]
+                    if self.status:
+                        due.append(last_status + 1.0)
+                    if self.duration is not None:
+                        due.append(t0 + self.duration)
+                    n = self._drain(pending, wake.timeout_ms(min(due) - now))
+                    wake.clear()
+                    self.counts["events"] += n
+                    n_since += n
+                    now = time.monotonic()
+                    if now - last_flush >= self.segment_s:
+                        try:
+                            self._flush(writer, sym, pending)
+                            kept = (self.t.attached(), self.t.drops(fresh=False), self._untimed(sym))
+                            if kept != last_kept:       # kept if we are killed; rewritten when they moved
+                                writer.meta["attached"], writer.meta["drops"], writer.meta["untimed"] = kept
+                                writer.flush_meta()
+                                last_kept = kept
+                        except OSError as e:
+                            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                                raise
+                            self.disk_full = e
+                            break
+                        last_flush = now
+                    guard["n"] += n
+                    if now - guard["t"] >= GUARD_S:
+                        self._guard(guard, now)
+                    if self.status and now - last_status >= 1.0:
+                        self.status(n_since / (now - last_status), self.counts["events"],
+                                    self.t.drops(fresh=False).get("total", 0), self.counts["violations"], now - t0)
+                        n_since, last_status = 0, now
         finally:
             # drain what is still in the ring buffer, then detach
             for _ in range(3 if self.disk_full is None else 0):

@@ -78,9 +78,10 @@ DROP_NAMES = {**REC_NAMES, _H.defines["MMNT_DROP_SERIES"]: "aggregate_series",
               _H.defines["MMNT_DROP_EARLY_STOP"]: "early_stop_uncounted"}
 #: the slots of the BPF side's drops[] (bpf/mmntrace.bpf.c)
 DROP_SLOTS = range(16)
-#: runs of the start-up sweep's interval-tree walk (each visits 128 notifiers per mm): an mm
-#: with up to 64 x 128 = 8192 interval notifiers is walked to its end
-SWEEP_ITREE_RUNS = 64
+#: runs of the start-up sweep's interval-tree walk (each visits MMNT_ITREE_NODES = 32 notifiers
+#: per mm; only the mms left unfinished are walked again): an mm with up to 256 x 32 = 8192
+#: interval notifiers is walked to its end
+SWEEP_ITREE_RUNS = 256
 #: how old the probe misses a running session's drops(fresh=False) shows may be
 MISSES_REFRESH_S = 10.0
 
@@ -514,7 +515,7 @@ class Tracer:
                    attach="kprobe")
         progs = _FENTRY_PROGS.get(kind)
         if progs and self.backend == "fentry" and (kind != "callback" or self.callback_fentry or not module):
-            err = self._tramp.attach(symbol, module, *progs)
+            err = self._tramp.attach(symbol, module, *progs, hook=hook_id if kind == "hook" else None)
             if err is None:
                 if kind != "sleeper":       # their recursion misses are drops (_prog_missed_raw)
                     self._tramp.counted.add(self._ksyms.by_name[symbol][0])
@@ -598,6 +599,20 @@ class Tracer:
             self._poll = self.bpf.perf_buffer_poll
 
     # -- running ---------------------------------------------------------------
+    def watch(self, fd: int) -> bool:
+        """Make :meth:`poll` return early when ``fd`` is readable (a signal's
+        wakeup socket, a child's pidfd: mmntrace/wake.py). False where the
+        buffer is polled by bcc (the perf buffer): poll's timeout is then the
+        only way out of it."""
+        if self._ring is None:
+            return False
+        self._ring.watch(fd)
+        return True
+
+    def unwatch(self, fd: int) -> None:
+        if self._ring is not None:
+            self._ring.unwatch(fd)
+
     def poll(self, timeout_ms: int = 100) -> bytes:
         """Raw records (concatenated struct mmnt_record) received since the last poll.
         New ops tables among them get their callbacks probed before returning."""

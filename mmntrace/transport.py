@@ -65,6 +65,17 @@ class RingReader:
             raise BpfLoadError("cannot read the ring buffer's size")
         return int(v)
 
+    def watch(self, fd: int) -> None:
+        """Wake :meth:`poll` when ``fd`` is readable too (mmntrace/wake.py)."""
+        import select
+        self._ep.register(fd, select.EPOLLIN)
+
+    def unwatch(self, fd: int) -> None:
+        try:
+            self._ep.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
     def poll(self, timeout_ms: int) -> bytes:
         raw = self.consume()
         if raw:

@@ -17,6 +17,10 @@
 #define MMNT_MAX_STACKS 16384	/* distinct stacks per session */
 #define MMNT_MAX_SUBS 8		/* subscriptions walked per mm on discovery */
 #define MMNT_NR_SLOTS 40	/* log2 latency slots (ns) */
+/* The placeholder in the fentry hook programs' instructions that
+ * mmntrace/fentry.py replaces by the hook id of the function each copy is
+ * loaded on (hook_const() in bpf/mmntrace.bpf.c) */
+#define MMNT_HOOK_IMM 1296975873	/* 0x4d4e4801 */
 
 /* Record types. */
 enum mmnt_type {

@@ -792,7 +792,7 @@ sys.stdin.readline()
 @pytest.mark.matrix_all     # CI's 90 minutes: the sweep itself is in every session test
 def test_sweep_walks_interval_trees_longer_than_one_run(tmp_path):
     """Issue 13: an mm with 145 interval notifiers, the last (by address) of
-    another ops table. One run of the start-up sweep visits 128 per mm; it
+    another ops table. One run of the start-up sweep visits 32 per mm; it
     goes on where it stopped, so --ready-file lists the second table's
     callback too, and each of its calls is recorded (the module's count)."""
     p = subprocess.Popen([sys.executable, "-c", MANY_INTERVALS % dict(repo=str(Path(__file__).resolve().parents[2]))],
@@ -811,7 +811,8 @@ def test_sweep_walks_interval_trees_longer_than_one_run(tmp_path):
         p.stdin.close()
         p.wait(60)
     r = Recording(tmp_path / "rec")
-    assert r.meta["timing"]["sweep_itree_runs"] >= 2 and r.meta["sweep_unfinished_mms"] == 0, r.meta["timing"]
+    # 145 notifiers, 32 a run (MMNT_ITREE_NODES): five runs at least
+    assert r.meta["timing"]["sweep_itree_runs"] >= 5 and r.meta["sweep_unfinished_mms"] == 0, r.meta["timing"]
     ev = r.events()
     alt = _cb(ev, "mmnt_interval_invalidate_alt")
     assert len(alt) == res["alt"] >= 5, (len(alt), res)

@@ -3,6 +3,8 @@
 import dataclasses
 import re
 
+import pytest
+
 from mmntrace import codegen, hooks, kernel
 
 F = kernel.Features(
@@ -75,3 +77,24 @@ def test_counters_read_while_running_are_mapped_only_where_arrays_can_be():
     assert "MMNT_MMAP_ARRAYS" not in defines(codegen.cflags(F, **BASE))
     mapped = dataclasses.replace(F, mmap_array=True)
     assert "MMNT_MMAP_ARRAYS" in defines(codegen.cflags(mapped, **BASE))
+
+
+def test_each_hook_program_copy_gets_its_hook_id_where_the_placeholder_is():
+    """fentry.with_hook: hook_const()'s 64-bit immediate (and only it) becomes
+    the hook id; a program without it, or with it twice, is refused."""
+    import struct
+
+    from mmntrace.errors import BpfLoadError
+    from mmntrace.fentry import HOOK_IMM, with_hook
+
+    def ins(op, regs=0, off=0, imm=0):
+        return struct.pack("<BBhi", op, regs, off, imm)
+    ld_imm = ins(0x18, 0x03, 0, HOOK_IMM) + ins(0, 0, 0, 0)           # r3 = MMNT_HOOK_IMM ll
+    map_ref = ins(0x18, 0x11, 0, HOOK_IMM) + ins(0, 0, 0, 0)          # a map fd load (src_reg 1): not it
+    wide = ins(0x18, 0x02, 0, HOOK_IMM) + ins(0, 0, 0, 1)             # another 64-bit constant: not it
+    body = ins(0xb7, 0x01, 0, 7) + map_ref + wide + ld_imm + ins(0x95)
+    out = with_hook(body, 3)
+    assert out == ins(0xb7, 0x01, 0, 7) + map_ref + wide + ins(0x18, 0x03, 0, 3) + ins(0, 0, 0, 0) + ins(0x95)
+    for bad in (ins(0xb7, 0x01, 0, 7) + ins(0x95), ld_imm + ld_imm + ins(0x95)):
+        with pytest.raises(BpfLoadError):
+            with_hook(bad, 3)
