@@ -26,7 +26,7 @@ setup:
 kmod: setup
 	@$(MAKE) -s -C tests/kmod all
 
-unit: setup
+unit: setup build/bench/ambient_bench
 	$(PY) -m pytest -q -m "not lab and not boot" tests
 
 # One boot per kernel; pytest runs inside the guest. A test that hangs fails

@@ -39,7 +39,13 @@ class KernelSymbols:
     reloaded when an address is unknown (modules load while we trace)."""
 
     def __init__(self):
+        self._stale = False
         self._load(kernel.symbol_table())      # the read feature detection made
+
+    def mark_stale(self) -> None:
+        """The kernel has symbols the table lacks (BPF programs and trampolines
+        attached since it was read): the next lookup reads it again first."""
+        self._stale = True
 
     def _load(self, table: kernel.SymbolTable | None = None):
         t = kernel.SymbolTable.read() if table is None else table
@@ -52,10 +58,13 @@ class KernelSymbols:
         self.order = order                      # text rows by address
         self.addrs = t.addrs[order]
         self.loaded = time.monotonic()
+        self._stale = False
 
     def lookup(self, addr: int, exact: bool = False, force: bool = False):
         """``force``: reload on a miss however recent the last load (a driver
         callback found right after its module loaded)."""
+        if self._stale:
+            self._load()
         for attempt in range(2):
             i = int(np.searchsorted(self.addrs, np.uint64(addr), side="right")) - 1
             if i >= 0:

@@ -357,7 +357,14 @@ class Tracer:
         self.timing["attach_s"] = time.monotonic() - t1
         _debug(f"timing: {self.timing}")
         if self.backend == "fentry":
-            self._ksyms._load()    # trampolines and programs got symbols as they attached
+            # trampolines and programs got symbols as they attached. Streaming
+            # symbolizes stacks as it goes: read the table again now. --aggregate
+            # looks up at discovery and at its end: at its next lookup, not on
+            # the way to --ready-file (2 s of every start in the lab's guests)
+            if self.aggregate:
+                self._ksyms.mark_stale()
+            else:
+                self._ksyms._load()
 
     def _attach_tracepoint(self, category: str, name: str, *, raw: bool = True,
                            on_failure: str | None = None) -> None:
@@ -798,7 +805,9 @@ class Tracer:
         return out
 
     def _check_modules(self, force: bool = False) -> None:
-        """Every half second, and at once after a module load (``force``): did a
+        """At a poll at most every half second (a poll ends at a record, a signal
+        or the recorder's next deadline: mmntrace/wake.py), and at once after a
+        module load (``force``, seen by the first poll after it): did a
         module with probed callbacks go away or come back (maybe at the same
         address, where the kernel will not re-arm the old probes: its sysfs
         directory is new)? Then retire its callbacks and forget the ops tables

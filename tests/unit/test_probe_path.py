@@ -132,3 +132,13 @@ def test_tool_cpu_counts_descendants_and_settle_waits_for_quiet():
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
+
+
+def test_ambient_run_keeps_the_fastest_of_its_repetitions():
+    """bench: each ambient workload runs AMBIENT_REPEATS times, interleaved; a
+    run's time per workload is the fastest, and the total of every repetition
+    (the tool's own CPU is shared over that) comes back beside it."""
+    assert lab_bench.AMBIENT_BIN.exists(), "make unit builds build/bench/ambient_bench"
+    mins, total = lab_bench.run_ambient({"ambient": {"pipe": 200, "open": 200, "alloc": 20}})
+    assert set(mins) == {"pipe", "open", "alloc"} and all(v > 0 for v in mins.values())
+    assert total >= lab_bench.AMBIENT_REPEATS * sum(mins.values()) * 0.999

@@ -101,3 +101,19 @@ def test_columns_read_at_once_equal_the_line_by_line_reading(tmp_path, monkeypat
     # a file whose last line has no newline, read in chunks that cut lines
     t = table(tmp_path, KALLSYMS.rstrip("\n"), chunk=50, monkeypatch=monkeypatch)
     assert len(t) == 8 and t.module(7) == "mmnt_test" and t.rows_of("helper") == [2, 4, 7]
+
+
+def test_a_table_marked_stale_is_read_again_at_the_next_lookup_only(tmp_path, monkeypatch):
+    """--aggregate with fentry: the programs' symbols come in at the next lookup,
+    not before --ready-file (Tracer.attach marks the table stale)."""
+    t = table(tmp_path)
+    monkeypatch.setattr(kernel, "symbol_table", lambda: t)
+    k = ksyms.KernelSymbols()
+    reads = []
+    loaded = table(tmp_path, KALLSYMS + "ffffffffc0100000 t bpf_prog_1234_hkf_entry\t[bpf]\n")
+    monkeypatch.setattr(kernel.SymbolTable, "read", classmethod(lambda cls, path="": reads.append(1) or loaded))
+    assert k.lookup(0xffffffffc0100010) == ("helper", "mmnt_test", 0xfe010)    # the old table: a neighbour
+    k.mark_stale()
+    assert reads == []
+    assert k.lookup(0xffffffffc0100010) == ("bpf_prog_1234_hkf_entry", "bpf", 0x10) and reads == [1]
+    assert k.lookup(0xffffffffc0100010) == ("bpf_prog_1234_hkf_entry", "bpf", 0x10) and reads == [1]
