@@ -39,16 +39,18 @@ _LD_IMM64 = 0x18        # BPF_LD | BPF_IMM | BPF_DW: two instruction slots, imm 
 def with_hook(insns: bytes, hook: int) -> bytes:
     """``insns`` with hook_const()'s placeholder (a 64-bit immediate load of
     HOOK_IMM, not a map reference) set to ``hook``: the verifier then walks
-    that hook's paths only. It must be there exactly once."""
+    that hook's paths only. Every copy the compiler made of it is set (it may
+    duplicate an asm statement along two paths); none is an error."""
     b = bytearray(insns)
     at = [i for i in range(0, len(b) - 15, 8)
           if b[i] == _LD_IMM64 and b[i + 1] >> 4 == 0
           and struct.unpack_from("<iI", b, i + 4) == (HOOK_IMM, 0) and b[i + 8] == 0
           and struct.unpack_from("<i", b, i + 12)[0] == 0]
-    if len(at) != 1:
-        raise BpfLoadError(f"the hook program has {len(at)} places for its hook id, not one "
+    if not at:
+        raise BpfLoadError("the hook program has no place for its hook id "
                            "(bpf/mmntrace.bpf.c hook_const() and the compiler disagree)")
-    struct.pack_into("<i", b, at[0] + 4, hook)
+    for i in at:
+        struct.pack_into("<i", b, i + 4, hook)
     return bytes(b)
 
 
