@@ -1,0 +1,131 @@
+"""Placing one probe, with the fentry-to-kprobe fallback, and the list of
+everything placed or tried (the recording's metadata, ``attached``).
+
+The tracer decides *what* to probe and in which order (mmntrace/tracer.py);
+:class:`Probes` does the placing: a trampoline (mmntrace/fentry.py) where the
+backend is fentry, else, or when the trampoline is refused, a kprobe and its
+kretprobe; tracepoints raw where the kernel offers them. Every attempt leaves
+one record, whatever its outcome, so that a report can say what was not
+probed and why.
+"""
+
+from __future__ import annotations
+
+from .probes import MAXACTIVE
+from .quiet import debug
+
+
+#: the fentry backend's programs (entry, exit) by probe kind: each compiled
+#: once and loaded on every function of its kind (mmntrace/fentry.py)
+FENTRY_PROGS = {"hook": ("hkf_entry", "hkf_exit"), "callback": ("cbf_entry", "cbf_exit"),
+                "sleeper": ("msf_entry", None)}
+
+
+_debug = debug
+
+
+class Probes:
+    """The probes of one loaded program (``bpf``: bcc's BPF object).
+
+    ``records``: one dict per probe placed or tried, in order: kind (hook,
+    callback, register, sleeper, tracepoint), symbol, hook, module, status
+    ("attached", "skipped: why", later "detached: module unloaded"), attach
+    (kprobe, fentry, raw_tracepoint, tracepoint) and, where a trampoline was
+    refused, fentry_error. ``callback_fentry``: driver callbacks get
+    trampolines too (a trampoline pins its module: only when fentry was asked
+    for by name)."""
+
+    def __init__(self, bpf, tramp, ksyms, *, fentry: bool, callback_fentry: bool):
+        self.bpf = bpf
+        self.tramp = tramp
+        self.ksyms = ksyms
+        self.fentry = fentry
+        self.callback_fentry = callback_fentry
+        self.records: list[dict] = []
+
+    def probe(self, kind: str, symbol: str, hook, module, entry: str, ret: str | None,
+              hook_id: int | None = None) -> bool:
+        """Probe ``symbol``: its kind's trampoline programs where the backend
+        takes them, else (or when refused) ``entry`` as a kprobe and ``ret`` as
+        its kretprobe. True when it is in place."""
+        rec = dict(kind=kind, symbol=symbol, hook=hook, module=module, status="attached", hook_id=hook_id,
+                   attach="kprobe")
+        progs = FENTRY_PROGS.get(kind)
+        if progs and self.fentry and (kind != "callback" or self.callback_fentry or not module):
+            err = self.tramp.attach(symbol, module, *progs, hook=hook_id if kind == "hook" else None)
+            if err is None:
+                if kind != "sleeper":       # their recursion misses are drops (Counters.prog_missed)
+                    self.tramp.counted.add(self.ksyms.by_name[symbol][0])
+                rec["attach"] = "fentry"
+                self.records.append(rec)
+                return True
+            rec["fentry_error"] = err     # falls back to a kprobe (pair)
+        # the return probe first: a call that meets only the entry probe would
+        # be seen (and not counted untimed) yet leave no record
+        if ret:
+            try:
+                self.bpf.attach_kretprobe(event=symbol.encode(), fn_name=ret.encode(), maxactive=MAXACTIVE)
+            except Exception as e:
+                rec["status"] = f"skipped: kretprobe: {str(e).split(',')[0]}"
+                self.records.append(rec)
+                return False
+        try:
+            self.bpf.attach_kprobe(event=symbol.encode(), fn_name=entry.encode())
+        except Exception as e:
+            if ret:
+                self.bpf.detach_kretprobe(event=symbol.encode(), fn_name=ret.encode())
+            rec["status"] = f"skipped: {str(e).split(',')[0]}"
+            self.records.append(rec)
+            return False
+        self.records.append(rec)
+        return True
+
+    def tracepoint(self, category: str, name: str, *, raw: bool = True, on_failure: str | None = None) -> None:
+        """category:name as a raw tracepoint where ``raw`` and it attaches (its
+        arguments as the kernel passes them: no perf record built per event),
+        else the perf tracepoint. ``on_failure``: what a failed perf attach
+        leaves (kept as its status) instead of an error."""
+        info = dict(kind="tracepoint", symbol=f"{category}:{name}", hook=None, module=None, status="attached")
+        if raw:
+            try:
+                self.bpf.attach_raw_tracepoint(tp=name.encode(), fn_name=f"raw_tracepoint__{name}".encode())
+                self.records.append(info | {"attach": "raw_tracepoint"})
+                return
+            except Exception as e:
+                _debug(f"raw tracepoint {name}: {e}; the perf tracepoint instead")
+        try:
+            self.bpf.attach_tracepoint(tp=f"{category}:{name}".encode(),
+                                       fn_name=f"tracepoint__{category}__{name}".encode())
+        except Exception as e:
+            if on_failure is None:
+                raise
+            self.records.append(info | {"status": f"failed: {e}; {on_failure}"})
+            return
+        self.records.append(info | {"attach": "tracepoint"})
+
+    def raw_tracepoint(self, category: str, name: str) -> None:
+        """category:name as a raw tracepoint, or an exception (no fallback)."""
+        self.bpf.attach_raw_tracepoint(tp=name.encode(), fn_name=f"raw_tracepoint__{name}".encode())
+        self.records.append(dict(kind="tracepoint", symbol=f"{category}:{name}", hook=None, module=None,
+                                 status="attached", attach="raw_tracepoint"))
+
+    def unprobe(self, rec: dict) -> None:
+        """Take one function's probes away (its trampolines, kprobe, kretprobe),
+        whichever it has; the record stays, its status for the caller to set."""
+        if rec.get("attach") == "fentry" and rec.get("addr") is not None:
+            self.tramp.detach(rec.get("addr"))
+        for detach in (self.bpf.detach_kretprobe, self.bpf.detach_kprobe):
+            try:
+                detach(event=rec["symbol"].encode())
+            except Exception:
+                pass
+
+    def detach_all(self) -> None:
+        """Every probe of this program off; the program stays loaded."""
+        self.tramp.detach()
+        for ev in list(self.bpf.kprobe_fds):
+            self.bpf.detach_kprobe_event(ev)
+        for tp in list(self.bpf.tracepoint_fds):
+            self.bpf.detach_tracepoint(tp)
+        for tp in list(self.bpf.raw_tracepoint_fds):
+            self.bpf.detach_raw_tracepoint(tp)

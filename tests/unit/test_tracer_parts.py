@@ -1,0 +1,140 @@
+"""The tracer's parts that need no kernel: the choice of driver callbacks,
+drops by name, the untimed calls, a module's load identity, and the probe
+placement's fallback and records (with a stand-in for bcc's BPF object)."""
+
+import pytest
+
+from mmntrace.attach import Probes
+from mmntrace.callbacks import Selection, module_loads
+from mmntrace.losses import DROP_NAMES, drops_by_name, untimed_by_callback
+
+
+def test_selection_all_modules_names_and_text():
+    every = Selection.of()
+    assert every.selected("kvm_mmu_notifier_invalidate_range_start", "kvm") and every.text() == ""
+    s = Selection.of(modules=["kvm", "vmlinux"], callbacks=["mmnt_secondary_tlb"])
+    assert s.selected("x", "kvm") and s.selected("builtin_cb", None)        # vmlinux: built-in
+    assert s.selected("mmnt_secondary_tlb", "mmnt_test")
+    assert not s.selected("mmnt_invalidate_range_start", "mmnt_test")
+    assert s.text() == "--module kvm,vmlinux --callback mmnt_secondary_tlb"
+    assert Selection.of(callbacks=["a"]).text() == "--callback a" and not Selection.of(callbacks=["a"]).selected("b", None)
+
+
+def test_drops_by_name_every_kind_and_total():
+    counts = [0] * 16
+    slot = {v: k for k, v in DROP_NAMES.items()}
+    counts[slot["hook"]] = 3
+    counts[slot["interval_uncounted"]] = 2
+    d = drops_by_name(counts, perf_lost=5, untimed=7, kretprobe_missed=11, prog_missed=13)
+    assert set(DROP_NAMES.values()) <= set(d)
+    assert d["hook"] == 3 and d["interval_uncounted"] == 2 and d["callback"] == 0
+    assert (d["perf_lost"], d["untimed"], d["kretprobe_missed"], d["prog_missed"]) == (5, 7, 11, 13)
+    assert d["total"] == 3 + 2 + 5 + 7 + 11 + 13
+    assert drops_by_name([], perf_lost=0, untimed=0, kretprobe_missed=0, prog_missed=0)["total"] == 0
+
+
+def test_untimed_is_expected_beyond_seen_not_the_unselected():
+    assert untimed_by_callback({1: 5, 2: 3, 3: 4, 4: 1}, {1: 5, 2: 1, 4: 2}, unselected={3}) == {2: 2}
+
+
+def test_module_loads_names_this_load(tmp_path):
+    """A module's load is its address and its sysfs directory's inode (new at
+    every load, where a reload may reuse the address)."""
+    proc = tmp_path / "modules"
+    proc.write_text("kvm 1388544 1 kvm_amd, Live 0xffffffffc0a00000\n"
+                    "mmnt_test 24576 0 - Loading 0xffffffffc0b00000 (OE)\n"
+                    "short 1 2\n")
+    (tmp_path / "sys" / "kvm").mkdir(parents=True)
+    got = module_loads({"kvm", "mmnt_test", "gone"}, proc=str(proc), sysfs=str(tmp_path / "sys"))
+    assert got == {"kvm": f"0xffffffffc0a00000 {(tmp_path / 'sys' / 'kvm').stat().st_ino}",
+                   "mmnt_test": "0xffffffffc0b00000 0"}
+    assert module_loads({"kvm"}, proc=str(tmp_path / "none")) == {}
+
+
+class _BPF:
+    """bcc's attach calls, recorded; ``refuse``: symbols whose kprobe fails."""
+    def __init__(self, refuse=(), refuse_ret=()):
+        self.calls, self.refuse, self.refuse_ret = [], set(refuse), set(refuse_ret)
+
+    def attach_kretprobe(self, event, fn_name, maxactive):
+        if event.decode() in self.refuse_ret:
+            raise Exception("Failed to attach BPF program b'hk_return' to kretprobe, more")
+        self.calls.append(("kretprobe", event.decode(), fn_name.decode()))
+
+    def attach_kprobe(self, event, fn_name):
+        if event.decode() in self.refuse:
+            raise Exception("Failed to attach BPF program to kprobe, more")
+        self.calls.append(("kprobe", event.decode(), fn_name.decode()))
+
+    def detach_kretprobe(self, event, fn_name=None):
+        self.calls.append(("-kretprobe", event.decode()))
+
+
+class _Tramp:
+    def __init__(self, err=None):
+        self.err, self.counted, self.asked = err, set(), []
+
+    def attach(self, symbol, module, entry, exit_, hook=None):
+        self.asked.append((symbol, module, entry, exit_, hook))
+        return self.err
+
+
+class _Ksyms:
+    by_name = {"mmu_notifier_x": [0x1000], "drv_cb": [0x2000]}
+
+
+def test_probes_fentry_kprobe_fallback_and_records():
+    bpf, tramp = _BPF(), _Tramp()
+    p = Probes(bpf, tramp, _Ksyms(), fentry=True, callback_fentry=False)
+    assert p.probe("hook", "mmu_notifier_x", "release", None, "hk_entry", "hk_return", 3)
+    assert tramp.asked == [("mmu_notifier_x", None, "hkf_entry", "hkf_exit", 3)] and tramp.counted == {0x1000}
+    assert p.records[-1]["attach"] == "fentry" and bpf.calls == []
+    # a module's callback: kprobes unless fentry was asked for by name (a trampoline pins it)
+    assert p.probe("callback", "drv_cb", "release", "drv", "cb_entry", "cb_return", 3)
+    assert bpf.calls == [("kretprobe", "drv_cb", "cb_return"), ("kprobe", "drv_cb", "cb_entry")]
+    assert p.records[-1]["attach"] == "kprobe" and len(tramp.asked) == 1
+    # a refused trampoline falls back to the kprobe pair, saying why
+    bpf2 = _BPF()
+    p2 = Probes(bpf2, _Tramp(err="no BTF"), _Ksyms(), fentry=True, callback_fentry=True)
+    assert p2.probe("hook", "mmu_notifier_x", "release", None, "hk_entry", "hk_return", 3)
+    assert p2.records[-1]["fentry_error"] == "no BTF" and p2.records[-1]["attach"] == "kprobe"
+
+
+def test_probes_skips_say_why_and_leave_nothing_half_attached():
+    bpf = _BPF(refuse={"a"}, refuse_ret={"b"})
+    p = Probes(bpf, _Tramp(), _Ksyms(), fentry=False, callback_fentry=False)
+    assert not p.probe("hook", "a", "release", None, "hk_entry", "hk_return", 1)
+    assert p.records[-1]["status"] == "skipped: Failed to attach BPF program to kprobe"
+    assert bpf.calls == [("kretprobe", "a", "hk_return"), ("-kretprobe", "a")]      # its return probe taken back
+    assert not p.probe("hook", "b", "release", None, "hk_entry", "hk_return", 1)
+    assert p.records[-1]["status"].startswith("skipped: kretprobe: ")
+    assert p.probe("register", "c", None, None, "reg_register", None)
+    assert [r["symbol"] for r in p.records] == ["a", "b", "c"]
+
+
+def test_tracepoint_raw_else_perf_else_the_failure_kept(monkeypatch):
+    monkeypatch.setenv("MMNTRACE_DEBUG", "1")        # the fallback's debug line is printed too
+
+    class TP:
+        def __init__(self, raw_ok, perf_ok):
+            self.raw_ok, self.perf_ok = raw_ok, perf_ok
+
+        def attach_raw_tracepoint(self, tp, fn_name):
+            if not self.raw_ok:
+                raise Exception("raw refused")
+
+        def attach_tracepoint(self, tp, fn_name):
+            if not self.perf_ok:
+                raise Exception("perf refused")
+
+    p = Probes(TP(True, True), _Tramp(), _Ksyms(), fentry=False, callback_fentry=False)
+    p.tracepoint("sched", "sched_switch")
+    p.tracepoint("sched", "sched_switch", raw=False)
+    p = Probes(TP(False, True), _Tramp(), _Ksyms(), fentry=False, callback_fentry=False)
+    p.tracepoint("module", "module_load")
+    assert p.records[-1]["attach"] == "tracepoint"
+    p = Probes(TP(False, False), _Tramp(), _Ksyms(), fentry=False, callback_fentry=False)
+    p.tracepoint("module", "module_load", on_failure="checked every 0.5 s")
+    assert p.records[-1]["status"] == "failed: perf refused; checked every 0.5 s"
+    with pytest.raises(Exception, match="perf refused"):
+        p.tracepoint("sched", "sched_switch")
