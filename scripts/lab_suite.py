@@ -24,10 +24,12 @@ SCOPE says which lab tests a kernel's guest runs (pytest markers, pyproject.toml
   context  the lock-context and sleeping-rule tests (`lock_context`): what
            differs on PREEMPT_RT, where preempt_count() cannot see a spinlock_t
   arm64    the tests the arm64 lab runs (`arm64`): the permission-upgrade path,
-           the module's ground truth and the tracer there (6.12-arm64, QEMU
-           TCG emulating another architecture: several times slower)
-`make lab-test` runs 6.12:main 6.1:kernel 6.12-rt:context; `make lab-test-arm64`
-6.12-arm64:arm64; `make lab-test-all` every x86 kernel's whole suite.
+           the module's ground truth, the tracer, the daemon and a recording
+           there (6.12-arm64, QEMU TCG emulating another architecture:
+           several times slower)
+`make lab-test` runs 6.12-arm64:arm64 6.12:main 6.1:kernel 6.12-rt:context;
+`make lab-test-arm64` 6.12-arm64:arm64 alone; `make lab-test-all` every
+kernel's whole suite.
 
 With several kernels, their suites run at the same time, one guest each
 (single-threaded TCG: a host CPU per guest), at most --jobs guests at once

@@ -18,7 +18,9 @@ import pytest
 
 from groundtruth import record_workload
 
-pytestmark = pytest.mark.lab
+# every lab kernel records one for the host's notebooks: a sleeping-rule test (the
+# mutex under the page-table lock), so PREEMPT_RT runs it (lock_context), and arm64
+pytestmark = [pytest.mark.lab, pytest.mark.lock_context, pytest.mark.arm64]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,6 @@ def recording(tmp_path_factory):
     return tmp / "rec", res
 
 
-# on PREEMPT_RT with `make lab-test-all` (README's excerpt), not in make test's RT scope (CI's time)
 def test_lab_recording_reports_the_injected_mutex(recording, tmp_path):
     rec, res = recording
     py = [sys.executable, "-m", "mmntrace.cli"]
