@@ -108,7 +108,7 @@ class Trampolines:
 
     @staticmethod
     def _progs(entry: str, exit_: str | None):
-        # fexit first, as for kprobes (Tracer._try_attach): a call that meets
+        # fexit first, as for kprobes (attach.Probes.probe): a call that meets
         # only the entry program would be seen yet leave no record
         return [(n, k) for n, k in ((exit_, bpfsys.TRACE_FEXIT), (entry, bpfsys.TRACE_FENTRY)) if n is not None]
 

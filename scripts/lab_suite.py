@@ -23,13 +23,16 @@ SCOPE says which lab tests a kernel's guest runs (pytest markers, pyproject.toml
            every kernel), which the `all` or `main` kernel covers
   context  the lock-context and sleeping-rule tests (`lock_context`): what
            differs on PREEMPT_RT, where preempt_count() cannot see a spinlock_t
-  arm64    the tests the arm64 lab runs (`arm64`): the permission-upgrade path,
-           the module's ground truth, the tracer, the daemon and a recording
-           there (6.12-arm64, QEMU TCG emulating another architecture:
+  arm64    the seed's case on arm64 (`arm64`): the permission-upgrade path in
+           the module's log and in a recording, a sleep in a secondary-TLB
+           callback (6.12-arm64, QEMU TCG emulating another architecture:
            several times slower)
-`make lab-test` runs 6.12-arm64:arm64 6.12:main 6.1:kernel 6.12-rt:context;
-`make lab-test-arm64` 6.12-arm64:arm64 alone; `make lab-test-all` every
-kernel's whole suite.
+  arm64-full  those and the other tests the arm64 lab runs (`arm64_full`):
+           callback counts, the sched_switch variant, the daemon's windows,
+           a recording for the notebooks
+`make lab-test` runs 6.12:main 6.1:kernel 6.12-rt:context 6.12-arm64:arm64;
+`make lab-test-arm64` 6.12-arm64:arm64-full alone; `make lab-test-all` every
+x86 kernel's whole suite and 6.12-arm64:arm64-full.
 
 With several kernels, their suites run at the same time, one guest each
 (single-threaded TCG: a host CPU per guest), at most --jobs guests at once
@@ -59,7 +62,7 @@ SUITE_TIMEOUT_S = 4800
 #: which tests each scope runs (pytest -m)
 SCOPES = {"all": "lab", "main": "lab and not second_kernel and not matrix_all",
           "kernel": "lab and not one_kernel and not matrix_all", "context": "lab and lock_context and not matrix_all",
-          "arm64": "lab and arm64"}
+          "arm64": "lab and arm64", "arm64-full": "lab and (arm64 or arm64_full)"}
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

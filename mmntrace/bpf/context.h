@@ -15,7 +15,7 @@
 /* [8], [9]: what one probed callback (entry and return) costs its hook beyond
  * what its programs measure themselves, in ns, kprobe pair / fentry pair: the
  * probe machinery's dispatch before and after each program, measured at load
- * on getppid() (tracer.py _calibrate_overhead) and taken off the hook's
+ * on getppid() (mmntrace/calibrate.py) and taken off the hook's
  * duration with the programs' own time (nested_ns); [10] counts samples */
 #define CALIB_OVERHEAD_KPROBE 8
 #define CALIB_OVERHEAD_FENTRY 9

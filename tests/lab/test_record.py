@@ -135,7 +135,7 @@ def _check_backend(r, backend, transport):
 # Both backends where the kernel offers both; the fentry run also takes the
 # perf-buffer transport (the fallback for kernels without a BPF ring buffer).
 @pytest.mark.lock_context
-@pytest.mark.parametrize("backend,transport", [pytest.param("kprobe", "ringbuf", marks=pytest.mark.arm64),
+@pytest.mark.parametrize("backend,transport", [pytest.param("kprobe", "ringbuf", marks=pytest.mark.arm64_full),
                                                ("fentry", "perf")])
 def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     _need_fentry(backend)
@@ -337,9 +337,11 @@ def test_module_and_callback_choose_the_callbacks_probed(tmp_path):
     assert f"not probed, as chosen (--module mmnt_test --callback {kvm_start})" in text
 
 
+# arm64 (make test): the rule by hook where no preempt count tells a lock (fentry there too);
+# the sched_switch and --might-sleep variant in make lab-test-arm64 (arm64_full)
 @pytest.mark.lock_context
-@pytest.mark.arm64
-@pytest.mark.parametrize("backend,might_sleep,detect", [("kprobe", True, "switch"), ("fentry", False, "count")])
+@pytest.mark.parametrize("backend,might_sleep,detect", [pytest.param("kprobe", True, "switch", marks=pytest.mark.arm64_full),
+                                                        pytest.param("fentry", False, "count", marks=pytest.mark.arm64)])
 def test_injected_msleep_in_secondary_tlb_is_a_sleep_violation(tmp_path, backend, might_sleep, detect):
     """A real sleep is caught with or without --might-sleep, by sched_switch
     (what slept, with its stack) or by the task's voluntary-switch count
