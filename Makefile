@@ -84,6 +84,8 @@ arm64-root: setup-host
 # callback, the daemon's windows and a recording for the notebooks, on arm64.
 lab-test-arm64: arm64-root
 	$(PY) scripts/lab_suite.py 6.12-arm64:arm64-full --timeout $(LAB_TEST_TIMEOUT)
+	@echo "== notebooks, HTML report and plots on the lab recordings (host)"
+	MMNTRACE_REQUIRE_LAB_RECORDINGS=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_lab_recordings.py
 
 lab-test-all:
 	@$(MAKE) --no-print-directory lab-test LAB_MATRIX="6.12:all 6.1:all 6.12-rt:all 6.12-arm64:arm64-full"

@@ -18,7 +18,10 @@ cd "$(dirname "$0")/.."
 ROOT_DIR=build/arm64/root
 STAMP=build/arm64/root.stamp
 log() { printf 'arm64-root: %s\n' "$*" >&2; }
-[ "$(id -u)" = 0 ] || { log "run this as root (it builds a root file system)"; exit 1; }
+if [ "$(id -u)" != 0 ]; then      # it builds a root file system: as root, like setup.sh's apt steps
+    command -v sudo >/dev/null || { log "not root and sudo is missing: run this as root"; exit 1; }
+    exec sudo bash "$0" "$@"
+fi
 
 for p in qemu-system-arm qemu-user-static mmdebstrap arch-test gcc-aarch64-linux-gnu; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
