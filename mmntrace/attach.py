@@ -47,10 +47,12 @@ class Probes:
               hook_id: int | None = None) -> bool:
         """Probe ``symbol``: its kind's trampoline programs where the backend
         takes them, else (or when refused) ``entry`` as a kprobe and ``ret`` as
-        its kretprobe. True when it is in place."""
+        its kretprobe (``ret`` None: the entry alone, both ways). True when it is in place."""
         rec = dict(kind=kind, symbol=symbol, hook=hook, module=module, status="attached", hook_id=hook_id,
                    attach="kprobe")
         progs = FENTRY_PROGS.get(kind)
+        if progs and ret is None:       # an entry probe only (a chained callback, a sleeper)
+            progs = (progs[0], None)
         if progs and self.fentry and (kind != "callback" or self.callback_fentry or not module):
             err = self.tramp.attach(symbol, module, *progs, hook=hook_id if kind == "hook" else None)
             if err is None:

@@ -65,8 +65,10 @@ class Calibration:
     ``rt``: PREEMPT_RT context the probe adds, by mechanism;
     ``probe_overhead``: ns a probed callback costs its hook, by mechanism."""
 
-    def __init__(self, bpf, ksyms, tramp, *, backend: str, preempt_rt: bool, fentry_sym: str | None):
+    def __init__(self, bpf, ksyms, tramp, *, backend: str, preempt_rt: bool, fentry_sym: str | None,
+                 chain: bool = False):
         self.bpf, self.ksyms, self.tramp = bpf, ksyms, tramp
+        self.chain = chain      # callbacks probed at entry only (MMNT_CHAIN): calibrated so
         self.backend, self.preempt_rt, self.fentry_sym = backend, preempt_rt, fentry_sym
         self.kprobe: int | None = None
         self.fentry: int | None = None
@@ -110,7 +112,8 @@ class Calibration:
         the BPF trampoline), which no program can see. Measured here on the
         tracer's own getppid() calls, as a hook with a callback inside: the
         syscall function probed as the hook, __task_pid_nr_ns (which it calls
-        once) as the callback. The median hook duration with the callback probed
+        once) as the callback, probed as the tracer probes callbacks (its entry
+        alone where they are chained). The median hook duration with the callback probed
         minus the median without it is that cost, per mechanism; the BPF side
         adds it to nested_ns for each callback probe that fires inside a hook.
         Unmeasurable (symbols missing, a probe refused): 0, nothing taken off."""
@@ -131,7 +134,8 @@ class Calibration:
             for fn, kind in ((b"hk_return", "ret"), (b"hk_entry", "entry")):
                 self._attach(outer, fn, kind, attached)
             alone = self._median()
-            self._attach(CALIB_INNER, b"cb_return", "ret", attached)
+            if not self.chain:
+                self._attach(CALIB_INNER, b"cb_return", "ret", attached)
             self._attach(CALIB_INNER, b"cb_entry", "entry", attached)
             with_kprobe = self._median()
             for ev, fn, kind in reversed(attached[2:]):
@@ -139,7 +143,8 @@ class Calibration:
             del attached[2:]
             measured = {"kprobe": with_kprobe}
             if self.backend == "fentry":
-                err = self.tramp.attach(CALIB_INNER, None, "cbf_entry", "cbf_exit", check_patched=False)
+                err = self.tramp.attach(CALIB_INNER, None, "cbf_entry", None if self.chain else "cbf_exit",
+                                        check_patched=False)
                 if err is None:
                     measured["fentry"] = self._median()
                     self.tramp.detach(ia)

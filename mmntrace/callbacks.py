@@ -80,15 +80,28 @@ def module_loads(names, proc: str = "/proc/modules", sysfs: str = "/sys/module")
     return out
 
 
+HOOK_RELEASE = header().enums["mmnt_hook"]["MMNT_HOOK_RELEASE"]
+
+
+def chained(chain: bool, hook: int) -> bool:
+    """Is a callback of this hook probed at its entry only (bpf/mmntrace.bpf.c's
+    MMNT_CHAINED)? Under ``chain``, every one but the release ops."""
+    return chain and hook != HOOK_RELEASE
+
+
 class DriverCallbacks:
     """The callbacks of one tracer: ``probes`` places them (mmntrace/attach.py,
     whose records they join), ``hist`` gives each its histogram series,
     ``counters`` the BPF side's generation, ``drain`` keeps the record buffer
-    drained while attaching (each attach takes a while)."""
+    drained while attaching (each attach takes a while). ``chain``
+    (--aggregate, the program compiled with MMNT_CHAIN): entry probes only,
+    a callback ending where the next one of its hook begins; release ops keep
+    their exit probe (mmu_notifier_unregister() calls them outside a hook)."""
 
     def __init__(self, bpf, probes, ksyms, hist, counters, *, hooks: set[int], selection: Selection,
-                 drain: Callable[[], None]):
+                 drain: Callable[[], None], chain: bool = False):
         self.bpf = bpf
+        self.chain = chain
         self.probes = probes
         self.ksyms = ksyms
         self.hist = hist
@@ -165,7 +178,8 @@ class DriverCallbacks:
         self.names[func] = f"{name} [{mod}]" if mod else name
         if mod and mod not in self._mod_state:   # its load now: check_modules compares with it
             self._mod_state[mod] = module_loads({mod}).get(mod)
-        ok = self.probes.probe("callback", name, info["hook"], mod, "cb_entry", "cb_return", hook)
+        ok = self.probes.probe("callback", name, info["hook"], mod, "cb_entry",
+                               None if chained(self.chain, hook) else "cb_return", hook)
         records[at]["addr"] = func
         self.known[func] = records[at]
         if not ok:

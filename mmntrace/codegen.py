@@ -37,7 +37,7 @@ def bpf_text(path: Path = BPF_SRC) -> str:
 
 
 def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, pid: int | None = None,
-           children: bool = False, comm: str | None = None, aggregate: bool = False,
+           children: bool = False, comm: str | None = None, aggregate: bool = False, chain: bool = False,
            min_latency_ns: int | None = None, task_storage: bool = True, sampling: bool = False,
            might_sleep: bool = False, sleep_detect: str = "switch", self_tgid: int | None = None,
            machine: str | None = None) -> list[str]:
@@ -82,6 +82,8 @@ def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, p
         fl.append(f'-DMMNT_FILTER_COMM="{c}"')
     if aggregate:
         fl.append("-DMMNT_AGGREGATE")
+        if chain:       # callbacks by entry probes only (bpf/mmntrace.bpf.c)
+            fl.append("-DMMNT_CHAIN")
     if min_latency_ns is not None:
         fl.append(f"-DMMNT_MIN_LAT_NS={min_latency_ns}ULL")
     if task_storage:

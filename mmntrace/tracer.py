@@ -180,6 +180,11 @@ class Tracer:
         self.children = bool(children) and pid is not None
         self.comm = comm
         self.aggregate = aggregate
+        # --aggregate times each driver callback from its entry to the next one's or to
+        # its hook's return (bpf/mmntrace.bpf.c, MMNT_CHAIN): one probe per call, not
+        # two. It needs every hook probed: with --hook, a callback could run where no
+        # hook of ours would end it
+        self.chain = aggregate and self.hooks == set(range(kernel.NR_HOOKS))
         if min_latency_ns is not None and (aggregate or min_latency_ns <= 0):
             raise MmntraceError("a minimum latency is for streaming recordings, and must be positive")
         self.min_latency_ns = int(min_latency_ns) if min_latency_ns is not None else None
@@ -236,7 +241,7 @@ class Tracer:
         """The compile flags of this tracer's program (mmntrace/codegen.py)."""
         return codegen.cflags(self.f, backend=self.backend, ringbuf=self.ringbuf, ringbuf_pages=self.ringbuf_pages,
                               layout=self.layout, pid=self.pid, children=self.children, comm=self.comm,
-                              aggregate=self.aggregate, min_latency_ns=self.min_latency_ns,
+                              aggregate=self.aggregate, chain=self.chain, min_latency_ns=self.min_latency_ns,
                               task_storage=self.task_storage, sampling=self.sampling,
                               might_sleep=self.might_sleep, sleep_detect=self.sleep_detect)
 
@@ -282,7 +287,8 @@ class Tracer:
         self._probes = Probes(self.bpf, self._tramp, self._ksyms, fentry=self.backend == "fentry",
                               callback_fentry=self.callback_fentry)
         self._cbs = DriverCallbacks(self.bpf, self._probes, self._ksyms, self._hist, self._counters,
-                                    hooks=self.hooks, selection=self.selection, drain=lambda: self._poll(0))
+                                    hooks=self.hooks, selection=self.selection, drain=lambda: self._poll(0),
+                                    chain=self.chain)
         try:
             t0 = time.monotonic()
             self._probes.detach_all()
@@ -431,7 +437,7 @@ class Tracer:
         """What the probe machinery itself adds, measured on getppid()
         (mmntrace/calibrate.py): its preempt_count, PREEMPT_RT context and cost."""
         c = Calibration(self.bpf, self._ksyms, self._tramp, backend=self.backend,
-                        preempt_rt=self.f.preempt_rt, fentry_sym=self._calib_sym)
+                        preempt_rt=self.f.preempt_rt, fentry_sym=self._calib_sym, chain=self.chain)
         c.run()
         self.calib = c
 

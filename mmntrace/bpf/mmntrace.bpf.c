@@ -24,6 +24,9 @@
  *   MMNT_SLEEP_COUNT                          real sleeps seen by the task's voluntary-switch
  *                                             count at each must-not-sleep section's return,
  *                                             not by a sched_switch program (sleep.h)
+ *   MMNT_CHAIN                                (--aggregate) driver callbacks have entry probes
+ *                                             only: a callback ends where the next one its hook
+ *                                             calls begins, or where the hook returns (below)
  *   MMNT_FENTRY, MMNT_MIGHT_SLEEP             the programs of the fentry backend, of
  *                                             might-sleep detection (not compiled
  *                                             when unused: compile time and memory)
@@ -303,6 +306,21 @@ static __always_inline void fill_common(struct mmnt_record *r, u8 type)
 
 /* ---- hooks ---------------------------------------------------------------- */
 
+#ifdef MMNT_CHAIN
+/*
+ * --aggregate: a driver callback gets an entry probe only (one program run,
+ * one dispatch, per call instead of two). The core calls a hook's
+ * subscribers one after the other (mm/mmu_notifier.c: an interval tree walk,
+ * then the list), so a callback ends where the next one begins, or where its
+ * hook returns; between them run a few instructions of the core's loop. A
+ * release op keeps its exit probe: mmu_notifier_unregister() calls it outside
+ * any hook. The return value is not read (--aggregate keeps none).
+ */
+#define MMNT_CHAINED(hook) ((hook) != MMNT_HOOK_RELEASE)
+#endif
+
+static __always_inline void cb_end(void *ctx, struct tstate *t, u64 now, u64 rc, bool own_probe);
+
 /* An invocation id is read by the records that carry it: every hook and
  * callback record when streaming; with --aggregate only sleep records, which
  * come from must-not-sleep sections alone. */
@@ -357,6 +375,13 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	struct hstate *s = &t->h;
 	if (s->active && (s->flags & MMNT_FL_MUST_NOT_SLEEP))
 		nosleep_add(-1);	/* nested hook: the outer one is forgotten */
+#ifdef MMNT_CHAIN
+	if (t->c.active && t->c.chained) {	/* and its callback, whose end is not to be seen */
+		t->c.active = 0;
+		if (t->c.flags & MMNT_FL_MUST_NOT_SLEEP)
+			nosleep_add(-1);
+	}
+#endif
 	s->active = 1;
 	s->hook = hook;
 	s->nested_ns = 0;
@@ -432,6 +457,10 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc)
 	if (!s->active || (hook != MMNT_HOOK_NONE && s->hook != hook))
 		return 0;
 	hook = s->hook;
+#ifdef MMNT_CHAIN
+	if (t->c.active && t->c.chained)	/* the last callback it called ends here */
+		cb_end(ctx, t, now, 0, false);
+#endif
 	s->active = 0;
 	if (s->flags & MMNT_FL_SKIP) {
 		tstate_put(t);
@@ -527,10 +556,27 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 	struct tstate *t = tstate_get(true);
 	if (!t)
 		return 0;
+#ifdef MMNT_CHAIN
+	if (t->c.active && t->c.chained)	/* the previous callback of this hook ends here */
+		cb_end(ctx, t, t0, 0, false);
+#endif
 	struct hstate *hs = &t->h;
 	bool in_hook = hs->active;
 	if (in_hook && (hs->flags & MMNT_FL_SKIP))
 		return 0;		/* its hook invocation was not sampled */
+#ifdef MMNT_CHAIN
+	bool chained = MMNT_CHAINED(ci->hook);
+	if (chained && !in_hook) {
+		/* no hook of ours around it (none calls it so in mainline), no exit
+		 * probe: its end cannot be seen. Counted as a call no probe timed;
+		 * the calibration's stand-in called by any other task: nothing. */
+		if (ci->hook != MMNT_HOOK_CALIB)
+			add_to(ci->func, false);
+		return 0;
+	}
+#else
+	bool chained = false;
+#endif
 	if (!in_hook && ci->hook == MMNT_HOOK_RELEASE)
 		release_seen(ci->func);	/* mmu_notifier_unregister() calling it */
 	struct cstate *c = &t->c;
@@ -538,6 +584,7 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 		nosleep_add(-1);	/* nested callback: the outer one is forgotten */
 	u32 hook = ci->hook;
 	c->active = 1;
+	c->chained = chained;
 	c->func = ci->func;
 	c->series = ci->series;
 	c->hook = hook;
@@ -592,12 +639,16 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 	return 0;
 }
 
-static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
+/*
+ * A callback ends: its exit program's first step (own_probe), or, chained
+ * (MMNT_CHAIN), the next callback's entry program's first step or its hook's
+ * return program's; rc is then unknown (0), which --aggregate never reads.
+ * The time spent here is the hook's nested_ns: added here for an exit
+ * program; a chained end is inside the next entry program's own measured
+ * time, or after the hook's end.
+ */
+static __always_inline void cb_end(void *ctx, struct tstate *t, u64 now, u64 rc, bool own_probe)
 {
-	struct tstate *t = tstate_get(false);
-
-	if (!t || !t->c.active)
-		return 0;
 	struct cstate *c = &t->c;
 	u32 hook = c->hook;
 	u64 dur = now - c->ts;
@@ -647,8 +698,17 @@ static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
 	emit(ctx, &r);
 #endif
 out:
-	if (t->h.active)
+	if (own_probe && t->h.active)
 		t->h.nested_ns += bpf_ktime_get_ns() - now;
+}
+
+static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
+{
+	struct tstate *t = tstate_get(false);
+
+	if (!t || !t->c.active)
+		return 0;
+	cb_end(ctx, t, now, rc, true);
 	tstate_put(t);
 	return 0;
 }

@@ -32,6 +32,8 @@ struct cstate {				/* the callback in progress on this task */
 	s32 event, stack_id;
 	u32 pc, series;
 	u8 hook, flags, active, rt;	/* rt: MMNT_RT_* at entry (PREEMPT_RT) */
+	u8 chained;			/* MMNT_CHAIN: no exit probe; the next entry or the hook's return ends it */
+	u8 pad8[7];
 };
 
 struct tstate {

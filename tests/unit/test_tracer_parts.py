@@ -5,7 +5,7 @@ placement's fallback and records (with a stand-in for bcc's BPF object)."""
 import pytest
 
 from mmntrace.attach import Probes
-from mmntrace.callbacks import Selection, module_loads
+from mmntrace.callbacks import HOOK_RELEASE, Selection, chained, module_loads
 from mmntrace.losses import DROP_NAMES, drops_by_name, untimed_by_callback
 
 
@@ -138,3 +138,18 @@ def test_tracepoint_raw_else_perf_else_the_failure_kept(monkeypatch):
     assert p.records[-1]["status"] == "failed: perf refused; checked every 0.5 s"
     with pytest.raises(Exception, match="perf refused"):
         p.tracepoint("sched", "sched_switch")
+
+
+def test_chained_callbacks_get_their_entry_probe_alone_but_release_ops():
+    """--aggregate (MMNT_CHAIN): a callback ends where the next one of its hook
+    begins, so it gets an entry probe only, by trampoline or kprobe; a release
+    op keeps its exit (mmu_notifier_unregister() calls it outside any hook)."""
+    assert chained(True, 1) and not chained(True, HOOK_RELEASE) and not chained(False, 1)
+    bpf, tramp = _BPF(), _Tramp()
+    p = Probes(bpf, tramp, _Ksyms(), fentry=True, callback_fentry=True)
+    assert p.probe("callback", "drv_cb", "invalidate_range_start", "drv", "cb_entry", None, 1)
+    assert tramp.asked == [("drv_cb", "drv", "cbf_entry", None, None)]
+    bpf2 = _BPF()
+    p2 = Probes(bpf2, _Tramp(err="no BTF"), _Ksyms(), fentry=True, callback_fentry=True)
+    assert p2.probe("callback", "drv_cb", "invalidate_range_start", "drv", "cb_entry", None, 1)
+    assert bpf2.calls == [("kprobe", "drv_cb", "cb_entry")]      # the fallback: no kretprobe either
