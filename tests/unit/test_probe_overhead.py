@@ -36,3 +36,69 @@ def test_syscall_function_named_as_bcc_names_it_without_reading_kallsyms_again()
     assert cal(["sys_bpf", "__x64_sys_bpf"])._syscall_fn() == "sys_getppid"
     assert Bpf.asked == 0
     assert cal(["something_else"])._syscall_fn() == "sys_getppid" and Bpf.asked == 1
+
+
+class _Table(dict):
+    """A bcc table as calibrate.py uses it: ctypes keys and values, .value on read."""
+    class Leaf:
+        def __init__(self, *a):
+            self.a = a
+
+    def __setitem__(self, k, v):
+        super().__setitem__(getattr(k, "value", k), v)
+
+    def __getitem__(self, k):
+        v = super().get(getattr(k, "value", k), 0)
+        return v if hasattr(v, "value") else type("V", (), {"value": v})()
+
+    def __delitem__(self, k):
+        super().__delitem__(getattr(k, "value", k))
+
+
+def _calibration(chain: bool):
+    """A calibration against a stand-in for the kernel side: the callbacks'
+    probes it attaches, recorded; every getppid() 'measured' 1 us."""
+    import mmntrace.calibrate as cmod
+
+    calls = []
+
+    class Bpf:
+        tables = {b"hook_ip": _Table(), b"cb_info": _Table(), b"calib": _Table(), b"calib_dur": _Table()}
+
+        def __getitem__(self, name):
+            return self.tables[name]
+
+        def attach_kprobe(self, event, fn_name):
+            calls.append(("kprobe", event.decode(), fn_name.decode()))
+
+        def attach_kretprobe(self, event, fn_name, maxactive):
+            calls.append(("kretprobe", event.decode(), fn_name.decode()))
+
+        def detach_kprobe(self, event, fn_name):
+            pass
+
+        def detach_kretprobe(self, event, fn_name):
+            pass
+
+    class Tramp:
+        def attach(self, symbol, module, entry, exit_, check_patched=True):
+            calls.append(("fentry", symbol, entry, exit_))
+
+        def detach(self, addr=None):
+            pass
+
+    ksyms = type("K", (), {"by_name": {"__x64_sys_bpf": [1], "__x64_sys_getppid": [0x1000],
+                                       cmod.CALIB_INNER: [0x2000]}})()
+    c = cmod.Calibration(Bpf(), ksyms, Tramp(), backend="fentry", preempt_rt=False, fentry_sym=None, chain=chain)
+    c._median = lambda: 1000.0
+    c._overhead()
+    return [x for x in calls if x[1] == cmod.CALIB_INNER]
+
+
+def test_callback_dispatch_calibrated_as_callbacks_are_probed():
+    """--aggregate chains callbacks (entry probes only): the dispatch taken off
+    their hooks is calibrated with the stand-in callback probed the same way."""
+    from mmntrace.calibrate import CALIB_INNER
+    assert _calibration(chain=False) == [("kretprobe", CALIB_INNER, "cb_return"), ("kprobe", CALIB_INNER, "cb_entry"),
+                                         ("fentry", CALIB_INNER, "cbf_entry", "cbf_exit")]
+    assert _calibration(chain=True) == [("kprobe", CALIB_INNER, "cb_entry"), ("fentry", CALIB_INNER, "cbf_entry", None)]
