@@ -572,6 +572,7 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 		 * the calibration's stand-in called by any other task: nothing. */
 		if (ci->hook != MMNT_HOOK_CALIB)
 			add_to(ci->func, false);
+		tstate_put(t);		/* (the tid-keyed hash: nothing in progress, no entry kept) */
 		return 0;
 	}
 #else
