@@ -776,23 +776,11 @@ def test_aggregate_times_each_callback_from_its_entry_to_the_next(tmp_path):
     after an interval notifier's: exactly those take over 262 us, KVM's and
     the interval notifier's do not (an end placed at the wrong callback would
     move the 300 us to its neighbour), and the hooks around them do."""
-    wp = WorkloadProcess(SCENARIOS, tmp_path / "wl", kvm=True,       # subscribed before the recorder
-                         extra=["--interval", "--behave", f"start:delay:300:{DELAYED}"])
-    try:
-        rec = Recorder(tmp_path / "rec", "--aggregate")
-    except BaseException:
-        wp.finish()
-        raise
-    wp.go()
-    res = wp.collect()
-    wp.finish()
-    assert rec.stop() == 0, rec.log.read_text()
-    r = Recording(tmp_path / "rec")
+    # the workload starts once --ready-file says every existing subscriber is probed
+    r, _, _, res, _, mod = _session(tmp_path, behave=[f"start:delay:300:{DELAYED}"], kvm=True,
+                                    rec_args=("--aggregate",), interval=True)
     assert r.meta["aggregate"] and r.meta["callbacks_chained"] is True
-    # the module's log from its reset to its counts
-    mod = np.concatenate([np.load(sc[k]) for sc in res["scenarios"] for k in ("records_pre", "records_before", "records")
-                          if k in sc])
-    starts = mod[mod["hook"] == testmod.HOOKS["start"]]
+    starts = mod[mod["hook"] == testmod.HOOKS["start"]]     # the module's log from its reset to its counts
     assert int((starts["ts_ns"] >= res["behaved_ns"]).sum()) >= DELAYED     # all of them in the log's window
     h = r.hist()
     cbname = h["callback"].astype(str).str.split(" ").str[0]
