@@ -33,14 +33,16 @@ class Probes:
     (kprobe, fentry, raw_tracepoint, tracepoint) and, where a trampoline was
     refused, fentry_error. ``callback_fentry``: driver callbacks get
     trampolines too (a trampoline pins its module: only when fentry was asked
-    for by name)."""
+    for by name); ``hook_fentry``: the hooks do (not when streaming under
+    `auto`: see Tracer.hook_fentry)."""
 
-    def __init__(self, bpf, tramp, ksyms, *, fentry: bool, callback_fentry: bool):
+    def __init__(self, bpf, tramp, ksyms, *, fentry: bool, callback_fentry: bool, hook_fentry: bool = True):
         self.bpf = bpf
         self.tramp = tramp
         self.ksyms = ksyms
         self.fentry = fentry
         self.callback_fentry = callback_fentry
+        self.hook_fentry = hook_fentry
         self.records: list[dict] = []
 
     def probe(self, kind: str, symbol: str, hook, module, entry: str, ret: str | None,
@@ -53,7 +55,8 @@ class Probes:
         progs = FENTRY_PROGS.get(kind)
         if progs and ret is None:       # an entry probe only (a chained callback, a sleeper)
             progs = (progs[0], None)
-        if progs and self.fentry and (kind != "callback" or self.callback_fentry or not module):
+        if progs and self.fentry and (kind != "callback" or self.callback_fentry or not module) \
+                and (kind != "hook" or self.hook_fentry):
             err = self.tramp.attach(symbol, module, *progs, hook=hook_id if kind == "hook" else None)
             if err is None:
                 if kind != "sleeper":       # their recursion misses are drops (Counters.prog_missed)

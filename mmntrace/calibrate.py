@@ -128,7 +128,7 @@ class Calibration:
         for k in (oa, oa + 4):
             hook_ip[ctypes.c_uint64(k)] = ctypes.c_uint32(_HOOK_CALIB)
         for k in (ia, ia + 4):
-            cb_info[ctypes.c_uint64(k)] = cb_info.Leaf(ia, _HOOK_CALIB, 0)   # struct cbinfo, as bcc read it
+            cb_info[ctypes.c_uint64(k)] = cb_info.Leaf(ia, _HOOK_CALIB, 0, self.chain)   # struct cbinfo, as bcc read it
         attached: list[tuple] = []
         try:
             for fn, kind in ((b"hk_return", "ret"), (b"hk_entry", "entry")):

@@ -84,8 +84,9 @@ HOOK_RELEASE = header().enums["mmnt_hook"]["MMNT_HOOK_RELEASE"]
 
 
 def chained(chain: bool, hook: int) -> bool:
-    """Is a callback of this hook probed at its entry only (bpf/mmntrace.bpf.c's
-    MMNT_CHAINED)? Under ``chain``, every one but the release ops."""
+    """Is a callback of this hook probed at its entry only (cb_info's
+    ``chained``, which bpf/mmntrace.bpf.c follows)? Under ``chain``, every one
+    but the release ops: mmu_notifier_unregister() calls those outside any hook."""
     return chain and hook != HOOK_RELEASE
 
 
@@ -172,14 +173,15 @@ class DriverCallbacks:
             return
         table = self.bpf[b"cb_info"]
         series = self.hist.series_for(func, hook)   # its own, kept across windows and re-probes
+        entry_only = chained(self.chain, hook)
         for k in (func, func + 4):
-            table[ctypes.c_uint64(k)] = table.Leaf(func, hook, series)   # struct cbinfo
+            table[ctypes.c_uint64(k)] = table.Leaf(func, hook, series, entry_only)   # struct cbinfo
         at = len(records)
         self.names[func] = f"{name} [{mod}]" if mod else name
         if mod and mod not in self._mod_state:   # its load now: check_modules compares with it
             self._mod_state[mod] = module_loads({mod}).get(mod)
         ok = self.probes.probe("callback", name, info["hook"], mod, "cb_entry",
-                               None if chained(self.chain, hook) else "cb_return", hook)
+                               None if entry_only else "cb_return", hook)
         records[at]["addr"] = func
         self.known[func] = records[at]
         if not ok:

@@ -122,7 +122,8 @@ HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the s
 @click.option("--backend", type=click.Choice(["auto", "kprobe", "fentry"]), default="auto", show_default=True,
               help="How functions are probed: fentry/fexit (BPF trampolines, cheaper) or kprobes. auto: "
                    "trampolines on kernel functions where a trial fentry program attaches (as `mmntrace doctor` "
-                   "shows), kprobes on driver "
+                   "shows), except the hooks when streaming (a kprobe reads their caller from its registers, a "
+                   "trampoline must unwind the stack); kprobes on driver "
                    "callbacks in modules (so that a driver can be reloaded while traced). fentry: trampolines "
                    "on driver callbacks too, where the module has BTF; such a module cannot be unloaded "
                    "while the recording runs.")
@@ -536,8 +537,8 @@ def _fentry_line(v: Verdict, kprobes: bool) -> str:
     not from the presence of BTF and trampoline symbols, which can both be
     there on a kernel that refuses fentry programs."""
     if v.ok:
-        return ("yes  (a trial fentry program attached; auto backend: fentry for hooks and might-sleep "
-                "functions, kprobes for driver callbacks)")
+        return ("yes  (a trial fentry program attached; auto backend: fentry for might-sleep functions "
+                "and, with --aggregate, hooks; kprobes for driver callbacks, and for hooks when streaming)")
     return f"NO  ({v.reason}{'; the auto backend uses kprobes' if kprobes else ''})"
 
 

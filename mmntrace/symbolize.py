@@ -119,7 +119,17 @@ class Symbolizer:
             callers[:] = [caller_of(st) for st in stacks]
             classes = np.empty(len(sids) + 1, dtype=object)     # [-1]: None, not a secondary-TLB call
             classes[:-1] = [classify_secondary_tlb(st) for st in stacks]
-            df["caller"] = _take(callers, inv)
+            idx = inv
+            if kind == "hook":      # range start/end by kprobe: no stack, their return address (addr)
+                direct = (c["stack_id"] < 0) & (c["addr"] != 0)
+                if direct.any():
+                    rets, rinv = np.unique(c["addr"][direct], return_inverse=True)
+                    by_ret = np.empty(len(rets), dtype=object)
+                    by_ret[:] = [caller_of([n]) if (n := self.sym(a)) else None for a in rets.tolist()]
+                    callers = np.concatenate([callers, by_ret])
+                    idx = inv.copy()
+                    idx[direct] = len(sids) + rinv
+            df["caller"] = _take(callers, idx)
             sec = c["hook_id"] == kernel.HOOK_SECONDARY_TLB
             df["caller_class"] = _take(classes, np.where(sec, inv, len(sids)))
             if kind == "callback":

@@ -185,6 +185,11 @@ class Tracer:
         # two. It needs every hook probed: with --hook, a callback could run where no
         # hook of ours would end it
         self.chain = aggregate and self.hooks == set(range(kernel.NR_HOOKS))
+        # streaming under `auto`: the hooks by kprobe. Each hook record names its
+        # caller: a kprobe reads range start's and end's return address from its
+        # registers, a trampoline has to unwind the stack, the costliest step of
+        # a hook's probe (2-3x the whole probe under the lab's emulator: BENCHMARKS.md)
+        self.hook_fentry = self.backend == "fentry" and (backend == "fentry" or aggregate)
         if min_latency_ns is not None and (aggregate or min_latency_ns <= 0):
             raise MmntraceError("a minimum latency is for streaming recordings, and must be positive")
         self.min_latency_ns = int(min_latency_ns) if min_latency_ns is not None else None
@@ -285,7 +290,7 @@ class Tracer:
         _debug(f"timing: {self.timing}")
         self._counters = Counters(self.bpf, self._tramp, mmap_arrays=getattr(self.f, "mmap_array", False))
         self._probes = Probes(self.bpf, self._tramp, self._ksyms, fentry=self.backend == "fentry",
-                              callback_fentry=self.callback_fentry)
+                              callback_fentry=self.callback_fentry, hook_fentry=self.hook_fentry)
         self._cbs = DriverCallbacks(self.bpf, self._probes, self._ksyms, self._hist, self._counters,
                                     hooks=self.hooks, selection=self.selection, drain=lambda: self._poll(0),
                                     chain=self.chain)

@@ -46,7 +46,8 @@ kernel_pkg() {  # $1 = series regex, e.g. '6\.1\.0-[0-9]+' or '6\.12\.[0-9]+\+de
 
 # chromium: the unit test that renders the HTML report headless (skipped without it)
 # bpfcc-tools: funclatency, a peer in the benchmarks (bench/lab_bench.py)
-BASE_PKGS="qemu-system-x86 python3-bpfcc bpfcc-tools bpftrace bpftool numactl build-essential bc kmod
+# pahole: the test module's BTF where the kernel headers ship no vmlinux (6.1, tests/kmod/module_btf.py)
+BASE_PKGS="qemu-system-x86 python3-bpfcc bpfcc-tools bpftrace bpftool pahole numactl build-essential bc kmod
            python3-venv busybox-static cpio procps iproute2 util-linux chromium"
 
 missing=()

@@ -223,6 +223,8 @@ struct cbinfo {
 	u64 func;			/* canonical function address */
 	u32 hook;			/* enum mmnt_hook; sleepers: gfp arg index (0 = always) */
 	u32 series;			/* callbacks: histogram series (MMNT_NR_HOOKS + n) */
+	u32 chained;			/* callbacks under MMNT_CHAIN: probed at their entry alone
+					 * (user space decides: mmntrace/callbacks.py chained()) */
 };
 BPF_ARRAY(sampling, u32, 1);			/* trace 1 hook invocation in N (0, 1: all) */
 BPF_PERCPU_ARRAY(sample_ctr, u64, 1);
@@ -306,20 +308,26 @@ static __always_inline void fill_common(struct mmnt_record *r, u8 type)
 
 /* ---- hooks ---------------------------------------------------------------- */
 
-#ifdef MMNT_CHAIN
 /*
- * --aggregate: a driver callback gets an entry probe only (one program run,
- * one dispatch, per call instead of two). The core calls a hook's
- * subscribers one after the other (mm/mmu_notifier.c: an interval tree walk,
- * then the list), so a callback ends where the next one begins, or where its
- * hook returns; between them run a few instructions of the core's loop. A
- * release op keeps its exit probe: mmu_notifier_unregister() calls it outside
- * any hook. The return value is not read (--aggregate keeps none).
+ * MMNT_CHAIN (--aggregate): a driver callback gets an entry probe only (one
+ * program run, one dispatch, per call instead of two; cb_info's `chained`).
+ * The core calls a hook's subscribers one after the other (mm/mmu_notifier.c:
+ * an interval tree walk, then the list), so a callback ends where the next
+ * one begins, or where its hook returns; between them run a few instructions
+ * of the core's loop. A release op keeps its exit probe:
+ * mmu_notifier_unregister() calls it outside any hook. The return value is
+ * not read (--aggregate keeps none).
  */
-#define MMNT_CHAINED(hook) ((hook) != MMNT_HOOK_RELEASE)
-#endif
 
 static __always_inline void cb_end(void *ctx, struct tstate *t, u64 now, u64 rc, bool own_probe);
+
+/* a callback whose end will not be seen (a nested call, a missed chained end) */
+static __always_inline void cb_forget(struct cstate *c)
+{
+	if (c->active && (c->flags & MMNT_FL_MUST_NOT_SLEEP))
+		nosleep_add(-1);
+	c->active = 0;
+}
 
 /* An invocation id is read by the records that carry it: every hook and
  * callback record when streaming; with --aggregate only sleep records, which
@@ -363,7 +371,10 @@ static __always_inline bool sampled_out(void)
  * that fire inside a hook is measured by them (nested_ns) and taken off the
  * hook's duration.
  */
-static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a3, int irqs_off)
+/* ret_ip: the hook function's return address where the probe can read it
+ * cheaply (a kprobe's registers: the word at the stack pointer on x86, the link
+ * register on arm64); 0 from a trampoline */
+static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a3, int irqs_off, u64 ret_ip)
 {
 	u64 id = bpf_get_current_pid_tgid();
 
@@ -376,11 +387,8 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	if (s->active && (s->flags & MMNT_FL_MUST_NOT_SLEEP))
 		nosleep_add(-1);	/* nested hook: the outer one is forgotten */
 #ifdef MMNT_CHAIN
-	if (t->c.active && t->c.chained) {	/* and its callback, whose end is not to be seen */
-		t->c.active = 0;
-		if (t->c.flags & MMNT_FL_MUST_NOT_SLEEP)
-			nosleep_add(-1);
-	}
+	if (t->c.chained)		/* and its callback, whose end is not to be seen */
+		cb_forget(&t->c);
 #endif
 	s->active = 1;
 	s->hook = hook;
@@ -423,10 +431,23 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 		nosleep_add(1);
 		section_enter(&s->nvcsw);
 	}
+	s->caller = 0;
 #ifdef MMNT_AGGREGATE
 	s->stack_id = -1;	/* no hook record is sent: skip the unwind (the costliest step) */
 #else
-	s->stack_id = get_stack_id(ctx, irqs_off >= 0 ? KP_LR(ctx) : 0);
+	/*
+	 * A hook record's stack gives its caller and, for the secondary-TLB hook,
+	 * its caller class (mmntrace/symbolize.py); the unwind costs 10-30 us a
+	 * call under the lab's emulator, however short. Range start and end are
+	 * called through inline wrappers (include/linux/mmu_notifier.h), so their
+	 * return address is that caller: no unwind where the probe has it.
+	 */
+	if (ret_ip && (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END)) {
+		s->stack_id = -1;
+		s->caller = ret_ip;
+	} else {
+		s->stack_id = get_stack_id(ctx, irqs_off >= 0 ? KP_LR(ctx) : 0);
+	}
 #endif
 	s->seq = need_seq(s->flags) ? next_seq() : 0;
 	u32 z = 0;
@@ -506,6 +527,7 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc)
 	r.mm = s->mm;
 	r.start = s->start;
 	r.end = s->end;
+	r.addr = s->caller;
 	emit(ctx, &r);
 #endif
 	tstate_put(t);
@@ -528,7 +550,12 @@ int hk_entry(struct pt_regs *ctx)
 	u32 *h = hook_ip.lookup(&ip);
 	if (!h)
 		return 0;
-	return hook_entry(ctx, *h, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), KP_IRQS_OFF(ctx));
+	u64 ret_ip = 0;
+#ifndef MMNT_AGGREGATE
+	ret_ip = KP_RET_IP(ctx);	/* a hook record's caller */
+#endif
+	return hook_entry(ctx, *h, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), KP_IRQS_OFF(ctx),
+			  ret_ip);
 }
 
 int hk_return(struct pt_regs *ctx)
@@ -565,7 +592,7 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 	if (in_hook && (hs->flags & MMNT_FL_SKIP))
 		return 0;		/* its hook invocation was not sampled */
 #ifdef MMNT_CHAIN
-	bool chained = MMNT_CHAINED(ci->hook);
+	bool chained = ci->chained;
 	if (chained && !in_hook) {
 		/* no hook of ours around it (none calls it so in mainline), no exit
 		 * probe: its end cannot be seen. Counted as a call no probe timed;
@@ -581,8 +608,7 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 	if (!in_hook && ci->hook == MMNT_HOOK_RELEASE)
 		release_seen(ci->func);	/* mmu_notifier_unregister() calling it */
 	struct cstate *c = &t->c;
-	if (c->active && (c->flags & MMNT_FL_MUST_NOT_SLEEP))
-		nosleep_add(-1);	/* nested callback: the outer one is forgotten */
+	cb_forget(c);			/* nested callback: the outer one is forgotten */
 	u32 hook = ci->hook;
 	c->active = 1;
 	c->chained = chained;
@@ -779,7 +805,7 @@ int hkf_entry(u64 *ctx)
 	mmnt_func_arg(ctx, 0, &a1);
 	mmnt_func_arg(ctx, 1, &a2);
 	mmnt_func_arg(ctx, 2, &a3);
-	return hook_entry(ctx, hook_const(), a1, a2, a3, IRQS_UNKNOWN);
+	return hook_entry(ctx, hook_const(), a1, a2, a3, IRQS_UNKNOWN, 0);
 }
 
 int hkf_exit(u64 *ctx)

@@ -166,6 +166,14 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     hooks = win[win["kind"] == "hook"]
     assert (hooks["hook"] == "invalidate_range_start").sum() == mine["start"]
     assert (hooks["hook"] == "invalidate_range_end").sum() == mine["end"]
+    # which kernel path called range start/end (a kprobe reads the return address, a
+    # trampoline unwinds the stack): named for every call, and each end names the
+    # caller of the start it closes (the inline wrappers come in pairs in one function)
+    callers = {h: hooks[hooks["hook"] == h].sort_values("ts_ns")["caller"]
+               for h in ("invalidate_range_start", "invalidate_range_end")}
+    assert all(c.notna().all() for c in callers.values()), {h: c.isna().sum() for h, c in callers.items()}
+    if mine["start"] == mine["end"]:
+        assert list(callers["invalidate_range_start"]) == list(callers["invalidate_range_end"])
     # lock state of each callback equals what the module recorded for the same call
     # call by call within each thread: a thread's calls come one after the
     # other, but two threads' calls on this mm may overlap (another thread of
@@ -325,6 +333,14 @@ def test_module_and_callback_choose_the_callbacks_probed(tmp_path):
     hooks = win[win["kind"] == "hook"]
     assert (hooks["hook"] == "invalidate_range_start").sum() == mine["start"]
     assert (hooks["hook"] == "invalidate_range_end").sum() == mine["end"]
+    # which kernel path called range start/end (a kprobe reads the return address, a
+    # trampoline unwinds the stack): named for every call, and each end names the
+    # caller of the start it closes (the inline wrappers come in pairs in one function)
+    callers = {h: hooks[hooks["hook"] == h].sort_values("ts_ns")["caller"]
+               for h in ("invalidate_range_start", "invalidate_range_end")}
+    assert all(c.notna().all() for c in callers.values()), {h: c.isna().sum() for h, c in callers.items()}
+    if mine["start"] == mine["end"]:
+        assert list(callers["invalidate_range_start"]) == list(callers["invalidate_range_end"])
     lo, hi = res["window_ns"]
     assert len(_cb(win, kvm_start)) == bt.count(kvm_start, lo, hi, tid=pid) == mine["start"]
     assert len(_cb(win, "kvm_mmu_notifier_invalidate_range_end")) == 0

@@ -45,6 +45,7 @@ class _Table(dict):
             self.a = a
 
     def __setitem__(self, k, v):
+        self.__dict__.setdefault("written", []).append(v)
         super().__setitem__(getattr(k, "value", k), v)
 
     def __getitem__(self, k):
@@ -92,6 +93,8 @@ def _calibration(chain: bool):
     c = cmod.Calibration(Bpf(), ksyms, Tramp(), backend="fentry", preempt_rt=False, fentry_sym=None, chain=chain)
     c._median = lambda: 1000.0
     c._overhead()
+    # struct cbinfo as the BPF side reads it: (func, hook, series, chained), chained as probed
+    assert [v.a[3] for v in Bpf.tables[b"cb_info"].written] == [chain, chain]
     return [x for x in calls if x[1] == cmod.CALIB_INNER]
 
 

@@ -59,7 +59,11 @@ def one_by_one(sym, recs, kind):
             row.update(rule=decode.SLEEP_KIND.get(int(r["kind"]), "unknown"),
                        sleeper=sym.sym(int(r["addr"])) if r["addr"] else None, stack=st)
         else:
-            row.update(caller=symbolize.caller_of(st),
+            caller = symbolize.caller_of(st)
+            if kind == "hook" and r["stack_id"] < 0 and r["addr"]:    # no stack: the return address
+                n = sym.sym(int(r["addr"]))
+                caller = symbolize.caller_of([n]) if n else None
+            row.update(caller=caller,
                        caller_class=symbolize.classify_secondary_tlb(st)
                        if r["hook"] == kernel.HOOK_SECONDARY_TLB else None)
             if kind == "callback":
@@ -99,6 +103,7 @@ def test_a_batch_without_any_name_keeps_its_columns():
     sym = symbolize.Symbolizer(FakeTracer(), Features())
     recs = batch(rtype=1)
     recs["stack_id"] = -1
+    recs["addr"] = 0         # nor a return address (range start/end by kprobe carry one)
     recs["func"] = 0
     df = sym.frames(recs, "hook")
     assert df["caller"].isna().all() and df["caller_class"].isna().all() and df["callback"].isna().all()

@@ -80,7 +80,7 @@ class _Tramp:
 
 
 class _Ksyms:
-    by_name = {"mmu_notifier_x": [0x1000], "drv_cb": [0x2000]}
+    by_name = {"mmu_notifier_x": [0x1000], "drv_cb": [0x2000], "slp": [0x3000]}
 
 
 def test_probes_fentry_kprobe_fallback_and_records():
@@ -153,3 +153,16 @@ def test_chained_callbacks_get_their_entry_probe_alone_but_release_ops():
     p2 = Probes(bpf2, _Tramp(err="no BTF"), _Ksyms(), fentry=True, callback_fentry=True)
     assert p2.probe("callback", "drv_cb", "invalidate_range_start", "drv", "cb_entry", None, 1)
     assert bpf2.calls == [("kprobe", "drv_cb", "cb_entry")]      # the fallback: no kretprobe either
+
+
+def test_streaming_auto_probes_hooks_by_kprobe_and_the_rest_as_asked():
+    """hook_fentry False (streaming under `auto`): the hooks get their kprobe
+    pair, whose registers give range start's and end's caller without an
+    unwind; might-sleep functions keep their trampoline."""
+    bpf, tramp = _BPF(), _Tramp()
+    p = Probes(bpf, tramp, _Ksyms(), fentry=True, callback_fentry=False, hook_fentry=False)
+    assert p.probe("hook", "hk", "invalidate_range_start", None, "hk_entry", "hk_return", 0)
+    assert p.probe("sleeper", "slp", None, None, "ms_entry", None)
+    assert bpf.calls == [("kretprobe", "hk", "hk_return"), ("kprobe", "hk", "hk_entry")]
+    assert [a[0] for a in tramp.asked] == ["slp"]
+    assert [r["attach"] for r in p.records] == ["kprobe", "fentry"]
