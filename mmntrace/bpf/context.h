@@ -118,18 +118,9 @@ static __always_inline u8 rt_context(int irqs_off)
 #ifdef MMNT_ARCH_ARM64
 #define KP_IRQS_OFF(ctx) (!!((ctx)->pstate & 0x80))		/* PSR_I_BIT */
 #define KP_LR(ctx) (((struct pt_regs *)(ctx))->regs[30])	/* get_stack_id */
-#define KP_RET_IP(ctx) KP_LR(ctx)	/* at a function's entry: its return address */
 #else
 #define KP_IRQS_OFF(ctx) (!((ctx)->flags & X86_EFLAGS_IF))
 #define KP_LR(ctx) 0ULL
-/* at a function's entry the word at the stack pointer is its return address */
-static __always_inline u64 word_at(u64 sp)
-{
-	u64 ra = 0;
-	bpf_probe_read_kernel(&ra, sizeof(ra), (void *)sp);
-	return ra;
-}
-#define KP_RET_IP(ctx) word_at((ctx)->sp)
 #endif
 #define IRQS_UNKNOWN (-1)
 

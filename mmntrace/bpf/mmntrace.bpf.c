@@ -371,10 +371,12 @@ static __always_inline bool sampled_out(void)
  * that fire inside a hook is measured by them (nested_ns) and taken off the
  * hook's duration.
  */
-/* ret_ip: the hook function's return address where the probe can read it
- * cheaply (a kprobe's registers: the word at the stack pointer on x86, the link
- * register on arm64); 0 from a trampoline */
-static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a3, int irqs_off, u64 ret_ip)
+/* caller_at_return: the return program sees where the hook returns to (a
+ * kretprobe: its registers' instruction pointer, the caller's address once the
+ * rethook has put it back; the word at the stack pointer here would be the
+ * rethook's trampoline once the kretprobe's entry half has run); not fexit */
+static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a3, int irqs_off,
+				      bool caller_at_return)
 {
 	u64 id = bpf_get_current_pid_tgid();
 
@@ -440,11 +442,11 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	 * its caller class (mmntrace/symbolize.py); the unwind costs 10-30 us a
 	 * call under the lab's emulator, however short. Range start and end are
 	 * called through inline wrappers (include/linux/mmu_notifier.h), so their
-	 * return address is that caller: no unwind where the probe has it.
+	 * return address is that caller: no unwind where the return probe has it.
 	 */
-	if (ret_ip && (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END)) {
+	if (caller_at_return && (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END)) {
 		s->stack_id = -1;
-		s->caller = ret_ip;
+		s->caller = 1;		/* hook_return() puts the address in */
 	} else {
 		s->stack_id = get_stack_id(ctx, irqs_off >= 0 ? KP_LR(ctx) : 0);
 	}
@@ -466,8 +468,9 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	return 0;
 }
 
-/* now: the return program's first step (our own work after it is not the hook's) */
-static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc)
+/* now: the return program's first step (our own work after it is not the hook's);
+ * ret_ip: where the hook returns to (0: unknown) */
+static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc, u64 ret_ip)
 {
 	struct tstate *t = tstate_get(false);
 
@@ -527,7 +530,7 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc)
 	r.mm = s->mm;
 	r.start = s->start;
 	r.end = s->end;
-	r.addr = s->caller;
+	r.addr = s->caller ? ret_ip : 0;	/* the caller, where no stack was taken */
 	emit(ctx, &r);
 #endif
 	tstate_put(t);
@@ -550,18 +553,14 @@ int hk_entry(struct pt_regs *ctx)
 	u32 *h = hook_ip.lookup(&ip);
 	if (!h)
 		return 0;
-	u64 ret_ip = 0;
-#ifndef MMNT_AGGREGATE
-	ret_ip = KP_RET_IP(ctx);	/* a hook record's caller */
-#endif
 	return hook_entry(ctx, *h, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), KP_IRQS_OFF(ctx),
-			  ret_ip);
+			  true);
 }
 
 int hk_return(struct pt_regs *ctx)
 {
 	u64 now = bpf_ktime_get_ns();
-	return hook_return(ctx, now, MMNT_HOOK_NONE, PT_REGS_RC(ctx));
+	return hook_return(ctx, now, MMNT_HOOK_NONE, PT_REGS_RC(ctx), PT_REGS_IP(ctx));
 }
 
 /* ---- driver callbacks ------------------------------------------------------- */
@@ -805,7 +804,7 @@ int hkf_entry(u64 *ctx)
 	mmnt_func_arg(ctx, 0, &a1);
 	mmnt_func_arg(ctx, 1, &a2);
 	mmnt_func_arg(ctx, 2, &a3);
-	return hook_entry(ctx, hook_const(), a1, a2, a3, IRQS_UNKNOWN, 0);
+	return hook_entry(ctx, hook_const(), a1, a2, a3, IRQS_UNKNOWN, false);
 }
 
 int hkf_exit(u64 *ctx)
@@ -813,7 +812,7 @@ int hkf_exit(u64 *ctx)
 	u64 now = bpf_ktime_get_ns(), rc = 0;
 
 	mmnt_func_ret(ctx, &rc);	/* read only for the hooks that return a value */
-	return hook_return(ctx, now, hook_const(), rc);	/* matches its own hook's entry only */
+	return hook_return(ctx, now, hook_const(), rc, 0);	/* matches its own hook's entry only */
 }
 #endif /* MMNT_FENTRY */
 

@@ -15,7 +15,7 @@ struct hstate {				/* the hook in progress on this task */
 	u64 range;			/* start/end: the struct mmu_notifier_range its callbacks get */
 	u64 nested_ns;			/* our own probes' time inside it (callbacks) */
 	u64 nvcsw;			/* MMNT_SLEEP_COUNT: the task's voluntary switches at entry */
-	u64 caller;			/* streaming: its return address, where no stack is taken */
+	u64 caller;			/* streaming: 1 where its return probe names the caller (no stack) */
 	s32 event, stack_id;
 	u32 pc;
 	u8 hook, flags, active, ncb;
