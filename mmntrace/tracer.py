@@ -188,7 +188,8 @@ class Tracer:
         # streaming under `auto`: the hooks by kprobe. Each hook record names its
         # caller: a kprobe reads range start's and end's return address from its
         # registers, a trampoline has to unwind the stack, the costliest step of
-        # a hook's probe (2-3x the whole probe under the lab's emulator: BENCHMARKS.md)
+        # a hook's probe (25-35 us a call under fentry in the lab's emulator, against
+        # 2-3 us for the rest of the program: BENCHMARKS.md's in-kernel cost table)
         self.hook_fentry = self.backend == "fentry" and (backend == "fentry" or aggregate)
         if min_latency_ns is not None and (aggregate or min_latency_ns <= 0):
             raise MmntraceError("a minimum latency is for streaming recordings, and must be positive")
