@@ -433,7 +433,7 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 		nosleep_add(1);
 		section_enter(&s->nvcsw);
 	}
-	s->caller = 0;
+	s->caller_at_return = 0;
 #ifdef MMNT_AGGREGATE
 	s->stack_id = -1;	/* no hook record is sent: skip the unwind (the costliest step) */
 #else
@@ -446,7 +446,7 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	 */
 	if (caller_at_return && (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END)) {
 		s->stack_id = -1;
-		s->caller = 1;		/* hook_return() puts the address in */
+		s->caller_at_return = 1;	/* hook_return() puts the address in */
 	} else {
 		s->stack_id = get_stack_id(ctx, irqs_off >= 0 ? KP_LR(ctx) : 0);
 	}
@@ -530,7 +530,7 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc, u64
 	r.mm = s->mm;
 	r.start = s->start;
 	r.end = s->end;
-	r.addr = s->caller ? ret_ip : 0;	/* the caller, where no stack was taken */
+	r.addr = s->caller_at_return ? ret_ip : 0;	/* the caller, where no stack was taken */
 	emit(ctx, &r);
 #endif
 	tstate_put(t);

@@ -15,7 +15,6 @@ struct hstate {				/* the hook in progress on this task */
 	u64 range;			/* start/end: the struct mmu_notifier_range its callbacks get */
 	u64 nested_ns;			/* our own probes' time inside it (callbacks) */
 	u64 nvcsw;			/* MMNT_SLEEP_COUNT: the task's voluntary switches at entry */
-	u64 caller;			/* streaming: 1 where its return probe names the caller (no stack) */
 	s32 event, stack_id;
 	u32 pc;
 	u8 hook, flags, active, ncb;
@@ -23,7 +22,8 @@ struct hstate {				/* the hook in progress on this task */
 	u8 rt;				/* MMNT_RT_* at entry (PREEMPT_RT) */
 	u8 cb_over;			/* callbacks timed beyond cbs[], put in cb_seen at once */
 	u8 expected_at_entry;		/* release: its subscribers' calls counted at entry */
-	u8 pad8[2];
+	u8 caller_at_return;		/* streaming: no stack; its return probe names the caller */
+	u8 pad8[1];
 	u64 cbs[MMNT_HOOK_CBS];		/* callbacks timed inside it (untimed counting) */
 };
 
