@@ -6,6 +6,7 @@ name -> addresses over the text symbols of /proc/kallsyms
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -40,6 +41,9 @@ class KernelSymbols:
 
     def __init__(self):
         self._stale = False
+        # a streaming recorder names records on its segment thread while the
+        # drain loop names new callbacks: a reload must not be seen half done
+        self._lock = threading.RLock()
         self._load(kernel.symbol_table())      # the read feature detection made
 
     def mark_stale(self) -> None:
@@ -48,6 +52,10 @@ class KernelSymbols:
         self._stale = True
 
     def _load(self, table: kernel.SymbolTable | None = None):
+        with self._lock:
+            self._load_locked(table)
+
+    def _load_locked(self, table: kernel.SymbolTable | None = None):
         t = kernel.SymbolTable.read() if table is None else table
         text = np.frombuffer(t.types, dtype=np.uint8)
         text = np.isin(text, np.frombuffer(b"tTwW", dtype=np.uint8))
@@ -63,6 +71,10 @@ class KernelSymbols:
     def lookup(self, addr: int, exact: bool = False, force: bool = False):
         """``force``: reload on a miss however recent the last load (a driver
         callback found right after its module loaded)."""
+        with self._lock:
+            return self._lookup(addr, exact, force)
+
+    def _lookup(self, addr: int, exact: bool, force: bool):
         if self._stale:
             self._load()
         for attempt in range(2):

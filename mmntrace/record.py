@@ -12,6 +12,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 from . import decode, hooks, kernel
 from .errors import DiskFullError
 from .outpath import write_atomic
+from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, SegmentWorker, take_job
 from .store import RecordingWriter
 from .symbolize import Symbolizer
 from .wake import POLL_CAP_MS, Wakeups
@@ -58,6 +60,9 @@ def give_back_memory() -> None:
 GUARD_CPU_SHARE = 0.5
 GUARD_S = 2.0          # the overhead guard's period
 GUARD_MIN_RATE = 10_000
+#: how often the loop looks again whether the segment worker is free, when it holds records for it
+WORKER_RECHECK_S = 0.05
+JOB_BYTES = MAX_JOB_RECORDS * decode.DTYPE.itemsize      # a full segment is handed over at once
 
 
 def overhead_warning(rate: float, cpu_share: float, new_drops: int, aggregate: bool) -> str | None:
@@ -73,6 +78,16 @@ def overhead_warning(rate: float, cpu_share: float, new_drops: int, aggregate: b
     return (f"warning: {what} (the probes cost the traced tasks more, in the kernel); "
             f"for rates like this use --aggregate (in-kernel histograms, violations only), "
             f"or narrow with --pid/--comm/--hooks")
+
+
+def probe_kinds(t) -> dict:
+    """Which mechanism each kind of probe of tracer ``t`` uses (metadata ``probe_kinds``):
+    hooks, driver callbacks, might-sleep functions (None: not probed)."""
+    backend = getattr(t, "backend", None)
+    kind = lambda fentry: "fentry" if fentry else "kprobe"      # noqa: E731
+    return {"hooks": kind(getattr(t, "hook_fentry", backend == "fentry")),
+            "callbacks": kind(getattr(t, "callback_fentry", backend == "fentry")),
+            "might_sleep": kind(backend == "fentry") if getattr(t, "might_sleep", False) else None}
 
 
 class Session:
@@ -98,6 +113,7 @@ class Session:
         self._state_seen: list | None = None      # the probes as --ready-file last told them
         self.command = command
         self.counts = {"events": 0, "violations": 0}
+        self._wlock = threading.Lock()       # the recording's writer: this loop and the segment worker
         self.disk_full: OSError | None = None
 
     def stop(self, *_):
@@ -107,7 +123,12 @@ class Session:
         return {
             "kernel": {"release": self.f.release, "arch": platform.machine()},
             "backend": self.t.backend,
+            # the mechanism of each kind of probe: `auto` streaming puts kprobes on the hooks
+            # (their return address names the caller without a stack unwind), and driver
+            # callbacks get trampolines only with --backend fentry; attached[] says it per probe
+            "probe_kinds": probe_kinds(self.t),
             "transport": "ringbuf" if self.t.ringbuf else "perf",
+            "buffer_pages": getattr(self.t, "ringbuf_pages", None),     # per CPU for the perf buffer
             "layout": self.t.layout,
             "aggregate": self.t.aggregate,
             # record --min-latency: only calls this long are events; hist.parquet has them all
@@ -151,11 +172,10 @@ class Session:
             self._write_ready()     # tell whoever waits on --ready-file (attached, detached)
         return len(raw) // decode.DTYPE.itemsize if raw else 0
 
-    def _flush(self, writer: RecordingWriter, sym: Symbolizer, pending: list) -> None:
-        if not pending:
-            return
-        recs = decode.decode(b"".join(pending))
-        pending.clear()
+    def _write_segment(self, writer: RecordingWriter, sym: Symbolizer, raw: bytes) -> None:
+        """Raw records -> one segment's tables (the segment worker's job,
+        mmntrace/segwriter.py; the metadata it touches is under the lock)."""
+        recs = decode.decode(raw)
         parts = decode.split(recs)
         ev = np.concatenate([parts["hook"], parts["callback"]])
         if not len(ev) and not len(parts["sleep"]):
@@ -170,7 +190,8 @@ class Session:
                     if col in df:
                         df[col] = 0
         self.counts["violations"] += len(sl_df)
-        writer.write_segment(ev_df, sl_df)
+        with self._wlock:
+            writer.write_segment(ev_df, sl_df)
 
     def _guard(self, g: dict, now: float, fresh: bool = False) -> None:
         """The overhead guard: warn once, with the measured rate, CPU share and drops."""
@@ -222,46 +243,64 @@ class Session:
         if self.command is not None:
             self.command.go()       # every probe is attached: CMD runs now
         pending: list[bytes] = []
+        # segments are decoded, symbolized and written on a thread of their own
+        # (mmntrace/segwriter.py): this loop keeps emptying the ring buffer meanwhile
+        worker = SegmentWorker(lambda raw: self._write_segment(writer, sym, raw))
+        worker.__enter__()
         t0 = time.monotonic()
-        last_flush = last_status = t0
+        last_segment = last_meta = last_status = t0
         last_kept = None
         n_since = 0
+        most = 0
         guard = {"t": t0, "cpu": sum(os.times()[:2]), "n": 0, "drops": 0, "warned": False}
         try:
             # records, signals and CMD's exit wake the loop (mmntrace/wake.py): it
             # sleeps until its next deadline, not ten times a second
             with Wakeups(self.t, self.command.pid if self.command is not None else None) as wake:
-                while not self._stop:
+                while not self._stop and worker.error is None:
                     now = time.monotonic()
                     if self.duration is not None and now - t0 >= self.duration:
                         break
                     if self.command is not None and self.command.poll() is not None:
                         self._drain(pending, 0)     # what it did last is in the buffer
                         break
-                    due = [last_flush + self.segment_s, guard["t"] + GUARD_S]
+                    segment_due = last_segment + self.segment_s
+                    if now >= segment_due and pending and not worker.idle:
+                        segment_due = now + WORKER_RECHECK_S    # hand over once the worker is free
+                    due = [segment_due, last_meta + self.segment_s, guard["t"] + GUARD_S]
                     if self.status:
                         due.append(last_status + 1.0)
                     if self.duration is not None:
                         due.append(t0 + self.duration)
-                    n = self._drain(pending, wake.timeout_ms(min(due) - now))
+                    if not worker.idle and sum(map(len, pending)) + worker.queued_bytes > MAX_BACKLOG_BYTES:
+                        # the worker is far behind: stop draining (the kernel counts what it cannot keep)
+                        worker.done.wait(wake.timeout_ms(min(due) - now) / 1000)
+                        n = 0
+                    else:
+                        n = self._drain(pending, wake.timeout_ms(min(due) - now))
+                        most = max(most, n)     # how full the buffer came to be (metadata)
                     wake.clear()
                     self.counts["events"] += n
                     n_since += n
                     now = time.monotonic()
-                    if now - last_flush >= self.segment_s:
+                    if pending and worker.idle and (now - last_segment >= self.segment_s or
+                                                    sum(map(len, pending)) >= JOB_BYTES):
+                        worker.submit(take_job(pending, decode.DTYPE.itemsize))     # a segment
+                        last_segment = now
+                    if now - last_meta >= self.segment_s:
                         try:
-                            self._flush(writer, sym, pending)
                             kept = (self.t.attached(), self.t.drops(fresh=False), self._untimed(sym))
                             if kept != last_kept:       # kept if we are killed; rewritten when they moved
-                                writer.meta["attached"], writer.meta["drops"], writer.meta["untimed"] = kept
-                                writer.flush_meta()
+                                with self._wlock:
+                                    writer.meta["attached"], writer.meta["drops"], writer.meta["untimed"] = kept
+                                    writer.flush_meta()
                                 last_kept = kept
                         except OSError as e:
                             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                                 raise
                             self.disk_full = e
                             break
-                        last_flush = now
+                        last_meta = now
                     guard["n"] += n
                     if now - guard["t"] >= GUARD_S:
                         self._guard(guard, now)
@@ -270,25 +309,27 @@ class Session:
                                     self.t.drops(fresh=False).get("total", 0), self.counts["violations"], now - t0)
                         n_since, last_status = 0, now
         finally:
-            # drain what is still in the ring buffer, then detach
-            for _ in range(3 if self.disk_full is None else 0):
+            # drain what is still in the ring buffer, hand it over, then detach
+            for _ in range(3 if self.disk_full is None and worker.error is None else 0):
                 n = self._drain(pending)
                 self.counts["events"] += n
                 if not n:
                     break
-            if self.disk_full is None:
-                try:
-                    self._flush(writer, sym, pending)
-                except OSError as e:
-                    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                        raise
-                    self.disk_full = e
+            if self.disk_full is None and worker.error is None:
+                while pending:
+                    worker.submit(take_job(pending, decode.DTYPE.itemsize))
             pending.clear()
             self._guard(guard, time.monotonic(), fresh=True)    # a storm that ended between two checks
             drops = self.t.drops()
             attached = self.t.attached()
             untimed = self._untimed(sym)
             hist_rows, total_rows, via_rows = list(self.t.histograms()), list(self.t.totals()), list(self.t.via())
+            worker.close()      # the segments handed over are written (they name things through the tracer)
+            err = worker.error
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.disk_full = self.disk_full or err
+            elif err is not None:
+                raise err
             self.t.stop()       # the compiler's memory goes back before pandas comes in
             give_back_memory()
             if self.t.kernel_hist and self.disk_full is None:
@@ -310,6 +351,8 @@ class Session:
                     for f, h, v, n in via_rows]
             if self.command is not None:    # None: still running (the recording was stopped first)
                 writer.meta["command"]["exit"] = self.command.poll()
+            # the most records one look at the buffer found: near its capacity, records were lost
+            writer.meta["buffer_peak_records"] = most
             if self.disk_full is None:
                 writer.finish(drops=drops, attached=attached, untimed=untimed)
             else:

@@ -77,13 +77,21 @@ def _cb(r) -> str:
     return r["callback"] or "(hook)"
 
 
+def _kinds(rep) -> str:
+    """" (hooks by kprobe, ...)": the kinds of probe that are not the backend's."""
+    pk = rep.get("probe_kinds") if isinstance(rep.get("probe_kinds"), dict) else {}
+    names = {"hooks": "hooks", "callbacks": "driver callbacks", "might_sleep": "might-sleep functions"}
+    other = [f"{names[k]} by {v}" for k, v in pk.items() if k in names and v and v != rep.get("backend")]
+    return f" ({', '.join(other)})" if other else ""
+
+
 def header(rep) -> list[str]:
     k = rep["kernel"]
     ml = rep.get("min_latency_ns")
     mode = (f", calls of at least {fmt_duration(ml)} recorded (--min-latency)" if ml else
             ", aggregated in kernel (--aggregate)" if rep["aggregate"] else "")
     lines = [f"mmntrace report: {rep.get('recording') or ''}".rstrip(),
-             f"kernel {k['release']} ({k['arch']}), backend {rep['backend']}{mode}"]
+             f"kernel {k['release']} ({k['arch']}), backend {rep['backend']}{_kinds(rep)}{mode}"]
     rate = f" ({rep['events_per_s']:,.1f}/s)" if rep.get("events_per_s") is not None else ""
     if rep["duration_s"] is not None:
         span = f"duration {rep['duration_s']} s"

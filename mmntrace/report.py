@@ -15,7 +15,7 @@ from .recording import Recording
 
 SCHEMA_VERSION = 1
 #: additions within schema_version 1 (docs/report-schema.md lists what each added)
-SCHEMA_MINOR = 10
+SCHEMA_MINOR = 11
 
 LAT_FIELDS = ["count", "rate_per_s", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"]
 
@@ -122,6 +122,7 @@ def from_summary(s: aggregate.Summary) -> dict:
                     "calibration_rt": m.get("calibration_rt")},
         "complete": s.complete,
         "backend": m.get("backend"),
+        "probe_kinds": m.get("probe_kinds"),
         "aggregate": s.kernel_hist,
         # record --min-latency: the calls at least this long are events (timeline, processes,
         # mms, callers: slow_calls of them); latency counts every call, from the histograms

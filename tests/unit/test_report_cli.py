@@ -370,3 +370,37 @@ def test_sleeps_without_stacks_are_reported(recs, tmp_path):
     assert all(v["stack"] == [] for v in rep["violations"])
     t = typed(pa.Table.from_pandas(pd.DataFrame({"stack": [[], []], "sleeper": [None, None]})))
     assert t.schema.field("stack").type == pa.list_(pa.string()) and t.schema.field("sleeper").type == pa.string()
+
+
+def test_header_names_the_probe_kinds_that_are_not_the_backends(recs, tmp_path):
+    """minor 11: a streaming `auto` recording on a kernel with trampolines has backend
+    fentry and its hooks on kprobes; the header says so, and an older recording
+    (no probe_kinds) reads as before."""
+    import shutil
+    rec = tmp_path / "rec"
+    shutil.copytree(recs["a"], rec)
+    assert json.loads(_run("report", rec, "--format", "json").output)["probe_kinds"] is None
+    out = _run("report", rec).output
+    assert "backend kprobe" in out and "backend kprobe (" not in out
+    meta = json.loads((rec / "metadata.json").read_text())
+    meta["backend"] = "fentry"
+    meta["probe_kinds"] = {"hooks": "kprobe", "callbacks": "kprobe", "might_sleep": "fentry"}
+    (rec / "metadata.json").write_text(json.dumps(meta))
+    rep = json.loads(_run("report", rec, "--format", "json").output)
+    assert rep["schema_minor"] >= 11 and rep["probe_kinds"]["hooks"] == "kprobe"
+    text = " ".join(_run("report", rec).output.split())
+    assert "backend fentry (hooks by kprobe, driver callbacks by kprobe)" in text
+    meta["probe_kinds"] = "garbage"
+    (rec / "metadata.json").write_text(json.dumps(meta))
+    r = _run("report", rec)
+    assert r.exit_code == 0 and "backend fentry" in r.output and "by kprobe" not in r.output
+
+
+def test_record_metadata_probe_kinds_follow_the_tracer():
+    from types import SimpleNamespace as NS
+    from mmntrace.record import probe_kinds
+    streaming_auto = NS(backend="fentry", hook_fentry=False, callback_fentry=False, might_sleep=True)
+    assert probe_kinds(streaming_auto) == {"hooks": "kprobe", "callbacks": "kprobe", "might_sleep": "fentry"}
+    asked = NS(backend="fentry", hook_fentry=True, callback_fentry=True, might_sleep=False)
+    assert probe_kinds(asked) == {"hooks": "fentry", "callbacks": "fentry", "might_sleep": None}
+    assert probe_kinds(NS(backend="kprobe", hook_fentry=False, callback_fentry=False, might_sleep=True))["might_sleep"] == "kprobe"
