@@ -24,11 +24,13 @@ import queue
 import threading
 from typing import Callable
 
-#: the most records one segment job holds (its decode and symbolization
-#: take a few times the records' own 112 bytes each)
-MAX_JOB_RECORDS = 1 << 17
-#: raw records waiting for the worker, beyond which the loop stops draining
-MAX_BACKLOG_BYTES = 256 << 20
+#: the most records one segment job holds: its decode, names and Parquet
+#: take about 1.5 KB a record at their peak (a 6.12 lab recorder's VmHWM with
+#: jobs of 131,072 records: 450-480 MiB, 200 of them the job's)
+MAX_JOB_RECORDS = 1 << 16
+#: raw records waiting for the worker (~600,000 of them, 20 s of the bench's
+#: rate beyond what the worker keeps up with), beyond which the loop stops draining
+MAX_BACKLOG_BYTES = 64 << 20
 
 
 class SegmentWorker:
