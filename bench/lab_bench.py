@@ -71,6 +71,15 @@ def log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
+def lost(meta: dict) -> int:
+    """Records a recording lost so far (its metadata's drops): calls made before
+    their callback's probe was attached (untimed: the first calls of a subscriber
+    that registered while the recorder ran) are counted, not lost to the rate,
+    and are kept apart here as in the results' drops."""
+    d = meta.get("drops") or {}
+    return d.get("total", 0) - d.get("untimed", 0)
+
+
 def run_workload(size: dict, *extra: str) -> dict:
     out = subprocess.run([str(BENCH_BIN), str(size["rounds"]), str(size["pages"]), *extra],
                          capture_output=True, text=True, timeout=900)
@@ -302,7 +311,7 @@ class Tool:
             time.sleep(0.3)                  # the recorder drains what is still buffered
             cur = self.meta_after(time.time())
             ev = cur.get("events", 0) - prev.get("events", 0)
-            dr = (cur.get("drops") or {}).get("total", 0) - (prev.get("drops") or {}).get("total", 0)
+            dr = lost(cur) - lost(prev)
             prev = cur
             points.append({"pace": f"1/{div}", "round_us": round_us, "rounds": rounds, "seconds": r["seconds"],
                            "events": ev, "drops": dr, "events_per_s": round((ev + dr) / r["seconds"])})
@@ -432,7 +441,7 @@ def main() -> int:
             sweep = None
             if name in STREAMING:
                 m0 = tool.meta_after(time.time())
-                if (m0.get("drops") or {}).get("total", 0) == 0:     # the full rate lost nothing
+                if lost(m0) == 0:     # the full rate lost nothing
                     sweep = {"sweep": [], "sustained_events_per_s": round(
                         m0.get("events", 0) / sum(r["seconds"] for r in runs))}
                 else:

@@ -128,29 +128,45 @@ _KSYM_CHUNK = 1 << 18
 
 
 class SymbolTable:
-    """/proc/kallsyms, compact: addresses in a numpy array, names in one list,
-    types and modules as small codes (about 15 MiB for 120 000 symbols, where
-    rows of Python tuples took 60). Row order is the file's.
+    """/proc/kallsyms, compact: addresses in a numpy array, the names in one
+    byte string with their offsets, types and modules as small codes. Row
+    order is the file's. A name is found by its hash (a sorted array of the
+    names' hashes, each row once): no Python object per symbol is kept (rows
+    of tuples took 60 MiB for 120 000 symbols, a list of names and a dict
+    from name to row 16 MiB, this 7), since the tracer holds the table
+    while clang compiles (BENCHMARKS.md, peak RSS).
 
-    ``index[name]``: the first row of that name; ``dups[name]``: every row
-    of a name that occurs more than once (static functions of the same name
-    in several files, a module's copy)."""
+    ``names[i]``: row i's name; :meth:`rows_of`: every row of a name, first
+    first (static functions of the same name in several files, a module's
+    copy)."""
 
-    def __init__(self, addrs, types: bytes, names: list[str], mods, mod_names: list[str]):
+    def __init__(self, addrs, types: bytes, names, mods, mod_names: list[str]):
+        """``names``: a list of the rows' names, or (blob, offsets, hashes) as
+        :meth:`read` builds them chunk by chunk."""
         import numpy as np
         self.addrs = np.asarray(addrs, dtype=np.uint64)
         self.types = types
-        self.names = names
         self.mods = np.asarray(mods, dtype=np.uint16)
         self.mod_names = mod_names          # [0] is "" (vmlinux)
-        n = len(names)
-        # built in C, not row by row: last written wins, so the reversed rows leave the first
-        self.index: dict[str, int] = dict(zip(reversed(names), range(n - 1, -1, -1)))
-        self.dups: dict[str, list[int]] = {}
-        if len(self.index) < n:
-            first = np.fromiter(map(self.index.__getitem__, names), dtype=np.int64, count=n)
-            for i in np.flatnonzero(first != np.arange(n)).tolist():
-                self.dups.setdefault(names[i], [int(first[i])]).append(i)
+        blob, offs, hashes = names if isinstance(names, tuple) else _pack_names(list(names))
+        self._blob = blob                   # every name followed by a newline
+        self._offs = offs                   # row i's name starts at offs[i]; offs[n] = len(blob)
+        order = np.argsort(hashes)
+        self._hash = hashes[order]
+        self._hrow = order
+        self.names = _Names(self)
+
+    def name(self, i: int) -> str:
+        return self._blob[int(self._offs[i]):int(self._offs[i + 1]) - 1].decode("utf-8", "replace")
+
+    @property
+    def index(self) -> dict[str, int]:
+        """name -> its first row (built on demand: nothing in the tracer's
+        start-up needs the whole mapping)."""
+        out: dict[str, int] = {}
+        for i in range(len(self)):
+            out.setdefault(self.name(i), i)
+        return out
 
     @classmethod
     def read(cls, path: str = "/proc/kallsyms") -> "SymbolTable":
@@ -161,6 +177,7 @@ class SymbolTable:
         import numpy as np
         parts: list[tuple] = []
         names: list[str] = []
+        packed: list[tuple] = []
         mod_ids: dict[str, int] = {"": 0}
         try:
             with open(path) as f:
@@ -175,32 +192,41 @@ class SymbolTable:
                         text += "\n"           # a last line without its newline
                     if text:
                         parts.append(_parse_lines(text, names, mod_ids))
+                        packed.append(_pack_names(names))      # this chunk's names, as bytes
+                        names.clear()
                     if not chunk:
                         break
         except OSError:
             pass
         if not parts:
             return cls(np.zeros(0, np.uint64), b"", [], np.zeros(0, np.uint16), list(mod_ids))
-        return cls(np.concatenate([p[0] for p in parts]), b"".join(p[1] for p in parts), names,
+        blob = b"".join(p[0] for p in packed)
+        starts = np.cumsum([0] + [len(p[0]) for p in packed[:-1]])
+        offs = np.concatenate([p[1][:-1] + s for p, s in zip(packed, starts)] + [np.array([len(blob)])])
+        return cls(np.concatenate([p[0] for p in parts]), b"".join(p[1] for p in parts),
+                   (blob, offs, np.concatenate([p[2] for p in packed])),
                    np.concatenate([p[2] for p in parts]), list(mod_ids))
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self._offs) - 1
 
     def addresses_real(self) -> bool:
         """False where kallsyms hides addresses (zeros: not root, kptr_restrict)."""
         return bool(len(self.addrs)) and bool(self.addrs[:64].any())
 
     def address(self, name: str) -> int | None:
-        i = self.index.get(name)
-        return None if i is None else int(self.addrs[i])
+        rows = self.rows_of(name)
+        return int(self.addrs[rows[0]]) if rows else None
 
     def rows_of(self, name: str) -> list[int]:
         """Every row named ``name``, first first."""
-        if name in self.dups:
-            return self.dups[name]
-        i = self.index.get(name)
-        return [] if i is None else [i]
+        import numpy as np
+        h = np.int64(hash(name))
+        lo, hi = np.searchsorted(self._hash, h, "left"), np.searchsorted(self._hash, h, "right")
+        return sorted(r for r in self._hrow[lo:hi].tolist() if self.name(r) == name)     # (hashes may collide)
+
+    def __contains__(self, name: str) -> bool:
+        return bool(self.rows_of(name))
 
     def module(self, i: int) -> str | None:
         return self.mod_names[int(self.mods[i])] or None
@@ -268,6 +294,42 @@ def _parse_lines_slowly(text: str, names: list[str], mod_ids: dict[str, int]):
             np.array([mod_ids.setdefault(r[3], len(mod_ids)) for r in rows], dtype=np.uint16))
 
 
+class _Names:
+    """The rows' names as a read-only sequence over the table's byte string."""
+
+    def __init__(self, t: SymbolTable):
+        self._t = t
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._t.name(j) for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._t.name(i)
+
+    def __iter__(self):
+        return (self._t.name(i) for i in range(len(self)))
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+
+def _pack_names(names: list[str]):
+    """Names -> (their bytes, each followed by a newline; each one's offset
+    there, and the end as a last entry; each one's hash)."""
+    import numpy as np
+    blob = ("\n".join(names) + "\n").encode("utf-8", "replace") if names else b""
+    nl = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10)
+    offs = np.zeros(len(names) + 1, dtype=np.int64)
+    offs[1:] = nl + 1
+    return blob, offs, np.fromiter(map(hash, names), dtype=np.int64, count=len(names))
+
+
 @functools.lru_cache(maxsize=1)
 def symbol_table() -> SymbolTable:
     """The first read of /proc/kallsyms in this process: feature detection and
@@ -283,7 +345,7 @@ class _Kallsyms:
         self._t = table
 
     def __contains__(self, name) -> bool:
-        return name in self._t.index
+        return name in self._t
 
     def __getitem__(self, name: str) -> int:
         a = self._t.address(name)
@@ -299,7 +361,7 @@ class _Kallsyms:
         return len(self._t.index)
 
     def __bool__(self) -> bool:
-        return bool(self._t.index)
+        return len(self._t) > 0
 
     def __iter__(self):
         return iter(self._t.index)

@@ -117,3 +117,20 @@ def test_a_table_marked_stale_is_read_again_at_the_next_lookup_only(tmp_path, mo
     assert reads == []
     assert k.lookup(0xffffffffc0100010) == ("bpf_prog_1234_hkf_entry", "bpf", 0x10) and reads == [1]
     assert k.lookup(0xffffffffc0100010) == ("bpf_prog_1234_hkf_entry", "bpf", 0x10) and reads == [1]
+
+
+def test_names_found_by_hash_even_when_hashes_collide():
+    """The table keeps no name -> row dict: a name is found by its hash, then
+    compared; rows whose hashes collide are told apart by name, file order kept."""
+    names = ["alpha", "beta", "alpha", "gamma", "beta"]
+    blob, offs, h = kernel._pack_names(names)
+    collide = kernel.SymbolTable(np.zeros(5), b"TtTtT", (blob, offs, np.full(5, hash("alpha"), np.int64)),
+                                 np.zeros(5), [""])
+    assert collide.rows_of("alpha") == [0, 2]       # every row has alpha's hash: the names decide
+    t = kernel.SymbolTable(np.arange(5, dtype=np.uint64) + 0x1000, b"TtTtT", (blob, offs, h), np.zeros(5), [""])
+    assert t.rows_of("alpha") == [0, 2] and t.rows_of("beta") == [1, 4] and t.rows_of("gamma") == [3]
+    assert t.rows_of("delta") == [] and "delta" not in t and "gamma" in t
+    assert t.address("beta") == 0x1001
+    assert list(t.names) == names and t.names[-1] == "beta" and t.names[1:3] == ["beta", "alpha"]
+    assert t.index == {"alpha": 0, "beta": 1, "gamma": 3}
+    assert len(t) == 5 and len(kernel.SymbolTable(np.zeros(0), b"", [], np.zeros(0), [""])) == 0
