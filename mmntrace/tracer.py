@@ -54,6 +54,7 @@ from .calibrate import Calibration, fentry_calib_symbol
 from .attach import FENTRY_PROGS as _FENTRY_PROGS, Probes  # noqa: F401 (_FENTRY_PROGS: older imports)
 from .callbacks import DriverCallbacks, Selection
 from .fentry import Trampolines
+from .heap import give_back_memory
 from .histograms import NR_EVIDX, NR_SERIES, NR_SLOTS, InKernelHistograms  # noqa: F401 (NR_*: older imports)
 from .ksyms import KernelSymbols
 from .layout import record_dtype
@@ -288,6 +289,7 @@ class Tracer:
             raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e} "
                                "(MMNTRACE_DEBUG=1 shows everything the compiler and bcc printed)") from e
         self.timing["compile_s"] = time.monotonic() - t0
+        give_back_memory()      # what clang freed: a daemon runs for days
         _debug(f"timing: {self.timing}")
         self._counters = Counters(self.bpf, self._tramp, mmap_arrays=getattr(self.f, "mmap_array", False))
         self._probes = Probes(self.bpf, self._tramp, self._ksyms, fentry=self.backend == "fentry",
