@@ -45,6 +45,7 @@ import ctypes
 import time
 from typing import TYPE_CHECKING
 
+from . import btf as btfmod
 from . import codegen
 from . import hooks as hookmod
 from . import kernel
@@ -276,6 +277,11 @@ class Tracer:
             text = bpf_text()
             if self.backend == "fentry":
                 self._calib_sym = fentry_calib_symbol(self._ksyms.by_name)
+            if self.backend == "kprobe":
+                # the kprobe backend reads nothing more from the kernel's BTF (its
+                # answers are in the features): the parsed blob, ~12 MiB, is not
+                # held beside clang's memory (BENCHMARKS.md, peak RSS)
+                btfmod.release_vmlinux()
             t0 = time.monotonic()
             self.bpf = _BPF(text=text.encode(), cflags=self._cflags())
             if not self._loads():
@@ -402,7 +408,8 @@ class Tracer:
         if not getattr(self.f, "task_iter", False):
             return
         try:
-            raw, runs, self.sweep_unfinished = sweep.walk(self.bpf, SWEEP_ITREE_RUNS)
+            raw, runs, self.sweep_unfinished = sweep.walk(self.bpf, SWEEP_ITREE_RUNS,
+                                                          getattr(self.f, "iter_task_btf_id", None))
             self.timing["sweep_itree_runs"] = runs
         except Exception as e:      # subscribers are then found at their mm's first hook
             _debug(f"start-up sweep failed: {e}\n{getattr(e, 'log', '')}")
