@@ -327,3 +327,10 @@ def load_vmlinux(path: str = "/sys/kernel/btf/vmlinux") -> Btf | None:
         return Btf.load(path)
     except (OSError, BtfError):
         return None
+
+
+def release_vmlinux() -> None:
+    """Forget the parsed vmlinux BTF (:func:`load_vmlinux`'s cache): a tracer
+    that needs nothing more from it lets it go before compiling; a later call
+    parses it again."""
+    load_vmlinux.cache_clear()

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import errors, hooks
+from . import btf as btfmod
 from .btf import Btf, load_vmlinux
+from .quiet import debug as _debug
 
 if TYPE_CHECKING:
     from .trial import Verdict
@@ -95,6 +97,7 @@ class Features:
     layout: tuple | None = None      # ((MMNT_L_ name, value), ...): struct layouts from BTF (see btf_layout)
     subs_itree_off: int | None = None  # offsetof(struct mmu_notifier_subscriptions, itree), from BTF
     task_iter: bool = False          # BPF task iterators (bpf_iter_reg_target + BTF's bpf_iter_task): the start-up sweep
+    iter_task_btf_id: int | None = None     # bpf_iter_task's BTF id (the sweep's attach target)
     raw_sched_switch: bool = False   # sched_switch's raw tracepoint passes prev_state (5.18+; BTF's btf_trace_sched_switch)
     preempt_rt: bool = False         # PREEMPT_RT: spinlock_t is a sleeping lock (rt_spin_lock in kallsyms)
     task_rt_offsets: tuple | None = None  # (migration_disabled, rcu_read_lock_nesting) offsets in task_struct, BTF
@@ -169,11 +172,22 @@ class SymbolTable:
         return out
 
     @classmethod
-    def read(cls, path: str = "/proc/kallsyms") -> "SymbolTable":
+    def read(cls, path: str = "/proc/kallsyms", attempts: int = 3) -> "SymbolTable":
         """Parse ``path`` chunk by chunk, each chunk's lines at once with numpy
         (:func:`_parse_lines`; line by line in Python took seconds per read in
         the lab's emulated guests, a regular expression per chunk 5.8-6.9 s in a
-        6.12 guest, this 3.6-4.3 s). Unreadable: an empty table."""
+        6.12 guest, this 3.6-4.3 s). Unreadable: an empty table. A read that
+        fails part way (the kernel refusing a seq_file buffer) is made again:
+        a table cut short would say the kernel lacks what it has."""
+        for left in range(attempts - 1, -1, -1):
+            try:
+                return cls._read(path, raise_midway=left > 0)
+            except OSError as e:
+                _debug(f"{path}: read failed part way ({e}); reading it again")
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _read(cls, path: str, raise_midway: bool) -> "SymbolTable":
         import numpy as np
         parts: list[tuple] = []
         names: list[str] = []
@@ -197,7 +211,8 @@ class SymbolTable:
                     if not chunk:
                         break
         except OSError:
-            pass
+            if parts and raise_midway:
+                raise
         if not parts:
             return cls(np.zeros(0, np.uint64), b"", [], np.zeros(0, np.uint16), list(mod_ids))
         blob = b"".join(p[0] for p in packed)
@@ -541,6 +556,7 @@ def probe() -> Features:
         layout=btf_layout(b, ops) if b is not None else None,
         subs_itree_off=b.member_offset("mmu_notifier_subscriptions", "itree") if b is not None else None,
         task_iter=b is not None and "bpf_iter_reg_target" in ks and b.has_func("bpf_iter_task"),
+        iter_task_btf_id=b.find("bpf_iter_task", (btfmod.KIND_FUNC,)) if b is not None else None,
         raw_sched_switch=b is not None and (b.typedef_proto_params("btf_trace_sched_switch") or 0) >= 5,
         preempt_rt=rt,
         task_rt_offsets=_task_rt_offsets(b) if rt else None,

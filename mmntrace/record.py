@@ -22,6 +22,7 @@ import numpy as np
 
 from . import decode, hooks, kernel
 from .errors import DiskFullError
+from .heap import give_back_memory
 from .outpath import write_atomic
 from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, SegmentWorker, take_job
 from .store import RecordingWriter
@@ -44,17 +45,6 @@ def process_age_s() -> float | None:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
-
-
-def give_back_memory() -> None:
-    """Return the C heap's free pages to the system (glibc's malloc_trim):
-    after the BPF module is unloaded, what clang and LLVM held is free but
-    still counted in this process' memory until trimmed. Best effort."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 GUARD_CPU_SHARE = 0.5

@@ -21,12 +21,15 @@ from . import bpfsys
 from . import btf as btfmod
 
 
-def walk(bpf, max_runs: int) -> tuple[bytes, int, int]:
+def walk(bpf, max_runs: int, btf_id: int | None = None) -> tuple[bytes, int, int]:
     """Run the iterators of a loaded program (bcc's BPF object): (the records
     they wrote, runs of the interval walk, mms whose tree it did not finish).
+    ``btf_id``: bpf_iter_task's (kernel.Features; else read from BTF here).
     Raises where the kernel has no task iterator or refuses one."""
-    b = btfmod.load_vmlinux()
-    tid = b.find("bpf_iter_task", (btfmod.KIND_FUNC,)) if b is not None else None
+    tid = btf_id
+    if tid is None:
+        b = btfmod.load_vmlinux()
+        tid = b.find("bpf_iter_task", (btfmod.KIND_FUNC,)) if b is not None else None
     if tid is None:
         raise OSError("no bpf_iter_task in BTF")
     fds: list[int] = []

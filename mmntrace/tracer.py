@@ -45,6 +45,7 @@ import ctypes
 import time
 from typing import TYPE_CHECKING
 
+from . import btf as btfmod
 from . import codegen
 from . import hooks as hookmod
 from . import kernel
@@ -54,6 +55,7 @@ from .calibrate import Calibration, fentry_calib_symbol
 from .attach import FENTRY_PROGS as _FENTRY_PROGS, Probes  # noqa: F401 (_FENTRY_PROGS: older imports)
 from .callbacks import DriverCallbacks, Selection
 from .fentry import Trampolines
+from .heap import give_back_memory
 from .histograms import NR_EVIDX, NR_SERIES, NR_SLOTS, InKernelHistograms  # noqa: F401 (NR_*: older imports)
 from .ksyms import KernelSymbols
 from .layout import record_dtype
@@ -275,6 +277,11 @@ class Tracer:
             text = bpf_text()
             if self.backend == "fentry":
                 self._calib_sym = fentry_calib_symbol(self._ksyms.by_name)
+            if self.backend == "kprobe":
+                # the kprobe backend reads nothing more from the kernel's BTF (its
+                # answers are in the features): the parsed blob, ~12 MiB, is not
+                # held beside clang's memory (BENCHMARKS.md, peak RSS)
+                btfmod.release_vmlinux()
             t0 = time.monotonic()
             self.bpf = _BPF(text=text.encode(), cflags=self._cflags())
             if not self._loads():
@@ -288,6 +295,7 @@ class Tracer:
             raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e} "
                                "(MMNTRACE_DEBUG=1 shows everything the compiler and bcc printed)") from e
         self.timing["compile_s"] = time.monotonic() - t0
+        give_back_memory()      # what clang freed: a daemon runs for days
         _debug(f"timing: {self.timing}")
         self._counters = Counters(self.bpf, self._tramp, mmap_arrays=getattr(self.f, "mmap_array", False))
         self._probes = Probes(self.bpf, self._tramp, self._ksyms, fentry=self.backend == "fentry",
@@ -400,7 +408,8 @@ class Tracer:
         if not getattr(self.f, "task_iter", False):
             return
         try:
-            raw, runs, self.sweep_unfinished = sweep.walk(self.bpf, SWEEP_ITREE_RUNS)
+            raw, runs, self.sweep_unfinished = sweep.walk(self.bpf, SWEEP_ITREE_RUNS,
+                                                          getattr(self.f, "iter_task_btf_id", None))
             self.timing["sweep_itree_runs"] = runs
         except Exception as e:      # subscribers are then found at their mm's first hook
             _debug(f"start-up sweep failed: {e}\n{getattr(e, 'log', '')}")

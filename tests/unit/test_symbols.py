@@ -134,3 +134,38 @@ def test_names_found_by_hash_even_when_hashes_collide():
     assert list(t.names) == names and t.names[-1] == "beta" and t.names[1:3] == ["beta", "alpha"]
     assert t.index == {"alpha": 0, "beta": 1, "gamma": 3}
     assert len(t) == 5 and len(kernel.SymbolTable(np.zeros(0), b"", [], np.zeros(0), [""])) == 0
+
+
+def test_a_read_that_fails_part_way_is_made_again(tmp_path, monkeypatch):
+    """A table cut short by a failed read would say the kernel lacks what it
+    has ("no MMU notifiers"): the read is made again; a file that cannot be
+    opened is still an empty table."""
+    import builtins
+    p = tmp_path / "kallsyms"
+    p.write_text(KALLSYMS)
+    monkeypatch.setattr(kernel, "_KSYM_CHUNK", 40)
+    real_open, fails = builtins.open, [1]
+
+    class Flaky:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def read(self, n):
+            self.n += 1
+            if self.n == 3 and fails[0]:
+                fails[0] -= 1
+                raise OSError(12, "Cannot allocate memory")
+            return self.f.read(n)
+
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: Flaky(real_open(path, *a, **k))
+                        if str(path) == str(p) else real_open(path, *a, **k))
+    t = kernel.SymbolTable.read(str(p))
+    assert len(t) == 8 and fails == [0] and t.rows_of("helper") == [2, 4, 7]
+    fails[0] = 5        # failing every time: what was read, as before
+    assert 0 < len(kernel.SymbolTable.read(str(p))) < 8
