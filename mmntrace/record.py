@@ -254,10 +254,12 @@ class Session:
                     if self.command is not None and self.command.poll() is not None:
                         self._drain(pending, 0)     # what it did last is in the buffer
                         break
-                    segment_due = last_segment + self.segment_s
-                    if now >= segment_due and pending and not worker.idle:
-                        segment_due = now + WORKER_RECHECK_S    # hand over once the worker is free
-                    due = [segment_due, last_meta + self.segment_s, guard["t"] + GUARD_S]
+                    due = [last_meta + self.segment_s, guard["t"] + GUARD_S]
+                    if pending:     # (none: no segment is due; an idle loop sleeps)
+                        segment_due = last_segment + self.segment_s
+                        if now >= segment_due and not worker.idle:
+                            segment_due = now + WORKER_RECHECK_S    # hand over once the worker is free
+                        due.append(segment_due)
                     if self.status:
                         due.append(last_status + 1.0)
                     if self.duration is not None:
