@@ -3,9 +3,9 @@
 A streaming recorder does two things: it empties the BPF ring buffer, and it
 turns what it took into a segment (decode, symbolize, Parquet). The second
 takes far longer: in the lab's 6.12 guest a segment of ~100,000 records took
-4-5 s, while the ring buffer (1 MiB, ~8,700 records) fills in a tenth of a
-second at the bench's rates; done in the loop, every segment cost thousands
-of dropped records (18,027 of 289,145 in one profiled run). Here the drain
+4-5 s, while the streaming ring buffer (16 MiB, ~140,000 records) filled in
+a few seconds at the bench's rates; done in the loop, a run lost thousands of
+records (18,198 to the ring buffer in one run of two bench workloads). Here the drain
 loop hands each segment's raw bytes to :class:`SegmentWorker`, whose thread
 does the rest, and goes back to draining: the GIL passes between them every
 few milliseconds (and is released for the Parquet writes), so the buffer is
@@ -44,7 +44,8 @@ class SegmentWorker:
         self._write = write
         self._jobs: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
-        self._outstanding = 0
+        self._outstanding = 0       # jobs given and not finished
+        self._queued = 0            # their bytes
         self.done = threading.Event()       # set each time a job ends
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="mmntrace-segments", daemon=True)
@@ -68,8 +69,6 @@ class SegmentWorker:
     def queued_bytes(self) -> int:
         with self._lock:
             return self._queued
-
-    _queued = 0
 
     def submit(self, raw: bytes) -> None:
         with self._lock:
