@@ -347,6 +347,33 @@ class Tool:
             # start, taken off the hooks' durations): the observer effect's correction
             out["probe_overhead_ns"] = m.get("probe_overhead_ns")
         out["medians_ns"] = self.medians()
+        out["means_ns"] = self.means()
+        if self.name == "funclatency-callback":
+            out["function"] = PEER_CALLBACK
+        return out
+
+    def means(self) -> dict[str, dict]:
+        """Exact mean latency: funclatency's (its one "avg = ..." line: over every
+        function it traced, key "*"), or mmntrace --aggregate's per function (the
+        kernel's count and summed ns, metadata's totals). {key: {count, sum_ns}}.
+        A log2 median cannot resolve a factor of 1.5 (one bucket is 2x); these can."""
+        if self.name.startswith("funclatency"):
+            for line in self.logf.read_text(errors="replace").splitlines():
+                t = line.strip()
+                if t.startswith("avg = ") and "count:" in t and "nsecs" in t:
+                    total = int(t.split("total:")[1].split()[0])
+                    return {"*": {"count": int(t.split("count:")[1].split()[0]), "sum_ns": total}}
+            return {}
+        m = self.rec / "metadata.json"
+        if "-agg-" not in self.name or not m.exists():
+            return {}
+        hook_sym = {name: sym for _hid, sym, name in kernel.probe().hooks}
+        out: dict[str, dict] = {}
+        for r in json.loads(m.read_text()).get("totals") or []:
+            key = r["callback"].split(" ")[0] if r.get("callback") else hook_sym.get(r["hook"], r["hook"])
+            d = out.setdefault(key, {"count": 0, "sum_ns": 0})
+            d["count"] += r["count"]
+            d["sum_ns"] += r["sum_ns"]
         return out
 
     def medians(self) -> dict[str, float]:
@@ -386,8 +413,9 @@ def main() -> int:
     # tiny (make test's pipeline check) leaves out --might-sleep: fentry on ~35 of the
     # machine's hottest functions is the likeliest to meet the emulator's patching hazard
     default = TOOLS if a.size == "full" else ["mmntrace-kprobe", "mmntrace-agg-fentry", "funclatency", "bpftrace"]
-    if a.size == "quick":       # the daemon's default configuration (issue 12's ambient goal)
-        default.insert(2, "mmntrace-agg-kprobe-cnt")
+    if a.size == "quick":       # the daemon's default configuration (issue 12's ambient goal),
+        default.insert(2, "mmntrace-agg-kprobe-cnt")    # and the peer for one callback's latency
+        default.insert(default.index("funclatency") + 1, "funclatency-callback")
     if PEER_CALLBACK not in kernel.kallsyms():
         default = [t for t in default if t != "funclatency-callback"]
     tools = [t for t in (a.tools.split(",") if a.tools else default) if t]

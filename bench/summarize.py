@@ -69,7 +69,19 @@ def goals(lab: dict) -> list[dict]:
             out.append({"goal": f"{n} peak RSS <= 150 MiB", "value": f"{x['peak_rss_mib']:.0f} MiB",
                         "met": x["peak_rss_mib"] <= 150})
     for n, x in t.items():
-        # issue 12: latencies within 1.5x of a peer's for the same functions
+        # issue 12: latencies within 1.5x of a peer's for the same functions: judged on the
+        # exact means where the run has them (a log2 median moves by 2x from one bucket to
+        # the next, so it cannot tell 1.2x from 1.9x); the medians stay in their own table
+        # The bound is on inflation: below 1 means funclatency's own probe work (its
+        # return probe, its hash) weighs more in its figure than mmntrace's in ours;
+        # that mmntrace's figure never falls below the truth is a lab test's, call by
+        # call, against the test module's own clock (tests/lab/test_record.py)
+        r = observer_mean_ratios(lab, n)
+        if r:
+            out.append({"goal": f"{n} mean latencies <= 1.5x funclatency's (hooks, one callback)",
+                        "value": ", ".join(f"{k} {v:.2f}" for k, v in r.items()),
+                        "met": max(r.values()) <= 1.5})
+            continue
         r = observer_ratios(lab, n)
         if r:
             worst = max(r.values(), key=lambda v: abs(v - 1))
@@ -94,6 +106,63 @@ def observer_ratios(lab: dict, name: str) -> dict[str, float]:
     peer = {**(t.get("funclatency", {}).get("medians_ns") or {}),
             **(t.get("funclatency-callback", {}).get("medians_ns") or {})}
     return {f: round(mine[f] / peer[f], 3) for f in sorted(peer) if f in mine and peer[f]}
+
+
+HOOKS_KEY = "hooks (all calls)"
+
+
+def _mean(d: dict | None) -> float | None:
+    return d["sum_ns"] / d["count"] if d and d.get("count") else None
+
+
+def observer_mean_ratios(lab: dict, name: str) -> dict[str, float]:
+    """mmntrace's exact mean latency / funclatency's, from the kernel's sums and
+    counts on both sides: the hooks as one (funclatency prints one mean over
+    every function it traces, so mmntrace's is taken over the same functions),
+    and the callback `funclatency-callback` traced alone."""
+    t = lab["tools"]
+    if not name.startswith("mmntrace-agg"):
+        return {}
+    mine = t[name].get("means_ns") or {}
+    out = {}
+    hooks = [mine[f] for f in lab.get("hook_functions", []) if f in mine]
+    peer = _mean((t.get("funclatency", {}).get("means_ns") or {}).get("*"))
+    if hooks and peer:
+        m = _mean({"count": sum(h["count"] for h in hooks), "sum_ns": sum(h["sum_ns"] for h in hooks)})
+        if m:
+            out[HOOKS_KEY] = round(m / peer, 3)
+    cb = t.get("funclatency-callback", {})
+    peer = _mean((cb.get("means_ns") or {}).get("*"))
+    fn = cb.get("function")
+    if peer and fn and _mean(mine.get(fn)):
+        out[fn] = round(_mean(mine[fn]) / peer, 3)
+    return out
+
+
+def observer_means_table(lab: dict) -> str:
+    """Exact means in ns, mmntrace and funclatency side by side, with the calls counted."""
+    t = lab["tools"]
+    fl = _mean((t.get("funclatency", {}).get("means_ns") or {}).get("*"))
+    cbt = t.get("funclatency-callback", {})
+    fn, flc = cbt.get("function"), _mean((cbt.get("means_ns") or {}).get("*"))
+    rows = []
+    for n, x in t.items():
+        mine = x.get("means_ns") or {}
+        if not n.startswith("mmntrace-agg") or not mine:
+            continue
+        hooks = [mine[f] for f in lab.get("hook_functions", []) if f in mine]
+        c, sm = sum(h["count"] for h in hooks), sum(h["sum_ns"] for h in hooks)
+        cb = mine.get(fn) if fn else None
+        rows.append(f"| {n} | {sm / c:,.0f} ({c:,} calls) | " if c else f"| {n} | | ")
+        rows[-1] += f"{_mean(cb):,.0f} ({cb['count']:,} calls) |" if _mean(cb) else " |"
+    if not rows:
+        return ""
+    peer = (t.get("funclatency", {}).get("means_ns") or {}).get("*")
+    cpeer = (cbt.get("means_ns") or {}).get("*")
+    rows.append("| funclatency | " + (f"{fl:,.0f} ({peer['count']:,} calls) | " if fl else " | ")
+                + (f"{flc:,.0f} ({cpeer['count']:,} calls) |" if flc else " |"))
+    return "\n".join(["| tool | hooks: mean ns | " + (f"{fn}: mean ns" if fn else "callback") + " |",
+                      "|---|---:|---:|"] + rows)
 
 
 def ambient_table(lab: dict) -> str:
@@ -210,6 +279,12 @@ def main() -> int:
                        + "; ".join(f"{n} " + ", ".join(f"{k} {v:,}" for k, v in sorted(d.items()))
                                    for n, d in po.items()) + "."]
             md.append("")
+        mt = observer_means_table(lab)
+        if mt:
+            md += ["Exact mean latencies (the kernel's summed ns over its count, on both sides; funclatency "
+                   "prints one mean over all the functions it traces, so the hooks are compared as one). "
+                   "The goal is judged on these: a log2 median moves by a factor of 2 from one bucket to the "
+                   "next.", "", mt, ""]
         pt = prog_table(lab)
         if pt:
             md += ["In-kernel cost of each BPF program (one extra run with `kernel.bpf_stats_enabled`; "

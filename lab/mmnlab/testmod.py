@@ -126,6 +126,9 @@ class TestModule:
             # scheduled out (its nvcsw moved): the sleep rule's ground truth
             "msleeps": int(c["msleeps"]),
             "msleeps_switched": int(c["msleeps_switched"]),
+            # each call's own time as the module clocked it (entry to its record):
+            # what the tracer's duration of the call must contain
+            "body_ns": {n: int(c["body_ns"][HOOKS[n]]) for n in names},
         }
 
     def reset(self) -> None:

@@ -195,9 +195,12 @@ static void mmnt_record(struct mmnt_client *c, const struct mmnt_entry *e,
 {
 	struct mmnt_test_record *r;
 	unsigned long flags;
+	u64 body;
 
 	spin_lock_irqsave(&c->lock, flags);
+	body = ktime_get_ns() - e->ts;
 	c->counts.calls[hook]++;
+	c->counts.body_ns[hook] += body;
 	if (e->preempt || e->irqs_off)
 		c->counts.atomic[hook]++;
 	if (c->count >= MMNT_LOG_CAPACITY) {
@@ -220,6 +223,7 @@ static void mmnt_record(struct mmnt_client *c, const struct mmnt_entry *e,
 	r->ret = ret;
 	r->migration_disabled = e->migration_disabled;
 	r->rcu_depth = e->rcu_depth;
+	r->body_ns = body;
 	c->count++;
 	c->counts.logged++;
 out:

@@ -89,6 +89,10 @@ struct mmnt_test_record {
 	__s32 ret;		/* what the callback returned (0, -EAGAIN, or bool for interval) */
 	__u32 migration_disabled;	/* current->migration_disabled at entry (0 without SMP) */
 	__u32 rcu_depth;	/* rcu_preempt_depth() at entry (PREEMPT_RCU; 0 elsewhere) */
+	__u64 body_ns;		/* ktime_get_ns() at the record (under the log lock) - ts_ns:
+				 * the callback's own time, less its first and last few
+				 * instructions; the tracer's duration of the call can only
+				 * contain it (the observer effect's ground truth) */
 };
 
 struct mmnt_test_counts {
@@ -105,6 +109,8 @@ struct mmnt_test_counts {
 					 * task state, e.g. the timer firing while
 					 * the "scheduling while atomic" report is
 					 * printed, means no switch) */
+	__u64 body_ns[MMNT_T_NR_HOOKS];	/* summed body_ns of the records' calls, by hook
+					 * (every call counted, logged or not) */
 };
 
 #define MMNT_IOC_MAGIC 'M'

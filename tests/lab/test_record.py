@@ -213,6 +213,14 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
         if hook in ("start", "end"):
             assert (t["start"].to_numpy() == m["start"]).all() and (t["end"].to_numpy() == m["end"]).all()
             assert (t["blockable"].to_numpy() == (m["blockable"] != 0)).all()
+        # the observer effect's ground truth, call by call: the tracer's interval
+        # contains the module's own clocking of the call (entry to its record)
+        ts, dur = t["ts_ns"].to_numpy(np.int64), t["dur_ns"].to_numpy(np.int64)
+        m_ts, body = m["ts_ns"].astype(np.int64), m["body_ns"].astype(np.int64)
+        assert (ts <= m_ts).all() and (ts + dur >= m_ts + body).all(), (hook, (ts - m_ts).max(),
+                                                                        (ts + dur - m_ts - body).min())
+        print(f"{fn}: {len(t)} calls, tracer's median {np.median(dur):.0f} ns, the module's own "
+              f"{np.median(body):.0f} ns")
     sec_mod = mod[mod["hook"] == testmod.HOOKS["secondary_tlb"]]
     if rt:      # the page-table lock is a sleeping lock there: preempt_count() 0 under it
         assert ((sec_mod["migration_disabled"] > 0) & (sec_mod["rcu_depth"] > 0)).any()
@@ -832,6 +840,19 @@ def test_aggregate_times_each_callback_from_its_entry_to_the_next(tmp_path):
         assert calls(rows, slow=True) <= max(2, calls(rows) // 50), (other, rows.groupby("slot")["count"].sum().to_dict())
     hook = h[h["callback"].isna() & (h["hook"] == "invalidate_range_start")]
     assert calls(hook, slow=True) >= DELAYED
+    # the observer effect's ground truth: every call the module clocked (its own time,
+    # entry to its record) is inside a call the tracer timed, so the tracer's sum of
+    # durations can only be the larger (it also has calls outside the module's window)
+    totals = {}
+    for x in r.meta["totals"]:
+        if x["callback"] is not None:
+            k = x["callback"].split(" ")[0]
+            totals[k] = [a + b for a, b in zip(totals.get(k, [0, 0]), (x["count"], x["sum_ns"]))]
+    for hk, fn in MODULE_CB.items():
+        n, body = res["counts"]["calls"][hk], res["counts"]["body_ns"][hk]
+        assert n > 0 and totals[fn][1] >= body, (fn, totals[fn], n, body)
+        print(f"{fn}: tracer {totals[fn][1] / totals[fn][0]:.0f} ns per call ({totals[fn][0]} calls), "
+              f"the module's own {body / n:.0f} ns ({n} calls)")
 
 
 #: a process with 144 interval notifiers of the module's first ops table on 144 pages, then

@@ -75,6 +75,37 @@ avg = 3000 nsecs, total: 150000 nsecs, count: 50
     assert lab_bench.hist_median({}) is None
 
 
+def test_exact_means_from_funclatency_and_from_the_kernel_totals(tmp_path):
+    """The observer effect is judged on exact means (a log2 median moves 2x from one
+    bucket to the next): funclatency's one "avg" line, mmntrace's metadata totals."""
+    import json
+
+    import summarize
+    fl = lab_bench.Tool("funclatency-callback", ["a"], tmp_path)
+    fl.logf.write_text("Function = kvm_mmu_notifier_invalidate_range_start [9]\n"
+                       "avg = 6088 nsecs, total: 367095562 nsecs, count: 60300\n")
+    assert fl.means() == {"*": {"count": 60300, "sum_ns": 367095562}}
+    fl.logf.write_text("Tracing 1 functions... Hit Ctrl-C to end.\n")      # interrupted before its summary
+    assert fl.means() == {}
+    mm = lab_bench.Tool("mmntrace-agg-kprobe", ["a"], tmp_path)
+    mm.rec.mkdir()
+    start = kernel.probe().hook_symbol(kernel.HOOK_START)
+    (mm.rec / "metadata.json").write_text(json.dumps({"totals": [
+        {"hook": "invalidate_range_start", "event": "unmap", "callback": None, "count": 3, "sum_ns": 300},
+        {"hook": "invalidate_range_start", "event": "clear", "callback": None, "count": 1, "sum_ns": 500},
+        {"hook": "invalidate_range_start", "event": "unmap", "callback": "kvm_cb [kvm]", "count": 2, "sum_ns": 40}]}))
+    got = mm.means()
+    assert got[start] == {"count": 4, "sum_ns": 800} and got["kvm_cb"] == {"count": 2, "sum_ns": 40}
+    lab = {"hook_functions": [start], "tools": {
+        "mmntrace-agg-kprobe": {"overhead": 1.0, "means_ns": got},
+        "funclatency": {"overhead": 1.0, "means_ns": {"*": {"count": 4, "sum_ns": 1000}}},
+        "funclatency-callback": {"function": "kvm_cb", "means_ns": {"*": {"count": 2, "sum_ns": 20}}}}}
+    assert summarize.observer_mean_ratios(lab, "mmntrace-agg-kprobe") == {summarize.HOOKS_KEY: 0.8, "kvm_cb": 2.0}
+    g = [x for x in summarize.goals(lab) if "mean latencies" in x["goal"]]
+    assert len(g) == 1 and g[0]["met"] is False      # the callback's 2.0 is over 1.5
+    assert "kvm_cb" in summarize.observer_means_table(lab)
+
+
 def test_prog_costs_are_the_differences_of_two_snapshots():
     before = {1: {"name": "a", "type": "kprobe", "run_cnt": 10, "run_time_ns": 1000}}
     after = {1: {"name": "a", "type": "kprobe", "run_cnt": 30, "run_time_ns": 5000},
