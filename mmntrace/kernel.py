@@ -159,6 +159,7 @@ class SymbolTable:
         order = np.argsort(hashes, kind="stable")
         self._hash = hashes[order]
         self._hrow = order
+        self._index: dict[str, int] | None = None
         self.names = _Names(self)
 
     def name(self, i: int) -> str:
@@ -166,12 +167,14 @@ class SymbolTable:
 
     @property
     def index(self) -> dict[str, int]:
-        """name -> its first row (built on demand: nothing in the tracer's
-        start-up needs the whole mapping)."""
-        out: dict[str, int] = {}
-        for i in range(len(self)):
-            out.setdefault(self.name(i), i)
-        return out
+        """name -> its first row (built on first use and kept: nothing in the
+        tracer's start-up needs the whole mapping; the table never changes)."""
+        if self._index is None:
+            out: dict[str, int] = {}
+            for i in range(len(self)):
+                out.setdefault(self.name(i), i)
+            self._index = out
+        return self._index
 
     @classmethod
     def read(cls, path: str = "/proc/kallsyms", attempts: int = 3) -> "SymbolTable":
