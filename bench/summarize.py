@@ -69,13 +69,13 @@ def goals(lab: dict) -> list[dict]:
             out.append({"goal": f"{n} peak RSS <= 150 MiB", "value": f"{x['peak_rss_mib']:.0f} MiB",
                         "met": x["peak_rss_mib"] <= 150})
     for n, x in t.items():
-        # issue 12: latencies within 1.5x of a peer's for the same functions: judged on the
+        # issue 12: latencies within 1.5x of a peer's for the same functions, judged on the
         # exact means where the run has them (a log2 median moves by 2x from one bucket to
-        # the next, so it cannot tell 1.2x from 1.9x); the medians stay in their own table
-        # The bound is on inflation: below 1 means funclatency's own probe work (its
-        # return probe, its hash) weighs more in its figure than mmntrace's in ours;
-        # that mmntrace's figure never falls below the truth is a lab test's, call by
-        # call, against the test module's own clock (tests/lab/test_record.py)
+        # the next, so it cannot tell 1.2x from 1.9x; the medians keep their own table).
+        # The bound is on inflation: below 1, funclatency's own probe work (its return
+        # probe, its hash) weighs more in its figure than mmntrace's in ours; that ours
+        # never falls below the truth is a lab test's, call by call, against the test
+        # module's own clock (tests/lab/test_record.py)
         r = observer_mean_ratios(lab, n)
         if r:
             out.append({"goal": f"{n} mean latencies <= 1.5x funclatency's (hooks, one callback)",
@@ -115,6 +115,17 @@ def _mean(d: dict | None) -> float | None:
     return d["sum_ns"] / d["count"] if d and d.get("count") else None
 
 
+def _peer_total(t: dict, tool: str) -> dict | None:
+    """A funclatency run's one {count, sum_ns} over every function it traced."""
+    return (t.get(tool, {}).get("means_ns") or {}).get("*")
+
+
+def _hooks_total(lab: dict, mine: dict) -> dict:
+    """mmntrace's {count, sum_ns} over the hook functions the peers traced."""
+    hooks = [mine[f] for f in lab.get("hook_functions", []) if f in mine]
+    return {"count": sum(h["count"] for h in hooks), "sum_ns": sum(h["sum_ns"] for h in hooks)}
+
+
 def observer_mean_ratios(lab: dict, name: str) -> dict[str, float]:
     """mmntrace's exact mean latency / funclatency's, from the kernel's sums and
     counts on both sides: the hooks as one (funclatency prints one mean over
@@ -125,42 +136,28 @@ def observer_mean_ratios(lab: dict, name: str) -> dict[str, float]:
         return {}
     mine = t[name].get("means_ns") or {}
     out = {}
-    hooks = [mine[f] for f in lab.get("hook_functions", []) if f in mine]
-    peer = _mean((t.get("funclatency", {}).get("means_ns") or {}).get("*"))
-    if hooks and peer:
-        m = _mean({"count": sum(h["count"] for h in hooks), "sum_ns": sum(h["sum_ns"] for h in hooks)})
-        if m:
-            out[HOOKS_KEY] = round(m / peer, 3)
-    cb = t.get("funclatency-callback", {})
-    peer = _mean((cb.get("means_ns") or {}).get("*"))
-    fn = cb.get("function")
-    if peer and fn and _mean(mine.get(fn)):
-        out[fn] = round(_mean(mine[fn]) / peer, 3)
+    m, peer = _mean(_hooks_total(lab, mine)), _mean(_peer_total(t, "funclatency"))
+    if m and peer:
+        out[HOOKS_KEY] = round(m / peer, 3)
+    fn = t.get("funclatency-callback", {}).get("function")
+    m, peer = _mean(mine.get(fn)) if fn else None, _mean(_peer_total(t, "funclatency-callback"))
+    if m and peer:
+        out[fn] = round(m / peer, 3)
     return out
 
 
 def observer_means_table(lab: dict) -> str:
     """Exact means in ns, mmntrace and funclatency side by side, with the calls counted."""
     t = lab["tools"]
-    fl = _mean((t.get("funclatency", {}).get("means_ns") or {}).get("*"))
-    cbt = t.get("funclatency-callback", {})
-    fn, flc = cbt.get("function"), _mean((cbt.get("means_ns") or {}).get("*"))
-    rows = []
-    for n, x in t.items():
-        mine = x.get("means_ns") or {}
-        if not n.startswith("mmntrace-agg") or not mine:
-            continue
-        hooks = [mine[f] for f in lab.get("hook_functions", []) if f in mine]
-        c, sm = sum(h["count"] for h in hooks), sum(h["sum_ns"] for h in hooks)
-        cb = mine.get(fn) if fn else None
-        rows.append(f"| {n} | {sm / c:,.0f} ({c:,} calls) | " if c else f"| {n} | | ")
-        rows[-1] += f"{_mean(cb):,.0f} ({cb['count']:,} calls) |" if _mean(cb) else " |"
+    fn = t.get("funclatency-callback", {}).get("function")
+
+    def cell(d):
+        return f" {_mean(d):,.0f} ({d['count']:,} calls) |" if _mean(d) else " |"
+    rows = [f"| {n} |" + cell(_hooks_total(lab, x["means_ns"])) + cell(x["means_ns"].get(fn) if fn else None)
+            for n, x in t.items() if n.startswith("mmntrace-agg") and x.get("means_ns")]
     if not rows:
         return ""
-    peer = (t.get("funclatency", {}).get("means_ns") or {}).get("*")
-    cpeer = (cbt.get("means_ns") or {}).get("*")
-    rows.append("| funclatency | " + (f"{fl:,.0f} ({peer['count']:,} calls) | " if fl else " | ")
-                + (f"{flc:,.0f} ({cpeer['count']:,} calls) |" if flc else " |"))
+    rows.append("| funclatency |" + cell(_peer_total(t, "funclatency")) + cell(_peer_total(t, "funclatency-callback")))
     return "\n".join(["| tool | hooks: mean ns | " + (f"{fn}: mean ns" if fn else "callback") + " |",
                       "|---|---:|---:|"] + rows)
 
