@@ -807,6 +807,11 @@ def test_aggregate_says_which_entry_point_made_each_callback_call(tmp_path):
 #: log2 slot of a duration of at least 2^18 ns (262 us): hist.parquet's slot k holds [2^(k-1), 2^k)
 SLOW_SLOT = 19
 DELAYED = 40    # range starts of the module's that spin (the workload makes about 200)
+#: calls of another callback that may pass SLOW_SLOT without any fault of the tracer (wall
+#: time: the task interrupted or preempted inside it, the emulator's vCPU thread stalled on
+#: a busy 2-core host; CI once saw 3 of KVM's 146 range starts there, under mprotect and
+#: zap events alike); an end placed at the wrong callback moves all DELAYED slow calls
+STALLS = DELAYED // 4
 
 
 def test_aggregate_times_each_callback_from_its_entry_to_the_next(tmp_path):
@@ -815,8 +820,9 @@ def test_aggregate_times_each_callback_from_its_entry_to_the_next(tmp_path):
     or where its hook returns. The module's range start spins 300 us in its
     next DELAYED calls from the behave ioctl on, beside KVM's callback and
     after an interval notifier's: exactly those take over 262 us, KVM's and
-    the interval notifier's do not (an end placed at the wrong callback would
-    move the 300 us to its neighbour), and the hooks around them do."""
+    the interval notifier's do not but for a few stalls of the emulator (an
+    end placed at the wrong callback would move the 300 us to its
+    neighbour), and the hooks around them do."""
     # the workload starts once --ready-file says every existing subscriber is probed
     r, _, _, res, _, mod = _session(tmp_path, behave=[f"start:delay:300:{DELAYED}"], kvm=True,
                                     rec_args=("--aggregate",), interval=True)
@@ -832,12 +838,15 @@ def test_aggregate_times_each_callback_from_its_entry_to_the_next(tmp_path):
     mine = h[cbname == MODULE_CB["start"]]
     total = calls(mine)
     assert total + untimed.get(MODULE_CB["start"], 0) >= len(starts)
-    assert DELAYED <= calls(mine, slow=True) <= DELAYED + max(2, total // 50), \
+    assert DELAYED <= calls(mine, slow=True) <= DELAYED + STALLS, \
         mine.groupby("slot")["count"].sum().to_dict()
     for other in ("kvm_mmu_notifier_invalidate_range_start", "mmnt_interval_invalidate"):
         rows = h[cbname == other]
         assert calls(rows) > 0, other
-        assert calls(rows, slow=True) <= max(2, calls(rows) // 50), (other, rows.groupby("slot")["count"].sum().to_dict())
+        slots = rows.groupby("slot")["count"].sum().sort_index().to_dict()
+        print(f"{other}: calls per (event, log2 slot)",
+              rows.groupby(["event", "slot"])["count"].sum().sort_index().to_dict())
+        assert calls(rows, slow=True) <= STALLS, (other, slots)
     hook = h[h["callback"].isna() & (h["hook"] == "invalidate_range_start")]
     assert calls(hook, slow=True) >= DELAYED
     # the observer effect's ground truth: every call the module clocked (its own time,
