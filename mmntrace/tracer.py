@@ -347,6 +347,7 @@ class Tracer:
             self._attach_registration()
             self._sweep()
             self._attach_hooks()
+            self._attach_chain_ends()
             if self.might_sleep:
                 self._attach_sleepers()
             if self.sleep_detect == "switch":
@@ -490,6 +491,14 @@ class Tracer:
             n += self._probes.probe("hook", sym, name, None, "hk_entry", "hk_return", hook)
         if n == 0:
             raise BpfLoadError("no MMU-notifier hook function could be probed on this kernel")
+
+    def _attach_chain_ends(self) -> None:
+        """--aggregate's chained callbacks: the release hook's last one ends where
+        the core waits for SRCU readers (bpf/mmntrace.bpf.c, rel_sync), not at
+        the hook's return, after the grace period."""
+        if not self.chain or kernel.HOOK_RELEASE not in self.hooks or "synchronize_srcu" not in self._ksyms.by_name:
+            return
+        self._probes.probe("chain_end", "synchronize_srcu", "release", None, "rel_sync", None)
 
     def _attach_registration(self) -> None:
         progs = {"__mmu_notifier_register": "reg_register", "mmu_notifier_unregister": "reg_unregister",

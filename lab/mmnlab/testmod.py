@@ -91,9 +91,11 @@ class TestModule:
             "log_capacity": int(i["log_capacity"]),
         }
 
-    def register(self, pid: int = 0) -> None:
-        """Subscribe to the mm of ``pid`` (0: the caller's own)."""
-        self._ioctl_in(IOC_REGISTER, _H.structs["mmnt_test_register"], pid=pid)
+    def register(self, pid: int = 0, tlb_only: bool = False) -> None:
+        """Subscribe to the mm of ``pid`` (0: the caller's own). ``tlb_only``:
+        the secondary-TLB subscription alone, whose ops have no release."""
+        self._ioctl_in(IOC_REGISTER, _H.structs["mmnt_test_register"], pid=pid,
+                       flags=_H.defines["MMNT_REG_TLB_ONLY"] if tlb_only else 0)
 
     def unregister(self) -> None:
         fcntl.ioctl(self.fd, IOC_UNREGISTER)

@@ -46,6 +46,8 @@
  *                              to vmlinux functions only, by name)
  *   ms_entry                   might-sleep functions; sched_switch tracepoint
  *   reg_*                      (un)registration, ops discovery
+ *   rel_sync                   (--aggregate) synchronize_srcu: where the release
+ *                              hook's last chained callback ends
  *   calib_entry                getppid, to measure the probe's own preempt_count
  *
  *   hkf_entry / hkf_exit       the hooks' fentry/fexit flavour, loaded per hook
@@ -563,6 +565,37 @@ int hk_return(struct pt_regs *ctx)
 	return hook_return(ctx, now, MMNT_HOOK_NONE, PT_REGS_RC(ctx), PT_REGS_IP(ctx));
 }
 
+#ifdef MMNT_CHAIN
+/*
+ * The release hook's chained callbacks (the interval notifiers' release calls,
+ * mn_itree_release) end at the next release op's entry, each of which has its
+ * exit probe. Where no subscriber of the list has a release op, what the core
+ * does next is mn_hlist_release()'s synchronize_srcu(): a grace period
+ * (0.15-2 ms in the lab) that the hook's return would add to the last
+ * interval call. rel_sync ends it there instead, when the wait is the core's,
+ * not the callback's own: the stack pointer at synchronize_srcu's entry is
+ * then at or above the callback's at its entry (the core called both; on
+ * Debian's 6.12 the wait is even a tail call, in the hook's own frame),
+ * where a wait inside the callback is below it. The return address cannot
+ * tell (that tail call returns to the hook's caller, or to the trampoline of
+ * the hook's return probe). A callback entered by fentry has no stack pointer
+ * to compare (0): its hook's return ends it, as without this probe.
+ */
+int rel_sync(struct pt_regs *ctx)
+{
+	u64 t0 = bpf_ktime_get_ns();
+	struct tstate *t = tstate_get(false);
+
+	if (!t || !t->h.active || t->h.hook != MMNT_HOOK_RELEASE || !t->c.active || !t->c.chained ||
+	    !t->c.sp || PT_REGS_SP(ctx) < t->c.sp)
+		return 0;
+	cb_end(ctx, t, t0, 0, false);
+	/* this program, and its dispatch, are not the hook's either */
+	t->h.nested_ns += bpf_ktime_get_ns() - t0 + probe_overhead(0);
+	return 0;
+}
+#endif
+
 /* ---- driver callbacks ------------------------------------------------------- */
 
 /*
@@ -572,7 +605,8 @@ int hk_return(struct pt_regs *ctx)
  * a module function). Both call the bodies below with the op's arguments
  * (a2 .. a4: its second to fourth; the first is the subscription).
  */
-static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 a3, u64 a4, int irqs_off)
+static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 a3, u64 a4, int irqs_off,
+					 u64 sp)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	struct cbinfo *ci = cb_info.lookup(&ip);
@@ -611,6 +645,7 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 
 	u32 hook = ci->hook;
 	c->active = 1;
 	c->chained = chained;
+	c->sp = sp;
 	c->func = ci->func;
 	c->series = ci->series;
 	c->hook = hook;
@@ -743,7 +778,7 @@ int cb_entry(struct pt_regs *ctx)
 {
 	u64 t0 = bpf_ktime_get_ns();
 	return cb_entry_body(ctx, t0, bpf_get_func_ip(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
-			     PT_REGS_PARM4(ctx), KP_IRQS_OFF(ctx));
+			     PT_REGS_PARM4(ctx), KP_IRQS_OFF(ctx), PT_REGS_SP(ctx));
 }
 
 int cb_return(struct pt_regs *ctx)
@@ -764,7 +799,7 @@ int cbf_entry(u64 *ctx)
 	mmnt_func_arg(ctx, 1, &a2);
 	mmnt_func_arg(ctx, 2, &a3);
 	mmnt_func_arg(ctx, 3, &a4);
-	return cb_entry_body(ctx, t0, bpf_get_func_ip(ctx), a2, a3, a4, IRQS_UNKNOWN);
+	return cb_entry_body(ctx, t0, bpf_get_func_ip(ctx), a2, a3, a4, IRQS_UNKNOWN, 0);
 }
 
 int cbf_exit(u64 *ctx)

@@ -30,6 +30,8 @@ struct hstate {				/* the hook in progress on this task */
 struct cstate {				/* the callback in progress on this task */
 	u64 ts, mm, start, end, seq, func;
 	u64 nvcsw;			/* MMNT_SLEEP_COUNT: the task's voluntary switches at entry */
+	u64 sp;				/* the stack pointer at its entry (a kprobe's; 0: unknown):
+					 * the release hook's chain end (rel_sync) */
 	s32 event, stack_id;
 	u32 pc, series;
 	u8 hook, flags, active, rt;	/* rt: MMNT_RT_* at entry (PREEMPT_RT) */

@@ -82,6 +82,7 @@ struct mmnt_client {
 	struct mmu_notifier sub_b;
 	struct mm_struct *mm;		/* registered mm, our own mmgrab */
 	bool registered;
+	bool has_a;			/* subscription A too (not MMNT_REG_TLB_ONLY) */
 
 	/* Interval notifiers. */
 	struct mm_struct *ival_mm;	/* our own mmgrab */
@@ -435,7 +436,8 @@ static void mmnt_unregister(struct mmnt_client *c)
 	if (c->registered) {
 		/* Fine even after ->release ran at mm exit: we hold mm_count. */
 		mmu_notifier_unregister(&c->sub_b, c->mm);
-		mmu_notifier_unregister(&c->sub_a, c->mm);
+		if (c->has_a)
+			mmu_notifier_unregister(&c->sub_a, c->mm);
 		c->registered = false;
 	}
 	if (c->mm) {
@@ -470,7 +472,7 @@ static long mmnt_do_register(struct mmnt_client *c,
 	struct mm_struct *mm;
 	int ret;
 
-	if (arg->flags)
+	if (arg->flags & ~MMNT_REG_TLB_ONLY)
 		return -EINVAL;
 	if (c->registered)
 		return -EBUSY;
@@ -484,12 +486,14 @@ static long mmnt_do_register(struct mmnt_client *c,
 	memset(&c->sub_b, 0, sizeof(c->sub_b));
 	c->sub_a.ops = &mmnt_ops_a;
 	c->sub_b.ops = &mmnt_ops_b;
-	ret = mmu_notifier_register(&c->sub_a, mm);
+	c->has_a = !(arg->flags & MMNT_REG_TLB_ONLY);
+	ret = c->has_a ? mmu_notifier_register(&c->sub_a, mm) : 0;
 	if (ret)
 		goto out;
 	ret = mmu_notifier_register(&c->sub_b, mm);
 	if (ret) {
-		mmu_notifier_unregister(&c->sub_a, mm);
+		if (c->has_a)
+			mmu_notifier_unregister(&c->sub_a, mm);
 		goto out;
 	}
 	mmgrab(mm);

@@ -55,9 +55,13 @@ struct mmnt_test_info {
 	__u32 pad;
 };
 
+/* MMNT_IOC_REGISTER flags */
+#define MMNT_REG_TLB_ONLY	(1u << 0)	/* subscription B alone (secondary TLB): the mm's
+						 * list gets a subscriber without a release op */
+
 struct mmnt_test_register {
 	__s32 pid;		/* 0: the caller's own mm */
-	__u32 flags;		/* reserved, 0 */
+	__u32 flags;		/* MMNT_REG_* */
 };
 
 struct mmnt_test_interval {

@@ -864,6 +864,63 @@ def test_aggregate_times_each_callback_from_its_entry_to_the_next(tmp_path):
               f"the module's own {body / n:.0f} ns ({n} calls)")
 
 
+#: a page no process of the test maps (the release call covers every interval notifier)
+UNMAPPED = 0x100000
+EXITS = 12
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def test_aggregate_ends_an_interval_release_call_before_the_srcu_wait(tmp_path):
+    """A process exits with an interval notifier and, on its subscriber list,
+    only subscribers without a release op (the module's secondary-TLB one):
+    __mmu_notifier_release calls the interval notifier (mn_itree_release),
+    then mn_hlist_release finds no release op to call and waits in
+    synchronize_srcu() (0.15-2 ms in the lab). --aggregate's chained interval
+    call must end where that wait begins (rel_sync), not at the hook's return
+    with the grace period in it; the hook keeps the wait. EXITS processes,
+    each counted by the module and timed by it (body_ns)."""
+    keeper = testmod.TestModule()       # the ops table exists before the recorder: the
+    keeper.interval(UNMAPPED, PAGE_SIZE)     # sweep finds it, --ready-file lists it
+    try:
+        rec = Recorder(tmp_path / "rec", "--aggregate")
+        ready = {(a["kind"], a["symbol"]): a["status"] for a in rec.first_ready}
+        assert ready.get(("callback", "mmnt_interval_invalidate")) == "attached", ready
+        assert ready.get(("chain_end", "synchronize_srcu")) == "attached", ready
+        calls = body = 0
+        for _ in range(EXITS):
+            child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+            with testmod.TestModule() as c:
+                c.register(pid=child.pid, tlb_only=True)
+                c.interval(UNMAPPED, PAGE_SIZE)
+                child.stdin.close()
+                assert child.wait(60) == 0
+                n = c.counts()      # the client outlives the mm: its release call is counted
+                calls += n["calls"]["interval"]
+                body += n["body_ns"]["interval"]
+        assert rec.stop() == 0, rec.log.read_text()
+    finally:
+        keeper.close()
+    r = Recording(tmp_path / "rec")
+    assert r.meta["callbacks_chained"] is True
+    h = r.hist()
+    cbname = h["callback"].astype(str).str.split(" ").str[0]
+    mine = h[cbname == "mmnt_interval_invalidate"]
+    rel = mine[mine["event"] == "release"]
+    slow = int(rel[rel["slot"] >= SLOW_SLOT - 1]["count"].sum())     # 131 us or more
+    slots = rel.groupby("slot")["count"].sum().sort_index().to_dict()
+    print("interval release calls per log2 slot", slots, f"the module's own mean {body / max(calls, 1):.0f} ns")
+    assert int(mine["count"].sum()) == calls and int(rel["count"].sum()) == EXITS, (mine, calls)
+    assert slow <= EXITS // 4, slots
+    # the module's clocking of each call lies inside the tracer's
+    tot = sum(x["sum_ns"] for x in r.meta["totals"] if (x["callback"] or "").startswith("mmnt_interval_invalidate "))
+    assert tot >= body, (tot, body)
+    # the wait is the hook's: most release hook calls took as long as a grace period
+    hook = h[h["callback"].isna() & (h["hook"] == "release")]
+    hook_slots = hook.groupby("slot")["count"].sum().sort_index().to_dict()
+    print("release hook calls per log2 slot", hook_slots)
+    assert int(hook[hook["slot"] >= SLOW_SLOT - 1]["count"].sum()) >= EXITS // 2, hook_slots
+
+
 #: a process with 144 interval notifiers of the module's first ops table on 144 pages, then
 #: one of its second table above them all: an in-order walk meets it 145th
 MANY_INTERVALS = r"""

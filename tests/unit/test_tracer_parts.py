@@ -166,3 +166,27 @@ def test_streaming_auto_probes_hooks_by_kprobe_and_the_rest_as_asked():
     assert bpf.calls == [("kretprobe", "hk", "hk_return"), ("kprobe", "hk", "hk_entry")]
     assert [a[0] for a in tramp.asked] == ["slp"]
     assert [r["attach"] for r in p.records] == ["kprobe", "fentry"]
+
+
+def test_release_chain_end_is_a_kprobe_on_synchronize_srcu_when_chained():
+    """--aggregate's release hook: the last chained interval call ends where the
+    core waits in synchronize_srcu() (rel_sync compares stack pointers: a kprobe,
+    whatever the backend); nothing of it without chaining, without the release
+    hook, or without the function."""
+    from mmntrace.tracer import Tracer
+
+    class Ksyms:
+        by_name = {"synchronize_srcu": [0x4000]}
+
+    def attach(chain, hooks, ksyms=Ksyms()):
+        t = object.__new__(Tracer)
+        t.chain, t.hooks, t._ksyms = chain, hooks, ksyms
+        t._probes = Probes(_BPF(), _Tramp(), ksyms, fentry=True, callback_fentry=True)
+        t._attach_chain_ends()
+        return t._probes
+    p = attach(True, {0, 1, HOOK_RELEASE})
+    assert p.bpf.calls == [("kprobe", "synchronize_srcu", "rel_sync")] and p.tramp.asked == []
+    assert p.records[-1]["kind"] == "chain_end" and p.records[-1]["attach"] == "kprobe"
+    assert attach(False, {0, 1, HOOK_RELEASE}).records == []
+    assert attach(True, {0, 1}).records == []
+    assert attach(True, {0, 1, HOOK_RELEASE}, ksyms=_Ksyms()).records == []
