@@ -814,6 +814,16 @@ DELAYED = 40    # range starts of the module's that spin (the workload makes abo
 STALLS = DELAYED // 4
 
 
+def _calls(rows, from_slot: int = 0) -> int:
+    """Calls in hist.parquet ``rows`` that took 2^(from_slot-1) ns or more (0: all)."""
+    return int(rows[rows["slot"] >= from_slot]["count"].sum())
+
+
+def _per_slot(rows) -> dict:
+    """Calls per log2 slot, for a failing assertion and the test's log."""
+    return rows.groupby("slot")["count"].sum().sort_index().to_dict()
+
+
 def test_aggregate_times_each_callback_from_its_entry_to_the_next(tmp_path):
     """--aggregate times each callback with its entry probe alone
     (callbacks_chained): it ends where the next subscriber's callback begins
@@ -832,23 +842,18 @@ def test_aggregate_times_each_callback_from_its_entry_to_the_next(tmp_path):
     h = r.hist()
     cbname = h["callback"].astype(str).str.split(" ").str[0]
     untimed = {u["callback"].split(" ")[0]: u["count"] for u in r.meta["untimed"]}
-
-    def calls(rows, slow=False):
-        return int(rows[rows["slot"] >= SLOW_SLOT]["count"].sum() if slow else rows["count"].sum())
     mine = h[cbname == MODULE_CB["start"]]
-    total = calls(mine)
+    total = _calls(mine)
     assert total + untimed.get(MODULE_CB["start"], 0) >= len(starts)
-    assert DELAYED <= calls(mine, slow=True) <= DELAYED + STALLS, \
-        mine.groupby("slot")["count"].sum().to_dict()
+    assert DELAYED <= _calls(mine, SLOW_SLOT) <= DELAYED + STALLS, _per_slot(mine)
     for other in ("kvm_mmu_notifier_invalidate_range_start", "mmnt_interval_invalidate"):
         rows = h[cbname == other]
-        assert calls(rows) > 0, other
-        slots = rows.groupby("slot")["count"].sum().sort_index().to_dict()
+        assert _calls(rows) > 0, other
         print(f"{other}: calls per (event, log2 slot)",
               rows.groupby(["event", "slot"])["count"].sum().sort_index().to_dict())
-        assert calls(rows, slow=True) <= STALLS, (other, slots)
+        assert _calls(rows, SLOW_SLOT) <= STALLS, (other, _per_slot(rows))
     hook = h[h["callback"].isna() & (h["hook"] == "invalidate_range_start")]
-    assert calls(hook, slow=True) >= DELAYED
+    assert _calls(hook, SLOW_SLOT) >= DELAYED
     # the observer effect's ground truth: every call the module clocked (its own time,
     # entry to its record) is inside a call the tracer timed, so the tracer's sum of
     # durations can only be the larger (it also has calls outside the module's window)
@@ -906,19 +911,17 @@ def test_aggregate_ends_an_interval_release_call_before_the_srcu_wait(tmp_path):
     cbname = h["callback"].astype(str).str.split(" ").str[0]
     mine = h[cbname == "mmnt_interval_invalidate"]
     rel = mine[mine["event"] == "release"]
-    slow = int(rel[rel["slot"] >= SLOW_SLOT - 1]["count"].sum())     # 131 us or more
-    slots = rel.groupby("slot")["count"].sum().sort_index().to_dict()
-    print("interval release calls per log2 slot", slots, f"the module's own mean {body / max(calls, 1):.0f} ns")
-    assert int(mine["count"].sum()) == calls and int(rel["count"].sum()) == EXITS, (mine, calls)
-    assert slow <= EXITS // 4, slots
+    print("interval release calls per log2 slot", _per_slot(rel),
+          f"the module's own mean {body / max(calls, 1):.0f} ns")
+    assert _calls(mine) == calls and _calls(rel) == EXITS, (mine, calls)
+    assert _calls(rel, SLOW_SLOT - 1) <= EXITS // 4, _per_slot(rel)     # 131 us or more
     # the module's clocking of each call lies inside the tracer's
     tot = sum(x["sum_ns"] for x in r.meta["totals"] if (x["callback"] or "").startswith("mmnt_interval_invalidate "))
     assert tot >= body, (tot, body)
     # the wait is the hook's: most release hook calls took as long as a grace period
     hook = h[h["callback"].isna() & (h["hook"] == "release")]
-    hook_slots = hook.groupby("slot")["count"].sum().sort_index().to_dict()
-    print("release hook calls per log2 slot", hook_slots)
-    assert int(hook[hook["slot"] >= SLOW_SLOT - 1]["count"].sum()) >= EXITS // 2, hook_slots
+    print("release hook calls per log2 slot", _per_slot(hook))
+    assert _calls(hook, SLOW_SLOT - 1) >= EXITS // 2, _per_slot(hook)
 
 
 #: a process with 144 interval notifiers of the module's first ops table on 144 pages, then
