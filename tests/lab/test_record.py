@@ -298,23 +298,39 @@ def test_permission_upgrade_recorded_as_such(tmp_path):
     lo, hi = sc["region"]
     t0, t1 = sc["upgrade_ns"]
     up = np.load(sc["records_upgrade"])
-    mod_tlb = up[(up["hook"] == testmod.HOOKS["secondary_tlb"]) & (up["start"] < hi) & (up["end"] > lo)]
     pid = res["pid"]
+    # the module's calls made by the writing thread while it wrote, on the region: the
+    # tracer's window is the same (one clock: the module's ktime_get_ns(), bpf_ktime_get_ns())
+    mod_tlb = up[(up["hook"] == testmod.HOOKS["secondary_tlb"]) & (up["tid"] == pid)
+                 & (up["ts_ns"] >= t0) & (up["ts_ns"] <= t1) & (up["start"] < hi) & (up["end"] > lo)]
     win = ev[(ev["tid"] == pid) & (ev["ts_ns"] >= t0) & (ev["ts_ns"] <= t1)
              & (ev["start"] < hi) & (ev["end"] > lo)]
     hooks = win[win["kind"] == "hook"]
     sec = hooks[hooks["hook"].astype(str) == "secondary_tlb"]
     arm64 = os.uname().machine == "aarch64"
-    assert len(mod_tlb) == (sc["pages"] if arm64 else 0), len(mod_tlb)
-    assert len(sec) == len(mod_tlb), (len(sec), len(mod_tlb))
+    page = os.sysconf("SC_PAGE_SIZE")
+    # The upgrades: one single-page flush per page written. Another flush of a wider range
+    # may fall in the window (CI saw one on arm64 once: a 128 KiB range over the region from
+    # the writing thread, the first call the module logged between its two reads); it is no
+    # upgrade, and the tracer must still see it as the module did.
+    per_page = mod_tlb[(mod_tlb["end"] - mod_tlb["start"]) == page]
+    others = mod_tlb[(mod_tlb["end"] - mod_tlb["start"]) != page]
+    shown = "; ".join(f"{r['start']:#x}-{r['end']:#x} at {r['ts_ns'] - t0} ns" for r in others)
+    assert sorted(per_page["start"].tolist()) == (list(range(lo, hi, page)) if arm64 else []), \
+        (len(per_page), shown)
+    assert len(sec) == len(mod_tlb), (len(sec), len(mod_tlb), shown)
+    assert sorted(sec["start"].tolist()) == sorted(mod_tlb["start"].tolist())
     assert len(_cb(win, MODULE_CB["secondary_tlb"])) == len(mod_tlb)
+    if len(others):
+        print(f"the module's other secondary-TLB calls on the region while it was written: {shown}; "
+              f"the tracer's: {sec.loc[(sec['end'] - sec['start']) != page, ['caller', 'caller_class']].to_dict('records')}")
     assert not hooks["hook"].astype(str).isin(["invalidate_range_start", "invalidate_range_end"]).any()
     if arm64:
-        assert sorted(sec["start"].tolist()) == sorted(mod_tlb["start"].tolist())
-        assert (sec["caller_class"] == "permission_upgrade").all(), sec[["caller", "caller_class"]]
+        ups = sec[(sec["end"] - sec["start"]) == page]
+        assert (ups["caller_class"] == "permission_upgrade").all(), ups[["caller", "caller_class"]]
         rep = report.build(r)
         classes = {c["caller_class"]: c["count"] for c in (rep["secondary_tlb"] or {}).get("classes", [])}
-        assert classes.get("permission_upgrade", 0) >= len(sec)
+        assert classes.get("permission_upgrade", 0) >= len(ups)
     feats = kernel.probe()
     if feats.preempt_count_sym is None and not feats.preempt_rt:
         # no per-CPU preempt count to read: the lock state is unknown, and the report says so
