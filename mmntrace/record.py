@@ -24,7 +24,7 @@ from . import decode, hooks, kernel
 from .errors import DiskFullError
 from .heap import give_back_memory
 from .outpath import write_atomic
-from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, SegmentWorker, take_job
+from .segwriter import DEFER_BYTES, MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, Arrivals, Backlog, SegmentWorker, convert_now
 from .store import RecordingWriter
 from .symbolize import Symbolizer
 from .wake import POLL_CAP_MS, Wakeups
@@ -52,6 +52,23 @@ GUARD_S = 2.0          # the overhead guard's period
 GUARD_MIN_RATE = 10_000
 #: how often the loop looks again whether the segment worker is free, when it holds records for it
 WORKER_RECHECK_S = 0.05
+#: after a drain that brought at least COALESCE_MIN records, the loop lets the next ones
+#: gather for COALESCE_S before it looks again. A consumer that keeps up is woken for
+#: every record (the ring buffer's commit raises an irq_work when the consumer has read
+#: all before it: a self-IPI, then a wakeup and a context switch), and each look costs
+#: its fixed share: in a burst, one wakeup per batch instead of one per record or two.
+#: Only where the buffer holds COALESCE_S of records at a million a second
+COALESCE_S = 0.02
+COALESCE_MIN = 256
+
+
+def coalesce_s(buffer_pages: int | None, rec_size: int, page: int = 4096) -> float:
+    """How long the loop lets a burst's records gather between two drains: COALESCE_S,
+    or 0 where the buffer (per CPU for the perf buffer) is too small for it."""
+    if not buffer_pages:
+        return 0.0
+    capacity = buffer_pages * page // (rec_size + 8)
+    return COALESCE_S if capacity >= 1_000_000 * COALESCE_S else 0.0
 JOB_BYTES = MAX_JOB_RECORDS * decode.DTYPE.itemsize      # a full segment is handed over at once
 
 
@@ -152,10 +169,15 @@ class Session:
     def _probe_state(self) -> list:
         return [(a.get("symbol"), a.get("status")) for a in self.t.attached()]
 
-    def _drain(self, pending: list, timeout_ms: int = POLL_CAP_MS) -> int:
+    def _drain(self, pending: Backlog, timeout_ms: int = POLL_CAP_MS) -> int:
         raw = self.t.poll(timeout_ms)   # also attaches newly discovered driver callbacks
         if raw:
-            pending.append(raw)
+            try:
+                pending.append(raw)
+            except OSError as e:    # its file: the recording's file system is full
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self.disk_full = self.disk_full or e
         state = self._probe_state()     # probes change only inside poll()
         if state != self._state_seen:
             self._state_seen = state
@@ -232,7 +254,8 @@ class Session:
         self._state_seen = self._probe_state()
         if self.command is not None:
             self.command.go()       # every probe is attached: CMD runs now
-        pending: list[bytes] = []
+        # raw records for the segment worker: in memory, then in an unnamed file beside the recording
+        pending = Backlog(self.out)
         # segments are decoded, symbolized and written on a thread of their own
         # (mmntrace/segwriter.py): this loop keeps emptying the ring buffer meanwhile
         worker = SegmentWorker(lambda raw: self._write_segment(writer, sym, raw))
@@ -243,11 +266,14 @@ class Session:
         n_since = 0
         most = 0
         guard = {"t": t0, "cpu": sum(os.times()[:2]), "n": 0, "drops": 0, "warned": False}
+        # a burst's records wait, raw, and become segments once it is over (mmntrace/segwriter.py)
+        arrivals = Arrivals()
+        gather_s = coalesce_s(getattr(self.t, "ringbuf_pages", None), decode.DTYPE.itemsize)
         try:
             # records, signals and CMD's exit wake the loop (mmntrace/wake.py): it
             # sleeps until its next deadline, not ten times a second
             with Wakeups(self.t, self.command.pid if self.command is not None else None) as wake:
-                while not self._stop and worker.error is None:
+                while not self._stop and worker.error is None and self.disk_full is None:
                     now = time.monotonic()
                     if self.duration is not None and now - t0 >= self.duration:
                         break
@@ -255,16 +281,20 @@ class Session:
                         self._drain(pending, 0)     # what it did last is in the buffer
                         break
                     due = [last_meta + self.segment_s, guard["t"] + GUARD_S]
+                    backlog = pending.nbytes
                     if pending:     # (none: no segment is due; an idle loop sleeps)
-                        segment_due = last_segment + self.segment_s
-                        if now >= segment_due and not worker.idle:
-                            segment_due = now + WORKER_RECHECK_S    # hand over once the worker is free
+                        if arrivals.quiet(now) or backlog >= DEFER_BYTES:
+                            segment_due = last_segment + self.segment_s
+                            if now >= segment_due and not worker.idle:
+                                segment_due = now + WORKER_RECHECK_S    # hand over once the worker is free
+                        else:       # a burst: its segments once it is over
+                            segment_due = arrivals.quiet_by()
                         due.append(segment_due)
                     if self.status:
                         due.append(last_status + 1.0)
                     if self.duration is not None:
                         due.append(t0 + self.duration)
-                    if not worker.idle and sum(map(len, pending)) + worker.queued_bytes > MAX_BACKLOG_BYTES:
+                    if not worker.idle and backlog + worker.queued_bytes > MAX_BACKLOG_BYTES:
                         # the worker is far behind: stop draining (the kernel counts what it cannot keep)
                         worker.done.wait(wake.timeout_ms(min(due) - now) / 1000)
                         n = 0
@@ -275,9 +305,11 @@ class Session:
                     self.counts["events"] += n
                     n_since += n
                     now = time.monotonic()
-                    if pending and worker.idle and (now - last_segment >= self.segment_s or
-                                                    sum(map(len, pending)) >= JOB_BYTES):
-                        worker.submit(take_job(pending, decode.DTYPE.itemsize))     # a segment
+                    arrivals.add(now, n)
+                    backlog = pending.nbytes
+                    if worker.idle and convert_now(backlog, arrivals.quiet(now), now - last_segment,
+                                                   self.segment_s, JOB_BYTES):
+                        worker.submit(pending.take(decode.DTYPE.itemsize))      # a segment
                         last_segment = now
                     if now - last_meta >= self.segment_s:
                         try:
@@ -300,6 +332,8 @@ class Session:
                         self.status(n_since / (now - last_status), self.counts["events"],
                                     self.t.drops(fresh=False).get("total", 0), self.counts["violations"], now - t0)
                         n_since, last_status = 0, now
+                    if gather_s and n >= COALESCE_MIN and not self._stop:
+                        time.sleep(gather_s)        # a burst: let its next records gather
         finally:
             # drain what is still in the ring buffer, hand it over, then detach
             for _ in range(3 if self.disk_full is None and worker.error is None else 0):
@@ -308,8 +342,13 @@ class Session:
                 if not n:
                     break
             if self.disk_full is None and worker.error is None:
-                while pending:
-                    worker.submit(take_job(pending, decode.DTYPE.itemsize))
+                left = pending.nbytes // decode.DTYPE.itemsize
+                if self.status and left >= MAX_JOB_RECORDS:     # seconds of work: say so
+                    print(f"\nmmntrace: writing the last {left:,} records...", file=sys.stderr, flush=True)
+                while pending and worker.error is None:
+                    while not worker.idle:      # a job at a time: what waits in the file stays there
+                        worker.done.wait(0.5)
+                    worker.submit(pending.take(decode.DTYPE.itemsize))
             pending.clear()
             self._guard(guard, time.monotonic(), fresh=True)    # a storm that ended between two checks
             drops = self.t.drops()
@@ -345,6 +384,8 @@ class Session:
                 writer.meta["command"]["exit"] = self.command.poll()
             # the most records one look at the buffer found: near its capacity, records were lost
             writer.meta["buffer_peak_records"] = most
+            # records that waited for their segment in a file, not in memory (a long burst)
+            writer.meta["spooled_records"] = pending.spilled // decode.DTYPE.itemsize
             if self.disk_full is None:
                 writer.finish(drops=drops, attached=attached, untimed=untimed)
             else:

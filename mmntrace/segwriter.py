@@ -16,21 +16,85 @@ The loop hands a new segment over only when the worker is idle, at most
 what arrives meanwhile waits in the loop's list, as raw records, up to
 :data:`MAX_BACKLOG_BYTES`; past that the loop stops draining and the kernel
 counts what it cannot keep, as it does when no recorder keeps up.
+
+A burst is not converted while it lasts. The conversion costs the machine
+far more than the probes do (in the lab, where the guest's vCPUs share one
+host thread, a streaming recorder took 5.9 CPU-seconds during a 6.5 s bench
+workload that ran in 1.0 s untraced): done beside the burst, it slows the
+very tasks being traced. So while records arrive faster than
+:data:`QUIET_RATE` a second (:class:`Arrivals`), they wait raw, and the
+segments are written once the burst is over, as ``perf record`` leaves the
+decoding to ``perf report``; unless the waiting records reach
+:data:`DEFER_BYTES` first (a sustained rate), when segments go out beside it
+as before. :func:`convert_now` is that rule.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+from collections import deque
 from typing import Callable
 
 #: the most records one segment job holds: its decode, names and Parquet
 #: take about 1.5 KB a record at their peak (a 6.12 lab recorder's VmHWM with
 #: jobs of 131,072 records: 450-480 MiB, 200 of them the job's)
 MAX_JOB_RECORDS = 1 << 16
-#: raw records waiting for the worker (~600,000 of them, 20 s of the bench's
-#: rate beyond what the worker keeps up with), beyond which the loop stops draining
-MAX_BACKLOG_BYTES = 64 << 20
+#: raw records waiting for the worker (~9.5 million of them: minutes of the
+#: bench's rate), beyond which the loop stops draining; past MEMORY_BACKLOG_BYTES
+#: they wait in the recording's file system (:class:`Backlog`), not in memory
+MAX_BACKLOG_BYTES = 1 << 30
+MEMORY_BACKLOG_BYTES = 8 << 20
+#: records a second, over the last QUIET_S seconds, below which the recorder is
+#: quiet enough to convert; above it, a burst: its records wait, raw
+QUIET_RATE = 1_000
+QUIET_S = 1.0
+#: raw records (~2.4 million) beyond which a burst's segments are written beside
+#: it all the same: a sustained rate must not hold the recording back for long
+DEFER_BYTES = 256 << 20
+
+
+class Arrivals:
+    """Records drained in the last ``window`` seconds: is the recorder quiet?"""
+
+    def __init__(self, window: float = QUIET_S, rate: float = QUIET_RATE):
+        self.window, self.rate = window, rate
+        self._q: deque = deque()
+        self._n = 0
+        self.last = float("-inf")       # when records last came
+
+    def add(self, now: float, n: int) -> None:
+        if n:
+            self._q.append((now, n))
+            self._n += n
+            self.last = now
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        while self._q and self._q[0][0] <= now - self.window:
+            self._n -= self._q.popleft()[1]
+
+    def quiet(self, now: float) -> bool:
+        self._prune(now)
+        return self._n < self.rate * self.window
+
+    def quiet_by(self) -> float:
+        """When it is quiet at the latest if no more records come."""
+        return self.last + self.window
+
+
+def convert_now(backlog: int, quiet: bool, since_segment: float, segment_s: float, job_bytes: int,
+                defer_bytes: int = DEFER_BYTES) -> bool:
+    """Is it time to hand the worker a segment of the ``backlog`` bytes of raw
+    records waiting (the worker being idle)? When quiet: every ``segment_s``,
+    or sooner with a whole job's worth; in a burst only once ``defer_bytes``
+    wait."""
+    if backlog <= 0:
+        return False
+    if backlog >= defer_bytes:
+        return True
+    return quiet and (since_segment >= segment_s or backlog >= job_bytes)
 
 
 class SegmentWorker:
@@ -101,6 +165,72 @@ class SegmentWorker:
             self._started = False
 
 
+class Backlog:
+    """Raw records waiting for the segment worker, oldest first: in memory up to
+    ``memory_bytes``, then in an unnamed file in ``spool_dir`` (the recording's
+    directory: no name to leave behind, whatever ends the recorder; its space is
+    the recording's) until the worker has taken what is in it.
+
+    Raises OSError from the file (ENOSPC: the recording's file system is full)."""
+
+    def __init__(self, spool_dir, memory_bytes: int = MEMORY_BACKLOG_BYTES):
+        self.spool_dir, self.memory_bytes = spool_dir, memory_bytes
+        self._mem: list[bytes] = []
+        self._mem_bytes = 0
+        self._file = None
+        self._rd = self._wr = 0         # the file's read and write offsets
+        self.spilled = 0                # bytes that went through the file
+
+    @property
+    def nbytes(self) -> int:
+        return self._mem_bytes + self._wr - self._rd
+
+    def __bool__(self) -> bool:
+        return self.nbytes > 0
+
+    def append(self, raw: bytes) -> None:
+        if not raw:
+            return
+        if self._wr == self._rd and self._mem_bytes + len(raw) <= self.memory_bytes:
+            self._mem.append(raw)       # (once the file holds some, all goes there: in order)
+            self._mem_bytes += len(raw)
+            return
+        if self._file is None:
+            import tempfile
+            self._file = tempfile.TemporaryFile(dir=self.spool_dir, prefix=".mmntrace-spool-")
+        view = memoryview(raw)
+        while view:
+            n = os.pwrite(self._file.fileno(), view, self._wr)
+            self._wr += n
+            view = view[n:]
+        self.spilled += len(raw)
+
+    def take(self, rec_size: int, limit: int = MAX_JOB_RECORDS) -> bytes:
+        """The oldest records, at most ``limit``, whole ones: memory first, then the file."""
+        out = take_job(self._mem, rec_size, limit) if self._mem else b""
+        self._mem_bytes -= len(out)
+        room = (limit * rec_size - len(out)) // rec_size * rec_size
+        if room and self._wr > self._rd:
+            got = os.pread(self._file.fileno(), min(room, self._wr - self._rd), self._rd)
+            self._rd += len(got)
+            out += got
+            if self._rd == self._wr:    # emptied: its space goes back
+                self._rd = self._wr = 0
+                os.ftruncate(self._file.fileno(), 0)
+        return out
+
+    def clear(self) -> None:
+        self._mem.clear()
+        self._mem_bytes = 0
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._rd = self._wr = 0
+
+
 def take_job(pending: list[bytes], rec_size: int, limit: int = MAX_JOB_RECORDS) -> bytes:
     """The oldest records of ``pending`` (raw chunks, whole records each), at
     most ``limit`` of them, removed from it; what is left stays in order."""
@@ -121,4 +251,5 @@ def take_job(pending: list[bytes], rec_size: int, limit: int = MAX_JOB_RECORDS) 
     return b"".join(out)
 
 
-__all__ = ["SegmentWorker", "take_job", "MAX_JOB_RECORDS", "MAX_BACKLOG_BYTES"]
+__all__ = ["SegmentWorker", "Backlog", "take_job", "Arrivals", "convert_now", "MAX_JOB_RECORDS", "MAX_BACKLOG_BYTES",
+           "MEMORY_BACKLOG_BYTES", "DEFER_BYTES", "QUIET_RATE", "QUIET_S"]

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from mmntrace.segwriter import SegmentWorker, take_job
+from mmntrace.segwriter import Arrivals, Backlog, SegmentWorker, convert_now, take_job
 
 REC = 4
 
@@ -82,3 +82,49 @@ def test_take_job_never_splits_a_record(n):
     pending = [_recs(0, n), _recs(n, 3)]
     job = take_job(pending, REC, limit=n + 1)
     assert len(job) % REC == 0 and _ids(job) == list(range(n + 1))
+
+
+def test_arrivals_say_quiet_once_a_burst_is_a_window_old():
+    a = Arrivals(window=1.0, rate=1000)
+    assert a.quiet(0.0)
+    a.add(0.0, 600)
+    assert a.quiet(0.1)                 # 600 in the last second: under 1,000
+    a.add(0.5, 600)
+    assert not a.quiet(0.6)             # 1,200: a burst
+    assert a.quiet_by() == 1.5
+    assert not a.quiet(0.99)
+    assert a.quiet(1.01)                # the first 600 left the window
+    a.add(1.2, 0)                       # an empty drain changes nothing
+    assert a.quiet(1.2) and a.quiet_by() == 1.5
+    assert a.quiet(1.6)
+
+
+@pytest.mark.parametrize("backlog,quiet,since,expect", [
+    (0, True, 10.0, False),             # nothing waits
+    (100, True, 0.5, False),            # quiet, segment not due, less than a job
+    (100, True, 2.0, True),             # quiet and due
+    (5000, True, 0.1, True),            # quiet, a whole job waits
+    (5000, False, 10.0, False),         # a burst: it waits, however long
+    (1 << 20, False, 0.0, True),        # ... until DEFER_BYTES wait
+])
+def test_convert_now_defers_a_burst_up_to_defer_bytes(backlog, quiet, since, expect):
+    assert convert_now(backlog, quiet, since, 2.0, job_bytes=4096, defer_bytes=1 << 20) is expect
+
+
+def test_backlog_keeps_order_through_memory_and_file_and_leaves_no_name(tmp_path):
+    b = Backlog(tmp_path, memory_bytes=10 * REC)
+    b.append(_recs(0, 6))               # memory
+    b.append(_recs(6, 6))               # over 10 records: the file, and all after it
+    b.append(_recs(12, 2))
+    assert b.nbytes == 14 * REC and b.spilled == 8 * REC
+    assert list(tmp_path.iterdir()) == []           # an unnamed file
+    got = []
+    while b:
+        job = b.take(REC, limit=4)
+        assert 0 < len(job) <= 4 * REC and len(job) % REC == 0
+        got += _ids(job)
+    assert got == list(range(14)) and b.nbytes == 0
+    b.append(_recs(14, 3))              # emptied: memory again
+    assert b.spilled == 8 * REC and _ids(b.take(REC)) == [14, 15, 16]
+    b.clear()
+    assert not b and list(tmp_path.iterdir()) == []
