@@ -24,7 +24,7 @@ from . import decode, hooks, kernel
 from .errors import DiskFullError
 from .heap import give_back_memory
 from .outpath import write_atomic
-from .segwriter import DEFER_BYTES, MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, Arrivals, Backlog, SegmentWorker, convert_now
+from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, Arrivals, Backlog, SegmentWorker, convert_now, in_burst
 from .store import RecordingWriter
 from .symbolize import Symbolizer
 from .wake import POLL_CAP_MS, Wakeups
@@ -283,12 +283,12 @@ class Session:
                     due = [last_meta + self.segment_s, guard["t"] + GUARD_S]
                     backlog = pending.nbytes
                     if pending:     # (none: no segment is due; an idle loop sleeps)
-                        if arrivals.quiet(now) or backlog >= DEFER_BYTES:
+                        if in_burst(backlog, arrivals.quiet(now)):
+                            segment_due = arrivals.quiet_by()   # its segments once it is over
+                        else:
                             segment_due = last_segment + self.segment_s
                             if now >= segment_due and not worker.idle:
                                 segment_due = now + WORKER_RECHECK_S    # hand over once the worker is free
-                        else:       # a burst: its segments once it is over
-                            segment_due = arrivals.quiet_by()
                         due.append(segment_due)
                     if self.status:
                         due.append(last_status + 1.0)

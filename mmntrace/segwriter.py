@@ -13,7 +13,7 @@ emptied throughout.
 
 The loop hands a new segment over only when the worker is idle, at most
 :data:`MAX_JOB_RECORDS` records at a time (the worker's memory stays bounded);
-what arrives meanwhile waits in the loop's list, as raw records, up to
+what arrives meanwhile waits as raw records (:class:`Backlog`), up to
 :data:`MAX_BACKLOG_BYTES`; past that the loop stops draining and the kernel
 counts what it cannot keep, as it does when no recorder keeps up.
 
@@ -84,17 +84,20 @@ class Arrivals:
         return self.last + self.window
 
 
+def in_burst(backlog: int, quiet: bool, defer_bytes: int = DEFER_BYTES) -> bool:
+    """Do the ``backlog`` bytes of raw records wait for a burst to end (not
+    quiet, and fewer than ``defer_bytes`` of them)?"""
+    return not quiet and backlog < defer_bytes
+
+
 def convert_now(backlog: int, quiet: bool, since_segment: float, segment_s: float, job_bytes: int,
                 defer_bytes: int = DEFER_BYTES) -> bool:
     """Is it time to hand the worker a segment of the ``backlog`` bytes of raw
-    records waiting (the worker being idle)? When quiet: every ``segment_s``,
-    or sooner with a whole job's worth; in a burst only once ``defer_bytes``
-    wait."""
-    if backlog <= 0:
+    records waiting (the worker being idle)? Not :func:`in_burst`: every
+    ``segment_s``, sooner with a whole job's worth, at once past ``defer_bytes``."""
+    if backlog <= 0 or in_burst(backlog, quiet, defer_bytes):
         return False
-    if backlog >= defer_bytes:
-        return True
-    return quiet and (since_segment >= segment_s or backlog >= job_bytes)
+    return backlog >= defer_bytes or since_segment >= segment_s or backlog >= job_bytes
 
 
 class SegmentWorker:
@@ -251,5 +254,5 @@ def take_job(pending: list[bytes], rec_size: int, limit: int = MAX_JOB_RECORDS) 
     return b"".join(out)
 
 
-__all__ = ["SegmentWorker", "Backlog", "take_job", "Arrivals", "convert_now", "MAX_JOB_RECORDS", "MAX_BACKLOG_BYTES",
+__all__ = ["SegmentWorker", "Backlog", "take_job", "Arrivals", "convert_now", "in_burst", "MAX_JOB_RECORDS", "MAX_BACKLOG_BYTES",
            "MEMORY_BACKLOG_BYTES", "DEFER_BYTES", "QUIET_RATE", "QUIET_S"]
