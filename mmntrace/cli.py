@@ -310,8 +310,7 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     res = s.run()
     if status:
         click.echo("", err=True)
-    click.echo(f"mmntrace: {res['events']} records, {res['violations']} sleep records, {res['drops']} dropped "
-               f"-> {res['dir']}", err=True)
+    click.echo(rec.summary_line(res), err=True)
     if held is not None:
         rc = held.poll()
         click.echo(f"mmntrace: {held.argv[0]} " + (f"exited with status {rc}" if rc is not None and rc >= 0 else

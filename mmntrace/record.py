@@ -72,6 +72,11 @@ def coalesce_s(buffer_pages: int | None, rec_size: int, page: int = 4096) -> flo
 JOB_BYTES = MAX_JOB_RECORDS * decode.DTYPE.itemsize      # a full segment is handed over at once
 
 
+def lost(drops: dict) -> int:
+    """Records lost (drops' total), the calls counted untimed left out."""
+    return drops.get("total", 0) - drops.get("untimed", 0)
+
+
 def overhead_warning(rate: float, cpu_share: float, new_drops: int, aggregate: bool) -> str | None:
     """The overhead guard's one warning, or None. Streaming every record costs the
     recorder CPU in proportion to the rate (decode, symbolize, Parquet), on top of
@@ -207,7 +212,9 @@ class Session:
 
     def _guard(self, g: dict, now: float, fresh: bool = False) -> None:
         """The overhead guard: warn once, with the measured rate, CPU share and drops."""
-        cpu, drops_now = sum(os.times()[:2]), self.t.drops(fresh=fresh).get("total", 0)
+        # records lost: a new subscriber's calls before its probes went in are counted
+        # untimed, not lost to the recorder's cost (the warning's subject)
+        cpu, drops_now = sum(os.times()[:2]), lost(self.t.drops(fresh=fresh))
         span = max(now - g["t"], 1e-3)
         msg = None if g["warned"] else overhead_warning(g["n"] / span, (cpu - g["cpu"]) / span,
                                                         drops_now - g["drops"], self.t.aggregate)
@@ -330,7 +337,7 @@ class Session:
                         self._guard(guard, now)
                     if self.status and now - last_status >= 1.0:
                         self.status(n_since / (now - last_status), self.counts["events"],
-                                    self.t.drops(fresh=False).get("total", 0), self.counts["violations"], now - t0)
+                                    lost(self.t.drops(fresh=False)), self.counts["violations"], now - t0)
                         n_since, last_status = 0, now
                     if gather_s and n >= COALESCE_MIN and not self._stop:
                         time.sleep(gather_s)        # a burst: let its next records gather
@@ -401,8 +408,30 @@ class Session:
                 f"the file system holding {self.out} is full ({self.disk_full.strerror}): recording stopped "
                 f"after {writer.meta.get('events', 0)} events were written; what was written is readable "
                 f"(mmntrace report {self.out})")
+        calls = {"hook": 0, "callback": 0}
+        for func, *_rest, count, _sum in total_rows:
+            calls["callback" if func else "hook"] += count
         return {"events": self.counts["events"], "violations": self.counts["violations"],
-                "drops": drops.get("total", 0), "dir": str(self.out)}
+                "drops": drops.get("total", 0), "untimed": drops.get("untimed", 0),
+                "aggregate": bool(self.t.aggregate), "calls": calls, "dir": str(self.out)}
+
+
+def summary_line(res: dict) -> str:
+    """The line `record` ends with: what was kept (records, or with
+    --aggregate the calls the kernel's histograms counted), the sleep records,
+    and the losses, the calls counted but not timed told apart as the report
+    tells them (a subscriber's first calls, before its probes went in)."""
+    n = lambda v: f"{v:,}"
+    if res.get("aggregate"):
+        c = res.get("calls") or {}
+        what = f"{n(c.get('hook', 0))} hook and {n(c.get('callback', 0))} callback calls timed in kernel histograms"
+    else:
+        what = f"{n(res['events'])} records"
+    gone = f"{n(res['drops'])} dropped"
+    if res.get("untimed"):
+        gone += (f" (of which {n(res['untimed'])} callback calls counted but not timed: made before their "
+                 "probes were attached)")
+    return f"mmntrace: {what}, {n(res['violations'])} sleep records, {gone} -> {res['dir']}"
 
 
 def install_signal_handlers(session: Session) -> None:
