@@ -24,9 +24,29 @@ CAVEAT = ("The lab is emulated (QEMU TCG, no KVM acceleration for the lab VM its
           "same VM boot mean anything. Compare tools within one kernel's table, never across runs.")
 
 
+#: the most the untraced runs of one boot may spread (slowest over fastest) for
+#: the ratios measured in it to be read as the tools' and not the host's
+NOISE_LIMIT = 1.25
+
+
+def untraced_spread(lab: dict) -> tuple[float, float, float] | None:
+    """(fastest, slowest run in seconds, slowest / fastest) of the boot's untraced
+    runs, interleaved with the tools' (bench/lab_bench.py): what the lab host
+    itself varied while the tools were measured (None: fewer than two runs)."""
+    secs = [r["seconds"] for block in lab.get("untraced", []) for r in block if r.get("seconds")]
+    if len(secs) < 2:
+        return None
+    return min(secs), max(secs), max(secs) / min(secs)
+
+
 def goals(lab: dict) -> list[dict]:
     t = lab["tools"]
     out = []
+    sp = untraced_spread(lab)
+    if sp:
+        out.append({"goal": f"the host was quiet: untraced runs within {NOISE_LIMIT}x of each other "
+                            "(else every ratio below is uncertain by as much)",
+                    "value": f"{sp[2]:.2f}x ({sp[0]:.2f}-{sp[1]:.2f} s)", "met": sp[2] <= NOISE_LIMIT})
 
     def ov(n):
         return t[n]["overhead"] if n in t else None
@@ -198,6 +218,20 @@ def ns_per_invocation(t: dict, reps: int) -> float | None:
     return round(added * 1e9 / inv, 1) if inv else None
 
 
+def noise_sentence(lab: dict) -> str:
+    """What the untraced runs say of the host during this boot's measurements."""
+    sp = untraced_spread(lab)
+    if not sp:
+        return ""
+    n = sum(len(b) for b in lab.get("untraced", []))
+    text = (f" The {n} untraced runs, between the tools' runs, took {sp[0]:.2f}-{sp[1]:.2f} s "
+            f"(slowest/fastest {sp[2]:.2f}x)")
+    if sp[2] > NOISE_LIMIT:
+        return text + (f": **the lab host was noisy during this run** (over {NOISE_LIMIT}x), so each ratio "
+                       "below may be off by as much; compare with another run before concluding.")
+    return text + "."
+
+
 def table(lab: dict) -> str:
     rows = ["| tool | ops/s (median) | slowdown | overhead | ns per hook call | ns per traced invocation | ready after "
             "| peak RSS | events/s | drops | sustained with 0 drops |",
@@ -243,8 +277,8 @@ def main() -> int:
         md += [f"## Lab kernel {lab['kernel']} ({lab['arch']}, {lab['cpus']} vCPUs, size {lab['size']})", "",
                f"Workload: `notifier_bench {lab['rounds']} {lab['pages']}` (KVM + test module subscribed; "
                f"zero-page reads, COW writes, mprotect flips, MADV_DONTNEED), median of {lab['reps']} run(s) per tool; "
-               f"hook functions for the peers: {', '.join('`' + s + '`' for s in lab['hook_functions'])}.", "",
-               table(lab), ""]
+               f"hook functions for the peers: {', '.join('`' + s + '`' for s in lab['hook_functions'])}."
+               + noise_sentence(lab), "", table(lab), ""]
         amb = ambient_table(lab)
         if amb:
             md += ["Ambient tax: the same tools on paths that never reach a notifier "

@@ -173,3 +173,17 @@ def test_ambient_run_keeps_the_fastest_of_its_repetitions():
     mins, total = lab_bench.run_ambient({"ambient": {"pipe": 200, "open": 200, "alloc": 20}})
     assert set(mins) == {"pipe", "open", "alloc"} and all(v > 0 for v in mins.values())
     assert total >= lab_bench.AMBIENT_REPEATS * sum(mins.values()) * 0.999
+
+
+def test_a_noisy_host_is_said_beside_the_ratios():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import summarize
+    quiet = {"tools": {}, "untraced": [[{"seconds": 1.0}, {"seconds": 1.1}], [{"seconds": 1.05}]]}
+    noisy = {"tools": {}, "untraced": [[{"seconds": 0.53}, {"seconds": 0.90}], [{"seconds": 0.7}]]}
+    assert summarize.untraced_spread(quiet) == (1.0, 1.1, 1.1 / 1.0)
+    g = [x for x in summarize.goals(quiet) if "host was quiet" in x["goal"]]
+    assert g and g[0]["met"]
+    g = [x for x in summarize.goals(noisy) if "host was quiet" in x["goal"]]
+    assert g and not g[0]["met"] and g[0]["value"] == "1.70x (0.53-0.90 s)"
+    assert "noisy" in summarize.noise_sentence(noisy) and "noisy" not in summarize.noise_sentence(quiet)
+    assert summarize.untraced_spread({"tools": {}, "untraced": [[{"seconds": 1.0}]]}) is None
