@@ -111,7 +111,17 @@ def captured_fds(*fds: int, witness: bool = False) -> Iterator[Captured]:
     cap = Captured()
     _flush_all()
     saved: dict[int, int | None] = {}
-    with tempfile.NamedTemporaryFile(prefix="mmntrace-lib-", delete=False) as tmp:
+    # a file with no name (memfd) unless a witness must read it by name: no
+    # create and unlink in a temporary directory around each of the dozens of
+    # bcc calls of a start-up and of each new subscriber's probes
+    memfd = getattr(os, "memfd_create", None) if not witness else None
+    try:
+        tmp = os.fdopen(memfd("mmntrace-lib", os.MFD_CLOEXEC), "w+b") if memfd else None
+    except OSError:     # no memfd (seccomp, an old kernel): a named file
+        tmp = None
+    if tmp is None:
+        tmp = tempfile.NamedTemporaryFile(prefix="mmntrace-lib-", delete=False)
+    with tmp:
         wit = _Witness(tmp.name) if witness else None
         try:
             for fd in fds:
@@ -133,8 +143,9 @@ def captured_fds(*fds: int, witness: bool = False) -> Iterator[Captured]:
             cap.text = tmp.read().decode("utf-8", errors="replace")
             if wit is not None:
                 wit.release()
-            with contextlib.suppress(OSError):
-                os.unlink(tmp.name)
+            if isinstance(tmp.name, str):      # a named file (memfd's name is its fd, an int)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp.name)
 
 
 def captured_stderr() -> contextlib.AbstractContextManager[Captured]:

@@ -235,3 +235,29 @@ def test_the_witness_says_nothing_when_the_call_returns(capfd):
     assert cap.text == "warning: harmless\n"
     err = capfd.readouterr().err
     assert quiet.DIED_INSIDE not in err and "harmless" not in err
+
+
+def test_a_capture_makes_no_named_file_unless_a_witness_reads_it(monkeypatch):
+    """bcc's calls are captured dozens of times at start-up and for each new
+    subscriber: into a memfd, no create and unlink in the temporary directory."""
+    import tempfile
+
+    def no_named_file(*a, **k):
+        raise AssertionError("a named file was made")
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", no_named_file)
+    with quiet.captured_fds(2) as cap:
+        os.write(2, b"from C\n")
+    assert cap.text == "from C\n"
+
+
+def test_without_memfd_a_named_file_is_used_and_removed(monkeypatch, tmp_path):
+    import tempfile
+
+    def refused(*a, **k):
+        raise OSError(38, "Function not implemented")
+    monkeypatch.setattr(os, "memfd_create", refused)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with quiet.captured_fds(2) as cap:
+        os.write(2, b"from C\n")
+    assert cap.text == "from C\n"
+    assert list(tmp_path.iterdir()) == []
