@@ -51,6 +51,12 @@ def drops_by_name(counts, *, perf_lost: int, untimed: int, kretprobe_missed: int
     return out
 
 
+def lost(drops: dict) -> int:
+    """Records lost (a drops() dict's total), the calls counted untimed left out:
+    a new subscriber's calls before its probes went in are counted, not lost."""
+    return drops.get("total", 0) - drops.get("untimed", 0)
+
+
 def untimed_by_callback(expected: dict[int, int], seen: dict[int, int], unselected=frozenset()) -> dict[int, int]:
     """callback address -> calls the BPF side expected (cb_expected) beyond
     those its probe saw (cb_seen); a callback left unprobed by the user's

@@ -23,6 +23,7 @@ import numpy as np
 from . import decode, hooks, kernel
 from .errors import DiskFullError
 from .heap import give_back_memory
+from .losses import lost
 from .outpath import write_atomic
 from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, Arrivals, Backlog, SegmentWorker, convert_now, in_burst
 from .store import RecordingWriter
@@ -70,11 +71,6 @@ def coalesce_s(buffer_pages: int | None, rec_size: int, page: int = 4096) -> flo
     capacity = buffer_pages * page // (rec_size + 8)
     return COALESCE_S if capacity >= 1_000_000 * COALESCE_S else 0.0
 JOB_BYTES = MAX_JOB_RECORDS * decode.DTYPE.itemsize      # a full segment is handed over at once
-
-
-def lost(drops: dict) -> int:
-    """Records lost (drops' total), the calls counted untimed left out."""
-    return drops.get("total", 0) - drops.get("untimed", 0)
 
 
 def overhead_warning(rate: float, cpu_share: float, new_drops: int, aggregate: bool) -> str | None:

@@ -176,7 +176,6 @@ def test_ambient_run_keeps_the_fastest_of_its_repetitions():
 
 
 def test_a_noisy_host_is_said_beside_the_ratios():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     import summarize
     quiet = {"tools": {}, "untraced": [[{"seconds": 1.0}, {"seconds": 1.1}], [{"seconds": 1.05}]]}
     noisy = {"tools": {}, "untraced": [[{"seconds": 0.53}, {"seconds": 0.90}], [{"seconds": 0.7}]]}

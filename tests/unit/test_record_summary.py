@@ -25,7 +25,7 @@ def test_aggregate_line_counts_the_histograms_calls_not_records():
 
 
 def test_lost_leaves_the_untimed_calls_out():
-    from mmntrace.record import lost
+    from mmntrace.losses import lost
     assert lost({"total": 28552, "untimed": 28552}) == 0
     assert lost({"total": 30, "untimed": 10, "ringbuf_full": 20}) == 20
     assert lost({}) == 0
