@@ -217,6 +217,7 @@ class Tracer:
         self._final: dict | None = None
         self._hist = InKernelHistograms()      # --aggregate, --min-latency (mmntrace/histograms.py)
         self.task_storage = True
+        self._optimize_once = True      # codegen.OPTIMIZE_ONCE, unless clang refuses it
         # the fentry backend's programs, loaded per function (mmntrace/fentry.py)
         self._tramp = Trampolines(lambda name: self.bpf.dump_func(name.encode()), lambda: self._ksyms.by_name)
 
@@ -283,14 +284,14 @@ class Tracer:
                 # held beside clang's memory (BENCHMARKS.md, peak RSS)
                 btfmod.release_vmlinux()
             t0 = time.monotonic()
-            self.bpf = _BPF(text=text.encode(), cflags=self._cflags())
+            self.bpf = self._compile(text)
             if not self._loads():
                 # per-task state in task-local storage needs a kernel whose
                 # kprobe programs may use it (5.12+): else a tid-keyed hash
                 _debug("task-local storage refused: per-task state in a hash")
                 self.bpf.cleanup()
                 self.task_storage = False
-                self.bpf = _BPF(text=text.encode(), cflags=self._cflags())
+                self.bpf = self._compile(text)
         except Exception as e:
             raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e} "
                                "(MMNTRACE_DEBUG=1 shows everything the compiler and bcc printed)") from e
@@ -314,6 +315,22 @@ class Tracer:
         except Exception as e:
             self.stop()
             raise BpfLoadError(f"loading the probes failed: {e}") from e
+
+    def _compile(self, text: str):
+        """bcc's BPF object for ``text`` under this tracer's flags. A clang that
+        refuses the flag that leaves the optimizing to bcc (codegen.OPTIMIZE_ONCE)
+        gets the program again without it, optimized twice as before."""
+        flags = self._cflags()
+        if not self._optimize_once:
+            flags = codegen.without_optimize_once(flags)
+        try:
+            return self._BPF(text=text.encode(), cflags=flags)
+        except Exception as e:
+            if not self._optimize_once or codegen.OPTIMIZE_ONCE[-1] not in getattr(e, "output", ""):
+                raise
+            _debug(f"clang refused {' '.join(codegen.OPTIMIZE_ONCE)}: compiling without it")
+            self._optimize_once = False
+            return self._BPF(text=text.encode(), cflags=codegen.without_optimize_once(flags))
 
     def _loads(self) -> bool:
         """Does the kernel take the hook program (the feature test for task storage)?"""

@@ -100,3 +100,47 @@ def test_each_hook_program_copy_gets_its_hook_id_where_the_placeholder_is():
     assert with_hook(ld_imm + ins(0x05, 0, 2) + ld_imm + ins(0x95), 3) == set3 + ins(0x05, 0, 2) + set3 + ins(0x95)
     with pytest.raises(BpfLoadError):
         with_hook(ins(0xb7, 0x01, 0, 7) + map_ref + ins(0x95), 3)
+
+
+def test_the_program_is_optimized_once_by_bcc_not_first_by_clang():
+    fl = codegen.cflags(F, **BASE)
+    i = fl.index(codegen.OPTIMIZE_ONCE[0])
+    assert tuple(fl[i:i + 2]) == codegen.OPTIMIZE_ONCE == ("-Xclang", "-disable-llvm-passes")
+    less = codegen.without_optimize_once(fl)
+    assert len(less) == len(fl) - 2 and "-disable-llvm-passes" not in less
+    assert [x for x in fl if x not in codegen.OPTIMIZE_ONCE] == less      # nothing else goes
+    assert codegen.without_optimize_once(less) == less
+
+
+def _tracer_with(compiles):
+    """A Tracer whose bcc BPF class records each compile's flags and raises
+    what ``compiles`` says (None: compiled)."""
+    from mmntrace import tracer
+    from mmntrace.quiet import LibraryError
+    seen = []
+
+    class FakeBPF:
+        def __init__(self, text, cflags):
+            seen.append(list(cflags))
+            out = compiles[len(seen) - 1]
+            if out is not None:
+                raise LibraryError("Failed to compile BPF module <text>", out)
+
+    t = tracer.Tracer(F)
+    t._BPF = FakeBPF
+    return t, seen
+
+
+def test_a_clang_that_refuses_the_flag_gets_the_program_without_it():
+    t, seen = _tracer_with(["error: unknown argument: '-disable-llvm-passes'", None, None])
+    t._compile("int x;")
+    assert "-disable-llvm-passes" in seen[0] and "-disable-llvm-passes" not in seen[1]
+    t._compile("int x;")        # and every later compile of this tracer (the task-storage fallback)
+    assert len(seen) == 3 and "-disable-llvm-passes" not in seen[2]
+
+
+def test_any_other_compile_error_is_not_retried():
+    t, seen = _tracer_with(["main.c:3:1: error: unknown type name 'u65'"])
+    with pytest.raises(Exception, match="Failed to compile"):
+        t._compile("int x;")
+    assert len(seen) == 1
