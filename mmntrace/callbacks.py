@@ -59,6 +59,13 @@ class Selection:
         return " ".join(out)
 
 
+#: how often the module check runs (it reads /proc/modules and stats sysfs: 40 ms
+#: a check in a lab guest, 8 % of a CPU at every half second), where module loads
+#: are not traced, and where they are
+MODULE_CHECK_S = 0.5
+MODULE_CHECK_TRACED_S = 5.0
+
+
 def module_loads(names, proc: str = "/proc/modules", sysfs: str = "/sys/module") -> dict[str, str]:
     """Each of these loaded modules -> what identifies this load of it: its
     load address and the inode of its sysfs directory, new at every load (a
@@ -133,6 +140,10 @@ class DriverCallbacks:
         self.ops_handled = 0                    # OPS records from the buffer whose callbacks were probed
         self._mod_state: dict[str, str | None] = {}   # module -> its load (module_loads) when probed
         self._mods_checked = 0.0
+        # module loads move the BPF side's generation (the module_load tracepoint
+        # attached: Tracer._attach_module_load): a reload is seen at once, and
+        # the periodic check is left the unloads, which nothing calls any more
+        self.load_events = False
         self._gen_seen = 0                      # walk_gen when the modules were last checked
         self._dtype = record_dtype()
 
@@ -154,6 +165,8 @@ class DriverCallbacks:
             return
         recs = np.frombuffer(raw, self._dtype)
         ops = recs[recs["type"] == REC_OPS]
+        if not len(ops):
+            return      # (a streaming recorder's every poll: events only)
         for r in ops[attach_order(ops["hook"])]:
             func, hook = int(r["func"]), int(r["hook"])
             _debug(f"ops table {int(r['addr']):#x}: hook {hook} -> {func:#x} (known: {func in self.known})")
@@ -161,7 +174,7 @@ class DriverCallbacks:
                 continue
             self.attach(func, hook)
             self.drain()    # what comes in meanwhile is returned by the next poll
-        if sent and len(ops):
+        if sent:
             self.ops_handled += len(ops)
             self.bpf[b"disc"][ctypes.c_int(1)] = ctypes.c_uint64(self.ops_handled)
 
@@ -231,7 +244,7 @@ class DriverCallbacks:
                 self._retire(a)
 
     def check_modules(self) -> None:
-        """At a poll at most every half second (a poll ends at a record, a signal
+        """At a poll at most every MODULE_CHECK_S (a poll ends at a record, a signal
         or the recorder's next deadline: mmntrace/wake.py), and at once after a
         module load (the BPF side's generation moved: bpf/discovery.h): did a
         module with probed callbacks go away or come back (maybe at the same
@@ -242,7 +255,7 @@ class DriverCallbacks:
         gen = self.counters.walk_gen()
         moved, self._gen_seen = gen != self._gen_seen, gen   # (a check that bumps it sets it again)
         now = time.monotonic()
-        if not moved and now - self._mods_checked < 0.5:
+        if not moved and now - self._mods_checked < (MODULE_CHECK_TRACED_S if self.load_events else MODULE_CHECK_S):
             return
         self._mods_checked = now
         mods = {a["module"] for a in self.probes.records if a.get("kind") == "callback" and a.get("module")

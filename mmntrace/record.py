@@ -210,7 +210,7 @@ class Session:
         """The overhead guard: warn once, with the measured rate, CPU share and drops."""
         # records lost: a new subscriber's calls before its probes went in are counted
         # untimed, not lost to the recorder's cost (the warning's subject)
-        cpu, drops_now = sum(os.times()[:2]), lost(self.t.drops(fresh=fresh))
+        cpu, drops_now = sum(os.times()[:2]), self._lost(fresh)
         span = max(now - g["t"], 1e-3)
         msg = None if g["warned"] else overhead_warning(g["n"] / span, (cpu - g["cpu"]) / span,
                                                         drops_now - g["drops"], self.t.aggregate)
@@ -219,10 +219,16 @@ class Session:
             g["warned"] = True
         g.update(t=now, cpu=cpu, n=0, drops=drops_now)
 
-    def _untimed(self, sym: Symbolizer) -> list[dict]:
+    def _lost(self, fresh: bool) -> int:
+        """Records lost so far (the tracer's lost(); a stand-in tracer's drops())."""
+        f = getattr(self.t, "lost", None)
+        return f(fresh) if f is not None else lost(self.t.drops(fresh=fresh))
+
+    def _untimed(self, sym: Symbolizer, untimed: dict | None = None) -> list[dict]:
         """Calls counted but not timed, per callback, most first (metadata "untimed")."""
+        untimed = self.t.untimed() if untimed is None else untimed
         return [{"callback": sym.sym(f), "func": 0 if self.redact else f, "count": n}
-                for f, n in sorted(self.t.untimed().items(), key=lambda x: -x[1])]
+                for f, n in sorted(untimed.items(), key=lambda x: -x[1])]
 
     def run(self) -> dict:
         self.t.start()      # the CLI loads first (compiling while pandas imports)
@@ -316,7 +322,9 @@ class Session:
                         last_segment = now
                     if now - last_meta >= self.segment_s:
                         try:
-                            kept = (self.t.attached(), self.t.drops(fresh=False), self._untimed(sym))
+                            untimed = self.t.untimed()      # (two maps: read once for both)
+                            kept = (self.t.attached(), self.t.drops(fresh=False, untimed=untimed),
+                                    self._untimed(sym, untimed))
                             if kept != last_kept:       # kept if we are killed; rewritten when they moved
                                 with self._wlock:
                                     writer.meta["attached"], writer.meta["drops"], writer.meta["untimed"] = kept
@@ -333,7 +341,7 @@ class Session:
                         self._guard(guard, now)
                     if self.status and now - last_status >= 1.0:
                         self.status(n_since / (now - last_status), self.counts["events"],
-                                    lost(self.t.drops(fresh=False)), self.counts["violations"], now - t0)
+                                    self._lost(False), self.counts["violations"], now - t0)
                         n_since, last_status = 0, now
                     if gather_s and n >= COALESCE_MIN and not self._stop:
                         time.sleep(gather_s)        # a burst: let its next records gather

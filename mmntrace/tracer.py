@@ -59,7 +59,7 @@ from .heap import give_back_memory
 from .histograms import NR_EVIDX, NR_SERIES, NR_SLOTS, InKernelHistograms  # noqa: F401 (NR_*: older imports)
 from .ksyms import KernelSymbols
 from .layout import record_dtype
-from .losses import DROP_NAMES, DROP_SLOTS, MISSES_REFRESH_S, REC_NAMES, Counters, drops_by_name  # noqa: F401
+from .losses import DROP_NAMES, DROP_SLOTS, MISSES_REFRESH_S, REC_NAMES, Counters, drops_by_name, lost  # noqa: F401
 from . import sweep
 from .probes import MAXACTIVE, kprobe_misses, remove_stale_kprobe_events, stale_kprobe_events, trampoline_in_place, trampoline_listed  # noqa: F401
 from .transport import RingReader, fdinfo  # noqa: F401 (fdinfo: the daemon imports it from here)
@@ -283,6 +283,9 @@ class Tracer:
                 # answers are in the features): the parsed blob, ~12 MiB, is not
                 # held beside clang's memory (BENCHMARKS.md, peak RSS)
                 btfmod.release_vmlinux()
+            # what reading kallsyms and BTF left free in the C heap goes back before
+            # clang adds its own on top (the peak): 7 of the table's 16 MiB on the host
+            give_back_memory()
             t0 = time.monotonic()
             self.bpf = self._compile(text)
             if not self._loads():
@@ -415,6 +418,8 @@ class Tracer:
         before it were lost."""
         self._probes.tracepoint("module", "module_load",
                                 on_failure="a driver reloaded at the same address is noticed by a check every 0.5 s")
+        self._cbs.load_events = any(r.get("symbol") == "module:module_load" and r.get("status") == "attached"
+                                    for r in self._probes.records)
 
     def _sweep(self) -> None:
         """Report every subscriber that exists now (a BPF task iterator walks each
@@ -574,6 +579,10 @@ class Tracer:
         if self._ring is not None:
             self._ring.unwatch(fd)
 
+    def woken(self) -> bool:
+        """Did a watched fd wake :meth:`poll` since the last call?"""
+        return self._ring.woken() if self._ring is not None else True
+
     def poll(self, timeout_ms: int = 100) -> bytes:
         """Raw records (concatenated struct mmnt_record) received since the last poll.
         New ops tables among them get their callbacks probed before returning."""
@@ -595,15 +604,24 @@ class Tracer:
         """Every probe placed or tried, in order (mmntrace/attach.py Probes.records)."""
         return [dict(r) for r in self._probes.records] if self._probes else []
 
-    def drops(self, fresh: bool = True) -> dict:
+    def drops(self, fresh: bool = True, untimed: dict | None = None) -> dict:
         """Drops by kind, and their total (mmntrace/losses.py). ``fresh=False``: a
         running session's periodic look, which may reuse the probe misses read
-        up to MISSES_REFRESH_S ago."""
+        up to MISSES_REFRESH_S ago. ``untimed``: :meth:`untimed` if the caller
+        has just read it (it walks two maps)."""
         if self.bpf is None:
             if self._final:
                 return dict(self._final["drops"])
             return drops_by_name([], perf_lost=0, untimed=0, kretprobe_missed=0, prog_missed=0)
-        return self._counters.drops(sum(self.untimed().values()), fresh=fresh)
+        return self._counters.drops(sum((self.untimed() if untimed is None else untimed).values()), fresh=fresh)
+
+    def lost(self, fresh: bool = True) -> int:
+        """Records lost: the drops' total less the calls counted untimed
+        (losses.lost), without reading the untimed counts (the overhead guard's
+        and the status line's look, every second or two)."""
+        if self.bpf is None:
+            return lost(self.drops(fresh))
+        return lost(self._counters.drops(0, fresh=fresh))
 
     def untimed(self) -> dict[int, int]:
         """callback address -> its calls counted but not timed (made before its

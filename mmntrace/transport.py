@@ -57,6 +57,8 @@ class RingReader:
         self.data = np.frombuffer(self._prod, np.uint8, 2 * size, offset=page)
         self._ep = select.epoll()
         self._ep.register(map_fd, select.EPOLLIN)
+        self._map_fd = map_fd
+        self.woke_other = False
 
     @staticmethod
     def _max_entries(fd: int) -> int:
@@ -80,8 +82,16 @@ class RingReader:
         raw = self.consume()
         if raw:
             return raw
-        self._ep.poll(timeout_ms / 1000)
+        ready = self._ep.poll(timeout_ms / 1000)
+        # a watched fd (a signal's wakeup socket, a child's pidfd) woke it: the
+        # recorder empties the socket only then, not with a syscall every pass
+        self.woke_other = self.woke_other or any(fd != self._map_fd for fd, _ in ready)
         return self.consume()
+
+    def woken(self) -> bool:
+        """Did a watched fd wake a poll since the last call? (mmntrace/wake.py)"""
+        w, self.woke_other = self.woke_other, False
+        return w
 
     def consume(self) -> bytes:
         """The records committed when it was called, no more: a producer as

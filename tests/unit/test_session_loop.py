@@ -30,7 +30,7 @@ class IdleTracer:
         time.sleep(timeout_ms / 1000)
         return b""
 
-    def drops(self, fresh=True):
+    def drops(self, fresh=True, untimed=None):
         return {"total": 0}
 
     def untimed(self):

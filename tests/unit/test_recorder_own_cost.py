@@ -1,0 +1,123 @@
+"""What the streaming recorder's loop does on each pass, beside draining: in a
+lab guest, where its vCPUs share one host thread, each syscall it makes is
+taken from the workload it traces. The signal socket is read only when a poll
+says it woke it (wake.py); the untimed counts' two maps are read in one batch
+each (losses.py) and not at all for the overhead guard and the status line
+(Tracer.lost); the module check slows down where module loads are traced."""
+
+import socket
+import time
+from types import SimpleNamespace
+
+from mmntrace import callbacks, losses
+from mmntrace.wake import Wakeups
+
+
+class _Sock:
+    """A socket stand-in counting recv calls."""
+    def __init__(self):
+        self.recvs = 0
+
+    def recv(self, n):
+        self.recvs += 1
+        raise BlockingIOError
+
+
+def test_the_signal_socket_is_read_only_when_a_poll_says_it_woke():
+    said = []
+    tracer = SimpleNamespace(woken=lambda: said.pop(0))
+    w = Wakeups(tracer)
+    s = _Sock()
+    w._sock = (s, None)
+    said[:] = [False, False, True]
+    for _ in range(3):
+        w.clear()
+    assert s.recvs == 1
+    # a tracer that cannot say (a stand-in, the perf buffer's): read every time, as before
+    w2 = Wakeups(SimpleNamespace())
+    w2._sock = (s, None)
+    w2.clear()
+    assert s.recvs == 2
+
+
+def test_a_ring_poll_says_whether_a_watched_fd_woke_it():
+    from mmntrace.transport import RingReader
+    r = RingReader.__new__(RingReader)
+    a, b = socket.socketpair()
+    import select
+    r._ep = select.epoll()
+    r._map_fd = 1000            # (not registered: its records are not this test's)
+    r.woke_other = False
+    r.consume = lambda: b""
+    r.watch(a.fileno())
+    r.poll(0)
+    assert r.woken() is False
+    b.send(b"x")
+    r.poll(1000)
+    assert r.woken() is True and r.woken() is False     # said once
+    a.close(), b.close()
+
+
+class _Key:
+    def __init__(self, v):
+        self.value = v
+
+
+class _Table:
+    def __init__(self, d, batch_ok=True):
+        self.d, self.batch_ok, self.batches, self.walks = d, batch_ok, 0, 0
+
+    def items_lookup_batch(self):
+        self.batches += 1
+        if not self.batch_ok:
+            raise Exception("BPF_MAP_LOOKUP_BATCH has failed: Invalid argument")
+        return iter([(_Key(k), _Key(v)) for k, v in self.d.items()])
+
+    def items(self):
+        self.walks += 1
+        return [(_Key(k), _Key(v)) for k, v in self.d.items()]
+
+
+def _counters(seen, expected):
+    c = losses.Counters.__new__(losses.Counters)
+    c.bpf = {b"cb_seen": seen, b"cb_expected": expected}
+    c._batch = None
+    return c
+
+
+def test_untimed_counts_come_from_one_batch_lookup_per_map():
+    seen, expected = _Table({0x10: 5, 0x20: 7}), _Table({0x10: 9, 0x20: 7, 0x30: 2})
+    c = _counters(seen, expected)
+    assert c.untimed() == {0x10: 4, 0x30: 2}
+    assert c.untimed(unselected={0x30}) == {0x10: 4}
+    assert (seen.batches, expected.batches, seen.walks, expected.walks) == (2, 2, 0, 0)
+
+
+def test_a_kernel_without_batch_lookups_gets_the_walk_and_is_not_asked_again():
+    seen, expected = _Table({0x10: 5}, batch_ok=False), _Table({0x10: 9}, batch_ok=False)
+    c = _counters(seen, expected)
+    assert c.untimed() == {0x10: 4} and c.untimed() == {0x10: 4}
+    assert seen.batches == 1 and seen.walks == 2 and c._batch is False
+
+
+def test_the_module_check_slows_down_where_module_loads_are_traced(monkeypatch):
+    checks = []
+    monkeypatch.setattr(callbacks, "module_loads", lambda mods: checks.append(mods) or {})
+    cbs = callbacks.DriverCallbacks.__new__(callbacks.DriverCallbacks)
+    cbs.counters = SimpleNamespace(walk_gen=lambda: gen[0])
+    cbs.probes = SimpleNamespace(records=[{"kind": "callback", "module": "mmnt_test", "status": "attached"}])
+    cbs._mod_state, cbs._mods_checked, cbs._gen_seen = {}, 0.0, 0
+    gen = [0]
+    now = [1000.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
+    for traced, period in ((False, callbacks.MODULE_CHECK_S), (True, callbacks.MODULE_CHECK_TRACED_S)):
+        cbs.load_events = traced
+        checks.clear()
+        for _ in range(40):                     # a poll every 0.1 s for 4 s
+            cbs.check_modules()
+            now[0] += 0.1
+        assert abs(len(checks) - 4.0 / period) <= 1, (traced, len(checks))
+    gen[0] += 1                                 # a module load: checked at the next poll
+    checks.clear()
+    cbs.check_modules()
+    assert len(checks) == 1
