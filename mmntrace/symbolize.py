@@ -119,19 +119,27 @@ class Symbolizer:
             callers[:] = [caller_of(st) for st in stacks]
             classes = np.empty(len(sids) + 1, dtype=object)     # [-1]: None, not a secondary-TLB call
             classes[:-1] = [classify_secondary_tlb(st) for st in stacks]
-            idx = inv
-            if kind == "hook":      # range start/end by kprobe: no stack, their return address (addr)
+            idx = cidx = inv
+            if kind == "hook":
+                # by kprobe, range start/end and (x86) the secondary-TLB hook: no stack,
+                # their return address (addr), the caller (bpf/mmntrace.bpf.c hook_entry)
                 direct = (c["stack_id"] < 0) & (c["addr"] != 0)
                 if direct.any():
                     rinv, rets = _factorize(c["addr"][direct])
+                    names = [self.sym(a) for a in rets.tolist()]
                     by_ret = np.empty(len(rets), dtype=object)
-                    by_ret[:] = [caller_of([n]) if (n := self.sym(a)) else None for a in rets.tolist()]
+                    by_ret[:] = [caller_of([n]) if n else None for n in names]
                     callers = np.concatenate([callers, by_ret])
+                    cls_ret = np.empty(len(rets), dtype=object)
+                    cls_ret[:] = [classify_secondary_tlb(["", n]) if n else None for n in names]
+                    classes = np.concatenate([classes, cls_ret])
                     idx = inv.copy()
                     idx[direct] = len(sids) + rinv
+                    cidx = inv.copy()
+                    cidx[direct] = len(sids) + 1 + rinv     # (classes[len(sids)]: None)
             df["caller"] = _take(callers, idx)
             sec = c["hook_id"] == kernel.HOOK_SECONDARY_TLB
-            df["caller_class"] = _take(classes, np.where(sec, inv, len(sids)))
+            df["caller_class"] = _take(classes, np.where(sec, cidx, len(sids)))
             if kind == "callback":
                 # the entry point that made the call (6.1's invalidate_range_end calls
                 # each subscriber's invalidate_range op itself) and its invocation's seq

@@ -445,8 +445,17 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	 * call under the lab's emulator, however short. Range start and end are
 	 * called through inline wrappers (include/linux/mmu_notifier.h), so their
 	 * return address is that caller: no unwind where the return probe has it.
+	 * So is the secondary-TLB hook's on x86, and its caller class is that
+	 * caller's (tlb_finish_mmu, flush_tlb_mm_range, arch_tlbbatch_flush: a TLB
+	 * flush; wp_page_copy, try_to_unmap_one...: a PTE cleared under its lock).
+	 * arm64 unwinds (frame pointers: cheap) for the permission upgrade, which
+	 * lies frames deeper (ptep_set_access_flags under wp_page_reuse).
 	 */
-	if (caller_at_return && (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END)) {
+	if (caller_at_return && (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END
+#ifndef MMNT_ARCH_ARM64
+				 || hook == MMNT_HOOK_SECONDARY_TLB
+#endif
+	    )) {
 		s->stack_id = -1;
 		s->caller_at_return = 1;	/* hook_return() puts the address in */
 	} else {

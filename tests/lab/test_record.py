@@ -273,6 +273,17 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     sec = ev[(ev["kind"] == "hook") & (ev["hook"].astype(str) == "secondary_tlb")]
     assert sec["caller"].notna().all()
     assert set(sec["caller_class"]) <= {"ptl_clear", "tlb_flush", "permission_upgrade", "range_end"}
+    if backend == "kprobe" and os.uname().machine == "x86_64":
+        # its return address names the caller, no stack unwound, and the class is that caller's:
+        # the workload's COW faults clear a PTE (wp_page_copy), its munmap/madvise flush the TLB
+        assert (sec["stack_id"] == -1).all() and sec["caller_class"].notna().all()
+        by_caller = sec.groupby("caller")["caller_class"].agg(set).to_dict()
+        if "wp_page_copy" in by_caller:
+            assert by_caller["wp_page_copy"] == {"ptl_clear"}, by_caller
+        for flusher in ("tlb_finish_mmu", "flush_tlb_mm_range", "arch_tlbbatch_flush"):
+            if flusher in by_caller:
+                assert by_caller[flusher] == {"tlb_flush"}, by_caller
+        assert len(sec) and set(by_caller) & {"wp_page_copy", "tlb_finish_mmu", "flush_tlb_mm_range"}, by_caller
 
 
 # On x86 the recording counts none; on 6.1 that zero is the module's, checked by

@@ -20,7 +20,7 @@ class FakeTracer:
         return list(STACKS.get(sid, []))
 
     def ksym(self, addr):
-        return {0x1000: "mutex_lock", 0x2000: "__kmalloc"}.get(addr)
+        return {0x1000: "mutex_lock", 0x2000: "__kmalloc", 0x3000: "tlb_finish_mmu+0x174"}.get(addr)
 
     def callback_symbol(self, addr):
         return {0xa: "kvm_mmu_notifier_invalidate_range_start [kvm]", 0xb: "mmnt_secondary_tlb [mmnt_test]"}.get(addr)
@@ -60,12 +60,12 @@ def one_by_one(sym, recs, kind):
                        sleeper=sym.sym(int(r["addr"])) if r["addr"] else None, stack=st)
         else:
             caller = symbolize.caller_of(st)
+            cls = symbolize.classify_secondary_tlb(st)
             if kind == "hook" and r["stack_id"] < 0 and r["addr"]:    # no stack: the return address
                 n = sym.sym(int(r["addr"]))
                 caller = symbolize.caller_of([n]) if n else None
-            row.update(caller=caller,
-                       caller_class=symbolize.classify_secondary_tlb(st)
-                       if r["hook"] == kernel.HOOK_SECONDARY_TLB else None)
+                cls = symbolize.classify_secondary_tlb(["", n]) if n else None
+            row.update(caller=caller, caller_class=cls if r["hook"] == kernel.HOOK_SECONDARY_TLB else None)
             if kind == "callback":
                 row["via"] = sym.hook_names.get(int(r["kind"])) if r["kind"] != kernel.HOOK_NONE else None
         rows.append(row)
@@ -118,3 +118,16 @@ def test_the_recorder_starts_without_pandas_or_pyarrow():
             "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_secondary_tlb_call_without_a_stack_is_classed_by_its_return_address():
+    """x86, kprobe: the secondary-TLB hook's caller is its return address, no
+    unwind (bpf/mmntrace.bpf.c hook_entry); the class is that caller's."""
+    sym = symbolize.Symbolizer(FakeTracer(), Features())
+    recs = batch(n=4, rtype=1)
+    recs["hook"] = [kernel.HOOK_SECONDARY_TLB, kernel.HOOK_SECONDARY_TLB, kernel.HOOK_START, kernel.HOOK_SECONDARY_TLB]
+    recs["stack_id"] = [-1, -1, -1, 1]
+    recs["addr"] = [0x3000, 0x1000, 0x3000, 0]
+    df = sym.frames(recs, "hook")
+    assert df["caller"].tolist() == ["tlb_finish_mmu", "mutex_lock", "tlb_finish_mmu", "zap_pte_range"]
+    assert [None if pd.isna(x) else x for x in df["caller_class"]] == ["tlb_flush", "ptl_clear", None, "tlb_flush"]
