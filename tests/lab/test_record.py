@@ -940,7 +940,10 @@ def test_aggregate_ends_an_interval_release_call_before_the_srcu_wait(tmp_path):
     rel = mine[mine["event"] == "release"]
     print("interval release calls per log2 slot", _per_slot(rel),
           f"the module's own mean {body / max(calls, 1):.0f} ns")
-    assert _calls(mine) == calls and _calls(rel) == EXITS, (mine, calls)
+    # (by event, should it fail: one run of 6.1 in session 32 found 11 release calls of 12,
+    # the 12th under another event, all 22 interval calls counted)
+    by_event = mine.groupby(mine["event"].astype(str))["count"].sum().to_dict()
+    assert _calls(mine) == calls and _calls(rel) == EXITS, (by_event, calls, r.meta.get("untimed"))
     assert _calls(rel, SLOW_SLOT - 1) <= EXITS // 4, _per_slot(rel)     # 131 us or more
     # the module's clocking of each call lies inside the tracer's
     tot = sum(x["sum_ns"] for x in r.meta["totals"] if (x["callback"] or "").startswith("mmnt_interval_invalidate "))
