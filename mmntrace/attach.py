@@ -85,17 +85,17 @@ class Probes:
         self.records.append(rec)
         return True
 
-    def tracepoint(self, category: str, name: str, *, raw: bool = True, on_failure: str | None = None) -> None:
+    def tracepoint(self, category: str, name: str, *, raw: bool = True, on_failure: str | None = None) -> bool:
         """category:name as a raw tracepoint where ``raw`` and it attaches (its
         arguments as the kernel passes them: no perf record built per event),
         else the perf tracepoint. ``on_failure``: what a failed perf attach
-        leaves (kept as its status) instead of an error."""
+        leaves (kept as its status) instead of an error. True: attached."""
         info = dict(kind="tracepoint", symbol=f"{category}:{name}", hook=None, module=None, status="attached")
         if raw:
             try:
                 self.bpf.attach_raw_tracepoint(tp=name.encode(), fn_name=f"raw_tracepoint__{name}".encode())
                 self.records.append(info | {"attach": "raw_tracepoint"})
-                return
+                return True
             except Exception as e:
                 _debug(f"raw tracepoint {name}: {e}; the perf tracepoint instead")
         try:
@@ -105,8 +105,9 @@ class Probes:
             if on_failure is None:
                 raise
             self.records.append(info | {"status": f"failed: {e}; {on_failure}"})
-            return
+            return False
         self.records.append(info | {"attach": "tracepoint"})
+        return True
 
     def raw_tracepoint(self, category: str, name: str) -> None:
         """category:name as a raw tracepoint, or an exception (no fallback)."""

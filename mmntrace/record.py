@@ -23,7 +23,6 @@ import numpy as np
 from . import decode, hooks, kernel
 from .errors import DiskFullError
 from .heap import give_back_memory
-from .losses import lost
 from .outpath import write_atomic
 from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, Arrivals, Backlog, SegmentWorker, convert_now, in_burst
 from .store import RecordingWriter
@@ -210,7 +209,7 @@ class Session:
         """The overhead guard: warn once, with the measured rate, CPU share and drops."""
         # records lost: a new subscriber's calls before its probes went in are counted
         # untimed, not lost to the recorder's cost (the warning's subject)
-        cpu, drops_now = sum(os.times()[:2]), self._lost(fresh)
+        cpu, drops_now = sum(os.times()[:2]), self.t.lost(fresh)
         span = max(now - g["t"], 1e-3)
         msg = None if g["warned"] else overhead_warning(g["n"] / span, (cpu - g["cpu"]) / span,
                                                         drops_now - g["drops"], self.t.aggregate)
@@ -218,11 +217,6 @@ class Session:
             print(("\n" if self.status else "") + f"mmntrace: {msg}", file=sys.stderr, flush=True)
             g["warned"] = True
         g.update(t=now, cpu=cpu, n=0, drops=drops_now)
-
-    def _lost(self, fresh: bool) -> int:
-        """Records lost so far (the tracer's lost(); a stand-in tracer's drops())."""
-        f = getattr(self.t, "lost", None)
-        return f(fresh) if f is not None else lost(self.t.drops(fresh=fresh))
 
     def _untimed(self, sym: Symbolizer, untimed: dict | None = None) -> list[dict]:
         """Calls counted but not timed, per callback, most first (metadata "untimed")."""
@@ -341,7 +335,7 @@ class Session:
                         self._guard(guard, now)
                     if self.status and now - last_status >= 1.0:
                         self.status(n_since / (now - last_status), self.counts["events"],
-                                    self._lost(False), self.counts["violations"], now - t0)
+                                    self.t.lost(False), self.counts["violations"], now - t0)
                         n_since, last_status = 0, now
                     if gather_s and n >= COALESCE_MIN and not self._stop:
                         time.sleep(gather_s)        # a burst: let its next records gather
@@ -362,9 +356,10 @@ class Session:
                     worker.submit(pending.take(decode.DTYPE.itemsize))
             pending.clear()
             self._guard(guard, time.monotonic(), fresh=True)    # a storm that ended between two checks
-            drops = self.t.drops()
+            untimed_now = self.t.untimed()      # (two maps: read once for both)
+            drops = self.t.drops(untimed=untimed_now)
             attached = self.t.attached()
-            untimed = self._untimed(sym)
+            untimed = self._untimed(sym, untimed_now)
             hist_rows, total_rows, via_rows = list(self.t.histograms()), list(self.t.totals()), list(self.t.via())
             worker.close()      # the segments handed over are written (they name things through the tracer)
             err = worker.error

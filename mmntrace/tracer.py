@@ -416,10 +416,8 @@ class Tracer:
         the calls before that counted untimed. Without it, only the half-second
         module check notices a reload, and the calls of a subscriber that came
         before it were lost."""
-        self._probes.tracepoint("module", "module_load",
-                                on_failure="a driver reloaded at the same address is noticed by a check every 0.5 s")
-        self._cbs.load_events = any(r.get("symbol") == "module:module_load" and r.get("status") == "attached"
-                                    for r in self._probes.records)
+        self._cbs.load_events = self._probes.tracepoint(
+            "module", "module_load", on_failure="a driver reloaded at the same address is noticed by a check every 0.5 s")
 
     def _sweep(self) -> None:
         """Report every subscriber that exists now (a BPF task iterator walks each

@@ -128,13 +128,13 @@ def test_tracepoint_raw_else_perf_else_the_failure_kept(monkeypatch):
                 raise Exception("perf refused")
 
     p = Probes(TP(True, True), _Tramp(), _Ksyms(), fentry=False, callback_fentry=False)
-    p.tracepoint("sched", "sched_switch")
-    p.tracepoint("sched", "sched_switch", raw=False)
+    assert p.tracepoint("sched", "sched_switch") is True
+    assert p.tracepoint("sched", "sched_switch", raw=False) is True
     p = Probes(TP(False, True), _Tramp(), _Ksyms(), fentry=False, callback_fentry=False)
-    p.tracepoint("module", "module_load")
+    assert p.tracepoint("module", "module_load") is True    # (the tracer: module loads are traced)
     assert p.records[-1]["attach"] == "tracepoint"
     p = Probes(TP(False, False), _Tramp(), _Ksyms(), fentry=False, callback_fentry=False)
-    p.tracepoint("module", "module_load", on_failure="checked every 0.5 s")
+    assert p.tracepoint("module", "module_load", on_failure="checked every 0.5 s") is False
     assert p.records[-1]["status"] == "failed: perf refused; checked every 0.5 s"
     with pytest.raises(Exception, match="perf refused"):
         p.tracepoint("sched", "sched_switch")
