@@ -121,3 +121,25 @@ def test_the_module_check_slows_down_where_module_loads_are_traced(monkeypatch):
     checks.clear()
     cbs.check_modules()
     assert len(checks) == 1
+
+
+def test_a_burst_gathers_as_long_as_its_rate_leaves_room_in_the_buffer():
+    from mmntrace.record import (COALESCE_FILL, COALESCE_MAX_S, COALESCE_MIN, COALESCE_MIN_S, gather_s,
+                                 ring_capacity)
+    cap = ring_capacity(4096, 112)          # the streaming default: 16 MiB, 120-byte strides
+    assert cap == 4096 * 4096 // 120
+    # the bench's rate (about 100,000 records a second): the longest gather
+    assert gather_s(cap, 10_000, 0.1) == COALESCE_MAX_S
+    # five million a second: a quarter of the buffer's worth, not the 100 ms that would lose records
+    g = gather_s(cap, 50_000, 0.01)
+    assert g < COALESCE_MAX_S and g * 5_000_000 <= COALESCE_FILL * cap * 1.0001
+    # what comes in at the rate seen, during the gather, never fills more than COALESCE_FILL
+    for n, window in ((300, 0.001), (5_000, 0.002), (100_000, 0.05), (1_000_000, 0.1)):
+        g = gather_s(cap, n, window)
+        assert g == 0.0 or n / window * g <= COALESCE_FILL * cap * 1.0001
+    # no gather: a trickle, an unknown buffer or rate, or too short a gather to be worth it
+    assert gather_s(cap, COALESCE_MIN - 1, 0.001) == 0.0
+    assert gather_s(0, 10_000, 0.1) == 0.0
+    assert gather_s(cap, 10_000, 0.0) == 0.0
+    assert gather_s(ring_capacity(64, 112), 100_000, 0.001) == 0.0     # 8 ms of it fills a small buffer
+    assert gather_s(cap, 10_000, 0.1) >= COALESCE_MIN_S
