@@ -267,8 +267,13 @@ static __always_inline int emit(void *ctx, struct mmnt_record *r)
 BPF_HASH(filter_tgids, u32, u8, 10240);
 #endif
 
-static __always_inline bool pass_filter(u32 tgid)
+/* the current task passes the filters: its process is read only where a
+ * process filter is compiled in (a helper call per probe firing otherwise) */
+static __always_inline bool pass_filter(void)
 {
+#if defined(MMNT_FILTER_TREE) || defined(MMNT_FILTER_PID)
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+#endif
 #ifdef MMNT_FILTER_TREE
 	if (!filter_tgids.lookup(&tgid))
 		return false;
@@ -380,9 +385,7 @@ static __always_inline bool sampled_out(void)
 static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a3, int irqs_off,
 				      bool caller_at_return)
 {
-	u64 id = bpf_get_current_pid_tgid();
-
-	if (hook != MMNT_HOOK_CALIB && !pass_filter(id >> 32))
+	if (hook != MMNT_HOOK_CALIB && !pass_filter())
 		return 0;
 	struct tstate *t = tstate_get(true);
 	if (!t)
@@ -617,10 +620,9 @@ int rel_sync(struct pt_regs *ctx)
 static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 a3, u64 a4, int irqs_off,
 					 u64 sp)
 {
-	u64 id = bpf_get_current_pid_tgid();
 	struct cbinfo *ci = cb_info.lookup(&ip);
 
-	if (!ci || (ci->hook != MMNT_HOOK_CALIB && !pass_filter(id >> 32)))
+	if (!ci || (ci->hook != MMNT_HOOK_CALIB && !pass_filter()))
 		return 0;
 	struct tstate *t = tstate_get(true);
 	if (!t)
@@ -1010,7 +1012,7 @@ int reg_register(struct pt_regs *ctx)
 int reg_unregister(struct pt_regs *ctx)
 {
 	emit_register(ctx, MMNT_HOOK_NONE, MMNT_FL_UNREGISTER, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), 0, 0);
-	if (pass_filter(bpf_get_current_pid_tgid() >> 32))
+	if (pass_filter())
 		unregister_counts_release(PT_REGS_PARM1(ctx));
 	return 0;
 }
