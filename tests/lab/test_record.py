@@ -947,8 +947,8 @@ def test_aggregate_ends_an_interval_release_call_before_the_srcu_wait(tmp_path):
     print("interval release calls per log2 slot", _per_slot(rel),
           f"the module's own mean {body / max(calls, 1):.0f} ns")
     # Exactly the module's calls, event by event (its log). Not one release call per exit:
-    # in 2 runs of about 20 on 6.1, 1 and 3 of the 12 exits made no interval call at all
-    # (module and recording agreeing: 22 and 18 calls), so the module says how many there were.
+    # in three 6.1 runs, 1, 3 and 4 of the 12 exits made no interval call at all (module and
+    # recording agreeing), so the module says how many there were.
     names = {v: k.lower().removeprefix("mmu_notify_") for k, v in btf.load_vmlinux().enum("mmu_notifier_event").items()}
     truth = {names.get(e, str(e)): k for e, k in module_events.items()}
     by_event = {str(k): int(v) for k, v in mine.groupby(mine["event"].astype(str))["count"].sum().items() if v}
