@@ -57,12 +57,12 @@ WORKER_RECHECK_S = 0.05
 #: record (the ring buffer's commit raises an irq_work when the consumer has read all
 #: before it: a self-IPI, then a wakeup and a context switch), and each look costs its
 #: fixed share (the copy's numpy steps, the loop's checks): in a burst, one look per
-#: batch instead of one per record or two. The gather lasts what fills COALESCE_FILL of
-#: the buffer at the rate of the drain before (a rate four times higher still fits), at
-#: most COALESCE_MAX_S (the loop's poll cap), none under COALESCE_MIN_S. Measured in the
-#: lab's 6.1 guest (streaming, notifier_bench 300 64, about 100,000 records a second):
-#: a fixed 20 ms gather cost the recorder 1.08 CPU-seconds a run and the run 2.58 s,
-#: 100 ms 0.70 s and 2.33 s.
+#: batch instead of one per record or two. The gather lasts as long as the rate of the
+#: drain before takes to fill COALESCE_FILL of the buffer (a rate four times higher still
+#: fits), at most COALESCE_MAX_S (the loop's poll cap), none under COALESCE_MIN_S. In the
+#: lab's 6.1 guest (streaming, notifier_bench 300 64, about 100,000 records a second) a
+#: fixed 20 ms gather cost the recorder 1.08 CPU-seconds a run and the run 2.58 s, 100 ms
+#: 0.70 s and 2.33 s (means of four, alternated in one boot).
 COALESCE_MAX_S = 0.1
 COALESCE_MIN_S = 0.002
 COALESCE_FILL = 0.25
@@ -355,8 +355,9 @@ class Session:
                         self.status(n_since / (now - last_status), self.counts["events"],
                                     self.t.lost(False), self.counts["violations"], now - t0)
                         n_since, last_status = 0, now
-                    # a burst (this drain and the one just before it brought a batch each):
-                    # let its next records gather, as long as its rate leaves room
+                    # a burst (this drain and the one just before it, at most two gathers
+                    # ago, not across an idle wait, brought a batch each): let its next
+                    # records gather, as long as its rate leaves room in the buffer
                     window = now - prev_drain[1]
                     burst = prev_drain[0] >= COALESCE_MIN and window <= 2 * COALESCE_MAX_S
                     gather = gather_s(capacity, n, window) if burst else 0.0
