@@ -26,6 +26,7 @@ from .heap import give_back_memory
 from .outpath import write_atomic
 from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, Arrivals, Backlog, SegmentWorker, convert_now, in_burst
 from .store import RecordingWriter
+from .transport import RingReader
 from .symbolize import Symbolizer
 from .wake import POLL_CAP_MS, Wakeups
 
@@ -71,7 +72,7 @@ COALESCE_MIN = 256
 
 def ring_capacity(buffer_pages: int | None, rec_size: int, page: int = 4096) -> int:
     """Records the buffer holds (per CPU for the perf buffer); 0: unknown."""
-    return buffer_pages * page // (rec_size + 8) if buffer_pages else 0
+    return buffer_pages * page // RingReader.stride_of(rec_size) if buffer_pages else 0
 
 
 def gather_s(capacity: int, n: int, window_s: float) -> float:

@@ -48,7 +48,7 @@ class RingReader:
         page = mmap.PAGESIZE
         size = self._max_entries(map_fd)
         self.mask = size - 1
-        self.stride = (rec_size + self.HDR + 7) & ~7
+        self.stride = self.stride_of(rec_size)
         self.rec_size = rec_size
         self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._prod = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
@@ -59,6 +59,11 @@ class RingReader:
         self._ep.register(map_fd, select.EPOLLIN)
         self._map_fd = map_fd
         self.woke_other = False
+
+    @classmethod
+    def stride_of(cls, rec_size: int) -> int:
+        """Bytes a record of ``rec_size`` takes in the ring: its header, 8-byte aligned."""
+        return (rec_size + cls.HDR + 7) & ~7
 
     @staticmethod
     def _max_entries(fd: int) -> int:

@@ -321,6 +321,14 @@ def kernel_symbols(prefix: str) -> list[str]:
     return sorted(set(names))
 
 
+def event_names() -> dict[str, int]:
+    """enum mmu_notifier_event of the running kernel, from its BTF: name ("release",
+    "unmap", as recordings spell them) -> value (as the test module logs it)."""
+    from mmntrace import btf
+    return {k.lower().removeprefix("mmu_notify_"): v
+            for k, v in btf.load_vmlinux().enum("mmu_notifier_event").items()}
+
+
 #: the bug the demo injects on purpose: the test module takes a mutex in its
 #: secondary-TLB callback, which runs under the page-table lock and must never sleep
 DEMO_BEHAVE = "secondary_tlb:mutex"

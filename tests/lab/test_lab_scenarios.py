@@ -14,18 +14,11 @@ import pytest
 
 from mmnlab import testmod
 from mmnlab import workload as W
-from groundtruth import Bpftrace, WorkloadProcess, kernel_symbols
+from groundtruth import Bpftrace, WorkloadProcess, event_names, kernel_symbols
 
 pytestmark = pytest.mark.lab
 
 H = testmod.HOOKS
-
-
-def _event_names() -> dict[str, int]:
-    """enum mmu_notifier_event of the running kernel, from its BTF."""
-    from mmntrace import btf
-    return {k.lower().removeprefix("mmu_notify_"): v
-            for k, v in btf.load_vmlinux().enum("mmu_notifier_event").items()}
 
 
 NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
@@ -58,7 +51,7 @@ def no_numa_scanner():
 
 @pytest.fixture(scope="module")
 def ev():
-    return _event_names()
+    return event_names()
 
 
 @pytest.fixture(scope="module")

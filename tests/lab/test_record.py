@@ -20,12 +20,11 @@ import pandas as pd
 import pytest
 
 import mmntrace
-from mmntrace import btf
 from mmntrace import hooks as hooks_table
 from mmntrace import kernel, render, report
 from mmnlab import testmod
 from mmntrace.recording import Recording
-from groundtruth import Bpftrace, Recorder, WorkloadProcess, expect_dmesg, record_workload
+from groundtruth import Bpftrace, Recorder, WorkloadProcess, event_names, expect_dmesg, record_workload
 
 pytestmark = pytest.mark.lab
 
@@ -949,7 +948,7 @@ def test_aggregate_ends_an_interval_release_call_before_the_srcu_wait(tmp_path):
     # Exactly the module's calls, event by event (its log). Not one release call per exit:
     # in three 6.1 runs, 1, 3 and 4 of the 12 exits made no interval call at all (module and
     # recording agreeing), so the module says how many there were.
-    names = {v: k.lower().removeprefix("mmu_notify_") for k, v in btf.load_vmlinux().enum("mmu_notifier_event").items()}
+    names = {v: k for k, v in event_names().items()}
     truth = {names.get(e, str(e)): k for e, k in module_events.items()}
     by_event = {str(k): int(v) for k, v in mine.groupby(mine["event"].astype(str))["count"].sum().items() if v}
     assert _calls(mine) == calls == sum(truth.values()), (by_event, truth, calls, r.meta.get("untimed"))
