@@ -119,6 +119,28 @@ def test_a_table_marked_stale_is_read_again_at_the_next_lookup_only(tmp_path, mo
     assert k.lookup(0xffffffffc0100010) == ("bpf_prog_1234_hkf_entry", "bpf", 0x10) and reads == [1]
 
 
+def test_a_stale_table_names_a_function_at_its_own_address_without_a_read(tmp_path, monkeypatch):
+    """A driver callback discovered after Tracer.attach marked the table stale:
+    its own address is in the table already (what it lacks is BPF programs),
+    so it is named at once; an address it does not hold reads the file again."""
+    t = table(tmp_path)
+    monkeypatch.setattr(kernel, "symbol_table", lambda: t)
+    k = ksyms.KernelSymbols()
+    reads = []
+    loaded = table(tmp_path, KALLSYMS + "ffffffffc0100000 t bpf_prog_1234_hkf_entry\t[bpf]\n"
+                   "ffffffffc0200000 t new_cb\t[newmod]\n")
+    monkeypatch.setattr(kernel.SymbolTable, "read", classmethod(lambda cls, path="": reads.append(1) or loaded))
+    k.mark_stale()
+    assert k.lookup(0xffffffffc0001000, exact=True, force=True) == \
+        ("kvm_mmu_notifier_invalidate_range_start", "kvm", 0) and reads == []
+    assert k.lookup(0xffffffffc0200000, exact=True, force=True) == ("new_cb", "newmod", 0) and reads == [1]
+    # the read made, the table is fresh: an inexact lookup does not read it again
+    assert k.lookup(0xffffffffc0100010) == ("bpf_prog_1234_hkf_entry", "bpf", 0x10) and reads == [1]
+    # an inexact lookup of a stale table reads it first (a stack's BPF frames)
+    k.mark_stale()
+    assert k.lookup(0xffffffffc0100010) == ("bpf_prog_1234_hkf_entry", "bpf", 0x10) and reads == [1, 1]
+
+
 def test_names_found_by_hash_even_when_hashes_collide():
     """The table keeps no name -> row dict: a name is found by its hash, then
     compared; rows whose hashes collide are told apart by name, file order kept."""
