@@ -46,10 +46,12 @@ class Probes:
         self.records: list[dict] = []
 
     def probe(self, kind: str, symbol: str, hook, module, entry: str, ret: str | None,
-              hook_id: int | None = None) -> bool:
+              hook_id: int | None = None, cb: tuple | None = None) -> bool:
         """Probe ``symbol``: its kind's trampoline programs where the backend
         takes them, else (or when refused) ``entry`` as a kprobe and ``ret`` as
-        its kretprobe (``ret`` None: the entry alone, both ways). True when it is in place."""
+        its kretprobe (``ret`` None: the entry alone, both ways). ``cb``: a
+        callback's (func, hook, series, chained), which its trampoline copy
+        carries (the kprobe reads them from cb_info). True when it is in place."""
         rec = dict(kind=kind, symbol=symbol, hook=hook, module=module, status="attached", hook_id=hook_id,
                    attach="kprobe")
         progs = FENTRY_PROGS.get(kind)
@@ -57,7 +59,8 @@ class Probes:
             progs = (progs[0], None)
         if progs and self.fentry and (kind != "callback" or self.callback_fentry or not module) \
                 and (kind != "hook" or self.hook_fentry):
-            err = self.tramp.attach(symbol, module, *progs, hook=hook_id if kind == "hook" else None)
+            err = self.tramp.attach(symbol, module, *progs, hook=hook_id if kind == "hook" else None,
+                                    cb=cb if kind == "callback" else None)
             if err is None:
                 if kind != "sleeper":       # their recursion misses are drops (Counters.prog_missed)
                     self.tramp.counted.add(self.ksyms.by_name[symbol][0])

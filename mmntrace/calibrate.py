@@ -144,7 +144,7 @@ class Calibration:
             measured = {"kprobe": with_kprobe}
             if self.backend == "fentry":
                 err = self.tramp.attach(CALIB_INNER, None, "cbf_entry", None if self.chain else "cbf_exit",
-                                        check_patched=False)
+                                        check_patched=False, cb=(ia, _HOOK_CALIB, 0, self.chain))
                 if err is None:
                     measured["fentry"] = self._median()
                     self.tramp.detach(ia)

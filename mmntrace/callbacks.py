@@ -211,7 +211,7 @@ class DriverCallbacks:
         if mod and mod not in self._mod_state:   # its load now: check_modules compares with it
             self._mod_state[mod] = module_loads({mod}).get(mod)
         ok = self.probes.probe("callback", name, info["hook"], mod, "cb_entry",
-                               None if entry_only else "cb_return", hook)
+                               None if entry_only else "cb_return", hook, cb=(func, hook, series, entry_only))
         records[at]["addr"] = func
         self.known[func] = records[at]
         if not ok:

@@ -31,27 +31,47 @@ from .quiet import debug
 from .transport import fdinfo
 
 
-#: bpf/mmntrace.h: the immediate that hook_const() loads, replaced per copy
+#: bpf/mmntrace.h: the immediates that hook_const() and cb_const() load, replaced per copy
 HOOK_IMM = header().defines["MMNT_HOOK_IMM"]
+CB_FUNC_IMM = header().defines["MMNT_CB_FUNC_IMM"]
+CB_INFO_IMM = header().defines["MMNT_CB_INFO_IMM"]
 _LD_IMM64 = 0x18        # BPF_LD | BPF_IMM | BPF_DW: two instruction slots, imm split in halves
 
 
-def with_hook(insns: bytes, hook: int) -> bytes:
-    """``insns`` with hook_const()'s placeholder (a 64-bit immediate load of
-    HOOK_IMM, not a map reference) set to ``hook``: the verifier then walks
-    that hook's paths only. Every copy the compiler made of it is set (it may
+def with_imm(insns: bytes, placeholder: int, value: int, what: str) -> bytes:
+    """``insns`` with every 64-bit immediate load of ``placeholder`` (not a
+    map reference: src_reg 0, upper half 0) set to ``value`` (64 bits): the
+    verifier then knows it. Every copy the compiler made is set (it may
     duplicate an asm statement along two paths); none is an error."""
     b = bytearray(insns)
     at = [i for i in range(0, len(b) - 15, 8)
           if b[i] == _LD_IMM64 and b[i + 1] >> 4 == 0
-          and struct.unpack_from("<iI", b, i + 4) == (HOOK_IMM, 0) and b[i + 8] == 0
+          and struct.unpack_from("<iI", b, i + 4) == (placeholder, 0) and b[i + 8] == 0
           and struct.unpack_from("<i", b, i + 12)[0] == 0]
     if not at:
-        raise BpfLoadError("the hook program has no place for its hook id "
-                           "(bpf/mmntrace.bpf.c hook_const() and the compiler disagree)")
+        raise BpfLoadError(f"the program has no place for its {what} "
+                           "(bpf/mmntrace.bpf.c and the compiler disagree)")
+    lo, hi = value & 0xffffffff, (value >> 32) & 0xffffffff
     for i in at:
-        struct.pack_into("<i", b, i + 4, hook)
+        struct.pack_into("<I", b, i + 4, lo)
+        struct.pack_into("<I", b, i + 12, hi)
     return bytes(b)
+
+
+def with_hook(insns: bytes, hook: int) -> bytes:
+    """A hook program's copy for hook id ``hook`` (hook_const()): the verifier
+    walks that hook's paths only."""
+    return with_imm(insns, HOOK_IMM, hook, "hook id")
+
+
+def with_callback(insns: bytes, func: int, hook: int, series: int, chained: bool) -> bytes:
+    """The callback program's copy for one function (cb_const()): its struct
+    cbinfo as constants, so that the copy needs no cb_info lookup per call
+    and the verifier walks its hook's paths only."""
+    if not (0 <= hook < 1 << 8 and 0 <= series < 1 << 32):
+        raise BpfLoadError(f"callback constants out of range: hook {hook}, series {series}")
+    info = hook | series << 8 | int(bool(chained)) << 40
+    return with_imm(with_imm(insns, CB_FUNC_IMM, func, "callback address"), CB_INFO_IMM, info, "callback info")
 
 
 class Trampolines:
@@ -114,11 +134,12 @@ class Trampolines:
 
     # -- loading and attaching ---------------------------------------------------
     def attach(self, symbol: str, module: str | None, entry: str, exit_: str | None,
-               check_patched: bool = True, hook: int | None = None) -> str | None:
+               check_patched: bool = True, hook: int | None = None, cb: tuple | None = None) -> str | None:
         """Put the fentry program ``entry`` (and the fexit program ``exit_``)
         on ``symbol``, loaded on its BTF function; ``hook``: the hook id the
-        copies serve (:func:`with_hook`). The reason if not (nothing of it is
-        left loaded then)."""
+        copies serve (:func:`with_hook`); ``cb``: the callback's (func, hook,
+        series, chained) that the entry copy carries (:func:`with_callback`).
+        The reason if not (nothing of it is left loaded then)."""
         t = self._target(symbol, module)
         if isinstance(t, str):
             return t
@@ -126,7 +147,11 @@ class Trampolines:
         fds: list[int] = []
         try:
             for name, kind in self._progs(entry, exit_):
-                insns = self.insns(name) if hook is None else with_hook(self.insns(name), hook)
+                insns = self.insns(name)
+                if hook is not None:
+                    insns = with_hook(insns, hook)
+                elif cb is not None and kind == bpfsys.TRACE_FENTRY:
+                    insns = with_callback(insns, *cb)
                 prog = bpfsys.load_tracing(insns, name=name, attach=kind, btf_obj_fd=fd, btf_id=tid)
                 fds.append(prog)
                 fds.append(bpfsys.attach_tracing(prog))

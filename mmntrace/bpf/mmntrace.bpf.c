@@ -43,7 +43,8 @@
  *   cb_entry / cb_return       every discovered driver op (cb_info gives its hook)
  *   cbf_entry / cbf_exit       the same as fentry/fexit, loaded per callback by
  *                              mmntrace/bpfsys.py (bcc 0.26 binds trampolines
- *                              to vmlinux functions only, by name)
+ *                              to vmlinux functions only, by name), each entry
+ *                              copy with its cb_info entry in it (cb_const)
  *   ms_entry                   might-sleep functions; sched_switch tracepoint
  *   reg_*                      (un)registration, ops discovery
  *   rel_sync                   (--aggregate) synchronize_srcu: where the release
@@ -617,12 +618,10 @@ int rel_sync(struct pt_regs *ctx)
  * a module function). Both call the bodies below with the op's arguments
  * (a2 .. a4: its second to fourth; the first is the subscription).
  */
-static __always_inline int cb_entry_body(void *ctx, u64 t0, u64 ip, u64 a2, u64 a3, u64 a4, int irqs_off,
-					 u64 sp)
+static __always_inline int cb_entry_body(void *ctx, u64 t0, struct cbinfo *ci, u64 a2, u64 a3, u64 a4,
+					 int irqs_off, u64 sp)
 {
-	struct cbinfo *ci = cb_info.lookup(&ip);
-
-	if (!ci || (ci->hook != MMNT_HOOK_CALIB && !pass_filter()))
+	if (ci->hook != MMNT_HOOK_CALIB && !pass_filter())
 		return 0;
 	struct tstate *t = tstate_get(true);
 	if (!t)
@@ -787,8 +786,11 @@ static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
 
 int cb_entry(struct pt_regs *ctx)
 {
-	u64 t0 = bpf_ktime_get_ns();
-	return cb_entry_body(ctx, t0, bpf_get_func_ip(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+	u64 t0 = bpf_ktime_get_ns(), ip = bpf_get_func_ip(ctx);
+	struct cbinfo *ci = cb_info.lookup(&ip);	/* one program on every callback */
+	if (!ci)
+		return 0;
+	return cb_entry_body(ctx, t0, ci, PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
 			     PT_REGS_PARM4(ctx), KP_IRQS_OFF(ctx), PT_REGS_SP(ctx));
 }
 
@@ -804,13 +806,34 @@ int cb_return(struct pt_regs *ctx)
 static long (*mmnt_func_arg)(void *ctx, u32 n, u64 *value) = (void *)183;
 static long (*mmnt_func_ret)(void *ctx, u64 *value) = (void *)184;
 
+#define MMNT_STR_(x) #x
+#define MMNT_STR(x) MMNT_STR_(x)
+/*
+ * The callback this copy serves: two 64-bit immediates that fentry.py sets,
+ * per copy, to its struct cbinfo (cb_info's entry for the function): no map
+ * lookup per call, and the verifier walks only its hook's paths, as
+ * hook_const() below does for the hooks.
+ */
+static __always_inline void cb_const(struct cbinfo *ci)
+{
+	u64 f, i;
+	asm volatile("%0 = " MMNT_STR(MMNT_CB_FUNC_IMM) " ll" : "=r"(f));
+	asm volatile("%0 = " MMNT_STR(MMNT_CB_INFO_IMM) " ll" : "=r"(i));
+	ci->func = f;
+	ci->hook = i & 0xff;
+	ci->series = (i >> 8) & 0xffffffff;
+	ci->chained = (i >> 40) & 1;
+}
+
 int cbf_entry(u64 *ctx)
 {
 	u64 t0 = bpf_ktime_get_ns(), a2 = 0, a3 = 0, a4 = 0;
+	struct cbinfo ci;
+	cb_const(&ci);
 	mmnt_func_arg(ctx, 1, &a2);
 	mmnt_func_arg(ctx, 2, &a3);
 	mmnt_func_arg(ctx, 3, &a4);
-	return cb_entry_body(ctx, t0, bpf_get_func_ip(ctx), a2, a3, a4, IRQS_UNKNOWN, 0);
+	return cb_entry_body(ctx, t0, &ci, a2, a3, a4, IRQS_UNKNOWN, 0);
 }
 
 int cbf_exit(u64 *ctx)
@@ -827,8 +850,6 @@ int cbf_exit(u64 *ctx)
  * needed one generated pair per hook, each a copy of the bodies: 15 s more of
  * every start in the lab than the kprobe backend.
  */
-#define MMNT_STR_(x) #x
-#define MMNT_STR(x) MMNT_STR_(x)
 /*
  * The hook this copy serves: a 64-bit immediate that fentry.py sets to the
  * hook id of the function it loads the copy on. The verifier then knows it,

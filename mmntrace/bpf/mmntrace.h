@@ -21,6 +21,10 @@
  * mmntrace/fentry.py replaces by the hook id of the function each copy is
  * loaded on (hook_const() in bpf/mmntrace.bpf.c) */
 #define MMNT_HOOK_IMM 1296975873	/* 0x4d4e4801 */
+/* Likewise in the fentry callback program (cb_const()): the function's
+ * address, and its struct cbinfo's hook | series << 8 | chained << 40 */
+#define MMNT_CB_FUNC_IMM 1296975874	/* 0x4d4e4802 */
+#define MMNT_CB_INFO_IMM 1296975875	/* 0x4d4e4803 */
 
 /* Record types. */
 enum mmnt_type {

@@ -102,6 +102,36 @@ def test_each_hook_program_copy_gets_its_hook_id_where_the_placeholder_is():
         with_hook(ins(0xb7, 0x01, 0, 7) + map_ref + ins(0x95), 3)
 
 
+def test_each_callback_program_copy_carries_its_cbinfo_as_constants():
+    """fentry.with_callback: cb_const()'s two immediates become the function's
+    address (both halves of the 64-bit load) and hook | series << 8 | chained
+    << 40, as bpf/mmntrace.bpf.c cb_const() unpacks them."""
+    import struct
+
+    from mmntrace.errors import BpfLoadError
+    from mmntrace.fentry import CB_FUNC_IMM, CB_INFO_IMM, with_callback
+
+    def ins(op, regs=0, off=0, imm=0):
+        return struct.pack("<BBhi", op, regs, off, imm)
+
+    def ld(reg, lo, hi=0):
+        return ins(0x18, reg, 0, lo) + ins(0, 0, 0, hi)
+    body = ld(1, CB_FUNC_IMM) + ins(0x05, 0, 1) + ld(2, CB_INFO_IMM) + ins(0x95)
+    func = 0xffffffffc0a01230
+    out = with_callback(body, func, 4, 130, True)
+    lo, hi = struct.unpack("<iI", struct.pack("<Q", func))[0], func >> 32
+    info = 4 | 130 << 8 | 1 << 40
+    assert out == (ins(0x18, 1, 0, lo) + struct.pack("<BBhI", 0, 0, 0, hi) + ins(0x05, 0, 1)
+                   + ins(0x18, 2, 0, info & 0xffffffff) + ins(0, 0, 0, info >> 32) + ins(0x95))
+    unpacked = struct.unpack_from("<I", out, 36)[0] << 32 | struct.unpack_from("<I", out, 28)[0]
+    assert (unpacked & 0xff, (unpacked >> 8) & 0xffffffff, (unpacked >> 40) & 1) == (4, 130, 1)
+    assert with_callback(body, func, 4, 130, False)[24:40] == ins(0x18, 2, 0, 4 | 130 << 8) + ins(0, 0, 0, 0)
+    with pytest.raises(BpfLoadError):       # the info's placeholder missing
+        with_callback(ld(1, CB_FUNC_IMM) + ins(0x95), func, 4, 130, True)
+    with pytest.raises(BpfLoadError):       # a hook id that does not fit its byte
+        with_callback(body, func, 256, 0, False)
+
+
 def test_the_program_is_optimized_once_by_bcc_not_first_by_clang():
     fl = codegen.cflags(F, **BASE)
     i = fl.index(codegen.OPTIMIZE_ONCE[0])
