@@ -1,7 +1,7 @@
 """The probe-overhead calibration's arithmetic (the kernel side runs in the lab:
 its figures are in the recordings' metadata and in make bench)."""
 
-from mmntrace.calibrate import overhead_median
+from mmntrace.calibrate import _HOOK_CALIB, overhead_median
 
 
 def test_median_leaves_out_the_cold_first_tenth():
@@ -82,8 +82,9 @@ def _calibration(chain: bool):
             pass
 
     class Tramp:
-        def attach(self, symbol, module, entry, exit_, check_patched=True):
+        def attach(self, symbol, module, entry, exit_, check_patched=True, cb=None):
             calls.append(("fentry", symbol, entry, exit_))
+            assert cb is not None and cb[1] == _HOOK_CALIB     # the copy carries its cb_info entry
 
         def detach(self, addr=None):
             pass

@@ -74,8 +74,8 @@ class _Tramp:
     def __init__(self, err=None):
         self.err, self.counted, self.asked = err, set(), []
 
-    def attach(self, symbol, module, entry, exit_, hook=None):
-        self.asked.append((symbol, module, entry, exit_, hook))
+    def attach(self, symbol, module, entry, exit_, hook=None, cb=None):
+        self.asked.append((symbol, module, entry, exit_, hook) + ((cb,) if cb is not None else ()))
         return self.err
 
 
