@@ -1,4 +1,5 @@
-"""The few bpf(2) commands bcc 0.26 cannot do for us: fentry/fexit on module functions.
+"""The few bpf(2) commands bcc 0.26 cannot do for us: fentry/fexit on module
+functions, and kprobes whose BPF link carries a cookie.
 
 bcc 0.26 (Debian 12) binds a trampoline program to its target by name, in
 vmlinux BTF only (module support came in bcc 0.28). Driver callbacks live in
@@ -8,9 +9,17 @@ modules. So mmntrace compiles their programs with bcc as ordinary functions
 module's BTF object and the function's BTF id, then attaches each with
 ``BPF_RAW_TRACEPOINT_OPEN``: the path libbpf takes, through the raw syscall.
 
-Facts this relies on (include/uapi/linux/bpf.h, stable ABI): the ``union
-bpf_attr`` offsets below, ``BPF_PROG_TYPE_TRACING`` = 26, ``BPF_TRACE_FENTRY``
-= 24 and ``BPF_TRACE_FEXIT`` = 25, and ``struct bpf_btf_info``.
+bcc 0.26 attaches a kprobe program with ``PERF_EVENT_IOC_SET_BPF``, which
+passes no cookie. :func:`kprobe_link` opens the kprobe as libbpf does (a
+``perf_event_open`` of the kprobe PMU, the function named in ``config1``) and
+attaches the program with ``BPF_LINK_CREATE`` and a ``bpf_cookie`` (5.15+),
+which the program reads with ``bpf_get_attach_cookie``.
+
+Facts this relies on (include/uapi/linux/bpf.h and perf_event.h, stable ABI):
+the ``union bpf_attr`` offsets below, ``BPF_PROG_TYPE_TRACING`` = 26,
+``BPF_TRACE_FENTRY`` = 24 and ``BPF_TRACE_FEXIT`` = 25, ``BPF_PERF_EVENT`` =
+41, ``struct bpf_btf_info``, and ``struct perf_event_attr``'s type, size,
+config1 (kprobe_func) and config2 (probe_offset) at 0, 4, 56 and 64.
 """
 
 from __future__ import annotations
@@ -29,6 +38,12 @@ BTF_GET_FD_BY_ID, BTF_GET_NEXT_ID = 19, 23
 PROG_TYPE_TRACING = 26
 TRACE_FENTRY, TRACE_FEXIT, TRACE_ITER = 24, 25, 28
 LINK_CREATE, ITER_CREATE = 28, 33
+PERF_EVENT = 41                 # enum bpf_attach_type: BPF_PERF_EVENT
+_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}.get(os.uname().machine)
+_PERF_FLAG_FD_CLOEXEC = 8
+_PERF_ATTR_SIZE = 112           # PERF_ATTR_SIZE_VER5: config1/config2 included
+_PERF_EVENT_IOC_ENABLE = 0x2400
+KPROBE_PMU_TYPE = "/sys/bus/event_source/devices/kprobe/type"
 
 
 class BpfSysError(OSError):
@@ -151,3 +166,39 @@ def iter_read(link_fd: int, limit: int = 64 << 20) -> bytes:
     finally:
         os.close(fd)
     return b"".join(parts)
+
+
+def kprobe_pmu_type() -> int | None:
+    """The kprobe PMU's perf type (4.17+), None where there is none."""
+    try:
+        with open(KPROBE_PMU_TYPE) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kprobe_link(prog_fd: int, func: str, cookie: int, pmu_type: int) -> tuple[int, int]:
+    """Attach the kprobe program ``prog_fd`` at the entry of kernel function
+    ``func`` through a BPF link carrying ``cookie``; returns (perf event fd,
+    link fd): closing both detaches. A refusal raises BpfSysError (its errno:
+    ENOENT/EINVAL for a function the kernel will not probe, EINVAL or
+    EOPNOTSUPP for a kernel without perf-event links)."""
+    if _NR_PERF_EVENT_OPEN is None:
+        raise BpfSysError("perf_event_open", errno.ENOSYS)
+    name = ctypes.create_string_buffer(func.encode())
+    attr = ctypes.create_string_buffer(_PERF_ATTR_SIZE)
+    struct.pack_into("II", attr, 0, pmu_type, _PERF_ATTR_SIZE)     # type, size; config 0: an entry probe
+    struct.pack_into("QQ", attr, 56, ctypes.addressof(name), 0)      # config1: kprobe_func, config2: offset
+    pfd = _libc.syscall(_NR_PERF_EVENT_OPEN, attr, -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
+    if pfd < 0:
+        raise BpfSysError(f"perf_event_open (kprobe on {func})", ctypes.get_errno())
+    pfd = int(pfd)
+    try:
+        a = _attr(32)
+        struct.pack_into("IIIIQ", a, 0, prog_fd, pfd, PERF_EVENT, 0, cookie & (1 << 64) - 1)
+        link = _bpf(LINK_CREATE, a, f"LINK_CREATE (kprobe on {func})")
+    except BaseException:
+        os.close(pfd)
+        raise
+    _libc.ioctl(pfd, _PERF_EVENT_IOC_ENABLE, 0)     # (enabled at creation already: as libbpf does)
+    return pfd, link

@@ -19,6 +19,7 @@ import ctypes
 import os
 
 from . import btf as btfmod
+from .attach import callback_cookie
 from .layout import header
 from .probes import MAXACTIVE
 from .quiet import debug as _debug
@@ -66,8 +67,11 @@ class Calibration:
     ``probe_overhead``: ns a probed callback costs its hook, by mechanism."""
 
     def __init__(self, bpf, ksyms, tramp, *, backend: str, preempt_rt: bool, fentry_sym: str | None,
-                 chain: bool = False):
+                 chain: bool = False, links=None):
         self.bpf, self.ksyms, self.tramp = bpf, ksyms, tramp
+        # the callbacks' entry kprobes go through BPF links with a cookie where
+        # attach.KprobeLinks can make them: the cost measured is theirs then
+        self.links = links
         self.chain = chain      # callbacks probed at entry only (MMNT_CHAIN): calibrated so
         self.backend, self.preempt_rt, self.fentry_sym = backend, preempt_rt, fentry_sym
         self.kprobe: int | None = None
@@ -136,7 +140,8 @@ class Calibration:
             alone = self._median()
             if not self.chain:
                 self._attach(CALIB_INNER, b"cb_return", "ret", attached)
-            self._attach(CALIB_INNER, b"cb_entry", "entry", attached)
+            self._attach(CALIB_INNER, b"cb_entry", "entry", attached,
+                         cookie=callback_cookie(ia, _HOOK_CALIB, 0, self.chain))
             with_kprobe = self._median()
             for ev, fn, kind in reversed(attached[2:]):
                 self._detach(ev, fn, kind)
@@ -171,16 +176,20 @@ class Calibration:
                         pass
         _debug(f"probe overhead per probed callback: {self.probe_overhead}")
 
-    def _attach(self, event: str, fn: bytes, kind: str, attached: list) -> None:
+    def _attach(self, event: str, fn: bytes, kind: str, attached: list, cookie: int | None = None) -> None:
         if kind == "ret":
             self.bpf.attach_kretprobe(event=event.encode(), fn_name=fn, maxactive=MAXACTIVE)
+        elif cookie is not None and self.links is not None and self.links.attach(event, fn.decode(), cookie):
+            kind = "link"
         else:
             self.bpf.attach_kprobe(event=event.encode(), fn_name=fn)
         attached.append((event, fn, kind))
 
     def _detach(self, event: str, fn: bytes, kind: str) -> None:
         try:
-            if kind == "ret":
+            if kind == "link":
+                self.links.detach(event)
+            elif kind == "ret":
                 self.bpf.detach_kretprobe(event=event.encode(), fn_name=fn)
             else:
                 self.bpf.detach_kprobe(event=event.encode(), fn_name=fn)

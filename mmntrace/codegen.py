@@ -86,6 +86,8 @@ def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, p
         fl.append("-DMMNT_RAW_SWITCH")
     if getattr(f, "mmap_array", False):
         fl.append("-DMMNT_MMAP_ARRAYS")     # drops and walk_gen read by mmap, no bpf() call
+    if getattr(f, "kprobe_cookie", False):
+        fl.append("-DMMNT_KPROBE_COOKIE")   # hk_entry/cb_entry read their link's cookie (attach.KprobeLinks)
     fl += [f"-D{d}" for d in hookmod.op_defines(f.ops)]     # the ops members this kernel has
     if f.gfp_direct_reclaim is not None:
         fl.append(f"-DMMNT_GFP_DIRECT_RECLAIM={f.gfp_direct_reclaim:#x}ULL")

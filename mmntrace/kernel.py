@@ -102,6 +102,7 @@ class Features:
     preempt_rt: bool = False         # PREEMPT_RT: spinlock_t is a sleeping lock (rt_spin_lock in kallsyms)
     task_rt_offsets: tuple | None = None  # (migration_disabled, rcu_read_lock_nesting) offsets in task_struct, BTF
     mmap_array: bool = False         # BPF_F_MMAPABLE arrays (array_map_mmap in kallsyms; upstream fc9702273e2e, 5.5)
+    kprobe_cookie: bool = False      # kprobe BPF links with a cookie (BTF's BPF_FUNC_get_attach_cookie, 5.15) and the kprobe PMU
 
     @property
     def context_source(self) -> str:
@@ -565,6 +566,10 @@ def probe() -> Features:
         raw_sched_switch=b is not None and (b.typedef_proto_params("btf_trace_sched_switch") or 0) >= 5,
         preempt_rt=rt,
         task_rt_offsets=_task_rt_offsets(b) if rt else None,
+        # bpf_get_attach_cookie came with perf-event BPF links (upstream 82e6b1eee6a8,
+        # 7adfc6c9b315, 5.15); the links are made on the kprobe PMU's events
+        kprobe_cookie=(b is not None and b.enumerator("BPF_FUNC_get_attach_cookie") is not None
+                       and Path("/sys/bus/event_source/devices/kprobe/type").exists()),
     )
 
 

@@ -52,7 +52,7 @@ from . import kernel
 from .errors import BpfLoadError, MmntraceError
 from .codegen import BPF_DIR, BPF_SRC, bpf_text  # noqa: F401 (names older code imports from here)
 from .calibrate import Calibration, fentry_calib_symbol
-from .attach import FENTRY_PROGS as _FENTRY_PROGS, Probes  # noqa: F401 (_FENTRY_PROGS: older imports)
+from .attach import FENTRY_PROGS as _FENTRY_PROGS, KprobeLinks, Probes  # noqa: F401 (_FENTRY_PROGS: older imports)
 from .callbacks import DriverCallbacks, Selection
 from .fentry import Trampolines
 from .heap import give_back_memory
@@ -220,6 +220,7 @@ class Tracer:
         self._optimize_once = True      # codegen.OPTIMIZE_ONCE, unless clang refuses it
         # the fentry backend's programs, loaded per function (mmntrace/fentry.py)
         self._tramp = Trampolines(lambda name: self.bpf.dump_func(name.encode()), lambda: self._ksyms.by_name)
+        self._links: KprobeLinks | None = None
 
     @property
     def modules(self) -> frozenset | None:
@@ -302,8 +303,12 @@ class Tracer:
         give_back_memory()      # what clang freed: a daemon runs for days
         _debug(f"timing: {self.timing}")
         self._counters = Counters(self.bpf, self._tramp, mmap_arrays=getattr(self.f, "mmap_array", False))
+        # entry kprobes that read their hook or callback from their link's cookie
+        # where the program was compiled for it (codegen: MMNT_KPROBE_COOKIE)
+        self._links = KprobeLinks(self.bpf, enabled=getattr(self.f, "kprobe_cookie", False))
         self._probes = Probes(self.bpf, self._tramp, self._ksyms, fentry=self.backend == "fentry",
-                              callback_fentry=self.callback_fentry, hook_fentry=self.hook_fentry)
+                              callback_fentry=self.callback_fentry, hook_fentry=self.hook_fentry,
+                              links=self._links)
         self._cbs = DriverCallbacks(self.bpf, self._probes, self._ksyms, self._hist, self._counters,
                                     hooks=self.hooks, selection=self.selection, drain=lambda: self._poll(0),
                                     chain=self.chain)
@@ -473,7 +478,8 @@ class Tracer:
         """What the probe machinery itself adds, measured on getppid()
         (mmntrace/calibrate.py): its preempt_count, PREEMPT_RT context and cost."""
         c = Calibration(self.bpf, self._ksyms, self._tramp, backend=self.backend,
-                        preempt_rt=self.f.preempt_rt, fentry_sym=self._calib_sym, chain=self.chain)
+                        preempt_rt=self.f.preempt_rt, fentry_sym=self._calib_sym, chain=self.chain,
+                        links=self._links)
         c.run()
         self.calib = c
 
@@ -696,6 +702,8 @@ class Tracer:
             self._hist.close()
             self._counters.close()
             self._tramp.close()
+            if self._links is not None:
+                self._links.detach_all()
             self.bpf.cleanup()
         finally:
             self.bpf = None

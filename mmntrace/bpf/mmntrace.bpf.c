@@ -27,6 +27,9 @@
  *   MMNT_CHAIN                                (--aggregate) driver callbacks have entry probes
  *                                             only: a callback ends where the next one its hook
  *                                             calls begins, or where the hook returns (below)
+ *   MMNT_KPROBE_COOKIE                        hk_entry and cb_entry read what they serve from
+ *                                             their BPF link's cookie (5.15+) where user space
+ *                                             attached them with one (mmntrace/attach.py)
  *   MMNT_FENTRY, MMNT_MIGHT_SLEEP             the programs of the fentry backend, of
  *                                             might-sleep detection (not compiled
  *                                             when unused: compile time and memory)
@@ -562,13 +565,33 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc, u64
  */
 BPF_HASH(hook_ip, u64, u32, 64);	/* probe address (addr, addr+4 with IBT) -> hook */
 
+/*
+ * The kprobe's cookie (MMNT_KPROBE_COOKIE): where user space attached the
+ * entry program through a BPF link (mmntrace/attach.py KprobeLinks), the link
+ * carries what hook_ip or cb_info would give (the layout: mmntrace.h,
+ * MMNT_COOKIE_*), so a call costs no hash lookup; 0 where bcc attached it.
+ */
+#ifdef MMNT_KPROBE_COOKIE
+static u64 (*mmnt_attach_cookie)(void *ctx) = (void *)174;	/* bpf_get_attach_cookie, 5.15+ */
+#define KP_COOKIE(ctx) mmnt_attach_cookie(ctx)
+#else
+#define KP_COOKIE(ctx) 0ULL
+#endif
+
 int hk_entry(struct pt_regs *ctx)
 {
-	u64 ip = bpf_get_func_ip(ctx);
-	u32 *h = hook_ip.lookup(&ip);
-	if (!h)
-		return 0;
-	return hook_entry(ctx, *h, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), KP_IRQS_OFF(ctx),
+	u64 ck = KP_COOKIE(ctx);
+	u32 hook;
+	if (ck & MMNT_COOKIE_VALID) {
+		hook = (ck >> MMNT_COOKIE_HOOK_SHIFT) & 0xff;
+	} else {
+		u64 ip = bpf_get_func_ip(ctx);
+		u32 *h = hook_ip.lookup(&ip);
+		if (!h)
+			return 0;
+		hook = *h;
+	}
+	return hook_entry(ctx, hook, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), KP_IRQS_OFF(ctx),
 			  true);
 }
 
@@ -786,11 +809,22 @@ static __always_inline int cb_return_body(void *ctx, u64 now, u64 rc)
 
 int cb_entry(struct pt_regs *ctx)
 {
-	u64 t0 = bpf_ktime_get_ns(), ip = bpf_get_func_ip(ctx);
-	struct cbinfo *ci = cb_info.lookup(&ip);	/* one program on every callback */
-	if (!ci)
-		return 0;
-	return cb_entry_body(ctx, t0, ci, PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+	u64 t0 = bpf_ktime_get_ns(), ip = bpf_get_func_ip(ctx), ck = KP_COOKIE(ctx);
+	struct cbinfo ci;
+	if (ck & MMNT_COOKIE_VALID) {
+		/* the address's upper half is the probed one's (ip: the function,
+		 * or 4 bytes on with IBT on some kernels) */
+		ci.func = (ip & 0xffffffff00000000ULL) | (u32)ck;
+		ci.series = (ck >> MMNT_COOKIE_SERIES_SHIFT) & 0xffff;
+		ci.hook = (ck >> MMNT_COOKIE_HOOK_SHIFT) & 0xff;
+		ci.chained = (ck >> MMNT_COOKIE_CHAINED_SHIFT) & 1;
+	} else {
+		struct cbinfo *m = cb_info.lookup(&ip);	/* one program on every callback */
+		if (!m)
+			return 0;
+		ci = *m;
+	}
+	return cb_entry_body(ctx, t0, &ci, PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
 			     PT_REGS_PARM4(ctx), KP_IRQS_OFF(ctx), PT_REGS_SP(ctx));
 }
 

@@ -25,6 +25,13 @@
  * address, and its struct cbinfo's hook | series << 8 | chained << 40 */
 #define MMNT_CB_FUNC_IMM 1296975874	/* 0x4d4e4802 */
 #define MMNT_CB_INFO_IMM 1296975875	/* 0x4d4e4803 */
+/* A kprobe BPF link's cookie (hk_entry, cb_entry; mmntrace/attach.py): bit
+ * 63 set, the hook id at bit 48, and for a callback its histogram series at
+ * bit 32, chained at bit 62 and its address's lower half in bits 0-31 */
+#define MMNT_COOKIE_VALID (1ULL << 63)
+#define MMNT_COOKIE_CHAINED_SHIFT 62
+#define MMNT_COOKIE_HOOK_SHIFT 48
+#define MMNT_COOKIE_SERIES_SHIFT 32
 
 /* Record types. */
 enum mmnt_type {

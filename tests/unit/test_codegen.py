@@ -80,6 +80,14 @@ def test_counters_read_while_running_are_mapped_only_where_arrays_can_be():
     assert "MMNT_MMAP_ARRAYS" in defines(codegen.cflags(mapped, **BASE))
 
 
+def test_entry_programs_read_a_link_cookie_only_where_the_kernel_has_them():
+    """MMNT_KPROBE_COOKIE (bpf_get_attach_cookie in hk_entry and cb_entry) only
+    where kernel.probe() found the helper in BTF and the kprobe PMU: the
+    verifier of an older kernel refuses a program that calls it."""
+    assert "MMNT_KPROBE_COOKIE" not in defines(codegen.cflags(F, **BASE))
+    assert "MMNT_KPROBE_COOKIE" in defines(codegen.cflags(dataclasses.replace(F, kprobe_cookie=True), **BASE))
+
+
 def test_each_hook_program_copy_gets_its_hook_id_where_the_placeholder_is():
     """fentry.with_hook: hook_const()'s 64-bit immediate (and only it) becomes
     the hook id, in every copy the compiler made; a program without it is refused."""

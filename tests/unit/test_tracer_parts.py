@@ -69,6 +69,9 @@ class _BPF:
     def detach_kretprobe(self, event, fn_name=None):
         self.calls.append(("-kretprobe", event.decode()))
 
+    def detach_kprobe(self, event, fn_name=None):
+        self.calls.append(("-kprobe", event.decode()))
+
 
 class _Tramp:
     def __init__(self, err=None):
@@ -98,6 +101,60 @@ def test_probes_fentry_kprobe_fallback_and_records():
     p2 = Probes(bpf2, _Tramp(err="no BTF"), _Ksyms(), fentry=True, callback_fentry=True)
     assert p2.probe("hook", "mmu_notifier_x", "release", None, "hk_entry", "hk_return", 3)
     assert p2.records[-1]["fentry_error"] == "no BTF" and p2.records[-1]["attach"] == "kprobe"
+
+
+class _Links:
+    """attach.KprobeLinks' calls, recorded; ``ok``: whether a link is made."""
+    def __init__(self, ok=True):
+        self.ok, self.calls, self.detached = ok, [], []
+
+    def attach(self, symbol, fn_name, cookie):
+        self.calls.append((symbol, fn_name, cookie))
+        return self.ok
+
+    def detach(self, symbol):
+        self.detached.append(symbol)
+
+    def detach_all(self):
+        self.detached.append("*")
+
+
+def test_entry_kprobes_carry_their_hook_or_callback_in_a_link_cookie():
+    """Hooks and callbacks probed by kprobe: the entry program through a BPF
+    link whose cookie says what it serves (after the return probe, as
+    always); elsewhere, or where no link is made, bcc's attach_kprobe."""
+    from mmntrace.attach import COOKIE_VALID, callback_cookie, hook_cookie
+    from mmntrace.layout import header
+    d = header().defines
+    bpf, links = _BPF(), _Links()
+    p = Probes(bpf, _Tramp(), _Ksyms(), fentry=False, callback_fentry=False, links=links)
+    assert p.probe("hook", "mmu_notifier_x", "release", None, "hk_entry", "hk_return", 3)
+    assert p.probe("callback", "drv_cb", "release", "drv", "cb_entry", "cb_return", 3,
+                   cb=(0xffffffffc0a01230, 3, 9, False))
+    assert p.probe("register", "c", None, None, "reg_register", None)      # no cookie: bcc
+    assert bpf.calls == [("kretprobe", "mmu_notifier_x", "hk_return"), ("kretprobe", "drv_cb", "cb_return"),
+                         ("kprobe", "c", "reg_register")]
+    assert links.calls == [("mmu_notifier_x", "hk_entry", hook_cookie(3)),
+                           ("drv_cb", "cb_entry", callback_cookie(0xffffffffc0a01230, 3, 9, False))]
+    assert [r.get("cookie") for r in p.records] == [True, True, None]
+    # the layout bpf/mmntrace.bpf.c decodes (hk_entry, cb_entry)
+    ck = callback_cookie(0xffffffffc0a01230, 4, 130, True)
+    ip = 0xffffffffc0a01234         # the probed address: 4 bytes on (IBT)
+    assert ck & COOKIE_VALID and hook_cookie(5) & COOKIE_VALID
+    assert ((ip & 0xffffffff00000000) | (ck & 0xffffffff)) == 0xffffffffc0a01230
+    assert (ck >> d["MMNT_COOKIE_SERIES_SHIFT"]) & 0xffff == 130
+    assert (ck >> d["MMNT_COOKIE_HOOK_SHIFT"]) & 0xff == 4 and (hook_cookie(5) >> d["MMNT_COOKIE_HOOK_SHIFT"]) & 0xff == 5
+    assert (ck >> d["MMNT_COOKIE_CHAINED_SHIFT"]) & 1 == 1
+    with pytest.raises(ValueError):
+        callback_cookie(0, 3, 1 << 16, False)
+    # unprobe and detach_all close the links too
+    p.unprobe(p.records[1])
+    assert links.detached[0] == "drv_cb"
+    # no link made (an older kernel): bcc's kprobe, and the program looks the address up
+    bpf2, links2 = _BPF(), _Links(ok=False)
+    p2 = Probes(bpf2, _Tramp(), _Ksyms(), fentry=False, callback_fentry=False, links=links2)
+    assert p2.probe("hook", "mmu_notifier_x", "release", None, "hk_entry", "hk_return", 3)
+    assert bpf2.calls[-1] == ("kprobe", "mmu_notifier_x", "hk_entry") and "cookie" not in p2.records[-1]
 
 
 def test_probes_skips_say_why_and_leave_nothing_half_attached():
