@@ -519,6 +519,9 @@ def doctor():
     click.echo(f"headers         {f.headers or 'NO'}{'' if f.headers_match else ' (do not match the running kernel)' if f.headers else ''}")
     click.echo(f"ring buffer     {ok(f.ringbuf)}{'' if f.ringbuf else ' (records go through the perf buffer)'}")
     click.echo(f"fentry          {_fentry_line(kernel.fentry_verdict(), f.kprobes)}")
+    click.echo(f"kprobe cookies  {ok(f.kprobe_cookie)}"
+               + ("  (each hook's and callback's kprobe is told what it serves by its BPF link)" if f.kprobe_cookie
+                  else "  (the kprobes look their hook or callback up by address on every call)"))
     click.echo(f"MMU notifiers   {ok(f.mmu_notifiers)}")
     for hid, sym, name in f.hooks:
         click.echo(f"  hook {name:<32} {sym}")

@@ -217,8 +217,11 @@ def test_doctor_tells_the_trials_verdict():
     else:
         assert line.split()[1] == "NO" and f"({v.reason}" in line
     other = [ln.split()[0] for ln in r.output.splitlines() if not ln.startswith(" ")]
-    for key in ("kernel", "root", "kprobes", "kallsyms", "BTF", "headers", "ring", "fentry", "MMU", "events"):
+    for key in ("kernel", "root", "kprobes", "kallsyms", "BTF", "headers", "ring", "fentry", "kprobe", "MMU",
+                "events"):
         assert key in other, r.output           # the rest of doctor is still there
+    cookie = next(ln for ln in r.output.splitlines() if ln.startswith("kprobe cookies "))
+    assert cookie.split()[2] == ("yes" if kernel.probe().kprobe_cookie else "NO"), cookie
 
 
 def test_record_backend_fentry_on_this_host_is_one_sentence(tmp_path):
