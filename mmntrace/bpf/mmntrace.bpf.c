@@ -43,7 +43,8 @@
  *
  * Programs (attached by user space):
  *   hk_entry / hk_return       kprobe/kretprobe on every hook's kernel entry point
- *   cb_entry / cb_return       every discovered driver op (cb_info gives its hook)
+ *   cb_entry / cb_return       every discovered driver op (its link's cookie, or
+ *                              cb_info by address, gives its hook)
  *   cbf_entry / cbf_exit       the same as fentry/fexit, loaded per callback by
  *                              mmntrace/bpfsys.py (bcc 0.26 binds trampolines
  *                              to vmlinux functions only, by name), each entry
