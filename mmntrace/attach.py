@@ -64,10 +64,6 @@ class KprobeLinks:
         self.pmu = bpfsys.kprobe_pmu_type() if enabled else None
         self.fds: dict[str, tuple[int, int]] = {}      # function -> (perf event fd, link fd)
 
-    @property
-    def enabled(self) -> bool:
-        return self.pmu is not None
-
     def attach(self, symbol: str, fn_name: str, cookie: int) -> bool:
         """``fn_name`` (a kprobe program of bcc's) on ``symbol``'s entry with
         ``cookie``. False: not attached (the caller falls back to bcc, which

@@ -24,6 +24,7 @@ from typing import Callable
 
 from . import bpfsys
 from . import btf as btfmod
+from .attach import callback_cookie
 from .errors import BpfLoadError
 from .layout import header
 from .probes import trampoline_in_place
@@ -68,9 +69,10 @@ def with_callback(insns: bytes, func: int, hook: int, series: int, chained: bool
     """The callback program's copy for one function (cb_const()): its struct
     cbinfo as constants, so that the copy needs no cb_info lookup per call
     and the verifier walks its hook's paths only."""
-    if not (0 <= hook < 1 << 8 and 0 <= series < 1 << 32):
-        raise BpfLoadError(f"callback constants out of range: hook {hook}, series {series}")
-    info = hook | series << 8 | int(bool(chained)) << 40
+    try:
+        info = callback_cookie(func, hook, series, chained)    # packed as a kprobe's cookie is
+    except ValueError as e:
+        raise BpfLoadError(f"callback constants out of range: {e}") from e
     return with_imm(with_imm(insns, CB_FUNC_IMM, func, "callback address"), CB_INFO_IMM, info, "callback info")
 
 

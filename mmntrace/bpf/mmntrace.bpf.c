@@ -233,6 +233,17 @@ struct cbinfo {
 	u32 chained;			/* callbacks under MMNT_CHAIN: probed at their entry alone
 					 * (user space decides: mmntrace/callbacks.py chained()) */
 };
+
+/* A callback's struct cbinfo from 64 bits that carry its hook, series and
+ * chained flag (mmntrace.h MMNT_COOKIE_*: a kprobe link's cookie, a fentry
+ * copy's constant; mmntrace/attach.py callback_cookie) and its address. */
+static __always_inline void cbinfo_unpack(struct cbinfo *ci, u64 func, u64 v)
+{
+	ci->func = func;
+	ci->series = (v >> MMNT_COOKIE_SERIES_SHIFT) & 0xffff;
+	ci->hook = (v >> MMNT_COOKIE_HOOK_SHIFT) & 0xff;
+	ci->chained = (v >> MMNT_COOKIE_CHAINED_SHIFT) & 1;
+}
 BPF_ARRAY(sampling, u32, 1);			/* trace 1 hook invocation in N (0, 1: all) */
 BPF_PERCPU_ARRAY(sample_ctr, u64, 1);
 
@@ -815,10 +826,7 @@ int cb_entry(struct pt_regs *ctx)
 	if (ck & MMNT_COOKIE_VALID) {
 		/* the address's upper half is the probed one's (ip: the function,
 		 * or 4 bytes on with IBT on some kernels) */
-		ci.func = (ip & 0xffffffff00000000ULL) | (u32)ck;
-		ci.series = (ck >> MMNT_COOKIE_SERIES_SHIFT) & 0xffff;
-		ci.hook = (ck >> MMNT_COOKIE_HOOK_SHIFT) & 0xff;
-		ci.chained = (ck >> MMNT_COOKIE_CHAINED_SHIFT) & 1;
+		cbinfo_unpack(&ci, (ip & 0xffffffff00000000ULL) | (u32)ck, ck);
 	} else {
 		struct cbinfo *m = cb_info.lookup(&ip);	/* one program on every callback */
 		if (!m)
@@ -854,10 +862,7 @@ static __always_inline void cb_const(struct cbinfo *ci)
 	u64 f, i;
 	asm volatile("%0 = " MMNT_STR(MMNT_CB_FUNC_IMM) " ll" : "=r"(f));
 	asm volatile("%0 = " MMNT_STR(MMNT_CB_INFO_IMM) " ll" : "=r"(i));
-	ci->func = f;
-	ci->hook = i & 0xff;
-	ci->series = (i >> 8) & 0xffffffff;
-	ci->chained = (i >> 40) & 1;
+	cbinfo_unpack(ci, f, i);
 }
 
 int cbf_entry(u64 *ctx)

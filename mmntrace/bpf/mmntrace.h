@@ -22,7 +22,8 @@
  * loaded on (hook_const() in bpf/mmntrace.bpf.c) */
 #define MMNT_HOOK_IMM 1296975873	/* 0x4d4e4801 */
 /* Likewise in the fentry callback program (cb_const()): the function's
- * address, and its struct cbinfo's hook | series << 8 | chained << 40 */
+ * address, and its struct cbinfo's hook, series and chained flag packed as
+ * in a kprobe link's cookie (below) */
 #define MMNT_CB_FUNC_IMM 1296975874	/* 0x4d4e4802 */
 #define MMNT_CB_INFO_IMM 1296975875	/* 0x4d4e4803 */
 /* A kprobe BPF link's cookie (hk_entry, cb_entry; mmntrace/attach.py): bit

@@ -112,28 +112,35 @@ def test_each_hook_program_copy_gets_its_hook_id_where_the_placeholder_is():
 
 def test_each_callback_program_copy_carries_its_cbinfo_as_constants():
     """fentry.with_callback: cb_const()'s two immediates become the function's
-    address (both halves of the 64-bit load) and hook | series << 8 | chained
-    << 40, as bpf/mmntrace.bpf.c cb_const() unpacks them."""
+    address (both halves of the 64-bit load) and its hook, series and chained
+    flag packed as a kprobe link's cookie is (attach.callback_cookie), which
+    bpf/mmntrace.bpf.c cbinfo_unpack() reads by mmntrace.h's MMNT_COOKIE_* shifts."""
     import struct
 
+    from mmntrace.attach import callback_cookie
     from mmntrace.errors import BpfLoadError
     from mmntrace.fentry import CB_FUNC_IMM, CB_INFO_IMM, with_callback
+    from mmntrace.layout import header
+    d = header().defines
 
     def ins(op, regs=0, off=0, imm=0):
         return struct.pack("<BBhi", op, regs, off, imm)
 
     def ld(reg, lo, hi=0):
         return ins(0x18, reg, 0, lo) + ins(0, 0, 0, hi)
+
+    def ld_u(reg, v):
+        return struct.pack("<BBhI", 0x18, reg, 0, v & 0xffffffff) + struct.pack("<BBhI", 0, 0, 0, v >> 32)
     body = ld(1, CB_FUNC_IMM) + ins(0x05, 0, 1) + ld(2, CB_INFO_IMM) + ins(0x95)
     func = 0xffffffffc0a01230
     out = with_callback(body, func, 4, 130, True)
-    lo, hi = struct.unpack("<iI", struct.pack("<Q", func))[0], func >> 32
-    info = 4 | 130 << 8 | 1 << 40
-    assert out == (ins(0x18, 1, 0, lo) + struct.pack("<BBhI", 0, 0, 0, hi) + ins(0x05, 0, 1)
-                   + ins(0x18, 2, 0, info & 0xffffffff) + ins(0, 0, 0, info >> 32) + ins(0x95))
+    info = callback_cookie(func, 4, 130, True)
+    assert out == ld_u(1, func) + ins(0x05, 0, 1) + ld_u(2, info) + ins(0x95)
     unpacked = struct.unpack_from("<I", out, 36)[0] << 32 | struct.unpack_from("<I", out, 28)[0]
-    assert (unpacked & 0xff, (unpacked >> 8) & 0xffffffff, (unpacked >> 40) & 1) == (4, 130, 1)
-    assert with_callback(body, func, 4, 130, False)[24:40] == ins(0x18, 2, 0, 4 | 130 << 8) + ins(0, 0, 0, 0)
+    assert ((unpacked >> d["MMNT_COOKIE_HOOK_SHIFT"]) & 0xff, (unpacked >> d["MMNT_COOKIE_SERIES_SHIFT"]) & 0xffff,
+            (unpacked >> d["MMNT_COOKIE_CHAINED_SHIFT"]) & 1) == (4, 130, 1)
+    assert with_callback(body, func, 4, 130, False)[24:40] == ld_u(2, callback_cookie(func, 4, 130, False))
+    assert (callback_cookie(func, 4, 130, False) >> d["MMNT_COOKIE_CHAINED_SHIFT"]) & 1 == 0
     with pytest.raises(BpfLoadError):       # the info's placeholder missing
         with_callback(ld(1, CB_FUNC_IMM) + ins(0x95), func, 4, 130, True)
     with pytest.raises(BpfLoadError):       # a hook id that does not fit its byte
