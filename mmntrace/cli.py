@@ -265,16 +265,21 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
             sleep_detect="switch"):
     import concurrent.futures
     import importlib
-    # The recorder's modules import in a thread while bcc compiles, which
-    # releases the GIL. Streaming writes its first segment seconds after the
-    # start: pandas and pyarrow come in now too, or their import (seconds on
-    # a slow machine) would stall the first drain while the buffer overflows.
-    # --aggregate writes tables at its end only, after the compiler's memory
-    # is given back: they wait until then (peak RSS).
-    mods = ["mmntrace.record"] if aggregate else ["pandas", "pyarrow.parquet", "mmntrace.record"]
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    warm = pool.submit(lambda: [importlib.import_module(m) for m in mods][-1])
-    pool.shutdown(wait=False)
+    # Streaming writes its first segment seconds after the start: its modules,
+    # pandas and pyarrow with them, import in a thread while bcc compiles
+    # (which releases the GIL), or their import (seconds on a slow machine)
+    # would stall the first drain while the buffer overflows. --aggregate
+    # writes tables at its end only: pandas waits until then (peak RSS), and
+    # the recorder's own modules import after the compile, where they take
+    # 0.2 s in the lab's 6.1 guest; beside it, 0.6-0.7 s, and they slowed the
+    # compile by as much again (the guest reads them through its file share).
+    if aggregate:
+        warm = None
+    else:
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        warm = pool.submit(lambda: [importlib.import_module(m) for m in
+                                    ("pandas", "pyarrow.parquet", "mmntrace.record")][-1])
+        pool.shutdown(wait=False)
     from . import kernel, tracer
     import time
     t0 = time.monotonic()
@@ -294,7 +299,7 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
         click.echo("mmntrace: compiling and attaching probes...", err=True)
     t.load()            # compile, calibrate; nothing attached yet
     try:
-        rec = warm.result()
+        rec = warm.result() if warm is not None else importlib.import_module("mmntrace.record")
         s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,
                         status=None, redact=redact, hand_over=not keep_root_owner, command=held)
     except BaseException:

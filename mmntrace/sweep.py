@@ -21,27 +21,46 @@ from . import bpfsys
 from . import btf as btfmod
 
 
-def walk(bpf, max_runs: int, btf_id: int | None = None) -> tuple[bytes, int, int]:
+#: the two iterator programs, in the order they run
+ITERS = ("iter_subs", "iter_itree")
+
+
+def task_iter_btf_id(btf_id: int | None = None) -> int:
+    """bpf_iter_task's BTF id (``btf_id`` when the features have it)."""
+    if btf_id is None:
+        b = btfmod.load_vmlinux()
+        btf_id = b.find("bpf_iter_task", (btfmod.KIND_FUNC,)) if b is not None else None
+    if btf_id is None:
+        raise OSError("no bpf_iter_task in BTF")
+    return btf_id
+
+
+def load(bpf, name: str, btf_id: int) -> int:
+    """Load iterator ``name`` of bcc's compiled module ``bpf``; its fd."""
+    return bpfsys.load_tracing(bpf.dump_func(name.encode()), name=name, attach=bpfsys.TRACE_ITER,
+                               btf_obj_fd=0, btf_id=btf_id)
+
+
+def walk(bpf, max_runs: int, btf_id: int | None = None, progs: dict[str, int] | None = None
+         ) -> tuple[bytes, int, int]:
     """Run the iterators of a loaded program (bcc's BPF object): (the records
     they wrote, runs of the interval walk, mms whose tree it did not finish).
     ``btf_id``: bpf_iter_task's (kernel.Features; else read from BTF here).
+    ``progs``: the iterators already loaded (name -> fd, mmntrace/preload.py;
+    they stay open), else they are loaded here and closed after the walk.
     Raises where the kernel has no task iterator or refuses one."""
-    tid = btf_id
-    if tid is None:
-        b = btfmod.load_vmlinux()
-        tid = b.find("bpf_iter_task", (btfmod.KIND_FUNC,)) if b is not None else None
-    if tid is None:
-        raise OSError("no bpf_iter_task in BTF")
+    progs = dict(progs or {})
     fds: list[int] = []
     raw = b""
     resume, resuming = bpf[b"itree_resume"], bpf[b"itree_resuming"]
     try:
         resume.clear()              # an earlier window's sweep (the daemon) left nothing to go on from
         resuming[ctypes.c_int(0)] = ctypes.c_uint32(0)
-        for fn in (b"iter_subs", b"iter_itree"):
-            prog = bpfsys.load_tracing(bpf.dump_func(fn), name=fn.decode(), attach=bpfsys.TRACE_ITER,
-                                       btf_obj_fd=0, btf_id=tid)
-            fds.append(prog)
+        for fn in ITERS:
+            prog = progs.get(fn)
+            if prog is None:
+                prog = load(bpf, fn, task_iter_btf_id(btf_id))
+                fds.append(prog)
             fds.append(bpfsys.iter_link(prog))
             raw += bpfsys.iter_read(fds[-1])
         # interval trees longer than one run visits: go on where each stopped

@@ -42,6 +42,7 @@ queries the recorder and the daemon make.
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -52,7 +53,8 @@ from . import kernel
 from .errors import BpfLoadError, MmntraceError
 from .codegen import BPF_DIR, BPF_SRC, bpf_text  # noqa: F401 (names older code imports from here)
 from .calibrate import Calibration, fentry_calib_symbol
-from .attach import FENTRY_PROGS as _FENTRY_PROGS, KprobeLinks, Probes  # noqa: F401 (_FENTRY_PROGS: older imports)
+from .attach import FENTRY_PROGS, KprobeLinks, Probes
+from . import preload
 from .callbacks import DriverCallbacks, Selection
 from .fentry import Trampolines
 from .heap import give_back_memory
@@ -221,6 +223,7 @@ class Tracer:
         # the fentry backend's programs, loaded per function (mmntrace/fentry.py)
         self._tramp = Trampolines(lambda name: self.bpf.dump_func(name.encode()), lambda: self._ksyms.by_name)
         self._links: KprobeLinks | None = None
+        self._iter_progs: dict[str, int] = {}     # the sweep's iterators, loaded once (_preload)
 
     @property
     def modules(self) -> frozenset | None:
@@ -314,6 +317,9 @@ class Tracer:
                                     chain=self.chain)
         try:
             t0 = time.monotonic()
+            self._preload()
+            self.timing["verify_s"] = time.monotonic() - t0
+            t0 = time.monotonic()
             self._probes.detach_all()
             self._calibrate()
             self._open_buffer()
@@ -323,6 +329,23 @@ class Tracer:
         except Exception as e:
             self.stop()
             raise BpfLoadError(f"loading the probes failed: {e}") from e
+
+    def _preload(self) -> None:
+        """Verify the programs the start will attach, on every CPU at once
+        (mmntrace/preload.py): bcc's, and the sweep's iterators, whose fds
+        are kept for each sweep (the daemon sweeps at every window)."""
+        skip = {p for progs in FENTRY_PROGS.values() for p in progs if p} | {"calib_fentry", *sweep.ITERS}
+        extra = []
+        names = {name for name, _size in preload.functions(self.bpf)}
+        if getattr(self.f, "task_iter", False) and set(sweep.ITERS) <= names:
+            try:
+                tid = sweep.task_iter_btf_id(getattr(self.f, "iter_task_btf_id", None))
+                sizes = dict(preload.functions(self.bpf))
+                extra = [(fn, sizes[fn], (lambda fn=fn: sweep.load(self.bpf, fn, tid))) for fn in sweep.ITERS]
+            except OSError as e:
+                _debug(f"preload: no sweep iterators: {e}")
+        got = quietly(preload.preload, _debug)(self.bpf, skip=skip, extra=extra)
+        self._iter_progs = {fn: fd for fn, fd in got.items() if fn in sweep.ITERS and isinstance(fd, int)}
 
     def _compile(self, text: str):
         """bcc's BPF object for ``text`` under this tracer's flags. A clang that
@@ -435,7 +458,8 @@ class Tracer:
             return
         try:
             raw, runs, self.sweep_unfinished = sweep.walk(self.bpf, SWEEP_ITREE_RUNS,
-                                                          getattr(self.f, "iter_task_btf_id", None))
+                                                          getattr(self.f, "iter_task_btf_id", None),
+                                                          progs=self._iter_progs)
             self.timing["sweep_itree_runs"] = runs
         except Exception as e:      # subscribers are then found at their mm's first hook
             _debug(f"start-up sweep failed: {e}\n{getattr(e, 'log', '')}")
@@ -702,6 +726,9 @@ class Tracer:
             self._hist.close()
             self._counters.close()
             self._tramp.close()
+            for fd in self._iter_progs.values():
+                os.close(fd)
+            self._iter_progs = {}
             if self._links is not None:
                 self._links.detach_all()
             self.bpf.cleanup()
