@@ -105,20 +105,37 @@ def _btf_name(fd: int) -> str | None:
 
 
 def load_tracing(insns: bytes, *, name: str, attach: int, btf_obj_fd: int, btf_id: int,
-                 license: str = "GPL") -> int:
+                 license: str = "GPL", **subprogs) -> int:
     """Load ``insns`` as an fentry (``attach`` = TRACE_FENTRY) or fexit program
-    on BTF function ``btf_id`` of the BTF object ``btf_obj_fd``; returns its fd."""
+    on BTF function ``btf_id`` of the BTF object ``btf_obj_fd``; returns its fd.
+    ``subprogs``: :func:`load_prog`'s prog_btf_fd and func_info."""
+    return load_prog(insns, name=name, prog_type=PROG_TYPE_TRACING, attach=attach, btf_obj_fd=btf_obj_fd,
+                     btf_id=btf_id, license=license, **subprogs)
+
+
+def load_prog(insns: bytes, *, name: str, prog_type: int, attach: int = 0, btf_obj_fd: int = 0,
+              btf_id: int = 0, kern_version: int = 0, license: str = "GPL", prog_btf_fd: int | None = None,
+              func_info: list[tuple[int, int]] = ()) -> int:
+    """Load ``insns`` as a program of ``prog_type`` (tracing ones on BTF function
+    ``btf_id`` of the BTF object ``btf_obj_fd``); returns its fd. A program
+    with subprograms carries ``func_info`` ((first instruction, BTF FUNC id)
+    per function) over the BTF object ``prog_btf_fd`` (:func:`func_btf`). A
+    refusal raises :class:`BpfSysError` with the verifier's words in ``log``."""
     ins = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(license.encode())
+    finfo = ctypes.create_string_buffer(b"".join(struct.pack("II", off, tid) for off, tid in func_info) or b"\0")
 
     def load(log):
         a = _attr()
-        struct.pack_into("IIQQ", a, 0, PROG_TYPE_TRACING, len(insns) // 8, ctypes.addressof(ins),
+        struct.pack_into("IIQQ", a, 0, prog_type, len(insns) // 8, ctypes.addressof(ins),
                          ctypes.addressof(lic))
         if log is not None:
             struct.pack_into("IIQ", a, 24, 1, len(log), ctypes.addressof(log))   # log_level 1
+        struct.pack_into("I", a, 40, kern_version)
         struct.pack_into("16s", a, 48, name.encode()[:15])
         struct.pack_into("I", a, 68, attach)                                   # expected_attach_type
+        if func_info:       # prog_btf_fd, func_info_rec_size, func_info, func_info_cnt
+            struct.pack_into("IIQI", a, 72, prog_btf_fd, 8, ctypes.addressof(finfo), len(func_info))
         struct.pack_into("II", a, 108, btf_id, btf_obj_fd)                     # attach_btf_id, _obj_fd
         return _bpf(PROG_LOAD, a, f"loading {name}")
 
@@ -131,6 +148,36 @@ def load_tracing(insns: bytes, *, name: str, attach: int, btf_obj_fd: int, btf_i
         except BpfSysError:
             pass
         e.log = log.value.decode(errors="replace")[-2000:]
+        raise
+
+
+BTF_LOAD = 18
+_BTF_KIND_INT, _BTF_KIND_FUNC, _BTF_KIND_FUNC_PROTO = 1, 12, 13
+
+
+def func_btf(names: tuple[str, ...]) -> int:
+    """Load a BTF object of one static function per name, each ``int (void)``
+    (ids 3, 4...: 1 is int, 2 the prototype), for the func_info that a
+    program with subprograms must carry; its fd. The verifier reads a static
+    function's kind and place from it, not its arguments."""
+    strs = bytearray(b"\0int\0")
+    offs = []
+    for n in names:
+        offs.append(len(strs))
+        strs += n.encode() + b"\0"
+    types = struct.pack("IIII", 1, _BTF_KIND_INT << 24, 4, 0x01000020)      # int: signed, 32 bits
+    types += struct.pack("III", 0, _BTF_KIND_FUNC_PROTO << 24, 1)           # int (void)
+    for off in offs:
+        types += struct.pack("III", off, _BTF_KIND_FUNC << 24, 2)           # static
+    blob = struct.pack("HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strs)) + types + bytes(strs)
+    buf = ctypes.create_string_buffer(blob, len(blob))
+    log = ctypes.create_string_buffer(1 << 12)
+    a = _attr(32)
+    struct.pack_into("QQIII", a, 0, ctypes.addressof(buf), ctypes.addressof(log), len(blob), len(log), 1)
+    try:
+        return _bpf(BTF_LOAD, a, "BTF_LOAD")
+    except BpfSysError as e:
+        e.log = log.value.decode(errors="replace")
         raise
 
 

@@ -527,6 +527,9 @@ def doctor():
     click.echo(f"kprobe cookies  {ok(f.kprobe_cookie)}"
                + ("  (each hook's and callback's kprobe is told what it serves by its BPF link)" if f.kprobe_cookie
                   else "  (the kprobes look their hook or callback up by address on every call)"))
+    click.echo(f"bpf_loop        {ok(f.bpf_loop)}"
+               + ("  (the interval-tree walk's steps are a callback: programs load in a fraction of the time)"
+                  if f.bpf_loop else "  (the interval-tree walk is unrolled by the verifier: slower loads)"))
     click.echo(f"MMU notifiers   {ok(f.mmu_notifiers)}")
     for hid, sym, name in f.hooks:
         click.echo(f"  hook {name:<32} {sym}")

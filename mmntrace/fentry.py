@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import bpfsys
+from . import subprog
 from . import btf as btfmod
 from .attach import callback_cookie
 from .errors import BpfLoadError
@@ -154,7 +155,8 @@ class Trampolines:
                     insns = with_hook(insns, hook)
                 elif cb is not None and kind == bpfsys.TRACE_FENTRY:
                     insns = with_callback(insns, *cb)
-                prog = bpfsys.load_tracing(insns, name=name, attach=kind, btf_obj_fd=fd, btf_id=tid)
+                prog = bpfsys.load_tracing(insns, name=name, attach=kind, btf_obj_fd=fd, btf_id=tid,
+                                           **subprog.load_args(insns))    # a bpf_loop callback linked in
                 fds.append(prog)
                 fds.append(bpfsys.attach_tracing(prog))
         except bpfsys.BpfSysError as e:

@@ -103,6 +103,7 @@ class Features:
     task_rt_offsets: tuple | None = None  # (migration_disabled, rcu_read_lock_nesting) offsets in task_struct, BTF
     mmap_array: bool = False         # BPF_F_MMAPABLE arrays (array_map_mmap in kallsyms; upstream fc9702273e2e, 5.5)
     kprobe_cookie: bool = False      # kprobe BPF links with a cookie (BTF's BPF_FUNC_get_attach_cookie, 5.15) and the kprobe PMU
+    bpf_loop: bool = False           # the bpf_loop() helper (BTF's BPF_FUNC_loop, 5.17): the interval walk's steps as a callback
 
     @property
     def context_source(self) -> str:
@@ -570,6 +571,9 @@ def probe() -> Features:
         # 7adfc6c9b315, 5.15); the links are made on the kprobe PMU's events
         kprobe_cookie=(b is not None and b.enumerator("BPF_FUNC_get_attach_cookie") is not None
                        and Path("/sys/bus/event_source/devices/kprobe/type").exists()),
+        # bpf_loop (5.17): its callback is verified as a call,
+        # where a bounded loop is unrolled (bpf/discovery.h rb_next_of, mmntrace/subprog.py)
+        bpf_loop=b is not None and b.enumerator("BPF_FUNC_loop") is not None,
     )
 
 

@@ -18,6 +18,7 @@ import ctypes
 import os
 
 from . import bpfsys
+from . import subprog
 from . import btf as btfmod
 
 
@@ -37,8 +38,9 @@ def task_iter_btf_id(btf_id: int | None = None) -> int:
 
 def load(bpf, name: str, btf_id: int) -> int:
     """Load iterator ``name`` of bcc's compiled module ``bpf``; its fd."""
-    return bpfsys.load_tracing(bpf.dump_func(name.encode()), name=name, attach=bpfsys.TRACE_ITER,
-                               btf_obj_fd=0, btf_id=btf_id)
+    insns = subprog.linked(bpf.dump_func, name)
+    return bpfsys.load_tracing(insns, name=name, attach=bpfsys.TRACE_ITER, btf_obj_fd=0, btf_id=btf_id,
+                               **subprog.load_args(insns))
 
 
 def walk(bpf, max_runs: int, btf_id: int | None = None, progs: dict[str, int] | None = None

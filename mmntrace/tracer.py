@@ -55,6 +55,7 @@ from .codegen import BPF_DIR, BPF_SRC, bpf_text  # noqa: F401 (names older code 
 from .calibrate import Calibration, fentry_calib_symbol
 from .attach import FENTRY_PROGS, KprobeLinks, Probes
 from . import preload
+from . import bpfsys, subprog
 from .callbacks import DriverCallbacks, Selection
 from .fentry import Trampolines
 from .heap import give_back_memory
@@ -124,9 +125,30 @@ def quiet_bpf_class(BPF: type) -> type:
         def _trace_autoload(self):
             pass
 
+        def load_func(self, func_name, prog_type, device=None, attach_type=-1):
+            """bcc's, but a program that passes a bpf_loop() callback is loaded
+            with the callback linked in (mmntrace/subprog.py), which bcc cannot
+            do; bcc keeps it by name as its own, for its attach calls."""
+            name = func_name if isinstance(func_name, bytes) else func_name.encode()
+            if name in self.funcs or device is not None:
+                return BPF.load_func(self, name, prog_type, device, attach_type)
+            insns = self.dump_func(name)
+            if not subprog.uses_callback(insns):
+                return BPF.load_func(self, name, prog_type, device, attach_type)
+            from bcc import lib
+            insns = subprog.link(insns, self.dump_func(subprog.CALLBACKS[0].encode()))
+            try:
+                fd = bpfsys.load_prog(insns, name=name.decode(), prog_type=prog_type, attach=max(attach_type, 0),
+                                      kern_version=lib.bpf_module_kern_version(self.module),
+                                      **subprog.load_args(insns))
+            except bpfsys.BpfSysError as e:
+                raise Exception(f"Failed to load BPF program {name!r}: {e.strerror}\n{e.log}") from e
+            self.funcs[name] = BPF.Function(self, name, fd)
+            return self.funcs[name]
+
     for name in _NOISY_BCC:
-        if hasattr(BPF, name):
-            setattr(_BPF, name, quietly(getattr(BPF, name), _debug))
+        if hasattr(_BPF, name):
+            setattr(_BPF, name, quietly(getattr(_BPF, name), _debug))
     return _BPF
 
 
@@ -221,7 +243,7 @@ class Tracer:
         self.task_storage = True
         self._optimize_once = True      # codegen.OPTIMIZE_ONCE, unless clang refuses it
         # the fentry backend's programs, loaded per function (mmntrace/fentry.py)
-        self._tramp = Trampolines(lambda name: self.bpf.dump_func(name.encode()), lambda: self._ksyms.by_name)
+        self._tramp = Trampolines(lambda name: subprog.linked(self.bpf.dump_func, name), lambda: self._ksyms.by_name)
         self._links: KprobeLinks | None = None
         self._iter_progs: dict[str, int] = {}     # the sweep's iterators, loaded once (_preload)
 
@@ -334,7 +356,8 @@ class Tracer:
         """Verify the programs the start will attach, on every CPU at once
         (mmntrace/preload.py): bcc's, and the sweep's iterators, whose fds
         are kept for each sweep (the daemon sweeps at every window)."""
-        skip = {p for progs in FENTRY_PROGS.values() for p in progs if p} | {"calib_fentry", *sweep.ITERS}
+        skip = {p for progs in FENTRY_PROGS.values() for p in progs if p} | {"calib_fentry", *sweep.ITERS,
+                                                                               *subprog.CALLBACKS}
         extra = []
         names = {name for name, _size in preload.functions(self.bpf)}
         if getattr(self.f, "task_iter", False) and set(sweep.ITERS) <= names:

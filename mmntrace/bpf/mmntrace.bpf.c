@@ -118,6 +118,8 @@
 #define PAGE_SIZE 4096
 #endif
 #include "mmntrace.h"
+#define MMNT_STR_(x) #x
+#define MMNT_STR(x) MMNT_STR_(x)	/* a placeholder's number in an asm statement */
 
 #ifndef X86_EFLAGS_IF
 #define X86_EFLAGS_IF 0x200
@@ -849,8 +851,6 @@ int cb_return(struct pt_regs *ctx)
 static long (*mmnt_func_arg)(void *ctx, u32 n, u64 *value) = (void *)183;
 static long (*mmnt_func_ret)(void *ctx, u64 *value) = (void *)184;
 
-#define MMNT_STR_(x) #x
-#define MMNT_STR(x) MMNT_STR_(x)
 /*
  * The callback this copy serves: two 64-bit immediates that fentry.py sets,
  * per copy, to its struct cbinfo (cb_info's entry for the function): no map

@@ -88,6 +88,12 @@ def test_entry_programs_read_a_link_cookie_only_where_the_kernel_has_them():
     assert "MMNT_KPROBE_COOKIE" in defines(codegen.cflags(dataclasses.replace(F, kprobe_cookie=True), **BASE))
 
 
+def test_the_interval_walk_steps_in_a_bpf_loop_callback_only_where_the_kernel_has_it():
+    """MMNT_BPF_LOOP (bpf/discovery.h rb_next_of) only where BTF has BPF_FUNC_loop."""
+    assert "MMNT_BPF_LOOP" not in defines(codegen.cflags(F, **BASE))
+    assert "MMNT_BPF_LOOP" in defines(codegen.cflags(dataclasses.replace(F, bpf_loop=True), **BASE))
+
+
 def test_each_hook_program_copy_gets_its_hook_id_where_the_placeholder_is():
     """fentry.with_hook: hook_const()'s 64-bit immediate (and only it) becomes
     the hook id, in every copy the compiler made; a program without it is refused."""

@@ -222,6 +222,8 @@ def test_doctor_tells_the_trials_verdict():
         assert key in other, r.output           # the rest of doctor is still there
     cookie = next(ln for ln in r.output.splitlines() if ln.startswith("kprobe cookies "))
     assert cookie.split()[2] == ("yes" if kernel.probe().kprobe_cookie else "NO"), cookie
+    loop = next(ln for ln in r.output.splitlines() if ln.startswith("bpf_loop "))
+    assert loop.split()[1] == ("yes" if kernel.probe().bpf_loop else "NO"), loop
 
 
 def test_record_backend_fentry_on_this_host_is_one_sentence(tmp_path):
