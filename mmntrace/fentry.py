@@ -151,12 +151,12 @@ class Trampolines:
         try:
             for name, kind in self._progs(entry, exit_):
                 insns = self.insns(name)
+                linked = subprog.load_args(insns)       # its bpf_loop callbacks, where it has them
                 if hook is not None:
                     insns = with_hook(insns, hook)
                 elif cb is not None and kind == bpfsys.TRACE_FENTRY:
                     insns = with_callback(insns, *cb)
-                prog = bpfsys.load_tracing(insns, name=name, attach=kind, btf_obj_fd=fd, btf_id=tid,
-                                           **subprog.load_args(insns))    # a bpf_loop callback linked in
+                prog = bpfsys.load_tracing(insns, name=name, attach=kind, btf_obj_fd=fd, btf_id=tid, **linked)
                 fds.append(prog)
                 fds.append(bpfsys.attach_tracing(prog))
         except bpfsys.BpfSysError as e:

@@ -1,9 +1,10 @@
 """Verifying a compiled program's functions side by side, before they are needed.
 
 The kernel's verifier walks each BPF program as it is loaded, on the loading
-thread's CPU. In the lab's 6.1 guest ``hk_entry`` takes 0.9 s of it and
-``hk_return`` 0.7 s, the start-up sweep's two task iterators 0.45 s each, and
-one after the other they were most of the time between the compile's end and
+thread's CPU: in the lab's 6.1 guest ``hk_entry`` took 0.9 s of it,
+``hk_return`` 0.75 and the start-up sweep's interval iterator 0.7 (before
+their interval walks became bpf_loop() callbacks: mmntrace/subprog.py), one
+after the other, most of the time between the compile's end and
 ``--ready-file``. A bpf(2) call made through ctypes leaves the GIL, so loads
 made from threads verify on as many CPUs at once.
 
@@ -14,6 +15,13 @@ iterators, mmntrace/sweep.py), the longest first, on one thread per CPU.
 It is best effort: a program the kernel refuses here is loaded again where it
 is attached, which says why. The fentry backend's programs are left out:
 fentry.py loads a copy of them per function it probes.
+
+Measured in the 6.1 guest (the daemon's configuration, before the callbacks):
+the loads, calibration, sweep and attach took 4.35-4.40 s one by one and 2.8 s
+with the guest's two CPUs on two host threads (MMNTRACE_LAB_TCG_THREAD=multi).
+The lab's default runs a guest on one host thread, where threads buy nothing
+(4.4 s either way): what a machine with CPUs to spare gains is not what the
+lab's benchmark can show.
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def quiet_bpf_class(BPF: type) -> type:
             if not subprog.uses_callback(insns):
                 return BPF.load_func(self, name, prog_type, device, attach_type)
             from bcc import lib
-            insns = subprog.link(insns, self.dump_func(subprog.CALLBACKS[0].encode()))
+            insns = subprog.link(insns, lambda cb: self.dump_func(cb.encode()))
             try:
                 fd = bpfsys.load_prog(insns, name=name.decode(), prog_type=prog_type, attach=max(attach_type, 0),
                                       kern_version=lib.bpf_module_kern_version(self.module),

@@ -287,7 +287,7 @@ static __always_inline void release_seen(u64 func)
  *
  * bcc links no subprograms: mmnt_rb_step is compiled as a function of its
  * own, and mmntrace/subprog.py appends its instructions to each program that
- * loads the MMNT_LOOP_FN_IMM placeholder, which it makes a reference to
+ * loads its placeholder (MMNT_LOOP_RB_IMM), which it makes a reference to
  * them. The callback's second argument (bpf_loop's context: the caller's
  * struct rbwalk) is read from r2 by hand: bcc would take a second parameter
  * of a program for a kprobe argument.
@@ -334,7 +334,7 @@ static __always_inline u64 rb_next_of(u64 node)
 	bpf_probe_read_kernel(&w.next, sizeof(w.next), (void *)(node + MMNT_L_RB_RIGHT));
 	w.up = !w.next;
 	w.cur = node;
-	asm volatile("%0 = " MMNT_STR(MMNT_LOOP_FN_IMM) " ll" : "=r"(fn));
+	asm volatile("%0 = " MMNT_STR(MMNT_LOOP_RB_IMM) " ll" : "=r"(fn));
 	mmnt_bpf_loop(MMNT_RB_DEPTH, (void *)fn, &w, 0);
 	return w.next;
 }
@@ -390,6 +390,58 @@ static __always_inline u64 rb_next_of(u64 node)
  * with more interval notifiers below the range's end than one count visits
  * is a drop (MMNT_DROP_ITREE), not a silent gap.
  */
+#ifdef MMNT_BPF_LOOP
+/* count_itree()'s visits, one node each, in a bpf_loop() callback: the
+ * caller's struct itcount (r2, as in mmnt_rb_step) says where it is. */
+struct itcount {
+	u64 node;	/* the next node to visit; 0: done */
+	u64 start;
+	u64 last;
+};
+
+int mmnt_itree_step(void *index)
+{
+	struct itcount *c;
+	u64 v = 0;	/* one slot for each read in turn: this frame adds to hk_entry's 392 bytes of stack (512 at most) */
+
+	asm volatile("%0 = r2" : "=r"(c));
+	if (!c->node)
+		return 1;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)(c->node + MMNT_L_ITN_START));
+	if (v > c->last) {		/* sorted by start: no later node meets the range */
+		c->node = 0;
+		return 1;
+	}
+	v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)(c->node + MMNT_L_ITN_LAST));
+	if (v >= c->start) {
+		u64 ops = 0;
+		bpf_probe_read_kernel(&ops, sizeof(ops), (void *)(c->node - MMNT_L_ISUB_TREE + MMNT_L_ISUB_OPS));
+		v = 0;
+		if (ops)
+			bpf_probe_read_kernel(&v, sizeof(v), (void *)(ops + MMNT_L_IOPS_INVALIDATE));
+		if (v)
+			add_to(v, false);
+	}
+	c->node = rb_next_of(c->node);
+	return 0;
+}
+
+static __always_inline void count_itree(u64 subs, u64 start, u64 last)
+{
+#if MMNT_SUBS_ITREE_OFF >= 0
+	struct itcount c = { .start = start, .last = last };
+	u64 fn;
+
+	if (bpf_probe_read_kernel(&c.node, sizeof(c.node), (void *)(subs + MMNT_SUBS_ITREE_OFF + MMNT_L_RBC_LEFTMOST)))
+		return;
+	asm volatile("%0 = " MMNT_STR(MMNT_LOOP_ITREE_IMM) " ll" : "=r"(fn));
+	mmnt_bpf_loop(MMNT_ITREE_COUNT_NODES, (void *)fn, &c, 0);
+	if (c.node)
+		count_drop(MMNT_DROP_ITREE);
+#endif
+}
+#else
 static __always_inline void count_itree(u64 subs, u64 start, u64 last)
 {
 #if MMNT_SUBS_ITREE_OFF >= 0
@@ -419,6 +471,8 @@ static __always_inline void count_itree(u64 subs, u64 start, u64 last)
 		count_drop(MMNT_DROP_ITREE);
 #endif
 }
+
+#endif /* MMNT_BPF_LOOP */
 
 /* Each subscriber on the mm's list whose op at ``off`` (and ``off2``) is set
  * was called once: cb_expected[op]++. */

@@ -27,9 +27,11 @@
 #define MMNT_CB_FUNC_IMM 1296975874	/* 0x4d4e4802 */
 #define MMNT_CB_INFO_IMM 1296975875	/* 0x4d4e4803 */
 /* Where a program passes a bpf_loop() callback (MMNT_BPF_LOOP): the
- * placeholder that mmntrace/subprog.py turns into a reference to the
- * callback's instructions, which it appends to the program's */
-#define MMNT_LOOP_FN_IMM 1296975876	/* 0x4d4e4804 */
+ * placeholders that mmntrace/subprog.py turns into references to the
+ * callbacks' instructions, which it appends to the program's
+ * (mmnt_rb_step, mmnt_itree_step in bpf/discovery.h) */
+#define MMNT_LOOP_RB_IMM 1296975876	/* 0x4d4e4804 */
+#define MMNT_LOOP_ITREE_IMM 1296975877	/* 0x4d4e4805 */
 /* A kprobe BPF link's cookie (hk_entry, cb_entry; mmntrace/attach.py): bit
  * 63 set, the hook id at bit 48, and for a callback its histogram series at
  * bit 32, chained at bit 62 and its address's lower half in bits 0-31 */

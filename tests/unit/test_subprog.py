@@ -1,4 +1,4 @@
-"""mmntrace/subprog.py: a bpf_loop() callback linked into a program bcc compiled alone."""
+"""mmntrace/subprog.py: bpf_loop() callbacks linked into a program bcc compiled alone."""
 
 import struct
 
@@ -6,6 +6,8 @@ import pytest
 
 from mmntrace import subprog
 from mmntrace.errors import BpfLoadError
+
+RB, ITREE = subprog.CALLBACKS["mmnt_rb_step"], subprog.CALLBACKS["mmnt_itree_step"]
 
 
 def insn(op, dst=0, src=0, off=0, imm=0):
@@ -16,41 +18,62 @@ def ld_imm64(dst, value, src=0):
     return insn(0x18, dst, src, 0, value & 0xffffffff) + insn(0, 0, 0, 0, (value >> 32) & 0xffffffff)
 
 
-EXIT, MOV0 = insn(0x95), insn(0xb7, 0, 0, 0, 0)
+EXIT, MOV0, MOV1 = insn(0x95), insn(0xb7, 0, 0, 0, 0), insn(0xb7, 0, 0, 0, 1)
 CALL_LOOP = insn(0x85, 0, 0, 0, 181)
-MAP_FD = ld_imm64(1, subprog.LOOP_FN_IMM, src=1)       # a map reference with the same number: not a site
+MAP_FD = ld_imm64(1, RB, src=1)       # a map reference with the same number: not a site
 
 
-def test_placeholders_become_references_to_the_appended_callback():
-    prog = MOV0 + ld_imm64(2, subprog.LOOP_FN_IMM) + CALL_LOOP + ld_imm64(2, subprog.LOOP_FN_IMM) + CALL_LOOP + EXIT
-    cb = insn(0xb7, 0, 0, 0, 1) + EXIT
-    out = subprog.link(prog, cb)
+def refs(out):
+    """(instruction, target instruction) of each BPF_PSEUDO_FUNC load."""
+    got = []
+    for i in range(0, len(out) - 15, 8):
+        op, regs, _off, imm = struct.unpack_from("<BBhi", out, i)
+        if op == 0x18 and regs >> 4 == 4:
+            assert struct.unpack_from("<i", out, i + 12)[0] == 0
+            got.append((i // 8, i // 8 + 1 + imm))
+    return got
+
+
+def test_each_placeholder_refers_to_its_callback_and_nested_ones_are_linked_once():
+    # the program passes the interval step twice and the rb step once; the
+    # interval step itself passes the rb step (a bpf_loop inside a callback)
+    prog = (MOV0 + ld_imm64(2, ITREE) + CALL_LOOP + ld_imm64(2, RB) + CALL_LOOP
+            + ld_imm64(2, ITREE) + CALL_LOOP + EXIT)
+    itree = MOV0 + ld_imm64(2, RB) + CALL_LOOP + MOV1 + EXIT
+    rb = MOV1 + EXIT
+    dumps = {"mmnt_itree_step": itree, "mmnt_rb_step": rb}
+    out = subprog.link(prog, dumps.__getitem__)
     n = len(prog) // 8
-    assert out[len(prog):] == cb and len(out) == len(prog) + len(cb)
-    for at in (1, 4):                                   # instruction indexes of the two loads
-        op, regs, _off, imm = struct.unpack_from("<BBhi", out, at * 8)
-        assert op == 0x18 and regs >> 4 == 4 and regs & 0xf == 2      # BPF_PSEUDO_FUNC into r2
-        assert at + 1 + imm == n                        # the callback's first instruction
-        assert struct.unpack_from("<i", out, at * 8 + 12)[0] == 0
-    assert out[:8] == prog[:8] and out[len(prog) - 8:len(prog)] == EXIT
+    # in the order first met: the interval step, then the rb step after it
+    assert out.funcs == ((n, "mmnt_itree_step"), (n + len(itree) // 8, "mmnt_rb_step"))
+    assert len(out) == len(prog) + len(itree) + len(rb) and out.endswith(rb)
+    it, r = n, n + len(itree) // 8
+    assert refs(out) == [(1, it), (4, r), (7, it), (it + 1, r)]
+    assert subprog.sites(out) == []
 
 
-def test_a_program_without_the_placeholder_is_unchanged():
+def test_a_program_without_a_placeholder_is_unchanged_and_loads_plainly():
     prog = MOV0 + MAP_FD + EXIT
     assert subprog.sites(prog) == []
-    assert subprog.link(prog, MOV0 + EXIT) is prog
-    calls = []
-    assert subprog.linked(lambda n: calls.append(n) or prog, "hk_entry") is prog
-    assert calls == [b"hk_entry"]                       # the callback is not even read
+    assert subprog.link(prog, lambda n: pytest.fail("no callback is read")) is prog
+    assert subprog.linked(lambda n: prog, "hk_entry") is prog
+    assert subprog.load_args(prog) == {}
 
 
-def test_linked_takes_the_callback_by_its_name():
-    prog = ld_imm64(2, subprog.LOOP_FN_IMM) + CALL_LOOP + EXIT
-    cb = MOV0 + EXIT
-    got = subprog.linked({b"iter_itree": prog, b"mmnt_rb_step": cb}.__getitem__, "iter_itree")
-    assert got.endswith(cb) and subprog.sites(got) == []
+def test_load_args_gives_each_function_its_place(monkeypatch):
+    monkeypatch.setattr(subprog.bpfsys, "func_btf", lambda names: 77)
+    monkeypatch.setattr(subprog, "_btf_fd", None)
+    out = subprog.link(ld_imm64(2, RB) + CALL_LOOP + EXIT, {"mmnt_rb_step": MOV1 + EXIT}.__getitem__)
+    a = subprog.load_args(out)
+    assert a["prog_btf_fd"] == 77
+    assert a["func_info"] == [(0, 3), (4, 3 + subprog._BTF_NAMES.index("mmnt_rb_step"))]
+
+
+def test_a_reference_that_link_did_not_make_is_refused():
+    with pytest.raises(BpfLoadError):
+        subprog.load_args(ld_imm64(2, 5, src=4) + CALL_LOOP + EXIT + MOV1 + EXIT)
 
 
 def test_a_callback_that_is_not_whole_instructions_is_an_error():
     with pytest.raises(BpfLoadError):
-        subprog.link(ld_imm64(2, subprog.LOOP_FN_IMM) + EXIT, b"\x95\x00")
+        subprog.link(ld_imm64(2, RB) + EXIT, lambda n: b"\x95\x00")
