@@ -30,6 +30,8 @@ import concurrent.futures
 import os
 from typing import Callable
 
+from . import subprog, sweep
+from .attach import FENTRY_PROGS
 from .quiet import debug
 
 # bcc's program types (bcc/__init__.py BPF.KPROBE, TRACEPOINT, RAW_TRACEPOINT)
@@ -101,3 +103,26 @@ def preload(bpf, skip=(), extra: list[tuple[str, int, Callable[[], object]]] = (
         debug("preload: not loaded here (loaded again where attached): "
               + "; ".join(f"{k}: {str(v).splitlines()[0] if str(v) else type(v).__name__}" for k, v in bad.items()))
     return out
+
+
+#: loaded elsewhere: the fentry backend's programs (a copy per function,
+#: mmntrace/fentry.py), the sweep's iterators (below) and the callbacks
+#: (subprograms of the programs that pass them)
+NOT_BCCS = frozenset({p for progs in FENTRY_PROGS.values() for p in progs if p} | {"calib_fentry", *sweep.ITERS,
+                                                                                     *subprog.CALLBACKS})
+
+
+def for_start(bpf, features) -> dict[str, int]:
+    """Preload what a tracer's start attaches (bcc's programs of ``bpf``, and
+    the sweep's iterators where ``features`` has task iterators); the
+    iterators' fds by name, for the sweeps (the caller closes them)."""
+    extra = []
+    sizes = dict(functions(bpf))
+    if getattr(features, "task_iter", False) and set(sweep.ITERS) <= set(sizes):
+        try:
+            tid = sweep.task_iter_btf_id(getattr(features, "iter_task_btf_id", None))
+            extra = [(fn, sizes[fn], (lambda fn=fn: sweep.load(bpf, fn, tid))) for fn in sweep.ITERS]
+        except OSError as e:
+            debug(f"preload: no sweep iterators: {e}")
+    got = preload(bpf, skip=NOT_BCCS, extra=extra)
+    return {fn: fd for fn, fd in got.items() if fn in sweep.ITERS and isinstance(fd, int)}

@@ -111,3 +111,26 @@ class Linked(bytes):
     """A program's instructions with its callbacks appended: ``funcs`` says
     where each begins ((instruction, name), in order)."""
     funcs: tuple = ()
+
+
+def load_func(bpf, func_name, prog_type: int, device=None, attach_type: int = -1):
+    """For bcc's ``BPF.load_func`` (mmntrace/tracer.py's subclass): a program
+    of ``bpf`` that passes a callback, loaded with it linked in and kept by
+    bcc by name as its own (its attach calls find it; its cleanup closes it).
+    None where bcc's own load is the one to make: no callback, a program it
+    holds already, a device."""
+    name = func_name if isinstance(func_name, bytes) else func_name.encode()
+    if name in bpf.funcs or device is not None:
+        return None
+    insns = bpf.dump_func(name)
+    if not sites(insns):
+        return None
+    from bcc import BPF, lib
+    insns = link(insns, lambda cb: bpf.dump_func(cb.encode()))
+    try:
+        fd = bpfsys.load_prog(insns, name=name.decode(), prog_type=prog_type, attach=max(attach_type, 0),
+                              kern_version=lib.bpf_module_kern_version(bpf.module), **load_args(insns))
+    except bpfsys.BpfSysError as e:      # as bcc says it, with the verifier's words
+        raise Exception(f"Failed to load BPF program {name!r}: {e.strerror}\n{e.log}") from e
+    bpf.funcs[name] = BPF.Function(bpf, name, fd)
+    return bpf.funcs[name]

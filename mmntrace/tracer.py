@@ -53,9 +53,8 @@ from . import kernel
 from .errors import BpfLoadError, MmntraceError
 from .codegen import BPF_DIR, BPF_SRC, bpf_text  # noqa: F401 (names older code imports from here)
 from .calibrate import Calibration, fentry_calib_symbol
-from .attach import FENTRY_PROGS, KprobeLinks, Probes
-from . import preload
-from . import bpfsys, subprog
+from .attach import KprobeLinks, Probes
+from . import preload, subprog
 from .callbacks import DriverCallbacks, Selection
 from .fentry import Trampolines
 from .heap import give_back_memory
@@ -127,24 +126,9 @@ def quiet_bpf_class(BPF: type) -> type:
 
         def load_func(self, func_name, prog_type, device=None, attach_type=-1):
             """bcc's, but a program that passes a bpf_loop() callback is loaded
-            with the callback linked in (mmntrace/subprog.py), which bcc cannot
-            do; bcc keeps it by name as its own, for its attach calls."""
-            name = func_name if isinstance(func_name, bytes) else func_name.encode()
-            if name in self.funcs or device is not None:
-                return BPF.load_func(self, name, prog_type, device, attach_type)
-            insns = self.dump_func(name)
-            if not subprog.uses_callback(insns):
-                return BPF.load_func(self, name, prog_type, device, attach_type)
-            from bcc import lib
-            insns = subprog.link(insns, lambda cb: self.dump_func(cb.encode()))
-            try:
-                fd = bpfsys.load_prog(insns, name=name.decode(), prog_type=prog_type, attach=max(attach_type, 0),
-                                      kern_version=lib.bpf_module_kern_version(self.module),
-                                      **subprog.load_args(insns))
-            except bpfsys.BpfSysError as e:
-                raise Exception(f"Failed to load BPF program {name!r}: {e.strerror}\n{e.log}") from e
-            self.funcs[name] = BPF.Function(self, name, fd)
-            return self.funcs[name]
+            with the callback linked in (mmntrace/subprog.py), which bcc cannot do."""
+            fn = subprog.load_func(self, func_name, prog_type, device, attach_type)
+            return fn if fn is not None else BPF.load_func(self, func_name, prog_type, device, attach_type)
 
     for name in _NOISY_BCC:
         if hasattr(_BPF, name):
@@ -354,21 +338,9 @@ class Tracer:
 
     def _preload(self) -> None:
         """Verify the programs the start will attach, on every CPU at once
-        (mmntrace/preload.py): bcc's, and the sweep's iterators, whose fds
-        are kept for each sweep (the daemon sweeps at every window)."""
-        skip = {p for progs in FENTRY_PROGS.values() for p in progs if p} | {"calib_fentry", *sweep.ITERS,
-                                                                               *subprog.CALLBACKS}
-        extra = []
-        names = {name for name, _size in preload.functions(self.bpf)}
-        if getattr(self.f, "task_iter", False) and set(sweep.ITERS) <= names:
-            try:
-                tid = sweep.task_iter_btf_id(getattr(self.f, "iter_task_btf_id", None))
-                sizes = dict(preload.functions(self.bpf))
-                extra = [(fn, sizes[fn], (lambda fn=fn: sweep.load(self.bpf, fn, tid))) for fn in sweep.ITERS]
-            except OSError as e:
-                _debug(f"preload: no sweep iterators: {e}")
-        got = quietly(preload.preload, _debug)(self.bpf, skip=skip, extra=extra)
-        self._iter_progs = {fn: fd for fn, fd in got.items() if fn in sweep.ITERS and isinstance(fd, int)}
+        (mmntrace/preload.py); the sweep's iterators are kept for each sweep
+        (the daemon sweeps at every window)."""
+        self._iter_progs = quietly(preload.for_start, _debug)(self.bpf, self.f)
 
     def _compile(self, text: str):
         """bcc's BPF object for ``text`` under this tracer's flags. A clang that

@@ -77,3 +77,56 @@ def test_a_reference_that_link_did_not_make_is_refused():
 def test_a_callback_that_is_not_whole_instructions_is_an_error():
     with pytest.raises(BpfLoadError):
         subprog.link(ld_imm64(2, RB) + EXIT, lambda n: b"\x95\x00")
+
+
+class FakeBpf:
+    module = object()
+
+    def __init__(self, progs):
+        self.progs, self.funcs = progs, {}
+
+    def dump_func(self, name):
+        return self.progs[name.decode()]
+
+
+@pytest.fixture
+def fake_bcc(monkeypatch):
+    bcc = pytest.importorskip("bcc")
+    monkeypatch.setattr(bcc, "lib", type("Lib", (), {"bpf_module_kern_version": staticmethod(lambda m: 0x60100)}))
+    monkeypatch.setattr(subprog.bpfsys, "func_btf", lambda names: 77)
+    monkeypatch.setattr(subprog, "_btf_fd", None)
+    loads = []
+
+    def load_prog(insns, **kw):
+        loads.append((insns, kw))
+        if kw["name"] == "refused":
+            raise subprog.bpfsys.BpfSysError("loading refused", 13, "R2 type=scalar expected=func")
+        return 42
+    monkeypatch.setattr(subprog.bpfsys, "load_prog", load_prog)
+    return loads
+
+
+def test_bccs_load_is_left_to_bcc_where_there_is_no_callback(fake_bcc):
+    b = FakeBpf({"cb_entry": MOV0 + EXIT, "hk_entry": ld_imm64(2, RB) + CALL_LOOP + EXIT})
+    assert subprog.load_func(b, b"cb_entry", 2) is None
+    b.funcs[b"hk_entry"] = "bcc's"
+    assert subprog.load_func(b, b"hk_entry", 2) is None          # bcc holds it already
+    assert fake_bcc == []
+
+
+def test_a_program_with_a_callback_is_loaded_linked_and_kept_as_bccs(fake_bcc):
+    b = FakeBpf({"hk_return": ld_imm64(2, ITREE) + CALL_LOOP + EXIT,
+                 "mmnt_itree_step": ld_imm64(2, RB) + CALL_LOOP + MOV1 + EXIT, "mmnt_rb_step": MOV1 + EXIT})
+    fn = subprog.load_func(b, "hk_return", 2)
+    assert fn.fd == 42 and b.funcs[b"hk_return"] is fn and fn.name == b"hk_return"
+    (insns, kw), = fake_bcc
+    assert kw["prog_type"] == 2 and kw["kern_version"] == 0x60100 and kw["prog_btf_fd"] == 77
+    assert [off for off, _tid in kw["func_info"]] == [0, 4, 9]     # main, interval step (5), rb step
+    assert len(insns) == 4 * 8 + 5 * 8 + 2 * 8
+
+
+def test_a_refusal_reads_as_bccs_with_the_verifiers_words(fake_bcc):
+    b = FakeBpf({"refused": ld_imm64(2, RB) + CALL_LOOP + EXIT, "mmnt_rb_step": MOV1 + EXIT})
+    with pytest.raises(Exception, match=r"(?s)Failed to load BPF program b'refused'.*expected=func"):
+        subprog.load_func(b, b"refused", 2)
+    assert b"refused" not in b.funcs
