@@ -59,12 +59,14 @@ def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, p
            children: bool = False, comm: str | None = None, aggregate: bool = False, chain: bool = False,
            min_latency_ns: int | None = None, task_storage: bool = True, sampling: bool = False,
            might_sleep: bool = False, sleep_detect: str = "switch", self_tgid: int | None = None,
-           machine: str | None = None) -> list[str]:
+           machine: str | None = None, bpf_loop: bool | None = None) -> list[str]:
     """The compiler flags (-D...) of the program for kernel features ``f``
     (kernel.Features) and the tracer's options (mmntrace.tracer.Tracer's
     arguments, resolved: ``backend`` kprobe or fentry, ``layout`` btf or
     headers). ``self_tgid``: the tracer's own process, whose calls are not
-    traced (default: this one); ``machine``: os.uname().machine."""
+    traced (default: this one); ``machine``: os.uname().machine; ``bpf_loop``:
+    False compiles the interval walks as bounded loops where the kernel has the
+    helper (its verifier refused the callbacks; default: ``f.bpf_loop``)."""
     fl = ["-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes", "-Wno-unknown-warning-option",
           *OPTIMIZE_ONCE, f"-I{BPF_DIR}", f"-DMMNT_RINGBUF={1 if ringbuf else 0}",
           f"-DMMNT_RINGBUF_PAGES={ringbuf_pages}", f"-DMMNT_SELF_TGID={self_tgid if self_tgid is not None else os.getpid()}"]
@@ -86,7 +88,7 @@ def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, p
         fl.append("-DMMNT_RAW_SWITCH")
     if getattr(f, "mmap_array", False):
         fl.append("-DMMNT_MMAP_ARRAYS")     # drops and walk_gen read by mmap, no bpf() call
-    if getattr(f, "bpf_loop", False):
+    if getattr(f, "bpf_loop", False) if bpf_loop is None else bpf_loop:
         fl.append("-DMMNT_BPF_LOOP")        # the interval walk's steps in a bpf_loop() callback (mmntrace/subprog.py)
     if getattr(f, "kprobe_cookie", False):
         fl.append("-DMMNT_KPROBE_COOKIE")   # hk_entry/cb_entry read their link's cookie (attach.KprobeLinks)

@@ -268,6 +268,8 @@ class Session:
         # notifiers than its runs visit): an ops table only there is found at registration only
         writer.meta["sweep_unfinished_mms"] = getattr(self.t, "sweep_unfinished", 0)
         writer.meta["task_storage"] = getattr(self.t, "task_storage", None)
+        # the interval walks' steps as bpf_loop() callbacks (False: bounded loops)
+        writer.meta["bpf_loop"] = getattr(self.t, "bpf_loop", None)
         if self.command is not None:
             writer.meta["command"] = {"argv": self.command.argv, "pid": self.command.pid, "exit": None}
         writer.flush_meta()

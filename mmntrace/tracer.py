@@ -225,6 +225,9 @@ class Tracer:
         self._final: dict | None = None
         self._hist = InKernelHistograms()      # --aggregate, --min-latency (mmntrace/histograms.py)
         self.task_storage = True
+        # the interval walks' steps as bpf_loop() callbacks (mmntrace/subprog.py)
+        # where the kernel has the helper, unless its verifier refuses them (load())
+        self.bpf_loop = bool(getattr(features, "bpf_loop", False))
         self._optimize_once = True      # codegen.OPTIMIZE_ONCE, unless clang refuses it
         # the fentry backend's programs, loaded per function (mmntrace/fentry.py)
         self._tramp = Trampolines(lambda name: subprog.linked(self.bpf.dump_func, name), lambda: self._ksyms.by_name)
@@ -262,7 +265,7 @@ class Tracer:
                               layout=self.layout, pid=self.pid, children=self.children, comm=self.comm,
                               aggregate=self.aggregate, chain=self.chain, min_latency_ns=self.min_latency_ns,
                               task_storage=self.task_storage, sampling=self.sampling,
-                              might_sleep=self.might_sleep, sleep_detect=self.sleep_detect)
+                              might_sleep=self.might_sleep, sleep_detect=self.sleep_detect, bpf_loop=self.bpf_loop)
 
     def start(self) -> None:
         """Compile and load (unless load() already ran), then attach everything (`record`)."""
@@ -304,6 +307,13 @@ class Tracer:
                 _debug("task-local storage refused: per-task state in a hash")
                 self.bpf.cleanup()
                 self.task_storage = False
+                self.bpf = self._compile(text)
+            if self.bpf_loop and not self._loads_callbacks():
+                # a verifier that refuses the linked callbacks (or the BTF they
+                # need): the interval walks as bounded loops, as without the helper
+                _debug("bpf_loop callbacks refused: the interval walks compiled as bounded loops")
+                self.bpf.cleanup()
+                self.bpf_loop = False
                 self.bpf = self._compile(text)
         except Exception as e:
             raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e} "
@@ -369,6 +379,21 @@ class Tracer:
         except Exception as e:
             _debug(f"loading cb_entry failed: {e}")
             return False
+
+    def _loads_callbacks(self) -> bool:
+        """Does the kernel take a program with bpf_loop() callbacks linked in?
+        The first of bcc's that has them is loaded (bcc keeps it: the preload
+        does not verify it again)."""
+        for name, _size in preload.functions(self.bpf):
+            if name in preload.NOT_BCCS or not subprog.uses_callback(self.bpf.dump_func(name.encode())):
+                continue
+            try:
+                self.bpf.load_func(name.encode(), preload.prog_type(name))
+            except Exception as e:
+                _debug(f"loading {name} with its bpf_loop callbacks failed: {e}")
+                return False
+            return True
+        return True
 
     @property
     def kernel_hist(self) -> bool:

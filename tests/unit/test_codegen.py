@@ -195,3 +195,37 @@ def test_any_other_compile_error_is_not_retried():
     with pytest.raises(Exception, match="Failed to compile"):
         t._compile("int x;")
     assert len(seen) == 1
+
+
+def test_a_tracer_whose_kernel_refuses_the_callbacks_compiles_bounded_loops(monkeypatch):
+    """Tracer.load()'s fallback: where loading a program with its bpf_loop callbacks
+    linked in fails, bpf_loop goes off and the next compile has no MMNT_BPF_LOOP."""
+    import struct
+    from mmntrace import preload, subprog, tracer
+    assert "MMNT_BPF_LOOP" not in defines(codegen.cflags(dataclasses.replace(F, bpf_loop=True), **BASE,
+                                                         bpf_loop=False))
+    linked = struct.pack("<BBhi", 0x18, 2, 0, subprog.CALLBACKS["mmnt_rb_step"]) + bytes(8) \
+        + struct.pack("<BBhi", 0x95, 0, 0, 0)
+    plain = struct.pack("<BBhi", 0x95, 0, 0, 0)
+
+    class FakeBpf:
+        def __init__(self, refuse):
+            self.refuse, self.loaded = refuse, []
+
+        def dump_func(self, name):
+            return linked if name in (b"hk_return", b"hkf_exit") else plain
+
+        def load_func(self, name, typ):
+            self.loaded.append(name)
+            if self.refuse:
+                raise Exception("Failed to load BPF program b'hk_return': Invalid argument")
+
+    monkeypatch.setattr(preload, "functions", lambda b: [("cb_entry", 748), ("hkf_exit", 900), ("hk_return", 996)])
+    t = tracer.Tracer(dataclasses.replace(F, bpf_loop=True))
+    assert t.bpf_loop and "MMNT_BPF_LOOP" in defines(t._cflags())
+    t.bpf = FakeBpf(refuse=False)
+    assert t._loads_callbacks() and t.bpf.loaded == [b"hk_return"]     # not the fentry copy's
+    t.bpf = FakeBpf(refuse=True)
+    assert not t._loads_callbacks()
+    t.bpf_loop = False
+    assert "MMNT_BPF_LOOP" not in defines(t._cflags())
