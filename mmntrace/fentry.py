@@ -37,7 +37,6 @@ from .transport import fdinfo
 HOOK_IMM = header().defines["MMNT_HOOK_IMM"]
 CB_FUNC_IMM = header().defines["MMNT_CB_FUNC_IMM"]
 CB_INFO_IMM = header().defines["MMNT_CB_INFO_IMM"]
-_LD_IMM64 = 0x18        # BPF_LD | BPF_IMM | BPF_DW: two instruction slots, imm split in halves
 
 
 def with_imm(insns: bytes, placeholder: int, value: int, what: str) -> bytes:
@@ -46,10 +45,7 @@ def with_imm(insns: bytes, placeholder: int, value: int, what: str) -> bytes:
     verifier then knows it. Every copy the compiler made is set (it may
     duplicate an asm statement along two paths); none is an error."""
     b = bytearray(insns)
-    at = [i for i in range(0, len(b) - 15, 8)
-          if b[i] == _LD_IMM64 and b[i + 1] >> 4 == 0
-          and struct.unpack_from("<iI", b, i + 4) == (placeholder, 0) and b[i + 8] == 0
-          and struct.unpack_from("<i", b, i + 12)[0] == 0]
+    at = [i for i, v in subprog.imm_loads(insns) if v == placeholder]
     if not at:
         raise BpfLoadError(f"the program has no place for its {what} "
                            "(bpf/mmntrace.bpf.c and the compiler disagree)")

@@ -90,13 +90,15 @@ def run(jobs: list[tuple[str, int, Callable[[], object]]], n: int | None = None)
 
 
 def preload(bpf, skip=(), extra: list[tuple[str, int, Callable[[], object]]] = (),
-            n: int | None = None) -> dict[str, object]:
+            n: int | None = None, funcs: list[tuple[str, int]] | None = None) -> dict[str, object]:
     """Load (verify) bcc's programs of ``bpf`` except those named in ``skip``,
     and run the ``extra`` loads with them; what each gave (a bcc Function, an
-    fd, or the exception). Failures are left for the attach to report."""
+    fd, or the exception). Failures are left for the attach to report.
+    ``funcs``: :func:`functions` of ``bpf``, where the caller has them."""
     loaded = getattr(bpf, "funcs", {})
     jobs = [(name, size, (lambda nm=name: bpf.load_func(nm.encode(), prog_type(nm))))
-            for name, size in functions(bpf) if name not in skip and name.encode() not in loaded]
+            for name, size in (functions(bpf) if funcs is None else funcs)
+            if name not in skip and name.encode() not in loaded]
     out = run(jobs + list(extra), n)
     bad = {k: v for k, v in out.items() if isinstance(v, Exception)}
     if bad:
@@ -117,12 +119,13 @@ def for_start(bpf, features) -> dict[str, int]:
     the sweep's iterators where ``features`` has task iterators); the
     iterators' fds by name, for the sweeps (the caller closes them)."""
     extra = []
-    sizes = dict(functions(bpf))
+    funcs = functions(bpf)
+    sizes = dict(funcs)
     if getattr(features, "task_iter", False) and set(sweep.ITERS) <= set(sizes):
         try:
             tid = sweep.task_iter_btf_id(getattr(features, "iter_task_btf_id", None))
             extra = [(fn, sizes[fn], (lambda fn=fn: sweep.load(bpf, fn, tid))) for fn in sweep.ITERS]
         except OSError as e:
             debug(f"preload: no sweep iterators: {e}")
-    got = preload(bpf, skip=NOT_BCCS, extra=extra)
+    got = preload(bpf, skip=NOT_BCCS, extra=extra, funcs=funcs)
     return {fn: fd for fn, fd in got.items() if fn in sweep.ITERS and isinstance(fd, int)}

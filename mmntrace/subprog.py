@@ -22,6 +22,7 @@ The kernel loads a program with subprograms only with BTF func_info:
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Callable
 
 from . import bpfsys
@@ -37,16 +38,23 @@ _LD_IMM64 = 0x18        # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 _PSEUDO_FUNC = 4        # BPF_PSEUDO_FUNC: the immediate is a subprogram's offset
 
 
-def sites(insns: bytes) -> list[tuple[int, str]]:
-    """(byte offset, callback) of each 64-bit immediate load of a callback's
-    placeholder (not a map reference: src_reg 0, upper half 0)."""
+def imm_loads(insns: bytes) -> list[tuple[int, int]]:
+    """(byte offset, value) of each plain 64-bit immediate load whose value fits
+    31 bits (src_reg 0: not a map or function reference; upper half 0): where
+    the programs' placeholders are (these callbacks', and the fentry copies'
+    constants: fentry.with_imm)."""
     out = []
     for i in range(0, len(insns) - 15, 8):
         if insns[i] == _LD_IMM64 and insns[i + 1] >> 4 == 0 and insns[i + 8] == 0:
             lo, hi = struct.unpack_from("<iI", insns, i + 4)
-            if hi == 0 and struct.unpack_from("<i", insns, i + 12)[0] == 0 and lo in _BY_IMM:
-                out.append((i, _BY_IMM[lo]))
+            if hi == 0 and struct.unpack_from("<i", insns, i + 12)[0] == 0:
+                out.append((i, lo))
     return out
+
+
+def sites(insns: bytes) -> list[tuple[int, str]]:
+    """(byte offset, callback) of each load of a callback's placeholder."""
+    return [(i, _BY_IMM[v]) for i, v in imm_loads(insns) if v in _BY_IMM]
 
 
 def uses_callback(insns: bytes) -> bool:
@@ -88,6 +96,7 @@ def linked(dump, name: str) -> bytes:
 
 
 _btf_fd: int | None = None
+_btf_lock = threading.Lock()        # preload.py's threads may load the first linked program
 _BTF_NAMES = ("mmnt_prog", *CALLBACKS)      # BTF ids 3, 4...: bpfsys.func_btf
 
 
@@ -102,8 +111,9 @@ def load_args(insns: bytes) -> dict:
         if any(insns[i] == _LD_IMM64 and insns[i + 1] >> 4 == _PSEUDO_FUNC for i in range(0, len(insns) - 15, 8)):
             raise BpfLoadError("a program refers to a subprogram that was not linked here")
         return {}
-    if _btf_fd is None:         # one small object for the process's programs
-        _btf_fd = bpfsys.func_btf(_BTF_NAMES)
+    with _btf_lock:
+        if _btf_fd is None:     # one small object for the process's programs
+            _btf_fd = bpfsys.func_btf(_BTF_NAMES)
     return {"prog_btf_fd": _btf_fd, "func_info": [(0, 3)] + [(at, 3 + _BTF_NAMES.index(n)) for at, n in funcs]}
 
 
@@ -122,11 +132,10 @@ def load_func(bpf, func_name, prog_type: int, device=None, attach_type: int = -1
     name = func_name if isinstance(func_name, bytes) else func_name.encode()
     if name in bpf.funcs or device is not None:
         return None
-    insns = bpf.dump_func(name)
-    if not sites(insns):
+    insns = linked(bpf.dump_func, name.decode())
+    if not isinstance(insns, Linked):
         return None
     from bcc import BPF, lib
-    insns = link(insns, lambda cb: bpf.dump_func(cb.encode()))
     try:
         fd = bpfsys.load_prog(insns, name=name.decode(), prog_type=prog_type, attach=max(attach_type, 0),
                               kern_version=lib.bpf_module_kern_version(bpf.module), **load_args(insns))
