@@ -90,6 +90,8 @@ def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, p
         fl.append("-DMMNT_MMAP_ARRAYS")     # drops and walk_gen read by mmap, no bpf() call
     if getattr(f, "bpf_loop", False) if bpf_loop is None else bpf_loop:
         fl.append("-DMMNT_BPF_LOOP")        # the interval walk's steps in a bpf_loop() callback (mmntrace/subprog.py)
+    if getattr(f, "probe_read_kernel", False):
+        fl.append("-DMMNT_PROBE_READ_KERNEL")   # the helper's own name, whatever bcc guessed (mmntrace/nokallsyms.py)
     if getattr(f, "kprobe_cookie", False):
         fl.append("-DMMNT_KPROBE_COOKIE")   # hk_entry/cb_entry read their link's cookie (attach.KprobeLinks)
     fl += [f"-D{d}" for d in hookmod.op_defines(f.ops)]     # the ops members this kernel has

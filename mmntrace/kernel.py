@@ -104,6 +104,7 @@ class Features:
     mmap_array: bool = False         # BPF_F_MMAPABLE arrays (array_map_mmap in kallsyms; upstream fc9702273e2e, 5.5)
     kprobe_cookie: bool = False      # kprobe BPF links with a cookie (BTF's BPF_FUNC_get_attach_cookie, 5.15) and the kprobe PMU
     bpf_loop: bool = False           # the bpf_loop() helper (BTF's BPF_FUNC_loop, 5.17): the interval walk's steps as a callback
+    probe_read_kernel: bool = False  # bpf_probe_read_kernel() (BTF's BPF_FUNC_probe_read_kernel, 5.5): bcc need not read kallsyms to ask
 
     @property
     def context_source(self) -> str:
@@ -574,6 +575,8 @@ def probe() -> Features:
         # bpf_loop (5.17): its callback is verified as a call,
         # where a bounded loop is unrolled (bpf/discovery.h rb_next_of, mmntrace/subprog.py)
         bpf_loop=b is not None and b.enumerator("BPF_FUNC_loop") is not None,
+        # what every bcc compile reads all of kallsyms to learn (mmntrace/nokallsyms.py)
+        probe_read_kernel=b is not None and b.enumerator("BPF_FUNC_probe_read_kernel") is not None,
     )
 
 

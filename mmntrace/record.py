@@ -270,6 +270,8 @@ class Session:
         writer.meta["task_storage"] = getattr(self.t, "task_storage", None)
         # the interval walks' steps as bpf_loop() callbacks (False: bounded loops)
         writer.meta["bpf_loop"] = getattr(self.t, "bpf_loop", None)
+        # bcc's compile did without its read of all of kallsyms (mmntrace/nokallsyms.py)
+        writer.meta["compile_skipped_kallsyms"] = getattr(self.t, "compile_skipped_kallsyms", None)
         if self.command is not None:
             writer.meta["command"] = {"argv": self.command.argv, "pid": self.command.pid, "exit": None}
         writer.flush_meta()

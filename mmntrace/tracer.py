@@ -54,7 +54,7 @@ from .errors import BpfLoadError, MmntraceError
 from .codegen import BPF_DIR, BPF_SRC, bpf_text  # noqa: F401 (names older code imports from here)
 from .calibrate import Calibration, fentry_calib_symbol
 from .attach import KprobeLinks, Probes
-from . import preload, subprog
+from . import nokallsyms, preload, subprog
 from .callbacks import DriverCallbacks, Selection
 from .fentry import Trampolines
 from .heap import give_back_memory
@@ -229,6 +229,7 @@ class Tracer:
         # where the kernel has the helper, unless its verifier refuses them (load())
         self.bpf_loop = bool(getattr(features, "bpf_loop", False))
         self._optimize_once = True      # codegen.OPTIMIZE_ONCE, unless clang refuses it
+        self.compile_skipped_kallsyms = False   # bcc's compile spared its kallsyms read (nokallsyms.py)
         # the fentry backend's programs, loaded per function (mmntrace/fentry.py)
         self._tramp = Trampolines(lambda name: subprog.linked(self.bpf.dump_func, name), lambda: self._ksyms.by_name)
         self._links: KprobeLinks | None = None
@@ -360,13 +361,20 @@ class Tracer:
         if not self._optimize_once:
             flags = codegen.without_optimize_once(flags)
         try:
-            return self._BPF(text=text.encode(), cflags=flags)
+            return self._bcc_compile(text, flags)
         except Exception as e:
             if not self._optimize_once or codegen.OPTIMIZE_ONCE[-1] not in getattr(e, "output", ""):
                 raise
             _debug(f"clang refused {' '.join(codegen.OPTIMIZE_ONCE)}: compiling without it")
             self._optimize_once = False
-            return self._BPF(text=text.encode(), cflags=codegen.without_optimize_once(flags))
+            return self._bcc_compile(text, codegen.without_optimize_once(flags))
+
+    def _bcc_compile(self, text: str, flags: list[str]):
+        """bcc's compile, spared its read of all of kallsyms where BTF has
+        answered its question already (mmntrace/nokallsyms.py)."""
+        with nokallsyms.skipping_kallsyms(getattr(self.f, "probe_read_kernel", False)) as skipped:
+            self.compile_skipped_kallsyms = skipped
+            return self._BPF(text=text.encode(), cflags=flags)
 
     def _loads(self) -> bool:
         """Does the kernel take the hook program (the feature test for task storage)?"""

@@ -59,6 +59,18 @@
  *                              function like cbf_*; msf_entry, calib_fentry the
  *                              same for might-sleep functions and getppid
  */
+#ifdef MMNT_PROBE_READ_KERNEL
+/*
+ * The kernel has bpf_probe_read_kernel() (BTF says so). bcc defines it and its
+ * siblings to bpf_probe_read above this line when its compile has not read
+ * kallsyms to find out, which mmntrace/nokallsyms.py spares it: the helpers'
+ * own names again, so the program is the same either way.
+ */
+#undef bpf_probe_read_kernel
+#undef bpf_probe_read_kernel_str
+#undef bpf_probe_read_user
+#undef bpf_probe_read_user_str
+#endif
 #include <uapi/linux/ptrace.h>
 #ifndef MMNT_BTF_LAYOUT
 /*

@@ -127,6 +127,9 @@ def _check_backend(r, backend, transport):
     # counts the callers check exactly took their steps in the linked callbacks
     # (mmntrace/subprog.py), not in the bounded loops of the fallback
     assert m["bpf_loop"] == kernel.probe().bpf_loop, m["bpf_loop"]
+    # where BTF says the kernel has bpf_probe_read_kernel (5.5+: every lab kernel), bcc's
+    # compile did without reading all of kallsyms to ask (mmntrace/nokallsyms.py)
+    assert m["compile_skipped_kallsyms"] == kernel.probe().probe_read_kernel, m["compile_skipped_kallsyms"]
     if backend == "kprobe":
         assert {a["attach"] for a in cbs} == {"kprobe"}
         # where the kernel has kprobe links with a cookie (5.15+), every hook's and
