@@ -27,7 +27,15 @@ from .quiet import debug as _debug
 _H = header()
 _CALIB_KPROBE, _CALIB_FENTRY = 0, 4   # bpf/context.h calib[] bases
 _CALIB_RT = {_CALIB_KPROBE: 12, _CALIB_FENTRY: 14}   # PREEMPT_RT: lowest migration_disabled, rcu nesting
-_CALIB_OVERHEAD = {"kprobe": 8, "fentry": 9}    # calib[] slots of probe_overhead()
+#: calib[] slots of probe_overhead(), by mechanism and whether the callback had
+#: its entry probe alone (chained) or an exit probe too
+_CALIB_OVERHEAD = {("kprobe", False): 8, ("fentry", False): 9, ("kprobe", True): 16, ("fentry", True): 17}
+
+
+def overhead_key(mech: str, chained: bool) -> str:
+    """probe_overhead's key: ``kprobe``/``fentry`` for a probe pair, ``kprobe_entry``
+    /``fentry_entry`` for a chained callback's entry probe alone."""
+    return f"{mech}_entry" if chained else mech
 _CALIB_NSAMPLES, _CALIB_MAX_SAMPLES = 10, 512
 _HOOK_CALIB = _H.enums["mmnt_hook"]["MMNT_HOOK_CALIB"]   # in-kernel only: the calibration
 #: the calibration's callback stand-in: getppid() calls it exactly once
@@ -78,12 +86,14 @@ class Calibration:
     ``probe_overhead``: ns a probed callback costs its hook, by mechanism."""
 
     def __init__(self, bpf, ksyms, tramp, *, backend: str, preempt_rt: bool, fentry_sym: str | None,
-                 chain: bool = False, links=None):
+                 chain: bool | frozenset = False, links=None):
         self.bpf, self.ksyms, self.tramp = bpf, ksyms, tramp
         # the callbacks' entry kprobes go through BPF links with a cookie where
         # attach.KprobeLinks can make them: the cost measured is theirs then
         self.links = links
-        self.chain = chain      # callbacks probed at entry only (MMNT_CHAIN): calibrated so
+        # how the callbacks are probed, each way calibrated: True, their entry alone
+        # (MMNT_CHAIN); False, entry and exit (a bool: every callback the same way)
+        self.modes = frozenset({chain}) if isinstance(chain, bool) else (frozenset(chain) or frozenset({False}))
         self.backend, self.preempt_rt, self.fentry_sym = backend, preempt_rt, fentry_sym
         self.kprobe: int | None = None
         self.fentry: int | None = None
@@ -127,11 +137,13 @@ class Calibration:
         the BPF trampoline), which no program can see. Measured here on the
         tracer's own getppid() calls, as a hook with a callback inside: the
         syscall function probed as the hook, __task_pid_nr_ns (which it calls
-        once) as the callback, probed as the tracer probes callbacks (its entry
-        alone where they are chained). The median hook duration with the callback probed
-        minus the median without it is that cost, per mechanism, each phase the
-        least of CALIB_ROUNDS alternating measurements; the BPF side
-        adds it to nested_ns for each callback probe that fires inside a hook.
+        once) as the callback, probed each way the tracer probes callbacks
+        (:attr:`modes`: its entry alone where they are chained, entry and exit
+        where not). The median hook duration with the callback probed
+        minus the median without it is that cost, per mechanism and way, each
+        phase the least of CALIB_ROUNDS alternating measurements; the BPF side
+        adds it to nested_ns for each callback probe that fires inside a hook
+        (a way not calibrated takes the other's figure: release ops).
         Unmeasurable (symbols missing, a probe refused): 0, nothing taken off."""
         self.probe_overhead = {}
         outer = self._syscall_fn()
@@ -143,43 +155,49 @@ class Calibration:
         hook_ip, cb_info, calib = self.bpf[b"hook_ip"], self.bpf[b"cb_info"], self.bpf[b"calib"]
         for k in (oa, oa + 4):
             hook_ip[ctypes.c_uint64(k)] = ctypes.c_uint32(_HOOK_CALIB)
-        for k in (ia, ia + 4):
-            cb_info[ctypes.c_uint64(k)] = cb_info.Leaf(ia, _HOOK_CALIB, 0, self.chain)   # struct cbinfo, as bcc read it
+        modes = sorted(self.modes)
         attached: list[tuple] = []
         try:
             for fn, kind in ((b"hk_return", "ret"), (b"hk_entry", "entry")):
                 self._attach(outer, fn, kind, attached)
-            runs: dict[str, list] = {"alone": [], "kprobe": []}
+            runs: dict[tuple, list] = {}
+            alone_runs: list = []
             fentry = self.backend == "fentry"
             for _ in range(CALIB_ROUNDS):
-                runs["alone"].append(self._median())
-                if not self.chain:
-                    self._attach(CALIB_INNER, b"cb_return", "ret", attached)
-                self._attach(CALIB_INNER, b"cb_entry", "entry", attached,
-                             cookie=callback_cookie(ia, _HOOK_CALIB, 0, self.chain))
-                runs["kprobe"].append(self._median())
-                for ev, fn, kind in reversed(attached[2:]):
-                    self._detach(ev, fn, kind)
-                del attached[2:]
-                if fentry:
-                    err = self.tramp.attach(CALIB_INNER, None, "cbf_entry", None if self.chain else "cbf_exit",
-                                            check_patched=False, cb=(ia, _HOOK_CALIB, 0, self.chain))
-                    if err is None:
-                        runs.setdefault("fentry", []).append(self._median())
-                        self.tramp.detach(ia)
-                    else:
-                        _debug(f"probe-overhead calibration, fentry on {CALIB_INNER}: {err}")
-                        fentry = False
-            alone = least(runs.pop("alone"))
-            measured = {mech: least(v) for mech, v in runs.items()}
-            for mech, with_probe in measured.items():
+                alone_runs.append(self._median())
+                for chained in modes:
+                    for k in (ia, ia + 4):      # struct cbinfo, as bcc read it: chained as probed
+                        cb_info[ctypes.c_uint64(k)] = cb_info.Leaf(ia, _HOOK_CALIB, 0, chained)
+                    if not chained:
+                        self._attach(CALIB_INNER, b"cb_return", "ret", attached)
+                    self._attach(CALIB_INNER, b"cb_entry", "entry", attached,
+                                 cookie=callback_cookie(ia, _HOOK_CALIB, 0, chained))
+                    runs.setdefault(("kprobe", chained), []).append(self._median())
+                    for ev, fn, kind in reversed(attached[2:]):
+                        self._detach(ev, fn, kind)
+                    del attached[2:]
+                    if fentry:
+                        err = self.tramp.attach(CALIB_INNER, None, "cbf_entry", None if chained else "cbf_exit",
+                                                check_patched=False, cb=(ia, _HOOK_CALIB, 0, chained))
+                        if err is None:
+                            runs.setdefault(("fentry", chained), []).append(self._median())
+                            self.tramp.detach(ia)
+                        else:
+                            _debug(f"probe-overhead calibration, fentry on {CALIB_INNER}: {err}")
+                            fentry = False
+            alone = least(alone_runs)
+            costs = {}
+            for (mech, chained), v in runs.items():
+                with_probe = least(v)
                 if alone is not None and with_probe is not None:
-                    cost = max(0, round(with_probe - alone))
-                    self.probe_overhead[mech] = cost
-                    calib[ctypes.c_int(_CALIB_OVERHEAD[mech])] = ctypes.c_uint32(cost)
+                    costs[(mech, chained)] = max(0, round(with_probe - alone))
+                    self.probe_overhead[overhead_key(mech, chained)] = costs[(mech, chained)]
+            for (mech, chained), slot in _CALIB_OVERHEAD.items():
+                cost = costs.get((mech, chained), costs.get((mech, not chained), 0))
+                calib[ctypes.c_int(slot)] = ctypes.c_uint32(cost)
         except Exception as e:      # calibration is best effort: nothing taken off
             _debug(f"probe-overhead calibration failed: {e}")
-            for mech, slot in _CALIB_OVERHEAD.items():
+            for slot in _CALIB_OVERHEAD.values():
                 calib[ctypes.c_int(slot)] = ctypes.c_uint32(0)
             self.probe_overhead = {}
         finally:

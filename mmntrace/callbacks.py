@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import hooks as hookmod
 from . import kernel
 from .layout import header, record_dtype
 from .quiet import debug
@@ -90,11 +91,24 @@ def module_loads(names, proc: str = "/proc/modules", sysfs: str = "/sys/module")
 HOOK_RELEASE = header().enums["mmnt_hook"]["MMNT_HOOK_RELEASE"]
 
 
-def chained(chain: bool, hook: int) -> bool:
-    """Is a callback of this hook probed at its entry only (cb_info's
-    ``chained``, which bpf/mmntrace.bpf.c follows)? Under ``chain``, every one
-    but the release ops: mmu_notifier_unregister() calls those outside any hook."""
-    return chain and hook != HOOK_RELEASE
+def chained_hooks(chain: bool, aggregate: bool) -> frozenset[int]:
+    """The hooks whose callbacks are probed at their entry only (cb_info's
+    ``chained``, which bpf/mmntrace.bpf.c follows: each ends where the next
+    callback of its hook begins, or where the hook returns). None without
+    ``chain`` (every hook probed). With --aggregate, which keeps no return
+    value, every hook's but the release ops' (mmu_notifier_unregister() calls
+    those outside any hook); a per-event recording keeps the return values, so
+    only the hooks whose ops return nothing (range end, the secondary-TLB
+    hook, change_pte: hooks.Hook.returns)."""
+    if not chain:
+        return frozenset()
+    return frozenset(h.id for h in hookmod.HOOKS
+                     if h.id != HOOK_RELEASE and (aggregate or not h.returns))
+
+
+def chained(hooks: frozenset[int], hook: int) -> bool:
+    """Is a callback of this hook probed at its entry only? (``hooks``: :func:`chained_hooks`)"""
+    return hook in hooks
 
 
 #: the order a new subscriber's callbacks are probed in: each probe takes tens of
@@ -118,13 +132,13 @@ class DriverCallbacks:
     """The callbacks of one tracer: ``probes`` places them (mmntrace/attach.py,
     whose records they join), ``hist`` gives each its histogram series,
     ``counters`` the BPF side's generation, ``drain`` keeps the record buffer
-    drained while attaching (each attach takes a while). ``chain``
-    (--aggregate, the program compiled with MMNT_CHAIN): entry probes only,
-    a callback ending where the next one of its hook begins; release ops keep
-    their exit probe (mmu_notifier_unregister() calls them outside a hook)."""
+    drained while attaching (each attach takes a while). ``chain``: the
+    hooks whose callbacks get entry probes only (:func:`chained_hooks`; the
+    program compiled with MMNT_CHAIN), a callback ending where the next one of
+    its hook begins."""
 
     def __init__(self, bpf, probes, ksyms, hist, counters, *, hooks: set[int], selection: Selection,
-                 drain: Callable[[], None], chain: bool = False):
+                 drain: Callable[[], None], chain: frozenset[int] = frozenset()):
         self.bpf = bpf
         self.chain = chain
         self.probes = probes

@@ -109,8 +109,8 @@ def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, p
         fl.append(f'-DMMNT_FILTER_COMM="{c}"')
     if aggregate:
         fl.append("-DMMNT_AGGREGATE")
-        if chain:       # callbacks by entry probes only (bpf/mmntrace.bpf.c)
-            fl.append("-DMMNT_CHAIN")
+    if chain:           # callbacks by entry probes only (bpf/mmntrace.bpf.c; callbacks.chained_hooks)
+        fl.append("-DMMNT_CHAIN")
     if min_latency_ns is not None:
         fl.append(f"-DMMNT_MIN_LAT_NS={min_latency_ns}ULL")
     if task_storage:

@@ -37,6 +37,7 @@ class Hook:
     never_sleeps: bool = False        # its callbacks must not sleep, whatever the range says
     secondary_tlb: bool = False       # the secondary-TLB hook (callers table, caller classes)
     range_end: bool = False           # ends a range (6.1: calls the secondary-TLB ops itself)
+    returns: bool = True              # its ops return a value (void ones: a per-event recording chains them)
 
     @property
     def id(self) -> int:
@@ -64,21 +65,23 @@ HOOKS: tuple[Hook, ...] = (
     _hook("START", "invalidate_range_start", ("__mmu_notifier_invalidate_range_start",),
           ops=("invalidate_range_start",), ranged=True),
     _hook("END", "invalidate_range_end", ("__mmu_notifier_invalidate_range_end",),
-          ops=("invalidate_range_end",), ranged=True, range_end=True),
+          ops=("invalidate_range_end",), ranged=True, range_end=True, returns=False),
     # renamed by upstream 1af5a8109904 ("mmu_notifiers: rename invalidate_range notifier", 6.6)
     _hook("SECONDARY_TLB", "secondary_tlb",
           ("__mmu_notifier_arch_invalidate_secondary_tlbs", "__mmu_notifier_invalidate_range"),
           ops=("arch_invalidate_secondary_tlbs", "invalidate_range"),
-          aliases=("arch_invalidate_secondary_tlbs", "invalidate_range"), never_sleeps=True, secondary_tlb=True),
+          aliases=("arch_invalidate_secondary_tlbs", "invalidate_range"), never_sleeps=True, secondary_tlb=True,
+          returns=False),
     # static in mm/mmu_notifier.c: only when the compiler kept it out of line
     _hook("INTERVAL", "interval_invalidate", ("mn_itree_invalidate",), ranged=True),
-    _hook("RELEASE", "release", ("__mmu_notifier_release",), ops=("release",)),
+    _hook("RELEASE", "release", ("__mmu_notifier_release",), ops=("release",), returns=False),
     _hook("CLEAR_FLUSH_YOUNG", "clear_flush_young", ("__mmu_notifier_clear_flush_young",),
           ops=("clear_flush_young",), never_sleeps=True),
     _hook("CLEAR_YOUNG", "clear_young", ("__mmu_notifier_clear_young",), ops=("clear_young",), never_sleeps=True),
     _hook("TEST_YOUNG", "test_young", ("__mmu_notifier_test_young",), ops=("test_young",), never_sleeps=True),
     # removed by upstream 3c6a1af6a24b ("mm/mmu_notifier: remove change_pte", 6.9)
-    _hook("CHANGE_PTE", "change_pte", ("__mmu_notifier_change_pte",), ops=("change_pte",), never_sleeps=True),
+    _hook("CHANGE_PTE", "change_pte", ("__mmu_notifier_change_pte",), ops=("change_pte",), never_sleeps=True,
+          returns=False),
 )
 
 #: enumerators of enum mmnt_hook that name no hook, values as module

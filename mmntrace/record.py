@@ -259,7 +259,9 @@ class Session:
         writer.meta["calibration_rt"] = getattr(self.t, "calibration_rt", None) or None
         writer.meta["probe_overhead_ns"] = getattr(self.t, "probe_overhead", None) or None
         # --aggregate: each callback timed from its entry to the next callback's or its hook's return
-        writer.meta["callbacks_chained"] = bool(getattr(self.t, "chain", False))
+        writer.meta["callbacks_chained"] = bool(getattr(self.t, "chained_hooks", ()))
+        # the hooks whose callbacks had an entry probe alone (callbacks.chained_hooks)
+        writer.meta["chained_hooks"] = sorted(hooks.name_of(h) for h in getattr(self.t, "chained_hooks", ()))
         writer.meta["stale_kprobes_removed"] = getattr(self.t, "stale_kprobes_removed", 0)
         writer.meta["might_sleep"] = getattr(self.t, "might_sleep", True)
         # how real sleeps were seen: switch (sched_switch, with the sleep's stack) or count

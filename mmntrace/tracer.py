@@ -55,7 +55,7 @@ from .codegen import BPF_DIR, BPF_SRC, bpf_text  # noqa: F401 (names older code 
 from .calibrate import Calibration, fentry_calib_symbol
 from .attach import KprobeLinks, Probes
 from . import nokallsyms, preload, subprog
-from .callbacks import DriverCallbacks, Selection
+from .callbacks import DriverCallbacks, Selection, chained_hooks
 from .fentry import Trampolines
 from .heap import give_back_memory
 from .histograms import NR_EVIDX, NR_SERIES, NR_SLOTS, InKernelHistograms  # noqa: F401 (NR_*: older imports)
@@ -190,11 +190,13 @@ class Tracer:
         self.children = bool(children) and pid is not None
         self.comm = comm
         self.aggregate = aggregate
-        # --aggregate times each driver callback from its entry to the next one's or to
-        # its hook's return (bpf/mmntrace.bpf.c, MMNT_CHAIN): one probe per call, not
-        # two. It needs every hook probed: with --hook, a callback could run where no
-        # hook of ours would end it
-        self.chain = aggregate and self.hooks == set(range(kernel.NR_HOOKS))
+        # a driver callback timed from its entry to the next one's or to its hook's
+        # return (bpf/mmntrace.bpf.c, MMNT_CHAIN): one probe per call, not two; with
+        # --aggregate every hook's but release's, streaming the hooks whose ops return
+        # nothing (callbacks.chained_hooks). It needs every hook probed: with --hook,
+        # a callback could run where no hook of ours would end it
+        self.chain = self.hooks == set(range(kernel.NR_HOOKS))
+        self.chained_hooks = chained_hooks(self.chain, aggregate)
         # streaming under `auto`: the hooks by kprobe. Each hook record names its
         # caller: a kprobe reads range start's and end's return address from its
         # registers, a trampoline has to unwind the stack, the costliest step of
@@ -331,7 +333,7 @@ class Tracer:
                               links=self._links)
         self._cbs = DriverCallbacks(self.bpf, self._probes, self._ksyms, self._hist, self._counters,
                                     hooks=self.hooks, selection=self.selection, drain=lambda: self._poll(0),
-                                    chain=self.chain)
+                                    chain=self.chained_hooks)
         try:
             t0 = time.monotonic()
             self._preload()
@@ -530,7 +532,7 @@ class Tracer:
         """What the probe machinery itself adds, measured on getppid()
         (mmntrace/calibrate.py): its preempt_count, PREEMPT_RT context and cost."""
         c = Calibration(self.bpf, self._ksyms, self._tramp, backend=self.backend,
-                        preempt_rt=self.f.preempt_rt, fentry_sym=self._calib_sym, chain=self.chain,
+                        preempt_rt=self.f.preempt_rt, fentry_sym=self._calib_sym, chain=self._calibrated_modes(),
                         links=self._links)
         c.run()
         self.calib = c
@@ -570,11 +572,19 @@ class Tracer:
         if n == 0:
             raise BpfLoadError("no MMU-notifier hook function could be probed on this kernel")
 
+    def _calibrated_modes(self) -> frozenset[bool]:
+        """How the callbacks that run in the hot hooks are probed, for the
+        calibration of their dispatch: True, entry probe only (chained), False,
+        entry and exit. Release ops (once per process exit) take what is measured."""
+        hot = set(self.hooks) - {kernel.HOOK_RELEASE}
+        return frozenset(h in self.chained_hooks for h in hot) or frozenset({False})
+
     def _attach_chain_ends(self) -> None:
-        """--aggregate's chained callbacks: the release hook's last one ends where
-        the core waits for SRCU readers (bpf/mmntrace.bpf.c, rel_sync), not at
-        the hook's return, after the grace period."""
-        if not self.chain or kernel.HOOK_RELEASE not in self.hooks or "synchronize_srcu" not in self._ksyms.by_name:
+        """Chained interval-notifier calls (--aggregate): the release hook's last
+        one ends where the core waits for SRCU readers (bpf/mmntrace.bpf.c,
+        rel_sync), not at the hook's return, after the grace period."""
+        if (kernel.HOOK_INTERVAL not in self.chained_hooks or kernel.HOOK_RELEASE not in self.hooks
+                or "synchronize_srcu" not in self._ksyms.by_name):
             return
         self._probes.probe("chain_end", "synchronize_srcu", "release", None, "rel_sync", None)
 

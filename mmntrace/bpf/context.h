@@ -16,9 +16,12 @@
  * what its programs measure themselves, in ns, kprobe pair / fentry pair: the
  * probe machinery's dispatch before and after each program, measured at load
  * on getppid() (mmntrace/calibrate.py) and taken off the hook's
- * duration with the programs' own time (nested_ns); [10] counts samples */
-#define CALIB_OVERHEAD_KPROBE 8
+ * duration with the programs' own time (nested_ns); [16], [17] the same for a
+ * callback probed at its entry alone (chained); [10] counts samples */
+#define CALIB_OVERHEAD_KPROBE 8	/* a callback probed at entry and exit ... */
 #define CALIB_OVERHEAD_FENTRY 9
+#define CALIB_OVERHEAD_KPROBE_CHAINED 16	/* ... or at its entry alone (MMNT_CHAIN) */
+#define CALIB_OVERHEAD_FENTRY_CHAINED 17
 #define CALIB_NSAMPLES 10
 /* PREEMPT_RT: the lowest migration_disabled and rcu_read_lock_nesting seen on
  * getppid, [12], [13] kprobe, [14], [15] fentry (user space starts them at ~0):
@@ -26,13 +29,15 @@
 #define CALIB_RT_KPROBE 12
 #define CALIB_RT_FENTRY 14
 #define MMNT_CALIB_SAMPLES 512
-BPF_ARRAY(calib, u32, 16);
+BPF_ARRAY(calib, u32, 18);
 BPF_ARRAY(calib_dur, u64, MMNT_CALIB_SAMPLES);	/* durations of the calibration's outer function */
 
-/* The dispatch cost of the callback probe that fired (fentry: irqs_off < 0). */
-static __always_inline u64 probe_overhead(int irqs_off)
+/* The dispatch cost of the callback probe that fired (fentry: irqs_off < 0),
+ * with its exit probe's or without (chained) */
+static __always_inline u64 probe_overhead(int irqs_off, bool chained)
 {
-	u32 k = irqs_off < 0 ? CALIB_OVERHEAD_FENTRY : CALIB_OVERHEAD_KPROBE;
+	u32 k = irqs_off < 0 ? (chained ? CALIB_OVERHEAD_FENTRY_CHAINED : CALIB_OVERHEAD_FENTRY)
+			     : (chained ? CALIB_OVERHEAD_KPROBE_CHAINED : CALIB_OVERHEAD_KPROBE);
 	u32 *v = calib.lookup(&k);
 	return v ? *v : 0;
 }

@@ -24,7 +24,7 @@
  *   MMNT_SLEEP_COUNT                          real sleeps seen by the task's voluntary-switch
  *                                             count at each must-not-sleep section's return,
  *                                             not by a sched_switch program (sleep.h)
- *   MMNT_CHAIN                                (--aggregate) driver callbacks have entry probes
+ *   MMNT_CHAIN                                driver callbacks of some hooks have entry probes
  *                                             only: a callback ends where the next one its hook
  *                                             calls begins, or where the hook returns (below)
  *   MMNT_KPROBE_COOKIE                        hk_entry and cb_entry read what they serve from
@@ -346,14 +346,16 @@ static __always_inline void fill_common(struct mmnt_record *r, u8 type)
 /* ---- hooks ---------------------------------------------------------------- */
 
 /*
- * MMNT_CHAIN (--aggregate): a driver callback gets an entry probe only (one
- * program run, one dispatch, per call instead of two; cb_info's `chained`).
- * The core calls a hook's subscribers one after the other (mm/mmu_notifier.c:
- * an interval tree walk, then the list), so a callback ends where the next
- * one begins, or where its hook returns; between them run a few instructions
- * of the core's loop. A release op keeps its exit probe:
- * mmu_notifier_unregister() calls it outside any hook. The return value is
- * not read (--aggregate keeps none).
+ * MMNT_CHAIN: a driver callback gets an entry probe only (one program run, one
+ * dispatch, per call instead of two; cb_info's `chained`, which user space sets
+ * per hook: mmntrace/callbacks.py chained_hooks). The core calls a hook's
+ * subscribers one after the other (mm/mmu_notifier.c: an interval tree walk,
+ * then the list), so a callback ends where the next one begins, or where its
+ * hook returns; between them run a few instructions of the core's loop. Its
+ * return value is not read: with --aggregate, which keeps none, every hook's
+ * callbacks are chained; in a per-event recording those of the hooks whose ops
+ * return nothing (range end, the secondary-TLB hook, change_pte). A release op
+ * keeps its exit probe: mmu_notifier_unregister() calls it outside any hook.
  */
 
 static __always_inline void cb_end(void *ctx, struct tstate *t, u64 now, u64 rc, bool own_probe);
@@ -475,16 +477,22 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	/*
 	 * A hook record's stack gives its caller and, for the secondary-TLB hook,
 	 * its caller class (mmntrace/symbolize.py); the unwind costs 10-30 us a
-	 * call under the lab's emulator, however short. Range start and end are
-	 * called through inline wrappers (include/linux/mmu_notifier.h), so their
-	 * return address is that caller: no unwind where the return probe has it.
-	 * So is the secondary-TLB hook's on x86, and its caller class is that
-	 * caller's (tlb_finish_mmu, flush_tlb_mm_range, arch_tlbbatch_flush: a TLB
-	 * flush; wp_page_copy, try_to_unmap_one...: a PTE cleared under its lock).
+	 * call under the lab's emulator, however short (7.6 us on average for
+	 * 6.1's change_pte in make bench). Range start and end, change_pte and the
+	 * three young hooks are called through inline wrappers
+	 * (include/linux/mmu_notifier.h: set_pte_at_notify(),
+	 * ptep_clear_flush_young_notify()...), so their return address is that
+	 * caller: no unwind where the return probe has it. So is the
+	 * secondary-TLB hook's on x86, and its caller class is that caller's
+	 * (tlb_finish_mmu, flush_tlb_mm_range, arch_tlbbatch_flush: a TLB flush;
+	 * wp_page_copy, try_to_unmap_one...: a PTE cleared under its lock).
 	 * arm64 unwinds (frame pointers: cheap) for the permission upgrade, which
-	 * lies frames deeper (ptep_set_access_flags under wp_page_reuse).
+	 * lies frames deeper (ptep_set_access_flags under wp_page_reuse). Release
+	 * (rare) and the interval hook (called by the core itself) keep stacks.
 	 */
-	if (caller_at_return && (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END
+	if (caller_at_return && (hook == MMNT_HOOK_START || hook == MMNT_HOOK_END || hook == MMNT_HOOK_CHANGE_PTE ||
+				 hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG || hook == MMNT_HOOK_CLEAR_YOUNG ||
+				 hook == MMNT_HOOK_TEST_YOUNG
 #ifndef MMNT_ARCH_ARM64
 				 || hook == MMNT_HOOK_SECONDARY_TLB
 #endif
@@ -653,7 +661,7 @@ int rel_sync(struct pt_regs *ctx)
 		return 0;
 	cb_end(ctx, t, t0, 0, false);
 	/* this program, and its dispatch, are not the hook's either */
-	t->h.nested_ns += bpf_ktime_get_ns() - t0 + probe_overhead(0);
+	t->h.nested_ns += bpf_ktime_get_ns() - t0 + probe_overhead(0, true);	/* one kprobe, no exit */
 	return 0;
 }
 #endif
@@ -755,7 +763,7 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, struct cbinfo *ci, u
 	}
 	c->ts = bpf_ktime_get_ns();	/* last: our own work above is not the callback's */
 	if (in_hook)			/* this program, and the dispatch around both of ours */
-		hs->nested_ns += c->ts - t0 + probe_overhead(irqs_off);
+		hs->nested_ns += c->ts - t0 + probe_overhead(irqs_off, chained);
 	return 0;
 }
 

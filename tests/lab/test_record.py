@@ -167,6 +167,29 @@ def _check_range_callers(hooks):
     assert pairs > 0 and orphans <= 1, (pairs, orphans)
 
 
+#: the kernel functions whose copy-on-write of a page calls change_pte (mm/memory.c
+#: wp_page_copy(): set_pte_at_notify(), an inline wrapper), whichever of them the
+#: compiler left as the caller of __mmu_notifier_change_pte
+COW_CALLERS = {"wp_page_copy", "do_wp_page", "handle_pte_fault", "__handle_mm_fault"}
+
+
+def _check_change_pte_callers(hooks, mod, backend):
+    """Where the kernel has change_pte (before 6.9), the workload's copy-on-write
+    writes (scenario cow) call it: one hook record per call the module logged,
+    each naming the page-fault path that made it. A kprobe takes the caller from
+    its return address, with no stack unwound; a trampoline, from the stack:
+    both mechanisms must name the same one."""
+    if "change_pte" not in testmod.HOOKS or not kernel.probe().has_op("change_pte"):
+        return
+    cp = hooks[hooks["hook"].astype(str) == "change_pte"]
+    assert len(cp) == int((mod["hook"] == testmod.HOOKS["change_pte"]).sum()) > 0
+    assert cp["caller"].notna().all(), cp[cp["caller"].isna()][["ts_ns", "stack_id"]]
+    callers = set(cp["caller"].tolist())
+    assert len(callers) == 1 and callers <= COW_CALLERS, callers
+    if backend == "kprobe":
+        assert (cp["stack_id"] == -1).all()
+
+
 # Both backends where the kernel offers both; the fentry run also takes the
 # perf-buffer transport (the fallback for kernels without a BPF ring buffer).
 @pytest.mark.lock_context
@@ -202,6 +225,7 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     assert (hooks["hook"] == "invalidate_range_start").sum() == mine["start"]
     assert (hooks["hook"] == "invalidate_range_end").sum() == mine["end"]
     _check_range_callers(hooks)
+    _check_change_pte_callers(hooks, mod, backend)
     # lock state of each callback equals what the module recorded for the same call
     # call by call within each thread: a thread's calls come one after the
     # other, but two threads' calls on this mm may overlap (another thread of

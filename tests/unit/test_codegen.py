@@ -229,3 +229,19 @@ def test_a_tracer_whose_kernel_refuses_the_callbacks_compiles_bounded_loops(monk
     assert not t._loads_callbacks()
     t.bpf_loop = False
     assert "MMNT_BPF_LOOP" not in defines(t._cflags())
+
+
+def test_streaming_compiles_the_chain_for_the_hooks_whose_ops_return_nothing():
+    """A per-event recording with every hook probed chains range end's, the
+    secondary-TLB hook's and change_pte's callbacks (MMNT_CHAIN, cb_info's
+    `chained` per hook: callbacks.chained_hooks); --hook probes no chain."""
+    from mmntrace import kernel, tracer
+    t = tracer.Tracer(F)
+    assert "MMNT_CHAIN" in defines(t._cflags()) and "MMNT_AGGREGATE" not in defines(t._cflags())
+    assert t.chained_hooks == {kernel.HOOK_END, kernel.HOOK_SECONDARY_TLB, kernel.HOOK_CHANGE_PTE}
+    assert t._calibrated_modes() == {False, True}       # range start's pairs and the chained ones
+    agg = tracer.Tracer(F, aggregate=True)
+    assert agg._calibrated_modes() == {True}            # release ops take the chained figure
+    some = tracer.Tracer(F, hooks=["invalidate_range_start"])
+    assert "MMNT_CHAIN" not in defines(some._cflags()) and not some.chained_hooks
+    assert some._calibrated_modes() == {False}

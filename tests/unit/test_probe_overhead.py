@@ -102,8 +102,10 @@ def _calibration(chain: bool):
     calls: list = []
     c = _calibrator(lambda: 1000.0, chain, calls)
     c._overhead()
-    # struct cbinfo as the BPF side reads it: (func, hook, series, chained), chained as probed
-    assert [v.a[3] for v in c.tables[b"cb_info"].written] == [chain, chain]
+    # struct cbinfo as the BPF side reads it: (func, hook, series, chained), chained as
+    # probed: the function's address and address + 4, for each way in each round
+    ways = sorted({chain}) if isinstance(chain, bool) else sorted(chain)
+    assert [v.a[3] for v in c.tables[b"cb_info"].written] == [w for w in ways for _ in (0, 1)] * cmod.CALIB_ROUNDS
     return [x for x in calls if x[1] == cmod.CALIB_INNER]
 
 
@@ -116,6 +118,30 @@ def test_callback_dispatch_calibrated_as_callbacks_are_probed():
                                          ("fentry", CALIB_INNER, "cbf_entry", "cbf_exit")] * CALIB_ROUNDS
     assert _calibration(chain=True) == [("kprobe", CALIB_INNER, "cb_entry"),
                                         ("fentry", CALIB_INNER, "cbf_entry", None)] * CALIB_ROUNDS
+    # a per-event recording chains the void hooks' callbacks only: both ways, each round
+    assert _calibration(chain=frozenset({False, True})) == [
+        ("kretprobe", CALIB_INNER, "cb_return"), ("kprobe", CALIB_INNER, "cb_entry"),
+        ("fentry", CALIB_INNER, "cbf_entry", "cbf_exit"),
+        ("kprobe", CALIB_INNER, "cb_entry"), ("fentry", CALIB_INNER, "cbf_entry", None)] * CALIB_ROUNDS
+
+
+def test_each_way_of_probing_gets_its_own_dispatch_cost():
+    """Chained callbacks (an entry probe alone) and probe pairs cost their hook
+    different dispatch: each has its calib[] slot (bpf/context.h), and a way not
+    calibrated takes the other's figure (release ops under --aggregate)."""
+    import mmntrace.calibrate as cmod
+    # per round: alone, kprobe pair, fentry pair, kprobe entry, fentry entry
+    medians = iter([1000.0, 1600.0, 1400.0, 1300.0, 1200.0] * cmod.CALIB_ROUNDS)
+    c = _calibrator(lambda: next(medians), frozenset({False, True}))
+    c._overhead()
+    assert c.probe_overhead == {"kprobe": 600, "fentry": 400, "kprobe_entry": 300, "fentry_entry": 200}
+    slots = {k: v.value for k, v in c.tables[b"calib"].items()}
+    assert slots == {8: 600, 9: 400, 16: 300, 17: 200}
+    medians = iter([1000.0, 1300.0, 1200.0] * cmod.CALIB_ROUNDS)
+    c = _calibrator(lambda: next(medians), True)
+    c._overhead()
+    assert c.probe_overhead == {"kprobe_entry": 300, "fentry_entry": 200}
+    assert {k: v.value for k, v in c.tables[b"calib"].items()} == {8: 300, 9: 200, 16: 300, 17: 200}
 
 
 def test_a_phase_stalled_by_the_host_does_not_make_the_dispatch_cost():

@@ -5,7 +5,7 @@ placement's fallback and records (with a stand-in for bcc's BPF object)."""
 import pytest
 
 from mmntrace.attach import Probes
-from mmntrace.callbacks import HOOK_RELEASE, Selection, chained, module_loads
+from mmntrace.callbacks import HOOK_RELEASE, Selection, chained, chained_hooks, module_loads
 from mmntrace.losses import DROP_NAMES, drops_by_name, untimed_by_callback
 
 
@@ -201,7 +201,8 @@ def test_chained_callbacks_get_their_entry_probe_alone_but_release_ops():
     """--aggregate (MMNT_CHAIN): a callback ends where the next one of its hook
     begins, so it gets an entry probe only, by trampoline or kprobe; a release
     op keeps its exit (mmu_notifier_unregister() calls it outside any hook)."""
-    assert chained(True, 1) and not chained(True, HOOK_RELEASE) and not chained(False, 1)
+    agg = chained_hooks(True, aggregate=True)
+    assert chained(agg, 1) and not chained(agg, HOOK_RELEASE) and not chained(chained_hooks(False, True), 1)
     bpf, tramp = _BPF(), _Tramp()
     p = Probes(bpf, tramp, _Ksyms(), fentry=True, callback_fentry=True)
     assert p.probe("callback", "drv_cb", "invalidate_range_start", "drv", "cb_entry", None, 1)
@@ -225,6 +226,17 @@ def test_streaming_auto_probes_hooks_by_kprobe_and_the_rest_as_asked():
     assert [r["attach"] for r in p.records] == ["kprobe", "fentry"]
 
 
+def test_streaming_chains_the_callbacks_of_the_hooks_whose_ops_return_nothing():
+    """A per-event recording keeps each callback's return value: only range
+    end's, the secondary-TLB hook's and change_pte's callbacks (void ops) get
+    their entry probe alone; --aggregate chains every hook's but release's;
+    nothing is chained unless every hook is probed (--hook)."""
+    from mmntrace import kernel
+    assert chained_hooks(True, aggregate=False) == {kernel.HOOK_END, kernel.HOOK_SECONDARY_TLB, kernel.HOOK_CHANGE_PTE}
+    assert chained_hooks(True, aggregate=True) == set(range(kernel.NR_HOOKS)) - {HOOK_RELEASE}
+    assert chained_hooks(False, aggregate=False) == chained_hooks(False, aggregate=True) == frozenset()
+
+
 def test_release_chain_end_is_a_kprobe_on_synchronize_srcu_when_chained():
     """--aggregate's release hook: the last chained interval call ends where the
     core waits in synchronize_srcu() (rel_sync compares stack pointers: a kprobe,
@@ -235,9 +247,10 @@ def test_release_chain_end_is_a_kprobe_on_synchronize_srcu_when_chained():
     class Ksyms:
         by_name = {"synchronize_srcu": [0x4000]}
 
-    def attach(chain, hooks, ksyms=Ksyms()):
+    def attach(chain, hooks, ksyms=Ksyms(), aggregate=True):
         t = object.__new__(Tracer)
         t.chain, t.hooks, t._ksyms = chain, hooks, ksyms
+        t.chained_hooks = chained_hooks(chain, aggregate)
         t._probes = Probes(_BPF(), _Tramp(), ksyms, fentry=True, callback_fentry=True)
         t._attach_chain_ends()
         return t._probes
@@ -245,5 +258,7 @@ def test_release_chain_end_is_a_kprobe_on_synchronize_srcu_when_chained():
     assert p.bpf.calls == [("kprobe", "synchronize_srcu", "rel_sync")] and p.tramp.asked == []
     assert p.records[-1]["kind"] == "chain_end" and p.records[-1]["attach"] == "kprobe"
     assert attach(False, {0, 1, HOOK_RELEASE}).records == []
+    # streaming chains void hooks only: the interval calls keep their exit probe
+    assert attach(True, {0, 1, HOOK_RELEASE}, aggregate=False).records == []
     assert attach(True, {0, 1}).records == []
     assert attach(True, {0, 1, HOOK_RELEASE}, ksyms=_Ksyms()).records == []
