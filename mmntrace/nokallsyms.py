@@ -24,7 +24,11 @@ helper), so the program compiles to the same instructions (the lab test
 tests/lab/test_tracer_smoke.py compares them).
 
 Where any of it is not possible (not root, an architecture whose system call
-number is not known here, prctl refused), the compile runs as before.
+number is not known here, prctl refused), the compile runs as before; so it does
+where ``/lib/modules/<release>/build`` is missing (:func:`wanted`): bcc then
+extracts the headers the kernel carries (CONFIG_IKHEADERS) and may run
+``modprobe kheaders``, which would start without capabilities under a non-zero
+effective uid.
 """
 
 from __future__ import annotations
@@ -47,6 +51,14 @@ _NR_SETRESUID = {"x86_64": 117, "aarch64": 147}
 
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
+
+
+def wanted(f) -> bool:
+    """Is the kallsyms read worth skipping for kernel features ``f``
+    (kernel.Features)? BTF says the kernel has bpf_probe_read_kernel (else bcc's
+    answer decides what the program calls), and the kernel headers are
+    installed (else bcc's compile fetches them itself, see above)."""
+    return bool(getattr(f, "probe_read_kernel", False)) and getattr(f, "headers", None) is not None
 
 
 def possible(machine: str | None = None) -> bool:

@@ -373,8 +373,9 @@ class Tracer:
 
     def _bcc_compile(self, text: str, flags: list[str]):
         """bcc's compile, spared its read of all of kallsyms where BTF has
-        answered its question already (mmntrace/nokallsyms.py)."""
-        with nokallsyms.skipping_kallsyms(getattr(self.f, "probe_read_kernel", False)) as skipped:
+        answered its question already and bcc has kernel headers to compile
+        against (mmntrace/nokallsyms.py)."""
+        with nokallsyms.skipping_kallsyms(nokallsyms.wanted(self.f)) as skipped:
             self.compile_skipped_kallsyms = skipped
             return self._BPF(text=text.encode(), cflags=flags)
 

@@ -33,6 +33,16 @@ def test_the_helpers_own_names_only_where_btf_has_it():
     assert "MMNT_PROBE_READ_KERNEL" in defines(codegen.cflags(dataclasses.replace(F, probe_read_kernel=True), **BASE))
 
 
+def test_skipped_only_with_btfs_answer_and_the_headers_installed():
+    """Without BTF's answer bcc's decides what the program calls; without
+    /lib/modules/<release>/build bcc fetches the kernel's own headers, maybe by
+    running modprobe, which a non-zero effective uid would start without capabilities."""
+    ok = dataclasses.replace(F, probe_read_kernel=True, headers="/lib/modules/6.12.0-test/build")
+    assert nokallsyms.wanted(ok)
+    assert not nokallsyms.wanted(dataclasses.replace(ok, probe_read_kernel=False))
+    assert not nokallsyms.wanted(dataclasses.replace(ok, headers=None))
+
+
 def test_the_undefs_come_before_any_use_of_the_helpers():
     text = codegen.bpf_text()
     first_use = text.index("\n#include")         # the first code after the opening comment
