@@ -31,11 +31,6 @@ _CALIB_RT = {_CALIB_KPROBE: 12, _CALIB_FENTRY: 14}   # PREEMPT_RT: lowest migrat
 #: its entry probe alone (chained) or an exit probe too
 _CALIB_OVERHEAD = {("kprobe", False): 8, ("fentry", False): 9, ("kprobe", True): 16, ("fentry", True): 17}
 
-
-def overhead_key(mech: str, chained: bool) -> str:
-    """probe_overhead's key: ``kprobe``/``fentry`` for a probe pair, ``kprobe_entry``
-    /``fentry_entry`` for a chained callback's entry probe alone."""
-    return f"{mech}_entry" if chained else mech
 _CALIB_NSAMPLES, _CALIB_MAX_SAMPLES = 10, 512
 _HOOK_CALIB = _H.enums["mmnt_hook"]["MMNT_HOOK_CALIB"]   # in-kernel only: the calibration
 #: the calibration's callback stand-in: getppid() calls it exactly once
@@ -64,6 +59,12 @@ def overhead_median(durations) -> float | None:
     d.sort()
     m = len(d) // 2
     return float(d[m]) if len(d) % 2 else (d[m - 1] + d[m]) / 2
+
+
+def overhead_key(mech: str, chained: bool) -> str:
+    """probe_overhead's key: ``kprobe``/``fentry`` for a probe pair, ``kprobe_entry``
+    /``fentry_entry`` for a chained callback's entry probe alone."""
+    return f"{mech}_entry" if chained else mech
 
 
 def fentry_calib_symbol(by_name) -> str | None:
