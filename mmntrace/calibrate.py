@@ -30,7 +30,6 @@ _CALIB_RT = {_CALIB_KPROBE: 12, _CALIB_FENTRY: 14}   # PREEMPT_RT: lowest migrat
 #: calib[] slots of probe_overhead(), by mechanism and whether the callback had
 #: its entry probe alone (chained) or an exit probe too
 _CALIB_OVERHEAD = {("kprobe", False): 8, ("fentry", False): 9, ("kprobe", True): 16, ("fentry", True): 17}
-
 _CALIB_NSAMPLES, _CALIB_MAX_SAMPLES = 10, 512
 _HOOK_CALIB = _H.enums["mmnt_hook"]["MMNT_HOOK_CALIB"]   # in-kernel only: the calibration
 #: the calibration's callback stand-in: getppid() calls it exactly once
@@ -87,14 +86,14 @@ class Calibration:
     ``probe_overhead``: ns a probed callback costs its hook, by mechanism."""
 
     def __init__(self, bpf, ksyms, tramp, *, backend: str, preempt_rt: bool, fentry_sym: str | None,
-                 chain: bool | frozenset = False, links=None):
+                 modes: frozenset[bool] = frozenset({False}), links=None):
         self.bpf, self.ksyms, self.tramp = bpf, ksyms, tramp
         # the callbacks' entry kprobes go through BPF links with a cookie where
         # attach.KprobeLinks can make them: the cost measured is theirs then
         self.links = links
         # how the callbacks are probed, each way calibrated: True, their entry alone
-        # (MMNT_CHAIN); False, entry and exit (a bool: every callback the same way)
-        self.modes = frozenset({chain}) if isinstance(chain, bool) else (frozenset(chain) or frozenset({False}))
+        # (MMNT_CHAIN); False, entry and exit (Tracer._calibrated_modes)
+        self.modes = frozenset(modes)
         self.backend, self.preempt_rt, self.fentry_sym = backend, preempt_rt, fentry_sym
         self.kprobe: int | None = None
         self.fentry: int | None = None

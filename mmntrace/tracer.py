@@ -533,7 +533,7 @@ class Tracer:
         """What the probe machinery itself adds, measured on getppid()
         (mmntrace/calibrate.py): its preempt_count, PREEMPT_RT context and cost."""
         c = Calibration(self.bpf, self._ksyms, self._tramp, backend=self.backend,
-                        preempt_rt=self.f.preempt_rt, fentry_sym=self._calib_sym, chain=self._calibrated_modes(),
+                        preempt_rt=self.f.preempt_rt, fentry_sym=self._calib_sym, modes=self._calibrated_modes(),
                         links=self._links)
         c.run()
         self.calib = c

@@ -56,7 +56,7 @@ class _Table(dict):
         super().__delitem__(getattr(k, "value", k))
 
 
-def _calibrator(median, chain: bool = False, calls: list | None = None):
+def _calibrator(median, modes: frozenset = frozenset({False}), calls: list | None = None):
     """A Calibration against a stand-in for the kernel side: the callbacks'
     probes it attaches go to ``calls``; ``median()`` is each phase's measurement."""
     import mmntrace.calibrate as cmod
@@ -90,21 +90,21 @@ def _calibrator(median, chain: bool = False, calls: list | None = None):
 
     ksyms = type("K", (), {"by_name": {"__x64_sys_bpf": [1], "__x64_sys_getppid": [0x1000],
                                        cmod.CALIB_INNER: [0x2000]}})()
-    c = cmod.Calibration(Bpf(), ksyms, Tramp(), backend="fentry", preempt_rt=False, fentry_sym=None, chain=chain)
+    c = cmod.Calibration(Bpf(), ksyms, Tramp(), backend="fentry", preempt_rt=False, fentry_sym=None, modes=modes)
     c._median = median
     c.tables = Bpf.tables
     return c
 
 
-def _calibration(chain: bool):
+def _calibration(modes: frozenset):
     """The callbacks' probes a calibration attaches; every getppid() 'measured' 1 us."""
     import mmntrace.calibrate as cmod
     calls: list = []
-    c = _calibrator(lambda: 1000.0, chain, calls)
+    c = _calibrator(lambda: 1000.0, modes, calls)
     c._overhead()
     # struct cbinfo as the BPF side reads it: (func, hook, series, chained), chained as
     # probed: the function's address and address + 4, for each way in each round
-    ways = sorted({chain}) if isinstance(chain, bool) else sorted(chain)
+    ways = sorted(modes)
     assert [v.a[3] for v in c.tables[b"cb_info"].written] == [w for w in ways for _ in (0, 1)] * cmod.CALIB_ROUNDS
     return [x for x in calls if x[1] == cmod.CALIB_INNER]
 
@@ -114,12 +114,12 @@ def test_callback_dispatch_calibrated_as_callbacks_are_probed():
     their hooks is calibrated with the stand-in callback probed the same way."""
     from mmntrace.calibrate import CALIB_INNER
     from mmntrace.calibrate import CALIB_ROUNDS
-    assert _calibration(chain=False) == [("kretprobe", CALIB_INNER, "cb_return"), ("kprobe", CALIB_INNER, "cb_entry"),
+    assert _calibration(frozenset({False})) == [("kretprobe", CALIB_INNER, "cb_return"), ("kprobe", CALIB_INNER, "cb_entry"),
                                          ("fentry", CALIB_INNER, "cbf_entry", "cbf_exit")] * CALIB_ROUNDS
-    assert _calibration(chain=True) == [("kprobe", CALIB_INNER, "cb_entry"),
+    assert _calibration(frozenset({True})) == [("kprobe", CALIB_INNER, "cb_entry"),
                                         ("fentry", CALIB_INNER, "cbf_entry", None)] * CALIB_ROUNDS
     # a per-event recording chains the void hooks' callbacks only: both ways, each round
-    assert _calibration(chain=frozenset({False, True})) == [
+    assert _calibration(frozenset({False, True})) == [
         ("kretprobe", CALIB_INNER, "cb_return"), ("kprobe", CALIB_INNER, "cb_entry"),
         ("fentry", CALIB_INNER, "cbf_entry", "cbf_exit"),
         ("kprobe", CALIB_INNER, "cb_entry"), ("fentry", CALIB_INNER, "cbf_entry", None)] * CALIB_ROUNDS
@@ -138,7 +138,7 @@ def test_each_way_of_probing_gets_its_own_dispatch_cost():
     slots = {k: v.value for k, v in c.tables[b"calib"].items()}
     assert slots == {8: 600, 9: 400, 16: 300, 17: 200}
     medians = iter([1000.0, 1300.0, 1200.0] * cmod.CALIB_ROUNDS)
-    c = _calibrator(lambda: next(medians), True)
+    c = _calibrator(lambda: next(medians), frozenset({True}))
     c._overhead()
     assert c.probe_overhead == {"kprobe_entry": 300, "fentry_entry": 200}
     assert {k: v.value for k, v in c.tables[b"calib"].items()} == {8: 300, 9: 200, 16: 300, 17: 200}
