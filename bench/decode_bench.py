@@ -9,7 +9,8 @@ bcc tools use: one ctypes structure per event (``ct.cast(data,
 POINTER(Record)).contents``-style, here ``Record.from_buffer_copy``) whose
 fields are appended to Python lists. Both produce the same columns; the
 check compares them. The batch is real-format records: struct mmnt_record
-from bpf/mmntrace.h, with varied field values.
+from bpf/mmntrace.h, with varied field values (command names in runs of
+several tasks, as the ring buffer holds them).
 """
 
 from __future__ import annotations
@@ -50,7 +51,13 @@ def make_batch(n: int) -> bytes:
     a["mm"] = np.uint64(0xffff888000000000) + rng.integers(0, 16, n).astype(np.uint64) * np.uint64(0x1000)
     a["start"] = rng.integers(0, 1 << 46, n) & ~0xfff
     a["end"] = a["start"] + 0x1000
-    a["comm"] = b"qemu-system-x86"
+    # the command names come in runs (a task's hook record and its callbacks'
+    # are written together), of several tasks: each run's name is decoded once
+    names = np.array([b"qemu-system-x86", b"notifier_bench", b"kworker/1:2", b"khugepaged", b"kcompactd0",
+                      b"ambient_bench", b"systemd-journal", b"python3"], dtype="S16")
+    runs = rng.geometric(1 / 6, n)
+    runs = runs[:int(np.searchsorted(np.cumsum(runs), n)) + 1]
+    a["comm"] = np.repeat(names[rng.integers(0, len(names), len(runs))], runs)[:n]
     return a.tobytes()
 
 
