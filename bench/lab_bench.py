@@ -22,8 +22,8 @@ is compared with the untraced runs next to it in time):
 
 For each tool: median ops/s, slowdown (median traced time / median of the
 neighbouring untraced times), ns added per hook call (the test module counts
-the hook calls), start-up time to ready and peak RSS (VmHWM, compile
-included) of the tool's process, and for mmntrace the events it recorded,
+the hook calls), start-up time to ready and peak RSS (VmHWM over the
+process's whole life, its compile and its stop included) of the tool's process, and for mmntrace the events it recorded,
 the events/s it sustained, and its drops. For the streaming modes, the most
 events/s sustained with zero drops: paced runs at 1/2, 1/4, ... of the full
 rate until one loses nothing.
@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -327,13 +328,31 @@ class Tool:
 
     def stop(self) -> dict:
         hwm = vm_hwm_kib(self.proc.pid)
+        before_stop = hwm
+        # the high-water mark of the whole life, the stop's writing included: read
+        # until the process has let go of its memory (a zombie has no VmHWM)
+        done = threading.Event()
+
+        def watch():
+            nonlocal hwm
+            while not done.is_set():
+                v = vm_hwm_kib(self.proc.pid)
+                if v is None:
+                    return
+                hwm = max(hwm or 0, v)
+                time.sleep(0.02)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         # bpftrace can miss a SIGINT (mmnlab.harness.interrupt): it gets one every
         # 5 s; the Python tools get one (a second would interrupt their last print)
         if not interrupt(self.proc, 300, every=5 if self.name == "bpftrace" else 300):
             self.proc.kill()
         rc = self.proc.wait()
+        done.set()
+        watcher.join()
         self._log.close()
-        out = {"exit": rc, "peak_rss_mib": round(hwm / 1024, 1) if hwm else None}
+        out = {"exit": rc, "peak_rss_mib": round(hwm / 1024, 1) if hwm else None,
+               "peak_rss_before_stop_mib": round(before_stop / 1024, 1) if before_stop else None}
         if self.name.startswith("mmntrace") and (self.rec / "metadata.json").exists():
             m = json.loads((self.rec / "metadata.json").read_text())
             out["events"] = m.get("events", 0)

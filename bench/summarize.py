@@ -342,7 +342,9 @@ def main() -> int:
            "Overhead = slowdown - 1. ns per hook call = (traced - untraced median time) / hook calls per run, "
            "where the hook calls are counted by the test module (one per start, end and secondary-TLB call on "
            "the workload's mm). mmntrace traces more than the peers: the driver callbacks (KVM, test module), "
-           "the might-sleep functions and sched_switch as well as the hooks.", ""]
+           "the might-sleep functions and sched_switch as well as the hooks.", "",
+           "Peak RSS = the tool process's VmHWM over its whole life, read until it exits: its start-up, the "
+           "workload, and what it does at the stop (mmntrace writes its tables then) all count.", ""]
     a.markdown.write_text("\n".join(md))
     for k, gs in res["goals"].items():
         for x in gs:

@@ -402,17 +402,20 @@ class Session:
             self.t.stop()       # the compiler's memory goes back before pandas comes in
             give_back_memory()
             if self.t.kernel_hist and self.disk_full is None:
-                import pandas as pd
-                hist = pd.DataFrame(hist_rows, columns=["func", "hook_id", "event_id", "slot", "count"])
-                totals = pd.DataFrame(total_rows, columns=["func", "hook_id", "event_id", "count", "sum_ns"])
+                # columns, not a DataFrame: pyarrow writes them without pandas,
+                # whose import (~75 MiB) would be this recorder's peak memory
+                # (the types of recording.HIST_COLUMNS, as the reader gives them)
+                hist = {name: np.array([r[i] for r in hist_rows], dtype=t) for i, (name, t) in enumerate(
+                    (("func", np.uint64), ("hook_id", np.uint8), ("event_id", np.int32), ("slot", np.int64),
+                     ("count", np.int64)))}
                 hist["hook"] = [sym.hook_names.get(int(h), str(h)) for h in hist["hook_id"]]
                 hist["event"] = [sym.events.get(int(e)) if e >= 0 else None for e in hist["event_id"]]
                 hist["callback"] = [sym.sym(int(f)) for f in hist["func"]]
                 writer.write_hist(hist)
                 writer.meta["totals"] = [
-                    {"hook": sym.hook_names.get(int(r.hook_id)), "event": sym.events.get(int(r.event_id)),
-                     "callback": sym.sym(int(r.func)), "count": int(r.count), "sum_ns": int(r.sum_ns)}
-                    for r in totals.itertuples()]
+                    {"hook": sym.hook_names.get(int(hook_id)), "event": sym.events.get(int(event_id)),
+                     "callback": sym.sym(int(func)), "count": int(count), "sum_ns": int(sum_ns)}
+                    for func, hook_id, event_id, count, sum_ns in total_rows]
                 # which hook's invocation made each callback's calls (6.1's range_end: the secondary-TLB ops)
                 writer.meta["via"] = [
                     {"hook": sym.hook_names.get(int(h)), "callback": sym.sym(int(f)),

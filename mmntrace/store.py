@@ -36,6 +36,33 @@ def typed(table):
     return table
 
 
+def arrow_table(columns: dict):
+    """A dict of columns, numpy arrays of numbers or lists of ``str`` and
+    None, as a pyarrow Table built from their buffers. pyarrow's own
+    constructors (``pa.array``, ``pa.table``, ``Table.from_pydict``) import
+    pandas, ~75 MiB, to ask whether their argument is pandas': an
+    --aggregate recorder writes its table at its stop, where that import
+    would be its peak memory."""
+    import numpy as np
+    import pyarrow as pa
+    arrays = []
+    for values in columns.values():
+        if isinstance(values, np.ndarray):
+            v = np.ascontiguousarray(values)
+            if v.dtype.kind not in "iuf":
+                raise TypeError(f"arrow_table: numbers only as numpy arrays, not {v.dtype}")
+            arrays.append(pa.Array.from_buffers(pa.from_numpy_dtype(v.dtype), len(v), [None, pa.py_buffer(v)]))
+            continue
+        valid = np.array([x is not None for x in values], dtype=bool)
+        data = [x.encode() if x is not None else b"" for x in values]
+        offsets = np.zeros(len(data) + 1, np.int32)
+        offsets[1:] = np.cumsum([len(d) for d in data])
+        arrays.append(pa.Array.from_buffers(
+            pa.string(), len(data), [pa.py_buffer(np.packbits(valid, bitorder="little")), pa.py_buffer(offsets),
+                                     pa.py_buffer(b"".join(data))], null_count=int(len(data) - valid.sum())))
+    return pa.Table.from_arrays(arrays, names=list(columns))
+
+
 class RecordingWriter:
     """Writes a recording directory: made 0700 (never through a link, never a
     directory that holds anything), every file 0600 and written whole
@@ -62,10 +89,12 @@ class RecordingWriter:
         """Let go of the directory (after the last write; finish() does not, metadata may follow)."""
         self._out.close()
 
-    def _write_table(self, name: str, df: pd.DataFrame) -> None:
+    def _write_table(self, name: str, df: pd.DataFrame | dict) -> None:
+        """``df``: a DataFrame, or a dict of columns (lists, numpy arrays),
+        written without pandas (:func:`arrow_table`)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
-        table = typed(pa.Table.from_pandas(df, preserve_index=False))
+        table = typed(arrow_table(df) if isinstance(df, dict) else pa.Table.from_pandas(df, preserve_index=False))
         sink = pa.BufferOutputStream()
         # dictionary pages for the names (a few distinct values), not for the
         # numbers, nearly all distinct (timestamps, seq): a third less time
@@ -88,7 +117,7 @@ class RecordingWriter:
         self.meta["sleeps"] += len(sleeps)
         self.flush_meta()
 
-    def write_hist(self, hist: pd.DataFrame) -> None:
+    def write_hist(self, hist: pd.DataFrame | dict) -> None:
         self._write_table("hist.parquet", hist)
 
     def finish(self, **extra) -> None:
