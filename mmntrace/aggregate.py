@@ -38,18 +38,17 @@ import numpy as np
 import pandas as pd
 
 from . import hooks as hookmod
+from . import latency as latmod
 from .decode import bare_symbol  # noqa: F401  (re-exported: report and record name frames alike)
+from .latency import N_LOG2, QUANTILES, RANGE_HOOKS, bucket_lo  # noqa: F401 (the module's API)
 
 LATENCY_KEYS = ["hook", "callback", "event"]
-QUANTILES = {"p50_ns": 0.5, "p90_ns": 0.9, "p99_ns": 0.99, "p999_ns": 0.999}
 # hook names by what the aggregation does with them (the stable names: mmntrace/hooks.py)
 PAGE = 4096     # range sizes are counted in base pages
-RANGE_HOOKS = hookmod.names_where("ranged")             # carry an event
 SECONDARY_HOOKS = hookmod.names_where("secondary_tlb")  # the callers table
 RANGE_END_HOOKS = hookmod.names_where("range_end")      # 6.1: call the secondary-TLB ops themselves
 HOOK_ORDER = hookmod.choices()                          # report order
 CALLER_CLASSES = ["ptl_clear", "tlb_flush", "permission_upgrade", "range_end"]
-N_LOG2 = 65             # log2 buckets: 0 ns, then [2**(b-1), 2**b) for b = 1..64
 FINE_SUB = 128          # log-linear sub-buckets per power of two (inexact quantiles)
 N_FINE = N_LOG2 * FINE_SUB
 EXACT_LIMIT = 50_000_000
@@ -84,19 +83,12 @@ def log2_bucket(dur) -> np.ndarray:
     return np.minimum(np.frexp(d.astype(np.float64))[1], N_LOG2 - 1).astype(np.int64)
 
 
-def bucket_lo(b: int) -> int:
-    """Smallest duration (ns) of log2 bucket b."""
-    return 0 if b <= 0 else 1 << (b - 1)
-
-
 def log2_hist(dur) -> np.ndarray:
     """Counts per log2 bucket (length N_LOG2)."""
     return np.bincount(log2_bucket(dur), minlength=N_LOG2)
 
 
-def _hist_pairs(counts: np.ndarray) -> list[list[int]]:
-    """Non-empty buckets as [lo_ns, count] pairs (the JSON form)."""
-    return [[bucket_lo(int(b)), int(counts[b])] for b in np.flatnonzero(counts)]
+_hist_pairs = latmod.hist_pairs
 
 
 def _fine_index(dur) -> np.ndarray:
@@ -111,9 +103,7 @@ def _fine_lo(i: int) -> int:
     return 0 if e == 0 else math.ceil((1 << (e - 1)) * (1 + sub / FINE_SUB))
 
 
-def _rank(n: int, q: float) -> int:
-    """0-based index of numpy's method="lower" quantile among n sorted values."""
-    return int(np.floor((n - 1) * q))
+_rank = latmod.rank
 
 
 def quantile(sorted_values: np.ndarray, q: float) -> int:
@@ -121,10 +111,7 @@ def quantile(sorted_values: np.ndarray, q: float) -> int:
     return int(sorted_values[_rank(len(sorted_values), q)])
 
 
-def _hist_quantile(counts: np.ndarray, q: float, value_of) -> int:
-    cum = np.cumsum(counts)
-    b = int(np.searchsorted(cum, _rank(int(cum[-1]), q), side="right"))
-    return value_of(b)
+_hist_quantile = latmod.hist_quantile
 
 
 # ---- the accumulator: segments in, tables out -------------------------------------
@@ -161,9 +148,7 @@ def _hook_sort(h):
     return hookmod.order(h)
 
 
-def _row_sort(r):
-    return (_hook_sort(r["hook"]), r["callback"] is not None, r["callback"] or "", r["event"] is not None,
-            r["event"] or "")
+_row_sort = latmod.row_sort
 
 
 class _EventAcc:
@@ -572,42 +557,13 @@ def _hist_latency(hist: pd.DataFrame, totals: list[dict], duration_s=None):
     if hist.empty:
         return [], {}
     h = _norm_hist(hist)
-    tot = {}
-    for t in totals if isinstance(totals, list) else []:
-        if not isinstance(t, dict):
-            continue
-        hook = hookmod.stable(t.get("hook"))
-        ev = t.get("event") if hook in RANGE_HOOKS else None
-        k = (hook, t.get("callback"), ev)
-        c, s = tot.get(k, (0, 0))
-        try:
-            tot[k] = (c + int(t.get("count") or 0), s + int(t.get("sum_ns") or 0))
-        except (TypeError, ValueError):
-            continue
-    rows, cdfs = [], {}
+    groups = {}
     for (hook, cb, ev), g in h.groupby(["hook", "callback", "event"], sort=False, dropna=False):
-        cb, ev = _none(cb), _none(ev)
-        counts = np.bincount(np.minimum(g["slot"].to_numpy().astype(np.int64), N_LOG2 - 1),
-                             weights=g["count"].to_numpy(), minlength=N_LOG2).astype(np.int64)
-        n = int(counts.sum())
-        if not n:
-            continue
-        upper = lambda b: max((1 << int(b)) - 1, 0)
-        row = {"hook": hook, "callback": cb, "event": ev, "count": n}
-        for k, q in QUANTILES.items():
-            row[k] = _hist_quantile(counts, q, upper)
-        nz = np.flatnonzero(counts)
-        row["max_ns"] = upper(nz[-1])
-        row["min_ns"] = bucket_lo(int(nz[0]))
-        c, s = tot.get((hook, cb, ev), (0, 0))
-        row["mean_ns"] = round(s / c, 1) if c else None
-        row["total_ns"] = s if c else None
-        row["rate_per_s"] = round(n / duration_s, 3) if duration_s else None
-        row["hist_log2"] = _hist_pairs(counts)
-        rows.append(row)
-        cdfs[(hook, cb, ev)] = (np.array([upper(b) for b in nz], np.float64), np.cumsum(counts[nz]) / n)
-    rows.sort(key=_row_sort)
-    return rows, cdfs
+        k = (hook, _none(cb), _none(ev))
+        groups[k] = groups.get(k, 0) + np.bincount(
+            np.minimum(g["slot"].to_numpy().astype(np.int64), N_LOG2 - 1), weights=g["count"].to_numpy(),
+            minlength=N_LOG2).astype(np.int64)
+    return latmod.rows(groups, totals, duration_s)
 
 
 # ---- violations -------------------------------------------------------------------------

@@ -36,17 +36,17 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from . import decode, kernel
+from . import decode, kernel, latency
 from .errors import MmntraceError, OverheadGuardError, UsageError
 from .hooks import SLEEP_DETECT
 from .outpath import OutputDir, make_parents, write_atomic
 from .units import DAY, parse_duration, parse_size  # noqa: F401 (the daemon's API)
 from .wake import Wakeups
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 
@@ -178,9 +178,22 @@ class BpfStats:
 
 
 # -- output ----------------------------------------------------------------------
-HIST_SCHEMA = pa.schema([("window", pa.string()), ("start_ns", pa.int64()), ("hook", pa.string()),
-                         ("callback", pa.string()), ("event", pa.string()), ("slot", pa.int32()),
-                         ("count", pa.int64())])
+#: the hist partition's columns and their types (pyarrow's names)
+HIST_COLUMNS = (("window", "string"), ("start_ns", "int64"), ("hook", "string"), ("callback", "string"),
+                ("event", "string"), ("slot", "int32"), ("count", "int64"))
+
+
+def hist_table(hist_rows: list[dict]):
+    """The window's histogram rows as a pyarrow Table of HIST_COLUMNS, built
+    without pandas (mmntrace.store.arrow_table): a window of a daemon that
+    saw no violation never imports it (~75 MiB of its memory)."""
+    import numpy as np
+    from .store import arrow_table
+    cols = {}
+    for name, typ in HIST_COLUMNS:
+        vals = [r.get(name) for r in hist_rows]
+        cols[name] = vals if typ == "string" else np.array(vals, dtype=typ)
+    return arrow_table(cols)
 
 
 #: the daemon's directories: they hold 0600 files, and their names (host, date) are no secret,
@@ -194,12 +207,13 @@ def _write_part(out: OutputDir, kind: str, host: str, date: str, name: str, writ
         return str(d.write(name, write, mode=0o600))
 
 
-def write_window(out: Path, host: str, summary: dict, hist_rows: list[dict], sleeps: pd.DataFrame) -> dict:
+def write_window(out: Path, host: str, summary: dict, hist_rows: list[dict], sleeps: pd.DataFrame | None) -> dict:
     """Write one window's partitions; returns the paths written."""
+    import pyarrow.parquet as pq
     date = datetime.fromtimestamp(summary["start_time"], timezone.utc).strftime("%Y-%m-%d")
     name = summary["window"]
     paths = {}
-    hist = pa.Table.from_pylist(hist_rows, schema=HIST_SCHEMA)
+    hist = hist_table(hist_rows)
     with OutputDir(out, mode=DIR_MODE, hand_over=False) as od:
         paths["hist"] = _write_part(od, "hist", host, date, f"{name}.parquet", lambda f: pq.write_table(hist, f))
         paths.update(_write_violations(od, host, date, name, sleeps))
@@ -218,6 +232,8 @@ def _write_violations(out: OutputDir, host: str, date: str, name: str, sleeps: p
         for c in ("hook", "callback", "rule", "sleeper", "comm"):
             if c in v:
                 v[c] = v[c].astype(object).where(v[c].notna(), None).astype(str)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
         from .store import typed
         table = typed(pa.Table.from_pandas(v, preserve_index=False))
         return {"violations": _write_part(out, "violations", host, date, f"{name}.parquet",
@@ -511,10 +527,12 @@ class Daemon:
         return summary
 
     def _summarize(self, t, name, start_time, start_ns, end_ns, chunks, sampled_from):
-        from . import aggregate
+        """The window's summary, histogram rows, sleep records (a DataFrame,
+        or None: pandas is imported only for a window that has some) and the
+        metrics' totals."""
         from .symbolize import Symbolizer
         sym = Symbolizer(t, t.f)
-        sleeps = pd.DataFrame()
+        sleeps = None
         if chunks:
             parts = decode.split(decode.decode(b"".join(chunks)))
             if len(parts["sleep"]):
@@ -525,21 +543,23 @@ class Daemon:
             rows.append({"window": name, "start_ns": start_ns, "hook": key[0], "callback": key[1],
                          "event": key[2], "slot": slot, "count": count})
             # as in the report: the event only for hooks that carry one
-            mkey = key if key[0] in aggregate.RANGE_HOOKS else (key[0], key[1], None)
+            mkey = key if key[0] in latency.RANGE_HOOKS else (key[0], key[1], None)
             totals.setdefault(mkey, {})[slot] = totals.get(mkey, {}).get(slot, 0) + count
-        hdf = pd.DataFrame(rows, columns=[f.name for f in HIST_SCHEMA])
         dur = (end_ns - start_ns) / 1e9
         tot = [{"hook": sym.hook_names.get(h, str(h)), "callback": sym.sym(f),
                 "event": sym.events.get(e) if e >= 0 else None, "count": c, "sum_ns": sn}
                for f, h, e, c, sn in t.totals()]
-        latency = aggregate.latency_from_hist(hdf, tot, dur)
-        viol = aggregate.violations(sleeps) if len(sleeps) else []
+        lat, _cdfs = latency.rows(latency.groups_from_rows(rows), tot, dur)
+        viol = []
+        if sleeps is not None and len(sleeps):
+            from . import aggregate
+            viol = aggregate.violations(sleeps)
         run_ns = t.run_time_ns() if self.stats.enabled else None
         if run_ns is not None and self._run0 is not None:
             run_ns -= self._run0    # the counters run for the programs' lifetime
         drops = t.drops()
         calls = {}
-        for r in latency:
+        for r in lat:
             k = f"{r['hook']}/{r['callback'] or '-'}"
             calls[k] = calls.get(k, 0) + r["count"]
         summary = {
@@ -548,7 +568,7 @@ class Daemon:
             "start_time": start_time, "end_time": start_time + dur, "start_ns": start_ns, "end_ns": end_ns,
             "duration_s": round(dur, 3), "sample_every": self.sample_every, "sampled_from_s": sampled_from,
             "filters": {"pid": self.cfg.pid, "comm": self.cfg.comm, "hooks": self.cfg.hooks},
-            "calls": calls, "latency": latency,
+            "calls": calls, "latency": lat,
             "violations": [{k: v for k, v in r.items() if k not in ("first_ns", "last_ns")} for r in viol],
             "drops": drops, "bpf_run_time_ns": run_ns,
             "bpf_cpu_share": round(run_ns / 1e9 / dur, 6) if run_ns is not None and dur > 0 else None,
