@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from . import decode, kernel, latency
 from .errors import MmntraceError, OverheadGuardError, UsageError
+from .heap import give_back_memory
 from .hooks import SLEEP_DETECT
 from .outpath import OutputDir, make_parents, write_atomic
 from .units import DAY, parse_duration, parse_size  # noqa: F401 (the daemon's API)
@@ -508,6 +509,9 @@ class Daemon:
         paths = write_window(cfg.out, cfg.host, summary, hist_rows, sleeps)
         self._metrics(summary, totals)
         removed = enforce_retention(cfg.out, cfg.retention_age_s, cfg.retention_bytes)
+        # what the window's summary and writing used (pyarrow, prometheus_client,
+        # the heap) is not needed again until the next window, minutes away
+        give_back_memory()
         self.index += 1
         if cfg.max_events_per_s and sampled_from is None and self.sample_every > 1:
             # under budget for a whole window: try tracing everything again
