@@ -25,7 +25,7 @@ def _mapping(lo, hi, perms, path, rss=8, private_dirty=0, anonymous=0, locked=0)
         """)
 
 
-def test_only_clean_private_read_only_library_mappings():
+def test_only_clean_private_read_only_file_mappings():
     lib = "/usr/lib/x86_64-linux-gnu/libLLVM-14.so.1"
     smaps = "".join([
         _mapping(0x1000, 0x3000, "r--p", lib),                                  # yes
@@ -34,20 +34,41 @@ def test_only_clean_private_read_only_library_mappings():
         _mapping(0xa000, 0xb000, "rw-p", lib),                                  # writable
         _mapping(0xb000, 0xc000, "r--s", lib),                                  # shared
         _mapping(0xc000, 0xd000, "r--p", "/usr/lib/python3.11/x.cpython-311-x86_64-linux-gnu.so"),  # yes
-        _mapping(0xd000, 0xe000, "r--p", "/tmp/data.bin"),                      # not a library
+        _mapping(0xd000, 0xe000, "r--p", "/tmp/data.bin"),                      # yes (a file: the loaded
+                                                                                # objects' list decides)
         _mapping(0xe000, 0xf000, "r--p", lib + " (deleted)"),                   # replaced on disk
         _mapping(0xf000, 0x10000, "r-xp", lib, locked=4),                       # locked
         _mapping(0x10000, 0x11000, "r-xp", lib, rss=0),                         # nothing resident
         _mapping(0x11000, 0x12000, "r--p", ""),                                 # anonymous
         _mapping(0x12000, 0x13000, "r--p", "/usr/lib/libfoo.so.2.1.0", rss=4),  # yes (last)
     ])
-    assert heap.clean_library_ranges(smaps) == [(0x1000, 0x3000, 8), (0x3000, 0x9000, 24), (0xc000, 0xd000, 8),
-                                                (0x12000, 0x13000, 4)]
+    assert heap.clean_read_only_mappings(smaps) == [(0x1000, 0x3000, 8), (0x3000, 0x9000, 24), (0xc000, 0xd000, 8),
+                                                    (0xd000, 0xe000, 8), (0x12000, 0x13000, 4)]
+
+
+def test_droppable_is_where_both_lists_agree():
+    segments = [(0x1000, 0x5000), (0x8000, 0x9000), (0x20000, 0x21000)]
+    mappings = [(0x0, 0x2000, 8), (0x3000, 0x9000, 24)]
+    assert heap.droppable(segments, mappings) == [(0x1000, 0x2000), (0x3000, 0x5000), (0x8000, 0x9000)]
+
+
+def test_loaded_segments_hold_code_and_never_writable_data():
+    """libc's madvise (its text) lies in a read-only segment of a loaded
+    object; libc's `environ` (written by the loader) in none."""
+    import ctypes
+    import mmap
+    segs = heap.loaded_read_only_segments(mmap.PAGESIZE)
+    libc = ctypes.CDLL(None)
+    code = ctypes.cast(libc.madvise, ctypes.c_void_p).value
+    data = ctypes.addressof(ctypes.c_void_p.in_dll(libc, "environ"))
+    assert any(lo <= code < hi for lo, hi in segs)
+    assert not any(lo <= data < hi for lo, hi in segs)
+    assert all(lo % mmap.PAGESIZE == 0 and hi % mmap.PAGESIZE == 0 and lo < hi for lo, hi in segs)
 
 
 def test_this_process_ranges_parse():
     with open("/proc/self/smaps") as f:
-        ranges = heap.clean_library_ranges(f.read())
+        ranges = heap.clean_read_only_mappings(f.read())
     assert ranges and all(lo < hi and kib > 0 for lo, hi, kib in ranges)
 
 
