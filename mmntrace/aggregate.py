@@ -42,6 +42,9 @@ from . import latency as latmod
 from .decode import bare_symbol  # noqa: F401  (re-exported: report and record name frames alike)
 from .latency import N_LOG2, QUANTILES, RANGE_HOOKS, bucket_lo  # noqa: F401 (the module's API)
 
+# the log2-histogram arithmetic, shared with the daemon's pandas-free windows
+_hist_pairs, _rank, _hist_quantile, _row_sort = latmod.hist_pairs, latmod.rank, latmod.hist_quantile, latmod.row_sort
+
 LATENCY_KEYS = ["hook", "callback", "event"]
 # hook names by what the aggregation does with them (the stable names: mmntrace/hooks.py)
 PAGE = 4096     # range sizes are counted in base pages
@@ -88,9 +91,6 @@ def log2_hist(dur) -> np.ndarray:
     return np.bincount(log2_bucket(dur), minlength=N_LOG2)
 
 
-_hist_pairs = latmod.hist_pairs
-
-
 def _fine_index(dur) -> np.ndarray:
     m, e = np.frexp(np.asarray(dur).astype(np.float64))
     e = np.minimum(e, N_LOG2 - 1).astype(np.int64)
@@ -103,15 +103,9 @@ def _fine_lo(i: int) -> int:
     return 0 if e == 0 else math.ceil((1 << (e - 1)) * (1 + sub / FINE_SUB))
 
 
-_rank = latmod.rank
-
-
 def quantile(sorted_values: np.ndarray, q: float) -> int:
     """Exact quantile of sorted values, numpy method="lower"."""
     return int(sorted_values[_rank(len(sorted_values), q)])
-
-
-_hist_quantile = latmod.hist_quantile
 
 
 # ---- the accumulator: segments in, tables out -------------------------------------
@@ -146,9 +140,6 @@ def _nice_bucket_ns(span_ns: int, buckets: int) -> int:
 
 def _hook_sort(h):
     return hookmod.order(h)
-
-
-_row_sort = latmod.row_sort
 
 
 class _EventAcc:
