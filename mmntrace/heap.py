@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import ctypes
 import re
+import threading
 
 MADV_DONTNEED = 4
-PT_LOAD, PT_DYNAMIC, PF_W = 1, 2, 2
-DT_NULL, DT_TEXTREL, DT_FLAGS, DF_TEXTREL = 0, 22, 30, 0x4
+#: a shared library's file (libLLVM-14.so.1, _multiarray_umath.cpython-311-x86_64-linux-gnu.so)
+_LIBRARY = re.compile(r"\.so(\.[0-9.]+)?$")
 _RANGE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) ")
+
+#: what :func:`drop_clean_library_pages` did in this process: KiB of resident
+#: pages given back, and the calls it declined (another thread was running)
+given_back = {"kib": 0, "declined": 0}
 
 
 def give_back_memory() -> None:
@@ -26,67 +31,13 @@ def give_back_memory() -> None:
     drop_clean_library_pages()
 
 
-class _Phdr(ctypes.Structure):
-    _fields_ = [("p_type", ctypes.c_uint32), ("p_flags", ctypes.c_uint32), ("p_offset", ctypes.c_uint64),
-                ("p_vaddr", ctypes.c_uint64), ("p_paddr", ctypes.c_uint64), ("p_filesz", ctypes.c_uint64),
-                ("p_memsz", ctypes.c_uint64), ("p_align", ctypes.c_uint64)]
-
-
-class _DlPhdrInfo(ctypes.Structure):
-    _fields_ = [("dlpi_addr", ctypes.c_uint64), ("dlpi_name", ctypes.c_char_p),
-                ("dlpi_phdr", ctypes.POINTER(_Phdr)), ("dlpi_phnum", ctypes.c_uint16)]
-
-
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(_DlPhdrInfo), ctypes.c_size_t, ctypes.c_void_p)
-
-
-def _has_textrel(base: int, dyn: _Phdr) -> bool:
-    """Does the object's dynamic section ask for relocations in its text
-    (which the loader makes writable, then writes, while it relocates)?"""
-    p = ctypes.cast(base + dyn.p_vaddr, ctypes.POINTER(ctypes.c_int64))
-    for i in range(0, 2 * 4096, 2):
-        tag, val = p[i], p[i + 1]
-        if tag == DT_NULL:
-            return False
-        if tag == DT_TEXTREL or (tag == DT_FLAGS and val & DF_TEXTREL):
-            return True
-    return True         # no end seen: not a section to trust
-
-
-def loaded_read_only_segments(page: int) -> list[tuple[int, int]]:
-    """[start, end) of every read-only segment (text, constants, symbol and
-    relocation tables) of the objects the dynamic linker lists
-    (dl_iterate_phdr): mapped from their files and, in an object without
-    text relocations, never written. An object is listed once its segments
-    are mapped, and CPython never unloads one, so none of these ranges can
-    be unmapped or mapped anew beneath us."""
-    out: list[tuple[int, int]] = []
-
-    def each(info, _size, _data):
-        i = info.contents
-        phdrs = [i.dlpi_phdr[k] for k in range(i.dlpi_phnum)]
-        dyn = [p for p in phdrs if p.p_type == PT_DYNAMIC]
-        if not dyn or _has_textrel(i.dlpi_addr, dyn[0]):
-            return 0    # static, or text that the loader writes while it relocates
-        for p in phdrs:
-            if p.p_type == PT_LOAD and not p.p_flags & PF_W and p.p_memsz:
-                lo = (i.dlpi_addr + p.p_vaddr) & ~(page - 1)
-                hi = (i.dlpi_addr + p.p_vaddr + p.p_memsz + page - 1) & ~(page - 1)
-                out.append((lo, hi))
-        return 0
-
-    libc = ctypes.CDLL(None)
-    libc.dl_iterate_phdr.argtypes = [_CALLBACK, ctypes.c_void_p]
-    libc.dl_iterate_phdr(_CALLBACK(each), None)
-    return out
-
-
-def clean_read_only_mappings(smaps: str) -> list[tuple[int, int, int]]:
+def clean_library_ranges(smaps: str) -> list[tuple[int, int, int]]:
     """(start, end, resident KiB) of each mapping in ``smaps`` (the text of
-    /proc/<pid>/smaps) that is a file's, private, not writable, and holds
-    nothing but clean pages of the file: none written (Private_Dirty), none
-    copied on write (Anonymous: a RELRO segment's relocated pages, read-only
-    by now but kept nowhere else), none locked."""
+    /proc/<pid>/smaps) that is a shared library's, private, not writable,
+    and holds nothing but clean pages of its file: no page written since it
+    was mapped (Private_Dirty), none copied on write (Anonymous: a RELRO
+    segment's relocated pages, which are read-only by now but exist nowhere
+    else), none locked."""
     out: list[tuple[int, int, int]] = []
     cur: dict | None = None
 
@@ -103,8 +54,7 @@ def clean_read_only_mappings(smaps: str) -> list[tuple[int, int, int]]:
             path = parts[5].strip() if len(parts) > 5 else ""
             perms = r.group(3)
             cur = {"start": int(r.group(1), 16), "end": int(r.group(2), 16),
-                   "ok": perms[1] == "-" and perms[3] == "p" and path.startswith("/") and not path.endswith(
-                       " (deleted)")}
+                   "ok": perms[1] == "-" and perms[3] == "p" and bool(_LIBRARY.search(path))}
         elif cur is not None and cur["ok"]:
             key, _, rest = line.partition(":")
             if key in ("Rss", "Private_Dirty", "Anonymous", "Locked"):
@@ -113,41 +63,35 @@ def clean_read_only_mappings(smaps: str) -> list[tuple[int, int, int]]:
     return out
 
 
-def droppable(segments: list[tuple[int, int]], mappings: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
-    """The parts of the loaded objects' read-only segments that lie in
-    mappings smaps finds clean, non-writable and file-backed: both must say
-    so."""
-    out = []
-    for s_lo, s_hi in sorted(segments):
-        for m_lo, m_hi, _kib in mappings:
-            lo, hi = max(s_lo, m_lo), min(s_hi, m_hi)
-            if lo < hi:
-                out.append((lo, hi))
-    return out
-
-
 def drop_clean_library_pages() -> int:
-    """Take the loaded objects' clean read-only pages (the Python binary's
-    and every shared library's text, constants, symbol and relocation
-    tables) out of this process' resident memory: madvise(MADV_DONTNEED) on
-    :func:`droppable` ranges, what the kernel's reclaim would do under
-    pressure. The page cache keeps them; a page touched again is mapped back
-    by a minor fault. Loading bcc's libraries (LLVM, clang) touches ~55 MiB
-    of them that bcc's compile does not use again (host, the daemon's
-    program: 147 MiB at the compile's end without, 108 with); after the
-    compile, the pages it used wait until the next one. Returns the KiB of
-    the ranges advised (resident or not); 0 where anything fails (best
-    effort)."""
+    """Take the shared libraries' clean pages out of this process' resident
+    memory (madvise(MADV_DONTNEED) on :func:`clean_library_ranges`): what the
+    kernel's reclaim would do under pressure. The page cache keeps them; a
+    page touched again is mapped back by a minor fault. Loading bcc's
+    libraries (LLVM, clang) touches ~55 MiB of them, the relocation and
+    symbol tables among them, that bcc's compile does not use again (host,
+    the daemon's program: 147 MiB at the compile's end without, 108 with);
+    after the compile, the pages it used wait until the next one.
+
+    Only while this is the process's one Python thread: a library that
+    another thread is loading meanwhile (an import: dlopen()) is first
+    mapped read-only whole, then in parts, writable ones among them, which
+    the loader then writes; advice given to a range read before that would
+    throw those writes away. With no other thread, no library is being
+    loaded, and Python never unloads one. Returns the KiB given back; 0
+    where it declined or anything failed (best effort)."""
+    if threading.active_count() > 1:
+        given_back["declined"] += 1
+        return 0
     try:
-        import mmap
-        segments = loaded_read_only_segments(mmap.PAGESIZE)
         with open("/proc/self/smaps") as f:
-            mappings = clean_read_only_mappings(f.read())
+            ranges = clean_library_ranges(f.read())
         libc = ctypes.CDLL(None, use_errno=True)
         madvise = libc.madvise
         madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         madvise.restype = ctypes.c_int
-    except (OSError, AttributeError, ValueError):
+    except (OSError, AttributeError):
         return 0
-    return sum(hi - lo for lo, hi in droppable(segments, mappings)
-               if madvise(lo, hi - lo, MADV_DONTNEED) == 0) >> 10
+    kib = sum(k for start, end, k in ranges if madvise(start, end - start, MADV_DONTNEED) == 0)
+    given_back["kib"] += kib
+    return kib

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import decode, hooks, kernel
+from . import decode, heap, hooks, kernel
 from .errors import DiskFullError
 from .heap import give_back_memory
 from .outpath import write_atomic
@@ -427,6 +427,8 @@ class Session:
             writer.meta["buffer_peak_records"] = most
             # records that waited for their segment in a file, not in memory (a long burst)
             writer.meta["spooled_records"] = pending.spilled // decode.DTYPE.itemsize
+            # the libraries' clean pages this recorder gave back (mmntrace/heap.py)
+            writer.meta["memory_given_back"] = dict(heap.given_back)
             if self.disk_full is None:
                 writer.finish(drops=drops, attached=attached, untimed=untimed)
             else:

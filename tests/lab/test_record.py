@@ -902,6 +902,11 @@ def test_aggregate_times_each_callback_from_its_entry_to_the_next(tmp_path):
     r, _, _, res, _, mod = _session(tmp_path, behave=[f"start:delay:300:{DELAYED}"], kvm=True,
                                     rec_args=("--aggregate",), interval=True)
     assert r.meta["aggregate"] and r.meta["callbacks_chained"] is True
+    # an --aggregate recorder is its one thread wherever it gives memory back (before
+    # and after the compile, at its stop): the libraries' clean pages went back each
+    # time (mmntrace/heap.py), and its histograms (read below) were written without pandas
+    assert r.meta["memory_given_back"]["kib"] > 10_000 and r.meta["memory_given_back"]["declined"] == 0, \
+        r.meta["memory_given_back"]
     starts = mod[mod["hook"] == testmod.HOOKS["start"]]     # the module's log from its reset to its counts
     assert int((starts["ts_ns"] >= res["behaved_ns"]).sum()) >= DELAYED     # all of them in the log's window
     h = r.hist()
