@@ -399,7 +399,7 @@ class Session:
                 self.disk_full = self.disk_full or err
             elif err is not None:
                 raise err
-            self.t.stop()       # the compiler's memory goes back before pandas comes in
+            self.t.stop()       # the compiler's memory goes back before the tables are written
             give_back_memory()
             if self.t.kernel_hist and self.disk_full is None:
                 # columns, not a DataFrame: pyarrow writes them without pandas,
