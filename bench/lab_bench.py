@@ -23,8 +23,9 @@ is compared with the untraced runs next to it in time):
 For each tool: median ops/s, slowdown (median traced time / median of the
 neighbouring untraced times), ns added per hook call (the test module counts
 the hook calls), start-up time to ready and peak RSS (VmHWM over the
-process's whole life, its compile and its stop included) of the tool's process, and for mmntrace the events it recorded,
-the events/s it sustained, and its drops. For the streaming modes, the most
+process's whole life, its compile and its stop included) of the tool's
+process, and for mmntrace the events it recorded, the events/s it
+sustained, and its drops. For the streaming modes, the most
 events/s sustained with zero drops: paced runs at 1/2, 1/4, ... of the full
 rate until one loses nothing.
 """
