@@ -581,7 +581,8 @@ See docs/daemon.md for the rollout and what it costs per host.
               help="Event budget: past it, trace 1 hook invocation in N (N is in the window's metadata).")
 @click.option("--textfile", type=click.Path(dir_okay=False), metavar="FILE",
               help="node_exporter textfile-collector file [default: OUT/mmntrace.prom].")
-@click.option("--http", metavar="[ADDR:]PORT", help="Also serve /metrics over HTTP (ADDR defaults to 127.0.0.1).")
+@click.option("--http", metavar="[ADDR:]PORT", help="Also serve /metrics over HTTP (ADDR defaults to 127.0.0.1), "
+              "from the end of the compile on (the port is checked before it).")
 @click.option("--retention-age", metavar="DURATION", help="Delete windows older than this [default: 14d].")
 @click.option("--retention-size", metavar="SIZE", help="Keep at most this much output, oldest deleted first "
               "[default: 1G].")

@@ -146,6 +146,19 @@ def parse_http(s: str) -> tuple[str, int]:
     return (addr.strip("[]") or "127.0.0.1"), p
 
 
+def check_port(addr: str, port: int) -> None:
+    """A UsageError where binding ``addr:port`` fails (in use, not ours to
+    take, no such address), bound as the HTTP server will bind it: reusing
+    an address in TIME_WAIT, the family getaddrinfo gives first."""
+    try:
+        family, kind, proto, _name, sockaddr = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(sockaddr)
+    except OSError as e:
+        raise UsageError(f"--http {addr}:{port}: cannot serve there ({e.strerror or e})") from None
+
+
 # -- BPF run time (kernel.bpf_stats_enabled) -----------------------------------
 class BpfStats:
     """Run time of our BPF programs, from the kernel's per-program stats."""
@@ -412,12 +425,18 @@ class Daemon:
         self.stats = BpfStats()
         try:
             if self.cfg.http:
+                # the server's thread starts once the program is compiled: the
+                # compile then runs in the daemon's one thread, which gives its
+                # libraries' pages back (mmntrace/heap.py); a port that cannot
+                # be had is said now, not after the compile
+                check_port(*parse_http(self.cfg.http))
+            self._tracer()
+            if self.cfg.http:
                 from prometheus_client import start_http_server
                 addr, port = parse_http(self.cfg.http)
                 self._http_reg = _Forward()
                 self._http = start_http_server(port, addr=addr, registry=self._http_reg)
                 self.log({"event": "http", "listen": f"{addr}:{port}"})
-            self._tracer()
             next_t = time.monotonic()
             while not self.stopping.is_set():
                 if self.reload.is_set():

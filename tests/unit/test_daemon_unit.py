@@ -193,3 +193,19 @@ def test_sighup_reload_applies_a_good_config_and_keeps_the_old_one_on_error(tmp_
     finally:
         for s in (sig.SIGTERM, sig.SIGINT, sig.SIGHUP):
             sig.signal(s, sig.SIG_DFL if s != sig.SIGINT else sig.default_int_handler)
+
+
+def test_http_port_checked_before_the_compile():
+    """--http: a port that cannot be had is one sentence at once (the server
+    itself starts after the compile, mmntrace/heap.py); a free one passes."""
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(UsageError) as e:
+            d.check_port("127.0.0.1", port)
+        assert f"--http 127.0.0.1:{port}" in str(e.value) and "\n" not in str(e.value)
+    d.check_port("127.0.0.1", port)     # free again
+    with pytest.raises(UsageError):
+        d.check_port("no-such-host.invalid", 9475)
