@@ -268,17 +268,21 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     # Streaming writes its first segment seconds after the start: its modules,
     # pandas and pyarrow with them, import in a thread while bcc compiles
     # (which releases the GIL), or their import (seconds on a slow machine)
-    # would stall the first drain while the buffer overflows. --aggregate
-    # writes tables at its end only: pandas waits until then (peak RSS), and
-    # the recorder's own modules import after the compile, where they take
-    # 0.2 s in the lab's 6.1 guest; beside it, 0.6-0.7 s, and they slowed the
-    # compile by as much again (the guest reads them through its file share).
-    if aggregate:
-        warm = None
-    else:
+    # would stall the first drain while the buffer overflows. The thread
+    # starts as the compile does, after the memory the start-up no longer
+    # needs has gone back (which a second thread would forbid: heap.py; the
+    # compile's peak in the 6.1 guest was 242 MiB with it started first).
+    # --aggregate writes tables at its end only: pandas waits until then
+    # (peak RSS), and the recorder's own modules import after the compile,
+    # where they take 0.2 s in the lab's 6.1 guest; beside it, 0.6-0.7 s, and
+    # they slowed the compile by as much again (the guest reads them through
+    # its file share).
+    warm_box: dict = {}
+
+    def warm_up():
         pool = concurrent.futures.ThreadPoolExecutor(1)
-        warm = pool.submit(lambda: [importlib.import_module(m) for m in
-                                    ("pandas", "pyarrow.parquet", "mmntrace.record")][-1])
+        warm_box["f"] = pool.submit(lambda: [importlib.import_module(m) for m in
+                                             ("pandas", "pyarrow.parquet", "mmntrace.record")][-1])
         pool.shutdown(wait=False)
     from . import kernel, tracer
     import time
@@ -297,7 +301,8 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     t.timing["features_s"] = features_s     # kallsyms, BTF, headers: what this kernel offers
     if not quiet:
         click.echo("mmntrace: compiling and attaching probes...", err=True)
-    t.load()            # compile, calibrate; nothing attached yet
+    t.load(beside_compile=None if aggregate else warm_up)      # compile, calibrate; nothing attached yet
+    warm = warm_box.get("f")
     try:
         rec = warm.result() if warm is not None else importlib.import_module("mmntrace.record")
         s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,
