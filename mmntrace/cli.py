@@ -277,12 +277,13 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     # where they take 0.2 s in the lab's 6.1 guest; beside it, 0.6-0.7 s, and
     # they slowed the compile by as much again (the guest reads them through
     # its file share).
-    warm_box: dict = {}
+    warm = None
 
     def warm_up():
+        nonlocal warm
         pool = concurrent.futures.ThreadPoolExecutor(1)
-        warm_box["f"] = pool.submit(lambda: [importlib.import_module(m) for m in
-                                             ("pandas", "pyarrow.parquet", "mmntrace.record")][-1])
+        warm = pool.submit(lambda: [importlib.import_module(m) for m in
+                                    ("pandas", "pyarrow.parquet", "mmntrace.record")][-1])
         pool.shutdown(wait=False)
     from . import kernel, tracer
     import time
@@ -302,7 +303,6 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     if not quiet:
         click.echo("mmntrace: compiling and attaching probes...", err=True)
     t.load(beside_compile=None if aggregate else warm_up)      # compile, calibrate; nothing attached yet
-    warm = warm_box.get("f")
     try:
         rec = warm.result() if warm is not None else importlib.import_module("mmntrace.record")
         s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,

@@ -429,11 +429,11 @@ class Daemon:
                 # compile then runs in the daemon's one thread, which gives its
                 # libraries' pages back (mmntrace/heap.py); a port that cannot
                 # be had is said now, not after the compile
-                check_port(*parse_http(self.cfg.http))
+                addr, port = parse_http(self.cfg.http)
+                check_port(addr, port)
             self._tracer()
             if self.cfg.http:
                 from prometheus_client import start_http_server
-                addr, port = parse_http(self.cfg.http)
                 self._http_reg = _Forward()
                 self._http = start_http_server(port, addr=addr, registry=self._http_reg)
                 self.log({"event": "http", "listen": f"{addr}:{port}"})
@@ -566,7 +566,7 @@ class Daemon:
             rows.append({"window": name, "start_ns": start_ns, "hook": key[0], "callback": key[1],
                          "event": key[2], "slot": slot, "count": count})
             # as in the report: the event only for hooks that carry one
-            mkey = key if key[0] in latency.RANGE_HOOKS else (key[0], key[1], None)
+            mkey = latency.key_of(*key)
             totals.setdefault(mkey, {})[slot] = totals.get(mkey, {}).get(slot, 0) + count
         dur = (end_ns - start_ns) / 1e9
         tot = [{"hook": sym.hook_names.get(h, str(h)), "callback": sym.sym(f),

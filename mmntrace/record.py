@@ -25,7 +25,7 @@ from .errors import DiskFullError
 from .heap import give_back_memory
 from .outpath import write_atomic
 from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, Arrivals, Backlog, SegmentWorker, convert_now, in_burst
-from .store import RecordingWriter
+from .store import HIST_COLUMNS, RecordingWriter
 from .transport import RingReader
 from .symbolize import Symbolizer
 from .wake import POLL_CAP_MS, Wakeups
@@ -403,11 +403,10 @@ class Session:
             give_back_memory()
             if self.t.kernel_hist and self.disk_full is None:
                 # columns, not a DataFrame: pyarrow writes them without pandas,
-                # whose import (~75 MiB) would be this recorder's peak memory
-                # (the types of recording.HIST_COLUMNS, as the reader gives them)
-                hist = {name: np.array([r[i] for r in hist_rows], dtype=t) for i, (name, t) in enumerate(
-                    (("func", np.uint64), ("hook_id", np.uint8), ("event_id", np.int32), ("slot", np.int64),
-                     ("count", np.int64)))}
+                # whose import (~75 MiB) would be this recorder's peak memory;
+                # the rows hold the numeric columns of HIST_COLUMNS, in its order
+                hist = {name: np.array([r[i] for r in hist_rows], dtype=t)
+                        for i, (name, t) in enumerate(c for c in HIST_COLUMNS if c[1] is not object)}
                 hist["hook"] = [sym.hook_names.get(int(h), str(h)) for h in hist["hook_id"]]
                 hist["event"] = [sym.events.get(int(e)) if e >= 0 else None for e in hist["event_id"]]
                 hist["callback"] = [sym.sym(int(f)) for f in hist["func"]]

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from . import hooks
 from .errors import RecordingError, RecordingVersionError
 
-from .store import FORMAT_VERSION, META, RecordingWriter  # noqa: F401  (the write side, re-exported)
+from .store import FORMAT_VERSION, HIST_COLUMNS, META, RecordingWriter  # noqa: F401  (the write side, re-exported)
 
 
 # The columns of each table (docs/recording-format.md), so that a recording
@@ -47,8 +47,6 @@ SLEEP_COLUMNS = [*_IDENTITY, ("addr", "uint64"), ("hook", object), ("event", obj
 #: (metadata ``start_ns``; NaN for a recording made before it was kept) and
 #: the mm as the kernel prints it (hex; categorical: a recording holds few mms)
 DERIVED = {"t_s": ("ts_ns",), "mm_hex": ("mm",)}
-HIST_COLUMNS = [("func", "uint64"), ("hook_id", "uint8"), ("event_id", "int32"), ("slot", "int64"),
-                ("count", "int64"), ("hook", object), ("event", object), ("callback", object)]
 
 
 def _stable_table(t: pa.Table) -> pa.Table:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 META = "metadata.json"
+#: hist.parquet's columns and their types, as the writer makes them and the reader gives them
+HIST_COLUMNS = [("func", "uint64"), ("hook_id", "uint8"), ("event_id", "int32"), ("slot", "int64"),
+                ("count", "int64"), ("hook", object), ("event", object), ("callback", object)]
 
 
 def typed(table):
