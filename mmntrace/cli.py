@@ -266,24 +266,28 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     import concurrent.futures
     import importlib
     # Streaming writes its first segment seconds after the start: its modules,
-    # pandas and pyarrow with them, import in a thread while bcc compiles
+    # pyarrow with them (pandas never: mmntrace/record.py), import in a thread while bcc compiles
     # (which releases the GIL), or their import (seconds on a slow machine)
     # would stall the first drain while the buffer overflows. The thread
     # starts as the compile does, after the memory the start-up no longer
     # needs has gone back (which a second thread would forbid: heap.py; the
     # compile's peak in the 6.1 guest was 242 MiB with it started first).
-    # --aggregate writes tables at its end only: pandas waits until then
+    # --aggregate writes tables at its end only: pyarrow waits until then
     # (peak RSS), and the recorder's own modules import after the compile,
     # where they take 0.2 s in the lab's 6.1 guest; beside it, 0.6-0.7 s, and
     # they slowed the compile by as much again (the guest reads them through
     # its file share).
+    # pyarrow's memory through malloc, not its own allocator (mimalloc): what the
+    # segments took goes back with the heap's (mmntrace/heap.py); the user's own
+    # choice stands
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     warm = None
 
     def warm_up():
         nonlocal warm
         pool = concurrent.futures.ThreadPoolExecutor(1)
         warm = pool.submit(lambda: [importlib.import_module(m) for m in
-                                    ("pandas", "pyarrow.parquet", "mmntrace.record")][-1])
+                                    ("pyarrow.parquet", "pyarrow.compute", "mmntrace.record")][-1])
         pool.shutdown(wait=False)
     from . import kernel, tracer
     import time

@@ -7,6 +7,8 @@ boolean-mask selections of it.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .layout import header, record_dtype
@@ -54,14 +56,29 @@ COLUMNS = ("ts_ns", "cpu", "pid", "tid", "comm", "mm", "hook_id", "event_id", "s
 _CHUNK = 4096
 
 
-def _comm(c: np.ndarray) -> np.ndarray:
-    """Contiguous 16-byte command names -> str, each distinct name decoded
-    once (np.char.decode is a Python-level loop). Records come in runs from
-    one task, so the names are told apart among the runs' first records;
-    sorts are stable (docs/reliability.md, numpy's default argsort)."""
+class Coded(NamedTuple):
+    """A column of few distinct values: each record's index (``codes``) into
+    ``names``, an object array (str or None; a sleep's stack: lists of str).
+    Made once per distinct value, never per record; the write side makes its
+    Parquet column from it directly (mmntrace/store.py), a frame takes
+    :meth:`values`. ``dictionary``: written as a dictionary column, which
+    readers get as a categorical."""
+    codes: np.ndarray
+    names: np.ndarray
+    dictionary: bool = False
+
+    def values(self) -> np.ndarray:
+        return self.names[self.codes]
+
+
+def _comm(c: np.ndarray) -> Coded:
+    """Contiguous 16-byte command names -> each record's name, each distinct
+    name decoded once (np.char.decode is a Python-level loop). Records come in
+    runs from one task, so the names are told apart among the runs' first
+    records; sorts are stable (docs/reliability.md, numpy's default argsort)."""
     n = len(c)
     if n == 0:
-        return np.zeros(0, "U16")
+        return Coded(np.zeros(0, np.intp), np.empty(0, object))
     halves = c.view(np.uint64).reshape(-1, 2)
     lo, hi = halves[:, 0], halves[:, 1]
     change = np.empty(n, bool)
@@ -70,23 +87,31 @@ def _comm(c: np.ndarray) -> np.ndarray:
     change[1:] |= hi[1:] != hi[:-1]
     starts = np.flatnonzero(change)            # each run's first record
     if len(starts) == 1:
-        return np.full(n, bytes(c[0]).decode("utf-8", "replace"), dtype="U16")
+        return Coded(np.zeros(n, np.intp), _objects([bytes(c[0]).decode("utf-8", "replace")]))
     rlo, rhi = lo[starts], hi[starts]
     order = np.lexsort((rhi, rlo))              # stable: a name's first run comes first
     slo, shi = rlo[order], rhi[order]
     new = np.empty(len(order), bool)
     new[0] = True
     new[1:] = (slo[1:] != slo[:-1]) | (shi[1:] != shi[:-1])
-    run_code = np.empty(len(order), np.int64)
+    run_code = np.empty(len(order), np.intp)
     run_code[order] = np.cumsum(new) - 1
     first = starts[order[new]]                   # one record per distinct name
-    names = np.array([bytes(x).decode("utf-8", "replace") for x in c[first]], dtype="U16")
-    return np.repeat(names[run_code], np.diff(np.append(starts, n)))
+    names = _objects([bytes(x).decode("utf-8", "replace") for x in c[first]])
+    return Coded(np.repeat(run_code, np.diff(np.append(starts, n))), names)
 
 
-def columns(recs: np.ndarray) -> dict[str, np.ndarray]:
+def _objects(values: list) -> np.ndarray:
+    """A list as a 1-d object array (whatever its items are: lists stay lists)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def columns(recs: np.ndarray, coded: bool = False) -> dict[str, np.ndarray | Coded]:
     """Hook/callback/sleep records -> plain contiguous columns (flags expanded
-    to booleans)."""
+    to booleans); the command name as str (``U16``), or ``coded``: a
+    :class:`Coded` column."""
     n = len(recs)
     out = {name: np.empty(n, typ) for name, _field, typ in _PLAIN}
     flags, rt, comm = np.empty(n, np.uint8), np.empty(n, np.uint8), np.empty(n, "S16")
@@ -95,7 +120,8 @@ def columns(recs: np.ndarray) -> dict[str, np.ndarray]:
         part = recs[lo:lo + _CHUNK]
         for dst, field in copies:
             dst[lo:lo + _CHUNK] = part[field]
-    out["comm"] = _comm(comm)
+    names = _comm(comm)
+    out["comm"] = names if coded else np.array(names.names.tolist() or [""], "U16")[names.codes]
     for name in ("blockable", "atomic", "irqs_off", "must_not_sleep"):
         out[name] = (flags & FL[name]) != 0
     # PREEMPT_RT (always False elsewhere): a spinlock_t held sets both

@@ -16,8 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from . import decode, heap, hooks, kernel
@@ -25,17 +23,15 @@ from .errors import DiskFullError
 from .heap import give_back_memory
 from .outpath import write_atomic
 from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, Arrivals, Backlog, SegmentWorker, convert_now, in_burst
-from .store import HIST_COLUMNS, RecordingWriter
+from .store import HIST_COLUMNS, RecordingWriter, arrow_table, concat_tables
 from .transport import RingReader
 from .symbolize import Symbolizer
 from .wake import POLL_CAP_MS, Wakeups
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-# pandas is imported where frames are made (first records to write, or the
-# end): an --aggregate recorder with nothing to write until it stops never
-# holds it beside the compiler's memory (BENCHMARKS.md, peak RSS)
+# pandas is never imported here: segments and the histograms go to pyarrow
+# as columns (mmntrace/store.py), and pyarrow only when a table is written: an
+# --aggregate recorder with nothing to write until it stops never holds it
+# beside the compiler's memory (BENCHMARKS.md, peak RSS)
 
 def process_age_s() -> float | None:
     """Seconds since this process was started (its exec), from /proc: the
@@ -113,6 +109,22 @@ def probe_kinds(t) -> dict:
     return {"hooks": kind(getattr(t, "hook_fentry", backend == "fentry")),
             "callbacks": kind(getattr(t, "callback_fentry", backend == "fentry")),
             "might_sleep": kind(backend == "fentry") if getattr(t, "might_sleep", False) else None}
+
+
+def segment_tables(sym: Symbolizer, raw: bytes, redact: bool = False) -> dict:
+    """Raw records -> a segment's ``events`` (hooks, then callbacks) and
+    ``sleeps`` as pyarrow Tables. Columns go to pyarrow as they are, without
+    pandas: its import and its frames' copies were most of a streaming
+    recorder's memory. ``redact``: addresses (mm, range, callback) zeroed."""
+    parts = decode.split(decode.decode(raw))
+    tables = {}
+    for name, kinds in (("events", ("hook", "callback")), ("sleeps", ("sleep",))):
+        cols = [sym.columns(parts[k], k) for k in kinds if len(parts[k])]
+        if redact:
+            for c in cols:
+                c.update({k: np.zeros_like(c[k]) for k in ("mm", "start", "end", "func") if k in c})
+        tables[name] = concat_tables([arrow_table(c) for c in cols])
+    return tables
 
 
 class Session:
@@ -205,23 +217,12 @@ class Session:
     def _write_segment(self, writer: RecordingWriter, sym: Symbolizer, raw: bytes) -> None:
         """Raw records -> one segment's tables (the segment worker's job,
         mmntrace/segwriter.py; the metadata it touches is under the lock)."""
-        recs = decode.decode(raw)
-        parts = decode.split(recs)
-        ev = np.concatenate([parts["hook"], parts["callback"]])
-        if not len(ev) and not len(parts["sleep"]):
+        tables = segment_tables(sym, raw, self.redact)
+        if not len(tables["events"]) and not len(tables["sleeps"]):
             return      # discovery and registration records only: nothing for the tables
-        import pandas as pd
-        ev_df = pd.concat([sym.frames(parts["hook"], "hook"), sym.frames(parts["callback"], "callback")],
-                          ignore_index=True) if len(ev) else pd.DataFrame()
-        sl_df = sym.frames(parts["sleep"], "sleep") if len(parts["sleep"]) else pd.DataFrame()
-        if self.redact:
-            for df in (ev_df, sl_df):
-                for col in ("mm", "start", "end", "func"):
-                    if col in df:
-                        df[col] = 0
-        self.counts["violations"] += len(sl_df)
+        self.counts["violations"] += len(tables["sleeps"])
         with self._wlock:
-            writer.write_segment(ev_df, sl_df)
+            writer.write_segment(tables["events"], tables["sleeps"])
 
     def _guard(self, g: dict, now: float, fresh: bool = False) -> None:
         """The overhead guard: warn once, with the measured rate, CPU share and drops."""
@@ -243,7 +244,7 @@ class Session:
                 for f, n in sorted(untimed.items(), key=lambda x: -x[1])]
 
     def run(self) -> dict:
-        self.t.start()      # the CLI loads first (compiling while pandas imports)
+        self.t.start()      # the CLI loads first (compiling while pyarrow imports)
         age = process_age_s()
         if age is not None:     # the start-up as the user sees it: exec to ready
             self.t.timing["ready_after_s"] = round(age, 3)

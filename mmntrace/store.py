@@ -40,30 +40,70 @@ def typed(table):
 
 
 def arrow_table(columns: dict):
-    """A dict of columns, numpy arrays of numbers or lists of ``str`` and
-    None, as a pyarrow Table built from their buffers. pyarrow's own
-    constructors (``pa.array``, ``pa.table``, ``Table.from_pydict``) import
-    pandas, ~75 MiB, to ask whether their argument is pandas': an
-    --aggregate recorder writes its table at its stop, where that import
-    would be its peak memory."""
+    """A dict of columns as a pyarrow Table built from their buffers: numpy
+    arrays of numbers or booleans, lists of ``str`` and None, and
+    :class:`~mmntrace.decode.Coded` columns (names, or lists of names: a
+    stack). pyarrow's own constructors (``pa.array``, ``pa.table``,
+    ``Table.from_pydict``) import pandas, ~75 MiB, to ask whether their
+    argument is pandas': a recorder writes its tables without it (peak RSS)."""
+    import pyarrow as pa
+    return pa.Table.from_arrays([_arrow(values) for values in columns.values()], names=list(columns))
+
+
+def concat_tables(tables: list):
+    """The tables one after the other (an empty list: an empty table)."""
+    import pyarrow as pa
+    return pa.concat_tables(tables) if tables else pa.Table.from_arrays([], names=[])
+
+
+def _arrow(values):
     import numpy as np
     import pyarrow as pa
-    arrays = []
-    for values in columns.values():
-        if isinstance(values, np.ndarray):
-            v = np.ascontiguousarray(values)
-            if v.dtype.kind not in "iuf":
-                raise TypeError(f"arrow_table: numbers only as numpy arrays, not {v.dtype}")
-            arrays.append(pa.Array.from_buffers(pa.from_numpy_dtype(v.dtype), len(v), [None, pa.py_buffer(v)]))
-            continue
-        valid = np.array([x is not None for x in values], dtype=bool)
-        data = [x.encode() if x is not None else b"" for x in values]
-        offsets = np.zeros(len(data) + 1, np.int32)
-        offsets[1:] = np.cumsum([len(d) for d in data])
-        arrays.append(pa.Array.from_buffers(
-            pa.string(), len(data), [pa.py_buffer(np.packbits(valid, bitorder="little")), pa.py_buffer(offsets),
-                                     pa.py_buffer(b"".join(data))], null_count=int(len(data) - valid.sum())))
-    return pa.Table.from_arrays(arrays, names=list(columns))
+    from .decode import Coded
+    if isinstance(values, Coded):
+        # the distinct names once, then each record's by the codes (in pyarrow)
+        names = (_lists(values.names) if any(isinstance(v, list) for v in values.names)
+                 else _strings(values.names, pa.large_string()))
+        small = len(values.names) < 128
+        codes = _numbers(np.asarray(values.codes, np.int8 if small and values.dictionary else np.int64))
+        return pa.DictionaryArray.from_arrays(codes, names) if values.dictionary else names.take(codes)
+    if isinstance(values, np.ndarray):
+        return _numbers(values)
+    return _strings(values, pa.string())
+
+
+def _numbers(values):
+    import numpy as np
+    import pyarrow as pa
+    v = np.ascontiguousarray(values)
+    if v.dtype.kind == "b":
+        return pa.Array.from_buffers(pa.bool_(), len(v), [None, pa.py_buffer(np.packbits(v, bitorder="little"))])
+    if v.dtype.kind not in "iuf":
+        raise TypeError(f"arrow_table: numbers only as numpy arrays, not {v.dtype}")
+    return pa.Array.from_buffers(pa.from_numpy_dtype(v.dtype), len(v), [None, pa.py_buffer(v)])
+
+
+def _strings(values, typ):
+    """str and None -> a pyarrow string array (``typ``: string or large_string)."""
+    import numpy as np
+    import pyarrow as pa
+    valid = np.array([x is not None for x in values], dtype=bool)
+    data = [x.encode() if x is not None else b"" for x in values]
+    offsets = np.zeros(len(data) + 1, np.int64 if typ == pa.large_string() else np.int32)
+    offsets[1:] = np.cumsum([len(d) for d in data])
+    return pa.Array.from_buffers(typ, len(data), [pa.py_buffer(np.packbits(valid, bitorder="little")),
+                                                  pa.py_buffer(offsets), pa.py_buffer(b"".join(data))],
+                                 null_count=int(len(data) - valid.sum()))
+
+
+def _lists(values):
+    """Lists of str -> a pyarrow list<string> array (a sleep's stack)."""
+    import numpy as np
+    import pyarrow as pa
+    offsets = np.zeros(len(values) + 1, np.int32)
+    offsets[1:] = np.cumsum([len(v) for v in values])
+    items = _strings([x for v in values for x in v], pa.string())
+    return pa.ListArray.from_arrays(_numbers(offsets), items)
 
 
 class RecordingWriter:
@@ -92,12 +132,14 @@ class RecordingWriter:
         """Let go of the directory (after the last write; finish() does not, metadata may follow)."""
         self._out.close()
 
-    def _write_table(self, name: str, df: pd.DataFrame | dict) -> None:
-        """``df``: a DataFrame, or a dict of columns (lists, numpy arrays),
-        written without pandas (:func:`arrow_table`)."""
+    def _write_table(self, name: str, df) -> None:
+        """``df``: a DataFrame, a pyarrow Table, or a dict of columns written
+        without pandas (:func:`arrow_table`)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
-        table = typed(arrow_table(df) if isinstance(df, dict) else pa.Table.from_pandas(df, preserve_index=False))
+        if isinstance(df, dict):
+            df = arrow_table(df)
+        table = typed(df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False))
         sink = pa.BufferOutputStream()
         # dictionary pages for the names (a few distinct values), not for the
         # numbers, nearly all distinct (timestamps, seq): a third less time
@@ -107,13 +149,14 @@ class RecordingWriter:
         pq.write_table(table, sink, compression="zstd", use_dictionary=names)
         self._out.write(name, sink.getvalue().to_pybytes())
 
-    def write_segment(self, events: pd.DataFrame, sleeps: pd.DataFrame) -> None:
-        if events.empty and sleeps.empty:
+    def write_segment(self, events, sleeps) -> None:
+        """One segment's tables (DataFrames or pyarrow Tables; either may be empty)."""
+        if not len(events) and not len(sleeps):
             return
         self._seg += 1
-        if not events.empty:
+        if len(events):
             self._write_table(f"events-{self._seg:06d}.parquet", events)
-        if not sleeps.empty:
+        if len(sleeps):
             self._write_table(f"sleeps-{self._seg:06d}.parquet", sleeps)
         self.meta["segments"] = self._seg
         self.meta["events"] += len(events)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import decode, hooks, kernel
-from .decode import bare_symbol
+from .decode import Coded, _objects, bare_symbol
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,91 +85,111 @@ class Symbolizer:
         return self.t.callback_symbol(addr) if addr else None
 
     @staticmethod
-    def _per_value(values: np.ndarray, fn):
+    def _per_value(values: np.ndarray, fn) -> Coded:
         """``fn`` of each record's value, computed once per distinct value (a
         batch holds thousands of records and a few dozen callbacks, stacks or
-        events): one entry per record; strings (None: missing) come as the
-        frame's string column, taken from the distinct ones (no string is
-        made per record)."""
+        events): no name is made per record."""
         inv, uniq = _factorize(values)
-        out = np.empty(len(uniq), dtype=object)
-        out[:] = [fn(v) for v in uniq.tolist()]
-        return _take(out, inv)
+        return Coded(inv, _objects([fn(v) for v in uniq.tolist()]))
 
-    def frames(self, recs: np.ndarray, kind: str) -> pd.DataFrame:
-        import pandas as pd
-        c = decode.columns(recs)
-        df = pd.DataFrame(c)
-        if kind != "sleep":
-            df.insert(0, "kind", kind)
-        df["hook"] = pd.Categorical(self._per_value(c["hook_id"], lambda h: self.hook_names.get(h, str(h))))
-        df["event"] = self._per_value(c["event_id"], lambda e: self.events.get(e) if e >= 0 else None)
-        df["callback"] = self._per_value(c["func"], self.cb_sym)
+    def columns(self, recs: np.ndarray, kind: str) -> dict[str, np.ndarray | Coded]:
+        """The table of ``kind`` (hook, callback, sleep) records: numbers as
+        numpy arrays, names as :class:`~mmntrace.decode.Coded` columns (the
+        write side makes Parquet of them without pandas; :meth:`frames` makes
+        a DataFrame)."""
+        c = decode.columns(recs, coded=True)
+        n = len(recs)
+        cols: dict = {} if kind == "sleep" else {"kind": Coded(np.zeros(n, np.intp), _objects([kind]))}
+        cols.update(c)
+        cols["hook"] = self._per_value(c["hook_id"], lambda h: self.hook_names.get(h, str(h)))._replace(dictionary=True)
+        cols["event"] = self._per_value(c["event_id"], lambda e: self.events.get(e) if e >= 0 else None)
+        cols["callback"] = self._per_value(c["func"], self.cb_sym)
         # per distinct stack: the frames, the caller, the secondary-TLB caller class
         inv, sids = _factorize(c["stack_id"])
-        stacks = np.empty(len(sids), dtype=object)
-        stacks[:] = [self.stack(s) for s in sids.tolist()]
+        stacks = _objects([self.stack(s) for s in sids.tolist()])
         if kind == "sleep":
-            df["rule"] = self._per_value(c["kind_id"], lambda k: decode.SLEEP_KIND.get(k, "unknown"))
-            df["sleeper"] = self._per_value(c["addr"], lambda a: self.sym(a) if a else None)
-            df["stack"] = stacks[inv]
-            df = df.drop(columns=["kind_id"])
-        else:
-            callers = np.empty(len(sids), dtype=object)
-            callers[:] = [caller_of(st) for st in stacks]
-            classes = np.empty(len(sids) + 1, dtype=object)     # [-1]: None, not a secondary-TLB call
-            classes[:-1] = [classify_secondary_tlb(st) for st in stacks]
-            idx = cidx = inv
-            if kind == "hook":
-                # by kprobe, range start/end and (x86) the secondary-TLB hook: no stack,
-                # their return address (addr), the caller (bpf/mmntrace.bpf.c hook_entry)
-                direct = (c["stack_id"] < 0) & (c["addr"] != 0)
-                if direct.any():
-                    rinv, rets = _factorize(c["addr"][direct])
-                    names = [self.sym(a) for a in rets.tolist()]
-                    by_ret = np.empty(len(rets), dtype=object)
-                    by_ret[:] = [caller_of([n]) if n else None for n in names]
-                    callers = np.concatenate([callers, by_ret])
-                    cls_ret = np.empty(len(rets), dtype=object)
-                    cls_ret[:] = [classify_secondary_tlb(["", n]) if n else None for n in names]
-                    classes = np.concatenate([classes, cls_ret])
-                    idx = inv.copy()
-                    idx[direct] = len(sids) + rinv
-                    cidx = inv.copy()
-                    cidx[direct] = len(sids) + 1 + rinv     # (classes[len(sids)]: None)
-            df["caller"] = _take(callers, idx)
-            sec = c["hook_id"] == kernel.HOOK_SECONDARY_TLB
-            df["caller_class"] = _take(classes, np.where(sec, cidx, len(sids)))
-            if kind == "callback":
-                # the entry point that made the call (6.1's invalidate_range_end calls
-                # each subscriber's invalidate_range op itself) and its invocation's seq
-                df["via"] = self._per_value(c["kind_id"], lambda h: self.hook_names.get(h)
-                                            if h != kernel.HOOK_NONE else None)
-                df["hook_seq"] = c["addr"]
-            else:                       # a hook: its own invocation
-                df["via"] = None
-                df["hook_seq"] = c["seq"]
-            df = df.drop(columns=["addr", "kind_id"])
-        return df
+            cols["rule"] = self._per_value(c["kind_id"], lambda k: decode.SLEEP_KIND.get(k, "unknown"))
+            cols["sleeper"] = self._per_value(c["addr"], lambda a: self.sym(a) if a else None)
+            cols["stack"] = Coded(inv, stacks)
+            del cols["kind_id"]
+            return cols
+        callers = _objects([caller_of(st) for st in stacks])
+        classes = _objects([classify_secondary_tlb(st) for st in stacks] + [None])  # [-1]: not a secondary-TLB call
+        idx = cidx = inv
+        if kind == "hook":
+            # by kprobe, range start/end and (x86) the secondary-TLB hook: no stack,
+            # their return address (addr), the caller (bpf/mmntrace.bpf.c hook_entry)
+            direct = (c["stack_id"] < 0) & (c["addr"] != 0)
+            if direct.any():
+                rinv, rets = _factorize(c["addr"][direct])
+                names = [self.sym(a) for a in rets.tolist()]
+                callers = np.concatenate([callers, _objects([caller_of([n]) if n else None for n in names])])
+                classes = np.concatenate([classes, _objects([classify_secondary_tlb(["", n]) if n else None
+                                                             for n in names])])
+                idx = inv.copy()
+                idx[direct] = len(sids) + rinv
+                cidx = inv.copy()
+                cidx[direct] = len(sids) + 1 + rinv     # (classes[len(sids)]: None)
+        cols["caller"] = Coded(idx, callers)
+        sec = c["hook_id"] == kernel.HOOK_SECONDARY_TLB
+        cols["caller_class"] = Coded(np.where(sec, cidx, len(sids)), classes)
+        if kind == "callback":
+            # the entry point that made the call (6.1's invalidate_range_end calls
+            # each subscriber's invalidate_range op itself) and its invocation's seq
+            cols["via"] = self._per_value(c["kind_id"], lambda h: self.hook_names.get(h)
+                                          if h != kernel.HOOK_NONE else None)
+            cols["hook_seq"] = c["addr"]
+        else:                       # a hook: its own invocation
+            cols["via"] = Coded(np.zeros(n, np.intp), _objects([None]))
+            cols["hook_seq"] = c["seq"]
+        del cols["addr"], cols["kind_id"]
+        return cols
+
+    def frames(self, recs: np.ndarray, kind: str) -> pd.DataFrame:
+        """:meth:`columns` as a DataFrame (names as strings, the hook categorical)."""
+        import pandas as pd
+        return pd.DataFrame({name: frame_column(col) for name, col in self.columns(recs, kind).items()})
+
+
+def frame_column(col: np.ndarray | Coded):
+    """A column of :meth:`Symbolizer.columns` as a frame's: names as a string
+    array made from the distinct ones (no string per record), the hook
+    categorical, lists (a stack) as objects."""
+    if not isinstance(col, Coded):
+        return col
+    import pandas as pd
+    if col.dictionary:
+        return pd.Categorical(pd.array(col.names, dtype="str").take(col.codes))
+    if any(isinstance(v, str) for v in col.names):
+        return pd.array(col.names, dtype="str").take(col.codes)
+    return col.values()
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, distinct values): each record's index into the distinct ones, by
-    hashing (pandas), not by np.unique's sort: a batch holds ~10^5 records of a
-    few distinct values, and in the lab's emulated guest the sorts were a tenth
-    of the streaming recorder's CPU."""
-    import pandas as pd
-    return pd.factorize(values, sort=False)
+    """(codes, distinct values): each record's index into the distinct ones,
+    without a sort (a batch holds ~10^5 records of a few distinct values, and in
+    the lab's emulated guest the sorts were a tenth of the streaming recorder's
+    CPU): integers within 2^16 of each other by a table, the rest (kernel
+    addresses) by pyarrow's hashing."""
+    v = np.ascontiguousarray(values)
+    if not len(v):
+        return np.zeros(0, np.intp), v
+    lo, hi = v.min(), v.max()
+    if v.dtype.kind in "iu" and int(hi) - int(lo) < 1 << 16:
+        off = (v - lo).astype(np.intp)
+        present = np.zeros(int(hi) - int(lo) + 1, bool)
+        present[off] = True
+        code_of = np.cumsum(present) - 1
+        return code_of[off], (np.flatnonzero(present) + int(lo)).astype(v.dtype)
+    import pyarrow as pa
+    enc = pa.Array.from_buffers(pa.from_numpy_dtype(v.dtype), len(v), [None, pa.py_buffer(v)]).dictionary_encode()
+    return _numpy(enc.indices, np.int32).astype(np.intp), _numpy(enc.dictionary, v.dtype)
 
 
-def _take(values: np.ndarray, idx: np.ndarray):
-    """values[idx]; strings as a string array made from ``values`` once (None
-    missing), where ``values`` holds a string: what a frame would infer from
-    the per-record objects, without a string per record."""
-    if any(isinstance(v, str) for v in values):
-        import pandas as pd
-        return pd.array(values, dtype="str").take(idx)
-    return values[idx]
+def _numpy(arr, dtype) -> np.ndarray:
+    """A pyarrow array of numbers without nulls as numpy, from its buffer
+    (``to_numpy`` imports pandas)."""
+    return np.frombuffer(arr.buffers()[1], dtype)[arr.offset:arr.offset + len(arr)].copy()
 
 
 #: the recorder warns once when, streaming at least GUARD_MIN_RATE events/s, it spends
