@@ -300,7 +300,10 @@ class Tool:
             except (OSError, ValueError):
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"{self.name}: no metadata update within {timeout:.0f} s")
+        rc = self.proc.poll() if self.proc is not None else None
+        raise RuntimeError(f"{self.name}: no metadata update within {timeout:.0f} s"
+                           + (f" (it exited, {rc})" if rc is not None else "")
+                           + f": {self.logf.read_text(errors='replace')[-1500:]}")
 
     def sweep(self, size: dict, full_runs: list) -> dict:
         """The most events/s this streaming recorder sustains with zero drops:

@@ -180,7 +180,7 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         present = np.zeros(int(hi) - int(lo) + 1, bool)
         present[off] = True
         code_of = np.cumsum(present) - 1
-        return code_of[off], (np.flatnonzero(present) + int(lo)).astype(v.dtype)
+        return code_of[off], np.flatnonzero(present).astype(v.dtype) + lo
     import pyarrow as pa
     enc = pa.Array.from_buffers(pa.from_numpy_dtype(v.dtype), len(v), [None, pa.py_buffer(v)]).dictionary_encode()
     return _numpy(enc.indices, np.int32).astype(np.intp), _numpy(enc.dictionary, v.dtype)

@@ -94,3 +94,17 @@ def test_a_secondary_tlb_call_without_a_stack_is_classed_by_its_return_address()
     df = sym.frames(recs, "hook")
     assert df["caller"].tolist() == ["tlb_finish_mmu", "mutex_lock", "tlb_finish_mmu", "zap_pte_range"]
     assert [None if pd.isna(x) else x for x in df["caller_class"]] == ["tlb_flush", "ptl_clear", None, "tlb_flush"]
+
+
+def test_factorize_kernel_addresses_near_each_other_and_far_apart():
+    """Codes by a table for values within 2^16 of each other (one callback's
+    address: a range of 0), by hashing for the rest; the distinct values as
+    they were, whatever their size or sign."""
+    top = np.uint64(0xffffffffc0a81230)
+    cases = [np.full(5, top), np.array([top, top + np.uint64(8), top], np.uint64),
+             np.array([0, top, 5, top], np.uint64), np.array([-1, 3, -1, 2], np.int32),
+             np.array([7, 7, 9], np.uint8), np.zeros(0, np.uint64)]
+    for v in cases:
+        codes, uniq = symbolize._factorize(v)
+        assert uniq.dtype == v.dtype and len(set(uniq.tolist())) == len(uniq)
+        assert uniq[codes].tolist() == v.tolist()
