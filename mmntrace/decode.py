@@ -87,7 +87,7 @@ def _comm(c: np.ndarray) -> Coded:
     change[1:] |= hi[1:] != hi[:-1]
     starts = np.flatnonzero(change)            # each run's first record
     if len(starts) == 1:
-        return Coded(np.zeros(n, np.intp), _objects([bytes(c[0]).decode("utf-8", "replace")]))
+        return Coded(np.zeros(n, np.intp), object_array([bytes(c[0]).decode("utf-8", "replace")]))
     rlo, rhi = lo[starts], hi[starts]
     order = np.lexsort((rhi, rlo))              # stable: a name's first run comes first
     slo, shi = rlo[order], rhi[order]
@@ -97,11 +97,11 @@ def _comm(c: np.ndarray) -> Coded:
     run_code = np.empty(len(order), np.intp)
     run_code[order] = np.cumsum(new) - 1
     first = starts[order[new]]                   # one record per distinct name
-    names = _objects([bytes(x).decode("utf-8", "replace") for x in c[first]])
+    names = object_array([bytes(x).decode("utf-8", "replace") for x in c[first]])
     return Coded(np.repeat(run_code, np.diff(np.append(starts, n))), names)
 
 
-def _objects(values: list) -> np.ndarray:
+def object_array(values: list) -> np.ndarray:
     """A list as a 1-d object array (whatever its items are: lists stay lists)."""
     out = np.empty(len(values), dtype=object)
     out[:] = values

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import decode, hooks, kernel
-from .decode import Coded, _objects, bare_symbol
+from .decode import Coded, object_array, bare_symbol
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,7 +90,7 @@ class Symbolizer:
         batch holds thousands of records and a few dozen callbacks, stacks or
         events): no name is made per record."""
         inv, uniq = _factorize(values)
-        return Coded(inv, _objects([fn(v) for v in uniq.tolist()]))
+        return Coded(inv, object_array([fn(v) for v in uniq.tolist()]))
 
     def columns(self, recs: np.ndarray, kind: str) -> dict[str, np.ndarray | Coded]:
         """The table of ``kind`` (hook, callback, sleep) records: numbers as
@@ -99,22 +99,22 @@ class Symbolizer:
         a DataFrame)."""
         c = decode.columns(recs, coded=True)
         n = len(recs)
-        cols: dict = {} if kind == "sleep" else {"kind": Coded(np.zeros(n, np.intp), _objects([kind]))}
+        cols: dict = {} if kind == "sleep" else {"kind": Coded(np.zeros(n, np.intp), object_array([kind]))}
         cols.update(c)
         cols["hook"] = self._per_value(c["hook_id"], lambda h: self.hook_names.get(h, str(h)))._replace(dictionary=True)
         cols["event"] = self._per_value(c["event_id"], lambda e: self.events.get(e) if e >= 0 else None)
         cols["callback"] = self._per_value(c["func"], self.cb_sym)
         # per distinct stack: the frames, the caller, the secondary-TLB caller class
         inv, sids = _factorize(c["stack_id"])
-        stacks = _objects([self.stack(s) for s in sids.tolist()])
+        stacks = object_array([self.stack(s) for s in sids.tolist()])
         if kind == "sleep":
             cols["rule"] = self._per_value(c["kind_id"], lambda k: decode.SLEEP_KIND.get(k, "unknown"))
             cols["sleeper"] = self._per_value(c["addr"], lambda a: self.sym(a) if a else None)
             cols["stack"] = Coded(inv, stacks)
             del cols["kind_id"]
             return cols
-        callers = _objects([caller_of(st) for st in stacks])
-        classes = _objects([classify_secondary_tlb(st) for st in stacks] + [None])  # [-1]: not a secondary-TLB call
+        callers = object_array([caller_of(st) for st in stacks])
+        classes = object_array([classify_secondary_tlb(st) for st in stacks] + [None])  # [-1]: not a secondary-TLB call
         idx = cidx = inv
         if kind == "hook":
             # by kprobe, range start/end and (x86) the secondary-TLB hook: no stack,
@@ -123,8 +123,8 @@ class Symbolizer:
             if direct.any():
                 rinv, rets = _factorize(c["addr"][direct])
                 names = [self.sym(a) for a in rets.tolist()]
-                callers = np.concatenate([callers, _objects([caller_of([n]) if n else None for n in names])])
-                classes = np.concatenate([classes, _objects([classify_secondary_tlb(["", n]) if n else None
+                callers = np.concatenate([callers, object_array([caller_of([n]) if n else None for n in names])])
+                classes = np.concatenate([classes, object_array([classify_secondary_tlb(["", n]) if n else None
                                                              for n in names])])
                 idx = inv.copy()
                 idx[direct] = len(sids) + rinv
@@ -140,7 +140,7 @@ class Symbolizer:
                                           if h != kernel.HOOK_NONE else None)
             cols["hook_seq"] = c["addr"]
         else:                       # a hook: its own invocation
-            cols["via"] = Coded(np.zeros(n, np.intp), _objects([None]))
+            cols["via"] = Coded(np.zeros(n, np.intp), object_array([None]))
             cols["hook_seq"] = c["seq"]
         del cols["addr"], cols["kind_id"]
         return cols
