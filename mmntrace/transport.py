@@ -35,9 +35,16 @@ class RingReader:
     capped streaming at a few ten thousand records/s in the lab (6.1: 1.5 M
     recorded, 3.6 M dropped in the benchmark). Every mmntrace record has the
     same size, so the records between the consumer and producer positions sit
-    at a fixed stride in the doubly-mapped data area: one numpy view finds the
-    committed ones (the first BUSY header ends the batch), one copy takes
-    them, one store releases the space (libbpf's ringbuf.c protocol).
+    at a fixed stride in the data area: one numpy view finds the committed ones
+    (the first BUSY header ends the batch), one copy takes them, one store
+    releases the space (libbpf's ringbuf.c protocol).
+
+    The data area is mapped once, not twice over as libbpf does so that a
+    record that wraps past its end reads as one piece: the kernel maps every
+    page of such a mapping at once, and a process' memory counts both copies
+    (32 MiB for streaming's 16 MiB buffer). A record that wraps is put
+    together from its two pieces here; a header (8 bytes, at an 8-byte
+    aligned position) never wraps.
     """
 
     BUSY, DISCARD, HDR = 1 << 31, 1 << 30, 8
@@ -51,10 +58,10 @@ class RingReader:
         self.stride = self.stride_of(rec_size)
         self.rec_size = rec_size
         self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._prod = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._prod = mmap.mmap(map_fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self.cons_pos = np.frombuffer(self._cons, np.uint64, 1)
         self.prod_pos = np.frombuffer(self._prod, np.uint64, 1)
-        self.data = np.frombuffer(self._prod, np.uint8, 2 * size, offset=page)
+        self.data = np.frombuffer(self._prod, np.uint8, size, offset=page)
         self._ep = select.epoll()
         self._ep.register(map_fd, select.EPOLLIN)
         self._map_fd = map_fd
@@ -103,29 +110,7 @@ class RingReader:
         fast as this copy would otherwise keep it here (in the lab, attaching a
         new subscriber's callbacks between two drains waited 2.2 s, the whole
         workload, for a drain to end). What comes after is the next call's."""
-        out = []
-        prod = int(self.prod_pos[0])
-        while True:
-            cons = int(self.cons_pos[0])
-            n = (prod - cons) // self.stride
-            if n <= 0:
-                break
-            n = min(n, (self.mask + 1) // self.stride)
-            off = cons & self.mask
-            block = self.data[off:off + n * self.stride].reshape(n, self.stride)
-            hdr = block[:, :4].copy().view(np.uint32)[:, 0]
-            busy = np.flatnonzero(hdr & self.BUSY)
-            k = int(busy[0]) if len(busy) else n
-            if k == 0:
-                break
-            lens = hdr[:k] & ~np.uint32(self.BUSY | self.DISCARD)
-            if (lens != self.rec_size).any() or (hdr[:k] & self.DISCARD).any():
-                raise BpfLoadError("unexpected record in the ring buffer")
-            out.append(block[:k, self.HDR:self.HDR + self.rec_size].tobytes())
-            self.cons_pos[0] = cons + k * self.stride    # release the space
-            if k < n:
-                break
-        return b"".join(out)
+        return b"".join(consume_ring(self.data, self.cons_pos, int(self.prod_pos[0]), self.stride, self.rec_size))
 
     def close(self) -> None:
         self._ep.close()
@@ -135,6 +120,48 @@ class RingReader:
                 m.close()
             except BufferError:
                 pass
+
+
+def consume_ring(data: np.ndarray, cons_pos: np.ndarray, prod: int, stride: int, rec_size: int) -> list[bytes]:
+    """The committed records from the consumer position ``cons_pos[0]`` up to
+    ``prod`` in the ring's data area ``data`` (mapped once: a record may wrap
+    past its end), as raw bytes, releasing their space as it goes (a store to
+    ``cons_pos``); stops at the first record still being written."""
+    size = len(data)
+    mask = size - 1
+    busy_bit, discard_bit = np.uint32(RingReader.BUSY), np.uint32(RingReader.DISCARD)
+    out = []
+    while True:
+        cons = int(cons_pos[0])
+        n = (prod - cons) // stride
+        if n <= 0:
+            break
+        off = cons & mask
+        whole = min(n, (size - off) // stride)      # those before the end of the area
+        if whole == 0:      # one record wraps: its header here, its body in two pieces
+            hdr = int(data[off:off + RingReader.HDR].view(np.uint32)[0])
+            if hdr & busy_bit:
+                break
+            if hdr & discard_bit or hdr & ~np.uint32(busy_bit | discard_bit) != rec_size:
+                raise BpfLoadError("unexpected record in the ring buffer")
+            body = np.concatenate([data[off + RingReader.HDR:], data[:stride - (size - off)]])
+            out.append(body[:rec_size].tobytes())
+            cons_pos[0] = cons + stride
+            continue
+        block = data[off:off + whole * stride].reshape(whole, stride)
+        hdr = block[:, :4].copy().view(np.uint32)[:, 0]
+        busy = np.flatnonzero(hdr & busy_bit)
+        k = int(busy[0]) if len(busy) else whole
+        if k == 0:
+            break
+        lens = hdr[:k] & ~np.uint32(busy_bit | discard_bit)
+        if (lens != rec_size).any() or (hdr[:k] & discard_bit).any():
+            raise BpfLoadError("unexpected record in the ring buffer")
+        out.append(block[:k, RingReader.HDR:RingReader.HDR + rec_size].tobytes())
+        cons_pos[0] = cons + k * stride    # release the space
+        if k < whole:
+            break
+    return out
 
 
 class MappedArray:

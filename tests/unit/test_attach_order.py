@@ -6,6 +6,8 @@ from mmntrace import kernel
 from mmntrace.callbacks import attach_order
 from mmntrace.transport import RingReader
 
+from ringsim import Ring
+
 
 def test_the_ops_every_invalidation_calls_are_probed_first_release_last():
     # struct mmu_notifier_ops order, as the BPF side reports a table: release first
@@ -36,17 +38,11 @@ class _Producer:
 
 
 def _ring(rec_size=16, slots=64):
+    sim = Ring(rec_size, 1 << (slots * RingReader.stride_of(rec_size) - 1).bit_length())
+    for i in range(sim.size // sim.stride):     # committed records, numbered
+        sim.put(bytes([i % 251]) + bytes(rec_size - 1))
     r = RingReader.__new__(RingReader)
-    r.rec_size, r.stride = rec_size, (rec_size + RingReader.HDR + 7) & ~7
-    size = slots * r.stride
-    size = 1 << (size - 1).bit_length()
-    r.mask = size - 1
-    data = np.zeros(2 * size, np.uint8)
-    for i in range(2 * size // r.stride):     # every slot committed, its length in the header
-        data[i * r.stride:i * r.stride + 4] = np.frombuffer(np.uint32(rec_size).tobytes(), np.uint8)
-        data[i * r.stride + RingReader.HDR] = i % 251
-    r.data = data
-    r.cons_pos = np.zeros(1, np.uint64)
+    r.rec_size, r.stride, r.data, r.cons_pos = rec_size, sim.stride, sim.data, sim.cons_pos
     return r
 
 

@@ -1,0 +1,48 @@
+"""The ring buffer's records as transport.consume_ring takes them from a data
+area mapped once: whole records, in order, those that wrap past its end put
+together from their two pieces, up to the first one still being written."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from mmntrace.errors import BpfLoadError
+from mmntrace.transport import consume_ring
+
+from ringsim import Ring
+
+
+def body(rng, n):
+    return rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(rec_size=st.integers(1, 200), pages=st.sampled_from([1, 2, 4]), start_slot=st.integers(0, 10_000),
+       start_off=st.integers(0, 511), n=st.integers(0, 80), busy_at=st.one_of(st.none(), st.integers(0, 80)),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_records_come_whole_and_in_order_wherever_they_wrap(rec_size, pages, start_slot, start_off, n, busy_at, seed):
+    rng = np.random.default_rng(seed)
+    size = 4096 * pages
+    stride = (rec_size + 8 + 7) & ~7
+    n = min(n, size // stride)          # what the ring holds
+    r = Ring(rec_size, size, start=start_slot * size + start_off * 8)
+    for i in range(n):
+        r.put(body(rng, rec_size), busy=(i == busy_at))
+    got = b"".join(consume_ring(r.data, r.cons_pos, r.prod, r.stride, rec_size))
+    k = busy_at if busy_at is not None and busy_at < n else n
+    assert got == b"".join(r.written[:k])
+    assert int(r.cons_pos[0]) == r.prod - (n - k) * r.stride      # released up to the busy one
+
+
+def test_a_wrapping_record_is_put_together_from_both_ends():
+    r = Ring(20, 4096, start=4096 - 16)     # header + 8 bytes before the end, 12 after
+    r.put(bytes(range(20)))
+    r.put(bytes(range(100, 120)))
+    assert consume_ring(r.data, r.cons_pos, r.prod, r.stride, 20) == [bytes(range(20)), bytes(range(100, 120))]
+
+
+def test_a_record_of_another_size_is_an_error():
+    r = Ring(24, 4096, start=4096 - 16)
+    r.put(bytes(24))
+    with pytest.raises(BpfLoadError):
+        consume_ring(r.data, r.cons_pos, r.prod, r.stride, 16)
