@@ -29,9 +29,8 @@ from .symbolize import Symbolizer
 from .wake import POLL_CAP_MS, Wakeups
 
 # pandas is never imported here: segments and the histograms go to pyarrow
-# as columns (mmntrace/store.py), and pyarrow only when a table is written: an
-# --aggregate recorder with nothing to write until it stops never holds it
-# beside the compiler's memory (BENCHMARKS.md, peak RSS)
+# as columns (mmntrace/store.py), and pyarrow only when a table is written,
+# after the start-up: never beside the compiler's memory (BENCHMARKS.md, peak RSS)
 
 def process_age_s() -> float | None:
     """Seconds since this process was started (its exec), from /proc: the

@@ -37,10 +37,12 @@ import threading
 from collections import deque
 from typing import Callable
 
-#: the most records one segment job holds: its decode, names and Parquet
-#: take about 1.5 KB a record at their peak (a 6.12 lab recorder's VmHWM with
-#: jobs of 131,072 records: 450-480 MiB, 200 of them the job's)
-MAX_JOB_RECORDS = 1 << 16
+#: the most records one segment job holds: its decode, names and Parquet take
+#: about 0.6 KB a record at their peak (1.5 KB through pandas: a 6.12 lab
+#: recorder's VmHWM with jobs of 131,072 records was 450-480 MiB, 200 of them
+#: the job's). 16,384: the 6.1 guest's streaming recorder peaked at 178 MiB
+#: over two bench runs, against 203 with jobs of 65,536
+MAX_JOB_RECORDS = 1 << 14
 #: raw records waiting for the worker (~9.5 million of them: minutes of the
 #: bench's rate), beyond which the loop stops draining; past MEMORY_BACKLOG_BYTES
 #: they wait in the recording's file system (:class:`Backlog`), not in memory

@@ -2,9 +2,11 @@
 directory, its metadata and its Parquet tables. The read side is
 :mod:`mmntrace.recording`.
 
-pandas and pyarrow are imported when the first table is written, not with
-this module: an --aggregate recorder writes tables only at its end (or for a
-violation), so it never holds them beside the compiler's memory at start-up.
+pyarrow is imported when the first table is written, not with this module
+(pandas only for a table given as a DataFrame): a recorder writes its
+first table after its start-up (streaming: the first segment; --aggregate:
+at its end, or for a violation), so it never holds it beside the compiler's
+memory.
 """
 
 from __future__ import annotations
