@@ -263,18 +263,32 @@ def default_buffer_pages(aggregate: bool, per_cpu: bool, cpus: int) -> int:
 def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, transport, buffer_pages, might_sleep,
             ready_file, redact, quiet, keep_root_owner, modules=None, callbacks=None, min_latency=None,
             sleep_detect="switch"):
+    import concurrent.futures
     import importlib
-    # The recorder's modules import after the compile, and pyarrow when the
-    # first segment is written, on the segment thread (mmntrace/segwriter.py;
-    # a burst's records wait raw until it is over, so that is after the first
-    # burst): beside the compile, its import (3-4 s in the lab's emulated
-    # guests, which run on one host thread) made the start that much longer,
-    # and its pages added to the compile's peak (6.1 guest, streaming: ready
-    # 53.4 -> 45.7 s, VmHWM at ready 176 -> 127 MiB).
+    # Streaming writes its first segment seconds after the start: its modules,
+    # pyarrow with them (pandas never: mmntrace/record.py), import in a thread while bcc compiles
+    # (which releases the GIL), or their import (seconds on a slow machine)
+    # would stall the first drain while the buffer overflows. The thread
+    # starts as the compile does, after the memory the start-up no longer
+    # needs has gone back (which a second thread would forbid: heap.py; the
+    # compile's peak in the 6.1 guest was 242 MiB with it started first).
+    # --aggregate writes tables at its end only: pyarrow waits until then
+    # (peak RSS), and the recorder's own modules import after the compile,
+    # where they take 0.2 s in the lab's 6.1 guest; beside it, 0.6-0.7 s, and
+    # they slowed the compile by as much again (the guest reads them through
+    # its file share).
     # pyarrow's memory through malloc, not its own allocator (mimalloc): what the
     # segments took goes back with the heap's (mmntrace/heap.py); the user's own
     # choice stands
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    warm = None
+
+    def warm_up():
+        nonlocal warm
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        warm = pool.submit(lambda: [importlib.import_module(m) for m in
+                                    ("pyarrow.parquet", "pyarrow.compute", "mmntrace.record")][-1])
+        pool.shutdown(wait=False)
     from . import kernel, tracer
     import time
     t0 = time.monotonic()
@@ -292,9 +306,9 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     t.timing["features_s"] = features_s     # kallsyms, BTF, headers: what this kernel offers
     if not quiet:
         click.echo("mmntrace: compiling and attaching probes...", err=True)
-    t.load()        # compile, calibrate; nothing attached yet
+    t.load(beside_compile=None if aggregate else warm_up)      # compile, calibrate; nothing attached yet
     try:
-        rec = importlib.import_module("mmntrace.record")
+        rec = warm.result() if warm is not None else importlib.import_module("mmntrace.record")
         s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,
                         status=None, redact=redact, hand_over=not keep_root_owner, command=held)
     except BaseException:

@@ -243,7 +243,7 @@ class Session:
                 for f, n in sorted(untimed.items(), key=lambda x: -x[1])]
 
     def run(self) -> dict:
-        self.t.start()      # the CLI loads (compiles) first
+        self.t.start()      # the CLI loads first (compiling while pyarrow imports)
         age = process_age_s()
         if age is not None:     # the start-up as the user sees it: exec to ready
             self.t.timing["ready_after_s"] = round(age, 3)

@@ -276,9 +276,12 @@ class Tracer:
             self.load()
         self.attach()
 
-    def load(self) -> None:
+    def load(self, beside_compile=None) -> None:
         """Compile and load the BPF program, calibrate, open the ring buffer.
-        Nothing stays attached: see attach()/detach() (the daemon's windows)."""
+        Nothing stays attached: see attach()/detach() (the daemon's windows).
+        ``beside_compile``: called as the compile begins, once the memory
+        the start-up no longer needs has gone back (a thread it starts would
+        keep that from happening: mmntrace/heap.py)."""
         kernel.require_recording(self.f)
         try:
             from bcc import BPF
@@ -302,6 +305,8 @@ class Tracer:
             # what reading kallsyms and BTF left free in the C heap goes back before
             # clang adds its own on top (the peak): 7 of the table's 16 MiB on the host
             give_back_memory()
+            if beside_compile is not None:
+                beside_compile()
             t0 = time.monotonic()
             self.bpf = self._compile(text)
             if not self._loads():
