@@ -40,9 +40,11 @@ from typing import Callable
 #: the most records one segment job holds: its decode, names and Parquet take
 #: about 0.6 KB a record at their peak (1.5 KB through pandas: a 6.12 lab
 #: recorder's VmHWM with jobs of 131,072 records was 450-480 MiB, 200 of them
-#: the job's). 16,384: the 6.1 guest's streaming recorder peaked at 178 MiB
-#: over two bench runs, against 203 with jobs of 65,536
-MAX_JOB_RECORDS = 1 << 14
+#: the job's). Jobs of 16,384 took the 6.1 guest's peak from 186-195 to 178
+#: MiB, but the bench's recorder had then written one run's records of two
+#: when it looked, 4.5 s after each: each segment's fixed costs (its file,
+#: the metadata) four times as often
+MAX_JOB_RECORDS = 1 << 16
 #: raw records waiting for the worker (~9.5 million of them: minutes of the
 #: bench's rate), beyond which the loop stops draining; past MEMORY_BACKLOG_BYTES
 #: they wait in the recording's file system (:class:`Backlog`), not in memory
