@@ -272,6 +272,9 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     # starts as the compile does, after the memory the start-up no longer
     # needs has gone back (which a second thread would forbid: heap.py; the
     # compile's peak in the 6.1 guest was 242 MiB with it started first).
+    # Imported at the first segment instead, pyarrow left the compile's peak
+    # at 127 MiB rather than 176, but the runs' peak (181-183 MiB) and the
+    # start (the quick bench: 29.6 s against 30.0) stayed where they were.
     # --aggregate writes tables at its end only: pyarrow waits until then
     # (peak RSS), and the recorder's own modules import after the compile,
     # where they take 0.2 s in the lab's 6.1 guest; beside it, 0.6-0.7 s, and
