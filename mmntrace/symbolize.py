@@ -157,12 +157,11 @@ def frame_column(col: np.ndarray | Coded):
     categorical, lists (a stack) as objects."""
     if not isinstance(col, Coded):
         return col
+    if not any(isinstance(v, str) for v in col.names):
+        return col.values()
     import pandas as pd
-    if col.dictionary:
-        return pd.Categorical(pd.array(col.names, dtype="str").take(col.codes))
-    if any(isinstance(v, str) for v in col.names):
-        return pd.array(col.names, dtype="str").take(col.codes)
-    return col.values()
+    strings = pd.array(col.names, dtype="str").take(col.codes)
+    return pd.Categorical(strings) if col.dictionary else strings
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -54,7 +54,6 @@ class RingReader:
         import select
         page = mmap.PAGESIZE
         size = self._max_entries(map_fd)
-        self.mask = size - 1
         self.stride = self.stride_of(rec_size)
         self.rec_size = rec_size
         self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
@@ -138,28 +137,22 @@ def consume_ring(data: np.ndarray, cons_pos: np.ndarray, prod: int, stride: int,
             break
         off = cons & mask
         whole = min(n, (size - off) // stride)      # those before the end of the area
-        if whole == 0:      # one record wraps: its header here, its body in two pieces
-            hdr = int(data[off:off + RingReader.HDR].view(np.uint32)[0])
-            if hdr & busy_bit:
-                break
-            if hdr & discard_bit or hdr & ~np.uint32(busy_bit | discard_bit) != rec_size:
-                raise BpfLoadError("unexpected record in the ring buffer")
-            body = np.concatenate([data[off + RingReader.HDR:], data[:stride - (size - off)]])
-            out.append(body[:rec_size].tobytes())
-            cons_pos[0] = cons + stride
-            continue
-        block = data[off:off + whole * stride].reshape(whole, stride)
+        wraps = whole == 0          # one record: its header here, its body in two pieces
+        block = data[off:off + (stride if wraps else whole * stride)].reshape(-1, min(stride, size - off))
         hdr = block[:, :4].copy().view(np.uint32)[:, 0]
         busy = np.flatnonzero(hdr & busy_bit)
-        k = int(busy[0]) if len(busy) else whole
+        k = int(busy[0]) if len(busy) else len(block)
         if k == 0:
             break
         lens = hdr[:k] & ~np.uint32(busy_bit | discard_bit)
         if (lens != rec_size).any() or (hdr[:k] & discard_bit).any():
             raise BpfLoadError("unexpected record in the ring buffer")
-        out.append(block[:k, RingReader.HDR:RingReader.HDR + rec_size].tobytes())
+        if wraps:
+            out.append(np.concatenate([data[off + RingReader.HDR:], data[:stride - (size - off)]])[:rec_size].tobytes())
+        else:
+            out.append(block[:k, RingReader.HDR:RingReader.HDR + rec_size].tobytes())
         cons_pos[0] = cons + k * stride    # release the space
-        if k < whole:
+        if k < len(block):
             break
     return out
 
