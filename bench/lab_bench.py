@@ -483,6 +483,9 @@ def main() -> int:
             time.sleep(SETTLE_S)
         runs = []
         try:
+            # a streaming recorder's events over the runs alone: counted once it has
+            # written what came before them, and again once each run has settled
+            m_start = tool.meta_after(time.time()) if name in STREAMING else None
             for _ in range(size["reps"]):
                 runs.append(run_workload(size))
                 # the ambient run starts once the tool has finished with the workload's
@@ -492,13 +495,13 @@ def main() -> int:
                 runs[-1]["ambient"], runs[-1]["ambient_total_s"] = run_ambient(size)
                 runs[-1]["ambient_tool_cpu_s"] = round(tree_cpu_s(tool.proc.pid) - c0, 3)
                 progress(f"{name} {runs[-1]['ops_per_s']:.0f} ops/s")
+            m_runs = tool.meta_after(time.time()) if name in STREAMING else None
             costs = stats_run(size)
             sweep = None
             if name in STREAMING:
-                m0 = tool.meta_after(time.time())
-                if lost(m0) == 0:     # the full rate lost nothing
-                    sweep = {"sweep": [], "sustained_events_per_s": round(
-                        m0.get("events", 0) / sum(r["seconds"] for r in runs))}
+                if lost(m_runs) == lost(m_start):     # the full rate lost nothing: the runs'
+                    sweep = {"sweep": [], "sustained_events_per_s": round(    # events over their time
+                        (m_runs.get("events", 0) - m_start.get("events", 0)) / sum(r["seconds"] for r in runs))}
                 else:
                     sweep = tool.sweep(size, runs)
         finally:

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import errors, hooks
+# numpy's OpenBLAS starts a thread per CPU as numpy is imported, and they spin
+# waiting for work that mmntrace never gives them (it does no linear algebra):
+# 70 ms of CPU at every start on the host, where a lab guest's vCPUs share one
+# host thread. Before any numpy import; the user's own setting stands.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from . import errors, hooks     # noqa: E402 (after the environment above)
 
 if TYPE_CHECKING:
     from .trial import Verdict
