@@ -288,6 +288,11 @@ class Tool:
             time.sleep(0.05)
         return time.monotonic() - t0
 
+    def meta_now(self) -> dict:
+        """The recorder's metadata as it last wrote it (with each segment it writes,
+        so it counts every event once the recorder has settled)."""
+        return json.loads((self.rec / "metadata.json").read_text())
+
     def meta_after(self, t: float, timeout: float = 20) -> dict:
         """The recorder's metadata as first written after time.time() t (it is
         rewritten every 2 s with the cumulative events and drops)."""
@@ -484,8 +489,9 @@ def main() -> int:
         runs = []
         try:
             # a streaming recorder's events over the runs alone: counted once it has
-            # written what came before them, and again once each run has settled
-            m_start = tool.meta_after(time.time()) if name in STREAMING else None
+            # written what came before them (the settle above), and again once each
+            # run has settled (the recorder writes no metadata while nothing happens)
+            m_start = tool.meta_now() if name in STREAMING else None
             for _ in range(size["reps"]):
                 runs.append(run_workload(size))
                 # the ambient run starts once the tool has finished with the workload's
@@ -495,12 +501,12 @@ def main() -> int:
                 runs[-1]["ambient"], runs[-1]["ambient_total_s"] = run_ambient(size)
                 runs[-1]["ambient_tool_cpu_s"] = round(tree_cpu_s(tool.proc.pid) - c0, 3)
                 progress(f"{name} {runs[-1]['ops_per_s']:.0f} ops/s")
-            m_runs = tool.meta_after(time.time()) if name in STREAMING else None
+            m_runs = tool.meta_now() if name in STREAMING else None
             costs = stats_run(size)
             sweep = None
             if name in STREAMING:
-                if lost(m_runs) == lost(m_start):     # the full rate lost nothing: the runs'
-                    sweep = {"sweep": [], "sustained_events_per_s": round(    # events over their time
+                if lost(tool.meta_after(time.time())) == 0:    # the full rate lost nothing: the
+                    sweep = {"sweep": [], "sustained_events_per_s": round(    # runs' events over their time
                         (m_runs.get("events", 0) - m_start.get("events", 0)) / sum(r["seconds"] for r in runs))}
                 else:
                     sweep = tool.sweep(size, runs)
