@@ -339,6 +339,42 @@ static __always_inline void fill_common(struct mmnt_record *r, u8 type)
 	bpf_get_current_comm(&r->comm, sizeof(r->comm));
 }
 
+/*
+ * The hook and callback records, one or two per call when streaming, are
+ * written in place: reserved in the ring buffer, filled there, submitted
+ * (bpf_ringbuf_output() copies a record built on the stack into its
+ * reservation). REC_BEGIN declares `r`, a zeroed record with its common
+ * fields, or runs `fail` where the buffer is full (the drop counted);
+ * REC_SEND sends it. The perf buffer (kernels before 5.8) keeps the copy.
+ */
+#if MMNT_RINGBUF
+static __always_inline struct mmnt_record *rec_reserve(u8 type)
+{
+	struct mmnt_record *r = events.ringbuf_reserve(sizeof(struct mmnt_record));
+	if (!r) {
+		count_drop(type);
+		return 0;
+	}
+	__builtin_memset(r, 0, sizeof(*r));	/* the ring's memory holds an older record */
+	fill_common(r, type);
+	return r;
+}
+static __always_inline void rec_submit(struct mmnt_record *r)
+{
+	events.ringbuf_submit(r, 0);	/* (bcc rewrites no map call inside a macro) */
+}
+#define REC_BEGIN(r, type, fail)				\
+	struct mmnt_record *r = rec_reserve(type);		\
+	if (!r)							\
+		fail;
+#define REC_SEND(ctx, r) rec_submit(r)
+#else
+#define REC_BEGIN(r, type, fail)				\
+	struct mmnt_record r##_stack = {}, *r = &r##_stack;	\
+	fill_common(r, type);
+#define REC_SEND(ctx, r) emit(ctx, r)
+#endif
+
 #include "discovery.h"
 #include "hist.h"
 #include "sleep.h"
@@ -565,25 +601,24 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc, u64
 		return 0;
 	}
 #endif
-	struct mmnt_record r = {};
-	fill_common(&r, MMNT_REC_HOOK);
-	r.hook = hook;
-	r.flags = s->flags;
-	r.preempt_count = s->pc;
-	r.rt = s->rt;
+	REC_BEGIN(r, MMNT_REC_HOOK, { tstate_put(t); return 0; });
+	r->hook = hook;
+	r->flags = s->flags;
+	r->preempt_count = s->pc;
+	r->rt = s->rt;
 	if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_INTERVAL || hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG ||
 	    hook == MMNT_HOOK_CLEAR_YOUNG || hook == MMNT_HOOK_TEST_YOUNG)
-		r.ret = (s32)rc;
-	r.event = s->event;
-	r.stack_id = s->stack_id;
-	r.seq = s->seq;
-	r.ts_ns = s->ts;
-	r.dur_ns = dur;
-	r.mm = s->mm;
-	r.start = s->start;
-	r.end = s->end;
-	r.addr = s->caller_at_return ? ret_ip : 0;	/* the caller, where no stack was taken */
-	emit(ctx, &r);
+		r->ret = (s32)rc;
+	r->event = s->event;
+	r->stack_id = s->stack_id;
+	r->seq = s->seq;
+	r->ts_ns = s->ts;
+	r->dur_ns = dur;
+	r->mm = s->mm;
+	r->start = s->start;
+	r->end = s->end;
+	r->addr = s->caller_at_return ? ret_ip : 0;	/* the caller, where no stack was taken */
+	REC_SEND(ctx, r);
 #endif
 	tstate_put(t);
 	return 0;
@@ -797,33 +832,32 @@ static __always_inline void cb_end(void *ctx, struct tstate *t, u64 now, u64 rc,
 	if (dur < MMNT_MIN_LAT_NS)
 		goto out;
 #endif
-	struct mmnt_record r = {};
-	fill_common(&r, MMNT_REC_CALLBACK);
-	r.hook = hook;
-	r.flags = c->flags;
-	r.preempt_count = c->pc;
-	r.rt = c->rt;
+	REC_BEGIN(r, MMNT_REC_CALLBACK, goto out);
+	r->hook = hook;
+	r->flags = c->flags;
+	r->preempt_count = c->pc;
+	r->rt = c->rt;
 	if (hook == MMNT_HOOK_INTERVAL)
-		r.ret = (u8)rc;				/* bool */
+		r->ret = (u8)rc;			/* bool */
 	else if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG ||
 		 hook == MMNT_HOOK_CLEAR_YOUNG || hook == MMNT_HOOK_TEST_YOUNG)
-		r.ret = (s32)rc;
-	r.event = c->event;
-	r.stack_id = c->stack_id;
-	r.seq = c->seq;
-	r.ts_ns = c->ts;
-	r.dur_ns = dur;
-	r.mm = c->mm;
-	r.start = c->start;
-	r.end = c->end;
-	r.func = c->func;
+		r->ret = (s32)rc;
+	r->event = c->event;
+	r->stack_id = c->stack_id;
+	r->seq = c->seq;
+	r->ts_ns = c->ts;
+	r->dur_ns = dur;
+	r->mm = c->mm;
+	r->start = c->start;
+	r->end = c->end;
+	r->func = c->func;
 	if (t->h.active) {		/* the entry point that made this call, and its invocation */
-		r.kind = t->h.hook;	/* (6.1's range_end calls invalidate_range ops itself) */
-		r.addr = t->h.seq;
+		r->kind = t->h.hook;	/* (6.1's range_end calls invalidate_range ops itself) */
+		r->addr = t->h.seq;
 	} else {
-		r.kind = MMNT_HOOK_NONE;
+		r->kind = MMNT_HOOK_NONE;
 	}
-	emit(ctx, &r);
+	REC_SEND(ctx, r);
 #endif
 out:
 	if (own_probe && t->h.active)
