@@ -7,7 +7,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 KERNELS ?= 6.1 6.12
 
-.PHONY: setup setup-host test unit boot-test lab-test lab-test-all lab-test-arm64 arm64-root kmod demo clean bench bench-tiny wheel
+.PHONY: setup setup-host test unit boot-test lab-test lab-test-all lab-test-arm64 arm64-root kmod demo clean bench bench-tiny bench-ab wheel
 
 # make bench: the tracer against its peers in the lab (both kernels) plus the
 # host-side decode and report benchmarks -> bench/results.json, BENCHMARKS.md.
@@ -126,6 +126,20 @@ bench: setup-host kmod build/bench/notifier_bench build/bench/ambient_bench
 bench-tiny:
 	@$(MAKE) --no-print-directory bench BENCH_SIZE=tiny KERNELS="$(BENCH_TINY_KERNELS)"
 BENCH_TINY_KERNELS ?= 6.12
+
+# make bench-ab AB_BASE=REV [AB_KERNEL=6.12] [AB_ARGS="--aggregate"]: this checkout's
+# BPF programs against REV's, both recorders attached at once in one guest, so that
+# the emulated host's noise hits both alike (bench/ab_bpf.py) -> build/ab.json
+AB_BASE ?= HEAD
+AB_KERNEL ?= 6.12
+AB_ARGS ?=
+bench-ab: setup-host kmod build/bench/notifier_bench
+	@rm -rf build/ab-base; git worktree prune
+	@git worktree add --detach build/ab-base $(AB_BASE) >/dev/null 2>&1 || \
+	  { echo "bench-ab: cannot check out AB_BASE=$(AB_BASE)" >&2; exit 2; }
+	.venv/bin/mmntrace lab --kernel $(AB_KERNEL) --memory 3G --share $(CURDIR)/build -- \
+	  $(PY) bench/ab_bpf.py --a $(CURDIR)/build/ab-base --b $(CURDIR) --out $(CURDIR)/build/ab.json -- $(AB_ARGS); \
+	  rc=$$?; git worktree remove --force build/ab-base; exit $$rc
 
 demo: setup-host kmod
 	@bash scripts/demo.sh
