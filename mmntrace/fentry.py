@@ -37,6 +37,8 @@ from .transport import fdinfo
 HOOK_IMM = header().defines["MMNT_HOOK_IMM"]
 CB_FUNC_IMM = header().defines["MMNT_CB_FUNC_IMM"]
 CB_INFO_IMM = header().defines["MMNT_CB_INFO_IMM"]
+PC_VAR_IMM = header().defines["MMNT_PC_VAR_IMM"]
+BPF_PSEUDO_BTF_ID = 3       # an ld_imm64's src_reg: imm is a kernel variable's BTF id (5.10)
 
 
 def with_imm(insns: bytes, placeholder: int, value: int, what: str) -> bytes:
@@ -53,6 +55,20 @@ def with_imm(insns: bytes, placeholder: int, value: int, what: str) -> bytes:
     for i in at:
         struct.pack_into("<I", b, i + 4, lo)
         struct.pack_into("<I", b, i + 12, hi)
+    return bytes(b)
+
+
+def with_percpu_var(insns: bytes, btf_id: int) -> bytes:
+    """``insns`` with each load of the preempt_count placeholder (read_pc() in
+    bpf/context.h) made a reference to vmlinux's variable ``btf_id`` (src_reg
+    BPF_PSEUDO_BTF_ID, the second half's imm 0: vmlinux): bpf_this_cpu_ptr()
+    then gives this CPU's copy of it. Unchanged where there is none (an exit
+    program reads no count)."""
+    b = bytearray(insns)
+    for i, v in subprog.imm_loads(insns):
+        if v == PC_VAR_IMM:
+            b[i + 1] = (BPF_PSEUDO_BTF_ID << 4) | (b[i + 1] & 0x0f)
+            struct.pack_into("<i", b, i + 4, btf_id)
     return bytes(b)
 
 
@@ -88,6 +104,7 @@ class Trampolines:
         self.closed_missed = 0                      # recursion misses of counted programs since closed
         self.closed_run_ns = 0                      # run time of every program since closed
         self._btf_objs: dict[str, tuple] = {}       # "vmlinux" or module -> (Btf, BTF object fd)
+        self.pc_var: int | None = None              # BTF id of preempt_count's per-CPU variable (with_percpu_var)
 
     # -- BTF objects -------------------------------------------------------------
     def btf_obj(self, obj: str):
@@ -152,6 +169,8 @@ class Trampolines:
                     insns = with_hook(insns, hook)
                 elif cb is not None and kind == bpfsys.TRACE_FENTRY:
                     insns = with_callback(insns, *cb)
+                if self.pc_var is not None:
+                    insns = with_percpu_var(insns, self.pc_var)
                 prog = bpfsys.load_tracing(insns, name=name, attach=kind, btf_obj_fd=fd, btf_id=tid, **linked)
                 fds.append(prog)
                 fds.append(bpfsys.attach_tracing(prog))

@@ -105,6 +105,8 @@ class Features:
     kprobe_cookie: bool = False      # kprobe BPF links with a cookie (BTF's BPF_FUNC_get_attach_cookie, 5.15) and the kprobe PMU
     bpf_loop: bool = False           # the bpf_loop() helper (BTF's BPF_FUNC_loop, 5.17): the interval walk's steps as a callback
     probe_read_kernel: bool = False  # bpf_probe_read_kernel() (BTF's BPF_FUNC_probe_read_kernel, 5.5): bcc need not read kallsyms to ask
+    preempt_count_var: tuple | None = None  # (BTF id of the per-CPU variable preempt_count_sym, the count's offset in it):
+    #                                        the fentry programs read it through bpf_this_cpu_ptr() (5.10)
 
     @property
     def context_source(self) -> str:
@@ -529,6 +531,13 @@ def probe() -> Features:
         if off is not None:
             pc_sym, pc_addr = "pcpu_hot", ks["pcpu_hot"] + off
 
+    pc_var = None               # the same variable in BTF (a per-CPU VAR where pahole emitted it)
+    if pc_sym is not None and b is not None and b.enumerator("BPF_FUNC_this_cpu_ptr") is not None:
+        vid = b.find(pc_sym, (btfmod.KIND_VAR,))
+        off = 0 if pc_sym == "__preempt_count" else b.member_offset("pcpu_hot", "preempt_count")
+        if vid is not None and off is not None:
+            pc_var = (vid, off)
+
     rt = "rt_spin_lock" in ks       # PREEMPT_RT's spinlock_t: a sleeping lock
 
     gfp = None
@@ -577,6 +586,7 @@ def probe() -> Features:
         bpf_loop=b is not None and b.enumerator("BPF_FUNC_loop") is not None,
         # what every bcc compile reads all of kallsyms to learn (mmntrace/nokallsyms.py)
         probe_read_kernel=b is not None and b.enumerator("BPF_FUNC_probe_read_kernel") is not None,
+        preempt_count_var=pc_var,
     )
 
 

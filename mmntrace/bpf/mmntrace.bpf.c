@@ -1157,7 +1157,7 @@ static __always_inline int calib_hit(int irqs_off, u32 base)
 	u32 raw = 0, k;
 	if ((bpf_get_current_pid_tgid() >> 32) != MMNT_SELF_TGID)
 		return 0;
-	if (!read_pc(&raw))
+	if (!read_pc(irqs_off, &raw))
 		return 0;
 	k = base + 1;
 	u32 *lo = calib.lookup(&k);	/* user space starts it at ~0: keep the minimum */

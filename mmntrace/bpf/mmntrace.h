@@ -32,6 +32,10 @@
  * (mmnt_rb_step, mmnt_itree_step in bpf/discovery.h) */
 #define MMNT_LOOP_RB_IMM 1296975876	/* 0x4d4e4804 */
 #define MMNT_LOOP_ITREE_IMM 1296975877	/* 0x4d4e4805 */
+/* In the fentry programs' preempt_count read (read_pc() in bpf/context.h):
+ * the load that mmntrace/fentry.py makes a reference to the per-CPU
+ * variable holding the count, by its BTF id (BPF_PSEUDO_BTF_ID) */
+#define MMNT_PC_VAR_IMM 1296975878	/* 0x4d4e4806 */
 /* A kprobe BPF link's cookie (hk_entry, cb_entry; mmntrace/attach.py): bit
  * 63 set, the hook id at bit 48, and for a callback its histogram series at
  * bit 32, chained at bit 62 and its address's lower half in bits 0-31 */

@@ -116,6 +116,29 @@ def test_each_hook_program_copy_gets_its_hook_id_where_the_placeholder_is():
         with_hook(ins(0xb7, 0x01, 0, 7) + map_ref + ins(0x95), 3)
 
 
+def test_fentry_copies_read_preempt_count_through_the_per_cpu_variable():
+    """fentry.with_percpu_var: the preempt_count placeholder's load becomes a
+    reference to the variable's BTF id (src_reg BPF_PSEUDO_BTF_ID, vmlinux), the
+    destination register kept; other loads untouched; a program without it (an
+    exit program) unchanged. codegen compiles that read only into fentry programs,
+    and only where BTF has the variable."""
+    import struct
+
+    from mmntrace.fentry import PC_VAR_IMM, with_percpu_var
+
+    def ins(op, regs=0, off=0, imm=0):
+        return struct.pack("<BBhi", op, regs, off, imm)
+    ld = ins(0x18, 0x06, 0, PC_VAR_IMM) + ins(0, 0, 0, 0)               # r6 = MMNT_PC_VAR_IMM ll
+    other = ins(0x18, 0x02, 0, PC_VAR_IMM + 1) + ins(0, 0, 0, 0)        # another placeholder
+    out = with_percpu_var(other + ld + ins(0x95), 8435)
+    assert out == other + ins(0x18, 0x36, 0, 8435) + ins(0, 0, 0, 0) + ins(0x95)
+    assert with_percpu_var(other + ins(0x95), 8435) == other + ins(0x95)
+    fv = dataclasses.replace(F, preempt_count_var=(77, 8))
+    assert defines(codegen.cflags(fv, **dict(BASE, backend="fentry")))["MMNT_PC_VAR_OFF"] == "8"
+    assert "MMNT_PC_VAR_OFF" not in defines(codegen.cflags(fv, **BASE))                  # kprobe: bcc loads those
+    assert "MMNT_PC_VAR_OFF" not in defines(codegen.cflags(F, **dict(BASE, backend="fentry")))   # not in BTF
+
+
 def test_each_callback_program_copy_carries_its_cbinfo_as_constants():
     """fentry.with_callback: cb_const()'s two immediates become the function's
     address (both halves of the 64-bit load) and its hook, series and chained
