@@ -375,6 +375,22 @@ static __always_inline void rec_submit(struct mmnt_record *r)
 #define REC_SEND(ctx, r) emit(ctx, r)
 #endif
 
+/* A record's fields that a hook's or a callback's state holds (struct
+ * hstate and struct cstate name them alike): what was called, in which
+ * context, over which range; a hook, callback or sleep record starts so. */
+#define REC_FROM_STATE(r, st)					\
+	do {							\
+		(r)->hook = (st)->hook;				\
+		(r)->flags = (st)->flags;			\
+		(r)->preempt_count = (st)->pc;			\
+		(r)->rt = (st)->rt;				\
+		(r)->event = (st)->event;			\
+		(r)->seq = (st)->seq;				\
+		(r)->mm = (st)->mm;				\
+		(r)->start = (st)->start;			\
+		(r)->end = (st)->end;				\
+	} while (0)
+
 #include "discovery.h"
 #include "hist.h"
 #include "sleep.h"
@@ -602,21 +618,13 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc, u64
 	}
 #endif
 	REC_BEGIN(r, MMNT_REC_HOOK, { tstate_put(t); return 0; });
-	r->hook = hook;
-	r->flags = s->flags;
-	r->preempt_count = s->pc;
-	r->rt = s->rt;
+	REC_FROM_STATE(r, s);
 	if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_INTERVAL || hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG ||
 	    hook == MMNT_HOOK_CLEAR_YOUNG || hook == MMNT_HOOK_TEST_YOUNG)
 		r->ret = (s32)rc;
-	r->event = s->event;
 	r->stack_id = s->stack_id;
-	r->seq = s->seq;
 	r->ts_ns = s->ts;
 	r->dur_ns = dur;
-	r->mm = s->mm;
-	r->start = s->start;
-	r->end = s->end;
 	r->addr = s->caller_at_return ? ret_ip : 0;	/* the caller, where no stack was taken */
 	REC_SEND(ctx, r);
 #endif
@@ -833,23 +841,15 @@ static __always_inline void cb_end(void *ctx, struct tstate *t, u64 now, u64 rc,
 		goto out;
 #endif
 	REC_BEGIN(r, MMNT_REC_CALLBACK, goto out);
-	r->hook = hook;
-	r->flags = c->flags;
-	r->preempt_count = c->pc;
-	r->rt = c->rt;
+	REC_FROM_STATE(r, c);
 	if (hook == MMNT_HOOK_INTERVAL)
 		r->ret = (u8)rc;			/* bool */
 	else if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG ||
 		 hook == MMNT_HOOK_CLEAR_YOUNG || hook == MMNT_HOOK_TEST_YOUNG)
 		r->ret = (s32)rc;
-	r->event = c->event;
 	r->stack_id = c->stack_id;
-	r->seq = c->seq;
 	r->ts_ns = c->ts;
 	r->dur_ns = dur;
-	r->mm = c->mm;
-	r->start = c->start;
-	r->end = c->end;
 	r->func = c->func;
 	if (t->h.active) {		/* the entry point that made this call, and its invocation */
 		r->kind = t->h.hook;	/* (6.1's range_end calls invalidate_range ops itself) */

@@ -14,30 +14,12 @@ BPF_HASH(sleeper_info, u64, struct cbinfo, 256);	/* might-sleep function -> gfp 
 static __always_inline void fill_section(struct mmnt_record *r, struct tstate *t, bool cb, u64 now)
 {
 	if (cb) {
-		struct cstate *c = &t->c;
-		r->hook = c->hook;
-		r->flags = c->flags;
-		r->preempt_count = c->pc;
-		r->rt = c->rt;
-		r->event = c->event;
-		r->seq = c->seq;
-		r->mm = c->mm;
-		r->start = c->start;
-		r->end = c->end;
-		r->func = c->func;
-		r->dur_ns = now - c->ts;
+		REC_FROM_STATE(r, &t->c);
+		r->func = t->c.func;
+		r->dur_ns = now - t->c.ts;
 	} else {
-		struct hstate *h = &t->h;
-		r->hook = h->hook;
-		r->flags = h->flags;
-		r->preempt_count = h->pc;
-		r->rt = h->rt;
-		r->event = h->event;
-		r->seq = h->seq;
-		r->mm = h->mm;
-		r->start = h->start;
-		r->end = h->end;
-		r->dur_ns = now - h->ts;
+		REC_FROM_STATE(r, &t->h);
+		r->dur_ns = now - t->h.ts;
 	}
 }
 
