@@ -524,19 +524,19 @@ def probe() -> Features:
             ops = tuple(re.findall(r"\(\*(\w+)\)\s*\(", mm_.group(1)))
 
     pc_sym = pc_addr = None
+    pc_off = 0                  # the count's offset in pc_sym
     if "__preempt_count" in ks:
         pc_sym, pc_addr = "__preempt_count", ks["__preempt_count"]
     elif "pcpu_hot" in ks and b is not None:
-        off = b.member_offset("pcpu_hot", "preempt_count")
-        if off is not None:
-            pc_sym, pc_addr = "pcpu_hot", ks["pcpu_hot"] + off
+        pc_off = b.member_offset("pcpu_hot", "preempt_count")
+        if pc_off is not None:
+            pc_sym, pc_addr = "pcpu_hot", ks["pcpu_hot"] + pc_off
 
     pc_var = None               # the same variable in BTF (a per-CPU VAR where pahole emitted it)
     if pc_sym is not None and b is not None and b.enumerator("BPF_FUNC_this_cpu_ptr") is not None:
         vid = b.find(pc_sym, (btfmod.KIND_VAR,))
-        off = 0 if pc_sym == "__preempt_count" else b.member_offset("pcpu_hot", "preempt_count")
-        if vid is not None and off is not None:
-            pc_var = (vid, off)
+        if vid is not None:
+            pc_var = (vid, pc_off)
 
     rt = "rt_spin_lock" in ks       # PREEMPT_RT's spinlock_t: a sleeping lock
 
