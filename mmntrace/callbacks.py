@@ -205,6 +205,9 @@ class DriverCallbacks:
             return
         name, mod, _ = hit
         info["symbol"], info["module"] = name, mod
+        # named for the records, the untimed counts and the tables whether probed or
+        # not (a name from kallsyms later could mean reading all of it again: 2 s)
+        self.names[func] = f"{name} [{mod}]" if mod else name
         if not self.selection.selected(name, mod):
             info["status"] = "not selected: " + self.selection.text()
             self.unselected.add(func)
@@ -221,7 +224,6 @@ class DriverCallbacks:
         for k in (func, func + 4):
             table[ctypes.c_uint64(k)] = table.Leaf(func, hook, series, entry_only)   # struct cbinfo
         at = len(records)
-        self.names[func] = f"{name} [{mod}]" if mod else name
         if mod and mod not in self._mod_state:   # its load now: check_modules compares with it
             self._mod_state[mod] = module_loads({mod}).get(mod)
         ok = self.probes.probe("callback", name, info["hook"], mod, "cb_entry",

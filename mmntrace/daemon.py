@@ -562,14 +562,14 @@ class Daemon:
                 sleeps = sym.frames(parts["sleep"], "sleep")
         rows, totals = [], {}
         for func, hook, event, slot, count in t.histograms():
-            key = (sym.hook_names.get(hook, str(hook)), sym.sym(func), sym.events.get(event) if event >= 0 else None)
+            key = (sym.hook_names.get(hook, str(hook)), sym.cb_sym(func), sym.events.get(event) if event >= 0 else None)
             rows.append({"window": name, "start_ns": start_ns, "hook": key[0], "callback": key[1],
                          "event": key[2], "slot": slot, "count": count})
             # as in the report: the event only for hooks that carry one
             mkey = latency.key_of(*key)
             totals.setdefault(mkey, {})[slot] = totals.get(mkey, {}).get(slot, 0) + count
         dur = (end_ns - start_ns) / 1e9
-        tot = [{"hook": sym.hook_names.get(h, str(h)), "callback": sym.sym(f),
+        tot = [{"hook": sym.hook_names.get(h, str(h)), "callback": sym.cb_sym(f),
                 "event": sym.events.get(e) if e >= 0 else None, "count": c, "sum_ns": sn}
                for f, h, e, c, sn in t.totals()]
         lat, _cdfs = latency.rows(latency.groups_from_rows(rows), tot, dur)

@@ -239,7 +239,7 @@ class Session:
     def _untimed(self, sym: Symbolizer, untimed: dict | None = None) -> list[dict]:
         """Calls counted but not timed, per callback, most first (metadata "untimed")."""
         untimed = self.t.untimed() if untimed is None else untimed
-        return [{"callback": sym.sym(f), "func": 0 if self.redact else f, "count": n}
+        return [{"callback": sym.cb_sym(f), "func": 0 if self.redact else f, "count": n}
                 for f, n in sorted(untimed.items(), key=lambda x: -x[1])]
 
     def run(self) -> dict:
@@ -409,15 +409,15 @@ class Session:
                         for i, (name, t) in enumerate(c for c in HIST_COLUMNS if c[1] is not object)}
                 hist["hook"] = [sym.hook_names.get(int(h), str(h)) for h in hist["hook_id"]]
                 hist["event"] = [sym.events.get(int(e)) if e >= 0 else None for e in hist["event_id"]]
-                hist["callback"] = [sym.sym(int(f)) for f in hist["func"]]
+                hist["callback"] = [sym.cb_sym(int(f)) for f in hist["func"]]
                 writer.write_hist(hist)
                 writer.meta["totals"] = [
                     {"hook": sym.hook_names.get(int(hook_id)), "event": sym.events.get(int(event_id)),
-                     "callback": sym.sym(int(func)), "count": int(count), "sum_ns": int(sum_ns)}
+                     "callback": sym.cb_sym(int(func)), "count": int(count), "sum_ns": int(sum_ns)}
                     for func, hook_id, event_id, count, sum_ns in total_rows]
                 # which hook's invocation made each callback's calls (6.1's range_end: the secondary-TLB ops)
                 writer.meta["via"] = [
-                    {"hook": sym.hook_names.get(int(h)), "callback": sym.sym(int(f)),
+                    {"hook": sym.hook_names.get(int(h)), "callback": sym.cb_sym(int(f)),
                      "via": sym.hook_names.get(int(v)) if v is not None else None, "count": int(n)}
                     for f, h, v, n in via_rows]
             if self.command is not None:    # None: still running (the recording was stopped first)
