@@ -35,6 +35,16 @@ class ByName:
         return any(self._text[i] for i in self._t.rows_of(name))
 
 
+def core_text(t: kernel.SymbolTable) -> tuple[int, int]:
+    """[_stext, _etext): the kernel's own text, whose symbols never change
+    while it runs (BPF programs, their trampolines and modules are placed
+    outside it); (0, 0) where the table lacks either bound."""
+    lo, hi = t.rows_of("_stext"), t.rows_of("_etext")
+    if not lo or not hi:
+        return (0, 0)
+    return int(t.addrs[lo[0]]), int(t.addrs[hi[0]])
+
+
 class KernelSymbols:
     """Address -> (name, module) over the text symbols of /proc/kallsyms,
     reloaded when an address is unknown (modules load while we trace)."""
@@ -65,6 +75,7 @@ class KernelSymbols:
         self.by_name = ByName(t, text)
         self.order = order                      # text rows by address
         self.addrs = t.addrs[order]
+        self.core = core_text(t)
         self.loaded = time.monotonic()
         self._stale = False
 
@@ -80,8 +91,11 @@ class KernelSymbols:
             # attached since: a function's own address (a discovered driver
             # callback) is found in it as well, without reading the whole file
             # first (2 s in the lab's 6.12 guest, during which a new
-            # subscriber's first calls went untimed); a miss reads it again
-            hit = self._find(addr, exact) if exact else None
+            # subscriber's first calls went untimed); a miss reads it again.
+            # So is any address in the kernel's own text (a hook's caller, most
+            # of a stack's frames): nothing is placed there while it runs. One
+            # in the module area (a program, a trampoline) reads it again
+            hit = self._find(addr, exact) if exact or self.core[0] <= addr < self.core[1] else None
             if hit is not None:
                 return hit
             self._load()

@@ -450,14 +450,12 @@ class Tracer:
         self.timing["attach_s"] = time.monotonic() - t1
         _debug(f"timing: {self.timing}")
         if self.backend == "fentry":
-            # trampolines and programs got symbols as they attached. Streaming
-            # symbolizes stacks as it goes: read the table again now. --aggregate
-            # looks up at discovery and at its end: at its next lookup, not on
-            # the way to --ready-file (2 s of every start in the lab's guests)
-            if self.aggregate:
-                self._ksyms.mark_stale()
-            else:
-                self._ksyms._load()
+            # trampolines and programs got symbols as they attached: the table is
+            # read again at the first lookup that needs them (an address in the
+            # module area: ksyms.py), not on the way to --ready-file (2 s of every
+            # start in the lab's guests). A hook's caller, in the kernel's own
+            # text, and a callback, named as probed, never need them
+            self._ksyms.mark_stale()
 
     def _follow_children(self) -> None:
         """The traced process in the table the pid filter reads, and the

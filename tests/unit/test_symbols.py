@@ -191,3 +191,31 @@ def test_a_read_that_fails_part_way_is_made_again(tmp_path, monkeypatch):
     assert len(t) == 8 and fails == [0] and t.rows_of("helper") == [2, 4, 7]
     fails[0] = 5        # failing every time: what was read, as before
     assert 0 < len(kernel.SymbolTable.read(str(p))) < 8
+
+
+def test_a_stale_table_names_the_kernels_own_text_without_a_read(tmp_path, monkeypatch):
+    """A streaming recorder names each hook's caller and each stack's frames:
+    in the kernel's own text ([_stext, _etext)) nothing is placed while it
+    runs, so a stale table answers there without reading the file again (2 s
+    of the recorder's CPU in the lab's guest after every attach); an address
+    outside it still reads it (BPF programs, trampolines, modules)."""
+    text = KALLSYMS.replace("ffffffff81004000 W weak_fn\n", "ffffffff81004000 W weak_fn\nffffffff81200000 T _etext\n")
+    plain = table(tmp_path)
+    t = table(tmp_path, text)
+    monkeypatch.setattr(kernel, "symbol_table", lambda: t)
+    k = ksyms.KernelSymbols()
+    assert k.core == (0xffffffff81000000, 0xffffffff81200000)
+    reads = []
+    loaded = table(tmp_path, text + "ffffffffc0100000 t bpf_prog_1234_hkf_entry\t[bpf]\n")
+    monkeypatch.setattr(kernel.SymbolTable, "read", classmethod(lambda cls, path="": reads.append(1) or loaded))
+    k.mark_stale()
+    assert k.lookup(0xffffffff81001420) == ("helper", None, 0x20) and reads == []
+    assert k.lookup(0xffffffffc0100010) == ("bpf_prog_1234_hkf_entry", "bpf", 0x10) and reads == [1]
+    # a table without _etext: no bound known, every inexact lookup of a stale table reads it
+    k2 = ksyms.KernelSymbols.__new__(ksyms.KernelSymbols)
+    k2._stale, k2._lock = False, __import__("threading").RLock()
+    k2._load(plain)
+    assert k2.core == (0, 0)
+    k2.mark_stale()
+    k2.lookup(0xffffffff81001420)
+    assert reads == [1, 1]
