@@ -178,9 +178,10 @@ class DriverCallbacks:
         if not raw:
             return
         recs = np.frombuffer(raw, self._dtype)
-        ops = recs[recs["type"] == REC_OPS]
-        if not len(ops):
+        is_ops = recs["type"] == REC_OPS
+        if not np.count_nonzero(is_ops):
             return      # (a streaming recorder's every poll: events only)
+        ops = recs[is_ops]
         for r in ops[attach_order(ops["hook"])]:
             func, hook = int(r["func"]), int(r["hook"])
             _debug(f"ops table {int(r['addr']):#x}: hook {hook} -> {func:#x} (known: {func in self.known})")

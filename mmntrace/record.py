@@ -196,7 +196,7 @@ class Session:
                 for a in self.t.attached()]}).encode(), hand_over=self.hand_over)
 
     def _probe_state(self) -> list:
-        return [(a.get("symbol"), a.get("status")) for a in self.t.attached()]
+        return self.t.probe_state()
 
     def _drain(self, pending: Backlog, timeout_ms: int = POLL_CAP_MS) -> int:
         raw = self.t.poll(timeout_ms)   # also attaches newly discovered driver callbacks

@@ -676,6 +676,11 @@ class Tracer:
         """Every probe placed or tried, in order (mmntrace/attach.py Probes.records)."""
         return [dict(r) for r in self._probes.records] if self._probes else []
 
+    def probe_state(self) -> list[tuple]:
+        """(symbol, status) of every probe: what --ready-file follows, looked at
+        after every poll (no copy of the records, as attached() makes)."""
+        return [(r.get("symbol"), r.get("status")) for r in self._probes.records] if self._probes else []
+
     def drops(self, fresh: bool = True, untimed: dict | None = None) -> dict:
         """Drops by kind, and their total (mmntrace/losses.py). ``fresh=False``: a
         running session's periodic look, which may reuse the probe misses read

@@ -125,10 +125,19 @@ def consume_ring(data: np.ndarray, cons_pos: np.ndarray, prod: int, stride: int,
     """The committed records from the consumer position ``cons_pos[0]`` up to
     ``prod`` in the ring's data area ``data`` (mapped once: a record may wrap
     past its end), as raw bytes, releasing their space as it goes (a store to
-    ``cons_pos``); stops at the first record still being written."""
+    ``cons_pos``); stops at the first record still being written.
+
+    A drain takes a few hundred records at a time while a workload runs, so
+    what each call costs counts as much as what each record does (in the
+    lab's emulated guest this was a third of a streaming recorder's CPU): the
+    headers are read in place, as a strided view of the area's 32-bit words,
+    and one comparison tells a record ready (its header is exactly the
+    record's length: not BUSY, not DISCARD) from the first that is not."""
     size = len(data)
     mask = size - 1
-    busy_bit, discard_bit = np.uint32(RingReader.BUSY), np.uint32(RingReader.DISCARD)
+    words = data.view(np.uint32)
+    step = stride // 4
+    hdr_len = RingReader.HDR
     out = []
     while True:
         cons = int(cons_pos[0])
@@ -137,22 +146,27 @@ def consume_ring(data: np.ndarray, cons_pos: np.ndarray, prod: int, stride: int,
             break
         off = cons & mask
         whole = min(n, (size - off) // stride)      # those before the end of the area
-        wraps = whole == 0          # one record: its header here, its body in two pieces
-        block = data[off:off + (stride if wraps else whole * stride)].reshape(-1, min(stride, size - off))
-        hdr = block[:, :4].copy().view(np.uint32)[:, 0]
-        busy = np.flatnonzero(hdr & busy_bit)
-        k = int(busy[0]) if len(busy) else len(block)
+        if whole == 0:          # one record: its header here, its body in two pieces
+            h = int(words[off // 4])
+            if h & RingReader.BUSY:
+                break
+            if h != rec_size:
+                raise BpfLoadError("unexpected record in the ring buffer")
+            out.append(np.concatenate([data[off + hdr_len:], data[:stride - (size - off)]])[:rec_size].tobytes())
+            cons_pos[0] = cons + stride
+            continue
+        bad = words[off // 4:off // 4 + whole * step:step] != rec_size
+        k = int(bad.argmax())
+        if bad[k]:              # the first record not ready: being written, or an error
+            if not words[off // 4 + k * step] & RingReader.BUSY:
+                raise BpfLoadError("unexpected record in the ring buffer")
+        else:
+            k = whole
         if k == 0:
             break
-        lens = hdr[:k] & ~np.uint32(busy_bit | discard_bit)
-        if (lens != rec_size).any() or (hdr[:k] & discard_bit).any():
-            raise BpfLoadError("unexpected record in the ring buffer")
-        if wraps:
-            out.append(np.concatenate([data[off + RingReader.HDR:], data[:stride - (size - off)]])[:rec_size].tobytes())
-        else:
-            out.append(block[:k, RingReader.HDR:RingReader.HDR + rec_size].tobytes())
+        out.append(data[off:off + k * stride].reshape(k, stride)[:, hdr_len:hdr_len + rec_size].tobytes())
         cons_pos[0] = cons + k * stride    # release the space
-        if k < len(block):
+        if k < whole:
             break
     return out
 

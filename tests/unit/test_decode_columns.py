@@ -60,3 +60,22 @@ def test_column_types():
     for name, _field, typ in decode._PLAIN:
         assert cols[name].dtype == np.dtype(typ), name
     assert cols["blockable"].dtype == np.bool_
+
+
+@settings(max_examples=60, deadline=None)
+@given(types=st.lists(st.sampled_from(sorted(decode.REC.values())), max_size=300), offset=st.integers(0, 3))
+def test_split_gives_each_types_records_whole_and_in_order(types, offset):
+    """Records by type, as a boolean selection gives them (the split selects
+    opaque items where it can, and leaves a type that is all of the batch as
+    it is): every field, the order kept, a slice of a larger batch too."""
+    from mmntrace.layout import record_dtype
+    a = np.zeros(len(types) + offset, record_dtype())
+    a["type"][offset:] = types
+    a["seq"] = np.arange(len(a))
+    a["comm"] = b"qemu"
+    recs = np.frombuffer(a.tobytes(), a.dtype)[offset:]
+    parts = decode.split(recs)
+    assert set(parts) == set(decode.REC)
+    for name, t in decode.REC.items():
+        want = recs[recs["type"] == t]
+        assert parts[name].dtype == recs.dtype and parts[name].tobytes() == want.tobytes(), name

@@ -159,6 +159,9 @@ class _FakeTracer:
         return [{"kind": "callback", "symbol": "0xffffffffc0a01230", "hook": "release", "module": None,
                  "status": "attached", "attach": "kprobe"}]
 
+    def probe_state(self):
+        return [(a.get("symbol"), a.get("status")) for a in self.attached()]
+
 
 def test_ready_file_is_private_and_refuses_a_link(tmp_path, no_sudo):
     s = Session(_FakeTracer(), None, tmp_path / "rec", ready_file=tmp_path / "ready.json")

@@ -25,6 +25,9 @@ class IdleTracer:
     def attached(self):
         return []
 
+    def probe_state(self):
+        return []
+
     def poll(self, timeout_ms):
         self.polls += 1
         time.sleep(timeout_ms / 1000)
