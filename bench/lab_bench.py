@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mmntrace import kernel  # noqa: E402
+from mmntrace.segwriter import QUIET_S  # noqa: E402
 from mmnlab.harness import interrupt  # noqa: E402
 
 BENCH_BIN = ROOT / "build" / "bench" / "notifier_bench"
@@ -137,7 +138,13 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def settle(pid: int, quiet_cpu_s: float = 0.05, window_s: float = 1.0, timeout_s: float = 120.0) -> float:
+#: longer than a streaming recorder waits, once records stop coming, before it
+#: converts what a burst left (segwriter.QUIET_S): a window of one second could
+#: end in that wait, and the conversion then ran beside the next (ambient) run
+SETTLE_WINDOW_S = QUIET_S + 1.0
+
+
+def settle(pid: int, quiet_cpu_s: float = 0.05, window_s: float = SETTLE_WINDOW_S, timeout_s: float = 120.0) -> float:
     """Wait until the tool's CPU time grows by less than ``quiet_cpu_s`` over
     ``window_s`` (what the workload just made it do is done: a streaming
     recorder decodes and writes its backlog); return the seconds waited.

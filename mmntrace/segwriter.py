@@ -49,7 +49,13 @@ MAX_JOB_RECORDS = 1 << 16
 #: bench's rate), beyond which the loop stops draining; past MEMORY_BACKLOG_BYTES
 #: they wait in the recording's file system (:class:`Backlog`), not in memory
 MAX_BACKLOG_BYTES = 1 << 30
-MEMORY_BACKLOG_BYTES = 8 << 20
+#: 24 MiB: a burst of about 200,000 records waits in memory. Each byte past it is
+#: copied into the file and back (the page cache's pages allocated and freed each
+#: time): in the lab's 6.12 guest, where the recorder's CPU is taken from the
+#: workload, a streaming recorder took 0.43-0.85 s of CPU a run of notifier_bench
+#: 300 64 (160,000 records) at 8 MiB, 0.28-0.41 s at 24 MiB; its peak memory
+#: is its compile's all the same (VmHWM 181-182 -> 186-187 MiB)
+MEMORY_BACKLOG_BYTES = 24 << 20
 #: records a second, over the last QUIET_S seconds, below which the recorder is
 #: quiet enough to convert; above it, a burst: its records wait, raw
 QUIET_RATE = 1_000
