@@ -147,7 +147,7 @@ def consume_ring(data: np.ndarray, cons_pos: np.ndarray, prod: int, stride: int,
         off = cons & mask
         whole = min(n, (size - off) // stride)      # those before the end of the area
         if whole == 0:          # one record: its header here, its body in two pieces
-            h = int(words[off // 4])
+            h = _header_at(words, off // 4)
             if h & RingReader.BUSY:
                 break
             if h != rec_size:
@@ -158,7 +158,10 @@ def consume_ring(data: np.ndarray, cons_pos: np.ndarray, prod: int, stride: int,
         bad = words[off // 4:off // 4 + whole * step:step] != rec_size
         k = int(bad.argmax())
         if bad[k]:              # the first record not ready: being written, or an error
-            if not words[off // 4 + k * step] & RingReader.BUSY:
+            # read again, live: committed since the comparison is fine too (it
+            # is taken next time); neither that nor BUSY is an error
+            h = _header_at(words, off // 4 + k * step)
+            if h != rec_size and not h & RingReader.BUSY:
                 raise BpfLoadError("unexpected record in the ring buffer")
         else:
             k = whole
@@ -169,6 +172,12 @@ def consume_ring(data: np.ndarray, cons_pos: np.ndarray, prod: int, stride: int,
         if k < whole:
             break
     return out
+
+
+def _header_at(words: np.ndarray, i: int) -> int:
+    """The ring's header word ``i`` as it is now (the producer writes it while
+    we read: tests make it change between two reads here)."""
+    return int(words[i])
 
 
 class MappedArray:

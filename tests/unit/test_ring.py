@@ -46,3 +46,24 @@ def test_a_record_of_another_size_is_an_error():
     r.put(bytes(24))
     with pytest.raises(BpfLoadError):
         consume_ring(r.data, r.cons_pos, r.prod, r.stride, 16)
+
+
+def test_a_record_committed_while_the_batch_is_read_ends_it_and_comes_next(monkeypatch):
+    """The producer commits while we read: a header BUSY when the batch was
+    compared may be committed when it is looked at again. That is no error
+    (15 recorders stopped on it in the lab): the batch ends before it, and
+    the next call takes it."""
+    from mmntrace import transport
+    r = Ring(24, 4096)
+    r.put(bytes(range(24)))
+    r.put(bytes(range(50, 74)), busy=True)
+    real = transport._header_at
+
+    def commit_then_read(words, i):
+        if i == r.stride // 4:      # the second record: the kernel commits it now
+            r.data[r.stride:r.stride + 4] = np.frombuffer(np.uint32(24).tobytes(), np.uint8)
+        return real(words, i)
+    monkeypatch.setattr(transport, "_header_at", commit_then_read)
+    assert consume_ring(r.data, r.cons_pos, r.prod, r.stride, 24) == [bytes(range(24))]
+    assert int(r.cons_pos[0]) == r.stride
+    assert consume_ring(r.data, r.cons_pos, r.prod, r.stride, 24) == [bytes(range(50, 74))]
