@@ -233,14 +233,16 @@ def noise_sentence(lab: dict) -> str:
 
 
 def table(lab: dict) -> str:
-    rows = ["| tool | ops/s (median) | slowdown | overhead | ns per hook call | ns per traced invocation | ready after "
-            "| peak RSS | events/s | drops | sustained with 0 drops |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| untraced | {lab['untraced_ops_per_s']:,.0f} | 1 | 0 | | | | | | | |"]
+    rows = ["| tool | ops/s (median) | slowdown | overhead | ns per hook call | ns per traced invocation "
+            "| its own CPU a run | ready after | peak RSS | events/s | drops | sustained with 0 drops |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| untraced | {lab['untraced_ops_per_s']:,.0f} | 1 | 0 | | | | | | | | |"]
     for n, t in lab["tools"].items():
+        cpu = t.get("tool_cpu_s_per_run")       # (not in runs before it was measured)
         rows.append(f"| {n} | {t['median_ops_per_s']:,.0f} | {t['slowdown']:.3f} | {t['overhead']:.3f} | "
                     f"{t['ns_per_hook_call'] if t['ns_per_hook_call'] is not None else ''} | "
-                    f"{ns_per_invocation(t, lab['reps']) or ''} | {t['startup_s']:.1f} s | "
+                    f"{ns_per_invocation(t, lab['reps']) or ''} | {f'{cpu:.2f} s' if cpu is not None else ''} | "
+                    f"{t['startup_s']:.1f} s | "
                     f"{t['peak_rss_mib'] or ''} MiB | {t.get('events_per_s', '') if 'events_per_s' in t else ''} | "
                     f"{t.get('drops', '') if t.get('drops') is not None else ''} | "
                     f"{'{:,} events/s'.format(t['sustained_events_per_s']) if t.get('sustained_events_per_s') else ''} |")
@@ -278,7 +280,9 @@ def main() -> int:
                f"Workload: `notifier_bench {lab['rounds']} {lab['pages']}` (KVM + test module subscribed; "
                f"zero-page reads, COW writes, mprotect flips, MADV_DONTNEED), median of {lab['reps']} run(s) per tool; "
                f"hook functions for the peers: {', '.join('`' + s + '`' for s in lab['hook_functions'])}."
-               + noise_sentence(lab), "", table(lab), ""]
+               + noise_sentence(lab) + " A tool's own CPU a run is its process's (and children's) CPU time "
+               "over each notifier run, median: a lab guest's vCPUs share one host thread, so it is taken "
+               "from the workload.", "", table(lab), ""]
         amb = ambient_table(lab)
         if amb:
             md += ["Ambient tax: the same tools on paths that never reach a notifier "
