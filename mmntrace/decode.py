@@ -38,18 +38,19 @@ def split(recs: np.ndarray) -> dict[str, np.ndarray]:
     holds hook and callback records, rarely others: the types are counted in
     one pass, and only those present are selected (no mask, no copy, for a
     type that is all of it)."""
+    recs = np.ascontiguousarray(recs)      # (a batch from decode() is already)
     types = np.ascontiguousarray(recs["type"])
     counts = np.bincount(types, minlength=max(REC.values()) + 1)
     # selected as opaque fixed-size items, not field by field: numpy copies a
     # structured array's selected records field by field (6x slower)
-    whole = recs.view(np.dtype((np.void, recs.dtype.itemsize))) if recs.flags.c_contiguous else None
+    whole = recs.view(np.dtype((np.void, recs.dtype.itemsize)))
     out = {}
     for name, t in REC.items():
         c = int(counts[t])
-        if c == 0 or c == len(recs):
-            out[name] = recs if c else recs[:0]
+        if c == len(recs):
+            out[name] = recs
         else:
-            out[name] = whole[types == t].view(recs.dtype) if whole is not None else recs[types == t]
+            out[name] = whole[types == t].view(recs.dtype) if c else recs[:0]
     return out
 
 

@@ -148,10 +148,9 @@ def consume_ring(data: np.ndarray, cons_pos: np.ndarray, prod: int, stride: int,
         whole = min(n, (size - off) // stride)      # those before the end of the area
         if whole == 0:          # one record: its header here, its body in two pieces
             h = _header_at(words, off // 4)
+            _check_header(h, rec_size)
             if h & RingReader.BUSY:
                 break
-            if h != rec_size:
-                raise BpfLoadError("unexpected record in the ring buffer")
             out.append(np.concatenate([data[off + hdr_len:], data[:stride - (size - off)]])[:rec_size].tobytes())
             cons_pos[0] = cons + stride
             continue
@@ -160,9 +159,7 @@ def consume_ring(data: np.ndarray, cons_pos: np.ndarray, prod: int, stride: int,
         if bad[k]:              # the first record not ready: being written, or an error
             # read again, live: committed since the comparison is fine too (it
             # is taken next time); neither that nor BUSY is an error
-            h = _header_at(words, off // 4 + k * step)
-            if h != rec_size and not h & RingReader.BUSY:
-                raise BpfLoadError("unexpected record in the ring buffer")
+            _check_header(_header_at(words, off // 4 + k * step), rec_size)
         else:
             k = whole
         if k == 0:
@@ -178,6 +175,13 @@ def _header_at(words: np.ndarray, i: int) -> int:
     """The ring's header word ``i`` as it is now (the producer writes it while
     we read: tests make it change between two reads here)."""
     return int(words[i])
+
+
+def _check_header(h: int, rec_size: int) -> None:
+    """A header is a record of ours, committed (exactly its length) or BUSY
+    (being written); anything else (DISCARD, another length) is an error."""
+    if h != rec_size and not h & RingReader.BUSY:
+        raise BpfLoadError("unexpected record in the ring buffer")
 
 
 class MappedArray:
