@@ -76,3 +76,22 @@ print(w.meta["events"], w.meta["sleeps"])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["800", "400"]
+
+
+def test_discovery_records_alone_make_no_segment_and_leave_pyarrow_unimported():
+    """--aggregate sends discovery and registration records only: its segment
+    worker turned each batch into empty tables, importing pyarrow (1.3 s of the
+    recorder's CPU in the 6.12 guest, during a new subscriber's first calls,
+    and its memory) for nothing."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from mmntrace import record, symbolize
+from symfakes import FakeTracer, Features, batch
+raw = batch(rtype=4).tobytes()
+assert record.segment_tables(symbolize.Symbolizer(FakeTracer(), Features()), raw) is None
+print("pyarrow" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False"]
