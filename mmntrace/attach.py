@@ -101,6 +101,15 @@ class KprobeLinks:
             self.detach(symbol)
 
 
+class KprobeHooksMissing(Exception):
+    """A hook's trampoline was refused where the program was compiled without
+    the hooks' kprobe pair (Tracer.kprobe_hooks): the tracer compiles it in."""
+
+    def __init__(self, symbol: str, reason: str):
+        super().__init__(f"{symbol}: {reason}")
+        self.symbol, self.reason = symbol, reason
+
+
 class Probes:
     """The probes of one loaded program (``bpf``: bcc's BPF object).
 
@@ -114,13 +123,14 @@ class Probes:
     `auto`: see Tracer.hook_fentry)."""
 
     def __init__(self, bpf, tramp, ksyms, *, fentry: bool, callback_fentry: bool, hook_fentry: bool = True,
-                 links: KprobeLinks | None = None):
+                 links: KprobeLinks | None = None, kprobe_hooks: bool = True):
         self.bpf = bpf
         self.tramp = tramp
         self.ksyms = ksyms
         self.fentry = fentry
         self.callback_fentry = callback_fentry
         self.hook_fentry = hook_fentry
+        self.kprobe_hooks = kprobe_hooks        # False: no hk_entry/hk_return to fall back to
         self.links = links if links is not None else KprobeLinks(bpf, False)
         self.records: list[dict] = []
 
@@ -147,6 +157,8 @@ class Probes:
                 rec["attach"] = "fentry"
                 self.records.append(rec)
                 return True
+            if kind == "hook" and not self.kprobe_hooks:
+                raise KprobeHooksMissing(symbol, err)
             rec["fentry_error"] = err     # falls back to a kprobe (pair)
         # the return probe first: a call that meets only the entry probe would
         # be seen (and not counted untimed) yet leave no record

@@ -86,8 +86,11 @@ class Calibration:
     ``probe_overhead``: ns a probed callback costs its hook, by mechanism."""
 
     def __init__(self, bpf, ksyms, tramp, *, backend: str, preempt_rt: bool, fentry_sym: str | None,
-                 modes: frozenset[bool] = frozenset({False}), links=None):
+                 modes: frozenset[bool] = frozenset({False}), links=None, kprobe_hooks: bool = True):
         self.bpf, self.ksyms, self.tramp = bpf, ksyms, tramp
+        # False: the program has no hook kprobe pair; the overhead's outer
+        # function takes the hooks' trampoline programs (on fentry_sym)
+        self.kprobe_hooks = kprobe_hooks
         # the callbacks' entry kprobes go through BPF links with a cookie where
         # attach.KprobeLinks can make them: the cost measured is theirs then
         self.links = links
@@ -146,8 +149,9 @@ class Calibration:
         (a way not calibrated takes the other's figure: release ops).
         Unmeasurable (symbols missing, a probe refused): 0, nothing taken off."""
         self.probe_overhead = {}
-        outer = self._syscall_fn()
-        oa = self.ksyms.by_name.get(outer, [None])[0]
+        hook_fentry = not self.kprobe_hooks
+        outer = self.fentry_sym if hook_fentry else self._syscall_fn()
+        oa = self.ksyms.by_name.get(outer, [None])[0] if outer else None
         ia = self.ksyms.by_name.get(CALIB_INNER, [None])[0]
         if oa is None or ia is None:
             _debug(f"probe-overhead calibration: {outer} or {CALIB_INNER} not in kallsyms")
@@ -157,9 +161,17 @@ class Calibration:
             hook_ip[ctypes.c_uint64(k)] = ctypes.c_uint32(_HOOK_CALIB)
         modes = sorted(self.modes)
         attached: list[tuple] = []
+        hooked = None
         try:
-            for fn, kind in ((b"hk_return", "ret"), (b"hk_entry", "entry")):
-                self._attach(outer, fn, kind, attached)
+            if hook_fentry:
+                err = self.tramp.attach(outer, None, "hkf_entry", "hkf_exit", check_patched=False, hook=_HOOK_CALIB)
+                if err is not None:
+                    raise RuntimeError(f"the hook programs on {outer}: {err}")
+                hooked = oa
+            else:
+                for fn, kind in ((b"hk_return", "ret"), (b"hk_entry", "entry")):
+                    self._attach(outer, fn, kind, attached)
+            hook_probes = len(attached)     # the callback probes come and go after them
             runs: dict[tuple, list] = {}
             alone_runs: list = []
             fentry = self.backend == "fentry"
@@ -173,9 +185,9 @@ class Calibration:
                     self._attach(CALIB_INNER, b"cb_entry", "entry", attached,
                                  cookie=callback_cookie(ia, _HOOK_CALIB, 0, chained))
                     runs.setdefault(("kprobe", chained), []).append(self._median())
-                    for ev, fn, kind in reversed(attached[2:]):
+                    for ev, fn, kind in reversed(attached[hook_probes:]):
                         self._detach(ev, fn, kind)
-                    del attached[2:]
+                    del attached[hook_probes:]
                     if fentry:
                         err = self.tramp.attach(CALIB_INNER, None, "cbf_entry", None if chained else "cbf_exit",
                                                 check_patched=False, cb=(ia, _HOOK_CALIB, 0, chained))
@@ -203,6 +215,8 @@ class Calibration:
         finally:
             for ev, fn, kind in reversed(attached):
                 self._detach(ev, fn, kind)
+            if hooked is not None:
+                self.tramp.detach(hooked)
             for table, keys in ((hook_ip, (oa, oa + 4)), (cb_info, (ia, ia + 4))):
                 for k in keys:
                     try:

@@ -59,14 +59,16 @@ def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, p
            children: bool = False, comm: str | None = None, aggregate: bool = False, chain: bool = False,
            min_latency_ns: int | None = None, task_storage: bool = True, sampling: bool = False,
            might_sleep: bool = False, sleep_detect: str = "switch", self_tgid: int | None = None,
-           machine: str | None = None, bpf_loop: bool | None = None) -> list[str]:
+           machine: str | None = None, bpf_loop: bool | None = None, kprobe_hooks: bool = True) -> list[str]:
     """The compiler flags (-D...) of the program for kernel features ``f``
     (kernel.Features) and the tracer's options (mmntrace.tracer.Tracer's
     arguments, resolved: ``backend`` kprobe or fentry, ``layout`` btf or
     headers). ``self_tgid``: the tracer's own process, whose calls are not
     traced (default: this one); ``machine``: os.uname().machine; ``bpf_loop``:
     False compiles the interval walks as bounded loops where the kernel has the
-    helper (its verifier refused the callbacks; default: ``f.bpf_loop``)."""
+    helper (its verifier refused the callbacks; default: ``f.bpf_loop``);
+    ``kprobe_hooks``: False leaves out the hooks' kprobe pair (fentry backend,
+    every hook function with BTF: their trampolines serve them)."""
     fl = ["-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes", "-Wno-unknown-warning-option",
           *OPTIMIZE_ONCE, f"-I{BPF_DIR}", f"-DMMNT_RINGBUF={1 if ringbuf else 0}",
           f"-DMMNT_RINGBUF_PAGES={ringbuf_pages}", f"-DMMNT_SELF_TGID={self_tgid if self_tgid is not None else os.getpid()}"]
@@ -119,6 +121,8 @@ def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, p
         fl.append("-DMMNT_SAMPLING")
     # only the programs this tracer can attach are compiled (each inlines
     # the bodies: seconds of compile and tens of MiB of clang per flavour)
+    if backend != "fentry" or kprobe_hooks:
+        fl.append("-DMMNT_KPROBE_HOOKS")
     if backend == "fentry":
         fl.append("-DMMNT_FENTRY")
         if getattr(f, "preempt_count_var", None):

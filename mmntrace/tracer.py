@@ -53,7 +53,7 @@ from . import kernel
 from .errors import BpfLoadError, MmntraceError
 from .codegen import BPF_DIR, BPF_SRC, bpf_text  # noqa: F401 (names older code imports from here)
 from .calibrate import Calibration, fentry_calib_symbol
-from .attach import KprobeLinks, Probes
+from .attach import KprobeHooksMissing, KprobeLinks, Probes
 from . import nokallsyms, preload, subprog
 from .callbacks import DriverCallbacks, Selection, chained_hooks
 from .fentry import Trampolines
@@ -203,6 +203,10 @@ class Tracer:
         # a hook's probe (25-35 us a call under fentry in the lab's emulator, against
         # 2-3 us for the rest of the program: BENCHMARKS.md's in-kernel cost table)
         self.hook_fentry = self.backend == "fentry" and (backend == "fentry" or aggregate)
+        # the hooks' kprobe pair is compiled unless their trampolines serve them
+        # all (load(): each hook function has BTF); one refused at attach
+        # compiles it in (attach())
+        self.kprobe_hooks = True
         if min_latency_ns is not None and (aggregate or min_latency_ns <= 0):
             raise MmntraceError("a minimum latency is for streaming recordings, and must be positive")
         self.min_latency_ns = int(min_latency_ns) if min_latency_ns is not None else None
@@ -270,7 +274,8 @@ class Tracer:
                               layout=self.layout, pid=self.pid, children=self.children, comm=self.comm,
                               aggregate=self.aggregate, chain=self.chain, min_latency_ns=self.min_latency_ns,
                               task_storage=self.task_storage, sampling=self.sampling,
-                              might_sleep=self.might_sleep, sleep_detect=self.sleep_detect, bpf_loop=self.bpf_loop)
+                              might_sleep=self.might_sleep, sleep_detect=self.sleep_detect, bpf_loop=self.bpf_loop,
+                              kprobe_hooks=self.kprobe_hooks)
 
     def start(self) -> None:
         """Compile and load (unless load() already ran), then attach everything (`record`)."""
@@ -299,6 +304,7 @@ class Tracer:
             text = bpf_text()
             if self.backend == "fentry":
                 self._calib_sym = fentry_calib_symbol(self._ksyms.by_name)
+                self.kprobe_hooks = self.kprobe_hooks and not (self.hook_fentry and self._hooks_have_btf())
             if self.backend == "kprobe":
                 # the kprobe backend reads nothing more from the kernel's BTF (its
                 # answers are in the features): the parsed blob, ~12 MiB, is not
@@ -337,7 +343,7 @@ class Tracer:
         self._links = KprobeLinks(self.bpf, enabled=getattr(self.f, "kprobe_cookie", False))
         self._probes = Probes(self.bpf, self._tramp, self._ksyms, fentry=self.backend == "fentry",
                               callback_fentry=self.callback_fentry, hook_fentry=self.hook_fentry,
-                              links=self._links)
+                              links=self._links, kprobe_hooks=self.kprobe_hooks)
         self._cbs = DriverCallbacks(self.bpf, self._probes, self._ksyms, self._hist, self._counters,
                                     hooks=self.hooks, selection=self.selection, drain=lambda: self._poll(0),
                                     chain=self.chained_hooks)
@@ -355,6 +361,15 @@ class Tracer:
         except Exception as e:
             self.stop()
             raise BpfLoadError(f"loading the probes failed: {e}") from e
+
+    def _hooks_have_btf(self) -> bool:
+        """Every hook function this tracer probes has a BTF signature (what a
+        trampoline is loaded on), as has getppid's syscall function (the
+        calibration's hook then: calibrate.py)."""
+        b = btfmod.load_vmlinux()
+        syms = [sym for hook, sym, _name in self.f.hooks if hook in self.hooks]
+        return (b is not None and self._calib_sym is not None and bool(syms)
+                and all(b.func_signature(sym) is not None for sym in syms))
 
     def _preload(self) -> None:
         """Verify the programs the start will attach, on every CPU at once
@@ -444,6 +459,14 @@ class Tracer:
         except BpfLoadError:
             self.stop()
             raise
+        except KprobeHooksMissing as e:
+            # a hook function with BTF whose trampoline was refused all the same:
+            # the program again, with the hooks' kprobe pair to fall back to
+            _debug(f"hook trampoline refused ({e}): compiling the hooks' kprobe pair in")
+            self.stop()
+            self.kprobe_hooks = True
+            self.load()
+            return self.attach()
         except Exception as e:
             self.stop()
             raise BpfLoadError(f"attaching the probes failed: {e}") from e
@@ -539,7 +562,7 @@ class Tracer:
         (mmntrace/calibrate.py): its preempt_count, PREEMPT_RT context and cost."""
         c = Calibration(self.bpf, self._ksyms, self._tramp, backend=self.backend,
                         preempt_rt=self.f.preempt_rt, fentry_sym=self._calib_sym, modes=self._calibrated_modes(),
-                        links=self._links)
+                        links=self._links, kprobe_hooks=self.kprobe_hooks)
         c.run()
         self.calib = c
 

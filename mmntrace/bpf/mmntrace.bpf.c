@@ -655,6 +655,14 @@ static u64 (*mmnt_attach_cookie)(void *ctx) = (void *)174;	/* bpf_get_attach_coo
 #define KP_COOKIE(ctx) 0ULL
 #endif
 
+/*
+ * MMNT_KPROBE_HOOKS: the kprobe pair is compiled where a hook may need it:
+ * the kprobe backend, and the fentry backend unless every hook function has
+ * BTF (tracer.py; a trampoline refused at attach all the same compiles the
+ * program again with it). Its two copies of the hook bodies were a third of
+ * the program's code: 2-3 s of the compile in the lab's guests.
+ */
+#ifdef MMNT_KPROBE_HOOKS
 int hk_entry(struct pt_regs *ctx)
 {
 	u64 ck = KP_COOKIE(ctx);
@@ -677,6 +685,7 @@ int hk_return(struct pt_regs *ctx)
 	u64 now = bpf_ktime_get_ns();
 	return hook_return(ctx, now, MMNT_HOOK_NONE, PT_REGS_RC(ctx), PT_REGS_IP(ctx));
 }
+#endif /* MMNT_KPROBE_HOOKS */
 
 #ifdef MMNT_CHAIN
 /*

@@ -268,3 +268,11 @@ def test_streaming_compiles_the_chain_for_the_hooks_whose_ops_return_nothing():
     some = tracer.Tracer(F, hooks=["invalidate_range_start"])
     assert "MMNT_CHAIN" not in defines(some._cflags()) and not some.chained_hooks
     assert some._calibrated_modes() == {False}
+
+
+def test_the_hooks_kprobe_pair_is_left_out_only_where_trampolines_serve_every_hook():
+    assert "MMNT_KPROBE_HOOKS" in defines(codegen.cflags(F, **BASE))
+    assert "MMNT_KPROBE_HOOKS" in defines(codegen.cflags(F, **{**BASE, "backend": "fentry"}))
+    assert "MMNT_KPROBE_HOOKS" in defines(codegen.cflags(F, **BASE, kprobe_hooks=False))    # kprobe backend: needed
+    d = defines(codegen.cflags(F, **{**BASE, "backend": "fentry"}, kprobe_hooks=False))
+    assert "MMNT_KPROBE_HOOKS" not in d and "MMNT_FENTRY" in d

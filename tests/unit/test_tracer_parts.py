@@ -262,3 +262,18 @@ def test_release_chain_end_is_a_kprobe_on_synchronize_srcu_when_chained():
     assert attach(True, {0, 1, HOOK_RELEASE}, aggregate=False).records == []
     assert attach(True, {0, 1}).records == []
     assert attach(True, {0, 1, HOOK_RELEASE}, ksyms=_Ksyms()).records == []
+
+
+def test_a_refused_hook_trampoline_without_the_kprobe_pair_says_so():
+    """Compiled without the hooks' kprobe pair (every hook function had BTF),
+    a hook whose trampoline is refused all the same cannot fall back within
+    this program: Probes says so, and Tracer.attach compiles the pair in."""
+    from mmntrace.attach import KprobeHooksMissing
+    bpf = _BPF()
+    p = Probes(bpf, _Tramp(err="ENOTSUPP"), _Ksyms(), fentry=True, callback_fentry=True, kprobe_hooks=False)
+    with pytest.raises(KprobeHooksMissing) as e:
+        p.probe("hook", "mmu_notifier_x", "release", None, "hk_entry", "hk_return", 3)
+    assert e.value.symbol == "mmu_notifier_x" and bpf.calls == []
+    # a callback's refused trampoline still has its kprobe programs
+    assert p.probe("callback", "drv_cb", "release", "drv", "cb_entry", "cb_return", 3)
+    assert p.records[-1]["fentry_error"] == "ENOTSUPP" and p.records[-1]["attach"] == "kprobe"
