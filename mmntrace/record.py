@@ -347,7 +347,7 @@ class Session:
                         last_segment = now
                     if now - last_meta >= self.segment_s:
                         try:
-                            untimed = self.t.untimed()      # (two maps: read once for both)
+                            untimed = self.t.untimed(fresh=False)   # (two maps: read once for both, if they moved)
                             kept = (self.t.attached(), self.t.drops(fresh=False, untimed=untimed),
                                     self._untimed(sym, untimed))
                             if kept != last_kept:       # kept if we are killed; rewritten when they moved

@@ -723,13 +723,13 @@ class Tracer:
             return lost(self.drops(fresh))
         return lost(self._counters.drops(0, fresh=fresh))
 
-    def untimed(self) -> dict[int, int]:
+    def untimed(self, fresh: bool = True) -> dict[int, int]:
         """callback address -> its calls counted but not timed (made before its
         probe was attached: a subscriber that registered and was invalidated at once,
         or unregistered at once, mmu_notifier_unregister() calling its release)."""
         if self.bpf is None:
             return dict(self._final.get("untimed", {})) if self._final else {}
-        return self._counters.untimed(self._cbs.unselected)
+        return self._counters.untimed(self._cbs.unselected, fresh=fresh)
 
     def callback_symbol(self, addr: int) -> str:
         """A driver callback's name as it was when probed: records still in flight

@@ -15,7 +15,9 @@ BPF_TABLE("lru_hash", u64, u32, seen_mm, 4096);	/* mms whose subscriptions were 
  * below) and by user space when it forgets what was seen. An entry of
  * seen_ops or seen_mm from an older generation counts as not seen. */
 MMNT_READ_ARRAY(walk_gen, u32, 1);	/* read at every poll: mmap()ed where it can be */
-BPF_ARRAY(disc, u64, 2);		/* [0] ops records sent, [1] those user space has probed */
+/* [0] ops records sent, [1] those user space has probed, [2] changes to
+ * cb_expected and cb_seen (user space reads those maps only when it moved) */
+BPF_ARRAY(disc, u64, 3);
 BPF_HASH(cb_expected, u64, u64, 1024);	/* op -> its calls by hooks while probing was under way */
 BPF_HASH(cb_seen, u64, u64, 1024);	/* op -> those of them our callback probes timed */
 
@@ -221,6 +223,7 @@ static __always_inline int op_off_of(u32 hook)
 static __always_inline void add_to(u64 fn, bool seen)
 {
 	u64 one = 1, *v;
+	u32 k = 2;
 	if (seen) {
 		v = cb_seen.lookup(&fn);
 		if (v)
@@ -234,6 +237,9 @@ static __always_inline void add_to(u64 fn, bool seen)
 		else if (cb_expected.insert(&fn, &one) != 0 && (v = cb_expected.lookup(&fn)))
 			__sync_fetch_and_add(v, 1);
 	}
+	v = disc.lookup(&k);		/* after the change: a reader that sees it reads the maps again */
+	if (v)
+		__sync_fetch_and_add(v, 1);
 }
 
 /*
