@@ -205,8 +205,9 @@ class Tracer:
         self.hook_fentry = self.backend == "fentry" and (backend == "fentry" or aggregate)
         # the hooks' kprobe pair is compiled unless their trampolines serve them
         # all (load(): each hook function has BTF); one refused at attach
-        # compiles it in (attach())
+        # compiles it in (attach(): hook_refused says which, and why)
         self.kprobe_hooks = True
+        self.hook_refused: str | None = None
         if min_latency_ns is not None and (aggregate or min_latency_ns <= 0):
             raise MmntraceError("a minimum latency is for streaming recordings, and must be positive")
         self.min_latency_ns = int(min_latency_ns) if min_latency_ns is not None else None
@@ -304,7 +305,7 @@ class Tracer:
             text = bpf_text()
             if self.backend == "fentry":
                 self._calib_sym = fentry_calib_symbol(self._ksyms.by_name)
-                self.kprobe_hooks = self.kprobe_hooks and not (self.hook_fentry and self._hooks_have_btf())
+                self.kprobe_hooks = self.hook_refused is not None or not (self.hook_fentry and self._hooks_have_btf())
             if self.backend == "kprobe":
                 # the kprobe backend reads nothing more from the kernel's BTF (its
                 # answers are in the features): the parsed blob, ~12 MiB, is not
@@ -464,7 +465,7 @@ class Tracer:
             # the program again, with the hooks' kprobe pair to fall back to
             _debug(f"hook trampoline refused ({e}): compiling the hooks' kprobe pair in")
             self.stop()
-            self.kprobe_hooks = True
+            self.hook_refused = str(e)
             self.load()
             return self.attach()
         except Exception as e:
