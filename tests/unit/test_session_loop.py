@@ -36,7 +36,7 @@ class IdleTracer:
     def drops(self, fresh=True, untimed=None):
         return {"total": 0}
 
-    def untimed(self):
+    def untimed(self, fresh=True):
         return {}
 
     def lost(self, fresh=True):
