@@ -8,6 +8,7 @@ signals (ready files, protocol lines, bpftrace's BEGIN), never on sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -301,6 +302,31 @@ def record_workload(scenarios, wl_dir: Path, rec_dir: Path, *rec_args, kvm: bool
     finally:
         rec.stop()
     return rec, res
+
+
+NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
+
+
+@contextlib.contextmanager
+def numa_scanner_off():
+    """Automatic NUMA balancing off while the block runs. The lab guest has two
+    NUMA nodes, so the kernel's NUMA scanner (task_numa_work ->
+    change_prot_numa) makes every populated VMA PROT_NONE about once a second,
+    each time with a PROTECTION_VMA range callback, at a moment nobody chose:
+    a test that counts a region's callbacks, or a hook's calls, exactly over
+    a window of its own switches it off rather than filtering it out."""
+    try:
+        old = open(NUMA_BALANCING).read().strip()
+    except FileNotFoundError:      # no CONFIG_NUMA_BALANCING: no scanner
+        yield
+        return
+    with open(NUMA_BALANCING, "w") as fh:
+        fh.write("0")
+    try:
+        yield
+    finally:
+        with open(NUMA_BALANCING, "w") as fh:
+            fh.write(old)
 
 
 def expect_dmesg(pattern: str) -> None:

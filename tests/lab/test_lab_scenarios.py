@@ -14,39 +14,23 @@ import pytest
 
 from mmnlab import testmod
 from mmnlab import workload as W
-from groundtruth import Bpftrace, WorkloadProcess, event_names, kernel_symbols
+from groundtruth import Bpftrace, WorkloadProcess, event_names, kernel_symbols, numa_scanner_off
 
 pytestmark = pytest.mark.lab
 
 H = testmod.HOOKS
 
 
-NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
-
-
 @pytest.fixture(scope="module", autouse=True)
 def no_numa_scanner():
-    """Automatic NUMA balancing off while these tests run. The lab guest has two
-    NUMA nodes, so the kernel's NUMA scanner (task_numa_work ->
-    change_prot_numa) makes every populated VMA PROT_NONE about once a second,
-    each time with a PROTECTION_VMA range callback: at a moment nobody chose,
-    over a region these tests count callbacks on exactly (CI once saw
-    thp_split's mprotect, split, then a second PROTECTION_VMA over the region
-    before its munmap). These tests check what each syscall makes the kernel
-    send; the scanner is switched off for them, not filtered out of them. The
-    tracer's tests leave it on, and compare the tracer with the module."""
-    try:
-        old = open(NUMA_BALANCING).read().strip()
-    except FileNotFoundError:      # no CONFIG_NUMA_BALANCING: no scanner
+    """Automatic NUMA balancing off while these tests run (the scanner's
+    PROTECTION_VMA callbacks at moments nobody chose: CI once saw thp_split's
+    mprotect, split, then a second PROTECTION_VMA over the region before its
+    munmap). These tests check what each syscall makes the kernel send; the
+    scanner is switched off for them, not filtered out of them. The tracer's
+    tests leave it on, and compare the tracer with the module."""
+    with numa_scanner_off():
         yield
-        return
-    with open(NUMA_BALANCING, "w") as fh:
-        fh.write("0")
-    try:
-        yield
-    finally:
-        with open(NUMA_BALANCING, "w") as fh:
-            fh.write(old)
 
 
 @pytest.fixture(scope="module")
