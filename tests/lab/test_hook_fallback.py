@@ -42,18 +42,17 @@ NPAGES = 32
 # module, registered before the tracer attaches, as a user's would be), so
 # every range start the hooks count since then is one the module counts too
 CHILD = r"""
-import ctypes, json, sys
+import json, sys
 sys.path.insert(0, %(repo)r)
 from mmnlab import testmod
-from mmnlab.workload import PAGE, libc, mmap_anon
+from mmnlab.workload import PAGE, libc, mmap_anon, touch
 m = testmod.TestModule()
 m.register(0)
 print("ready", flush=True)
 sys.stdin.readline()
 m.reset()
 a = mmap_anon(%(n)d * PAGE)
-for i in range(%(n)d):
-    ctypes.c_char.from_address(a + i * PAGE).value = b"x"
+touch(a, %(n)d * PAGE)
 libc.munmap(a, %(n)d * PAGE)
 print(json.dumps(m.counts()["calls"]), flush=True)
 sys.stdin.readline()        # (its exit calls the hooks again: not before the count is read)

@@ -56,10 +56,10 @@ HOOK_SECONDARY = H.defines["MMNT_HOOK_SECONDARY_TLB"]
 NPAGES = 16
 
 CHILD = r"""
-import base64, json, sys, time, ctypes
+import base64, json, sys, time
 sys.path.insert(0, %(repo)r)
 from mmnlab import testmod
-from mmnlab.workload import mmap_anon, libc, PAGE, PROT_READ
+from mmnlab.workload import mmap_anon, libc, touch, PAGE, PROT_READ
 m = testmod.TestModule()
 m.register(0)
 print("ready", flush=True)
@@ -67,8 +67,7 @@ assert sys.stdin.readline().strip() == "go"
 m.reset()
 t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 a = mmap_anon(%(n)d * PAGE)
-for i in range(%(n)d):
-    ctypes.c_char.from_address(a + i * PAGE).value = b"x"
+touch(a, %(n)d * PAGE)
 libc.mprotect(a, %(n)d * PAGE, PROT_READ)
 libc.munmap(a, %(n)d * PAGE)
 t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -82,8 +81,7 @@ m.behave("secondary_tlb", "mutex")
 m.reset()
 t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 a = mmap_anon(%(n)d * PAGE)
-for i in range(%(n)d):
-    ctypes.c_char.from_address(a + i * PAGE).value = b"x"
+touch(a, %(n)d * PAGE)
 libc.mprotect(a, %(n)d * PAGE, PROT_READ)
 libc.munmap(a, %(n)d * PAGE)
 t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
