@@ -91,6 +91,29 @@ def btf_obj_fd(name: str) -> int | None:
         os.close(fd)
 
 
+#: struct bpf_prog_info (uapi/linux/bpf.h): the offsets of its run counters
+#: (run_time_ns and run_cnt 5.1+, recursion_misses 5.12+), and the size asked for
+PROG_INFO_COUNTERS = {"run_time_ns": 192, "run_cnt": 200, "recursion_misses": 208}
+_PROG_INFO_SIZE = 216
+
+
+def prog_counters(fd: int) -> dict[str, int] | None:
+    """A loaded program's run counters (PROG_INFO_COUNTERS) in one
+    BPF_OBJ_GET_INFO_BY_FD, where its fdinfo is a file to open, read and parse
+    (a running recorder looks at each program's misses every few seconds). A
+    counter past what the kernel's struct holds is left out; None if the call
+    fails."""
+    info = _attr(_PROG_INFO_SIZE)
+    a = _attr(16)
+    struct.pack_into("IIQ", a, 0, fd, len(info), ctypes.addressof(info))   # bpf_fd, info_len, info
+    try:
+        _bpf(OBJ_GET_INFO_BY_FD, a, "OBJ_GET_INFO_BY_FD")
+    except BpfSysError:
+        return None
+    filled = struct.unpack_from("I", a, 4)[0]       # info_len: what the kernel wrote
+    return {k: struct.unpack_from("Q", info, off)[0] for k, off in PROG_INFO_COUNTERS.items() if off + 8 <= filled}
+
+
 def _btf_name(fd: int) -> str | None:
     name = ctypes.create_string_buffer(64)
     info = _attr(40)            # struct bpf_btf_info

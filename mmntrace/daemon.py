@@ -185,9 +185,9 @@ class BpfStats:
 
     @staticmethod
     def run_time_ns(prog_fds: list[int]) -> int | None:
-        """Sum of run_time_ns over the given program fds (from /proc/self/fdinfo)."""
-        from .tracer import fdinfo
-        vals = [int(v) for v in (fdinfo(fd).get("run_time_ns") for fd in prog_fds) if v is not None]
+        """Sum of run_time_ns over the given program fds."""
+        from .transport import prog_counter
+        vals = [v for v in (prog_counter(fd, "run_time_ns") for fd in prog_fds) if v is not None]
         return sum(vals) if vals else None
 
 

@@ -30,7 +30,7 @@ from .errors import BpfLoadError
 from .layout import header
 from .probes import trampoline_in_place
 from .quiet import debug
-from .transport import fdinfo
+from .transport import prog_counter
 
 
 #: bpf/mmntrace.h: the immediates that hook_const() and cb_const() load, replaced per copy
@@ -221,7 +221,7 @@ def _field(fds: list[int], key: str) -> int:
     n = 0
     for fd in fds[::2]:                 # [prog, link, prog, link]
         try:
-            n += int(fdinfo(fd).get(key, 0))
+            n += prog_counter(fd, key) or 0
         except (OSError, ValueError):
             pass
     return n

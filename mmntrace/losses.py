@@ -19,7 +19,7 @@ import numpy as np
 from .layout import header
 from .probes import kprobe_misses
 from .quiet import debug
-from .transport import MappedArray, fdinfo
+from .transport import MappedArray, prog_counter
 
 _H = header()
 REC_NAMES = {_H.defines["MMNT_REC_HOOK"]: "hook", _H.defines["MMNT_REC_CALLBACK"]: "callback",
@@ -67,6 +67,11 @@ def untimed_by_callback(expected: dict[int, int], seen: dict[int, int], unselect
         if n > 0 and k not in unselected:
             out[k] = n
     return out
+
+
+def _num(x) -> int:
+    """A map key or value as bcc gives it: a ctypes number or already an int."""
+    return int(x) if isinstance(x, int) else int(x.value)
 
 
 class Counters:
@@ -161,22 +166,25 @@ class Counters:
         t = self.bpf[name]
         if self._batch is not False:
             try:
-                out = {int(k.value): int(v.value) for k, v in t.items_lookup_batch()}
+                # (bcc hands a batch's keys and values over as plain ints: ctypes
+                # arrays of a simple type; items() gives c_ulonglong objects)
+                out = {_num(k): _num(v) for k, v in t.items_lookup_batch()}
                 self._batch = True
                 return out
             except Exception as e:      # noqa: BLE001 - bcc raises a bare Exception
                 debug(f"{name.decode()}: batch lookup failed ({e}): entry by entry")
                 if self._batch is None:     # never worked here: not tried again
                     self._batch = False
-        return {int(k.value): int(v.value) for k, v in t.items()}
+        return {_num(k): _num(v) for k, v in t.items()}
 
     def drops(self, untimed: int, fresh: bool = True) -> dict:
         """Drops by kind, and their total. ``fresh=False`` (a running session's
         periodic look: its overhead guard, status line, metadata kept if it is
         killed) may reuse the recursion and kretprobe misses read up to
-        MISSES_REFRESH_S ago: reading them opens a file per program (an fdinfo
-        each, and tracefs), which in a lab guest cost a quarter of a CPU at the
-        session's pace, taken from the workload it watches."""
+        MISSES_REFRESH_S ago: reading them takes a bpf() call per program and
+        a tracefs read (an fdinfo per program, as it once was, cost a quarter
+        of a CPU at the session's pace in a lab guest, taken from the workload
+        it watches)."""
         now = time.monotonic()
         if fresh or self._misses is None or now - self._misses[0] >= MISSES_REFRESH_S:
             self._misses = (now, self._kprobe_missed_raw() - self._kprobe_missed_base,
@@ -203,7 +211,7 @@ class Counters:
 
     def prog_missed_raw(self) -> int:
         """Runs of our hook and callback programs the kernel skipped because a BPF
-        program was already running on that CPU (fdinfo recursion_misses, 5.12+).
+        program was already running on that CPU (recursion_misses, 5.12+).
         Might-sleep programs are left out: they fire on every mutex_lock in the
         system, and skip ones inside bpf() syscalls that could never be ours."""
         total = self.tramp.missed()       # the hooks' and callbacks' fentry programs
@@ -211,7 +219,7 @@ class Counters:
             n = name.decode() if isinstance(name, bytes) else name
             if not n.startswith(("hk_", "cb_")):
                 continue
-            total += int(fdinfo(int(fn.fd)).get("recursion_misses", 0))
+            total += prog_counter(int(fn.fd), "recursion_misses") or 0
         return total
 
     @staticmethod

@@ -64,7 +64,7 @@ from .layout import record_dtype
 from .losses import DROP_NAMES, DROP_SLOTS, MISSES_REFRESH_S, REC_NAMES, Counters, drops_by_name, lost  # noqa: F401
 from . import sweep
 from .probes import MAXACTIVE, kprobe_misses, remove_stale_kprobe_events, stale_kprobe_events, trampoline_in_place, trampoline_listed  # noqa: F401
-from .transport import RingReader, fdinfo  # noqa: F401 (fdinfo: the daemon imports it from here)
+from .transport import RingReader, prog_counter
 from .quiet import debug, quietly
 
 if TYPE_CHECKING:
@@ -555,7 +555,7 @@ class Tracer:
     def run_time_ns(self) -> int | None:
         """Nanoseconds our programs ran (kernel.bpf_stats_enabled), those since
         closed included (the fentry programs of a window are closed at its end)."""
-        vals = [int(v) for v in (fdinfo(fd).get("run_time_ns") for fd in self.prog_fds()) if v is not None]
+        vals = [v for v in (prog_counter(fd, "run_time_ns") for fd in self.prog_fds()) if v is not None]
         return sum(vals) + self._tramp.closed_run_ns if vals else None
 
     def _calibrate(self) -> None:

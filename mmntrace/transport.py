@@ -3,7 +3,8 @@
 :class:`RingReader` consumes the BPF ring buffer in whole batches (the perf
 buffer goes through bcc); :class:`MappedArray` reads and zeroes an
 mmap-able BPF array (the --aggregate histograms) without a syscall per
-element; :func:`fdinfo` reads a BPF map's or program's fdinfo.
+element; :func:`fdinfo` reads a BPF map's or program's fdinfo, :func:`prog_counter`
+a program's run counters.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import bpfsys
 from .errors import BpfLoadError
 
 
@@ -26,6 +28,17 @@ def fdinfo(fd: int) -> dict[str, str]:
     except OSError:
         pass
     return out
+
+
+def prog_counter(fd: int, key: str) -> int | None:
+    """One run counter of a loaded program (run_time_ns, run_cnt,
+    recursion_misses): from one bpf() call (mmntrace/bpfsys.py), else from its
+    fdinfo; None where the kernel keeps no such counter."""
+    c = bpfsys.prog_counters(fd)
+    if c is not None and key in c:
+        return c[key]
+    v = fdinfo(fd).get(key)
+    return int(v) if v is not None else None
 
 
 class RingReader:

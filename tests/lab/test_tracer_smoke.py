@@ -330,6 +330,34 @@ def test_layouts_from_btf_equal_the_headers():
     assert got == lay
 
 
+def test_program_counters_from_one_call_equal_the_fdinfo():
+    """A running recorder reads its programs' recursion misses (and the daemon
+    their run time) with one BPF_OBJ_GET_INFO_BY_FD each (mmntrace/bpfsys.py,
+    offsets into struct bpf_prog_info); the kernel's fdinfo says the same."""
+    from bcc import BPF
+    from mmntrace import bpfsys
+    from mmntrace.transport import fdinfo
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    was = stats.read_text().strip()
+    b = BPF(text=b"int probe(void *ctx) { return 0; }")
+    try:
+        stats.write_text("1")
+        ev = b.get_syscall_fnname(b"getppid")
+        b.attach_kprobe(event=ev, fn_name=b"probe")
+        for _ in range(50):
+            os.getppid()
+        b.detach_kprobe(event=ev)       # the counts stand still from here
+        fd = int(b.funcs[b"probe"].fd)
+        got = bpfsys.prog_counters(fd)
+        info = fdinfo(fd)
+    finally:
+        stats.write_text(was)
+        b.cleanup()
+    assert got is not None and set(got) <= set(bpfsys.PROG_INFO_COUNTERS), got
+    assert got["run_cnt"] >= 50 and got["run_time_ns"] > 0, got
+    assert {k: int(info[k]) for k in got if k in info} == got, (got, info)
+
+
 def test_calibration_found(run):
     assert run["tracer"].calibration is not None
 

@@ -71,7 +71,9 @@ class _Table:
         self.batches += 1
         if not self.batch_ok:
             raise Exception("BPF_MAP_LOOKUP_BATCH has failed: Invalid argument")
-        return iter([(_Key(k), _Key(v)) for k, v in self.d.items()])
+        # as bcc 0.26 hands them over: plain ints (elements of a ctypes array of
+        # c_ulonglong), where items() gives c_ulonglong objects
+        return iter(list(self.d.items()))
 
     def items(self):
         self.walks += 1
