@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping, NamedTuple, Union
@@ -116,7 +115,9 @@ def _write_in(dir_fd: int, name: str, data: Data, mode: int, owner: Owner | None
         pass
     # a unique name with O_EXCL: never an old temporary (a recorder killed by
     # SIGKILL leaves one), nor anything planted under the name we use
-    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+    # (os.urandom, not the secrets module: its import, hashlib and random with
+    # it, is a tenth of a second of every start in the lab's emulated guests)
+    tmp = f".{name}.{os.urandom(4).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
         try:
