@@ -502,9 +502,11 @@ def main() -> int:
             for _ in range(size["reps"]):
                 c0 = tree_cpu_s(tool.proc.pid)
                 runs.append(run_workload(size))
-                # the tool's own CPU over the run: a lab guest's vCPUs share one host
-                # thread, so it is taken from the workload (a recorder's drains, a first
-                # run's symbol reads: 2 s of them showed here, not in the probes' cost)
+                # the tool's own CPU over the run (a recorder's drains, a first run's
+                # symbol reads: 2 s of them showed here, not in the probes' cost). An upper
+                # bound: QEMU runs the vCPUs in turn on one host thread, in slices of up to
+                # 100 ms, and a task running on a vCPU waiting for its turn is charged the
+                # wait (runs that showed 0.2-0.42 s went as fast as those that showed 0.02)
                 runs[-1]["tool_cpu_s"] = round(tree_cpu_s(tool.proc.pid) - c0, 3)
                 # the ambient run starts once the tool has finished with the workload's
                 # records, and the tool's own CPU over it is a column of its own

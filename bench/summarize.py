@@ -281,8 +281,11 @@ def main() -> int:
                f"zero-page reads, COW writes, mprotect flips, MADV_DONTNEED), median of {lab['reps']} run(s) per tool; "
                f"hook functions for the peers: {', '.join('`' + s + '`' for s in lab['hook_functions'])}."
                + noise_sentence(lab) + " A tool's own CPU a run is its process's (and children's) CPU time "
-               "over each notifier run, median: a lab guest's vCPUs share one host thread, so it is taken "
-               "from the workload.", "", table(lab), ""]
+               "over each notifier run, median: an upper bound here. QEMU runs a lab guest's vCPUs in turn "
+               "on one host thread, in slices of up to 100 ms (TCG_KICK_PERIOD), and a task that is running "
+               "on one vCPU while the other's slice runs is charged that time too: a recorder that wakes "
+               "during a run may show a few tenths of a second of it in a run no slower than the others. "
+               "The slowdown is the cost; this column says where to look.", "", table(lab), ""]
         amb = ambient_table(lab)
         if amb:
             md += ["Ambient tax: the same tools on paths that never reach a notifier "
@@ -292,8 +295,8 @@ def main() -> int:
                       if lab.get("ambient_repeats", 1) > 1 else "")
                    + ", run once the tool's CPU time has "
                    "stopped growing after the notifier run; the last column is the tool's own CPU time "
-                   "over those runs, over their time (a lab guest's vCPUs share one host thread: what the "
-                   "tool does meanwhile is charged to the ambient workload here, not on real CPUs)."
+                   "over those runs, over their time (an upper bound, as above: the vCPUs' turns on one host "
+                   "thread; what the tool does meanwhile is charged to the ambient workload here, not on real CPUs)."
                    + (" mmntrace-agg-kprobe-cnt is the daemon's default configuration (`--aggregate "
                       "--backend kprobe --sleep-detect count`, no --might-sleep)."
                       if "mmntrace-agg-kprobe-cnt" in lab["tools"] else ""), "", amb, ""]
