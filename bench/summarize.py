@@ -39,6 +39,31 @@ def untraced_spread(lab: dict) -> tuple[float, float, float] | None:
     return min(secs), max(secs), max(secs) / min(secs)
 
 
+def ambient_noise(lab: dict, *names: str) -> float | None:
+    """How far the untraced ambient runs that ``names``' taxes are taken against
+    (each tool's: the untraced block before it and the one after,
+    bench/lab_bench.py) spread, in points: (slowest - fastest) / fastest, the
+    largest over the workloads. In the lab they spread by 8-13 points within one
+    boot, which no 2-point difference between two tools' taxes can be told
+    from (None: no such runs)."""
+    order = list(lab.get("tools", {}))
+    blocks = lab.get("untraced", [])
+    runs = []
+    for n in names:
+        if n not in order or order.index(n) + 1 >= len(blocks):
+            return None
+        i = order.index(n)
+        runs += [r for b in blocks[i:i + 2] for r in b if r.get("ambient")]
+    if len(runs) < 2:
+        return None
+    worst = 0.0
+    for m in runs[0]["ambient"]:
+        xs = [r["ambient"][m] for r in runs if m in r["ambient"]]
+        if xs and min(xs) > 0:
+            worst = max(worst, max(xs) / min(xs) - 1)
+    return worst
+
+
 def goals(lab: dict) -> list[dict]:
     t = lab["tools"]
     out = []
@@ -77,8 +102,16 @@ def goals(lab: dict) -> list[dict]:
                         "value": f"{worst * 100:+.1f} %", "met": worst <= 0.05})
             continue
         worst = max(x["ambient_tax"][m] - fl["ambient_tax"][m] for m in x["ambient_tax"])
+        # the verdict stands as measured; beside it, how far the untraced runs both
+        # taxes are taken against spread themselves (a verdict within it is the host's)
+        noise = ambient_noise(lab, n, "funclatency")
+        within = noise is not None and abs(worst - 0.02) <= noise
         out.append({"goal": f"{n} ambient tax <= funclatency's + 2 points (pipe, open, alloc)",
-                    "value": f"{worst * 100:+.1f} points", "met": worst <= 0.02})
+                    "value": f"{worst * 100:+.1f} points" + (
+                        f" (the untraced runs beside them spread {noise * 100:.0f} "
+                        + ("point" if round(noise * 100) == 1 else "points") + ": "
+                        + ("uncertain)" if within else "beyond that)") if noise is not None else ""),
+                    "met": worst <= 0.02})
     # issue 12 goal 4: start-up and memory
     fs = fl.get("startup_s")
     for n, x in t.items():

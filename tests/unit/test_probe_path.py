@@ -194,6 +194,35 @@ def test_a_noisy_host_is_said_beside_the_ratios():
     assert summarize.untraced_spread({"tools": {}, "untraced": [[{"seconds": 1.0}]]}) is None
 
 
+def test_an_ambient_verdict_within_the_untraced_runs_own_spread_says_so():
+    """The ambient goal compares two taxes of a few points, each against the
+    untraced runs beside its tool (the block before, the block after); those
+    spread by 8-13 points within one lab boot. The verdict stands as measured,
+    and says how far they spread, and whether it lies within that."""
+    import summarize
+
+    def run(pipe, open_):
+        return {"seconds": 1.0, "ambient": {"pipe": pipe, "open": open_}}
+    lab = {"untraced": [[run(1.00, 1.0), run(1.02, 1.0)], [run(1.10, 1.0), run(1.04, 1.0)],
+                        [run(1.01, 1.0), run(1.00, 1.0)]],
+           "tools": {"mmntrace-agg-kprobe-cnt": {"overhead": 1.0, "ambient_tax": {"pipe": 0.05, "open": 0.0}},
+                     "funclatency": {"overhead": 1.0, "ambient_tax": {"pipe": 0.0, "open": 0.0}}}}
+    # the daemon's tool: blocks 0 and 1 (pipe 1.00-1.10); funclatency's: 1 and 2
+    assert abs(summarize.ambient_noise(lab, "mmntrace-agg-kprobe-cnt") - 0.10) < 1e-9
+    assert abs(summarize.ambient_noise(lab, "funclatency") - 0.10) < 1e-9
+    assert summarize.ambient_noise(lab, "bpftrace") is None
+    g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
+    assert g and g[0]["met"] is False
+    assert g[0]["value"] == "+5.0 points (the untraced runs beside them spread 10 points: uncertain)"
+    # a quiet boot: a miss by more than the spread is said to be one
+    for b in lab["untraced"]:
+        for r in b:
+            r["ambient"]["pipe"] = 1.0
+    lab["untraced"][0][0]["ambient"]["pipe"] = 1.01
+    g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
+    assert g[0]["value"] == "+5.0 points (the untraced runs beside them spread 1 point: beyond that)"
+
+
 def test_ab_bpf_attributes_each_program_to_the_recorder_holding_it():
     """bench/ab_bpf.py: programs told apart by owner, fentry copies of one name summed,
     programs that did not run or that no recorder holds left out."""
