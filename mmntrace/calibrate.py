@@ -46,9 +46,10 @@ CALIB_ROUNDS = 2
 def _first(table, n: int) -> list[int]:
     """The first ``n`` values of a BPF array: one BPF_MAP_LOOKUP_BATCH (5.6+;
     its keys come in index order), not a lookup per element (a bpf() call
-    each through bcc: 300 of them per phase, six phases or more per start:
-    a tenth of a second and more in a lab guest). A kernel without batch
-    lookups: element by element."""
+    each through bcc: 300 of them per phase, six phases or more per start;
+    the start-up's calibration time did not move measurably in the lab: its
+    cost is the probes' attaching). A kernel without batch lookups: element
+    by element."""
     if n <= 0:
         return []
     try:
