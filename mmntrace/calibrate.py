@@ -43,24 +43,6 @@ CALIB_CALLS = 300
 CALIB_ROUNDS = 2
 
 
-def _first(table, n: int) -> list[int]:
-    """The first ``n`` values of a BPF array: one BPF_MAP_LOOKUP_BATCH (5.6+;
-    its keys come in index order), not a lookup per element (a bpf() call
-    each through bcc: 300 of them per phase, six phases or more per start;
-    the start-up's calibration time did not move measurably in the lab: its
-    cost is the probes' attaching). A kernel without batch lookups: element
-    by element."""
-    if n <= 0:
-        return []
-    try:
-        vals = [int(getattr(v, "value", v)) for _k, v in table.items_lookup_batch()]
-        if len(vals) >= n:
-            return vals[:n]
-    except Exception as e:      # noqa: BLE001 - bcc raises a bare Exception
-        _debug(f"calib_dur: batch lookup failed ({e}): element by element")
-    return [table[ctypes.c_int(i)].value for i in range(n)]
-
-
 def least(values) -> float | None:
     """The smallest of a phase's medians (None where none was measured)."""
     vals = [v for v in values if v is not None]
@@ -271,7 +253,7 @@ class Calibration:
         for _ in range(CALIB_CALLS):
             os.getppid()
         n = min(calib[ctypes.c_int(_CALIB_NSAMPLES)].value, _CALIB_MAX_SAMPLES)
-        return overhead_median(_first(durs, n))
+        return overhead_median([durs[ctypes.c_int(i)].value for i in range(n)])
 
     def _one(self, base: int) -> int | None:
         calib = self.bpf[b"calib"]

@@ -156,30 +156,3 @@ def test_a_phase_stalled_by_the_host_does_not_make_the_dispatch_cost():
     c._overhead()
     assert c.probe_overhead == {"kprobe": 500, "fentry": 350}
     assert cmod.least([None, 3.0, 2.0]) == 2.0 and cmod.least([None]) is None
-
-
-def test_the_durations_come_from_one_batch_lookup():
-    """Each phase's median reads the calibration's durations: one batch
-    lookup of the array (plain ints, as bcc hands a batch over), element by
-    element only where the kernel refuses batches."""
-    import ctypes
-    from mmntrace.calibrate import _first
-
-    class Arr:
-        def __init__(self, vals, batch_ok=True):
-            self.vals, self.batch_ok, self.gets = vals, batch_ok, 0
-
-        def items_lookup_batch(self):
-            if not self.batch_ok:
-                raise Exception("BPF_MAP_LOOKUP_BATCH has failed: Invalid argument")
-            return iter(list(enumerate(self.vals)))
-
-        def __getitem__(self, k):
-            self.gets += 1
-            return ctypes.c_uint64(self.vals[k.value])
-
-    a = Arr([5, 6, 7, 8])
-    assert _first(a, 3) == [5, 6, 7] and a.gets == 0
-    b = Arr([5, 6, 7, 8], batch_ok=False)
-    assert _first(b, 3) == [5, 6, 7] and b.gets == 3
-    assert _first(a, 0) == []
