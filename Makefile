@@ -14,6 +14,9 @@ KERNELS ?= 6.1 6.12
 # BENCH_SIZE=tiny is the end-to-end check `make test` runs (into build/).
 BENCH_SIZE ?= full
 BENCH_DIR = build/bench/$(BENCH_SIZE)
+# one kernel's lab run at full size: ten tools, five runs each, the streaming
+# sweep and the ambient runs (the lab's own default of 20 minutes would kill it)
+BENCH_TIMEOUT ?= 5400
 ifeq ($(BENCH_SIZE),full)
 BENCH_RESULTS ?= bench/results.json
 BENCH_MD ?= BENCHMARKS.md
@@ -118,7 +121,7 @@ bench: setup-host kmod build/bench/notifier_bench build/bench/ambient_bench
 	  $(if $(filter tiny,$(BENCH_SIZE)),--events 100000 --segments 4 --violations 20 --formats json,) || test -s $(BENCH_DIR)/report.json
 	@set -e; for k in $(KERNELS); do \
 	  echo "== lab benchmark on $$k ($(BENCH_SIZE))"; \
-	  .venv/bin/mmntrace lab --kernel $$k --memory 3G --share $(CURDIR)/build -- \
+	  .venv/bin/mmntrace lab --kernel $$k --memory 3G --timeout $(BENCH_TIMEOUT) --share $(CURDIR)/build -- \
 	    $(PY) bench/lab_bench.py --size $(BENCH_SIZE) --out $(CURDIR)/$(BENCH_DIR)/lab-$$k.json; \
 	done
 	$(PY) bench/summarize.py $(BENCH_DIR) --results $(BENCH_RESULTS) --markdown $(BENCH_MD)
