@@ -102,13 +102,13 @@ def run_workload(size: dict, *extra: str) -> dict:
 AMBIENT_REPEATS = 3
 
 
-def run_ambient(size: dict) -> tuple[dict, float]:
+def run_ambient(size: dict, repeats: int = AMBIENT_REPEATS) -> tuple[dict, float]:
     """The ambient workloads (paths that never reach a notifier), each the
-    fastest of AMBIENT_REPEATS interleaved runs: (mode -> seconds, the
-    seconds of all the runs)."""
+    fastest of ``repeats`` interleaved runs: (mode -> seconds, the seconds of
+    all the runs)."""
     out: dict[str, float] = {}
     total = 0.0
-    for _ in range(AMBIENT_REPEATS):
+    for _ in range(repeats):
         for mode, ops in size["ambient"].items():
             r = subprocess.run([str(AMBIENT_BIN), mode, str(ops)], capture_output=True, text=True, timeout=900)
             if r.returncode != 0:
@@ -230,6 +230,22 @@ def stats_run(size: dict) -> list[dict]:
         return prog_costs(p0, bpf_progs())
     finally:
         STATS.write_text("0")
+
+
+def ambient_stats_run(size: dict) -> dict:
+    """The ambient workloads once more, untimed, with kernel.bpf_stats_enabled:
+    which BPF programs ran on those paths, how often and for how long (exact
+    counts, where the taxes' wall-clock times move by several points with the
+    host from one untraced run to the next)."""
+    STATS.write_text("1")
+    try:
+        p0 = bpf_progs()
+        _mins, secs = run_ambient(size, repeats=1)
+        costs = prog_costs(p0, bpf_progs())
+    finally:
+        STATS.write_text("0")
+    return {"seconds": round(secs, 4), "runs": sum(c["run_cnt"] for c in costs),
+            "run_time_ns": sum(c["run_time_ns"] for c in costs), "programs": costs[:6]}
 
 
 def vm_hwm_kib(pid: int) -> int | None:
@@ -517,6 +533,7 @@ def main() -> int:
                 progress(f"{name} {runs[-1]['ops_per_s']:.0f} ops/s, its own CPU {runs[-1]['tool_cpu_s']:.2f} s")
             m_runs = tool.meta_now() if name in STREAMING else None
             costs = stats_run(size)
+            ambient_bpf = ambient_stats_run(size)
             sweep = None
             if name in STREAMING:
                 if lost(tool.meta_after(time.time())) == 0:    # the full rate lost nothing: the
@@ -545,6 +562,8 @@ def main() -> int:
                  # the tool's own CPU while the ambient workloads ran, over their time
                  "ambient_tool_cpu_share": round(statistics.median(
                      r["ambient_tool_cpu_s"] / r["ambient_total_s"] for r in runs), 4),
+                 # the BPF programs that ran on those paths (one more round, with bpf_stats)
+                 "ambient_bpf": ambient_bpf,
                  "settle_s": statistics.median(r["settle_s"] for r in runs),
                  "tool_cpu_s_per_run": statistics.median(r["tool_cpu_s"] for r in runs)}
         if "events" in st and busy > 0:
@@ -566,6 +585,9 @@ def main() -> int:
         log(f"{name}: ambient tax " + ", ".join(f"{m} {v * 100:+.1f} %" for m, v in entry["ambient_tax"].items())
             + f" (its own CPU over them {entry['ambient_tool_cpu_share'] * 100:.1f} %, after {entry['settle_s']} s settling)"
             + "; medians " + ", ".join(f"{k} {v:.0f} ns" for k, v in sorted(st.get("medians_ns", {}).items())))
+        log(f"{name}: on the ambient paths its BPF programs ran {ambient_bpf['runs']} times, "
+            f"{ambient_bpf['run_time_ns'] / 1e6:.1f} ms in {ambient_bpf['seconds']:.2f} s"
+            + "".join(f"; {c['name']} {c['run_cnt']}" for c in ambient_bpf["programs"][:3]))
         for c in costs[:12]:
             log(f"{name}:   bpf {c['name']:<16} {c['type']:<14} {c['run_cnt']:>9} runs "
                 f"{c['ns_per_run']:>8.0f} ns/run {c['run_time_ns'] / 1e6:>9.1f} ms")

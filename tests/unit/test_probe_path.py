@@ -223,6 +223,40 @@ def test_an_ambient_verdict_within_the_untraced_runs_own_spread_says_so():
     assert g[0]["value"] == "+5.0 points (the untraced runs beside them spread 1 point: beyond that)"
 
 
+def test_an_ambient_verdict_the_wall_clock_cannot_give_is_counted():
+    """Within the untraced runs' spread, the ambient goal goes by what the tool's
+    BPF programs cost on those paths, counted with bpf_stats (their time and each
+    run's dispatch at the boot's largest calibration, over the round's time, plus
+    the tool's own CPU share); beyond the spread, the wall clock stands."""
+    import summarize
+
+    def run(pipe):
+        return {"seconds": 1.0, "ambient": {"pipe": pipe}}
+    quiet = {"seconds": 2.0, "runs": 0, "run_time_ns": 0, "programs": []}
+    lab = {"untraced": [[run(1.00), run(1.10)], [run(1.00), run(1.00)], [run(1.00), run(1.00)]],
+           "tools": {"mmntrace-agg-kprobe-cnt": {"overhead": 1.0, "ambient_tax": {"pipe": 0.05}, "ambient_bpf": dict(quiet),
+                                                 "ambient_tool_cpu_share": 0.001,
+                                                 "probe_overhead_ns": {"kprobe_entry": 500}},
+                     "funclatency": {"overhead": 1.0, "ambient_tax": {"pipe": 0.0}, "ambient_bpf": dict(quiet)}}}
+    assert summarize.dispatch_ns(lab) == 500
+    assert abs(summarize.ambient_cost(lab, lab["tools"]["mmntrace-agg-kprobe-cnt"]) - 0.001) < 1e-12
+    g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
+    assert g[0]["met"] is True
+    assert g[0]["value"] == ("+5.0 points (the untraced runs beside them spread 10 points: uncertain); its programs "
+                             "ran 0 times there: +0.10 points by their cost (met on that count)")
+    # 40,000 sched_switch runs of 1 us, each dispatched for 0.5 us, in 2 s: 3 % more
+    lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_bpf"] = {"seconds": 2.0, "runs": 40000,
+                                                              "run_time_ns": 40_000_000, "programs": []}
+    g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
+    assert g[0]["met"] is False and g[0]["value"].endswith("ran 40,000 times there: +3.10 points by their cost")
+    assert "| 40,000 | 3.10 % |" in summarize.ambient_table(lab)
+    # beyond the spread the wall clock decides, whatever the count says
+    lab["untraced"][0][1]["ambient"]["pipe"] = 1.0
+    lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_bpf"] = dict(quiet)
+    g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
+    assert g[0]["met"] is False and "beyond that" in g[0]["value"]
+
+
 def test_ab_bpf_attributes_each_program_to_the_recorder_holding_it():
     """bench/ab_bpf.py: programs told apart by owner, fentry copies of one name summed,
     programs that did not run or that no recorder holds left out."""
