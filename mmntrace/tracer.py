@@ -22,11 +22,12 @@ trampoline cannot attach falls back to a kprobe; every probe's mechanism is
 in :meth:`attached` (and the recording's metadata). ``auto`` is fentry only
 where a trial attach works on this kernel (:func:`resolve_backend`,
 mmntrace/trial.py). What bcc prints from C along the way is captured
-(:func:`quiet_bpf_class`): MMNTRACE_DEBUG=1 shows it.
+(build.quiet_bpf_class): MMNTRACE_DEBUG=1 shows it.
 
 The parts the tracer uses, each with its own module: codegen.py (the
 program's text and compile flags, pure functions of the kernel's features and
-the options), fentry.py (the fentry backend's programs loaded per function,
+the options), build.py (bcc's compile of it, and the fallbacks a kernel or a
+clang forces), fentry.py (the fentry backend's programs loaded per function,
 which bcc 0.26 cannot), calibrate.py (what the probes themselves add to
 preempt_count() and to a hook's time), sweep.py (the subscribers that exist
 at start), histograms.py (the in-kernel histograms), transport.py (ring
@@ -54,7 +55,8 @@ from .errors import BpfLoadError, MmntraceError
 from .codegen import BPF_DIR, BPF_SRC, bpf_text  # noqa: F401 (names older code imports from here)
 from .calibrate import Calibration, fentry_calib_symbol
 from .attach import KprobeHooksMissing, KprobeLinks, Probes
-from . import nokallsyms, preload, subprog
+from . import preload, subprog
+from .build import Builder, Choices
 from .callbacks import DriverCallbacks, Selection, chained_hooks
 from .fentry import Trampolines
 from .heap import give_back_memory
@@ -64,7 +66,7 @@ from .layout import record_dtype
 from .losses import DROP_NAMES, DROP_SLOTS, MISSES_REFRESH_S, REC_NAMES, Counters, drops_by_name, lost  # noqa: F401
 from . import sweep
 from .probes import MAXACTIVE, kprobe_misses, remove_stale_kprobe_events, stale_kprobe_events, trampoline_in_place, trampoline_listed  # noqa: F401
-from .transport import RingReader, prog_counter
+from .transport import EventBuffer, prog_counter
 from .quiet import debug, quietly
 
 if TYPE_CHECKING:
@@ -99,41 +101,6 @@ def resolve_backend(backend: str, verdict: Verdict | None = None) -> str:
 
 
 _debug = debug
-
-
-#: bcc methods that print from C (libbcc, libbpf, clang): a failed attach
-#: (``bpf_attach_raw_tracepoint (kfunc): Unknown error 524``, ``cannot attach
-#: kprobe``), a refused load with its verifier log, compiler warnings. The
-#: tracer falls back from most of these failures, so the text is noise to
-#: the user: captured, shown with MMNTRACE_DEBUG=1 or in the error sentence
-#: of a call that fails for good (mmntrace/quiet.py).
-_NOISY_BCC = ("__init__", "load_func", "attach_kprobe", "attach_kretprobe", "attach_kfunc", "attach_kretfunc",
-              "attach_raw_tracepoint", "detach_raw_tracepoint",
-              "attach_tracepoint", "detach_kprobe", "detach_kretprobe", "detach_kprobe_event", "detach_kfunc",
-              "detach_kretfunc", "detach_tracepoint", "open_perf_buffer", "cleanup")
-
-
-def quiet_bpf_class(BPF: type) -> type:
-    """A subclass of bcc's BPF whose noisy methods (:data:`_NOISY_BCC`) keep
-    what they print (fds 1 and 2) to themselves, and that attaches nothing as
-    it loads."""
-
-    class _BPF(BPF):
-        # bcc attaches kfunc__/tracepoint__ programs as it loads them;
-        # we attach in our own order, after calibration
-        def _trace_autoload(self):
-            pass
-
-        def load_func(self, func_name, prog_type, device=None, attach_type=-1):
-            """bcc's, but a program that passes a bpf_loop() callback is loaded
-            with the callback linked in (mmntrace/subprog.py), which bcc cannot do."""
-            fn = subprog.load_func(self, func_name, prog_type, device, attach_type)
-            return fn if fn is not None else BPF.load_func(self, func_name, prog_type, device, attach_type)
-
-    for name in _NOISY_BCC:
-        if hasattr(_BPF, name):
-            setattr(_BPF, name, quietly(getattr(_BPF, name), _debug))
-    return _BPF
 
 
 class Tracer:
@@ -181,7 +148,7 @@ class Tracer:
         if layout == "btf" and not can_btf:
             raise MmntraceError("this kernel's BTF lacks the MMU-notifier struct layouts")
         self.layout = "btf" if layout != "headers" and can_btf else "headers"
-        self._ring: RingReader | None = None
+        self._buffer: EventBuffer | None = None    # where the records arrive (transport.py)
         self._calib_sym: str | None = None
         self.hooks = self._hook_ids(hooks)
         self.pid = pid
@@ -226,17 +193,14 @@ class Tracer:
         self.timing: dict[str, float] = {}
         self.swept: int | None = None     # ops records the start-up sweep reported (None: no sweep)
         self.sweep_unfinished = 0         # mms whose interval tree the sweep could not walk to its end
-        self._chunks: list[bytes] = []
         self._ksyms: KernelSymbols | None = None
         self._dtype = record_dtype()
         self._final: dict | None = None
         self._hist = InKernelHistograms()      # --aggregate, --min-latency (mmntrace/histograms.py)
-        self.task_storage = True
-        # the interval walks' steps as bpf_loop() callbacks (mmntrace/subprog.py)
-        # where the kernel has the helper, unless its verifier refuses them (load())
-        self.bpf_loop = bool(getattr(features, "bpf_loop", False))
-        self._optimize_once = True      # codegen.OPTIMIZE_ONCE, unless clang refuses it
-        self.compile_skipped_kallsyms = False   # bcc's compile spared its kallsyms read (nokallsyms.py)
+        # what the compile settles on where the kernel may refuse the first choice
+        # (mmntrace/build.py): task-local storage, the interval walks' steps as
+        # bpf_loop() callbacks where the kernel has the helper
+        self.choices = Choices(bpf_loop=bool(getattr(features, "bpf_loop", False)))
         # the fentry backend's programs, loaded per function (mmntrace/fentry.py)
         self._tramp = Trampolines(lambda name: subprog.linked(self.bpf.dump_func, name), lambda: self._ksyms.by_name)
         if getattr(features, "preempt_count_var", None):   # read_pc()'s per-CPU variable (codegen's MMNT_PC_VAR_OFF)
@@ -254,6 +218,21 @@ class Tracer:
         """The driver callbacks probed by name (None: every one)."""
         return self.selection.callbacks
 
+    @property
+    def task_storage(self) -> bool:
+        """Per-task state in task-local storage (else a tid-keyed hash)."""
+        return self.choices.task_storage
+
+    @property
+    def bpf_loop(self) -> bool:
+        """The interval walks' steps are bpf_loop() callbacks (else bounded loops)."""
+        return self.choices.bpf_loop
+
+    @property
+    def compile_skipped_kallsyms(self) -> bool:
+        """bcc's compile spared its read of kallsyms (mmntrace/nokallsyms.py)."""
+        return self.choices.skipped_kallsyms
+
     @staticmethod
     def _hook_ids(hooks) -> set[int]:
         if hooks is None:
@@ -269,13 +248,15 @@ class Tracer:
         return out
 
     # -- start ----------------------------------------------------------------
-    def _cflags(self) -> list[str]:
-        """The compile flags of this tracer's program (mmntrace/codegen.py)."""
+    def _cflags(self, choices: Choices | None = None) -> list[str]:
+        """The compile flags of this tracer's program (mmntrace/codegen.py)
+        under ``choices`` (default: the tracer's)."""
+        c = choices if choices is not None else self.choices
         return codegen.cflags(self.f, backend=self.backend, ringbuf=self.ringbuf, ringbuf_pages=self.ringbuf_pages,
                               layout=self.layout, pid=self.pid, children=self.children, comm=self.comm,
                               aggregate=self.aggregate, chain=self.chain, min_latency_ns=self.min_latency_ns,
-                              task_storage=self.task_storage, sampling=self.sampling,
-                              might_sleep=self.might_sleep, sleep_detect=self.sleep_detect, bpf_loop=self.bpf_loop,
+                              task_storage=c.task_storage, sampling=self.sampling,
+                              might_sleep=self.might_sleep, sleep_detect=self.sleep_detect, bpf_loop=c.bpf_loop,
                               kprobe_hooks=self.kprobe_hooks)
 
     def start(self) -> None:
@@ -296,7 +277,7 @@ class Tracer:
         except ImportError as e:
             raise BpfLoadError(f"the bcc Python module is missing ({e}): install python3-bpfcc") from e
 
-        self._BPF = _BPF = quiet_bpf_class(BPF)
+        builder = Builder(BPF, self.f, self._cflags, self.choices)
         t0 = time.monotonic()
         self.stale_kprobes_removed = remove_stale_kprobe_events()
         self._ksyms = KernelSymbols()
@@ -317,21 +298,7 @@ class Tracer:
             if beside_compile is not None:
                 beside_compile()
             t0 = time.monotonic()
-            self.bpf = self._compile(text)
-            if not self._loads():
-                # per-task state in task-local storage needs a kernel whose
-                # kprobe programs may use it (5.12+): else a tid-keyed hash
-                _debug("task-local storage refused: per-task state in a hash")
-                self.bpf.cleanup()
-                self.task_storage = False
-                self.bpf = self._compile(text)
-            if self.bpf_loop and not self._loads_callbacks():
-                # a verifier that refuses the linked callbacks (or the BTF they
-                # need): the interval walks as bounded loops, as without the helper
-                _debug("bpf_loop callbacks refused: the interval walks compiled as bounded loops")
-                self.bpf.cleanup()
-                self.bpf_loop = False
-                self.bpf = self._compile(text)
+            self.bpf = builder.build(text)
         except Exception as e:
             raise BpfLoadError(f"compiling {BPF_SRC.name} failed: {str(e).splitlines()[0] if str(e) else e} "
                                "(MMNTRACE_DEBUG=1 shows everything the compiler and bcc printed)") from e
@@ -346,7 +313,7 @@ class Tracer:
                               callback_fentry=self.callback_fentry, hook_fentry=self.hook_fentry,
                               links=self._links, kprobe_hooks=self.kprobe_hooks)
         self._cbs = DriverCallbacks(self.bpf, self._probes, self._ksyms, self._hist, self._counters,
-                                    hooks=self.hooks, selection=self.selection, drain=lambda: self._poll(0),
+                                    hooks=self.hooks, selection=self.selection, drain=lambda: self._buffer.fill(0),
                                     chain=self.chained_hooks)
         try:
             t0 = time.monotonic()
@@ -377,57 +344,6 @@ class Tracer:
         (mmntrace/preload.py); the sweep's iterators are kept for each sweep
         (the daemon sweeps at every window)."""
         self._iter_progs = quietly(preload.for_start, _debug)(self.bpf, self.f)
-
-    def _compile(self, text: str):
-        """bcc's BPF object for ``text`` under this tracer's flags. A clang that
-        refuses the flag that leaves the optimizing to bcc (codegen.OPTIMIZE_ONCE)
-        gets the program again without it, optimized twice as before."""
-        flags = self._cflags()
-        if not self._optimize_once:
-            flags = codegen.without_optimize_once(flags)
-        try:
-            return self._bcc_compile(text, flags)
-        except Exception as e:
-            if not self._optimize_once or codegen.OPTIMIZE_ONCE[-1] not in getattr(e, "output", ""):
-                raise
-            _debug(f"clang refused {' '.join(codegen.OPTIMIZE_ONCE)}: compiling without it")
-            self._optimize_once = False
-            return self._bcc_compile(text, codegen.without_optimize_once(flags))
-
-    def _bcc_compile(self, text: str, flags: list[str]):
-        """bcc's compile, spared its read of all of kallsyms where BTF has
-        answered its question already and bcc has kernel headers to compile
-        against (mmntrace/nokallsyms.py)."""
-        with nokallsyms.skipping_kallsyms(nokallsyms.wanted(self.f)) as skipped:
-            self.compile_skipped_kallsyms = skipped
-            return self._BPF(text=text.encode(), cflags=flags)
-
-    def _loads(self) -> bool:
-        """Does the kernel take the hook program (the feature test for task storage)?"""
-        if not self.task_storage:
-            return True
-        # cb_entry uses the per-task state as the hook programs do
-        try:
-            self.bpf.load_func(b"cb_entry", self._BPF.KPROBE)
-            return True
-        except Exception as e:
-            _debug(f"loading cb_entry failed: {e}")
-            return False
-
-    def _loads_callbacks(self) -> bool:
-        """Does the kernel take a program with bpf_loop() callbacks linked in?
-        The first of bcc's that has them is loaded (bcc keeps it: the preload
-        does not verify it again)."""
-        for name, _size in preload.functions(self.bpf):
-            if name in preload.NOT_BCCS or not subprog.uses_callback(self.bpf.dump_func(name.encode())):
-                continue
-            try:
-                self.bpf.load_func(name.encode(), preload.prog_type(name))
-            except Exception as e:
-                _debug(f"loading {name} with its bpf_loop callbacks failed: {e}")
-                return False
-            return True
-        return True
 
     @property
     def kernel_hist(self) -> bool:
@@ -635,30 +551,10 @@ class Tracer:
             self._probes.probe("sleeper", sym, None, None, "ms_entry", None)
 
     def _open_buffer(self) -> None:
-        chunks = self._chunks
-        string_at = ctypes.string_at
-
-        if self.ringbuf:
-            self._ring = RingReader(self.bpf[b"events"].map_fd, self._dtype.itemsize)
-
-            def poll(timeout_ms):
-                raw = self._ring.poll(timeout_ms)
-                if raw:
-                    chunks.append(raw)
-            self._poll = poll
-        else:
-            rec_size = self._dtype.itemsize
-
-            def cb(_cpu, data, size):
-                # perf pads each sample so that size + 4 is a multiple of 8
-                # (112-byte records arrive as 116 bytes): keep the record only
-                if size >= rec_size:
-                    chunks.append(string_at(data, rec_size))
-
-            def lost(n):
-                self._counters.perf_lost += n
-            self.bpf[b"events"].open_perf_buffer(cb, page_cnt=self.ringbuf_pages, lost_cb=lost)
-            self._poll = self.bpf.perf_buffer_poll
+        def lost(n):
+            self._counters.perf_lost += n
+        self._buffer = EventBuffer(self.bpf, self._dtype.itemsize, ringbuf=self.ringbuf, pages=self.ringbuf_pages,
+                                   on_lost=lost)
 
     # -- running ---------------------------------------------------------------
     def watch(self, fd: int) -> bool:
@@ -666,33 +562,28 @@ class Tracer:
         wakeup socket, a child's pidfd: mmntrace/wake.py). False where the
         buffer is polled by bcc (the perf buffer): poll's timeout is then the
         only way out of it."""
-        if self._ring is None:
-            return False
-        self._ring.watch(fd)
-        return True
+        return self._buffer.watch(fd) if self._buffer is not None else False
 
     def unwatch(self, fd: int) -> None:
-        if self._ring is not None:
-            self._ring.unwatch(fd)
+        if self._buffer is not None:
+            self._buffer.unwatch(fd)
 
     def woken(self) -> bool:
         """Did a watched fd wake :meth:`poll` since the last call?"""
-        return self._ring.woken() if self._ring is not None else True
+        return self._buffer.woken() if self._buffer is not None else True
 
     def poll(self, timeout_ms: int = 100) -> bytes:
         """Raw records (concatenated struct mmnt_record) received since the last poll.
         New ops tables among them get their callbacks probed before returning."""
         if self.bpf is None:
             return b""
-        self._poll(timeout_ms)
+        self._buffer.fill(timeout_ms)
         # modules gone or back (at once after a module load: before the ops tables
         # it made the BPF side report again are handled)
         self._cbs.check_modules()
-        if not self._chunks:
-            return b""
-        raw = b"".join(self._chunks)
-        self._chunks.clear()
-        self._cbs.process(raw)
+        raw = self._buffer.take()
+        if raw:
+            self._cbs.process(raw)
         return raw
 
     # -- queries -----------------------------------------------------------------
@@ -791,9 +682,9 @@ class Tracer:
         """Detach and unload everything; drops and histograms stay readable."""
         if self.bpf is None:
             return
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
         try:
             try:
                 self._final = dict(drops=self.drops(), hist=self.histograms(), totals=self.totals(),

@@ -1,7 +1,8 @@
 """Transport: how records and aggregates come from the kernel to user space.
 
-:class:`RingReader` consumes the BPF ring buffer in whole batches (the perf
-buffer goes through bcc); :class:`MappedArray` reads and zeroes an
+:class:`EventBuffer` is where the tracer's records arrive, whichever way they
+come: :class:`RingReader` consumes the BPF ring buffer in whole batches (the
+perf buffer goes through bcc); :class:`MappedArray` reads and zeroes an
 mmap-able BPF array (the --aggregate histograms) without a syscall per
 element; :func:`fdinfo` reads a BPF map's or program's fdinfo, :func:`prog_counter`
 a program's run counters.
@@ -10,6 +11,7 @@ a program's run counters.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -132,6 +134,73 @@ class RingReader:
                 m.close()
             except BufferError:
                 pass
+
+
+class EventBuffer:
+    """The records the BPF side sends (``events`` in bcc's module ``bpf``),
+    gathered as they arrive: through the ring buffer's mapping
+    (:class:`RingReader`), or through bcc's perf buffer, whose callback copies
+    each record out (kernels before 5.8, or ``ringbuf=False``). :meth:`fill`
+    gathers what has arrived, waiting up to a timeout; :meth:`take` hands it
+    over as one byte string (concatenated records of ``rec_size`` bytes).
+    ``on_lost``: the perf buffer's count of records it had no room for."""
+
+    def __init__(self, bpf, rec_size: int, *, ringbuf: bool, pages: int, on_lost: Callable[[int], None]):
+        self._chunks: list[bytes] = []
+        self.ring: RingReader | None = None
+        if ringbuf:
+            self.ring = RingReader(bpf[b"events"].map_fd, rec_size)
+            return
+        import ctypes
+        chunks, string_at = self._chunks, ctypes.string_at
+
+        def cb(_cpu, data, size):
+            # perf pads each sample so that size + 4 is a multiple of 8
+            # (112-byte records arrive as 116 bytes): keep the record only
+            if size >= rec_size:
+                chunks.append(string_at(data, rec_size))
+        bpf[b"events"].open_perf_buffer(cb, page_cnt=pages, lost_cb=on_lost)
+        self._perf_poll = bpf.perf_buffer_poll
+
+    def fill(self, timeout_ms: int) -> None:
+        """Gather what has arrived, waiting up to ``timeout_ms`` for something."""
+        if self.ring is None:
+            self._perf_poll(timeout_ms)
+            return
+        raw = self.ring.poll(timeout_ms)
+        if raw:
+            self._chunks.append(raw)
+
+    def take(self) -> bytes:
+        """What was gathered since the last call."""
+        if not self._chunks:
+            return b""
+        raw = b"".join(self._chunks)
+        self._chunks.clear()
+        return raw
+
+    def watch(self, fd: int) -> bool:
+        """Make :meth:`fill` return early when ``fd`` is readable (mmntrace/wake.py).
+        False for the perf buffer, which bcc polls: its timeout is the only way out."""
+        if self.ring is None:
+            return False
+        self.ring.watch(fd)
+        return True
+
+    def unwatch(self, fd: int) -> None:
+        if self.ring is not None:
+            self.ring.unwatch(fd)
+
+    def woken(self) -> bool:
+        """Did a watched fd wake :meth:`fill` since the last call? (Always, for
+        the perf buffer: the caller then looks for itself.)"""
+        return self.ring.woken() if self.ring is not None else True
+
+    def close(self) -> None:
+        """Unmap the ring buffer (bcc closes the perf buffer with its module)."""
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
 
 
 def consume_ring(data: np.ndarray, cons_pos: np.ndarray, prod: int, stride: int, rec_size: int) -> list[bytes]:

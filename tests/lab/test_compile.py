@@ -27,7 +27,7 @@ if os.geteuid() != 0:
     pytest.skip("needs root (run inside `mmntrace lab`)", allow_module_level=True)
 
 from mmntrace import codegen, kernel, nokallsyms  # noqa: E402
-from mmntrace.tracer import quiet_bpf_class  # noqa: E402
+from mmntrace.build import quiet_bpf_class  # noqa: E402
 from mmntrace.tracer import Tracer  # noqa: E402
 
 

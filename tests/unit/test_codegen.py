@@ -186,10 +186,10 @@ def test_the_program_is_optimized_once_by_bcc_not_first_by_clang():
     assert codegen.without_optimize_once(less) == less
 
 
-def _tracer_with(compiles):
-    """A Tracer whose bcc BPF class records each compile's flags and raises
-    what ``compiles`` says (None: compiled)."""
-    from mmntrace import tracer
+def _builder_with(compiles, features=F):
+    """A tracer's Builder (mmntrace/build.py) whose bcc BPF class records each
+    compile's flags and raises what ``compiles`` says (None: compiled)."""
+    from mmntrace import build, tracer
     from mmntrace.quiet import LibraryError
     seen = []
 
@@ -200,58 +200,91 @@ def _tracer_with(compiles):
             if out is not None:
                 raise LibraryError("Failed to compile BPF module <text>", out)
 
-    t = tracer.Tracer(F)
-    t._BPF = FakeBPF
-    return t, seen
+    t = tracer.Tracer(features)
+    return build.Builder(FakeBPF, features, t._cflags, t.choices), t, seen
 
 
 def test_a_clang_that_refuses_the_flag_gets_the_program_without_it():
-    t, seen = _tracer_with(["error: unknown argument: '-disable-llvm-passes'", None, None])
-    t._compile("int x;")
+    b, _t, seen = _builder_with(["error: unknown argument: '-disable-llvm-passes'", None, None])
+    b.compile("int x;")
     assert "-disable-llvm-passes" in seen[0] and "-disable-llvm-passes" not in seen[1]
-    t._compile("int x;")        # and every later compile of this tracer (the task-storage fallback)
+    b.compile("int x;")        # and every later compile of this tracer (the task-storage fallback)
     assert len(seen) == 3 and "-disable-llvm-passes" not in seen[2]
+    assert not b.choices.optimize_once
 
 
 def test_any_other_compile_error_is_not_retried():
-    t, seen = _tracer_with(["main.c:3:1: error: unknown type name 'u65'"])
+    b, _t, seen = _builder_with(["main.c:3:1: error: unknown type name 'u65'"])
     with pytest.raises(Exception, match="Failed to compile"):
-        t._compile("int x;")
+        b.compile("int x;")
     assert len(seen) == 1
 
 
-def test_a_tracer_whose_kernel_refuses_the_callbacks_compiles_bounded_loops(monkeypatch):
-    """Tracer.load()'s fallback: where loading a program with its bpf_loop callbacks
-    linked in fails, bpf_loop goes off and the next compile has no MMNT_BPF_LOOP."""
-    import struct
-    from mmntrace import preload, subprog, tracer
+class _LoadingBpf:
+    """bcc's BPF object as the build's load tests see it: ``refuse`` names the
+    programs whose load fails; hk_return and hkf_exit pass a bpf_loop() callback."""
+
+    def __init__(self, refuse=(), log=None):
+        import struct
+        from mmntrace import subprog
+        self.refuse, self.loaded, self.cleaned = set(refuse), [], False
+        self._linked = struct.pack("<BBhi", 0x18, 2, 0, subprog.CALLBACKS["mmnt_rb_step"]) + bytes(8) \
+            + struct.pack("<BBhi", 0x95, 0, 0, 0)
+        self._plain = struct.pack("<BBhi", 0x95, 0, 0, 0)
+
+    def dump_func(self, name):
+        return self._linked if name in (b"hk_return", b"hkf_exit") else self._plain
+
+    def load_func(self, name, typ):
+        self.loaded.append(name)
+        if name in self.refuse:
+            raise Exception(f"Failed to load BPF program {name!r}: Invalid argument")
+
+    def cleanup(self):
+        self.cleaned = True
+
+
+def test_a_kernel_that_refuses_the_callbacks_gets_bounded_loops(monkeypatch):
+    """The build's fallback: where loading a program with its bpf_loop callbacks
+    linked in fails, bpf_loop goes off and the next compile has no MMNT_BPF_LOOP
+    (the task-storage test before it passed: cb_entry loaded)."""
+    from mmntrace import build, preload
     assert "MMNT_BPF_LOOP" not in defines(codegen.cflags(dataclasses.replace(F, bpf_loop=True), **BASE,
                                                          bpf_loop=False))
-    linked = struct.pack("<BBhi", 0x18, 2, 0, subprog.CALLBACKS["mmnt_rb_step"]) + bytes(8) \
-        + struct.pack("<BBhi", 0x95, 0, 0, 0)
-    plain = struct.pack("<BBhi", 0x95, 0, 0, 0)
-
-    class FakeBpf:
-        def __init__(self, refuse):
-            self.refuse, self.loaded = refuse, []
-
-        def dump_func(self, name):
-            return linked if name in (b"hk_return", b"hkf_exit") else plain
-
-        def load_func(self, name, typ):
-            self.loaded.append(name)
-            if self.refuse:
-                raise Exception("Failed to load BPF program b'hk_return': Invalid argument")
-
     monkeypatch.setattr(preload, "functions", lambda b: [("cb_entry", 748), ("hkf_exit", 900), ("hk_return", 996)])
-    t = tracer.Tracer(dataclasses.replace(F, bpf_loop=True))
+    assert build.Builder.loads_callbacks(_LoadingBpf()) is True
+    made = [_LoadingBpf(refuse={b"hk_return"}), _LoadingBpf()]
+    flags = []
+    b, t, _seen = _builder_with([], features=dataclasses.replace(F, bpf_loop=True))
     assert t.bpf_loop and "MMNT_BPF_LOOP" in defines(t._cflags())
-    t.bpf = FakeBpf(refuse=False)
-    assert t._loads_callbacks() and t.bpf.loaded == [b"hk_return"]     # not the fentry copy's
-    t.bpf = FakeBpf(refuse=True)
-    assert not t._loads_callbacks()
-    t.bpf_loop = False
+
+    def compile_(text):
+        flags.append(b.flags_for(b.choices))
+        return made[len(flags) - 1]
+    monkeypatch.setattr(b, "compile", compile_)
+    got = b.build("int x;")
+    assert got is made[1] and made[0].cleaned and made[0].loaded == [b"cb_entry", b"hk_return"]  # not hkf_exit
+    assert not t.bpf_loop and t.task_storage
+    assert "MMNT_BPF_LOOP" in defines(flags[0]) and "MMNT_BPF_LOOP" not in defines(flags[1])
     assert "MMNT_BPF_LOOP" not in defines(t._cflags())
+
+
+def test_a_kernel_that_refuses_task_storage_gets_a_hash(monkeypatch):
+    """The build's first fallback: cb_entry (the per-task state's user) refused,
+    the program again without MMNT_TASK_STORAGE; the tracer says so."""
+    from mmntrace import preload
+    monkeypatch.setattr(preload, "functions", lambda b: [])
+    made = [_LoadingBpf(refuse={b"cb_entry"}), _LoadingBpf()]
+    flags = []
+    b, t, _seen = _builder_with([])
+
+    def compile_(text):
+        flags.append(b.flags_for(b.choices))
+        return made[len(flags) - 1]
+    monkeypatch.setattr(b, "compile", compile_)
+    assert b.build("int x;") is made[1] and made[0].cleaned
+    assert not t.task_storage
+    assert "MMNT_TASK_STORAGE" in defines(flags[0]) and "MMNT_TASK_STORAGE" not in defines(flags[1])
 
 
 def test_streaming_compiles_the_chain_for_the_hooks_whose_ops_return_nothing():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmntrace import quiet, tracer
+from mmntrace import build, quiet
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -178,7 +178,7 @@ def test_real_bcc_compile_failure_is_one_sentence(capfd, monkeypatch):
     headers') words to fd 2 from C; they end up in the exception instead."""
     monkeypatch.delenv("MMNTRACE_DEBUG", raising=False)
     bcc = pytest.importorskip("bcc")
-    BPF = tracer.quiet_bpf_class(bcc.BPF)
+    BPF = build.quiet_bpf_class(bcc.BPF)
     with pytest.raises(Exception) as ei:
         BPF(text=b"int f(void *ctx) { return undeclared_name; }")
     assert capfd.readouterr().err == ""

@@ -67,3 +67,45 @@ def test_a_record_committed_while_the_batch_is_read_ends_it_and_comes_next(monke
     assert consume_ring(r.data, r.cons_pos, r.prod, r.stride, 24) == [bytes(range(24))]
     assert int(r.cons_pos[0]) == r.stride
     assert consume_ring(r.data, r.cons_pos, r.prod, r.stride, 24) == [bytes(range(50, 74))]
+
+
+def test_the_perf_buffer_path_keeps_each_record_without_perfs_padding():
+    """transport.EventBuffer over bcc's perf buffer (no ring buffer): each sample
+    arrives padded (112-byte records as 116 bytes), the record alone is kept;
+    fill() gathers, take() hands over once; the lost count goes to on_lost; no fd
+    can wake it, so woken() always says look."""
+    import ctypes
+    from mmntrace.transport import EventBuffer
+    lost = []
+
+    class Events:
+        def open_perf_buffer(self, cb, page_cnt, lost_cb):
+            self.cb, self.pages, self.lost_cb = cb, page_cnt, lost_cb
+
+    class Bpf:
+        def __init__(self):
+            self.events = Events()
+            self.samples = []
+
+        def __getitem__(self, name):
+            assert name == b"events"
+            return self.events
+
+        def perf_buffer_poll(self, timeout_ms):
+            for s in self.samples:
+                buf = ctypes.create_string_buffer(s, len(s))
+                self.events.cb(0, ctypes.addressof(buf), len(s))
+            self.samples = []
+            self.events.lost_cb(3)
+
+    bpf = Bpf()
+    b = EventBuffer(bpf, 4, ringbuf=False, pages=8, on_lost=lost.append)
+    assert bpf.events.pages == 8 and b.take() == b""
+    bpf.samples = [b"abcdPAD", b"efghPAD", b"xy"]          # the last one too short: not a record
+    b.fill(0)
+    bpf.samples = [b"ijkl"]
+    b.fill(0)
+    assert b.take() == b"abcdefghijkl" and b.take() == b""
+    assert lost == [3, 3]
+    assert b.watch(5) is False and b.woken() is True
+    b.close()
