@@ -30,7 +30,7 @@ from .errors import BpfLoadError
 from .layout import header
 from .probes import trampoline_in_place
 from .quiet import debug
-from .transport import prog_counter
+from .transport import prog_counters
 
 
 #: bpf/mmntrace.h: the immediates that hook_const() and cb_const() load, replaced per copy
@@ -194,9 +194,10 @@ class Trampolines:
         missed and ran stays counted."""
         for f in ([func] if func is not None else list(self.fds)):
             fds = self.fds.pop(f, [])
+            got = _fields(fds, ("recursion_misses", "run_time_ns"))      # one bpf() call a program
             if f in self.counted:
-                self.closed_missed += _field(fds, "recursion_misses")
-            self.closed_run_ns += _field(fds, "run_time_ns")
+                self.closed_missed += got["recursion_misses"]
+            self.closed_run_ns += got["run_time_ns"]
             for fd in reversed(fds):
                 _close(fd)
 
@@ -213,18 +214,21 @@ class Trampolines:
 
     def missed(self) -> int:
         """Recursion misses of the counted functions' programs, those closed included."""
-        return self.closed_missed + sum(_field(fds, "recursion_misses") for f, fds in self.fds.items()
-                                        if f in self.counted)
+        return self.closed_missed + sum(_fields(fds, ("recursion_misses",))["recursion_misses"]
+                                        for f, fds in self.fds.items() if f in self.counted)
 
 
-def _field(fds: list[int], key: str) -> int:
-    n = 0
-    for fd in fds[::2]:                 # [prog, link, prog, link]
+def _fields(fds: list[int], keys: tuple[str, ...]) -> dict[str, int]:
+    """``keys``' counters summed over the programs of ``fds`` ([prog, link, prog, link])."""
+    out = dict.fromkeys(keys, 0)
+    for fd in fds[::2]:
         try:
-            n += prog_counter(fd, key) or 0
+            got = prog_counters(fd, keys)
         except (OSError, ValueError):
-            pass
-    return n
+            continue
+        for k, v in got.items():
+            out[k] += v
+    return out
 
 
 def _close(fd: int) -> None:

@@ -32,15 +32,21 @@ def fdinfo(fd: int) -> dict[str, str]:
     return out
 
 
-def prog_counter(fd: int, key: str) -> int | None:
-    """One run counter of a loaded program (run_time_ns, run_cnt,
+def prog_counters(fd: int, keys: tuple[str, ...] = ("run_time_ns", "run_cnt", "recursion_misses")) -> dict[str, int]:
+    """A loaded program's run counters named in ``keys`` (run_time_ns, run_cnt,
     recursion_misses): from one bpf() call (mmntrace/bpfsys.py), else from its
-    fdinfo; None where the kernel keeps no such counter."""
+    fdinfo; a counter the kernel does not keep is left out."""
     c = bpfsys.prog_counters(fd)
-    if c is not None and key in c:
-        return c[key]
-    v = fdinfo(fd).get(key)
-    return int(v) if v is not None else None
+    if c is not None and all(k in c for k in keys):
+        return {k: c[k] for k in keys}
+    info = fdinfo(fd)
+    return {k: int(info[k]) for k in keys if k in info}
+
+
+def prog_counter(fd: int, key: str) -> int | None:
+    """One run counter of a loaded program (:func:`prog_counters`); None where
+    the kernel keeps no such counter."""
+    return prog_counters(fd, (key,)).get(key)
 
 
 class RingReader:

@@ -109,3 +109,43 @@ def test_the_perf_buffer_path_keeps_each_record_without_perfs_padding():
     assert lost == [3, 3]
     assert b.watch(5) is False and b.woken() is True
     b.close()
+
+
+def test_a_programs_counters_come_from_one_call_or_its_fdinfo(monkeypatch):
+    """transport.prog_counters: the counters asked for from BPF_OBJ_GET_INFO_BY_FD
+    where the kernel's struct holds them all, else from the fdinfo (a kernel
+    before recursion_misses), a counter neither has left out."""
+    from mmntrace import bpfsys, transport
+    calls = {"info": {"run_time_ns": 7, "run_cnt": 2, "recursion_misses": 1}, "fdinfo": {}}
+    monkeypatch.setattr(bpfsys, "prog_counters", lambda fd: calls["info"])
+    monkeypatch.setattr(transport, "fdinfo", lambda fd: calls["fdinfo"])
+    assert transport.prog_counters(3) == {"run_time_ns": 7, "run_cnt": 2, "recursion_misses": 1}
+    assert transport.prog_counter(3, "run_cnt") == 2
+    calls["info"] = {"run_time_ns": 7, "run_cnt": 2}
+    calls["fdinfo"] = {"run_time_ns": "8", "run_cnt": "3", "recursion_misses": "4"}
+    assert transport.prog_counters(3, ("run_time_ns", "recursion_misses")) == {"run_time_ns": 8, "recursion_misses": 4}
+    calls["info"], calls["fdinfo"] = None, {"run_time_ns": "9"}
+    assert transport.prog_counters(3) == {"run_time_ns": 9}
+    assert transport.prog_counter(3, "recursion_misses") is None
+
+
+def test_closed_trampoline_programs_keep_their_counts(monkeypatch):
+    """fentry.Trampolines.detach: a function's programs ([prog, link, ...]) give
+    their run time, and their misses where the function is counted, before
+    they are closed; one read of the counters a program."""
+    from mmntrace import fentry
+    reads, closed = [], []
+
+    def counters(fd, keys):
+        reads.append(fd)
+        return {k: v for k, v in (("recursion_misses", fd), ("run_time_ns", 100 * fd)) if k in keys}
+    monkeypatch.setattr(fentry, "prog_counters", counters)
+    monkeypatch.setattr(fentry, "_close", closed.append)
+    t = fentry.Trampolines(lambda name: b"", lambda: {})
+    t.fds = {0x10: [3, 4, 5, 6], 0x20: [7, 8]}
+    t.counted = {0x10}
+    assert t.missed() == 8 and reads == [3, 5]
+    reads.clear()
+    t.detach()
+    assert reads == [3, 5, 7] and closed == [6, 5, 4, 3, 8, 7]
+    assert t.closed_missed == 8 and t.closed_run_ns == 1500 and t.missed() == 8
