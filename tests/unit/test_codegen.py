@@ -224,7 +224,7 @@ class _LoadingBpf:
     """bcc's BPF object as the build's load tests see it: ``refuse`` names the
     programs whose load fails; hk_return and hkf_exit pass a bpf_loop() callback."""
 
-    def __init__(self, refuse=(), log=None):
+    def __init__(self, refuse=()):
         import struct
         from mmntrace import subprog
         self.refuse, self.loaded, self.cleaned = set(refuse), [], False
