@@ -378,8 +378,11 @@ def main() -> int:
                       "with `kernel.bpf_stats_enabled`, the runs of the BPF programs there (a probe no ambient "
                       f"path reaches never runs), and their cost: their own time plus each run's dispatch at "
                       f"{dispatch_ns(lab):.0f} ns (the largest any mmntrace tool calibrated in this boot), over "
-                      "that round's time, plus the tool's own CPU share: an upper bound, as the dispatch is a "
-                      "callback probe's and the CPU time of both vCPUs is set against the wall clock. The untraced "
+                      "that round's time, plus the tool's own CPU share. It counts what runs on those paths, "
+                      "generously (a callback probe's dispatch for each run, both vCPUs' time against the wall "
+                      "clock); what it cannot see, a tracepoint's own work around its program or what the "
+                      "programs leave in the caches, shows on the clock only. A tool with no run there adds "
+                      "nothing there but its own CPU. The untraced "
                       "runs alone move by several points from one to the next; where a goal's wall-clock verdict "
                       "lies within that spread, this count decides it, either way, and the goal's line says so."
                       if any("ambient_bpf" in x for x in lab["tools"].values()) else "")
