@@ -138,19 +138,28 @@ def goals(lab: dict) -> list[dict]:
             mine, theirs = ambient_cost(lab, x), ambient_cost(lab, fl)
             acct = mine - theirs if mine is not None and theirs is not None else None
         within = noise is not None and abs(worst - limit) <= noise
-        by_acct = within and acct is not None       # the wall clock cannot tell: the count does, either way
+        # where the wall clock cannot tell: a tool none of whose programs ran there adds
+        # only its own CPU, which the count has exactly, so the count decides; one whose
+        # programs ran there meets the goal only if the count and the clock both say so
+        # (the count cannot see a tracepoint's own work around its program)
+        by_acct = within and acct is not None
+        runs = x["ambient_bpf"]["runs"] if acct is not None else None
+        if by_acct and runs == 0:
+            met, how = acct <= limit, " (decided on that count: none of its programs runs there)"
+        elif by_acct:
+            met, how = worst <= limit and acct <= limit, " (the clock within its noise: met only if both say so)"
+        else:
+            met, how = worst <= limit, ""
         unit = " %" if ms else " points"
         value = f"{worst * 100:+.1f}{unit}" + (
             f" (the untraced runs beside them spread {noise * 100:.0f} "
             + ("point" if round(noise * 100) == 1 else "points") + ": "
             + ("uncertain)" if within else "beyond that)") if noise is not None else "")
         if acct is not None:
-            runs = x["ambient_bpf"]["runs"]
-            value += (f"; its programs ran {runs:,} times there: {acct * 100:+.2f}{unit} by their cost"
-                      + (" (decided on that count)" if by_acct else ""))
+            value += f"; its programs ran {runs:,} times there: {acct * 100:+.2f}{unit} by their cost" + how
         out.append({"goal": (f"{n} (--might-sleep) ambient tax <= 5 % (pipe, open, alloc)" if ms else
                              f"{n} ambient tax <= funclatency's + 2 points (pipe, open, alloc)"),
-                    "value": value, "met": acct <= limit if by_acct else worst <= limit})
+                    "value": value, "met": met})
     # issue 12 goal 4: start-up and memory
     fs = fl.get("startup_s")
     for n, x in t.items():
@@ -384,7 +393,9 @@ def main() -> int:
                       "programs leave in the caches, shows on the clock only. A tool with no run there adds "
                       "nothing there but its own CPU. The untraced "
                       "runs alone move by several points from one to the next; where a goal's wall-clock verdict "
-                      "lies within that spread, this count decides it, either way, and the goal's line says so."
+                      "lies within that spread, this count decides it for a tool none of whose programs ran "
+                      "there, and a tool whose programs did meets it only if the count and the clock both say "
+                      "so; the goal's line says which."
                       if any("ambient_bpf" in x for x in lab["tools"].values()) else "")
                    + (" mmntrace-agg-kprobe-cnt is the daemon's default configuration (`--aggregate "
                       "--backend kprobe --sleep-detect count`, no --might-sleep)."

@@ -227,7 +227,8 @@ def test_an_ambient_verdict_the_wall_clock_cannot_give_is_counted():
     """Within the untraced runs' spread, the ambient goal goes by what the tool's
     BPF programs cost on those paths, counted with bpf_stats (their time and each
     run's dispatch at the boot's largest calibration, over the round's time, plus
-    the tool's own CPU share), a met goal as well as a missed one; beyond the
+    the tool's own CPU share): a tool none of whose programs ran there on the
+    count alone, one whose programs did only if the clock agrees; beyond the
     spread, the wall clock stands."""
     import summarize
 
@@ -244,19 +245,26 @@ def test_an_ambient_verdict_the_wall_clock_cannot_give_is_counted():
     g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
     assert g[0]["met"] is True
     assert g[0]["value"] == ("+5.0 points (the untraced runs beside them spread 10 points: uncertain); its programs "
-                             "ran 0 times there: +0.10 points by their cost (decided on that count)")
+                             "ran 0 times there: +0.10 points by their cost (decided on that count: none of its programs "
+                             "runs there)")
     # 40,000 sched_switch runs of 1 us, each dispatched for 0.5 us, in 2 s: 3 % more
     lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_bpf"] = {"seconds": 2.0, "runs": 40000,
                                                               "run_time_ns": 40_000_000, "programs": []}
     g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
     assert g[0]["met"] is False and g[0]["value"].endswith(
-        "ran 40,000 times there: +3.10 points by their cost (decided on that count)")
+        "ran 40,000 times there: +3.10 points by their cost (the clock within its noise: met only if both say so)")
     assert "| 40,000 | 3.10 % |" in summarize.ambient_table(lab)
-    # and it decides a wall clock within its own noise the other way too
+    # programs that ran there: a clock within its noise meets it only with the count
     lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_tax"]["pipe"] = 0.01
     g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
     assert g[0]["met"] is False and g[0]["value"].startswith("+1.0 points")
+    lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_bpf"]["run_time_ns"] = 10_000_000     # 0.5 % + 1 %
+    g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
+    assert g[0]["met"] is True
     lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_tax"]["pipe"] = 0.05
+    g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
+    assert g[0]["met"] is False         # the clock says more, and the count cannot see all
+    lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_bpf"]["run_time_ns"] = 40_000_000
     # beyond the spread the wall clock decides, whatever the count says
     lab["untraced"][0][1]["ambient"]["pipe"] = 1.0
     lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_bpf"] = dict(quiet)
