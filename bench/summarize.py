@@ -73,6 +73,11 @@ def dispatch_ns(lab: dict) -> float:
                       for v in (x.get("probe_overhead_ns") or {}).values() if v), default=0))
 
 
+def counted(lab: dict) -> bool:
+    """Did this boot's bench count the ambient paths (``ambient_bpf``; not before it did)?"""
+    return any("ambient_bpf" in x for x in lab.get("tools", {}).values())
+
+
 def ambient_cost(lab: dict, x: dict) -> float | None:
     """The share of the ambient runs' time that tool ``x`` took there, counted
     rather than timed: its BPF programs' runs during one more round of the
@@ -267,10 +272,10 @@ def ambient_table(lab: dict) -> str:
     modes = next((list(x["ambient_tax"]) for x in lab["tools"].values() if "ambient_tax" in x), [])
     if not modes:
         return ""
-    counted = any("ambient_bpf" in x for x in lab["tools"].values())
+    count = counted(lab)
     rows = ["| tool | " + " | ".join(f"{m} tax" for m in modes) + " | tool's own CPU meanwhile |"
-            + (" its BPF programs' runs there | their cost, counted |" if counted else ""),
-            "|---|" + "---:|" * (len(modes) + 1 + 2 * counted)]
+            + (" its BPF programs' runs there | their cost, counted |" if count else ""),
+            "|---|" + "---:|" * (len(modes) + 1 + 2 * count)]
     for n, x in lab["tools"].items():
         if "ambient_tax" in x:
             own = x.get("ambient_tool_cpu_share")
@@ -278,7 +283,7 @@ def ambient_table(lab: dict) -> str:
             rows.append(f"| {n} | " + " | ".join(f"{x['ambient_tax'][m] * 100:+.1f} %" for m in modes)
                         + (f" | {own * 100:.1f} % |" if own is not None else " | |")
                         + ((f" {a['runs']:,} | {c * 100:.2f} % |" if a and c is not None else " | |")
-                           if counted else ""))
+                           if count else ""))
     return "\n".join(rows)
 
 
@@ -396,7 +401,7 @@ def main() -> int:
                       "lies within that spread, this count decides it for a tool none of whose programs ran "
                       "there, and a tool whose programs did meets it only if the count and the clock both say "
                       "so; the goal's line says which."
-                      if any("ambient_bpf" in x for x in lab["tools"].values()) else "")
+                      if counted(lab) else "")
                    + (" mmntrace-agg-kprobe-cnt is the daemon's default configuration (`--aggregate "
                       "--backend kprobe --sleep-detect count`, no --might-sleep)."
                       if "mmntrace-agg-kprobe-cnt" in lab["tools"] else ""), "", amb, ""]
