@@ -13,10 +13,11 @@ untraced runs before the first tool and after every tool (so that each tool
 is compared with the untraced runs next to it in time):
 
   mmntrace-kprobe / mmntrace-fentry            `mmntrace record` streaming
-  mmntrace-agg-kprobe / mmntrace-agg-fentry    `mmntrace record --aggregate`
+  mmntrace-agg-kprobe / mmntrace-agg-fentry    `mmntrace record --aggregate` (agg-kprobe: the
+                                               daemon's default configuration)
   mmntrace-agg-fentry-ms                       the same with --might-sleep (its ambient tax)
-  mmntrace-agg-kprobe-cnt, mmntrace-agg-fentry-cnt
-                                               --sleep-detect count: no sched_switch program
+  mmntrace-agg-kprobe-sw, mmntrace-agg-fentry-sw
+                                               --sleep-detect switch: the sched_switch program
   funclatency                                  bcc's funclatency -F on the hook functions
   bpftrace                                     per-hook kprobe/kretprobe latency hist()
 
@@ -65,7 +66,7 @@ AMBIENT_BIN = ROOT / "build" / "bench" / "ambient_bench"
 PEER_CALLBACK = "kvm_mmu_notifier_invalidate_range_start"
 SETTLE_S = 3.0
 TOOLS = ["mmntrace-kprobe", "mmntrace-fentry", "mmntrace-agg-kprobe", "mmntrace-agg-fentry",
-         "mmntrace-agg-kprobe-cnt", "mmntrace-agg-fentry-cnt", "mmntrace-agg-fentry-ms", "funclatency", "funclatency-callback", "bpftrace"]
+         "mmntrace-agg-kprobe-sw", "mmntrace-agg-fentry-sw", "mmntrace-agg-fentry-ms", "funclatency", "funclatency-callback", "bpftrace"]
 STREAMING = ("mmntrace-kprobe", "mmntrace-fentry")
 #: the hooks the peers (funclatency, bpftrace) probe: every one the workload calls, as
 #: mmntrace times them all. Its COW writes call change_pte where the kernel still has
@@ -270,14 +271,14 @@ class Tool:
     def argv(self) -> list[str]:
         n = self.name
         if n.startswith("mmntrace"):
-            # mmntrace[-agg]-BACKEND[-ms][-cnt]: --aggregate, the backend, --might-sleep,
-            # --sleep-detect count
+            # mmntrace[-agg]-BACKEND[-ms][-sw]: --aggregate, the backend, --might-sleep,
+            # --sleep-detect switch (count, the default, otherwise)
             parts = n.split("-")
             backend = "fentry" if "fentry" in parts else "kprobe"
             a = [sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(self.rec),
                  "--ready-file", str(self.work / f"{n}.ready"), "--backend", backend]
             return (a + (["--aggregate"] if "agg" in parts else []) + (["--might-sleep"] if "ms" in parts else [])
-                    + (["--sleep-detect", "count"] if "cnt" in parts else []))
+                    + (["--sleep-detect", "switch"] if "sw" in parts else []))
         if n.startswith("funclatency"):
             exe = shutil.which("funclatency-bpfcc") or "/usr/sbin/funclatency-bpfcc"
             syms = [PEER_CALLBACK] if n == "funclatency-callback" else self.syms
@@ -469,7 +470,7 @@ def main() -> int:
     # machine's hottest functions is the likeliest to meet the emulator's patching hazard
     default = TOOLS if a.size == "full" else ["mmntrace-kprobe", "mmntrace-agg-fentry", "funclatency", "bpftrace"]
     if a.size == "quick":       # the daemon's default configuration (issue 12's ambient goal),
-        default.insert(2, "mmntrace-agg-kprobe-cnt")    # and the peer for one callback's latency
+        default.insert(2, "mmntrace-agg-kprobe")        # and the peer for one callback's latency
         default.insert(default.index("funclatency") + 1, "funclatency-callback")
     if PEER_CALLBACK not in kernel.kallsyms():
         default = [t for t in default if t != "funclatency-callback"]

@@ -402,9 +402,10 @@ def main() -> int:
                       "there, and a tool whose programs did meets it only if the count and the clock both say "
                       "so; the goal's line says which."
                       if counted(lab) else "")
-                   + (" mmntrace-agg-kprobe-cnt is the daemon's default configuration (`--aggregate "
-                      "--backend kprobe --sleep-detect count`, no --might-sleep)."
-                      if "mmntrace-agg-kprobe-cnt" in lab["tools"] else ""), "", amb, ""]
+                   + (" mmntrace-agg-kprobe is the daemon's default configuration (`--aggregate "
+                      "--backend kprobe`, real sleeps by the switch count, no --might-sleep); a name ending "
+                      "in -sw has `--sleep-detect switch` (the sched_switch program)."
+                      if "mmntrace-agg-kprobe" in lab["tools"] else ""), "", amb, ""]
         obs = {n: observer_ratios(lab, n) for n in lab["tools"]}
         obs = {n: r for n, r in obs.items() if r}
         if obs:

@@ -86,7 +86,8 @@ def main() -> None:
         under("bcc: empty raw tracepoint on sched_switch", raw_switch)
         under("bpftrace: empty tracepoint:sched:sched_switch", bpftrace("tracepoint:sched:sched_switch { }"))
         under("bpftrace: kprobe:do_nanosleep (never hit)", bpftrace("kprobe:do_nanosleep { }"))
-        under("mmntrace --aggregate (sched_switch program)", mmntrace("--aggregate", "--backend", "kprobe"))
+        under("mmntrace --aggregate --sleep-detect switch (sched_switch program)",
+              mmntrace("--aggregate", "--backend", "kprobe", "--sleep-detect", "switch"))
         under("mmntrace --aggregate --sleep-detect count", mmntrace("--aggregate", "--backend", "kprobe",
                                                                      "--sleep-detect", "count"))
 

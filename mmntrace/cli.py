@@ -147,14 +147,14 @@ HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the s
                    "sleep this time. Off by default: those probes fire on every allocation and lock of "
                    "the machine, traced process or not (BENCHMARKS.md, ambient tax). Real sleeps inside "
                    "must-not-sleep callbacks are caught either way.")
-@click.option("--sleep-detect", "sleep_detect", type=click.Choice(hooks.SLEEP_DETECT), default="switch",
-              show_default=True, help="How real sleeps inside callbacks that must not sleep are caught. switch: a program on the "
-                   "sched_switch tracepoint, which names what slept with its stack, but runs on every "
-                   "context switch of the machine, traced process or not. count: the task's count of "
-                   "voluntary context switches, read as each such callback enters and returns: the same "
-                   "sleeps, counted exactly, with nothing running outside MMU-notifier calls, but "
-                   "without the sleeping function (with --might-sleep the might-sleep call names it). "
-                   "BENCHMARKS.md has the sched_switch program's cost per run.")
+@click.option("--sleep-detect", "sleep_detect", type=click.Choice(hooks.SLEEP_DETECT), default="count",
+              show_default=True, help="How real sleeps inside callbacks that must not sleep are caught. count: the "
+                   "task's count of voluntary context switches, read as each such callback enters and returns: "
+                   "every such sleep, counted exactly, with nothing running outside MMU-notifier calls, but "
+                   "without the sleeping function (with --might-sleep the might-sleep call names it; the "
+                   "report says how to get it). switch: a program on the sched_switch tracepoint, which names "
+                   "what slept with its stack, but runs on every context switch of the machine, traced "
+                   "process or not (BENCHMARKS.md: its runs and cost on a pipe ping-pong).")
 @click.option("--ready-file", type=click.Path(dir_okay=False),
               help="Written (JSON: attached probes) once every probe is attached, and again when new driver callbacks are.")
 @click.option("--redact", is_flag=True, help="Drop raw kernel addresses (mm, ranges, functions); keep symbols.")
@@ -268,7 +268,7 @@ def default_buffer_pages(aggregate: bool, per_cpu: bool, cpus: int) -> int:
 
 def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, transport, buffer_pages, might_sleep,
             ready_file, redact, quiet, keep_root_owner, modules=None, callbacks=None, min_latency=None,
-            sleep_detect="switch"):
+            sleep_detect="count"):
     import concurrent.futures
     import importlib
     # Streaming writes its first segment seconds after the start: its modules,
@@ -553,9 +553,9 @@ def doctor():
         click.echo(f"  hook {name:<32} {sym}")
     click.echo(f"events          {', '.join(n for _v, n in f.events)}")
     click.echo(f"lock context    {kernel.CONTEXT_SOURCES[f.context_source]}")
-    click.echo(f"might-sleep     {len(f.sleepers)} functions (probed with record --might-sleep; real sleeps: sched_switch, "
-               + ("raw tracepoint" if getattr(f, "raw_sched_switch", False) else "perf tracepoint")
-               + "; or --sleep-detect count: the task's voluntary-switch count)")
+    click.echo(f"might-sleep     {len(f.sleepers)} functions (probed with record --might-sleep; real sleeps: the "
+               "task's voluntary-switch count; or --sleep-detect switch: sched_switch, "
+               + ("raw tracepoint" if getattr(f, "raw_sched_switch", False) else "perf tracepoint") + ")")
     kernel.require_recording(f)
     click.echo("recording is possible: sudo mmntrace record -d 10 -o rec")
 

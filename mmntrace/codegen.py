@@ -58,7 +58,7 @@ def bpf_text(path: Path = BPF_SRC) -> str:
 def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, pid: int | None = None,
            children: bool = False, comm: str | None = None, aggregate: bool = False, chain: bool = False,
            min_latency_ns: int | None = None, task_storage: bool = True, sampling: bool = False,
-           might_sleep: bool = False, sleep_detect: str = "switch", self_tgid: int | None = None,
+           might_sleep: bool = False, sleep_detect: str = "count", self_tgid: int | None = None,
            machine: str | None = None, bpf_loop: bool | None = None, kprobe_hooks: bool = True) -> list[str]:
     """The compiler flags (-D...) of the program for kernel features ``f``
     (kernel.Features) and the tracer's options (mmntrace.tracer.Tracer's

@@ -71,7 +71,7 @@ class DaemonConfig:
     max_bpf_cpu: float | None = 0.05  # stop when BPF run time exceeds this share of one CPU
     might_sleep: bool = False         # probe might-sleep functions too (an ambient tax: BENCHMARKS.md)
     # real sleeps by the task's voluntary-switch count: no program on the machine's
-    # context switches between notifier calls (record's default is switch: stacks)
+    # context switches between notifier calls (as record; switch: a sched_switch program, stacks)
     sleep_detect: str = "count"
 
     def __post_init__(self):

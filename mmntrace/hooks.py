@@ -56,10 +56,11 @@ def _hook(enum: str, name: str, symbols: tuple[str, ...], **kw) -> Hook:
 
 #: every hook, in report order
 #: how real sleeps in a must-not-sleep callback are seen (record and daemon
-#: --sleep-detect, Tracer(sleep_detect=)): a sched_switch program on every
-#: context switch, with the sleeper's stack; or the task's voluntary-switch
-#: count read at each must-not-sleep section's entry and return, nothing else
-SLEEP_DETECT = ("switch", "count")
+#: --sleep-detect, Tracer(sleep_detect=)): the task's voluntary-switch count
+#: read at each must-not-sleep section's entry and return, nothing else (the
+#: default of both); or a sched_switch program on every context switch of the
+#: machine, with the sleeper's stack
+SLEEP_DETECT = ("count", "switch")
 
 HOOKS: tuple[Hook, ...] = (
     _hook("START", "invalidate_range_start", ("__mmu_notifier_invalidate_range_start",),

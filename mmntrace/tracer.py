@@ -108,14 +108,14 @@ class Tracer:
                  pid: int | None = None, comm: str | None = None, aggregate: bool = False,
                  ringbuf_pages: int = 256, ringbuf: bool | None = None, layout: str = "auto",
                  might_sleep: bool = False, sampling: bool = False, modules=None, callbacks=None,
-                 min_latency_ns: int | None = None, children: bool = False, sleep_detect: str = "switch"):
+                 min_latency_ns: int | None = None, children: bool = False, sleep_detect: str = "count"):
         """``pid``: only this process; with ``children``, also every process it
         forks while traced, and theirs (threads are the process's own).
         ``sleep_detect``: how real sleeps in must-not-sleep sections are seen:
-        ``switch``, a sched_switch program (the sleep's own stack; it runs on
-        every context switch of the machine), or ``count``, the task's
-        voluntary-switch count at each such section's return (nothing runs
-        outside notifier calls; no stack at the sleep). ``modules``, ``callbacks``: probe only the driver callbacks of these
+        ``count`` (the default), the task's voluntary-switch count at each
+        such section's entry and return (nothing runs outside notifier calls;
+        no stack at the sleep), or ``switch``, a sched_switch program (the
+        sleep's own stack; it runs on every context switch of the machine). ``modules``, ``callbacks``: probe only the driver callbacks of these
         modules (``vmlinux``: built-in subscribers) or with these symbol names
         (either selects; None: every callback). The hooks are traced in full.
         ``min_latency_ns`` (streaming only): send only the hook and callback
@@ -131,7 +131,7 @@ class Tracer:
         self.callback_fentry = backend == "fentry"
         # might_sleep=False: no probe on might-sleep functions (they fire on
         # every allocation and lock of the machine: the ambient tax); real
-        # sleeps inside must-not-sleep callbacks are still caught (sched_switch)
+        # sleeps inside must-not-sleep callbacks are still caught (sleep_detect)
         self.might_sleep = might_sleep
         if sleep_detect not in SLEEP_DETECT:
             raise MmntraceError(f"unknown sleep detection {sleep_detect!r}: use {' or '.join(SLEEP_DETECT)}")

@@ -34,9 +34,10 @@ def test_defaults_say_what_this_kernel_has_and_nothing_optional():
     assert d["MMNT_PC_ADDR"] == "0x1234ULL" and d["MMNT_PCPU_OFF_ADDR"] == "0xffffffff82000000ULL"
     assert d["MMNT_SUBS_LIST_OFF"] == "8" and d["MMNT_SUBS_ITREE_OFF"] == "16"
     assert d["MMNT_GFP_DIRECT_RECLAIM"] == "0x400ULL" and d["MMNT_L_MM_SUBS"] == "1000"
-    assert {"MMNT_ITER", "MMNT_RAW_SWITCH", "MMNT_BTF_LAYOUT", "MMNT_TASK_STORAGE"} <= d.keys()
+    # real sleeps by the switch count (the default): no sched_switch program compiled
+    assert {"MMNT_ITER", "MMNT_RAW_SWITCH", "MMNT_BTF_LAYOUT", "MMNT_TASK_STORAGE", "MMNT_SLEEP_COUNT"} <= d.keys()
     assert set(hooks.op_defines(F.ops)) <= d.keys()
-    for off in ("MMNT_FENTRY", "MMNT_MIGHT_SLEEP", "MMNT_SLEEP_COUNT", "MMNT_AGGREGATE", "MMNT_CHAIN", "MMNT_SAMPLING",
+    for off in ("MMNT_FENTRY", "MMNT_MIGHT_SLEEP", "MMNT_AGGREGATE", "MMNT_CHAIN", "MMNT_SAMPLING",
                 "MMNT_FILTER_PID", "MMNT_FILTER_TREE", "MMNT_FILTER_COMM", "MMNT_MIN_LAT_NS", "MMNT_RT",
                 "MMNT_ARCH_ARM64"):
         assert off not in d, off
@@ -45,12 +46,12 @@ def test_defaults_say_what_this_kernel_has_and_nothing_optional():
 def test_each_option_compiles_its_part_in():
     d = defines(codegen.cflags(F, **{**BASE, "backend": "fentry", "ringbuf": False, "layout": "headers"},
                                pid=7, children=True, comm='a"b\\c', aggregate=True, chain=True, task_storage=False,
-                               sampling=True, might_sleep=True, sleep_detect="count"))
+                               sampling=True, might_sleep=True, sleep_detect="switch"))
     assert d["MMNT_RINGBUF"] == "0" and d["MMNT_FILTER_PID"] == "7"
     assert d["MMNT_FILTER_COMM"] == '"a\\"b\\\\c"'          # a C string, quotes and backslashes escaped
-    assert {"MMNT_FENTRY", "MMNT_FILTER_TREE", "MMNT_AGGREGATE", "MMNT_CHAIN", "MMNT_SAMPLING", "MMNT_MIGHT_SLEEP",
-            "MMNT_SLEEP_COUNT"} <= d.keys()     # --aggregate: callbacks chained (entry probes only)
-    assert not {"MMNT_BTF_LAYOUT", "MMNT_TASK_STORAGE"} & d.keys()
+    assert {"MMNT_FENTRY", "MMNT_FILTER_TREE", "MMNT_AGGREGATE", "MMNT_CHAIN", "MMNT_SAMPLING",
+            "MMNT_MIGHT_SLEEP"} <= d.keys()     # --aggregate: callbacks chained (entry probes only)
+    assert not {"MMNT_BTF_LAYOUT", "MMNT_TASK_STORAGE", "MMNT_SLEEP_COUNT"} & d.keys()    # switch: the sched_switch program
     slow = defines(codegen.cflags(F, **BASE, min_latency_ns=5000))
     assert slow["MMNT_MIN_LAT_NS"] == "5000ULL" and "MMNT_CHAIN" not in slow    # its records carry return values
 

@@ -54,7 +54,7 @@ def test_config_mirrors_flags(tmp_path):
     ('every = "10s"\nfor = "1m"\n', "longer than the period"),
     ('count = 0\n', "at least 1"),
     ('pid = "x"\n', "bad value"),
-    ('sleep_detect = "often"\n', "use switch or count"),
+    ('sleep_detect = "often"\n', "use count or switch"),
 ])
 def test_config_errors_are_one_sentence(tmp_path, text, words):
     p = tmp_path / "c.toml"

@@ -205,10 +205,10 @@ def test_an_ambient_verdict_within_the_untraced_runs_own_spread_says_so():
         return {"seconds": 1.0, "ambient": {"pipe": pipe, "open": open_}}
     lab = {"untraced": [[run(1.00, 1.0), run(1.02, 1.0)], [run(1.10, 1.0), run(1.04, 1.0)],
                         [run(1.01, 1.0), run(1.00, 1.0)]],
-           "tools": {"mmntrace-agg-kprobe-cnt": {"overhead": 1.0, "ambient_tax": {"pipe": 0.05, "open": 0.0}},
+           "tools": {"mmntrace-agg-kprobe": {"overhead": 1.0, "ambient_tax": {"pipe": 0.05, "open": 0.0}},
                      "funclatency": {"overhead": 1.0, "ambient_tax": {"pipe": 0.0, "open": 0.0}}}}
     # the daemon's tool: blocks 0 and 1 (pipe 1.00-1.10); funclatency's: 1 and 2
-    assert abs(summarize.ambient_noise(lab, "mmntrace-agg-kprobe-cnt") - 0.10) < 1e-9
+    assert abs(summarize.ambient_noise(lab, "mmntrace-agg-kprobe") - 0.10) < 1e-9
     assert abs(summarize.ambient_noise(lab, "funclatency") - 0.10) < 1e-9
     assert summarize.ambient_noise(lab, "bpftrace") is None
     g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
@@ -236,38 +236,38 @@ def test_an_ambient_verdict_the_wall_clock_cannot_give_is_counted():
         return {"seconds": 1.0, "ambient": {"pipe": pipe}}
     quiet = {"seconds": 2.0, "runs": 0, "run_time_ns": 0, "programs": []}
     lab = {"untraced": [[run(1.00), run(1.10)], [run(1.00), run(1.00)], [run(1.00), run(1.00)]],
-           "tools": {"mmntrace-agg-kprobe-cnt": {"overhead": 1.0, "ambient_tax": {"pipe": 0.05}, "ambient_bpf": dict(quiet),
+           "tools": {"mmntrace-agg-kprobe": {"overhead": 1.0, "ambient_tax": {"pipe": 0.05}, "ambient_bpf": dict(quiet),
                                                  "ambient_tool_cpu_share": 0.001,
                                                  "probe_overhead_ns": {"kprobe_entry": 500}},
                      "funclatency": {"overhead": 1.0, "ambient_tax": {"pipe": 0.0}, "ambient_bpf": dict(quiet)}}}
     assert summarize.dispatch_ns(lab) == 500
-    assert abs(summarize.ambient_cost(lab, lab["tools"]["mmntrace-agg-kprobe-cnt"]) - 0.001) < 1e-12
+    assert abs(summarize.ambient_cost(lab, lab["tools"]["mmntrace-agg-kprobe"]) - 0.001) < 1e-12
     g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
     assert g[0]["met"] is True
     assert g[0]["value"] == ("+5.0 points (the untraced runs beside them spread 10 points: uncertain); its programs "
                              "ran 0 times there: +0.10 points by their cost (decided on that count: none of its programs "
                              "runs there)")
     # 40,000 sched_switch runs of 1 us, each dispatched for 0.5 us, in 2 s: 3 % more
-    lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_bpf"] = {"seconds": 2.0, "runs": 40000,
+    lab["tools"]["mmntrace-agg-kprobe"]["ambient_bpf"] = {"seconds": 2.0, "runs": 40000,
                                                               "run_time_ns": 40_000_000, "programs": []}
     g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
     assert g[0]["met"] is False and g[0]["value"].endswith(
         "ran 40,000 times there: +3.10 points by their cost (the clock within its noise: met only if both say so)")
     assert "| 40,000 | 3.10 % |" in summarize.ambient_table(lab)
     # programs that ran there: a clock within its noise meets it only with the count
-    lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_tax"]["pipe"] = 0.01
+    lab["tools"]["mmntrace-agg-kprobe"]["ambient_tax"]["pipe"] = 0.01
     g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
     assert g[0]["met"] is False and g[0]["value"].startswith("+1.0 points")
-    lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_bpf"]["run_time_ns"] = 10_000_000     # 0.5 % + 1 %
+    lab["tools"]["mmntrace-agg-kprobe"]["ambient_bpf"]["run_time_ns"] = 10_000_000     # 0.5 % + 1 %
     g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
     assert g[0]["met"] is True
-    lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_tax"]["pipe"] = 0.05
+    lab["tools"]["mmntrace-agg-kprobe"]["ambient_tax"]["pipe"] = 0.05
     g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
     assert g[0]["met"] is False         # the clock says more, and the count cannot see all
-    lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_bpf"]["run_time_ns"] = 40_000_000
+    lab["tools"]["mmntrace-agg-kprobe"]["ambient_bpf"]["run_time_ns"] = 40_000_000
     # beyond the spread the wall clock decides, whatever the count says
     lab["untraced"][0][1]["ambient"]["pipe"] = 1.0
-    lab["tools"]["mmntrace-agg-kprobe-cnt"]["ambient_bpf"] = dict(quiet)
+    lab["tools"]["mmntrace-agg-kprobe"]["ambient_bpf"] = dict(quiet)
     g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
     assert g[0]["met"] is False and "beyond that" in g[0]["value"]
 
