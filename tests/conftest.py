@@ -6,6 +6,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# The checkout under test, first for this process and for every Python it
+# starts (a recorder, a workload, a bench script). Run from a git worktree,
+# the editable installs in .venv (mmntrace, mmnlab) point at the main
+# checkout: mmnlab came from there in this process, and so did mmntrace in
+# every subprocess not started in this checkout's directory, which then
+# tested the main checkout's code beside this one's.
+_CHECKOUT = Path(__file__).resolve().parents[1]
+_OURS = [str(_CHECKOUT / "lab"), str(_CHECKOUT)]
+sys.path[:0] = [p for p in _OURS if p not in sys.path]
+os.environ["PYTHONPATH"] = os.pathsep.join(_OURS + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                    if p and p not in _OURS])
+
 
 _STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 _stats_was: str | None = None
