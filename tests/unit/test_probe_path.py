@@ -237,8 +237,8 @@ def test_an_ambient_verdict_the_wall_clock_cannot_give_is_counted():
     quiet = {"seconds": 2.0, "runs": 0, "run_time_ns": 0, "programs": []}
     lab = {"untraced": [[run(1.00), run(1.10)], [run(1.00), run(1.00)], [run(1.00), run(1.00)]],
            "tools": {"mmntrace-agg-kprobe": {"overhead": 1.0, "ambient_tax": {"pipe": 0.05}, "ambient_bpf": dict(quiet),
-                                                 "ambient_tool_cpu_share": 0.001,
-                                                 "probe_overhead_ns": {"kprobe_entry": 500}},
+                                             "ambient_tool_cpu_share": 0.001,
+                                             "probe_overhead_ns": {"kprobe_entry": 500}},
                      "funclatency": {"overhead": 1.0, "ambient_tax": {"pipe": 0.0}, "ambient_bpf": dict(quiet)}}}
     assert summarize.dispatch_ns(lab) == 500
     assert abs(summarize.ambient_cost(lab, lab["tools"]["mmntrace-agg-kprobe"]) - 0.001) < 1e-12
@@ -249,7 +249,7 @@ def test_an_ambient_verdict_the_wall_clock_cannot_give_is_counted():
                              "runs there)")
     # 40,000 sched_switch runs of 1 us, each dispatched for 0.5 us, in 2 s: 3 % more
     lab["tools"]["mmntrace-agg-kprobe"]["ambient_bpf"] = {"seconds": 2.0, "runs": 40000,
-                                                              "run_time_ns": 40_000_000, "programs": []}
+                                                          "run_time_ns": 40_000_000, "programs": []}
     g = [x for x in summarize.goals(lab) if "ambient tax" in x["goal"]]
     assert g[0]["met"] is False and g[0]["value"].endswith(
         "ran 40,000 times there: +3.10 points by their cost (the clock within its noise: met only if both say so)")
