@@ -19,13 +19,10 @@ BENCH_DIR = build/bench/$(BENCH_SIZE)
 # the smaller sizes keep that default (`make test`'s tiny run: a hang ends there)
 ifeq ($(BENCH_SIZE),full)
 BENCH_TIMEOUT ?= 5400
-else
-BENCH_TIMEOUT ?= 1200
-endif
-ifeq ($(BENCH_SIZE),full)
 BENCH_RESULTS ?= bench/results.json
 BENCH_MD ?= BENCHMARKS.md
 else
+BENCH_TIMEOUT ?= 1200
 BENCH_RESULTS ?= $(BENCH_DIR)/results.json
 BENCH_MD ?= $(BENCH_DIR)/BENCHMARKS.md
 endif

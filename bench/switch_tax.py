@@ -13,7 +13,6 @@ time only; this says what the clock says (README, Benchmarks).
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -21,17 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-AMBIENT = ROOT / "build" / "bench" / "ambient_bench"
+from lab_bench import ROOT, Tool, run_ambient
+
 WORK = Path(tempfile.mkdtemp(prefix="switch-tax-"))
 RAW_SWITCH = ("from bcc import BPF; import time; b = BPF(text='RAW_TRACEPOINT_PROBE(sched_switch) { return 0; }'); "
               "print('READY', flush=True); time.sleep(3600)")
 
 
 def pipe(reps: int = 3, ops: int = 20000) -> float:
-    """The fastest of ``reps`` pipe ping-pong runs, in seconds."""
-    return min(json.loads(subprocess.run([str(AMBIENT), "pipe", str(ops)], capture_output=True, text=True,
-                                         check=True).stdout)["seconds"] for _ in range(reps))
+    """The fastest of ``reps`` pipe ping-pong runs, in seconds (make bench's ambient runner)."""
+    return run_ambient({"ambient": {"pipe": ops}}, reps)[0]["pipe"]
 
 
 def started(argv: list[str], ready) -> subprocess.Popen:
@@ -57,14 +55,14 @@ def raw_switch():
     return started([sys.executable, "-c", RAW_SWITCH], says_ready)
 
 
-def mmntrace(*opts: str):
+def mmntrace(name: str):
+    """make bench's tool ``name`` (its options, as lab_bench.Tool spells them), in a
+    fresh directory each time"""
     def start():
-        ready = WORK / "ready"
-        ready.unlink(missing_ok=True)
-        p = started([sys.executable, "-m", "mmntrace.cli", "record", "-q", "-o", str(WORK / f"rec{time.time_ns()}"),
-                     "--ready-file", str(ready), *opts], lambda _log: ready.exists())
+        t = Tool(name, [], Path(tempfile.mkdtemp(dir=WORK)))
+        t.start()
         time.sleep(3)       # its first poll and symbol reads done
-        return p
+        return t.proc
     return start
 
 
@@ -86,10 +84,8 @@ def main() -> None:
         under("bcc: empty raw tracepoint on sched_switch", raw_switch)
         under("bpftrace: empty tracepoint:sched:sched_switch", bpftrace("tracepoint:sched:sched_switch { }"))
         under("bpftrace: kprobe:do_nanosleep (never hit)", bpftrace("kprobe:do_nanosleep { }"))
-        under("mmntrace --aggregate --sleep-detect switch (sched_switch program)",
-              mmntrace("--aggregate", "--backend", "kprobe", "--sleep-detect", "switch"))
-        under("mmntrace --aggregate --sleep-detect count", mmntrace("--aggregate", "--backend", "kprobe",
-                                                                     "--sleep-detect", "count"))
+        under("mmntrace --aggregate --sleep-detect switch (sched_switch program)", mmntrace("mmntrace-agg-kprobe-sw"))
+        under("mmntrace --aggregate --sleep-detect count", mmntrace("mmntrace-agg-kprobe"))
 
 
 if __name__ == "__main__":
