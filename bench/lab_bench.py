@@ -246,7 +246,11 @@ def ambient_stats_run(size: dict) -> dict:
     finally:
         STATS.write_text("0")
     return {"seconds": round(secs, 4), "runs": sum(c["run_cnt"] for c in costs),
-            "run_time_ns": sum(c["run_time_ns"] for c in costs), "programs": costs[:6]}
+            "run_time_ns": sum(c["run_time_ns"] for c in costs), "programs": costs[:6],
+            # every program's runs by its type, the costliest six above aside: the
+            # dispatch each run is charged depends on it (bench/summarize.py)
+            "runs_by_type": {ty: sum(c["run_cnt"] for c in costs if c["type"] == ty)
+                             for ty in sorted({c["type"] for c in costs})}}
 
 
 def vm_hwm_kib(pid: int) -> int | None:

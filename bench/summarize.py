@@ -64,13 +64,24 @@ def ambient_noise(lab: dict, *names: str) -> float | None:
     return worst
 
 
-def dispatch_ns(lab: dict) -> float:
+def dispatch_ns(lab: dict, prog_type: str | None = None) -> float:
     """What the probe machinery costs one program run beyond the program's own
-    time, at most, in this boot: the largest dispatch any mmntrace tool
-    calibrated at its start (per probed callback, an entry and exit pair
-    or an entry alone: bench/lab_bench.py probe_overhead_ns); 0 where none did."""
-    return float(max((v for x in lab.get("tools", {}).values()
-                      for v in (x.get("probe_overhead_ns") or {}).values() if v), default=0))
+    time, at most, in this boot. Calibrated at each mmntrace tool's start (per
+    probed callback, an entry and exit pair or an entry alone:
+    bench/lab_bench.py probe_overhead_ns), by mechanism: a ``tracing`` program
+    (a trampoline's) is charged the largest trampoline dispatch, a ``kprobe``
+    program (a kprobe's or a kretprobe's) the largest kprobe dispatch, per run
+    (an entry alone, or half a pair, whichever is more); any other type (a raw
+    tracepoint: none calibrated), and a call that names none, the largest of all
+    (a kprobe pair's, generously); 0 where none was calibrated."""
+    cals = [(k, v) for x in lab.get("tools", {}).values()
+            for k, v in (x.get("probe_overhead_ns") or {}).items() if v]
+    mech = {"tracing": "fentry", "kprobe": "kprobe"}.get(prog_type or "")
+    if mech:
+        own = [v if k.endswith("_entry") else v / 2 for k, v in cals if k.split("_")[0] == mech]
+        if own:
+            return float(max(own))
+    return float(max((v for _, v in cals), default=0))
 
 
 def counted(lab: dict) -> bool:
@@ -78,20 +89,34 @@ def counted(lab: dict) -> bool:
     return any("ambient_bpf" in x for x in lab.get("tools", {}).values())
 
 
+def ambient_dispatch_ns(lab: dict, a: dict) -> float:
+    """The dispatch of an ambient round's program runs (``ambient_bpf``), each
+    run at its program type's :func:`dispatch_ns`: by ``runs_by_type``, or
+    where a round has only its costliest programs listed, those by type and
+    the rest at the largest."""
+    by_type = a.get("runs_by_type")
+    if by_type is None:
+        by_type = {}
+        for p in a.get("programs") or []:
+            by_type[p.get("type")] = by_type.get(p.get("type"), 0) + p["run_cnt"]
+    rest = a["runs"] - sum(by_type.values())
+    return sum(n * dispatch_ns(lab, ty) for ty, n in by_type.items()) + max(0, rest) * dispatch_ns(lab)
+
+
 def ambient_cost(lab: dict, x: dict) -> float | None:
     """The share of the ambient runs' time that tool ``x`` took there, counted
     rather than timed: its BPF programs' runs during one more round of the
     ambient workloads with kernel.bpf_stats_enabled (their own time, and each
-    run's dispatch at :func:`dispatch_ns`), over that round's time, plus the
-    tool's own CPU share over the timed ambient runs. A probe that no ambient
-    path reaches costs nothing there; one that does (sched_switch, a
-    might-sleep function) shows here by its count, without the several points
-    the untraced runs themselves move by (:func:`ambient_noise`). None: not
-    measured (a bench from before it was)."""
+    run's dispatch at its mechanism's :func:`dispatch_ns`), over that round's
+    time, plus the tool's own CPU share over the timed ambient runs. A probe
+    that no ambient path reaches costs nothing there; one that does
+    (sched_switch, a might-sleep function) shows here by its count, without
+    the several points the untraced runs themselves move by
+    (:func:`ambient_noise`). None: not measured (a bench from before it was)."""
     a = x.get("ambient_bpf")
     if not a or not a.get("seconds"):
         return None
-    return ((a["run_time_ns"] + a["runs"] * dispatch_ns(lab)) / (a["seconds"] * 1e9)
+    return ((a["run_time_ns"] + ambient_dispatch_ns(lab, a)) / (a["seconds"] * 1e9)
             + (x.get("ambient_tool_cpu_share") or 0.0))
 
 
@@ -390,11 +415,14 @@ def main() -> int:
                    "thread; what the tool does meanwhile is charged to the ambient workload here, not on real CPUs)."
                    + (" The last two columns count instead of timing: one more round of the ambient workloads "
                       "with `kernel.bpf_stats_enabled`, the runs of the BPF programs there (a probe no ambient "
-                      f"path reaches never runs), and their cost: their own time plus each run's dispatch at "
-                      f"{dispatch_ns(lab):.0f} ns (the largest any mmntrace tool calibrated in this boot), over "
+                      f"path reaches never runs), and their cost: their own time plus each run's dispatch, "
+                      f"the largest any mmntrace tool calibrated in this boot for its mechanism "
+                      f"({dispatch_ns(lab, 'tracing'):.0f} ns a trampoline's program, "
+                      f"{dispatch_ns(lab, 'kprobe'):.0f} a kprobe's, {dispatch_ns(lab):.0f} any other, "
+                      "a raw tracepoint's, for which none is calibrated: a kprobe pair's), over "
                       "that round's time, plus the tool's own CPU share. It counts what runs on those paths, "
-                      "generously (a callback probe's dispatch for each run, both vCPUs' time against the wall "
-                      "clock); what it cannot see, a tracepoint's own work around its program or what the "
+                      "generously (the largest dispatch of its kind for each run, both vCPUs' time against the "
+                      "wall clock); what it cannot see, a tracepoint's own work around its program or what the "
                       "programs leave in the caches, shows on the clock only. A tool with no run there adds "
                       "nothing there but its own CPU. The untraced "
                       "runs alone move by several points from one to the next; where a goal's wall-clock verdict "

@@ -272,6 +272,30 @@ def test_an_ambient_verdict_the_wall_clock_cannot_give_is_counted():
     assert g[0]["met"] is False and "beyond that" in g[0]["value"]
 
 
+def test_each_ambient_program_run_is_charged_its_own_mechanisms_dispatch():
+    """bench/summarize.py: a trampoline's program run (a might-sleep function's
+    fentry) is charged the largest trampoline dispatch calibrated in the boot, a
+    kprobe's the largest kprobe dispatch (an entry alone, or half a pair), a raw
+    tracepoint's (none calibrated) the largest of all; a round that lists only
+    its costliest programs charges the rest at the largest."""
+    import summarize
+    lab = {"tools": {"a": {"probe_overhead_ns": {"kprobe": 1200, "kprobe_entry": 450, "fentry_entry": 250}},
+                     "b": {"probe_overhead_ns": {"fentry": 600, "fentry_entry": 270}}}}
+    assert summarize.dispatch_ns(lab) == 1200
+    assert summarize.dispatch_ns(lab, "tracing") == 300          # b's pair, halved
+    assert summarize.dispatch_ns(lab, "kprobe") == 600           # a's pair, halved
+    assert summarize.dispatch_ns(lab, "raw_tracepoint") == 1200
+    a = {"seconds": 1.0, "runs": 1500, "run_time_ns": 100_000,
+         "runs_by_type": {"tracing": 1000, "raw_tracepoint": 500}}
+    x = {"ambient_bpf": a, "ambient_tool_cpu_share": 0.01}
+    assert abs(summarize.ambient_cost(lab, x) - (100_000 + 1000 * 300 + 500 * 1200) / 1e9 - 0.01) < 1e-12
+    del a["runs_by_type"]
+    a["programs"] = [{"name": "msf_entry", "type": "tracing", "run_cnt": 1000}]    # the rest unlisted
+    assert abs(summarize.ambient_cost(lab, x) - (100_000 + 1000 * 300 + 500 * 1200) / 1e9 - 0.01) < 1e-12
+    a["programs"] = []
+    assert abs(summarize.ambient_cost(lab, x) - (100_000 + 1500 * 1200) / 1e9 - 0.01) < 1e-12
+
+
 def test_ab_bpf_attributes_each_program_to_the_recorder_holding_it():
     """bench/ab_bpf.py: programs told apart by owner, fentry copies of one name summed,
     programs that did not run or that no recorder holds left out."""
