@@ -51,10 +51,15 @@ def quiet_bpf_class(BPF: type) -> type:
         def _trace_autoload(self):
             pass
 
+        #: the BTF id of the per-CPU variable read_pc() reads (None: none)
+        pc_var: int | None = None
+
         def load_func(self, func_name, prog_type, device=None, attach_type=-1):
             """bcc's, but a program that passes a bpf_loop() callback is loaded
-            with the callback linked in (mmntrace/subprog.py), which bcc cannot do."""
-            fn = subprog.load_func(self, func_name, prog_type, device, attach_type)
+            with the callback linked in, and one that reads preempt_count with
+            the per-CPU variable's reference made (mmntrace/subprog.py), which
+            bcc cannot do."""
+            fn = subprog.load_func(self, func_name, prog_type, device, attach_type, pc_var=self.pc_var)
             return fn if fn is not None else BPF.load_func(self, func_name, prog_type, device, attach_type)
 
     for name in NOISY_BCC:
@@ -82,6 +87,8 @@ class Builder:
     def __init__(self, BPF: type, features, flags_for: Callable[[Choices], list[str]],
                  choices: Choices | None = None):
         self.BPF = quiet_bpf_class(BPF)
+        # what the programs' preempt_count reads refer to (codegen: MMNT_PC_VAR_OFF)
+        self.BPF.pc_var = (getattr(features, "preempt_count_var", None) or (None,))[0]
         self.f = features
         self.flags_for = flags_for
         self.choices = choices if choices is not None else Choices(bpf_loop=bool(getattr(features, "bpf_loop", False)))

@@ -30,6 +30,8 @@ from .errors import BpfLoadError
 from .layout import header
 from .probes import trampoline_in_place
 from .quiet import debug
+# a program's placeholders, patched (read_pc()'s per-CPU variable in bcc's kprobe programs too)
+from .subprog import BPF_PSEUDO_BTF_ID, PC_VAR_IMM, with_imm, with_percpu_var  # noqa: F401
 from .transport import prog_counters
 
 
@@ -37,39 +39,6 @@ from .transport import prog_counters
 HOOK_IMM = header().defines["MMNT_HOOK_IMM"]
 CB_FUNC_IMM = header().defines["MMNT_CB_FUNC_IMM"]
 CB_INFO_IMM = header().defines["MMNT_CB_INFO_IMM"]
-PC_VAR_IMM = header().defines["MMNT_PC_VAR_IMM"]
-BPF_PSEUDO_BTF_ID = 3       # an ld_imm64's src_reg: imm is a kernel variable's BTF id (5.10)
-
-
-def with_imm(insns: bytes, placeholder: int, value: int, what: str) -> bytes:
-    """``insns`` with every 64-bit immediate load of ``placeholder`` (not a
-    map reference: src_reg 0, upper half 0) set to ``value`` (64 bits): the
-    verifier then knows it. Every copy the compiler made is set (it may
-    duplicate an asm statement along two paths); none is an error."""
-    b = bytearray(insns)
-    at = [i for i, v in subprog.imm_loads(insns) if v == placeholder]
-    if not at:
-        raise BpfLoadError(f"the program has no place for its {what} "
-                           "(bpf/mmntrace.bpf.c and the compiler disagree)")
-    lo, hi = value & 0xffffffff, (value >> 32) & 0xffffffff
-    for i in at:
-        struct.pack_into("<I", b, i + 4, lo)
-        struct.pack_into("<I", b, i + 12, hi)
-    return bytes(b)
-
-
-def with_percpu_var(insns: bytes, btf_id: int) -> bytes:
-    """``insns`` with each load of the preempt_count placeholder (read_pc() in
-    bpf/context.h) made a reference to vmlinux's variable ``btf_id`` (src_reg
-    BPF_PSEUDO_BTF_ID, the second half's imm 0: vmlinux): bpf_this_cpu_ptr()
-    then gives this CPU's copy of it. Unchanged where there is none (an exit
-    program reads no count)."""
-    b = bytearray(insns)
-    for i, v in subprog.imm_loads(insns):
-        if v == PC_VAR_IMM:
-            b[i + 1] = (BPF_PSEUDO_BTF_ID << 4) | (b[i + 1] & 0x0f)
-            struct.pack_into("<i", b, i + 4, btf_id)
-    return bytes(b)
 
 
 def with_hook(insns: bytes, hook: int) -> bytes:

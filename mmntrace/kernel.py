@@ -106,7 +106,7 @@ class Features:
     bpf_loop: bool = False           # the bpf_loop() helper (BTF's BPF_FUNC_loop, 5.17): the interval walk's steps as a callback
     probe_read_kernel: bool = False  # bpf_probe_read_kernel() (BTF's BPF_FUNC_probe_read_kernel, 5.5): bcc need not read kallsyms to ask
     preempt_count_var: tuple | None = None  # (BTF id of the per-CPU variable preempt_count_sym, the count's offset in it):
-    #                                        the fentry programs read it through bpf_this_cpu_ptr() (5.10)
+    #                                        every program reads it through bpf_this_cpu_ptr() (5.10)
 
     @property
     def context_source(self) -> str:

@@ -52,6 +52,42 @@ def imm_loads(insns: bytes) -> list[tuple[int, int]]:
     return out
 
 
+#: bpf/mmntrace.h: read_pc()'s placeholder for preempt_count's per-CPU variable
+PC_VAR_IMM = header().defines["MMNT_PC_VAR_IMM"]
+BPF_PSEUDO_BTF_ID = 3       # an ld_imm64's src_reg: imm is a kernel variable's BTF id (5.10)
+
+
+def with_imm(insns: bytes, placeholder: int, value: int, what: str) -> bytes:
+    """``insns`` with every 64-bit immediate load of ``placeholder`` (not a
+    map reference: src_reg 0, upper half 0) set to ``value`` (64 bits): the
+    verifier then knows it. Every copy the compiler made is set (it may
+    duplicate an asm statement along two paths); none is an error."""
+    b = bytearray(insns)
+    at = [i for i, v in imm_loads(insns) if v == placeholder]
+    if not at:
+        raise BpfLoadError(f"the program has no place for its {what} "
+                           "(bpf/mmntrace.bpf.c and the compiler disagree)")
+    lo, hi = value & 0xffffffff, (value >> 32) & 0xffffffff
+    for i in at:
+        struct.pack_into("<I", b, i + 4, lo)
+        struct.pack_into("<I", b, i + 12, hi)
+    return bytes(b)
+
+
+def with_percpu_var(insns: bytes, btf_id: int) -> bytes:
+    """``insns`` with each load of the preempt_count placeholder (read_pc() in
+    bpf/context.h) made a reference to vmlinux's variable ``btf_id`` (src_reg
+    BPF_PSEUDO_BTF_ID, the second half's imm 0: vmlinux): bpf_this_cpu_ptr()
+    then gives this CPU's copy of it. Unchanged where there is none (an exit
+    program reads no count)."""
+    b = bytearray(insns)
+    for i, v in imm_loads(insns):
+        if v == PC_VAR_IMM:
+            b[i + 1] = (BPF_PSEUDO_BTF_ID << 4) | (b[i + 1] & 0x0f)
+            struct.pack_into("<i", b, i + 4, btf_id)
+    return bytes(b)
+
+
 def sites(insns: bytes) -> list[tuple[int, str]]:
     """(byte offset, callback) of each load of a callback's placeholder."""
     return [(i, _BY_IMM[v]) for i, v in imm_loads(insns) if v in _BY_IMM]
@@ -123,16 +159,22 @@ class Linked(bytes):
     funcs: tuple = ()
 
 
-def load_func(bpf, func_name, prog_type: int, device=None, attach_type: int = -1):
-    """For bcc's ``BPF.load_func`` (mmntrace/tracer.py's subclass): a program
-    of ``bpf`` that passes a callback, loaded with it linked in and kept by
-    bcc by name as its own (its attach calls find it; its cleanup closes it).
-    None where bcc's own load is the one to make: no callback, a program it
-    holds already, a device."""
+def load_func(bpf, func_name, prog_type: int, device=None, attach_type: int = -1, pc_var: int | None = None):
+    """For bcc's ``BPF.load_func`` (mmntrace/build.py's subclass): a program
+    of ``bpf`` that passes a callback, loaded with it linked in, or one that
+    reads preempt_count through its per-CPU variable (``pc_var``: its BTF id;
+    bpf/context.h read_pc, MMNT_PC_VAR_OFF), loaded with the reference made
+    (fentry.with_percpu_var); either kept by bcc by name as its own (its
+    attach calls find it; its cleanup closes it). None where bcc's own load is
+    the one to make: neither, a program it holds already, a device."""
     name = func_name if isinstance(func_name, bytes) else func_name.encode()
     if name in bpf.funcs or device is not None:
         return None
     insns = linked(bpf.dump_func, name.decode())
+    if pc_var is not None and any(v == PC_VAR_IMM for _i, v in imm_loads(insns)):
+        funcs = getattr(insns, "funcs", ())
+        insns = Linked(with_percpu_var(insns, pc_var))
+        insns.funcs = funcs
     if not isinstance(insns, Linked):
         return None
     from bcc import BPF, lib

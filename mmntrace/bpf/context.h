@@ -57,33 +57,32 @@ static __always_inline void calib_sample(u64 dur)
 	if (slot)
 		*slot = dur;
 }
+#ifndef MMNT_PC_VAR_OFF
 BPF_PERCPU_ARRAY(pcpu_base, u64, 1);		/* this CPU's __per_cpu_offset, read once */
+#endif
 
 /*
  * Raw preempt_count of this CPU, masked; returns false if unreadable.
- * irqs_off < 0: an fentry program's (a constant there: the compiler keeps
- * this path out of the kprobe programs). fentry.py loads each copy with the
- * placeholder below made a reference to the per-CPU variable that holds the
- * count (BTF: __preempt_count, or pcpu_hot's member), so bpf_this_cpu_ptr()
- * gives this CPU's copy and one load reads it: no __per_cpu_offset lookup and
- * no bpf_probe_read_kernel() call (about 15 % of the fentry programs' time
- * in the lab, measured by taking the read out). bcc loads the kprobe
- * programs, with no such reference: they read through the offsets.
+ * MMNT_PC_VAR_OFF (where vmlinux's BTF has the per-CPU variable that holds
+ * the count: __preempt_count, or pcpu_hot's member): every program is loaded
+ * by mmntrace itself with the placeholder below made a reference to that
+ * variable (fentry.py for the trampolines' copies, subprog.load_func for the
+ * kprobe programs, bcc's instructions otherwise), so bpf_this_cpu_ptr() gives
+ * this CPU's copy and one load reads it: no __per_cpu_offset lookup and no
+ * bpf_probe_read_kernel() call (about 15 % of the fentry programs' time in
+ * the lab, measured by taking the read out). Without it, through the offsets.
  */
 static __always_inline bool read_pc(int irqs_off, u32 *out)
 {
 #ifdef MMNT_PC_VAR_OFF
-	if (irqs_off < 0) {
-		u64 var;
-		u32 raw;
-		asm volatile("%0 = " MMNT_STR(MMNT_PC_VAR_IMM) " ll" : "=r"(var));
-		void *p = bpf_this_cpu_ptr((void *)var);
-		asm volatile("%0 = *(u32 *)(%1 + " MMNT_STR(MMNT_PC_VAR_OFF) ")" : "=r"(raw) : "r"(p));
-		*out = raw & MMNT_PC_MASK;
-		return true;
-	}
-#endif
-#if MMNT_PC_ADDR && MMNT_PCPU_OFF_ADDR
+	u64 var;
+	u32 raw;
+	asm volatile("%0 = " MMNT_STR(MMNT_PC_VAR_IMM) " ll" : "=r"(var));
+	void *p = bpf_this_cpu_ptr((void *)var);
+	asm volatile("%0 = *(u32 *)(%1 + " MMNT_STR(MMNT_PC_VAR_OFF) ")" : "=r"(raw) : "r"(p));
+	*out = raw & MMNT_PC_MASK;
+	return true;
+#elif MMNT_PC_ADDR && MMNT_PCPU_OFF_ADDR
 	u32 z = 0, raw = 0;
 	u64 base = 0;
 	u64 *cached = pcpu_base.lookup(&z);	/* a CPU's per-cpu offset never changes */

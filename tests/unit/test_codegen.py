@@ -121,8 +121,9 @@ def test_fentry_copies_read_preempt_count_through_the_per_cpu_variable():
     """fentry.with_percpu_var: the preempt_count placeholder's load becomes a
     reference to the variable's BTF id (src_reg BPF_PSEUDO_BTF_ID, vmlinux), the
     destination register kept; other loads untouched; a program without it (an
-    exit program) unchanged. codegen compiles that read only into fentry programs,
-    and only where BTF has the variable."""
+    exit program) unchanged. codegen compiles that read into every program (the
+    kprobe programs too: mmntrace/subprog.py loads them), and only where BTF has
+    the variable."""
     import struct
 
     from mmntrace.fentry import PC_VAR_IMM, with_percpu_var
@@ -136,7 +137,8 @@ def test_fentry_copies_read_preempt_count_through_the_per_cpu_variable():
     assert with_percpu_var(other + ins(0x95), 8435) == other + ins(0x95)
     fv = dataclasses.replace(F, preempt_count_var=(77, 8))
     assert defines(codegen.cflags(fv, **dict(BASE, backend="fentry")))["MMNT_PC_VAR_OFF"] == "8"
-    assert "MMNT_PC_VAR_OFF" not in defines(codegen.cflags(fv, **BASE))                  # kprobe: bcc loads those
+    assert defines(codegen.cflags(fv, **BASE))["MMNT_PC_VAR_OFF"] == "8"                 # kprobe backend too
+    assert "MMNT_PC_VAR_OFF" not in defines(codegen.cflags(F, **BASE))
     assert "MMNT_PC_VAR_OFF" not in defines(codegen.cflags(F, **dict(BASE, backend="fentry")))   # not in BTF
 
 

@@ -130,3 +130,26 @@ def test_a_refusal_reads_as_bccs_with_the_verifiers_words(fake_bcc):
     with pytest.raises(Exception, match=r"(?s)Failed to load BPF program b'refused'.*expected=func"):
         subprog.load_func(b, b"refused", 2)
     assert b"refused" not in b.funcs
+
+
+def test_a_kprobe_program_reading_preempt_count_is_loaded_with_the_variables_reference(fake_bcc):
+    """Where vmlinux's BTF has preempt_count's per-CPU variable (codegen's
+    MMNT_PC_VAR_OFF), read_pc()'s placeholder becomes a reference to it in
+    bcc's kprobe programs too (they are loaded here, bcc's load could not make
+    it), callbacks linked alongside; a program without the read, or a tracer
+    without the variable, is bcc's to load."""
+    read = ld_imm64(3, subprog.PC_VAR_IMM)
+    b = FakeBpf({"cb_entry": read + MOV0 + EXIT, "cb_return": MOV0 + EXIT,
+                 "hk_entry": read + ld_imm64(2, RB) + CALL_LOOP + EXIT, "mmnt_rb_step": MOV1 + EXIT})
+    assert subprog.load_func(b, b"cb_entry", 2) is None                  # no variable known
+    assert subprog.load_func(b, b"cb_return", 2, pc_var=8435) is None    # no read
+    assert fake_bcc == []
+    fn = subprog.load_func(b, b"cb_entry", 2, pc_var=8435)
+    assert fn.fd == 42 and b.funcs[b"cb_entry"] is fn
+    (insns, kw), = fake_bcc
+    assert insns == ld_imm64(3, 8435, src=subprog.BPF_PSEUDO_BTF_ID) + MOV0 + EXIT
+    assert "func_info" not in kw                                       # no callback: no BTF of its own
+    subprog.load_func(b, b"hk_entry", 2, pc_var=8435)
+    insns, kw = fake_bcc[1]
+    assert insns[:16] == ld_imm64(3, 8435, src=subprog.BPF_PSEUDO_BTF_ID)
+    assert [off for off, _tid in kw["func_info"]] == [0, 6]           # the callback still linked
