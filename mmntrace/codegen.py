@@ -127,8 +127,8 @@ def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, p
         fl.append("-DMMNT_FENTRY")
     if getattr(f, "preempt_count_var", None):
         # every program reads preempt_count through the per-CPU variable
-        # (read_pc(); fentry.with_percpu_var() makes the reference, as each is
-        # loaded: fentry.py, subprog.load_func)
+        # (read_pc(); subprog.with_percpu_var() makes the reference as each
+        # is loaded: fentry.py, subprog.load_func)
         fl.append(f"-DMMNT_PC_VAR_OFF={f.preempt_count_var[1]}")
     if might_sleep:
         fl.append("-DMMNT_MIGHT_SLEEP")

@@ -18,7 +18,6 @@ guest runs on one host CPU.)
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 from typing import Callable
 

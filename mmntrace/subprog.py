@@ -164,7 +164,7 @@ def load_func(bpf, func_name, prog_type: int, device=None, attach_type: int = -1
     of ``bpf`` that passes a callback, loaded with it linked in, or one that
     reads preempt_count through its per-CPU variable (``pc_var``: its BTF id;
     bpf/context.h read_pc, MMNT_PC_VAR_OFF), loaded with the reference made
-    (fentry.with_percpu_var); either kept by bcc by name as its own (its
+    (:func:`with_percpu_var`); either kept by bcc by name as its own (its
     attach calls find it; its cleanup closes it). None where bcc's own load is
     the one to make: neither, a program it holds already, a device."""
     name = func_name if isinstance(func_name, bytes) else func_name.encode()
