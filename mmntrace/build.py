@@ -88,7 +88,8 @@ class Builder:
                  choices: Choices | None = None):
         self.BPF = quiet_bpf_class(BPF)
         # what the programs' preempt_count reads refer to (codegen: MMNT_PC_VAR_OFF)
-        self.BPF.pc_var = (getattr(features, "preempt_count_var", None) or (None,))[0]
+        var = getattr(features, "preempt_count_var", None)
+        self.BPF.pc_var = var[0] if var else None
         self.f = features
         self.flags_for = flags_for
         self.choices = choices if choices is not None else Choices(bpf_loop=bool(getattr(features, "bpf_loop", False)))

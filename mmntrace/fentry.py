@@ -29,8 +29,7 @@ from .errors import BpfLoadError
 from .layout import header
 from .probes import trampoline_in_place
 from .quiet import debug
-# a program's placeholders, patched (read_pc()'s per-CPU variable in bcc's kprobe programs too)
-from .subprog import BPF_PSEUDO_BTF_ID, PC_VAR_IMM, with_imm, with_percpu_var  # noqa: F401
+from .subprog import with_imm, with_percpu_var
 from .transport import prog_counters
 
 

@@ -42,7 +42,7 @@ def imm_loads(insns: bytes) -> list[tuple[int, int]]:
     """(byte offset, value) of each plain 64-bit immediate load whose value fits
     31 bits (src_reg 0: not a map or function reference; upper half 0): where
     the programs' placeholders are (these callbacks', and the fentry copies'
-    constants: fentry.with_imm)."""
+    constants: :func:`with_imm`)."""
     out = []
     for i in range(0, len(insns) - 15, 8):
         if insns[i] == _LD_IMM64 and insns[i + 1] >> 4 == 0 and insns[i + 8] == 0:
@@ -171,9 +171,9 @@ def load_func(bpf, func_name, prog_type: int, device=None, attach_type: int = -1
     if name in bpf.funcs or device is not None:
         return None
     insns = linked(bpf.dump_func, name.decode())
-    if pc_var is not None and any(v == PC_VAR_IMM for _i, v in imm_loads(insns)):
-        funcs = getattr(insns, "funcs", ())
-        insns = Linked(with_percpu_var(insns, pc_var))
+    patched = with_percpu_var(insns, pc_var) if pc_var is not None else insns
+    if patched != insns:        # it reads preempt_count: bcc's load cannot make the reference
+        funcs, insns = getattr(insns, "funcs", ()), Linked(patched)
         insns.funcs = funcs
     if not isinstance(insns, Linked):
         return None

@@ -117,8 +117,8 @@ def test_each_hook_program_copy_gets_its_hook_id_where_the_placeholder_is():
         with_hook(ins(0xb7, 0x01, 0, 7) + map_ref + ins(0x95), 3)
 
 
-def test_fentry_copies_read_preempt_count_through_the_per_cpu_variable():
-    """fentry.with_percpu_var: the preempt_count placeholder's load becomes a
+def test_programs_read_preempt_count_through_the_per_cpu_variable():
+    """subprog.with_percpu_var: the preempt_count placeholder's load becomes a
     reference to the variable's BTF id (src_reg BPF_PSEUDO_BTF_ID, vmlinux), the
     destination register kept; other loads untouched; a program without it (an
     exit program) unchanged. codegen compiles that read into every program (the
@@ -126,7 +126,7 @@ def test_fentry_copies_read_preempt_count_through_the_per_cpu_variable():
     the variable."""
     import struct
 
-    from mmntrace.fentry import PC_VAR_IMM, with_percpu_var
+    from mmntrace.subprog import PC_VAR_IMM, with_percpu_var
 
     def ins(op, regs=0, off=0, imm=0):
         return struct.pack("<BBhi", op, regs, off, imm)
