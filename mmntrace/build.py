@@ -87,9 +87,7 @@ class Builder:
     def __init__(self, BPF: type, features, flags_for: Callable[[Choices], list[str]],
                  choices: Choices | None = None):
         self.BPF = quiet_bpf_class(BPF)
-        # what the programs' preempt_count reads refer to (codegen: MMNT_PC_VAR_OFF)
-        var = getattr(features, "preempt_count_var", None)
-        self.BPF.pc_var = var[0] if var else None
+        self.BPF.pc_var = subprog.percpu_var_id(features)     # what read_pc() refers to
         self.f = features
         self.flags_for = flags_for
         self.choices = choices if choices is not None else Choices(bpf_loop=bool(getattr(features, "bpf_loop", False)))

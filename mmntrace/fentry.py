@@ -60,9 +60,10 @@ class Trampolines:
     """fentry/fexit programs loaded and attached per function, keyed by the
     function's address: ``fds[addr]`` = [prog, link, prog, link] (fexit
     first). ``insns(name)``: the compiled instructions of program ``name``;
-    ``by_name``: symbol -> its addresses (mmntrace/ksyms.py)."""
+    ``by_name``: symbol -> its addresses (mmntrace/ksyms.py); ``pc_var``: the
+    BTF id preempt_count's reads refer to (subprog.percpu_var_id; None: none)."""
 
-    def __init__(self, insns: Callable[[str], bytes], by_name: Callable[[], dict]):
+    def __init__(self, insns: Callable[[str], bytes], by_name: Callable[[], dict], pc_var: int | None = None):
         self._insns_of = insns
         self._by_name = by_name
         self._insns: dict[str, bytes] = {}          # program name -> its instructions
@@ -71,7 +72,7 @@ class Trampolines:
         self.closed_missed = 0                      # recursion misses of counted programs since closed
         self.closed_run_ns = 0                      # run time of every program since closed
         self._btf_objs: dict[str, tuple] = {}       # "vmlinux" or module -> (Btf, BTF object fd)
-        self.pc_var: int | None = None              # BTF id of preempt_count's per-CPU variable (with_percpu_var)
+        self.pc_var = pc_var                        # BTF id of preempt_count's per-CPU variable (with_percpu_var)
 
     # -- BTF objects -------------------------------------------------------------
     def btf_obj(self, obj: str):

@@ -74,6 +74,16 @@ def with_imm(insns: bytes, placeholder: int, value: int, what: str) -> bytes:
     return bytes(b)
 
 
+def percpu_var_id(features) -> int | None:
+    """The BTF id every program's preempt_count read refers to (read_pc() in
+    bpf/context.h, compiled in where codegen defines MMNT_PC_VAR_OFF): the
+    per-CPU variable the kernel probe found (Features.preempt_count_var), or
+    None without one. The one place both loaders take it from: bcc's kprobe
+    programs (build.py) and the fentry backend's copies (fentry.py)."""
+    var = getattr(features, "preempt_count_var", None)
+    return var[0] if var else None
+
+
 def with_percpu_var(insns: bytes, btf_id: int) -> bytes:
     """``insns`` with each load of the preempt_count placeholder (read_pc() in
     bpf/context.h) made a reference to vmlinux's variable ``btf_id`` (src_reg

@@ -202,9 +202,8 @@ class Tracer:
         # bpf_loop() callbacks where the kernel has the helper
         self.choices = Choices(bpf_loop=bool(getattr(features, "bpf_loop", False)))
         # the fentry backend's programs, loaded per function (mmntrace/fentry.py)
-        self._tramp = Trampolines(lambda name: subprog.linked(self.bpf.dump_func, name), lambda: self._ksyms.by_name)
-        if getattr(features, "preempt_count_var", None):   # read_pc()'s per-CPU variable (codegen's MMNT_PC_VAR_OFF)
-            self._tramp.pc_var = features.preempt_count_var[0]
+        self._tramp = Trampolines(lambda name: subprog.linked(self.bpf.dump_func, name), lambda: self._ksyms.by_name,
+                                  pc_var=subprog.percpu_var_id(features))
         self._links: KprobeLinks | None = None
         self._iter_progs: dict[str, int] = {}     # the sweep's iterators, loaded once (_preload)
 

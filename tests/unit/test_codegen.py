@@ -142,6 +142,23 @@ def test_programs_read_preempt_count_through_the_per_cpu_variable():
     assert "MMNT_PC_VAR_OFF" not in defines(codegen.cflags(F, **dict(BASE, backend="fentry")))   # not in BTF
 
 
+def test_both_loaders_patch_the_preempt_count_read_with_the_same_btf_id():
+    """bcc's kprobe programs (build.py's class) and the fentry backend's copies
+    (fentry.Trampolines) make read_pc()'s placeholder a reference to one
+    variable, which one function derives from the features
+    (subprog.percpu_var_id); a kernel without the variable gives neither one."""
+    from types import SimpleNamespace
+    from mmntrace import build, subprog, tracer
+    fv = dataclasses.replace(F, preempt_count_var=(77, 8))
+    assert subprog.percpu_var_id(fv) == 77
+    assert subprog.percpu_var_id(F) is None
+    assert subprog.percpu_var_id(SimpleNamespace()) is None          # features from before the field
+    for features, want in ((fv, 77), (F, None)):
+        t = tracer.Tracer(features)          # (its trampolines exist whatever the backend)
+        assert t._tramp.pc_var == want
+        assert build.Builder(type("BPF", (), {}), features, t._cflags).BPF.pc_var == want
+
+
 def test_each_callback_program_copy_carries_its_cbinfo_as_constants():
     """fentry.with_callback: cb_const()'s two immediates become the function's
     address (both halves of the 64-bit load) and its hook, series and chained
