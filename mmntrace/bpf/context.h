@@ -105,19 +105,29 @@ static __always_inline bool read_pc(int irqs_off, u32 *out)
 #endif
 }
 
+/*
+ * TASK_FIELD(T, off): the current task's field of type T at byte offset off.
+ * Where these programs may hold the task as a BTF pointer (MMNT_TASK_STORAGE:
+ * bpf_get_current_task_btf() is the per-task state's key, and build.py falls
+ * back to neither where the kernel refuses it), a plain load, which the
+ * verifier checks against task_struct's BTF (off must be a member of that
+ * type and size) and makes fault-safe: no helper call. Else the task's
+ * address and bpf_probe_read_kernel(); a read that faults gives 0 both ways.
+ */
+#ifdef MMNT_TASK_STORAGE
+#define TASK_FIELD(T, off) (*(T *)((u8 *)bpf_get_current_task_btf() + (off)))
+#else
+#define TASK_FIELD(T, off) ({ T __v = 0; \
+	bpf_probe_read_kernel(&__v, sizeof(__v), (void *)((u64)bpf_get_current_task() + (off))); __v; })
+#endif
+
 #ifdef MMNT_RT
 /* current's migration_disabled (u16) and rcu_read_lock_nesting (int), raw */
-static __always_inline bool read_rt(u32 *md, u32 *rcu)
+static __always_inline void read_rt(u32 *md, u32 *rcu)
 {
-	u8 *task = (u8 *)bpf_get_current_task();
-	u16 m = 0;
-	s32 r = 0;
-	if (bpf_probe_read_kernel(&m, sizeof(m), task + MMNT_TASK_MD_OFF) ||
-	    bpf_probe_read_kernel(&r, sizeof(r), task + MMNT_TASK_RCU_OFF))
-		return false;
-	*md = m;
+	s32 r = TASK_FIELD(s32, MMNT_TASK_RCU_OFF);
+	*md = TASK_FIELD(u16, MMNT_TASK_MD_OFF);
 	*rcu = r > 0 ? r : 0;
-	return true;
 }
 
 /* MMNT_RT_* of this task at entry, the probe's own share (calibrated) taken off */
@@ -125,8 +135,7 @@ static __always_inline u8 rt_context(int irqs_off)
 {
 	u32 md = 0, rcu = 0, k = irqs_off < 0 ? CALIB_RT_FENTRY : CALIB_RT_KPROBE;
 	u8 out = 0;
-	if (!read_rt(&md, &rcu))
-		return 0;
+	read_rt(&md, &rcu);
 	u32 *lo = calib.lookup(&k);
 	if (lo && md > *lo)
 		out |= MMNT_RT_MIGRATE_OFF;

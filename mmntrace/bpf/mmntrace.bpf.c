@@ -1174,16 +1174,15 @@ static __always_inline int calib_hit(int irqs_off, u32 base)
 		*lo = raw;
 #ifdef MMNT_RT
 	u32 md = 0, rcu = 0;
-	if (read_rt(&md, &rcu)) {
-		k = base == CALIB_FENTRY ? CALIB_RT_FENTRY : CALIB_RT_KPROBE;
-		lo = calib.lookup(&k);
-		if (lo && md < *lo)
-			*lo = md;
-		k++;
-		lo = calib.lookup(&k);
-		if (lo && rcu < *lo)
-			*lo = rcu;
-	}
+	read_rt(&md, &rcu);
+	k = base == CALIB_FENTRY ? CALIB_RT_FENTRY : CALIB_RT_KPROBE;
+	lo = calib.lookup(&k);
+	if (lo && md < *lo)
+		*lo = md;
+	k++;
+	lo = calib.lookup(&k);
+	if (lo && rcu < *lo)
+		*lo = rcu;
 #endif
 	k = base + 2;
 	u32 *hits = calib.lookup(&k);

@@ -62,15 +62,14 @@ static __always_inline int sleep_hit(void *ctx, u8 kind, u64 addr, u64 lr)
 static __always_inline void section_enter(u64 *nvcsw)
 {
 #ifdef MMNT_SLEEP_COUNT
-	bpf_probe_read_kernel(nvcsw, sizeof(*nvcsw), (void *)((u64)bpf_get_current_task() + MMNT_L_TASK_NVCSW));
+	*nvcsw = TASK_FIELD(u64, MMNT_L_TASK_NVCSW);
 #endif
 }
 
 static __always_inline void section_return(void *ctx, struct tstate *t, bool cb, u64 now)
 {
 #ifdef MMNT_SLEEP_COUNT
-	u64 n = 0, *at = cb ? &t->c.nvcsw : &t->h.nvcsw;
-	bpf_probe_read_kernel(&n, sizeof(n), (void *)((u64)bpf_get_current_task() + MMNT_L_TASK_NVCSW));
+	u64 n = TASK_FIELD(u64, MMNT_L_TASK_NVCSW), *at = cb ? &t->c.nvcsw : &t->h.nvcsw;
 	if (n == *at)
 		return;
 	struct mmnt_record r = {};
