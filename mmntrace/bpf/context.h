@@ -108,8 +108,8 @@ static __always_inline bool read_pc(int irqs_off, u32 *out)
 /*
  * TASK_FIELD(T, off): the current task's field of type T at byte offset off.
  * Where these programs may hold the task as a BTF pointer (MMNT_TASK_STORAGE:
- * bpf_get_current_task_btf() is the per-task state's key, and build.py falls
- * back to neither where the kernel refuses it), a plain load, which the
+ * bpf_get_current_task_btf() is the per-task state's key; where the kernel
+ * refuses that, build.py compiles again without both), a plain load, which the
  * verifier checks against task_struct's BTF (off must be a member of that
  * type and size) and makes fault-safe: no helper call. Else the task's
  * address and bpf_probe_read_kernel(); a read that faults gives 0 both ways.

@@ -19,7 +19,8 @@
  *   MMNT_MIN_LAT_NS                           streaming, but only calls at least this long
  *                                             are sent; every call goes to the histograms
  *   MMNT_BTF_LAYOUT, MMNT_L_*                 struct layouts from BTF (else the headers give them)
- *   MMNT_TASK_STORAGE                         per-task state in task-local storage (else a hash)
+ *   MMNT_TASK_STORAGE                         per-task state in task-local storage (else a hash),
+ *                                             and the task's fields by BTF-typed loads (context.h)
  *   MMNT_SAMPLING                             the daemon's 1-in-N sampling
  *   MMNT_SLEEP_COUNT                          real sleeps seen by the task's voluntary-switch
  *                                             count at each must-not-sleep section's return,
