@@ -285,6 +285,55 @@ class Btf:
                     owner = self if rt >= self.first_id else self.base
                     owner._members_into(rt, bits, out, depth + 1)
 
+    def scalar_fields(self, struct_name: str) -> tuple[int, list[tuple[str, int, int, int]]] | None:
+        """``struct struct_name``'s size and its scalar members (integers,
+        enums, pointers) and arrays of them, anonymous struct and union members
+        flattened in: ``(name, byte offset, element size, count)`` (count 0: not
+        an array), in the order BTF lists them; members of a struct type and
+        bitfields left out. None if the struct is absent. Enough to declare the
+        struct's members at their offsets without its header (codegen.py)."""
+        btf, tid = self._locate(struct_name, (KIND_STRUCT, KIND_UNION))
+        if btf is None:
+            return None
+        out: list[tuple[str, int, int, int]] = []
+        btf._scalars_into(tid, 0, out, depth=0)
+        return btf.type(tid)[4], out
+
+    def _scalar_size(self, tid: int) -> int | None:
+        t = self.type(self._resolve(tid))
+        if t[0] in (KIND_INT, KIND_ENUM, KIND_ENUM64):
+            return t[4]
+        return 8 if t[0] == KIND_PTR else None
+
+    def _scalars_into(self, tid: int, base_bits: int, out: list, depth: int) -> None:
+        kind, _n, kflag, vlen, _sz, toff = self.type(tid)
+        if tid < self.first_id:
+            return self.base._scalars_into(tid, base_bits, out, depth)
+        for k in range(vlen):
+            name_off, mtype, moff = struct.unpack_from("<III", self._data, toff + 12 * k)
+            if kflag and moff >> 24:
+                continue                    # a bitfield
+            bits = base_bits + ((moff & 0xFFFFFF) if kflag else moff)
+            mname = self.string(name_off)
+            rt = self._resolve(mtype)
+            t = self.type(rt)
+            if not mname:
+                if depth < 8 and t[0] in (KIND_STRUCT, KIND_UNION):
+                    owner = self if rt >= self.first_id else self.base
+                    owner._scalars_into(rt, bits, out, depth + 1)
+                continue
+            if bits % 8:
+                continue
+            size = self._scalar_size(rt)
+            if size is not None:
+                out.append((mname, bits // 8, size, 0))
+            elif t[0] == KIND_ARRAY:
+                owner = self if rt >= self.first_id else self.base
+                elem, _idx, n = struct.unpack_from("<III", owner._data, t[5])
+                esize = self._scalar_size(elem)
+                if esize is not None and n:
+                    out.append((mname, bits // 8, esize, n))
+
     def member_offset(self, struct_name: str, member: str) -> int | None:
         """Byte offset of ``member`` in ``struct struct_name`` (None if either is absent)."""
         m = self.struct_members(struct_name)

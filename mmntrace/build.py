@@ -13,7 +13,11 @@ fallback in turn, where the first choice is refused:
   5.12) gets the per-task state in a tid-keyed hash;
 - a verifier that refuses the interval walks' bpf_loop() callbacks
   (mmntrace/subprog.py) gets them as bounded loops, as a kernel without the
-  helper does.
+  helper does;
+- a compile that fails without the headers struct pt_regs and PAGE_SIZE come
+  from (codegen.lean_header_flags: a kernel whose headers define something
+  the program needs in a place this project has not seen) is made again with
+  them.
 
 Each is a compile again with one define less; :class:`Choices` records what
 was settled (the recording's metadata reports it). What bcc prints from C on
@@ -76,6 +80,7 @@ class Choices:
     task_storage: bool = True       # per-task state in task-local storage, else a tid-keyed hash
     bpf_loop: bool = False          # the interval walks as bpf_loop() callbacks, else bounded loops
     optimize_once: bool = True      # codegen.OPTIMIZE_ONCE in the flags
+    lean_headers: bool = True       # struct pt_regs from BTF, its headers left out (codegen.lean_header_flags)
     skipped_kallsyms: bool = False  # bcc's compile spared its kallsyms read (nokallsyms.py)
 
 
@@ -116,6 +121,20 @@ class Builder:
         return bpf
 
     def compile(self, text: str):
+        """bcc's BPF object for ``text`` under the current choices; one that
+        fails without the kernel headers of struct pt_regs and PAGE_SIZE is
+        made with them, then and every later time."""
+        try:
+            return self._compile_flags(text)
+        except Exception as e:
+            if not self.choices.lean_headers or "-DMMNT_LEAN_HEADERS" not in self.flags_for(self.choices):
+                raise
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            debug(f"the compile without the headers of struct pt_regs failed ({first}): compiling with them")
+            self.choices.lean_headers = False
+            return self._compile_flags(text)
+
+    def _compile_flags(self, text: str):
         """bcc's BPF object for ``text`` under the current choices. A clang that
         refuses the flag that leaves the optimizing to bcc (codegen.OPTIMIZE_ONCE)
         gets the program again without it, optimized twice as before, and so

@@ -548,6 +548,11 @@ def doctor():
     click.echo(f"bpf_loop        {ok(f.bpf_loop)}"
                + ("  (the interval-tree walk's steps are a callback: programs load in a fraction of the time)"
                   if f.bpf_loop else "  (the interval-tree walk is unrolled by the verifier: slower loads)"))
+    lean = getattr(f, "lean_headers", None)
+    click.echo(f"lean compile    {ok(bool(lean))}"
+               + (f"  (struct pt_regs from BTF: {', '.join(h.split('include/')[-1] for h in kernel.LEAN_SKIPPED)} and what "
+                  "they include are not parsed, a faster compile)" if lean else
+                  "  (struct pt_regs from the kernel headers, with everything they include)"))
     click.echo(f"MMU notifiers   {ok(f.mmu_notifiers)}")
     for hid, sym, name in f.hooks:
         click.echo(f"  hook {name:<32} {sym}")

@@ -55,11 +55,45 @@ def bpf_text(path: Path = BPF_SRC) -> str:
     return "\n".join(out) + "\n"
 
 
+#: C type of a struct pt_regs member by its size (bytes)
+_SCALAR = {1: "unsigned char", 2: "unsigned short", 4: "unsigned int", 8: "unsigned long"}
+
+
+def pt_regs_members(size: int, fields) -> str:
+    """The body of a ``struct pt_regs`` whose members sit at the offsets BTF
+    gives (kernel.Features.lean_headers): an anonymous union of one padded
+    anonymous struct per member (members that share bytes, such as x86's cs
+    and csx since FRED, stay apart) and of the struct's size in bytes."""
+    parts = []
+    for name, off, esize, count in fields:
+        decl = f"{_SCALAR[esize]} {name}" + (f"[{count}]" if count else "")
+        pad = f"char __mmnt_pad_{name}[{off}]; " if off else ""
+        parts.append(f"struct {{ {pad}{decl}; }};")
+    parts.append(f"char __mmnt_size[{size}];")
+    return "union { " + " ".join(parts) + " };"
+
+
+def lean_header_flags(lean) -> list[str]:
+    """The flags that leave kernel.LEAN_SKIPPED's headers out of a compile
+    (each one's include guard defined, so that its #include reads nothing),
+    and give the program what it took from them: struct pt_regs's members
+    from BTF (bpf/mmntrace.bpf.c declares it with MMNT_PT_REGS_MEMBERS), the
+    page size. [] where the kernel does not allow it (``lean``: None)."""
+    if not lean:
+        return []
+    guards, (size, fields), page = lean
+    if not all(f[2] in _SCALAR for f in fields):
+        return []
+    return ([f"-D{g}" for g in guards]
+            + ["-DMMNT_LEAN_HEADERS", f"-DPAGE_SIZE={page}", f"-DMMNT_PT_REGS_MEMBERS={pt_regs_members(size, fields)}"])
+
+
 def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, pid: int | None = None,
            children: bool = False, comm: str | None = None, aggregate: bool = False, chain: bool = False,
            min_latency_ns: int | None = None, task_storage: bool = True, sampling: bool = False,
            might_sleep: bool = False, sleep_detect: str = "count", self_tgid: int | None = None,
-           machine: str | None = None, bpf_loop: bool | None = None, kprobe_hooks: bool = True) -> list[str]:
+           machine: str | None = None, bpf_loop: bool | None = None, kprobe_hooks: bool = True,
+           lean_headers: bool = True) -> list[str]:
     """The compiler flags (-D...) of the program for kernel features ``f``
     (kernel.Features) and the tracer's options (mmntrace.tracer.Tracer's
     arguments, resolved: ``backend`` kprobe or fentry, ``layout`` btf or
@@ -68,7 +102,9 @@ def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, p
     False compiles the interval walks as bounded loops where the kernel has the
     helper (its verifier refused the callbacks; default: ``f.bpf_loop``);
     ``kprobe_hooks``: False leaves out the hooks' kprobe pair (fentry backend,
-    every hook function with BTF: their trampolines serve them)."""
+    every hook function with BTF: their trampolines serve them);
+    ``lean_headers``: False includes every header bcc and the program name
+    (the fallback where the lean compile fails: :func:`lean_header_flags`)."""
     fl = ["-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes", "-Wno-unknown-warning-option",
           *OPTIMIZE_ONCE, f"-I{BPF_DIR}", f"-DMMNT_RINGBUF={1 if ringbuf else 0}",
           f"-DMMNT_RINGBUF_PAGES={ringbuf_pages}", f"-DMMNT_SELF_TGID={self_tgid if self_tgid is not None else os.getpid()}"]
@@ -102,6 +138,8 @@ def cflags(f, *, backend: str, ringbuf: bool, ringbuf_pages: int, layout: str, p
     if layout == "btf":
         fl.append("-DMMNT_BTF_LAYOUT")
         fl += [f"-DMMNT_L_{k}={v}" for k, v in f.layout]
+        if lean_headers:
+            fl += lean_header_flags(getattr(f, "lean_headers", None))
     if pid is not None:
         fl.append(f"-DMMNT_FILTER_PID={int(pid)}")
         if children:

@@ -107,6 +107,9 @@ class Features:
     probe_read_kernel: bool = False  # bpf_probe_read_kernel() (BTF's BPF_FUNC_probe_read_kernel, 5.5): bcc need not read kallsyms to ask
     preempt_count_var: tuple | None = None  # (BTF id of the per-CPU variable preempt_count_sym, the count's offset in it):
     #                                        every program reads it through bpf_this_cpu_ptr() (5.10)
+    lean_headers: tuple | None = None  # (the include guards of the headers bcc's include chain pulls in for struct
+    #                                    pt_regs and PAGE_SIZE alone, struct pt_regs's size and scalar members from
+    #                                    BTF, the page size): see lean_headers(); codegen.py compiles without them
 
     @property
     def context_source(self) -> str:
@@ -587,7 +590,49 @@ def probe() -> Features:
         # what every bcc compile reads all of kallsyms to learn (mmntrace/nokallsyms.py)
         probe_read_kernel=b is not None and b.enumerator("BPF_FUNC_probe_read_kernel") is not None,
         preempt_count_var=pc_var,
+        lean_headers=lean_headers(b, build if build_ok else None),
     )
+
+
+#: the headers that bcc's own (helpers.h: linux/log2.h, asm/page.h) and the
+#: program's one include (uapi/linux/ptrace.h, for struct pt_regs) pull in,
+#: and through them some 120 more (bitops, percpu, paravirt types...), parsed
+#: three times by each of bcc's compiles: 1.2-1.8 s of the 7.5 s the daemon's
+#: program took in the lab's 6.1 guest, which reads each file through its
+#: share. What the program needs of them: struct pt_regs, PAGE_SIZE and
+#: roundup_pow_of_two() (bcc's stack-map macro), which BTF, the page size and
+#: bpf/mmntrace.bpf.c give instead. {arch}: the kernel's source architecture.
+LEAN_SKIPPED = ("arch/{arch}/include/asm/ptrace.h", "arch/{arch}/include/asm/page.h", "include/linux/log2.h")
+_SRCARCH = {"x86_64": "x86", "aarch64": "arm64"}
+_GUARD = re.compile(r"\A(?:\s|/\*.*?\*/|//[^\n]*\n)*#\s*ifndef\s+(\w+)\s*\n\s*#\s*define\s+(\w+)", re.S)
+
+
+def header_guard(text: str) -> str | None:
+    """The include guard of a header's text (``#ifndef X`` then ``#define X``
+    before anything else but comments), None if it has none."""
+    m = _GUARD.match(text)
+    return m.group(1) if m and m.group(1) == m.group(2) else None
+
+
+def lean_headers(b, build: Path | None, machine: str | None = None) -> tuple | None:
+    """What a compile needs to leave out :data:`LEAN_SKIPPED` (each defined as
+    already included, by its own guard, read from the kernel's headers):
+    ``(guards, (pt_regs size, its scalar members), page size)``; None where a
+    header, its guard, BTF or struct pt_regs is missing (the full headers then)."""
+    arch = _SRCARCH.get(machine or os.uname().machine)
+    if b is None or build is None or arch is None:
+        return None
+    guards = []
+    for rel in LEAN_SKIPPED:
+        text = _header_text(build, rel.format(arch=arch))
+        g = header_guard(text) if text is not None else None
+        if g is None:
+            return None
+        guards.append(g)
+    regs = b.scalar_fields("pt_regs")
+    if regs is None or not regs[1]:
+        return None
+    return tuple(guards), (regs[0], tuple(regs[1])), os.sysconf("SC_PAGE_SIZE")
 
 
 def _task_rt_offsets(b) -> tuple | None:

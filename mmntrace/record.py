@@ -280,6 +280,8 @@ class Session:
         writer.meta["bpf_loop"] = getattr(self.t, "bpf_loop", None)
         # bcc's compile did without its read of all of kallsyms (mmntrace/nokallsyms.py)
         writer.meta["compile_skipped_kallsyms"] = getattr(self.t, "compile_skipped_kallsyms", None)
+        # the compile left out the headers of struct pt_regs and PAGE_SIZE (codegen.lean_header_flags)
+        writer.meta["lean_headers"] = getattr(self.t, "lean_headers", None)
         if self.command is not None:
             writer.meta["command"] = {"argv": self.command.argv, "pid": self.command.pid, "exit": None}
         writer.flush_meta()

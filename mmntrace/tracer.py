@@ -228,6 +228,13 @@ class Tracer:
         return self.choices.bpf_loop
 
     @property
+    def lean_headers(self) -> bool:
+        """The compile left out the kernel headers of struct pt_regs and
+        PAGE_SIZE, BTF giving them (codegen.lean_header_flags)."""
+        return (self.layout == "btf" and self.choices.lean_headers
+                and bool(codegen.lean_header_flags(getattr(self.f, "lean_headers", None))))
+
+    @property
     def compile_skipped_kallsyms(self) -> bool:
         """bcc's compile spared its read of kallsyms (mmntrace/nokallsyms.py)."""
         return self.choices.skipped_kallsyms
@@ -256,7 +263,7 @@ class Tracer:
                               aggregate=self.aggregate, chain=self.chain, min_latency_ns=self.min_latency_ns,
                               task_storage=c.task_storage, sampling=self.sampling,
                               might_sleep=self.might_sleep, sleep_detect=self.sleep_detect, bpf_loop=c.bpf_loop,
-                              kprobe_hooks=self.kprobe_hooks)
+                              kprobe_hooks=self.kprobe_hooks, lean_headers=c.lean_headers)
 
     def start(self) -> None:
         """Compile and load (unless load() already ran), then attach everything (`record`)."""

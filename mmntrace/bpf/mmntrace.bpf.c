@@ -19,6 +19,8 @@
  *   MMNT_MIN_LAT_NS                           streaming, but only calls at least this long
  *                                             are sent; every call goes to the histograms
  *   MMNT_BTF_LAYOUT, MMNT_L_*                 struct layouts from BTF (else the headers give them)
+ *   MMNT_LEAN_HEADERS, MMNT_PT_REGS_MEMBERS   (with MMNT_BTF_LAYOUT) struct pt_regs from BTF, the
+ *                                             headers it and PAGE_SIZE came from left out (below)
  *   MMNT_TASK_STORAGE                         per-task state in task-local storage (else a hash),
  *                                             and the task's fields by BTF-typed loads (context.h)
  *   MMNT_SAMPLING                             the daemon's 1-in-N sampling
@@ -71,6 +73,22 @@
 #undef bpf_probe_read_kernel_str
 #undef bpf_probe_read_user
 #undef bpf_probe_read_user_str
+#endif
+#ifdef MMNT_LEAN_HEADERS
+/*
+ * The kernel headers that struct pt_regs and PAGE_SIZE come from (and
+ * linux/log2.h, which bcc's helpers.h includes for its stack-map macro, unused
+ * here) pull in some 120 more, parsed three times by every bcc compile
+ * (over a second of each start in the lab's guests): codegen.py defines their
+ * include guards, so that the #include below and bcc's own read nothing, and
+ * gives struct pt_regs's members at BTF's offsets and the page size instead.
+ */
+struct pt_regs {
+	MMNT_PT_REGS_MEMBERS
+};
+#ifndef X86_EFLAGS_IF
+#define X86_EFLAGS_IF 0x200	/* EFLAGS bit 9: the architecture's, as in asm/processor-flags.h */
+#endif
 #endif
 #include <uapi/linux/ptrace.h>
 #ifndef MMNT_BTF_LAYOUT

@@ -66,3 +66,27 @@ def test_compile_without_bccs_kallsyms_read_gives_the_same_program():
     calls = {int.from_bytes(code[i + 4:i + 8], "little", signed=True)
              for code in skipped.values() for i in range(0, len(code), 8) if code[i] == 0x85 and code[i + 1] == 0}
     assert 113 in calls, sorted(calls)
+
+
+@pytest.mark.parametrize("config", [
+    dict(backend="kprobe", aggregate=True, chain=True, sleep_detect="count"),          # the daemon's program
+    dict(backend="fentry", might_sleep=True, sleep_detect="switch", min_latency_ns=5000),
+], ids=["daemon", "fentry-might-sleep"])
+def test_the_lean_compile_gives_the_same_program(config):
+    """codegen.lean_header_flags: struct pt_regs declared from BTF, and the
+    headers it, PAGE_SIZE and bcc's helpers.h would pull in left out by their
+    include guards, compile to exactly the programs the full headers give
+    (every function's instructions), on this kernel's own headers."""
+    f = kernel.probe()
+    if not f.btf or f.layout is None:
+        pytest.skip("no BTF layouts on this kernel: the headers are compiled in full")
+    assert f.lean_headers is not None, "a lab kernel with BTF and headers allows the lean compile"
+    kw = dict(ringbuf=f.ringbuf, ringbuf_pages=256, layout="btf", **config)
+    lean, full = codegen.cflags(f, **kw), codegen.cflags(f, **kw, lean_headers=False)
+    assert "-DMMNT_LEAN_HEADERS" in lean and "-DMMNT_LEAN_HEADERS" not in full
+    text = codegen.bpf_text()
+    skip = bool(f.probe_read_kernel)
+    a, b = _program(text, lean, skip=skip), _program(text, full, skip=skip)
+    assert sorted(a) == sorted(b) and len(a) >= 4
+    differ = [n.decode() for n in a if a[n] != b[n]]
+    assert not differ, differ

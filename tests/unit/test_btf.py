@@ -69,3 +69,24 @@ def test_split_btf_of_a_module():
     named = [(m.first_id + i, m.string(t[1]), t[0]) for i, t in enumerate(ref) if t[1] and t[0] == btf.KIND_FUNC]
     for tid, name, kind in named[:20]:
         assert m.find(name, (kind,)) in (tid, base.find(name, (kind,)))
+
+
+def test_scalar_fields_flatten_anonymous_members_and_keep_arrays():
+    """struct pt_regs's scalar members as kernel.lean_headers() declares them:
+    the flattened members' offsets agree with struct_members(), and every
+    named scalar member the reference walk sees (anonymous members flattened,
+    bitfields and struct-typed members aside) is there."""
+    b = btf.Btf.load(VMLINUX)
+    size, fields = b.scalar_fields("pt_regs")
+    assert size == b.struct_size("pt_regs")
+    offs = b.struct_members("pt_regs")
+    names = [f[0] for f in fields]
+    assert len(names) == len(set(names)) > 0
+    for name, off, esize, count in fields:
+        assert offs[name] == off and esize in (1, 2, 4, 8) and off + esize * max(count, 1) <= size
+    assert b.scalar_fields("no_such_struct_x") is None
+    # a struct with an array of scalars and struct-typed members: task_struct's comm, not its se
+    _size, tf = b.scalar_fields("task_struct")
+    comm = next(f for f in tf if f[0] == "comm")
+    assert comm[2] == 1 and comm[3] >= 16 and comm[1] == b.member_offset("task_struct", "comm")
+    assert "se" not in [f[0] for f in tf]

@@ -329,3 +329,84 @@ def test_the_hooks_kprobe_pair_is_left_out_only_where_trampolines_serve_every_ho
     assert "MMNT_KPROBE_HOOKS" in defines(codegen.cflags(F, **BASE, kprobe_hooks=False))    # kprobe backend: needed
     d = defines(codegen.cflags(F, **{**BASE, "backend": "fentry"}, kprobe_hooks=False))
     assert "MMNT_KPROBE_HOOKS" not in d and "MMNT_FENTRY" in d
+
+
+# -- the lean compile: struct pt_regs from BTF, its headers left out --------------
+LEAN = (("_ASM_X86_PTRACE_H", "_ASM_X86_PAGE_H", "_LINUX_LOG2_H"),
+        (168, (("bp", 32, 8, 0), ("di", 112, 8, 0), ("cs", 136, 2, 0), ("csx", 136, 8, 0), ("flags", 144, 8, 0))),
+        4096)
+
+
+def test_the_lean_compile_defines_the_guards_and_declares_pt_regs_at_btf_offsets():
+    d = defines(codegen.cflags(dataclasses.replace(F, lean_headers=LEAN), **BASE))
+    assert {"_ASM_X86_PTRACE_H", "_ASM_X86_PAGE_H", "_LINUX_LOG2_H", "MMNT_LEAN_HEADERS"} <= set(d)
+    assert d["PAGE_SIZE"] == "4096"
+    body = d["MMNT_PT_REGS_MEMBERS"]
+    # every member in a padded struct of its own: cs and csx share their bytes (x86 FRED)
+    assert "struct { char __mmnt_pad_di[112]; unsigned long di; };" in body
+    assert "struct { char __mmnt_pad_cs[136]; unsigned short cs; };" in body
+    assert "struct { char __mmnt_pad_csx[136]; unsigned long csx; };" in body
+    assert body.startswith("union { ") and "char __mmnt_size[168];" in body
+    # an array member (arm64's regs[31] at offset 0: no padding)
+    assert codegen.pt_regs_members(336, (("regs", 0, 8, 31),)) == \
+        "union { struct { unsigned long regs[31]; }; char __mmnt_size[336]; };"
+
+
+def test_the_full_headers_where_the_kernel_or_the_fallback_says_so():
+    lean = dataclasses.replace(F, lean_headers=LEAN)
+    for features, kw in ((F, {}),                                   # no lean_headers detected
+                         (lean, {"lean_headers": False}),            # the lean compile failed once
+                         (lean, {**BASE, "layout": "headers"})):     # the headers give the layouts
+        d = defines(codegen.cflags(features, **{**BASE, **kw}))
+        assert "MMNT_LEAN_HEADERS" not in d and "_ASM_X86_PTRACE_H" not in d and "PAGE_SIZE" not in d
+    odd = dataclasses.replace(F, lean_headers=(LEAN[0], (16, (("v", 0, 16, 0),)), 4096))   # no C type of that size
+    assert "MMNT_LEAN_HEADERS" not in defines(codegen.cflags(odd, **BASE))
+
+
+def test_a_header_guard_is_read_past_comments_and_only_when_it_guards():
+    text = "/* SPDX-License-Identifier: GPL-2.0 */\n// x\n#ifndef _ASM_X86_PTRACE_H\n#define _ASM_X86_PTRACE_H\n"
+    assert kernel.header_guard(text) == "_ASM_X86_PTRACE_H"
+    assert kernel.header_guard("#ifndef __ASM_PAGE_H\n#define __ASM_PAGE_H\n#include <x.h>\n") == "__ASM_PAGE_H"
+    assert kernel.header_guard("#include <a.h>\n#ifndef X_H\n#define X_H\n") is None     # not first
+    assert kernel.header_guard("#ifndef X_H\n#define Y_H\n") is None                     # not its guard
+    assert kernel.header_guard("#ifdef CONFIG_X\n#define X_H\n") is None
+
+
+def test_lean_headers_needs_btf_the_headers_and_a_known_architecture(tmp_path):
+    class Regs:
+        def scalar_fields(self, name):
+            return (168, [("di", 112, 8, 0)]) if name == "pt_regs" else None
+    build = tmp_path / "build"
+    for rel, guard in (("arch/x86/include/asm/ptrace.h", "_ASM_X86_PTRACE_H"),
+                       ("arch/x86/include/asm/page.h", "_ASM_X86_PAGE_H"), ("include/linux/log2.h", "_LINUX_LOG2_H")):
+        (build / rel).parent.mkdir(parents=True, exist_ok=True)
+        (build / rel).write_text(f"/* SPDX */\n#ifndef {guard}\n#define {guard}\n#endif\n")
+    got = kernel.lean_headers(Regs(), build, "x86_64")
+    assert got[0] == ("_ASM_X86_PTRACE_H", "_ASM_X86_PAGE_H", "_LINUX_LOG2_H")
+    assert got[1] == (168, (("di", 112, 8, 0),)) and got[2] > 0
+    assert kernel.lean_headers(None, build, "x86_64") is None             # no BTF
+    assert kernel.lean_headers(Regs(), None, "x86_64") is None            # no headers
+    assert kernel.lean_headers(Regs(), build, "riscv64") is None          # an architecture not seen
+    assert kernel.lean_headers(Regs(), build, "aarch64") is None          # its headers absent here
+    (build / "include/linux/log2.h").write_text("#include <x.h>\n")       # a header without its guard
+    assert kernel.lean_headers(Regs(), build, "x86_64") is None
+
+
+def test_a_lean_compile_that_fails_is_made_again_with_the_headers():
+    lean = dataclasses.replace(F, lean_headers=LEAN)
+    b, t, seen = _builder_with(["main.c:9:5: error: no member named 'orig_x0' in 'struct pt_regs'", None, None], lean)
+    b.compile("int x;")
+    assert "-DMMNT_LEAN_HEADERS" in seen[0] and "-DMMNT_LEAN_HEADERS" not in seen[1]
+    assert not b.choices.lean_headers and not t.lean_headers
+    b.compile("int x;")        # and every later compile of this tracer
+    assert "-DMMNT_LEAN_HEADERS" not in seen[2]
+    ok, t2, seen2 = _builder_with([None], lean)
+    ok.compile("int x;")
+    assert "-DMMNT_LEAN_HEADERS" in seen2[0] and t2.lean_headers
+
+
+def test_the_full_compile_failing_is_not_retried():
+    b, _t, seen = _builder_with(["main.c:3:1: error: unknown type name 'u65'"])     # F: no lean_headers
+    with pytest.raises(Exception, match="Failed to compile"):
+        b.compile("int x;")
+    assert len(seen) == 1
