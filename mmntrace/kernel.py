@@ -599,9 +599,10 @@ def probe() -> Features:
 #: and through them some 120 more (bitops, percpu, paravirt types...), parsed
 #: three times by each of bcc's compiles: 1.2-1.8 s of the 7.5 s the daemon's
 #: program took in the lab's 6.1 guest, which reads each file through its
-#: share. What the program needs of them: struct pt_regs, PAGE_SIZE and
-#: roundup_pow_of_two() (bcc's stack-map macro), which BTF, the page size and
-#: bpf/mmntrace.bpf.c give instead. {arch}: the kernel's source architecture.
+#: share. What the program needs of them: struct pt_regs, PAGE_SIZE and x86's
+#: EFLAGS.IF (linux/log2.h serves only bcc's stack-map macro, which it does
+#: not use), which BTF, the page size and bpf/mmntrace.bpf.c give instead.
+#: {arch}: the kernel's source architecture.
 LEAN_SKIPPED = ("arch/{arch}/include/asm/ptrace.h", "arch/{arch}/include/asm/page.h", "include/linux/log2.h")
 _SRCARCH = {"x86_64": "x86", "aarch64": "arm64"}
 _GUARD = re.compile(r"\A(?:\s|/\*.*?\*/|//[^\n]*\n)*#\s*ifndef\s+(\w+)\s*\n\s*#\s*define\s+(\w+)", re.S)
