@@ -256,7 +256,8 @@ class Btf:
         if btf is None:
             return None
         out: dict[str, int] = {}
-        btf._members_into(tid, 0, out, depth=0)
+        for mname, _mtype, bits, _bitfield in btf._flat_members(tid, 0, depth=0):
+            out.setdefault(mname, bits // 8)
         return out
 
     def _resolve(self, tid: int) -> int:
@@ -268,22 +269,26 @@ class Btf:
                 return tid
         return tid
 
-    def _members_into(self, tid: int, base_bits: int, out: dict[str, int], depth: int) -> None:
-        kind, _n, kflag, vlen, _sz, toff = self.type(tid)
-        data = self._data if tid >= self.first_id else None
-        if data is None:
-            return self.base._members_into(tid, base_bits, out, depth)
+    def _owner(self, tid: int) -> "Btf":
+        """The blob that holds type ``tid`` (this one, or the base's)."""
+        return self if tid >= self.first_id else self.base
+
+    def _flat_members(self, tid: int, base_bits: int, depth: int):
+        """Yield ``(name, type id, bit offset, is a bitfield)`` of each named
+        member of struct/union ``tid``, anonymous struct and union members
+        flattened in (8 levels deep at most), in BTF's order."""
+        owner = self._owner(tid)
+        _kind, _n, kflag, vlen, _sz, toff = owner.type(tid)
         for k in range(vlen):
-            name_off, mtype, moff = struct.unpack_from("<III", data, toff + 12 * k)
+            name_off, mtype, moff = struct.unpack_from("<III", owner._data, toff + 12 * k)
             bits = base_bits + ((moff & 0xFFFFFF) if kflag else moff)
-            mname = self.string(name_off)
+            mname = owner.string(name_off)
             if mname:
-                out.setdefault(mname, bits // 8)
+                yield mname, mtype, bits, bool(kflag and moff >> 24)
             elif depth < 8:
-                rt = self._resolve(mtype)
-                if self.type(rt)[0] in (KIND_STRUCT, KIND_UNION):
-                    owner = self if rt >= self.first_id else self.base
-                    owner._members_into(rt, bits, out, depth + 1)
+                rt = owner._resolve(mtype)
+                if owner.type(rt)[0] in (KIND_STRUCT, KIND_UNION):
+                    yield from owner._flat_members(rt, bits, depth + 1)
 
     def scalar_fields(self, struct_name: str) -> tuple[int, list[tuple[str, int, int, int]]] | None:
         """``struct struct_name``'s size and its scalar members (integers,
@@ -296,7 +301,18 @@ class Btf:
         if btf is None:
             return None
         out: list[tuple[str, int, int, int]] = []
-        btf._scalars_into(tid, 0, out, depth=0)
+        for mname, mtype, bits, bitfield in btf._flat_members(tid, 0, depth=0):
+            if bitfield or bits % 8:
+                continue
+            rt = btf._resolve(mtype)
+            size = btf._scalar_size(rt)
+            if size is not None:
+                out.append((mname, bits // 8, size, 0))
+            elif btf.type(rt)[0] == KIND_ARRAY:
+                elem, _idx, n = struct.unpack_from("<III", btf._owner(rt)._data, btf.type(rt)[5])
+                esize = btf._scalar_size(elem)
+                if esize is not None and n:
+                    out.append((mname, bits // 8, esize, n))
         return btf.type(tid)[4], out
 
     def _scalar_size(self, tid: int) -> int | None:
@@ -304,35 +320,6 @@ class Btf:
         if t[0] in (KIND_INT, KIND_ENUM, KIND_ENUM64):
             return t[4]
         return 8 if t[0] == KIND_PTR else None
-
-    def _scalars_into(self, tid: int, base_bits: int, out: list, depth: int) -> None:
-        kind, _n, kflag, vlen, _sz, toff = self.type(tid)
-        if tid < self.first_id:
-            return self.base._scalars_into(tid, base_bits, out, depth)
-        for k in range(vlen):
-            name_off, mtype, moff = struct.unpack_from("<III", self._data, toff + 12 * k)
-            if kflag and moff >> 24:
-                continue                    # a bitfield
-            bits = base_bits + ((moff & 0xFFFFFF) if kflag else moff)
-            mname = self.string(name_off)
-            rt = self._resolve(mtype)
-            t = self.type(rt)
-            if not mname:
-                if depth < 8 and t[0] in (KIND_STRUCT, KIND_UNION):
-                    owner = self if rt >= self.first_id else self.base
-                    owner._scalars_into(rt, bits, out, depth + 1)
-                continue
-            if bits % 8:
-                continue
-            size = self._scalar_size(rt)
-            if size is not None:
-                out.append((mname, bits // 8, size, 0))
-            elif t[0] == KIND_ARRAY:
-                owner = self if rt >= self.first_id else self.base
-                elem, _idx, n = struct.unpack_from("<III", owner._data, t[5])
-                esize = self._scalar_size(elem)
-                if esize is not None and n:
-                    out.append((mname, bits // 8, esize, n))
 
     def member_offset(self, struct_name: str, member: str) -> int | None:
         """Byte offset of ``member`` in ``struct struct_name`` (None if either is absent)."""
