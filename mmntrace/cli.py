@@ -271,16 +271,23 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
             sleep_detect="count"):
     import concurrent.futures
     import importlib
-    # Streaming writes its first segment seconds after the start: its modules,
-    # pyarrow with them (pandas never: mmntrace/record.py), import in a thread while bcc compiles
-    # (which releases the GIL), or their import (seconds on a slow machine)
-    # would stall the first drain while the buffer overflows. The thread
-    # starts as the compile does, after the memory the start-up no longer
-    # needs has gone back (which a second thread would forbid: heap.py; the
-    # compile's peak in the 6.1 guest was 242 MiB with it started first).
-    # Imported at the first segment instead, pyarrow left the compile's peak
-    # at 127 MiB rather than 176, but the runs' peak (181-183 MiB) and the
-    # start (the quick bench: 29.6 s against 30.0) stayed where they were.
+    import threading
+    # Streaming writes its first segment seconds after the start: its modules
+    # and pyarrow (pandas never: mmntrace/record.py) are imported before the
+    # first drain, or their import (seconds on a slow machine; a library's
+    # dlopen() holds the GIL) would stall it while the buffer overflows. The
+    # recorder's own modules import in a thread beside bcc's compile (which
+    # releases the GIL; started once the memory the start-up no longer needs
+    # has gone back, which a second thread would forbid: heap.py); pyarrow in
+    # one started after the compile, beside the programs' loads and the
+    # calibration (bpf() calls, which release it too), not beside the compile,
+    # whose memory and pyarrow's together were a streaming start's peak. The
+    # recorder waits for both, then gives back what the start-up left, pyarrow's
+    # clean library pages too (heap.py: only with no other thread running).
+    # Alternated in one boot of the 6.1 guest, beside the compile / after it:
+    # the start's peak (VmHWM at --ready-file) 168-172 / 135-143 MiB, after a
+    # notifier_bench run 168-172 / 159-160 (185-192 without that last give-back),
+    # ready after 25.8-33.7 / 26.3-29.3 s.
     # --aggregate writes tables at its end only: pyarrow waits until then
     # (peak RSS), and the recorder's own modules import after the compile,
     # where they take 0.2 s in the lab's 6.1 guest; beside it, 0.6-0.7 s, and
@@ -290,14 +297,14 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     # segments took goes back with the heap's (mmntrace/heap.py); the user's own
     # choice stands
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    warm = None
+    imports = []
 
-    def warm_up():
-        nonlocal warm
-        pool = concurrent.futures.ThreadPoolExecutor(1)
-        warm = pool.submit(lambda: [importlib.import_module(m) for m in
-                                    ("pyarrow.parquet", "pyarrow.compute", "mmntrace.record")][-1])
-        pool.shutdown(wait=False)
+    def importer(*modules):
+        def start():
+            pool = concurrent.futures.ThreadPoolExecutor(1)
+            imports.append(pool.submit(lambda: [importlib.import_module(m) for m in modules]))
+            pool.shutdown(wait=False)       # (its thread ends with the import)
+        return start
     from . import kernel, tracer
     import time
     t0 = time.monotonic()
@@ -315,9 +322,20 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     t.timing["features_s"] = features_s     # kallsyms, BTF, headers: what this kernel offers
     if not quiet:
         click.echo("mmntrace: compiling and attaching probes...", err=True)
-    t.load(beside_compile=None if aggregate else warm_up)      # compile, calibrate; nothing attached yet
+    streaming = not aggregate
+    t.load(beside_compile=importer("mmntrace.record") if streaming else None,     # compile, calibrate;
+           after_compile=importer("pyarrow.parquet", "pyarrow.compute") if streaming else None)  # nothing attached
     try:
-        rec = warm.result() if warm is not None else importlib.import_module("mmntrace.record")
+        for fut in imports:
+            fut.result()
+        if imports:
+            from .heap import give_back_memory
+            for _ in range(100):        # the import threads' own end, after their work's
+                if threading.active_count() == 1:
+                    break
+                time.sleep(0.01)
+            give_back_memory()
+        rec = importlib.import_module("mmntrace.record")
         s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,
                         status=None, redact=redact, hand_over=not keep_root_owner, command=held)
     except BaseException:

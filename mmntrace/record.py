@@ -22,8 +22,8 @@ from . import decode, heap, hooks, kernel
 from .errors import DiskFullError
 from .heap import give_back_memory
 from .outpath import write_atomic
-from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, Arrivals, Backlog, SegmentWorker, convert_now, in_burst
-from .store import HIST_COLUMNS, RecordingWriter, arrow_table, concat_tables
+from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, SLICE_RECORDS, Arrivals, Backlog, SegmentWorker, convert_now, in_burst
+from .store import HIST_COLUMNS, RecordingWriter, Segment, arrow_table, concat_tables
 from .transport import RingReader
 from .symbolize import Symbolizer
 from .wake import POLL_CAP_MS, Wakeups
@@ -221,13 +221,20 @@ class Session:
 
     def _write_segment(self, writer: RecordingWriter, sym: Symbolizer, raw: bytes) -> None:
         """Raw records -> one segment's tables (the segment worker's job,
-        mmntrace/segwriter.py; the metadata it touches is under the lock)."""
-        tables = segment_tables(sym, raw, self.redact)
-        if tables is None:
-            return      # discovery and registration records only: nothing for the tables
-        self.counts["violations"] += len(tables["sleeps"])
+        mmntrace/segwriter.py), SLICE_RECORDS at a time: each slice decoded,
+        made into tables and encoded (a row group of the segment's files)
+        before the next; the segment is written under the lock (the metadata
+        it touches)."""
+        seg = Segment()
+        view, step = memoryview(raw), SLICE_RECORDS * decode.DTYPE.itemsize
+        for lo in range(0, len(raw), step):
+            tables = segment_tables(sym, view[lo:lo + step], self.redact)
+            if tables is not None:      # (None: discovery and registration records only)
+                seg.add(tables["events"], tables["sleeps"])
+                del tables
+        self.counts["violations"] += seg.sleeps
         with self._wlock:
-            writer.write_segment(tables["events"], tables["sleeps"])
+            writer.add_segment(seg)
 
     def _guard(self, g: dict, now: float, fresh: bool = False) -> None:
         """The overhead guard: warn once, with the measured rate, CPU share and drops."""

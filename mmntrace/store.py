@@ -137,32 +137,27 @@ class RecordingWriter:
     def _write_table(self, name: str, df) -> None:
         """``df``: a DataFrame, a pyarrow Table, or a dict of columns written
         without pandas (:func:`arrow_table`)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        if isinstance(df, dict):
-            df = arrow_table(df)
-        table = typed(df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False))
-        sink = pa.BufferOutputStream()
-        # dictionary pages for the names (a few distinct values), not for the
-        # numbers, nearly all distinct (timestamps, seq): a third less time
-        # and a smaller file than dictionary-encoding every column
-        names = [f.name for f in table.schema if not (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
-                                                     or pa.types.is_boolean(f.type))]
-        pq.write_table(table, sink, compression="zstd", use_dictionary=names)
-        self._out.write(name, sink.getvalue().to_pybytes())
+        f = ParquetFile()
+        f.add(df)
+        self._out.write(name, f.close())
 
     def write_segment(self, events, sleeps) -> None:
         """One segment's tables (DataFrames or pyarrow Tables; either may be empty)."""
-        if not len(events) and not len(sleeps):
+        seg = Segment()
+        seg.add(events, sleeps)
+        self.add_segment(seg)
+
+    def add_segment(self, seg: "Segment") -> None:
+        """Write a segment built part by part (:class:`Segment`); nothing for an empty one."""
+        if not seg.events and not seg.sleeps:
             return
         self._seg += 1
-        if len(events):
-            self._write_table(f"events-{self._seg:06d}.parquet", events)
-        if len(sleeps):
-            self._write_table(f"sleeps-{self._seg:06d}.parquet", sleeps)
+        for name, f in (("events", seg.files[0]), ("sleeps", seg.files[1])):
+            if f.rows:
+                self._out.write(f"{name}-{self._seg:06d}.parquet", f.close())
         self.meta["segments"] = self._seg
-        self.meta["events"] += len(events)
-        self.meta["sleeps"] += len(sleeps)
+        self.meta["events"] += seg.events
+        self.meta["sleeps"] += seg.sleeps
         self.flush_meta()
 
     def write_hist(self, hist: pd.DataFrame | dict) -> None:
@@ -174,3 +169,72 @@ class RecordingWriter:
         self.meta["end_time"] = time.time()
         self.meta["end_ns"] = time.monotonic_ns()
         self.flush_meta()
+
+
+def _as_table(df):
+    """A DataFrame, a pyarrow Table or a dict of columns (:func:`arrow_table`) as a pyarrow Table."""
+    import pyarrow as pa
+    if isinstance(df, dict):
+        df = arrow_table(df)
+    return typed(df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False))
+
+
+class ParquetFile:
+    """A Parquet file made in memory a row group at a time (:meth:`add`), its
+    bytes handed over whole (:meth:`close`): the recording's files are
+    written whole (:mod:`mmntrace.outpath`). Its schema is its first table's;
+    a later table is cast to it."""
+
+    def __init__(self):
+        self.rows = 0
+        self._sink = self._writer = None
+
+    def add(self, df) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        table = _as_table(df)
+        if self._writer is None:
+            # dictionary pages for the names (a few distinct values), not for the
+            # numbers, nearly all distinct (timestamps, seq): a third less time
+            # and a smaller file than dictionary-encoding every column
+            names = [f.name for f in table.schema if not (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+                                                         or pa.types.is_boolean(f.type))]
+            self._sink = pa.BufferOutputStream()
+            self._writer = pq.ParquetWriter(self._sink, table.schema, compression="zstd", use_dictionary=names)
+        elif not table.schema.equals(self._writer.schema):
+            table = table.cast(self._writer.schema)
+        self._writer.write_table(table)
+        self.rows += len(table)
+
+    def close(self) -> bytes:
+        """The file's bytes (after at least one :meth:`add`)."""
+        self._writer.close()
+        return self._sink.getvalue().to_pybytes()
+
+
+class Segment:
+    """One segment's ``events`` and ``sleeps`` files, made from parts
+    (:meth:`add`), each part a row group of each file as it comes. A streaming
+    recorder converts a segment's records a slice at a time
+    (mmntrace/record.py): only one slice's columns and tables are held at
+    once, not the whole segment's (decoded, as pyarrow tables, and Parquet's
+    encoders over them: about 0.9 KB a record at their peak). Parquet gives a
+    reader the row groups one after the other, as one table.
+    :meth:`RecordingWriter.add_segment` writes it."""
+
+    def __init__(self):
+        self.files = (ParquetFile(), ParquetFile())
+
+    @property
+    def events(self) -> int:
+        return self.files[0].rows
+
+    @property
+    def sleeps(self) -> int:
+        return self.files[1].rows
+
+    def add(self, events, sleeps) -> None:
+        """A part: its events and sleeps (DataFrames or pyarrow Tables; either may be empty)."""
+        for f, table in zip(self.files, (events, sleeps)):
+            if len(table):
+                f.add(table)

@@ -271,12 +271,13 @@ class Tracer:
             self.load()
         self.attach()
 
-    def load(self, beside_compile=None) -> None:
+    def load(self, beside_compile=None, after_compile=None) -> None:
         """Compile and load the BPF program, calibrate, open the ring buffer.
         Nothing stays attached: see attach()/detach() (the daemon's windows).
         ``beside_compile``: called as the compile begins, once the memory
         the start-up no longer needs has gone back (a thread it starts would
-        keep that from happening: mmntrace/heap.py)."""
+        keep that from happening: mmntrace/heap.py); ``after_compile``: once
+        the compile's memory has gone back, before the programs are loaded."""
         kernel.require_recording(self.f)
         try:
             from bcc import BPF
@@ -310,6 +311,8 @@ class Tracer:
                                "(MMNTRACE_DEBUG=1 shows everything the compiler and bcc printed)") from e
         self.timing["compile_s"] = time.monotonic() - t0
         give_back_memory()      # what clang freed: a daemon runs for days
+        if after_compile is not None:
+            after_compile()
         _debug(f"timing: {self.timing}")
         self._counters = Counters(self.bpf, self._tramp, mmap_arrays=getattr(self.f, "mmap_array", False))
         # entry kprobes that read their hook or callback from their link's cookie

@@ -4,10 +4,13 @@ pandas, and read back exactly as the frames of the same records
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from mmntrace import record, store, symbolize
 from mmntrace.recording import Recording
@@ -95,3 +98,36 @@ print("pyarrow" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False"]
+
+
+def test_a_segment_made_a_slice_at_a_time_reads_back_as_one(tmp_path, monkeypatch):
+    """The segment worker converts a job's records SLICE_RECORDS at a time, each
+    slice a row group of the segment's files (its memory a slice's, not the
+    job's): read back, the same rows as the whole job's frames, hooks before
+    callbacks as the rows came, a slice of sleeps alone and one of discovery
+    records alone included."""
+    raw, h, c, s = records()
+    disc = batch(rtype=4)
+    # slices of 400: sleeps alone, discovery records alone, then hooks and callbacks mixed
+    ordered = np.concatenate([s, disc, raw[raw["type"] != 3]])
+    monkeypatch.setattr(record, "SLICE_RECORDS", 400)
+    sym = symbolize.Symbolizer(FakeTracer(), Features())
+    w = store.RecordingWriter(tmp_path / "new", {}, hand_over=False)
+    session = SimpleNamespace(counts={"violations": 0}, redact=False, _wlock=threading.Lock())
+    record.Session._write_segment(session, w, sym, ordered.tobytes())
+    w.finish()
+    w.close()
+    assert (w.meta["segments"], w.meta["events"], w.meta["sleeps"]) == (1, len(h) + len(c), len(s))
+    assert session.counts["violations"] == len(s)
+    files = sorted(p.name for p in (tmp_path / "new").glob("*.parquet"))
+    assert files == ["events-000001.parquet", "sleeps-000001.parquet"]
+    assert pq.ParquetFile(tmp_path / "new" / files[0]).num_row_groups == 2     # 800 hook and callback records
+    r = Recording(tmp_path / "new")
+    got = (r.events().drop(columns="t_s").sort_values("kind", key=lambda k: k != "hook", kind="stable").reset_index(drop=True),
+           r.sleeps().drop(columns="t_s"))
+    events = raw[raw["type"] != 3]
+    frames = pd.concat([sym.frames(events[events["type"] == 1], "hook"),
+                        sym.frames(events[events["type"] == 2], "callback")], ignore_index=True)
+    want = write(tmp_path / "old", frames, sym.frames(s, "sleep"))
+    for g, wnt in zip(got, want):
+        pd.testing.assert_frame_equal(g, wnt)
