@@ -272,6 +272,7 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     import concurrent.futures
     import importlib
     import threading
+    import time
     # Streaming writes its first segment seconds after the start: its modules
     # and pyarrow (pandas never: mmntrace/record.py) are imported before the
     # first drain, or their import (seconds on a slow machine; a library's
@@ -279,15 +280,18 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     # recorder's own modules import in a thread beside bcc's compile (which
     # releases the GIL; started once the memory the start-up no longer needs
     # has gone back, which a second thread would forbid: heap.py); pyarrow in
-    # one started after the compile, beside the programs' loads and the
-    # calibration (bpf() calls, which release it too), not beside the compile,
+    # one started after the compile, beside the kernel's verifying of the
+    # programs (bpf() calls, which release it too), not beside the compile,
     # whose memory and pyarrow's together were a streaming start's peak. The
-    # recorder waits for both, then gives back what the start-up left, pyarrow's
-    # clean library pages too (heap.py: only with no other thread running).
-    # Alternated in one boot of the 6.1 guest, beside the compile / after it:
-    # the start's peak (VmHWM at --ready-file) 168-172 / 135-143 MiB, after a
-    # notifier_bench run 168-172 / 159-160 (185-192 without that last give-back),
-    # ready after 25.8-33.7 / 26.3-29.3 s.
+    # tracer waits for both before it calibrates (the calibration times our
+    # own probes; in a make bench run with the import beside it, calibrate_s
+    # was 1.85 s against 0.77), then what the start-up left goes back,
+    # pyarrow's clean library pages too (heap.py: only with no other thread
+    # running; without that give-back a notifier run's peak was 185-192 MiB).
+    # Alternated in one boot of the 6.1 guest, four runs each, beside the
+    # compile / after it: VmHWM at --ready-file 167-169 / 118-121 MiB, after
+    # a notifier_bench run 173-184 / 161-166; ready after 29.2-34.7 /
+    # 29.4-31.4 s (compile_s 16.1-20.2 / 14.9-16.0, imports_s 1.3-1.6).
     # --aggregate writes tables at its end only: pyarrow waits until then
     # (peak RSS), and the recorder's own modules import after the compile,
     # where they take 0.2 s in the lab's 6.1 guest; beside it, 0.6-0.7 s, and
@@ -304,9 +308,20 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
             pool = concurrent.futures.ThreadPoolExecutor(1)
             imports.append(pool.submit(lambda: [importlib.import_module(m) for m in modules]))
             pool.shutdown(wait=False)       # (its thread ends with the import)
+            return finish
         return start
+
+    def finish():
+        """The imports' end (a failed one raises below, not in the tracer's
+        load), then the memory the start-up left goes back."""
+        from .heap import give_back_memory
+        concurrent.futures.wait(imports)
+        for _ in range(100):        # their threads' own end, after their work's
+            if threading.active_count() == 1:
+                break
+            time.sleep(0.01)
+        give_back_memory()
     from . import kernel, tracer
-    import time
     t0 = time.monotonic()
     f = kernel.probe()
     features_s = time.monotonic() - t0
@@ -326,15 +341,8 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     t.load(beside_compile=importer("mmntrace.record") if streaming else None,     # compile, calibrate;
            after_compile=importer("pyarrow.parquet", "pyarrow.compute") if streaming else None)  # nothing attached
     try:
-        for fut in imports:
+        for fut in imports:     # (done: the tracer waited for them)
             fut.result()
-        if imports:
-            from .heap import give_back_memory
-            for _ in range(100):        # the import threads' own end, after their work's
-                if threading.active_count() == 1:
-                    break
-                time.sleep(0.01)
-            give_back_memory()
         rec = importlib.import_module("mmntrace.record")
         s = rec.Session(t, f, Path(out), duration=duration, ready_file=Path(ready_file) if ready_file else None,
                         status=None, redact=redact, hand_over=not keep_root_owner, command=held)

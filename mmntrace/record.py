@@ -22,7 +22,8 @@ from . import decode, heap, hooks, kernel
 from .errors import DiskFullError
 from .heap import give_back_memory
 from .outpath import write_atomic
-from .segwriter import MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, SLICE_RECORDS, Arrivals, Backlog, SegmentWorker, convert_now, in_burst
+from .segwriter import (MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, SLICE_RECORDS, Arrivals, Backlog, SegmentWorker,
+                        convert_now, in_burst)
 from .store import HIST_COLUMNS, RecordingWriter, Segment, arrow_table, concat_tables
 from .transport import RingReader
 from .symbolize import Symbolizer

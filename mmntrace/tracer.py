@@ -277,7 +277,10 @@ class Tracer:
         ``beside_compile``: called as the compile begins, once the memory
         the start-up no longer needs has gone back (a thread it starts would
         keep that from happening: mmntrace/heap.py); ``after_compile``: once
-        the compile's memory has gone back, before the programs are loaded."""
+        the compile's memory has gone back, before the programs are loaded
+        and verified; what it returns, if anything, is called once they are,
+        before the calibration (which times our own probes: nothing of ours
+        is to run beside it); its time is ``imports_s``."""
         kernel.require_recording(self.f)
         try:
             from bcc import BPF
@@ -311,8 +314,7 @@ class Tracer:
                                "(MMNTRACE_DEBUG=1 shows everything the compiler and bcc printed)") from e
         self.timing["compile_s"] = time.monotonic() - t0
         give_back_memory()      # what clang freed: a daemon runs for days
-        if after_compile is not None:
-            after_compile()
+        finish = after_compile() if after_compile is not None else None
         _debug(f"timing: {self.timing}")
         self._counters = Counters(self.bpf, self._tramp, mmap_arrays=getattr(self.f, "mmap_array", False))
         # entry kprobes that read their hook or callback from their link's cookie
@@ -328,6 +330,10 @@ class Tracer:
             t0 = time.monotonic()
             self._preload()
             self.timing["verify_s"] = time.monotonic() - t0
+            if finish is not None:
+                t0 = time.monotonic()
+                finish()
+                self.timing["imports_s"] = time.monotonic() - t0
             t0 = time.monotonic()
             self._probes.detach_all()
             self._calibrate()

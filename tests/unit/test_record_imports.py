@@ -1,7 +1,8 @@
 """A streaming recorder's imports around bcc's compile (mmntrace/cli.py _record):
 its own modules beside the compile, pyarrow after it (clang's memory and
-pyarrow's together were a streaming start's peak), both before the session
-starts (a library's import holds the GIL: it would stall the first drain)."""
+pyarrow's together were a streaming start's peak), both done, their threads
+gone, before the tracer calibrates (it times its own probes) and so before the
+session starts (a library's import holds the GIL: it would stall the first drain)."""
 
 import subprocess
 import sys
@@ -30,7 +31,10 @@ class FakeTracer:
             beside_compile()
         state("compiled")       # the imports beside the compile have ended by now
         if after_compile:
-            after_compile()
+            finish = after_compile()
+            finish()            # the verifier's work done: the calibration's turn
+            seen.append("calibrating:" + ",".join(m for m in ("pyarrow", "pyarrow.parquet") if m in sys.modules)
+                        + ":threads=%d" % threading.active_count())
     def stop(self):
         seen.append("stopped")
 
@@ -60,6 +64,7 @@ print("\\n".join(seen))
 
 def test_streaming_imports_pyarrow_after_the_compile_and_before_its_session():
     assert run(aggregate=False) == ["before:mmntrace.record", "compiled:mmntrace.record",
+                                    "calibrating:pyarrow,pyarrow.parquet:threads=1",
                                     "session:pyarrow,pyarrow.parquet", "stopped"]
 
 
