@@ -49,8 +49,10 @@ MAX_JOB_RECORDS = 1 << 16
 #: row group of the segment's files (mmntrace/store.py Segment), so the memory a
 #: job takes is a slice's, and a segment's fixed costs stay a job's. On this
 #: project's build host, a job of 65,536 records (hooks and callbacks) raised the
-#: process' peak by 57 MiB whole, 26 MiB in slices of 16,384 (8,192: 25; 4,096:
-#: 20, and 45 % more CPU), in the same time (0.047 s against 0.052 a job)
+#: process' peak by 43 MiB whole, 25 MiB in slices of 16,384, with the allocator a
+#: recorder gives pyarrow (the system's: mmntrace/cli.py); with pyarrow's own
+#: (mimalloc) 57 and 26 (slices of 8,192: 25; of 4,096: 20, and 45 % more CPU), in
+#: the same time (0.047 s against 0.052 a job)
 SLICE_RECORDS = 1 << 14
 #: raw records waiting for the worker (~9.5 million of them: minutes of the
 #: bench's rate), beyond which the loop stops draining; past MEMORY_BACKLOG_BYTES

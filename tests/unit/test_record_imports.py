@@ -12,8 +12,7 @@ def run(aggregate: bool) -> list[str]:
     code = f"""
 import sys, threading, types
 from mmntrace import cli, kernel, tracer
-import mmntrace.record as record_module   # (a lighter stand-in would hide nothing: pyarrow is not in it)
-del sys.modules["mmntrace.record"]
+import mmntrace.record as record_module     # (pyarrow is not imported with it: its Session is replaced below)
 seen = []
 
 def state(when):
@@ -49,7 +48,6 @@ kernel.probe = lambda: types.SimpleNamespace(ringbuf=True)
 kernel.require_recording = lambda f, backend="auto": None
 tracer.Tracer = FakeTracer
 record_module.Session = session
-sys.modules["mmntrace.record"] = record_module
 try:
     cli._record(None, None, "/nonexistent/rec", None, None, None, {aggregate}, "kprobe", "auto", None, False,
                 None, False, True, False)
