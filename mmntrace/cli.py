@@ -271,7 +271,6 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
             sleep_detect="count"):
     import concurrent.futures
     import importlib
-    import threading
     import time
     # Streaming writes its first segment seconds after the start: its modules
     # and pyarrow (pandas never: mmntrace/record.py) are imported before the
@@ -301,25 +300,23 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     # segments took goes back with the heap's (mmntrace/heap.py); the user's own
     # choice stands
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    imports = []
+    imports, pools = [], []
 
     def importer(*modules):
         def start():
             pool = concurrent.futures.ThreadPoolExecutor(1)
             imports.append(pool.submit(lambda: [importlib.import_module(m) for m in modules]))
             pool.shutdown(wait=False)       # (its thread ends with the import)
+            pools.append(pool)
             return finish
         return start
 
     def finish():
-        """The imports' end (a failed one raises below, not in the tracer's
-        load), then the memory the start-up left goes back."""
+        """The import threads' end (a failed import raises below, not in the
+        tracer's load), then the memory the start-up left goes back."""
         from .heap import give_back_memory
-        concurrent.futures.wait(imports)
-        for _ in range(100):        # their threads' own end, after their work's
-            if threading.active_count() == 1:
-                break
-            time.sleep(0.01)
+        for pool in pools:
+            pool.shutdown(wait=True)        # joins its thread
         give_back_memory()
     from . import kernel, tracer
     t0 = time.monotonic()
