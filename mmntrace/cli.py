@@ -138,9 +138,10 @@ HOOK_CHOICES = hooks.choices()     # the stable names (mmntrace/hooks.py), the s
                    "per-CPU perf buffer. `perf` forces the fallback.")
 @click.option("--buffer-pages", default=None, type=click.IntRange(1, 1 << 16),
               help="Size of the record buffer in pages (a power of two; per CPU for the perf buffer). "
-                   "Records that do not fit are dropped and counted. Default: 4096 (16 MiB) when every "
-                   "call is streamed, which holds the records of the seconds in which the recorder "
-                   "writes a segment; 256 with --aggregate, which sends violations only.")
+                   "Records that do not fit are dropped and counted. Default: 2048 (8 MiB) when every "
+                   "call is streamed, which holds about 75,000 records: a third of a second of the "
+                   "bench's fastest rate while the recorder is busy elsewhere; 256 with --aggregate, "
+                   "which sends violations only.")
 @click.option("--might-sleep/--no-might-sleep", default=False, show_default=True,
               help="Also probe might-sleep functions (mutex_lock, GFP_KERNEL allocations, msleep...) to "
                    "report calls that MAY sleep inside callbacks that must not, even when they did not "
@@ -251,13 +252,18 @@ def _names(option: str, value: str | None, what: str) -> list[str] | None:
     return names
 
 
-#: record buffer sizes (pages) by mode, unless --buffer-pages says
-STREAM_BUFFER_PAGES = 4096
+#: record buffer sizes (pages) by mode, unless --buffer-pages says. Streaming: 8 MiB,
+#: which the recorder's memory counts whole (the kernel maps every page at once). The
+#: loop empties it every 100 ms at most (record.gather_s): at the bench's full rate
+#: (about 200,000 records a second) a fifth of it; 16 MiB until 2026-12-06, when
+#: halving it took a streaming recorder's peak down by 8 MiB with no record lost
+#: (make bench's streaming runs in the 6.1 guest: 0 dropped, the same overhead)
+STREAM_BUFFER_PAGES = 2048
 AGGREGATE_BUFFER_PAGES = 256
 
 
 def default_buffer_pages(aggregate: bool, per_cpu: bool, cpus: int) -> int:
-    """The record buffer's size in pages: one ring of 4096 pages (16 MiB) when
+    """The record buffer's size in pages: one ring of 2048 pages (8 MiB) when
     streaming, 256 with --aggregate; the perf buffer, which is per CPU, shares
     that among the CPUs (a power of two, 64 pages at least)."""
     pages = AGGREGATE_BUFFER_PAGES if aggregate else STREAM_BUFFER_PAGES
@@ -336,7 +342,7 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
         click.echo("mmntrace: compiling and attaching probes...", err=True)
     streaming = not aggregate
     t.load(beside_compile=importer("mmntrace.record") if streaming else None,     # compile, calibrate;
-           after_compile=importer("pyarrow.parquet", "pyarrow.compute") if streaming else None)  # nothing attached
+           after_compile=importer("pyarrow.parquet") if streaming else None)  # nothing attached
     try:
         for fut in imports:     # (done: the tracer waited for them)
             fut.result()

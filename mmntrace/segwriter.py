@@ -58,13 +58,18 @@ SLICE_RECORDS = 1 << 14
 #: bench's rate), beyond which the loop stops draining; past MEMORY_BACKLOG_BYTES
 #: they wait in the recording's file system (:class:`Backlog`), not in memory
 MAX_BACKLOG_BYTES = 1 << 30
-#: 24 MiB: a burst of about 200,000 records waits in memory. Each byte past it is
+#: 8 MiB: a burst of about 80,000 records waits in memory; past it, in the file.
+#: What waits in memory stays there until the worker takes it, so a worker that
+#: starts converting at a burst's end holds its job's memory (about 25 MiB) on top
+#: of all of this: the recorder's peak. At 24 MiB (2026-12-06, make bench's
+#: streaming runs in the 6.1 guest, one boot each, with the ring buffer halved
+#: too) the peak RSS was 174.8 MiB, at 8 MiB 154.4, with the same overhead
+#: (2.51 / 2.50) and recorder CPU a run (1.15-1.98 / 1.15-1.77 s): the bench's
+#: bursts (about 65 MB a run) go through the file either way. Each byte past it is
 #: copied into the file and back (the page cache's pages allocated and freed each
-#: time): in the lab's 6.12 guest, where the recorder's CPU is taken from the
-#: workload, a streaming recorder took 0.43-0.85 s of CPU a run of notifier_bench
-#: 300 64 (160,000 records) at 8 MiB, 0.28-0.41 s at 24 MiB; its peak memory
-#: is its compile's all the same (VmHWM 181-182 -> 186-187 MiB)
-MEMORY_BACKLOG_BYTES = 24 << 20
+#: time): a burst of 160,000 records (notifier_bench 300 64) took the 6.12 guest's
+#: recorder 0.43-0.85 s of CPU at 8 MiB, 0.28-0.41 s at 24 MiB, when measured alone
+MEMORY_BACKLOG_BYTES = 8 << 20
 #: records a second, over the last QUIET_S seconds, below which the recorder is
 #: quiet enough to convert; above it, a burst: its records wait, raw
 QUIET_RATE = 1_000

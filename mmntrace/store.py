@@ -66,6 +66,11 @@ def _arrow(values):
         # the distinct names once, then each record's by the codes (in pyarrow)
         names = (_lists(values.names) if any(isinstance(v, list) for v in values.names)
                  else _strings(values.names, pa.large_string()))
+        if not values.dictionary:
+            codes = np.asarray(values.codes, np.intp)
+            if pa.types.is_list(names.type):
+                return _take_lists(values.names, codes)
+            return _take_strings(values.names, codes)
         small = len(values.names) < 128
         codes = _numbers(np.asarray(values.codes, np.int8 if small and values.dictionary else np.int64))
         return pa.DictionaryArray.from_arrays(codes, names) if values.dictionary else names.take(codes)
@@ -96,6 +101,55 @@ def _strings(values, typ):
     return pa.Array.from_buffers(typ, len(data), [pa.py_buffer(np.packbits(valid, bitorder="little")),
                                                   pa.py_buffer(offsets), pa.py_buffer(b"".join(data))],
                                  null_count=int(len(data) - valid.sum()))
+
+
+def _take_strings(names, codes, typ=None):
+    """Each record's name (``names[codes]``: str or None) as a pyarrow
+    string array (``typ``: large_string, the default, or string), made by numpy from the distinct names' bytes: no
+    ``Array.take``, whose first call imports pyarrow.compute (about 4 MiB of
+    a streaming recorder's heap and 5 of library pages, and a second of its
+    start in the lab). The names go through a fixed-width view, padded to the
+    longest (a few dozen bytes), and the padding is left out in one step."""
+    import numpy as np
+    import pyarrow as pa
+    enc = [x.encode() if x is not None else b"" for x in names]
+    lens = np.array([len(b) for b in enc], np.int64)
+    valid = np.array([x is not None for x in names], dtype=bool)
+    n = len(codes)
+    typ = pa.large_string() if typ is None else typ
+    rec_lens = lens[codes] if n else np.zeros(0, np.int64)
+    offsets = np.zeros(n + 1, np.int64 if typ == pa.large_string() else np.int32)
+    np.cumsum(rec_lens, out=offsets[1:])
+    width = int(lens.max()) if len(lens) else 0
+    if width and n:
+        fixed = np.array(enc, dtype=f"S{width}").view(np.uint8).reshape(len(enc), width)
+        data = fixed[codes][np.arange(width) < rec_lens[:, None]].tobytes()
+    else:
+        data = b""
+    rec_valid = valid[codes] if n else np.zeros(0, bool)
+    nulls = int(n - rec_valid.sum())
+    bitmap = pa.py_buffer(np.packbits(rec_valid, bitorder="little")) if nulls else None
+    return pa.Array.from_buffers(typ, n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=nulls)
+
+
+def _take_lists(names, codes):
+    """Each record's list of names (``names[codes]``: a sleep's stack) as a
+    pyarrow list<string> array, as :func:`_take_strings` does for names: the
+    distinct lists' items once, each record's run of them by index."""
+    import numpy as np
+    import pyarrow as pa
+    lens = np.array([len(v) for v in names], np.int64)
+    starts = np.zeros(len(names), np.int64)
+    if len(names) > 1:
+        np.cumsum(lens[:-1], out=starts[1:])
+    rec_lens = lens[codes] if len(codes) else np.zeros(0, np.int64)
+    offsets = np.zeros(len(codes) + 1, np.int32)
+    np.cumsum(rec_lens, out=offsets[1:])
+    total = int(offsets[-1])
+    # record i's items: starts[codes[i]] + 0, 1, ... rec_lens[i] - 1
+    idx = np.repeat(starts[codes] - offsets[:-1], rec_lens) + np.arange(total) if total else np.zeros(0, np.intp)
+    items = _take_strings([x for v in names for x in v], idx, pa.string())
+    return pa.ListArray.from_arrays(_numbers(offsets), items)
 
 
 def _lists(values):

@@ -158,7 +158,7 @@ def test_the_module_check_slows_down_where_module_loads_are_traced(monkeypatch):
 def test_a_burst_gathers_as_long_as_its_rate_leaves_room_in_the_buffer():
     from mmntrace.record import (COALESCE_FILL, COALESCE_MAX_S, COALESCE_MIN, COALESCE_MIN_S, gather_s,
                                  ring_capacity)
-    cap = ring_capacity(4096, 112)          # the streaming default: 16 MiB, 120-byte strides
+    cap = ring_capacity(4096, 112)          # a 16 MiB ring (the streaming default until 2026-12-06), 120-byte strides
     assert cap == 4096 * 4096 // 120
     # the bench's rate (about 100,000 records a second): the longest gather
     assert gather_s(cap, 10_000, 0.1) == COALESCE_MAX_S

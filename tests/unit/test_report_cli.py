@@ -341,10 +341,10 @@ def test_fuzz_metadata_fields_never_traceback(recs, tmp_path_factory, fields):
 
 def test_record_buffer_defaults_follow_the_mode_and_transport():
     from mmntrace.cli import default_buffer_pages
-    assert default_buffer_pages(False, False, 2) == 4096       # one ring, streaming
+    assert default_buffer_pages(False, False, 2) == 2048       # one ring, streaming
     assert default_buffer_pages(True, False, 64) == 256        # --aggregate: violations only
-    assert default_buffer_pages(False, True, 2) == 2048        # perf: per CPU, shared out
-    assert default_buffer_pages(False, True, 6) == 512         # a power of two
+    assert default_buffer_pages(False, True, 2) == 1024        # perf: per CPU, shared out
+    assert default_buffer_pages(False, True, 6) == 256         # a power of two
     assert default_buffer_pages(True, True, 64) == 64          # never below 64 per CPU
 
 

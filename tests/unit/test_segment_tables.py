@@ -62,11 +62,14 @@ def test_redacted_segments_keep_names_not_addresses():
 
 def test_a_segment_is_written_without_pandas(tmp_path):
     """pandas' import (~75 MiB) and its frames were most of a streaming
-    recorder's memory (BENCHMARKS.md, peak RSS)."""
+    recorder's memory (BENCHMARKS.md, peak RSS); pyarrow.compute, which
+    pyarrow's Array.take imports, took 4 MiB of its heap and 5 of library
+    pages, and a second of its start in the lab."""
     code = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 sys.modules["pandas"] = None        # an import of it fails here
+sys.modules["pyarrow.compute"] = None       # and of this
 from mmntrace import record, store, symbolize
 from symfakes import FakeTracer, Features, batch
 import numpy as np
@@ -79,6 +82,28 @@ print(w.meta["events"], w.meta["sleeps"])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["800", "400"]
+
+
+def test_names_taken_by_numpy_are_pyarrows_take():
+    """store._take_strings and _take_lists (a column of few distinct names, or
+    of stacks, made from each record's code) give what pyarrow's take gives:
+    None, empty names and lists, multi-byte characters, no records at all."""
+    import pyarrow as pa
+    from mmntrace.decode import Coded
+    rng = np.random.default_rng(7)
+    name_sets = (["a", "bcd", None, "", "kvm_mmu_notifier_invalidate_range_start [kvm]", "é€"], [None], [""], ["x"])
+    list_sets = ([[], ["a", "b"], ["flush_tlb_mm_range+0x10", "é"]], [[]], [["x"]], [["a"], [], ["b", "c", "d"]])
+    for sets, typ in ((name_sets, pa.large_string()), (list_sets, pa.list_(pa.string()))):
+        for values in sets:
+            names = np.empty(len(values), object)
+            names[:] = values
+            for n in (0, 1, 7, 1000):
+                codes = rng.integers(0, len(values), n)
+                got = store._arrow(Coded(codes, names))
+                got.validate(full=True)
+                assert got.type == typ
+                assert got.to_pylist() == [values[c] for c in codes]
+                assert got.equals(pa.array(names, type=typ).take(pa.array(codes)))
 
 
 def test_discovery_records_alone_make_no_segment_and_leave_pyarrow_unimported():
