@@ -63,8 +63,8 @@ def test_redacted_segments_keep_names_not_addresses():
 def test_a_segment_is_written_without_pandas(tmp_path):
     """pandas' import (~75 MiB) and its frames were most of a streaming
     recorder's memory (BENCHMARKS.md, peak RSS); pyarrow.compute, which
-    pyarrow's Array.take imports, took 4 MiB of its heap and 5 of library
-    pages, and a second of its start in the lab."""
+    pyarrow's Array.take imports, took 4 MiB of its heap, and its import
+    about a second of its start in the lab (store._take_strings)."""
     code = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
