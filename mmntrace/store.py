@@ -116,16 +116,16 @@ def _take_strings(names, codes, typ=None):
     valid = np.array([x is not None for x in names], dtype=bool)
     n = len(codes)
     typ = pa.large_string() if typ is None else typ
-    rec_lens = lens[codes] if n else np.zeros(0, np.int64)
+    rec_lens = lens[codes]
     offsets = np.zeros(n + 1, np.int64 if typ == pa.large_string() else np.int32)
     np.cumsum(rec_lens, out=offsets[1:])
     width = int(lens.max()) if len(lens) else 0
-    if width and n:
+    if width:           # (S0 is no numpy type)
         fixed = np.array(enc, dtype=f"S{width}").view(np.uint8).reshape(len(enc), width)
         data = fixed[codes][np.arange(width) < rec_lens[:, None]].tobytes()
     else:
         data = b""
-    rec_valid = valid[codes] if n else np.zeros(0, bool)
+    rec_valid = valid[codes]
     nulls = int(n - rec_valid.sum())
     bitmap = pa.py_buffer(np.packbits(rec_valid, bitorder="little")) if nulls else None
     return pa.Array.from_buffers(typ, n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=nulls)
@@ -139,14 +139,12 @@ def _take_lists(names, codes):
     import pyarrow as pa
     lens = np.array([len(v) for v in names], np.int64)
     starts = np.zeros(len(names), np.int64)
-    if len(names) > 1:
-        np.cumsum(lens[:-1], out=starts[1:])
-    rec_lens = lens[codes] if len(codes) else np.zeros(0, np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    rec_lens = lens[codes]
     offsets = np.zeros(len(codes) + 1, np.int32)
     np.cumsum(rec_lens, out=offsets[1:])
-    total = int(offsets[-1])
     # record i's items: starts[codes[i]] + 0, 1, ... rec_lens[i] - 1
-    idx = np.repeat(starts[codes] - offsets[:-1], rec_lens) + np.arange(total) if total else np.zeros(0, np.intp)
+    idx = np.repeat(starts[codes] - offsets[:-1], rec_lens) + np.arange(offsets[-1])
     items = _take_strings([x for v in names for x in v], idx, pa.string())
     return pa.ListArray.from_arrays(_numbers(offsets), items)
 
