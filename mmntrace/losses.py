@@ -150,6 +150,14 @@ class Counters:
             self._untimed = (gen, self._items(b"cb_expected"), seen)
         return untimed_by_callback(self._untimed[1], self._untimed[2], unselected)
 
+    def ops_unsent(self) -> int:
+        """Ops-table records the record buffer had no room for (disc[3]); the BPF
+        side reported each table again (bpf/discovery.h ops_unsent). 0 if unreadable."""
+        try:
+            return int(self.bpf[b"disc"][ctypes.c_int(3)].value)
+        except Exception:       # noqa: BLE001 - bcc raises bare Exceptions
+            return 0
+
     def _untimed_gen(self) -> int | None:
         """How often the BPF side has changed cb_expected and cb_seen (None: unreadable)."""
         try:

@@ -406,6 +406,7 @@ class Session:
             self._guard(guard, time.monotonic(), fresh=True)    # a storm that ended between two checks
             untimed_now = self.t.untimed()      # (two maps: read once for both)
             drops = self.t.drops(untimed=untimed_now)
+            ops_lost = self.t.ops_unsent()
             attached = self.t.attached()
             untimed = self._untimed(sym, untimed_now)
             hist_rows, total_rows, via_rows = list(self.t.histograms()), list(self.t.totals()), list(self.t.via())
@@ -442,6 +443,9 @@ class Session:
             writer.meta["buffer_peak_records"] = most
             # records that waited for their segment in a file, not in memory (a long burst)
             writer.meta["spooled_records"] = pending.spilled // decode.DTYPE.itemsize
+            # ops-table records a full buffer lost (among the drops): each table was
+            # reported again once there was room (bpf/discovery.h ops_unsent)
+            writer.meta["ops_records_lost"] = ops_lost
             # the libraries' clean pages this recorder gave back (mmntrace/heap.py)
             writer.meta["memory_given_back"] = dict(heap.given_back)
             if self.disk_full is None:

@@ -622,6 +622,13 @@ class Tracer:
             return drops_by_name([], perf_lost=0, untimed=0, kretprobe_missed=0, prog_missed=0)
         return self._counters.drops(sum((self.untimed() if untimed is None else untimed).values()), fresh=fresh)
 
+    def ops_unsent(self) -> int:
+        """Ops-table records lost to a full buffer, each table reported again
+        later (bpf/discovery.h ops_unsent): metadata ``ops_records_lost``."""
+        if self.bpf is None:
+            return int(self._final.get("ops_unsent", 0)) if self._final else 0
+        return self._counters.ops_unsent()
+
     def lost(self, fresh: bool = True) -> int:
         """Records lost: the drops' total less the calls counted untimed
         (losses.lost), without reading the untimed counts (the overhead guard's
@@ -703,7 +710,7 @@ class Tracer:
         try:
             try:
                 self._final = dict(drops=self.drops(), hist=self.histograms(), totals=self.totals(),
-                                   via=self.via(), untimed=self.untimed())
+                                   via=self.via(), untimed=self.untimed(), ops_unsent=self.ops_unsent())
                 for k, v in self.bpf[b"stack_by_id"].items():   # readable after unload
                     self._stack_ips.setdefault(k.value, [a for a in v.ip if a])
             except Exception:

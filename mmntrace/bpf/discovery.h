@@ -16,8 +16,9 @@ BPF_TABLE("lru_hash", u64, u32, seen_mm, 4096);	/* mms whose subscriptions were 
  * seen_ops or seen_mm from an older generation counts as not seen. */
 MMNT_READ_ARRAY(walk_gen, u32, 1);	/* read at every poll: mmap()ed where it can be */
 /* [0] ops records sent, [1] those user space has probed, [2] changes to
- * cb_expected and cb_seen (user space reads those maps only when it moved) */
-BPF_ARRAY(disc, u64, 3);
+ * cb_expected and cb_seen (user space reads those maps only when it moved),
+ * [3] ops records the record buffer had no room for (ops_unsent) */
+BPF_ARRAY(disc, u64, 4);
 BPF_HASH(cb_expected, u64, u64, 1024);	/* op -> its calls by hooks while probing was under way */
 BPF_HASH(cb_seen, u64, u64, 1024);	/* op -> those of them our callback probes timed */
 
@@ -25,6 +26,15 @@ static __always_inline u32 seen_gen(void)
 {
 	u32 z = 0, *g = walk_gen.lookup(&z);
 	return g ? *g : 0;
+}
+
+/* ops records lost so far (disc[3]): a task that walked its mm's subscribers
+ * walks them again once this moves (hook_entry's walked_gen) */
+static __always_inline u32 ops_unsent_count(void)
+{
+	u32 k = 3;
+	u64 *v = disc.lookup(&k);
+	return v ? (u32)*v : 0;
 }
 
 /* Are callbacks reported but not yet probed? Then each hook counts, at its
@@ -70,12 +80,12 @@ static __always_inline int op_hook_at(u32 off)
 /* One OPS record per implemented op of an mmu_notifier_ops table (once per table). */
 /* An OPS record goes to the ring buffer, or (seq: the start-up sweep, an
  * iterator program) straight to the reader of the iterator. */
-static __always_inline void put_ops(void *ctx, void *seq, struct mmnt_record *r)
+static __always_inline int put_ops(void *ctx, void *seq, struct mmnt_record *r)
 {
 #ifdef MMNT_ITER
 	if (seq) {
 		bpf_seq_write((struct seq_file *)seq, r, sizeof(*r));
-		return;
+		return 0;
 	}
 #endif
 	if (emit(ctx, r) == 0) {
@@ -83,7 +93,28 @@ static __always_inline void put_ops(void *ctx, void *seq, struct mmnt_record *r)
 		u64 *sent = disc.lookup(&k);
 		if (sent)
 			__sync_fetch_and_add(sent, 1);
+		return 0;
 	}
+	return -1;
+}
+
+/*
+ * An ops record the buffer had no room for (a full ring buffer): were the table
+ * left marked seen, its callbacks would never be probed, nor their calls counted
+ * untimed, for the rest of the session, while the report said only "N dropped".
+ * So it is unmarked, and so is its mm; and disc[3] moves, which makes every task
+ * look at its mm's subscribers again at its next hook call (one seen_mm lookup
+ * each): the table is reported again once there is room.
+ */
+static __always_inline void ops_unsent(u64 ops, u64 mm)
+{
+	u32 k = 3;
+	u64 *v = disc.lookup(&k);
+	seen_ops.delete(&ops);
+	if (mm)
+		seen_mm.delete(&mm);
+	if (v)
+		__sync_fetch_and_add(v, 1);
 }
 
 static __always_inline void emit_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
@@ -119,7 +150,10 @@ static __always_inline void emit_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
 			continue;
 		r.hook = h;
 		r.func = slots[i];
-		put_ops(ctx, seq, &r);
+		if (put_ops(ctx, seq, &r)) {
+			ops_unsent(ops, mm);	/* all of it again later (user space skips what it probed) */
+			return;
+		}
 	}
 }
 
@@ -148,7 +182,8 @@ static __always_inline void emit_interval_ops_to(void *ctx, void *seq, u64 ops, 
 	r.kind = 1;
 	r.hook = MMNT_HOOK_INTERVAL;
 	r.func = invalidate;
-	put_ops(ctx, seq, &r);
+	if (put_ops(ctx, seq, &r))
+		ops_unsent(ops, mm);
 }
 
 static __always_inline void emit_interval_ops(void *ctx, u64 ops, u64 mm)

@@ -575,10 +575,10 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	}
 #endif
 	s->seq = need_seq(s->flags) ? next_seq() : 0;
-	u32 z = 0;
-	u32 *gen = walk_gen.lookup(&z);
-	u32 g = gen ? *gen : 0;
-	if (s->mm != t->walked_mm || g != t->walked_gen) {	/* one LRU lookup per new mm, not per call */
+	/* one LRU lookup per new mm, not per call; again after a module load or
+	 * after an ops record was lost (ops_unsent) */
+	u32 g = seen_gen() + ops_unsent_count();
+	if (s->mm != t->walked_mm || g != t->walked_gen) {
 		walk_subs(ctx, s->mm);
 		t->walked_mm = s->mm;
 		t->walked_gen = g;

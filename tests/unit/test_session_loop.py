@@ -42,6 +42,9 @@ class IdleTracer:
     def lost(self, fresh=True):
         return 0
 
+    def ops_unsent(self):
+        return 0
+
     def histograms(self):
         return []
 
