@@ -313,3 +313,29 @@ def test_ab_bpf_attributes_each_program_to_the_recorder_holding_it():
         "hk_entry": {"A": {"runs": 100, "ns": 200000}, "B": {"runs": 100, "ns": 150000}},
         "cbf_entry": {"B": {"runs": 10, "ns": 1200}}}
     assert ab_bpf.prog_ids(os.getpid()) == set()        # this process holds no BPF program
+
+
+def test_ops_records_lost_are_read_from_disc_and_kept_past_stop():
+    """disc[3] (bpf/discovery.h ops_unsent) is what the metadata's
+    ops_records_lost says, while the program is loaded and after stop()."""
+    from types import SimpleNamespace
+
+    from mmntrace.losses import Counters
+
+    class Disc:
+        def __getitem__(self, k):
+            return SimpleNamespace(value=[10, 10, 3, 7][k.value])
+
+    c = Counters.__new__(Counters)
+    c.bpf = {b"disc": Disc()}
+    assert c.ops_unsent() == 7
+    c.bpf = {b"disc": {}}       # a program without the slot (unreadable): none
+    assert c.ops_unsent() == 0
+    t = tracer.Tracer.__new__(tracer.Tracer)
+    t.bpf, t._counters, t._final = object(), c, None
+    c.bpf = {b"disc": Disc()}
+    assert t.ops_unsent() == 7
+    t.bpf, t._final = None, {"ops_unsent": 7}
+    assert t.ops_unsent() == 7
+    t._final = None
+    assert t.ops_unsent() == 0
