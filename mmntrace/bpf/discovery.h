@@ -19,6 +19,9 @@ MMNT_READ_ARRAY(walk_gen, u32, 1);	/* read at every poll: mmap()ed where it can 
  * cb_expected and cb_seen (user space reads those maps only when it moved),
  * [3] ops records the record buffer had no room for (ops_unsent) */
 BPF_ARRAY(disc, u64, 4);
+/* mm -> the interval notifiers' ops table whose record found the buffer full
+ * (the last one per mm): found at a hook on that mm, not by a walk (ops_unsent) */
+BPF_HASH(unsent_iops, u64, u64, 256);
 BPF_HASH(cb_expected, u64, u64, 1024);	/* op -> its calls by hooks while probing was under way */
 BPF_HASH(cb_seen, u64, u64, 1024);	/* op -> those of them our callback probes timed */
 
@@ -104,7 +107,9 @@ static __always_inline int put_ops(void *ctx, void *seq, struct mmnt_record *r)
  * untimed, for the rest of the session, while the report said only "N dropped".
  * So it is unmarked, and so is its mm; and disc[3] moves, which makes every task
  * look at its mm's subscribers again at its next hook call (one seen_mm lookup
- * each): the table is reported again once there is room.
+ * each): the table is reported again once there is room. An interval
+ * notifiers' table, which no walk of a hook finds (it is in the mm's interval
+ * tree), is kept in unsent_iops for that walk (walk_subs_to).
  */
 static __always_inline void ops_unsent(u64 ops, u64 mm)
 {
@@ -182,8 +187,11 @@ static __always_inline void emit_interval_ops_to(void *ctx, void *seq, u64 ops, 
 	r.kind = 1;
 	r.hook = MMNT_HOOK_INTERVAL;
 	r.func = invalidate;
-	if (put_ops(ctx, seq, &r))
+	if (put_ops(ctx, seq, &r)) {
 		ops_unsent(ops, mm);
+		if (mm)
+			unsent_iops.update(&mm, &ops);
+	}
 }
 
 static __always_inline void emit_interval_ops(void *ctx, u64 ops, u64 mm)
@@ -201,6 +209,12 @@ static __always_inline void walk_subs_to(void *ctx, void *seq, u64 mm, bool forc
 	if (!mm || (!force && (v = seen_mm.lookup(&mm)) && *v == g))
 		return;
 	seen_mm.update(&mm, &g);
+	u64 *iops = unsent_iops.lookup(&mm);
+	if (iops) {			/* an interval notifiers' table lost to a full buffer */
+		u64 o = *iops;
+		unsent_iops.delete(&mm);
+		emit_interval_ops_to(ctx, seq, o, mm);	/* (kept again if lost again) */
+	}
 	if (bpf_probe_read_kernel(&subs, sizeof(subs),
 				  (void *)(mm + MMNT_L_MM_SUBS)) || !subs)
 		return;

@@ -378,6 +378,66 @@ def test_subscriber_registered_into_a_full_buffer_is_probed_all_the_same(tmp_pat
           f"and sent again; a later subscriber's {got} calls all timed")
 
 
+def test_interval_notifier_inserted_into_a_full_buffer_is_probed_all_the_same(tmp_path):
+    """The same for an interval notifier, which no hook's walk of its mm's
+    subscribers finds (it is in the mm's interval tree): inserted once, while
+    the stopped recorder's buffer is full of KVM's calls, its table is kept for
+    its mm and reported at the next hook call there; then every invalidation
+    of it is timed, as the module counts them. Before, only another insertion
+    of the same table could have reported it."""
+    if not os.path.exists("/dev/kvm"):
+        pytest.skip("no /dev/kvm in this guest")
+    import mmap
+
+    from mmnlab import testmod
+    page = mmap.PAGESIZE
+    rec = _recorder(tmp_path / "rec", "--buffer-pages", "64")
+    iv = lambda att: [a for a in att if a["kind"] == "callback" and a["symbol"] == "mmnt_interval_invalidate"]  # noqa: E731
+    assert iv(rec.first_ready) == [], "an interval notifier of the module exists already"
+    region = mmap.mmap(-1, 16 * page)
+    addr = _addr_of(region)
+
+    def invalidate():          # a write fault, then MADV_DONTNEED: one interval invalidation
+        region[0] = 1
+        region.madvise(mmap.MADV_DONTNEED)
+
+    with testmod.TestModule() as m:
+        rec.proc.send_signal(signal.SIGSTOP)
+        try:
+            p = subprocess.run([str(BENCH), "100", "16", "--no-module"], capture_output=True, text=True, timeout=600)
+            assert p.returncode == 0, p.stderr
+            m.interval(addr, 16 * page)          # its ops-table record meets a full buffer
+        finally:
+            rec.proc.send_signal(signal.SIGCONT)
+        # the workload goes on (a hook call on this mm every 0.2 s) until --ready-file lists the callback
+        rec.wait_for(lambda att: invalidate() or any(a["status"] == "attached" for a in iv(att)), timeout=120)
+        m.reset()
+        for _ in range(50):
+            invalidate()
+            time.sleep(0.01)
+        c = m.counts()
+    assert rec.stop() == 0, rec.log.read_text()[-2000:]
+    r = Recording(tmp_path / "rec")
+    assert r.meta["ops_records_lost"] > 0, r.meta["drops"]
+    ev = r.events()
+    name = ev["callback"].astype(str).str.split(" ").str[0]     # ("name [module]")
+    mine = ev[(ev["kind"] == "callback") & (ev["pid"] == os.getpid()) & (name == "mmnt_interval_invalidate")
+              & (ev["ts_ns"] >= c["reset_ns"]) & (ev["ts_ns"] <= c["read_ns"])]
+    assert len(mine) == c["calls"]["interval"] >= 50, (len(mine), c["calls"]["interval"], r.meta["drops"])
+    print(f"interval notifier inserted into a full buffer: {r.meta['ops_records_lost']} ops-table records lost; "
+          f"then {len(mine)} invalidations timed, as the module counts them")
+
+
+def _addr_of(m) -> int:
+    """The address of an anonymous mmap.mmap's first byte."""
+    import ctypes
+    buf = (ctypes.c_char * 1).from_buffer(m)
+    try:
+        return ctypes.addressof(buf)
+    finally:
+        del buf
+
+
 def test_fifty_short_lived_subscribers_each_counted_from_its_first_call(tmp_path):
     """Issue 13: 50 processes, one after another, each subscribe the module to
     their own new mm and invalidate at once (no go file), unsubscribe and
