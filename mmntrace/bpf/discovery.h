@@ -20,8 +20,9 @@ MMNT_READ_ARRAY(walk_gen, u32, 1);	/* read at every poll: mmap()ed where it can 
  * [3] ops records the record buffer had no room for (ops_unsent) */
 BPF_ARRAY(disc, u64, 4);
 /* mm -> the interval notifiers' ops table whose record found the buffer full
- * (the last one per mm): found at a hook on that mm, not by a walk (ops_unsent) */
-BPF_HASH(unsent_iops, u64, u64, 256);
+ * (the last one per mm): found at a hook on that mm, not by a walk (ops_unsent);
+ * least recently used first out, as an mm that is gone never takes its own */
+BPF_TABLE("lru_hash", u64, u64, unsent_iops, 256);
 BPF_HASH(cb_expected, u64, u64, 1024);	/* op -> its calls by hooks while probing was under way */
 BPF_HASH(cb_seen, u64, u64, 1024);	/* op -> those of them our callback probes timed */
 
