@@ -370,10 +370,8 @@ def test_subscriber_registered_into_a_full_buffer_is_probed_all_the_same(tmp_pat
     r = Recording(tmp_path / "rec")
     drops = r.meta["drops"]
     assert r.meta["ops_records_lost"] > 0 and drops["ops"] >= r.meta["ops_records_lost"], (r.meta["ops_records_lost"], drops)
-    mine = _in_window(_module_cbs(r.events(), later.p.pid), res)
-    got = len(mine)
-    assert got == res["hook_calls"], (got, res, drops, mine["callback"].astype(str).value_counts().to_dict(),
-                                      r.meta.get("untimed"), [(a["symbol"], a["status"]) for a in mod_cb(r.meta["attached"])])
+    got = len(_in_window(_module_cbs(r.events(), later.p.pid), res))
+    assert got == res["hook_calls"], (got, res, drops, r.meta.get("untimed"))      # the module's own counts
     print(f"full buffer at the module's registration: {r.meta['ops_records_lost']} ops-table records lost "
           f"and sent again; a later subscriber's {got} calls all timed")
 
@@ -387,26 +385,23 @@ def test_interval_notifier_inserted_into_a_full_buffer_is_probed_all_the_same(tm
     of the same table could have reported it."""
     if not os.path.exists("/dev/kvm"):
         pytest.skip("no /dev/kvm in this guest")
-    import mmap
-
     from mmnlab import testmod
-    page = mmap.PAGESIZE
+    from mmnlab import workload as W
     rec = _recorder(tmp_path / "rec", "--buffer-pages", "64")
     iv = lambda att: [a for a in att if a["kind"] == "callback" and a["symbol"] == "mmnt_interval_invalidate"]  # noqa: E731
     assert iv(rec.first_ready) == [], "an interval notifier of the module exists already"
-    region = mmap.mmap(-1, 16 * page)
-    addr = _addr_of(region)
+    addr, length = W.mmap_anon(16 * W.PAGE), 16 * W.PAGE
 
     def invalidate():          # a write fault, then MADV_DONTNEED: one interval invalidation
-        region[0] = 1
-        region.madvise(mmap.MADV_DONTNEED)
+        W.touch(addr, W.PAGE)
+        W.libc.madvise(addr, length, W.MADV_DONTNEED)
 
     with testmod.TestModule() as m:
         rec.proc.send_signal(signal.SIGSTOP)
         try:
             p = subprocess.run([str(BENCH), "100", "16", "--no-module"], capture_output=True, text=True, timeout=600)
             assert p.returncode == 0, p.stderr
-            m.interval(addr, 16 * page)          # its ops-table record meets a full buffer
+            m.interval(addr, length)             # its ops-table record meets a full buffer
         finally:
             rec.proc.send_signal(signal.SIGCONT)
         # the workload goes on (a hook call on this mm every 0.2 s) until --ready-file lists the callback
@@ -426,16 +421,6 @@ def test_interval_notifier_inserted_into_a_full_buffer_is_probed_all_the_same(tm
     assert len(mine) == c["calls"]["interval"] >= 50, (len(mine), c["calls"]["interval"], r.meta["drops"])
     print(f"interval notifier inserted into a full buffer: {r.meta['ops_records_lost']} ops-table records lost; "
           f"then {len(mine)} invalidations timed, as the module counts them")
-
-
-def _addr_of(m) -> int:
-    """The address of an anonymous mmap.mmap's first byte."""
-    import ctypes
-    buf = (ctypes.c_char * 1).from_buffer(m)
-    try:
-        return ctypes.addressof(buf)
-    finally:
-        del buf
 
 
 def test_fifty_short_lived_subscribers_each_counted_from_its_first_call(tmp_path):
