@@ -32,22 +32,32 @@ static __always_inline u32 seen_gen(void)
 	return g ? *g : 0;
 }
 
+/* disc[k] (0 if unreadable); disc_add(k): one more to it */
+static __always_inline u64 disc_read(u32 k)
+{
+	u64 *v = disc.lookup(&k);
+	return v ? *v : 0;
+}
+
+static __always_inline void disc_add(u32 k)
+{
+	u64 *v = disc.lookup(&k);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
 /* ops records lost so far (disc[3]): a task that walked its mm's subscribers
  * walks them again once this moves (hook_entry's walked_gen) */
 static __always_inline u32 ops_unsent_count(void)
 {
-	u32 k = 3;
-	u64 *v = disc.lookup(&k);
-	return v ? (u32)*v : 0;
+	return (u32)disc_read(3);
 }
 
 /* Are callbacks reported but not yet probed? Then each hook counts, at its
  * return, the calls its subscribers' ops got that no probe of ours timed. */
 static __always_inline bool probing_pending(void)
 {
-	u32 a = 0, b = 1;
-	u64 *sent = disc.lookup(&a), *done = disc.lookup(&b);
-	return sent && done && *sent != *done;
+	return disc_read(0) != disc_read(1);
 }
 
 
@@ -93,10 +103,7 @@ static __always_inline int put_ops(void *ctx, void *seq, struct mmnt_record *r)
 	}
 #endif
 	if (emit(ctx, r) == 0) {
-		u32 k = 0;
-		u64 *sent = disc.lookup(&k);
-		if (sent)
-			__sync_fetch_and_add(sent, 1);
+		disc_add(0);		/* sent */
 		return 0;
 	}
 	return -1;
@@ -114,13 +121,10 @@ static __always_inline int put_ops(void *ctx, void *seq, struct mmnt_record *r)
  */
 static __always_inline void ops_unsent(u64 ops, u64 mm)
 {
-	u32 k = 3;
-	u64 *v = disc.lookup(&k);
 	seen_ops.delete(&ops);
 	if (mm)
 		seen_mm.delete(&mm);
-	if (v)
-		__sync_fetch_and_add(v, 1);
+	disc_add(3);
 }
 
 static __always_inline void emit_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
@@ -205,7 +209,10 @@ static __always_inline void walk_subs_to(void *ctx, void *seq, u64 mm, bool forc
 {
 #if MMNT_SUBS_LIST_OFF >= 0
 	u64 subs = 0, node = 0;
-	u32 g = seen_gen(), *v;
+	/* an mm walked before an ops record was lost is walked again: a walk here
+	 * may have found the table marked seen while another CPU's record of it
+	 * was being lost, and skipped it */
+	u32 g = seen_gen() + ops_unsent_count(), *v;
 
 	if (!mm || (!force && (v = seen_mm.lookup(&mm)) && *v == g))
 		return;
@@ -273,7 +280,6 @@ static __always_inline int op_off_of(u32 hook)
 static __always_inline void add_to(u64 fn, bool seen)
 {
 	u64 one = 1, *v;
-	u32 k = 2;
 	if (seen) {
 		v = cb_seen.lookup(&fn);
 		if (v)
@@ -287,9 +293,7 @@ static __always_inline void add_to(u64 fn, bool seen)
 		else if (cb_expected.insert(&fn, &one) != 0 && (v = cb_expected.lookup(&fn)))
 			__sync_fetch_and_add(v, 1);
 	}
-	v = disc.lookup(&k);		/* after the change: a reader that sees it reads the maps again */
-	if (v)
-		__sync_fetch_and_add(v, 1);
+	disc_add(2);		/* after the change: a reader that sees it reads the maps again */
 }
 
 /*

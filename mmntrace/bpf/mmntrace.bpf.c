@@ -582,6 +582,13 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 		walk_subs(ctx, s->mm);
 		t->walked_mm = s->mm;
 		t->walked_gen = g;
+		/* an ops record lost meanwhile (the buffer full): this call's
+		 * subscribers may have a table user space has not seen, whose
+		 * callbacks no probe times; counted untimed at the return, as
+		 * while probing is under way (count_untimed). The next call walks
+		 * again (disc[3] moved), until the table is sent. */
+		if (seen_gen() + ops_unsent_count() != g)
+			s->pending = 1;
 	}
 	/* release empties the mm's list of subscribers as it goes: what it will
 	 * call is counted now (its callbacks timed are, at its return) */

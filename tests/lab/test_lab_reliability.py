@@ -376,6 +376,63 @@ def test_subscriber_registered_into_a_full_buffer_is_probed_all_the_same(tmp_pat
           f"and sent again; a later subscriber's {got} calls all timed")
 
 
+def test_calls_made_while_a_lost_table_waits_are_counted_untimed(tmp_path):
+    """The calls a subscriber gets between its ops-table record's loss and the
+    table's report are counted untimed: every one the module counts is recorded
+    or untimed, exactly. This process subscribes the module while the stopped
+    recorder's buffer is full of KVM's calls and invalidates its own memory 20
+    times then (each hook call tries the table again and finds no room), then
+    every 0.2 s until --ready-file lists the module's callbacks, then 20 times
+    more. Before, only the calls after the table was sent again were counted
+    (untimed until the probes went in): the 20 of the stopped recorder were in
+    no count (the hooks' own records counted as dropped, not the callbacks)."""
+    if not os.path.exists("/dev/kvm"):
+        pytest.skip("no /dev/kvm in this guest")
+    from mmnlab import testmod
+    from mmnlab import workload as W
+    rec = _recorder(tmp_path / "rec", "--buffer-pages", "64")
+    mod_cb = lambda att: [a for a in att if a["kind"] == "callback" and str(a["symbol"]).startswith("mmnt_")  # noqa: E731
+                          and a["status"] == "attached"]
+    assert mod_cb(rec.first_ready) == [], "the module is subscribed to some process already"
+    addr, length = W.mmap_anon(16 * W.PAGE), 16 * W.PAGE
+
+    def invalidate():          # a write fault, then MADV_DONTNEED: a range start and end
+        W.touch(addr, W.PAGE)
+        W.libc.madvise(addr, length, W.MADV_DONTNEED)
+
+    with testmod.TestModule() as m:
+        rec.proc.send_signal(signal.SIGSTOP)
+        try:
+            p = subprocess.run([str(BENCH), "100", "16", "--no-module"], capture_output=True, text=True, timeout=600)
+            assert p.returncode == 0, p.stderr
+            m.register()                # its ops-table records meet a full buffer
+            m.reset()
+            for _ in range(20):
+                invalidate()
+            stopped = m.counts()
+        finally:
+            rec.proc.send_signal(signal.SIGCONT)
+        rec.wait_for(lambda att: invalidate() or {a["symbol"] for a in mod_cb(att)} >= set(MOD_CB), timeout=120)
+        for _ in range(20):
+            invalidate()
+            time.sleep(0.01)
+        c = m.counts()
+    assert rec.stop() == 0, rec.log.read_text()[-2000:]
+    r = Recording(tmp_path / "rec")
+    assert r.meta["ops_records_lost"] > 0, r.meta["drops"]
+    calls = lambda cnt: sum(n for h, n in cnt["calls"].items() if h != "release")  # noqa: E731
+    assert calls(stopped) >= 40, stopped        # a start and an end at least, each time
+    ev = r.events()
+    name = ev["callback"].astype(str)
+    timed = ev[(ev["kind"] == "callback") & name.str.startswith("mmnt_") & ~name.str.startswith("mmnt_release")
+               & (ev["ts_ns"] >= c["reset_ns"]) & (ev["ts_ns"] <= c["read_ns"])]
+    untimed = _untimed_in_hooks(r.meta)
+    assert len(timed) + untimed == calls(c), (len(timed), untimed, calls(c), calls(stopped), r.meta["drops"])
+    assert untimed >= calls(stopped), (untimed, calls(stopped))
+    print(f"a subscriber's table lost to a full buffer: {calls(stopped)} calls while it waited, "
+          f"{calls(c)} in all: {len(timed)} timed, {untimed} untimed ({r.meta['ops_records_lost']} ops records lost)")
+
+
 def test_interval_notifier_inserted_into_a_full_buffer_is_probed_all_the_same(tmp_path):
     """The same for an interval notifier, which no hook's walk of its mm's
     subscribers finds (it is in the mm's interval tree): inserted once, while
