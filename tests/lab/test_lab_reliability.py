@@ -15,6 +15,7 @@ recorder has attached the module's callbacks):
   is readable; nothing stays attached.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -339,6 +340,49 @@ def test_disk_full_stops_with_one_sentence(tmp_path):
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+#: KVM's calls fill a stopped recorder's buffer (_stopped_with_a_full_buffer)
+needs_kvm = pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm in this guest")
+
+
+@contextlib.contextmanager
+def _stopped_with_a_full_buffer(rec):
+    """The recorder stopped (SIGSTOP, as Ctrl-Z does) and its buffer surely full:
+    KVM's calls (notifier_bench, about 10,000 records) fill the 64 pages (2,340
+    records) it was given; the body runs then; SIGCONT however it ends."""
+    rec.proc.send_signal(signal.SIGSTOP)
+    try:
+        p = subprocess.run([str(BENCH), "100", "16", "--no-module"], capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr
+        yield
+    finally:
+        rec.proc.send_signal(signal.SIGCONT)
+
+
+def _invalidator():
+    """A fresh anonymous mapping of this process, and a function that invalidates it
+    ``times`` times, ``pause_s`` apart: a write fault, then MADV_DONTNEED (a range
+    start and end, an interval notifier's invalidation)."""
+    from mmnlab import workload as W
+    addr, length = W.mmap_anon(16 * W.PAGE), 16 * W.PAGE
+
+    def invalidate(times: int = 1, pause_s: float = 0.0) -> None:
+        for _ in range(times):
+            W.touch(addr, W.PAGE)
+            W.libc.madvise(addr, length, W.MADV_DONTNEED)
+            time.sleep(pause_s)
+    return addr, length, invalidate
+
+
+def _recording_that_lost_ops_records(rec, path) -> Recording:
+    """Stop the recorder and read its recording, which lost ops-table records to
+    the full buffer (metadata ops_records_lost, among the drops)."""
+    assert rec.stop() == 0, rec.log.read_text()[-2000:]
+    r = Recording(path)
+    assert r.meta["ops_records_lost"] > 0 and r.meta["drops"]["ops"] >= r.meta["ops_records_lost"], r.meta["drops"]
+    return r
+
+
+@needs_kvm
 def test_subscriber_registered_into_a_full_buffer_is_probed_all_the_same(tmp_path):
     """A subscriber whose ops-table records find the buffer full is reported
     again once there is room: its callbacks get probes, and a later process's
@@ -348,34 +392,26 @@ def test_subscriber_registered_into_a_full_buffer_is_probed_all_the_same(tmp_pat
     is subscribed then. Before, its tables stayed marked as seen: the module's
     callbacks were never probed, nor their calls counted untimed, for the rest
     of the session, while the report said only "N dropped"."""
-    if not os.path.exists("/dev/kvm"):
-        pytest.skip("no /dev/kvm in this guest")
-    # 64 pages (2,340 records): KVM's calls fill them (about 10,000 records), the paced rounds at the end do not
+    # 64 pages: KVM's calls fill them, the paced rounds at the end do not
     rec = _recorder(tmp_path / "rec", "--buffer-pages", "64", "--comm", "notifier_bench")
     mod_cb = lambda att: [a for a in att if a["kind"] == "callback" and str(a["symbol"]).startswith("mmnt_")]  # noqa: E731
     assert mod_cb(rec.first_ready) == [], "the module is subscribed to some process already"
-    rec.proc.send_signal(signal.SIGSTOP)
-    try:
-        for args in (["100", "16", "--no-module"], ["5", "4", "--no-kvm"]):   # KVM's calls, then the module subscribed
-            p = subprocess.run([str(BENCH), *args], capture_output=True, text=True, timeout=600)
-            assert p.returncode == 0, p.stderr
-    finally:
-        rec.proc.send_signal(signal.SIGCONT)
+    with _stopped_with_a_full_buffer(rec):
+        p = subprocess.run([str(BENCH), "5", "4", "--no-kvm"], capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr      # the module subscribed, its records lost
     # another subscriber, held until the module's callbacks are probed (what --ready-file says)
     later = Bench(tmp_path, rounds=20, pages=4, round_us=50_000)
     rec.wait_for(lambda att: {a["symbol"] for a in mod_cb(att) if a["status"] == "attached"} >= set(MOD_CB),
                  timeout=120)
     res = later.go()
-    assert rec.stop() == 0, rec.log.read_text()[-2000:]
-    r = Recording(tmp_path / "rec")
-    drops = r.meta["drops"]
-    assert r.meta["ops_records_lost"] > 0 and drops["ops"] >= r.meta["ops_records_lost"], (r.meta["ops_records_lost"], drops)
+    r = _recording_that_lost_ops_records(rec, tmp_path / "rec")
     got = len(_in_window(_module_cbs(r.events(), later.p.pid), res))
-    assert got == res["hook_calls"], (got, res, drops, r.meta.get("untimed"))      # the module's own counts
+    assert got == res["hook_calls"], (got, res, r.meta["drops"], r.meta.get("untimed"))      # the module's own counts
     print(f"full buffer at the module's registration: {r.meta['ops_records_lost']} ops-table records lost "
           f"and sent again; a later subscriber's {got} calls all timed")
 
 
+@needs_kvm
 def test_calls_made_while_a_lost_table_waits_are_counted_untimed(tmp_path):
     """The calls a subscriber gets between its ops-table record's loss and the
     table's report are counted untimed: every one the module counts is recorded
@@ -386,43 +422,25 @@ def test_calls_made_while_a_lost_table_waits_are_counted_untimed(tmp_path):
     more. Before, only the calls after the table was sent again were counted
     (untimed until the probes went in): the 20 of the stopped recorder were in
     no count (the hooks' own records counted as dropped, not the callbacks)."""
-    if not os.path.exists("/dev/kvm"):
-        pytest.skip("no /dev/kvm in this guest")
     from mmnlab import testmod
-    from mmnlab import workload as W
     rec = _recorder(tmp_path / "rec", "--buffer-pages", "64")
     mod_cb = lambda att: [a for a in att if a["kind"] == "callback" and str(a["symbol"]).startswith("mmnt_")  # noqa: E731
                           and a["status"] == "attached"]
     assert mod_cb(rec.first_ready) == [], "the module is subscribed to some process already"
-    addr, length = W.mmap_anon(16 * W.PAGE), 16 * W.PAGE
-
-    def invalidate():          # a write fault, then MADV_DONTNEED: a range start and end
-        W.touch(addr, W.PAGE)
-        W.libc.madvise(addr, length, W.MADV_DONTNEED)
-
+    _addr, _length, invalidate = _invalidator()
     with testmod.TestModule() as m:
-        rec.proc.send_signal(signal.SIGSTOP)
-        try:
-            p = subprocess.run([str(BENCH), "100", "16", "--no-module"], capture_output=True, text=True, timeout=600)
-            assert p.returncode == 0, p.stderr
+        with _stopped_with_a_full_buffer(rec):
             # counted from before the subscription: a call between the two (automatic NUMA
             # balancing scans this process's memory at its return from the ioctl) would be
             # counted untimed, and not by the module
             m.reset()
             m.register()                # its ops-table records meet a full buffer
-            for _ in range(20):
-                invalidate()
+            invalidate(20)
             stopped = m.counts()
-        finally:
-            rec.proc.send_signal(signal.SIGCONT)
         rec.wait_for(lambda att: invalidate() or {a["symbol"] for a in mod_cb(att)} >= set(MOD_CB), timeout=120)
-        for _ in range(20):
-            invalidate()
-            time.sleep(0.01)
+        invalidate(20, pause_s=0.01)
         c = m.counts()
-    assert rec.stop() == 0, rec.log.read_text()[-2000:]
-    r = Recording(tmp_path / "rec")
-    assert r.meta["ops_records_lost"] > 0, r.meta["drops"]
+    r = _recording_that_lost_ops_records(rec, tmp_path / "rec")
     calls = lambda cnt: sum(n for h, n in cnt["calls"].items() if h != "release")  # noqa: E731
     assert calls(stopped) >= 40, stopped        # a start and an end at least, each time
     ev = r.events()
@@ -436,6 +454,7 @@ def test_calls_made_while_a_lost_table_waits_are_counted_untimed(tmp_path):
           f"{calls(c)} in all: {len(timed)} timed, {untimed} untimed ({r.meta['ops_records_lost']} ops records lost)")
 
 
+@needs_kvm
 def test_interval_notifier_inserted_into_a_full_buffer_is_probed_all_the_same(tmp_path):
     """The same for an interval notifier, which no hook's walk of its mm's
     subscribers finds (it is in the mm's interval tree): inserted once, while
@@ -443,37 +462,20 @@ def test_interval_notifier_inserted_into_a_full_buffer_is_probed_all_the_same(tm
     its mm and reported at the next hook call there; then every invalidation
     of it is timed, as the module counts them. Before, only another insertion
     of the same table could have reported it."""
-    if not os.path.exists("/dev/kvm"):
-        pytest.skip("no /dev/kvm in this guest")
     from mmnlab import testmod
-    from mmnlab import workload as W
     rec = _recorder(tmp_path / "rec", "--buffer-pages", "64")
     iv = lambda att: [a for a in att if a["kind"] == "callback" and a["symbol"] == "mmnt_interval_invalidate"]  # noqa: E731
     assert iv(rec.first_ready) == [], "an interval notifier of the module exists already"
-    addr, length = W.mmap_anon(16 * W.PAGE), 16 * W.PAGE
-
-    def invalidate():          # a write fault, then MADV_DONTNEED: one interval invalidation
-        W.touch(addr, W.PAGE)
-        W.libc.madvise(addr, length, W.MADV_DONTNEED)
-
+    addr, length, invalidate = _invalidator()
     with testmod.TestModule() as m:
-        rec.proc.send_signal(signal.SIGSTOP)
-        try:
-            p = subprocess.run([str(BENCH), "100", "16", "--no-module"], capture_output=True, text=True, timeout=600)
-            assert p.returncode == 0, p.stderr
+        with _stopped_with_a_full_buffer(rec):
             m.interval(addr, length)             # its ops-table record meets a full buffer
-        finally:
-            rec.proc.send_signal(signal.SIGCONT)
         # the workload goes on (a hook call on this mm every 0.2 s) until --ready-file lists the callback
         rec.wait_for(lambda att: invalidate() or any(a["status"] == "attached" for a in iv(att)), timeout=120)
         m.reset()
-        for _ in range(50):
-            invalidate()
-            time.sleep(0.01)
+        invalidate(50, pause_s=0.01)
         c = m.counts()
-    assert rec.stop() == 0, rec.log.read_text()[-2000:]
-    r = Recording(tmp_path / "rec")
-    assert r.meta["ops_records_lost"] > 0, r.meta["drops"]
+    r = _recording_that_lost_ops_records(rec, tmp_path / "rec")
     ev = r.events()
     name = ev["callback"].astype(str).str.split(" ").str[0]     # ("name [module]")
     mine = ev[(ev["kind"] == "callback") & (ev["pid"] == os.getpid()) & (name == "mmnt_interval_invalidate")
