@@ -114,8 +114,10 @@ static __always_inline int put_ops(void *ctx, void *seq, struct mmnt_record *r)
  * left marked seen, its callbacks would never be probed, nor their calls counted
  * untimed, for the rest of the session, while the report said only "N dropped".
  * So it is unmarked, and so is its mm; and disc[3] moves, which makes every task
- * look at its mm's subscribers again at its next hook call (one seen_mm lookup
- * each): the table is reported again once there is room. An interval
+ * walk its mm's subscribers again at its next hook call (once per mm: seen_mm
+ * is keyed by walk_gen + disc[3]; each table already seen costs a seen_ops
+ * lookup): the table is reported again once there is room, and the hook calls
+ * whose walk lost it meanwhile count its calls untimed (hook_entry). An interval
  * notifiers' table, which no walk of a hook finds (it is in the mm's interval
  * tree), is kept in unsent_iops for that walk (walk_subs_to).
  */
