@@ -53,6 +53,14 @@ static __always_inline u32 ops_unsent_count(void)
 	return (u32)disc_read(3);
 }
 
+/* What a walk of an mm's subscribers is good for: the generation of what was
+ * seen, and the ops records lost so far. A task walks its mm again (hook_entry's
+ * walked_gen), and an mm counts as not walked (seen_mm), once this moves. */
+static __always_inline u32 walk_key(void)
+{
+	return seen_gen() + ops_unsent_count();
+}
+
 /* Are callbacks reported but not yet probed? Then each hook counts, at its
  * return, the calls its subscribers' ops got that no probe of ours timed. */
 static __always_inline bool probing_pending(void)
@@ -214,7 +222,7 @@ static __always_inline void walk_subs_to(void *ctx, void *seq, u64 mm, bool forc
 	/* an mm walked before an ops record was lost is walked again: a walk here
 	 * may have found the table marked seen while another CPU's record of it
 	 * was being lost, and skipped it */
-	u32 g = seen_gen() + ops_unsent_count(), *v;
+	u32 g = walk_key(), *v;
 
 	if (!mm || (!force && (v = seen_mm.lookup(&mm)) && *v == g))
 		return;

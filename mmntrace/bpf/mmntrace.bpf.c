@@ -577,7 +577,7 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	s->seq = need_seq(s->flags) ? next_seq() : 0;
 	/* one LRU lookup per new mm, not per call; again after a module load or
 	 * after an ops record was lost (ops_unsent) */
-	u32 g = seen_gen() + ops_unsent_count();
+	u32 g = walk_key();
 	if (s->mm != t->walked_mm || g != t->walked_gen) {
 		walk_subs(ctx, s->mm);
 		t->walked_mm = s->mm;
@@ -587,7 +587,7 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 		 * callbacks no probe times; counted untimed at the return, as
 		 * while probing is under way (count_untimed). The next call walks
 		 * again (disc[3] moved), until the table is sent. */
-		if (seen_gen() + ops_unsent_count() != g)
+		if (walk_key() != g)
 			s->pending = 1;
 	}
 	/* release empties the mm's list of subscribers as it goes: what it will
