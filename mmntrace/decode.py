@@ -20,6 +20,7 @@ RT_MIGRATE_OFF, RT_RCU = _H.defines["MMNT_RT_MIGRATE_OFF"], _H.defines["MMNT_RT_
 SLEEP_KIND = {_H.defines["MMNT_SLEEP_SWITCH"]: "sleep", _H.defines["MMNT_SLEEP_MIGHT"]: "might_sleep",
               _H.defines["MMNT_SLEEP_COUNTED"]: "sleep"}
 DTYPE = record_dtype()
+CARRY_SLOTS = _H.defines["MMNT_REC_CBS"]        # callbacks a hook record can carry
 
 
 class DecodeError(ValueError):
@@ -33,17 +34,57 @@ def decode(raw: bytes | bytearray | memoryview) -> np.ndarray:
     return np.frombuffer(raw, DTYPE)
 
 
+def _whole(recs: np.ndarray) -> np.ndarray:
+    """Contiguous records as opaque fixed-size items: numpy copies a structured
+    array's selected records field by field (6x slower than whole)."""
+    return recs.view(np.dtype((np.void, recs.dtype.itemsize)))
+
+
+def carried(hooks: np.ndarray) -> np.ndarray:
+    """The callbacks that hook records carry (``ncb`` of them in ``cb_*``:
+    bpf/mmntrace.h), as the CALLBACK records they stand for, field for field:
+    what a carried callback shares with its hook comes from the hook's record
+    (pid, tid, comm, cpu, mm, range, event), its kind is the hook and its addr
+    the hook's seq. In the hooks' order, each hook's in the order they were
+    called."""
+    n = hooks["ncb"].astype(np.intp)
+    total = int(n.sum())
+    if not total:
+        return hooks[:0]
+    hooks = np.ascontiguousarray(hooks)
+    which = np.repeat(np.arange(len(hooks)), n)
+    slot = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+    out = _whole(hooks)[which].view(hooks.dtype)       # a copy: the shared fields
+    out["type"] = REC["callback"]
+    out["kind"] = out["hook"]
+    out["addr"] = out["seq"]
+    cb = lambda f: hooks[f][which, slot]       # noqa: E731
+    out["hook"] = cb("cb_hook")
+    out["flags"] = cb("cb_flags")
+    out["rt"] = cb("cb_rt")
+    out["preempt_count"] = cb("cb_pc")
+    out["ret"] = cb("cb_ret")
+    out["seq"] = (out["seq"] & ~np.uint64(0xffffffff)) | cb("cb_seq").astype(np.uint64)
+    out["ts_ns"] += cb("cb_ts")
+    out["dur_ns"] = cb("cb_dur")
+    out["func"] = cb("cb_func")
+    out["stack_id"] = -1
+    out["ncb"] = 0
+    for f in ("cb_func", "cb_ts", "cb_dur", "cb_pc", "cb_ret", "cb_seq", "cb_hook", "cb_flags", "cb_rt"):
+        out[f] = 0
+    return out
+
+
 def split(recs: np.ndarray) -> dict[str, np.ndarray]:
-    """Records by type name: hook, callback, sleep, ops, register. A batch
-    holds hook and callback records, rarely others: the types are counted in
-    one pass, and only those present are selected (no mask, no copy, for a
-    type that is all of it)."""
+    """Records by type name: hook, callback, sleep, ops, register; the
+    callbacks that hook records carry among the callbacks, after those sent
+    on their own (:func:`carried`). A batch holds hook and callback records,
+    rarely others: the types are counted in one pass, and only those present
+    are selected (no mask, no copy, for a type that is all of it)."""
     recs = np.ascontiguousarray(recs)      # (a batch from decode() is already)
     types = np.ascontiguousarray(recs["type"])
     counts = np.bincount(types, minlength=max(REC.values()) + 1)
-    # selected as opaque fixed-size items, not field by field: numpy copies a
-    # structured array's selected records field by field (6x slower)
-    whole = recs.view(np.dtype((np.void, recs.dtype.itemsize)))
+    whole = _whole(recs)
     out = {}
     for name, t in REC.items():
         c = int(counts[t])
@@ -51,7 +92,33 @@ def split(recs: np.ndarray) -> dict[str, np.ndarray]:
             out[name] = recs
         else:
             out[name] = whole[types == t].view(recs.dtype) if c else recs[:0]
+    more = carried(out["hook"])
+    if len(more):
+        out["callback"] = np.concatenate([out["callback"], more]) if len(out["callback"]) else more
     return out
+
+
+def records(raw: bytes | bytearray | memoryview) -> np.ndarray:
+    """Raw bytes -> every record, each carried callback (:func:`carried`) a
+    record of its own just after the hook record that carried it: the
+    stream as it was before hook records carried callbacks."""
+    recs = decode(raw)
+    n = recs["ncb"].astype(np.intp)
+    if not n.any():
+        return recs
+    more = carried(recs)            # (only hook records carry: ncb is 0 elsewhere)
+    pos = np.arange(len(recs)) + np.cumsum(n) - n      # each record's place; its callbacks follow it
+    out = np.empty(len(recs) + len(more), recs.dtype)
+    theirs = np.ones(len(out), bool)
+    theirs[pos] = False
+    _whole(out)[pos] = _whole(np.ascontiguousarray(recs))
+    _whole(out)[theirs] = _whole(more)
+    return out
+
+
+def carried_count(raw: bytes | bytearray | memoryview) -> int:
+    """How many callbacks the hook records among ``raw`` carry (events beyond its records)."""
+    return int(decode(raw)["ncb"].sum(dtype=np.int64)) if len(raw) else 0
 
 
 #: (column, record field, column type) of the columns copied as they are

@@ -22,7 +22,7 @@ from . import decode, heap, hooks, kernel
 from .errors import DiskFullError
 from .heap import give_back_memory
 from .outpath import write_atomic
-from .segwriter import (MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, SLICE_RECORDS, Arrivals, Backlog, SegmentWorker,
+from .segwriter import (MAX_BACKLOG_BYTES, MAX_JOB_RECORDS, SLICE_EVENTS, Arrivals, Backlog, SegmentWorker,
                         convert_now, in_burst)
 from .store import HIST_COLUMNS, RecordingWriter, Segment, arrow_table, concat_tables
 from .transport import RingReader
@@ -133,6 +133,24 @@ def segment_tables(sym: Symbolizer, raw: bytes, redact: bool = False) -> dict | 
     return tables
 
 
+def slices(raw: bytes, most: int) -> list[tuple[int, int]]:
+    """(start, end) byte offsets of whole records among ``raw``, in order, each
+    run of them at most ``most`` events (a record, and the callbacks a hook
+    record carries: the rows it decodes to), or a single record."""
+    size = decode.DTYPE.itemsize
+    recs = decode.decode(raw)
+    if not len(recs):
+        return []
+    ends = np.cumsum(recs["ncb"], dtype=np.int64) + np.arange(1, len(recs) + 1)     # events up to each record
+    out, lo = [], 0
+    while lo < len(recs):
+        base = int(ends[lo - 1]) if lo else 0
+        hi = max(int(np.searchsorted(ends, base + most, side="right")), lo + 1)
+        out.append((lo * size, hi * size))
+        lo = hi
+    return out
+
+
 class Session:
     """One `mmntrace record` run. ``stop()`` may be called from a signal handler."""
 
@@ -205,7 +223,10 @@ class Session:
     def _probe_state(self) -> list:
         return self.t.probe_state()
 
-    def _drain(self, pending: Backlog, timeout_ms: int = POLL_CAP_MS) -> int:
+    def _drain(self, pending: Backlog, timeout_ms: int = POLL_CAP_MS) -> tuple[int, int]:
+        """Drain the buffer into ``pending``: the records taken (how full the
+        buffer was), and the events among them (rows: with the callbacks that
+        hook records carry, about three a record when streaming), counted."""
         raw = self.t.poll(timeout_ms)   # also attaches newly discovered driver callbacks
         if raw:
             try:
@@ -218,18 +239,23 @@ class Session:
         if state != self._state_seen:
             self._state_seen = state
             self._write_ready()     # tell whoever waits on --ready-file (attached, detached)
-        return len(raw) // decode.DTYPE.itemsize if raw else 0
+        if not raw:
+            return 0, 0
+        n = len(raw) // decode.DTYPE.itemsize
+        ev = n + decode.carried_count(raw)
+        self.counts["events"] += ev
+        return n, ev
 
     def _write_segment(self, writer: RecordingWriter, sym: Symbolizer, raw: bytes) -> None:
         """Raw records -> one segment's tables (the segment worker's job,
-        mmntrace/segwriter.py), SLICE_RECORDS at a time: each slice decoded,
+        mmntrace/segwriter.py), SLICE_EVENTS at a time (:func:`slices`): each slice decoded,
         made into tables and encoded (a row group of the segment's files)
         before the next; the segment is written under the lock (the metadata
         it touches)."""
         seg = Segment()
-        view, step = memoryview(raw), SLICE_RECORDS * decode.DTYPE.itemsize
-        for lo in range(0, len(raw), step):
-            tables = segment_tables(sym, view[lo:lo + step], self.redact)
+        view = memoryview(raw)
+        for lo, hi in slices(raw, SLICE_EVENTS):
+            tables = segment_tables(sym, view[lo:hi], self.redact)
             if tables is not None:      # (None: discovery and registration records only)
                 seg.add(tables["events"], tables["sleeps"])
                 del tables
@@ -306,7 +332,7 @@ class Session:
         t0 = time.monotonic()
         last_segment = last_meta = last_status = t0
         last_kept = None
-        n_since = 0
+        events_at_status = 0
         most = 0
         guard = {"t": t0, "cpu": sum(os.times()[:2]), "n": 0, "drops": 0, "warned": False}
         # a burst's records wait, raw, and become segments once it is over (mmntrace/segwriter.py)
@@ -341,15 +367,13 @@ class Session:
                     if not worker.idle and backlog + worker.queued_bytes > MAX_BACKLOG_BYTES:
                         # the worker is far behind: stop draining (the kernel counts what it cannot keep)
                         worker.done.wait(wake.timeout_ms(min(due) - now) / 1000)
-                        n = 0
+                        n = ev = 0
                     else:
-                        n = self._drain(pending, wake.timeout_ms(min(due) - now))
+                        n, ev = self._drain(pending, wake.timeout_ms(min(due) - now))
                         most = max(most, n)     # how full the buffer came to be (metadata)
                     wake.clear()
-                    self.counts["events"] += n
-                    n_since += n
                     now = time.monotonic()
-                    arrivals.add(now, n)
+                    arrivals.add(now, ev)       # (a burst is told by its events, whatever records carry them)
                     backlog = pending.nbytes
                     if worker.idle and convert_now(backlog, arrivals.quiet(now), now - last_segment,
                                                    self.segment_s, JOB_BYTES):
@@ -371,13 +395,14 @@ class Session:
                             self.disk_full = e
                             break
                         last_meta = now
-                    guard["n"] += n
+                    guard["n"] += ev
                     if now - guard["t"] >= GUARD_S:
                         self._guard(guard, now)
                     if self.status and now - last_status >= 1.0:
-                        self.status(n_since / (now - last_status), self.counts["events"],
+                        total = self.counts["events"]
+                        self.status((total - events_at_status) / (now - last_status), total,
                                     self.t.lost(False), self.counts["violations"], now - t0)
-                        n_since, last_status = 0, now
+                        events_at_status, last_status = total, now
                     # a burst (this drain and the one just before it, at most two gathers
                     # ago, not across an idle wait, brought a batch each): let its next
                     # records gather, as long as its rate leaves room in the buffer
@@ -390,8 +415,7 @@ class Session:
         finally:
             # drain what is still in the ring buffer, hand it over, then detach
             for _ in range(3 if self.disk_full is None and worker.error is None else 0):
-                n = self._drain(pending)
-                self.counts["events"] += n
+                n, _ev = self._drain(pending)
                 if not n:
                     break
             if self.disk_full is None and worker.error is None:

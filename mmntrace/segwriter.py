@@ -43,9 +43,14 @@ from typing import Callable
 #: the job's). Jobs of 16,384 took the 6.1 guest's peak from 186-195 to 178
 #: MiB, but the bench's recorder had then written one run's records of two
 #: when it looked, 4.5 s after each: each segment's fixed costs (its file,
-#: the metadata) four times as often
-MAX_JOB_RECORDS = 1 << 16
-#: records of a job decoded, made into tables and encoded at a time: each slice a
+#: the metadata) four times as often. 24,576 since hook records carry their
+#: callbacks (about 2.7 events a record in the bench's streams): a job's rows,
+#: whose encoded segment is held until it is written, as many as before (jobs of
+#: 40,960 records, 110,000 rows, took the 6.1 guest's streaming peak from 144-153
+#: to 152-158 MiB, five runs of each alternated in one boot)
+MAX_JOB_RECORDS = 24_576
+#: events (records, and the callbacks hook records carry: rows) of a job decoded,
+#: made into tables and encoded at a time: each slice a
 #: row group of the segment's files (mmntrace/store.py Segment), so the memory a
 #: job takes is a slice's, and a segment's fixed costs stay a job's. On this
 #: project's build host, a job of 65,536 records (hooks and callbacks) raised the
@@ -53,7 +58,7 @@ MAX_JOB_RECORDS = 1 << 16
 #: recorder gives pyarrow (the system's: mmntrace/cli.py); with pyarrow's own
 #: (mimalloc) 57 and 26 (slices of 8,192: 25; of 4,096: 20, and 45 % more CPU), in
 #: the same time (0.047 s against 0.052 a job)
-SLICE_RECORDS = 1 << 14
+SLICE_EVENTS = 1 << 14
 #: raw records waiting for the worker (~9.5 million of them: minutes of the
 #: bench's rate), beyond which the loop stops draining; past MEMORY_BACKLOG_BYTES
 #: they wait in the recording's file system (:class:`Backlog`), not in memory
@@ -70,8 +75,9 @@ MAX_BACKLOG_BYTES = 1 << 30
 #: time): a burst of 160,000 records (notifier_bench 300 64) took the 6.12 guest's
 #: recorder 0.43-0.85 s of CPU at 8 MiB, 0.28-0.41 s at 24 MiB, when measured alone
 MEMORY_BACKLOG_BYTES = 8 << 20
-#: records a second, over the last QUIET_S seconds, below which the recorder is
-#: quiet enough to convert; above it, a burst: its records wait, raw
+#: events a second (records, and the callbacks hook records carry), over the last
+#: QUIET_S seconds, below which the recorder is quiet enough to convert; above it,
+#: a burst: its records wait, raw
 QUIET_RATE = 1_000
 QUIET_S = 1.0
 #: raw records (~2.4 million) beyond which a burst's segments are written beside
@@ -80,7 +86,7 @@ DEFER_BYTES = 256 << 20
 
 
 class Arrivals:
-    """Records drained in the last ``window`` seconds: is the recorder quiet?"""
+    """Events drained in the last ``window`` seconds: is the recorder quiet?"""
 
     def __init__(self, window: float = QUIET_S, rate: float = QUIET_RATE):
         self.window, self.rate = window, rate

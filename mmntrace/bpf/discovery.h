@@ -137,9 +137,13 @@ static __always_inline void ops_unsent(u64 ops, u64 mm)
 	disc_add(3);
 }
 
+/* (the table's pointers are read one at a time, not into an array on the
+ * stack: the walks that send these records run inside the hook entry program,
+ * some in bpf_loop() callbacks, whose frames and the caller's share the
+ * verifier's 512 bytes; with the record, 176 bytes since it carries callbacks,
+ * a 128-byte copy of the table made 528) */
 static __always_inline void emit_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
 {
-	u64 slots[MMNT_OPS_SLOTS] = {};
 	u32 n = MMNT_L_OPS_SIZE / 8, g = seen_gen();
 	struct mmnt_record r = {};
 	u32 *v;
@@ -149,9 +153,6 @@ static __always_inline void emit_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
 	seen_ops.update(&ops, &g);
 	if (n > MMNT_OPS_SLOTS)
 		n = MMNT_OPS_SLOTS;
-	if (bpf_probe_read_kernel(&slots, MMNT_L_OPS_SIZE < sizeof(slots) ?
-				  MMNT_L_OPS_SIZE : sizeof(slots), (void *)ops))
-		return;
 	fill_common(&r, MMNT_REC_OPS);
 	r.event = -1;
 	r.stack_id = -1;
@@ -166,10 +167,15 @@ static __always_inline void emit_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
 		if (i >= n)
 			break;
 		int h = op_hook_at(i * 8);
-		if (h < 0 || !slots[i])
+		u64 fn = 0;
+		if (h < 0)
+			continue;
+		if (bpf_probe_read_kernel(&fn, sizeof(fn), (void *)(ops + i * 8)))
+			return;		/* (as a table that cannot be read at all) */
+		if (!fn)
 			continue;
 		r.hook = h;
-		r.func = slots[i];
+		r.func = fn;
 		if (put_ops(ctx, seq, &r)) {
 			ops_unsent(ops, mm);	/* all of it again later (user space skips what it probed) */
 			return;

@@ -282,15 +282,20 @@ BPF_PERCPU_ARRAY(sample_ctr, u64, 1);
 
 /* ---- helpers -------------------------------------------------------------- */
 
-static __always_inline void count_drop(u32 type)
+static __always_inline void count_drops(u32 type, u64 n)
 {
 	u64 *d = drops.lookup(&type);
 	if (d)
 #ifdef MMNT_MMAP_ARRAYS
-		__sync_fetch_and_add(d, 1);
+		__sync_fetch_and_add(d, n);
 #else
-		(*d)++;
+		*d += n;
 #endif
+}
+
+static __always_inline void count_drop(u32 type)
+{
+	count_drops(type, 1);
 }
 
 static __always_inline int emit(void *ctx, struct mmnt_record *r)
@@ -345,6 +350,11 @@ static __always_inline bool pass_filter(void)
 	return true;
 }
 
+/* Streaming every call (not --aggregate, not --min-latency): a hook's record
+ * carries its first callbacks (mmntrace.h cb_*; carry_cb below) */
+#if !defined(MMNT_AGGREGATE) && !defined(MMNT_MIN_LAT_NS)
+#define MMNT_CARRY
+#endif
 #include "state.h"
 #include "context.h"
 
@@ -496,6 +506,11 @@ static __always_inline int hook_entry(void *ctx, u32 hook, u64 a1, u64 a2, u64 a
 	struct hstate *s = &t->h;
 	if (s->active && (s->flags & MMNT_FL_MUST_NOT_SLEEP))
 		nosleep_add(-1);	/* nested hook: the outer one is forgotten */
+#ifdef MMNT_CARRY
+	if (s->active && s->ncarried)	/* with the callbacks its record was to carry */
+		count_drops(MMNT_REC_CALLBACK, s->ncarried);
+	s->ncarried = 0;
+#endif
 #ifdef MMNT_CHAIN
 	if (t->c.chained)		/* and its callback, whose end is not to be seen */
 		cb_forget(&t->c);
@@ -643,7 +658,12 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc, u64
 		return 0;
 	}
 #endif
+#ifdef MMNT_CARRY
+	/* its carried callbacks are lost with it: counted as callback drops too */
+	REC_BEGIN(r, MMNT_REC_HOOK, { count_drops(MMNT_REC_CALLBACK, s->ncarried); tstate_put(t); return 0; });
+#else
 	REC_BEGIN(r, MMNT_REC_HOOK, { tstate_put(t); return 0; });
+#endif
 	REC_FROM_STATE(r, s);
 	if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_INTERVAL || hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG ||
 	    hook == MMNT_HOOK_CLEAR_YOUNG || hook == MMNT_HOOK_TEST_YOUNG)
@@ -652,6 +672,24 @@ static __always_inline int hook_return(void *ctx, u64 now, u32 hook, u64 rc, u64
 	r->ts_ns = s->ts;
 	r->dur_ns = dur;
 	r->addr = s->caller_at_return ? ret_ip : 0;	/* the caller, where no stack was taken */
+#ifdef MMNT_CARRY
+	u8 n = s->ncarried;
+	r->ncb = n;
+#pragma unroll
+	for (int i = 0; i < MMNT_REC_CBS; i++) {
+		if (i >= n)
+			break;
+		r->cb_func[i] = s->cb_func[i];
+		r->cb_ts[i] = s->cb_ts[i];
+		r->cb_dur[i] = s->cb_dur[i];
+		r->cb_pc[i] = s->cb_pc[i];
+		r->cb_ret[i] = s->cb_ret[i];
+		r->cb_seq[i] = s->cb_seq[i];
+		r->cb_hook[i] = s->cb_hook[i];
+		r->cb_flags[i] = s->cb_flags[i];
+		r->cb_rt[i] = s->cb_rt[i];
+	}
+#endif
 	REC_SEND(ctx, r);
 #endif
 	tstate_put(t);
@@ -845,6 +883,48 @@ static __always_inline int cb_entry_body(void *ctx, u64 t0, struct cbinfo *ci, u
 	return 0;
 }
 
+/* a callback's return value as its record keeps it: a bool, an int, or 0 (void) */
+static __always_inline s32 cb_ret(u32 hook, u64 rc)
+{
+	if (hook == MMNT_HOOK_INTERVAL)
+		return (u8)rc;
+	if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG ||
+	    hook == MMNT_HOOK_CLEAR_YOUNG || hook == MMNT_HOOK_TEST_YOUNG)
+		return (s32)rc;
+	return 0;
+}
+
+#ifdef MMNT_CARRY
+/*
+ * A callback that ended inside its hook goes into the hook's record (one
+ * ring reservation and one record for the call instead of one per callback)
+ * where that record can say all of it: the same mm, range and event as the
+ * hook, a seq from the same CPU (the record keeps its low half), a duration
+ * and an offset from the hook's start that fit 32 bits, and a free slot.
+ */
+static __always_inline bool carry_cb(struct hstate *h, struct cstate *c, u64 dur, s32 ret)
+{
+	u8 n = h->ncarried;
+	u64 off = c->ts - h->ts;	/* (a callback begun before its hook: huge, not carried) */
+
+	if (!h->active || n >= MMNT_REC_CBS || c->mm != h->mm || c->start != h->start || c->end != h->end ||
+	    c->event != h->event || (c->seq >> 32) != (h->seq >> 32) || dur > 0xffffffffULL || off > 0xffffffffULL)
+		return false;
+	h->ncarried = n + 1;
+	n &= MMNT_REC_CBS - 1;
+	h->cb_func[n] = c->func;
+	h->cb_ts[n] = off;
+	h->cb_dur[n] = dur;
+	h->cb_pc[n] = c->pc;
+	h->cb_ret[n] = ret;
+	h->cb_seq[n] = (u32)c->seq;
+	h->cb_hook[n] = c->hook;
+	h->cb_flags[n] = c->flags;
+	h->cb_rt[n] = c->rt;
+	return true;
+}
+#endif
+
 /*
  * A callback ends: its exit program's first step (own_probe), or, chained
  * (MMNT_CHAIN), the next callback's entry program's first step or its hook's
@@ -875,13 +955,14 @@ static __always_inline void cb_end(void *ctx, struct tstate *t, u64 now, u64 rc,
 	if (dur < MMNT_MIN_LAT_NS)
 		goto out;
 #endif
+	s32 ret = cb_ret(hook, rc);
+#ifdef MMNT_CARRY
+	if (carry_cb(&t->h, c, dur, ret))
+		goto out;			/* its hook's record will carry it */
+#endif
 	REC_BEGIN(r, MMNT_REC_CALLBACK, goto out);
 	REC_FROM_STATE(r, c);
-	if (hook == MMNT_HOOK_INTERVAL)
-		r->ret = (u8)rc;			/* bool */
-	else if (hook == MMNT_HOOK_START || hook == MMNT_HOOK_CLEAR_FLUSH_YOUNG ||
-		 hook == MMNT_HOOK_CLEAR_YOUNG || hook == MMNT_HOOK_TEST_YOUNG)
-		r->ret = (s32)rc;
+	r->ret = ret;
 	r->stack_id = c->stack_id;
 	r->ts_ns = c->ts;
 	r->dur_ns = dur;

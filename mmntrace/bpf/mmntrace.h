@@ -11,12 +11,13 @@
 #ifndef MMNTRACE_H
 #define MMNTRACE_H
 
-#define MMNT_FORMAT_VERSION 1
+#define MMNT_FORMAT_VERSION 2	/* 2: hook records carry their callbacks (cb_*) */
 #define MMNT_COMM_LEN 16
 #define MMNT_MAX_STACK 32	/* frames kept per stack */
 #define MMNT_MAX_STACKS 16384	/* distinct stacks per session */
 #define MMNT_MAX_SUBS 8		/* subscriptions walked per mm on discovery */
 #define MMNT_NR_SLOTS 40	/* log2 latency slots (ns) */
+#define MMNT_REC_CBS 2		/* callbacks a hook record carries (a power of 2) */
 /* The placeholder in the fentry hook programs' instructions that
  * mmntrace/fentry.py replaces by the hook id of the function each copy is
  * loaded on (hook_const() in bpf/mmntrace.bpf.c) */
@@ -114,7 +115,7 @@ struct mmnt_record {
 	__u8 kind;		/* SLEEP: MMNT_SLEEP_*; OPS: op slot count; CALLBACK: the hook it ran under (MMNT_HOOK_NONE: none) */
 	__u16 cpu;
 	__u8 rt;		/* PREEMPT_RT only, at entry (calibrated): MMNT_RT_* bits; 0 elsewhere */
-	__u8 pad;
+	__u8 ncb;		/* HOOK: callbacks carried in cb_* (below); 0 for the other types */
 	__u32 pid;		/* tgid */
 	__u32 tid;
 	__u32 preempt_count;	/* at entry, calibrated (probe overhead removed) */
@@ -131,6 +132,28 @@ struct mmnt_record {
 	__u64 addr;		/* SLEEP: might-sleep function address; OPS: ops table; REGISTER: subscription;
 				 * CALLBACK: seq of the hook invocation it ran under (0: none) */
 	char comm[MMNT_COMM_LEN];
+	/*
+	 * HOOK, streaming: the first `ncb` of the callbacks it called, each what
+	 * its own CALLBACK record would say (mmntrace/decode.py expand() makes
+	 * it one) but for what it shares with its hook: pid, tid, comm, mm,
+	 * start, end and event, its kind (the hook) and addr (the hook's seq),
+	 * stack_id (-1) and cpu (the hook record's). A callback whose range, event
+	 * or seq's CPU differs from its hook's, one past MMNT_REC_CBS, or one
+	 * outside a hook is sent as a CALLBACK record as before. One record per
+	 * hook call instead of three: the records' cost in the BPF programs (a
+	 * ring reservation each) and in the recorder (a copy, a trip through the
+	 * spool file) is most of what streaming adds to --aggregate.
+	 */
+	__u64 cb_func[MMNT_REC_CBS];
+	__u32 cb_ts[MMNT_REC_CBS];	/* its entry, ns after the hook's ts_ns */
+	__u32 cb_dur[MMNT_REC_CBS];
+	__u32 cb_pc[MMNT_REC_CBS];	/* preempt_count */
+	__s32 cb_ret[MMNT_REC_CBS];
+	__u32 cb_seq[MMNT_REC_CBS];	/* its seq's low half (the high one is the hook's) */
+	__u8 cb_hook[MMNT_REC_CBS];
+	__u8 cb_flags[MMNT_REC_CBS];
+	__u8 cb_rt[MMNT_REC_CBS];
+	__u8 cb_pad[MMNT_REC_CBS];	/* (no hidden padding: every byte of a record is written) */
 };
 
 /* MMNT_REC_OPS carries the ops table's function pointers in start/end/...:

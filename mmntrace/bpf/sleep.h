@@ -72,14 +72,16 @@ static __always_inline void section_return(void *ctx, struct tstate *t, bool cb,
 	u64 n = TASK_FIELD(u64, MMNT_L_TASK_NVCSW), *at = cb ? &t->c.nvcsw : &t->h.nvcsw;
 	if (n == *at)
 		return;
-	struct mmnt_record r = {};
-	fill_section(&r, t, cb, now);
-	fill_common(&r, MMNT_REC_SLEEP);
-	r.kind = MMNT_SLEEP_COUNTED;
-	r.ret = (s32)(n - *at);
-	r.ts_ns = now;
-	r.stack_id = -1;
-	emit(ctx, &r);
+	/* (in place, or in the perf buffer's scratch record: not on the stack of
+	 * the hook and callback return programs, which build their own records) */
+	REC_BEGIN(r, MMNT_REC_SLEEP, goto counted);
+	fill_section(r, t, cb, now);
+	r->kind = MMNT_SLEEP_COUNTED;
+	r->ret = (s32)(n - *at);
+	r->ts_ns = now;
+	r->stack_id = -1;
+	REC_SEND(ctx, r);
+counted:
 	if (cb)
 		t->h.nvcsw += n - *at;	/* the hook around it does not count them again */
 #endif

@@ -23,8 +23,16 @@ struct hstate {				/* the hook in progress on this task */
 	u8 cb_over;			/* callbacks timed beyond cbs[], put in cb_seen at once */
 	u8 expected_at_entry;		/* release: its subscribers' calls counted at entry */
 	u8 caller_at_return;		/* streaming: no stack; its return probe names the caller */
-	u8 pad8[1];
+	u8 ncarried;			/* MMNT_CARRY: callbacks kept for its record, below */
 	u64 cbs[MMNT_HOOK_CBS];		/* callbacks timed inside it (untimed counting) */
+#ifdef MMNT_CARRY
+	/* its first callbacks, as its record carries them (mmntrace.h cb_*) */
+	u64 cb_func[MMNT_REC_CBS];
+	u32 cb_ts[MMNT_REC_CBS], cb_dur[MMNT_REC_CBS], cb_pc[MMNT_REC_CBS];
+	s32 cb_ret[MMNT_REC_CBS];
+	u32 cb_seq[MMNT_REC_CBS];
+	u8 cb_hook[MMNT_REC_CBS], cb_flags[MMNT_REC_CBS], cb_rt[MMNT_REC_CBS];
+#endif
 };
 
 struct cstate {				/* the callback in progress on this task */

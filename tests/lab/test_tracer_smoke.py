@@ -42,9 +42,9 @@ def _skip_reason():
 if _skip_reason():
     pytest.skip(_skip_reason(), allow_module_level=True)
 
-from mmntrace import kernel  # noqa: E402
+from mmntrace import decode, kernel  # noqa: E402
 from mmnlab import testmod  # noqa: E402
-from mmntrace.layout import header, record_dtype  # noqa: E402
+from mmntrace.layout import header  # noqa: E402
 from mmntrace.tracer import Tracer  # noqa: E402
 
 H = header()
@@ -175,7 +175,7 @@ def run():
         _drain(t, chunks, quiet_polls=2)
         drops = t.drops()
         attached = t.attached()
-        recs = np.frombuffer(b"".join(chunks), record_dtype())
+        recs = decode.records(b"".join(chunks))     # (the callbacks hook records carry, records of their own)
         stacks = {int(i): t.stack(int(i)) for i in np.unique(recs["stack_id"][recs["type"] == H.defines["MMNT_REC_SLEEP"]])}
         t.stop()
     mod = np.frombuffer(base64.b64decode(result["records"]), testmod.RECORD)
@@ -237,6 +237,22 @@ def test_callback_counts_match_module(run):
         got[h] = got.get(h, 0) + 1
     want = {testmod.HOOKS[name]: n for name, n in run["result"]["counts"]["calls"].items() if n}
     assert got == want
+
+
+def test_hook_records_carry_their_callbacks(run):
+    """Streaming, a hook record carries its first callbacks (bpf/mmntrace.h
+    cb_*): the module's callbacks counted exactly above are among them, each
+    decoded with its hook's record's invocation (addr: the hook's seq, kind:
+    its hook) as a callback record of its own would have it."""
+    w = _window(run, run["recs"])
+    hooks = w[w["type"] == REC_HOOK]
+    funcs = _module_funcs(run)
+    assert int(hooks["ncb"].sum()) > 0
+    carried = decode.carried(hooks)
+    mine = carried[np.isin(carried["func"], list(funcs))]
+    assert len(mine) > 0
+    by_seq = {int(h["seq"]): int(h["hook"]) for h in hooks}
+    assert all(by_seq[int(c["addr"])] == int(c["kind"]) for c in mine)
 
 
 def test_hook_counts_match_module(run):

@@ -189,7 +189,7 @@ def test_ready_file_rewritten_when_a_poll_changed_the_probes_only(tmp_path, no_s
     s._write_ready = lambda: writes.append(len(t.attached()))
     s._state_seen = s._probe_state()
     for _ in range(3):
-        assert s._drain([]) == 0
+        assert s._drain([]) == (0, 0)
     assert writes == []
     changes.append({"kind": "callback", "symbol": "kvm_mmu_notifier_release", "status": "attached"})
     s._drain([])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from mmntrace import record, store, symbolize
+from mmntrace import kernel, record, store, symbolize
 from mmntrace.recording import Recording
 
 from symfakes import FakeTracer, Features, batch
@@ -70,7 +70,7 @@ import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 sys.modules["pandas"] = None        # an import of it fails here
 sys.modules["pyarrow.compute"] = None       # and of this
-from mmntrace import record, store, symbolize
+from mmntrace import kernel, record, store, symbolize
 from symfakes import FakeTracer, Features, batch
 import numpy as np
 raw = np.concatenate([batch(rtype=1), batch(rtype=2), batch(rtype=3)]).tobytes()
@@ -126,7 +126,7 @@ print("pyarrow" in sys.modules)
 
 
 def test_a_segment_made_a_slice_at_a_time_reads_back_as_one(tmp_path, monkeypatch):
-    """The segment worker converts a job's records SLICE_RECORDS at a time, each
+    """The segment worker converts a job's records SLICE_EVENTS at a time, each
     slice a row group of the segment's files (its memory a slice's, not the
     job's): read back, the same rows as the whole job's frames, hooks before
     callbacks as the rows came, a slice of sleeps alone and one of discovery
@@ -135,7 +135,7 @@ def test_a_segment_made_a_slice_at_a_time_reads_back_as_one(tmp_path, monkeypatc
     disc = batch(rtype=4)
     # slices of 400: sleeps alone, discovery records alone, then hooks and callbacks mixed
     ordered = np.concatenate([s, disc, raw[raw["type"] != 3]])
-    monkeypatch.setattr(record, "SLICE_RECORDS", 400)
+    monkeypatch.setattr(record, "SLICE_EVENTS", 400)
     sym = symbolize.Symbolizer(FakeTracer(), Features())
     w = store.RecordingWriter(tmp_path / "new", {}, hand_over=False)
     session = SimpleNamespace(counts={"violations": 0}, redact=False, _wlock=threading.Lock())
@@ -156,3 +156,62 @@ def test_a_segment_made_a_slice_at_a_time_reads_back_as_one(tmp_path, monkeypatc
     want = write(tmp_path / "old", frames, sym.frames(s, "sleep"))
     for g, wnt in zip(got, want):
         pd.testing.assert_frame_equal(g, wnt)
+
+
+def _carrying_hooks(n=400):
+    """Hook records that carry 0-2 callbacks each, as the BPF side streams them."""
+    from mmntrace import decode
+    rng = np.random.default_rng(11)
+    h = batch(n, rtype=1)
+    h["func"] = 0
+    h["seq"] = (np.uint64(1) << np.uint64(48)) | (np.arange(n, dtype=np.uint64) * np.uint64(8))
+    h["ncb"] = rng.integers(0, decode.CARRY_SLOTS + 1, n)
+    h["cb_func"] = rng.choice([0xa, 0xb], h["cb_func"].shape)
+    h["cb_hook"] = rng.choice([kernel.HOOK_START, kernel.HOOK_SECONDARY_TLB], h["cb_hook"].shape)
+    h["cb_ts"] = rng.integers(0, 1000, h["cb_ts"].shape)
+    h["cb_dur"] = rng.integers(0, 5000, h["cb_dur"].shape)
+    h["cb_seq"] = (np.arange(n)[:, None] * 8 + 1 + np.arange(decode.CARRY_SLOTS)).astype(np.uint32)
+    return h
+
+
+def test_slices_cover_every_record_once_with_at_most_their_events():
+    """record.slices: whole records, in order, none twice; each slice at most
+    ``most`` events (a record and the callbacks it carries), or one record;
+    and as long as that allows."""
+    from mmntrace import decode
+    h = _carrying_hooks()
+    size, ev = decode.DTYPE.itemsize, 1 + h["ncb"].astype(int)
+    assert record.slices(b"", 5) == []
+    for most in (1, 2, 3, 7, 150, 10_000):
+        sl = record.slices(h.tobytes(), most)
+        assert sl[0][0] == 0 and sl[-1][1] == len(h) * size
+        assert all(a[1] == b[0] for a, b in zip(sl, sl[1:]))
+        for lo, hi in sl:
+            i, j = lo // size, hi // size
+            assert ev[i:j].sum() <= most or j - i == 1
+            if j < len(h):
+                assert ev[i:j + 1].sum() > most
+
+
+def test_a_segment_of_hooks_that_carry_callbacks_reads_back_as_their_records(tmp_path, monkeypatch):
+    """Hook records that carry callbacks, made into a segment in slices of 150
+    events: the rows are the hooks' and the carried callbacks' as records of
+    their own would have made them (decode.carried), none lost or doubled at a
+    slice's edge."""
+    from mmntrace import decode
+    h = _carrying_hooks()
+    monkeypatch.setattr(record, "SLICE_EVENTS", 150)
+    sym = symbolize.Symbolizer(FakeTracer(), Features())
+    w = store.RecordingWriter(tmp_path / "new", {}, hand_over=False)
+    session = SimpleNamespace(counts={"violations": 0}, redact=False, _wlock=threading.Lock())
+    record.Session._write_segment(session, w, sym, h.tobytes())
+    w.finish()
+    w.close()
+    cbs = decode.carried(h)
+    assert w.meta["events"] == len(h) + len(cbs) == len(h) + int(h["ncb"].sum())
+    got = Recording(tmp_path / "new").events().drop(columns="t_s")
+    want, _ = write(tmp_path / "old", pd.concat([sym.frames(h, "hook"), sym.frames(cbs, "callback")],
+                                                ignore_index=True), sym.frames(h[:0], "sleep"))
+    key = ["kind", "seq"]
+    pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True),
+                                  want.sort_values(key).reset_index(drop=True))
