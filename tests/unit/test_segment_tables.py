@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from mmntrace import kernel, record, store, symbolize
+from mmntrace import decode, kernel, record, store, symbolize
 from mmntrace.recording import Recording
 
 from symfakes import FakeTracer, Features, batch
@@ -125,6 +125,19 @@ print("pyarrow" in sys.modules)
     assert out.stdout.split() == ["False"]
 
 
+def _segment_in_slices(path, monkeypatch, recs, slice_events):
+    """The segment worker's job on ``recs``, ``slice_events`` at a time: (the
+    finished writer, the session, the symbolizer)."""
+    monkeypatch.setattr(record, "SLICE_EVENTS", slice_events)
+    sym = symbolize.Symbolizer(FakeTracer(), Features())
+    w = store.RecordingWriter(path, {}, hand_over=False)
+    session = SimpleNamespace(counts={"violations": 0}, redact=False, _wlock=threading.Lock())
+    record.Session._write_segment(session, w, sym, recs.tobytes())
+    w.finish()
+    w.close()
+    return w, session, sym
+
+
 def test_a_segment_made_a_slice_at_a_time_reads_back_as_one(tmp_path, monkeypatch):
     """The segment worker converts a job's records SLICE_EVENTS at a time, each
     slice a row group of the segment's files (its memory a slice's, not the
@@ -135,13 +148,7 @@ def test_a_segment_made_a_slice_at_a_time_reads_back_as_one(tmp_path, monkeypatc
     disc = batch(rtype=4)
     # slices of 400: sleeps alone, discovery records alone, then hooks and callbacks mixed
     ordered = np.concatenate([s, disc, raw[raw["type"] != 3]])
-    monkeypatch.setattr(record, "SLICE_EVENTS", 400)
-    sym = symbolize.Symbolizer(FakeTracer(), Features())
-    w = store.RecordingWriter(tmp_path / "new", {}, hand_over=False)
-    session = SimpleNamespace(counts={"violations": 0}, redact=False, _wlock=threading.Lock())
-    record.Session._write_segment(session, w, sym, ordered.tobytes())
-    w.finish()
-    w.close()
+    w, session, sym = _segment_in_slices(tmp_path / "new", monkeypatch, ordered, 400)
     assert (w.meta["segments"], w.meta["events"], w.meta["sleeps"]) == (1, len(h) + len(c), len(s))
     assert session.counts["violations"] == len(s)
     files = sorted(p.name for p in (tmp_path / "new").glob("*.parquet"))
@@ -160,7 +167,6 @@ def test_a_segment_made_a_slice_at_a_time_reads_back_as_one(tmp_path, monkeypatc
 
 def _carrying_hooks(n=400):
     """Hook records that carry 0-2 callbacks each, as the BPF side streams them."""
-    from mmntrace import decode
     rng = np.random.default_rng(11)
     h = batch(n, rtype=1)
     h["func"] = 0
@@ -178,7 +184,6 @@ def test_slices_cover_every_record_once_with_at_most_their_events():
     """record.slices: whole records, in order, none twice; each slice at most
     ``most`` events (a record and the callbacks it carries), or one record;
     and as long as that allows."""
-    from mmntrace import decode
     h = _carrying_hooks()
     size, ev = decode.DTYPE.itemsize, 1 + h["ncb"].astype(int)
     assert record.slices(b"", 5) == []
@@ -198,15 +203,8 @@ def test_a_segment_of_hooks_that_carry_callbacks_reads_back_as_their_records(tmp
     events: the rows are the hooks' and the carried callbacks' as records of
     their own would have made them (decode.carried), none lost or doubled at a
     slice's edge."""
-    from mmntrace import decode
     h = _carrying_hooks()
-    monkeypatch.setattr(record, "SLICE_EVENTS", 150)
-    sym = symbolize.Symbolizer(FakeTracer(), Features())
-    w = store.RecordingWriter(tmp_path / "new", {}, hand_over=False)
-    session = SimpleNamespace(counts={"violations": 0}, redact=False, _wlock=threading.Lock())
-    record.Session._write_segment(session, w, sym, h.tobytes())
-    w.finish()
-    w.close()
+    w, _session, sym = _segment_in_slices(tmp_path / "new", monkeypatch, h, 150)
     cbs = decode.carried(h)
     assert w.meta["events"] == len(h) + len(cbs) == len(h) + int(h["ncb"].sum())
     got = Recording(tmp_path / "new").events().drop(columns="t_s")
