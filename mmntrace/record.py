@@ -59,11 +59,17 @@ WORKER_RECHECK_S = 0.05
 #: fits), at most COALESCE_MAX_S (the loop's poll cap), none under COALESCE_MIN_S. In the
 #: lab's 6.1 guest (streaming, notifier_bench 300 64, about 100,000 records a second) a
 #: fixed 20 ms gather cost the recorder 1.08 CPU-seconds a run and the run 2.58 s, 100 ms
-#: 0.70 s and 2.33 s (means of four, alternated in one boot).
+#: 0.70 s and 2.33 s (means of four, alternated in one boot). COALESCE_MIN was 256
+#: records when each callback had its own (about 3.6 records a hook call of the bench,
+#: 1.2 since hook records carry their callbacks): 64 is about the same number of hook
+#: calls. With 256, one run in five of the 6.1 guest's `notifier_bench 800 64` had the
+#: recorder at 2.7-3.4 s of CPU and the run 6-7.7 s (others 1.0-2.0 and 3.7-5); with 64,
+#: five runs alternated with the previous recorder in one boot: 4.44-5.03 s, its CPU
+#: 1.11-1.36 s, against 4.95-5.82 and 1.64-3.71.
 COALESCE_MAX_S = 0.1
 COALESCE_MIN_S = 0.002
 COALESCE_FILL = 0.25
-COALESCE_MIN = 256
+COALESCE_MIN = 64
 
 
 def ring_capacity(buffer_pages: int | None, rec_size: int, page: int = 4096) -> int:

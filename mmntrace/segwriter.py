@@ -47,7 +47,8 @@ from typing import Callable
 #: callbacks (about 2.7 events a record in the bench's streams): a job's rows,
 #: whose encoded segment is held until it is written, as many as before (jobs of
 #: 40,960 records, 110,000 rows, took the 6.1 guest's streaming peak from 144-153
-#: to 152-158 MiB, five runs of each alternated in one boot)
+#: to 152-158 MiB, five runs of each alternated in one boot; with 24,576 it was
+#: 139-144 against the previous recorder's 144-156)
 MAX_JOB_RECORDS = 24_576
 #: events (records, and the callbacks hook records carry: rows) of a job decoded,
 #: made into tables and encoded at a time: each slice a

@@ -134,15 +134,15 @@ struct mmnt_record {
 	char comm[MMNT_COMM_LEN];
 	/*
 	 * HOOK, streaming: the first `ncb` of the callbacks it called, each what
-	 * its own CALLBACK record would say (mmntrace/decode.py expand() makes
+	 * its own CALLBACK record would say (mmntrace/decode.py carried() makes
 	 * it one) but for what it shares with its hook: pid, tid, comm, mm,
 	 * start, end and event, its kind (the hook) and addr (the hook's seq),
 	 * stack_id (-1) and cpu (the hook record's). A callback whose range, event
 	 * or seq's CPU differs from its hook's, one past MMNT_REC_CBS, or one
-	 * outside a hook is sent as a CALLBACK record as before. One record per
-	 * hook call instead of three: the records' cost in the BPF programs (a
-	 * ring reservation each) and in the recorder (a copy, a trip through the
-	 * spool file) is most of what streaming adds to --aggregate.
+	 * outside a hook is sent as a CALLBACK record as before. About 1.2
+	 * records per hook call of the bench instead of 3.6, each a ring
+	 * reservation in the BPF programs and a copy and a trip through the spool
+	 * file in the recorder (README, Benchmarks).
 	 */
 	__u64 cb_func[MMNT_REC_CBS];
 	__u32 cb_ts[MMNT_REC_CBS];	/* its entry, ns after the hook's ts_ns */

@@ -72,8 +72,8 @@ static __always_inline void section_return(void *ctx, struct tstate *t, bool cb,
 	u64 n = TASK_FIELD(u64, MMNT_L_TASK_NVCSW), *at = cb ? &t->c.nvcsw : &t->h.nvcsw;
 	if (n == *at)
 		return;
-	/* (in place, or in the perf buffer's scratch record: not on the stack of
-	 * the hook and callback return programs, which build their own records) */
+	/* (written in place where the ring buffer allows, not built on the stack
+	 * of the hook and callback return programs beside their own records) */
 	REC_BEGIN(r, MMNT_REC_SLEEP, goto counted);
 	fill_section(r, t, cb, now);
 	r->kind = MMNT_SLEEP_COUNTED;
