@@ -21,6 +21,7 @@ SLEEP_KIND = {_H.defines["MMNT_SLEEP_SWITCH"]: "sleep", _H.defines["MMNT_SLEEP_M
               _H.defines["MMNT_SLEEP_COUNTED"]: "sleep"}
 DTYPE = record_dtype()
 CARRY_SLOTS = _H.defines["MMNT_REC_CBS"]        # callbacks a hook record can carry
+CARRY_FIELDS = tuple(f for f in DTYPE.names if f.startswith("cb_"))     # where it carries them
 
 
 class DecodeError(ValueError):
@@ -70,7 +71,7 @@ def carried(hooks: np.ndarray) -> np.ndarray:
     out["func"] = cb("cb_func")
     out["stack_id"] = -1
     out["ncb"] = 0
-    for f in ("cb_func", "cb_ts", "cb_dur", "cb_pc", "cb_ret", "cb_seq", "cb_hook", "cb_flags", "cb_rt"):
+    for f in CARRY_FIELDS:
         out[f] = 0
     return out
 

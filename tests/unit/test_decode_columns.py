@@ -82,7 +82,7 @@ def test_split_gives_each_types_records_whole_and_in_order(types, offset):
 
 
 CBS = decode.CARRY_SLOTS
-CB_FIELDS = ("cb_func", "cb_ts", "cb_dur", "cb_pc", "cb_ret", "cb_seq", "cb_hook", "cb_flags", "cb_rt")
+CB_FIELDS = decode.CARRY_FIELDS
 
 
 def _stream(draw_types, ncbs, rng):
@@ -119,7 +119,7 @@ def _carried_reference(h: np.ndarray) -> list[dict]:
 
 
 def _as_dicts(recs: np.ndarray) -> list[dict]:
-    keys = [k for k in recs.dtype.names if k not in CB_FIELDS and k != "cb_pad"]
+    keys = [k for k in recs.dtype.names if k not in CB_FIELDS]
     return [{k: (bytes(r[k]) if k == "comm" else int(r[k])) for k in keys} for r in recs]
 
 
