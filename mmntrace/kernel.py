@@ -38,7 +38,19 @@ HOOK_NAMES = {h.id: h.name for h in hooks.HOOKS}
 REGISTRATION = ("__mmu_notifier_register", "mmu_notifier_unregister", "mmu_interval_notifier_insert",
                 "mmu_interval_notifier_insert_locked", "mmu_interval_notifier_remove")
 
-#: might-sleep functions: name -> gfp argument index (1-based), 0 = always counts
+#: might-sleep functions: name -> gfp argument index (1-based), 0 = always counts.
+#: Not the one funnel of a voluntary-preemption kernel, __cond_resched (every
+#: might_sleep() calls it there: ../shared/KERNEL-NOTES.md): a program on it
+#: would still need msleep() and schedule_timeout() beside it, which sleep
+#: without a might_sleep(), and it would run more often, at more cost. Counted
+#: by bpftrace in the lab's guests (Debian 6.1 / 6.12, preempt mode voluntary)
+#: over bench/ambient_bench's three paths, which never reach a notifier:
+#: __cond_resched was called 161,585 / 135,228 times on the pipe ping-pong
+#: (20,000 round trips), 189,836 / 149,113 on open+close (20,000), 267,582 /
+#: 180,772 on mmap+fault+munmap (5,000), against 109,895 / 93,248, 84,631 /
+#: 63,921 and 149,415 / 156,395 calls of these functions (mutex_lock,
+#: kmem_cache_alloc, __alloc_pages, down_write the most): 1.1x to 2.3x the
+#: runs, and --might-sleep's ambient tax is its programs' runs.
 SLEEPER_CANDIDATES: dict[str, int] = {
     **{n: 0 for n in (
         "mutex_lock", "mutex_lock_interruptible", "mutex_lock_killable",
