@@ -39,8 +39,9 @@ REGISTRATION = ("__mmu_notifier_register", "mmu_notifier_unregister", "mmu_inter
                 "mmu_interval_notifier_insert_locked", "mmu_interval_notifier_remove")
 
 #: might-sleep functions: name -> gfp argument index (1-based), 0 = always counts.
-#: Not the one funnel of a voluntary-preemption kernel, __cond_resched (every
-#: might_sleep() calls it there: ../shared/KERNEL-NOTES.md): a program on it
+#: Not the one funnel of a voluntary-preemption kernel, __cond_resched (without
+#: DEBUG_ATOMIC_SLEEP, might_sleep() is might_resched(), a static call to it in
+#: that mode: include/linux/kernel.h, Debian's default): a program on it
 #: would still need msleep() and schedule_timeout() beside it, which sleep
 #: without a might_sleep(), and it would run more often, at more cost. Counted
 #: by bpftrace in the lab's guests (Debian 6.1 / 6.12, preempt mode voluntary)
