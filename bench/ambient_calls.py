@@ -16,29 +16,21 @@ not: mmntrace/kernel.py, beside the list).
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mmntrace.kernel import SLEEPER_CANDIDATES  # noqa: E402
+from mmntrace import kernel  # noqa: E402
 
 from lab_bench import AMBIENT_BIN, SIZES  # noqa: E402
+from mmnlab.harness import interrupt  # noqa: E402
 
 FUNNEL = "__cond_resched"
-
-
-def text_symbols() -> set[str]:
-    out = set()
-    with open("/proc/kallsyms") as f:
-        for line in f:
-            p = line.split()
-            if len(p) >= 3 and p[1] in "tT":
-                out.add(p[2])
-    return out
 
 
 def preempt_mode() -> str:
@@ -51,25 +43,31 @@ def preempt_mode() -> str:
     return m.group(1) if m else text.strip()
 
 
+def _text(f) -> str:
+    f.seek(0)
+    return f.read()
+
+
 def count(funcs: list[str], mode: str, ops: int) -> dict[str, int]:
     """Calls of each of ``funcs`` while ``ambient_bench MODE OPS`` runs (the rest of
     the guest, nearly idle, is counted too)."""
     prog = 'BEGIN { printf("READY\\n"); }\n' + "".join(f'kprobe:{f} {{ @["{f}"] = count(); }}\n' for f in funcs)
-    bt = subprocess.Popen(["bpftrace", "-e", prog], stdout=subprocess.PIPE, text=True)
-    while "READY" not in (bt.stdout.readline() or "READY"):
-        pass
-    r = subprocess.run([str(AMBIENT_BIN), mode, str(ops)], capture_output=True, text=True)
-    bt.send_signal(signal.SIGINT)
-    out = bt.communicate(timeout=120)[0]
+    with tempfile.TemporaryFile("w+") as log:
+        bt = subprocess.Popen(["bpftrace", "-e", prog], stdout=log, stderr=subprocess.STDOUT, text=True)
+        while bt.poll() is None and "READY" not in _text(log):
+            time.sleep(0.1)
+        r = subprocess.run([str(AMBIENT_BIN), mode, str(ops)], capture_output=True, text=True)
+        if not interrupt(bt, 120):      # (bpftrace can miss a SIGINT: it gets one every 5 s)
+            bt.kill()
+        out = _text(log)
     if r.returncode != 0:
         sys.exit(f"ambient_bench {mode} failed: {r.stderr.strip()}")
     return {m.group(1).strip('"'): int(m.group(2)) for m in re.finditer(r"@\[([^\]]+)\]: (\d+)", out)}
 
 
 def main() -> int:
-    ks = text_symbols()
-    funcs = [s for s in SLEEPER_CANDIDATES if s in ks]
-    if FUNNEL not in ks:
+    funcs = [s for s, _gfp in kernel.probe().sleepers]     # what record --might-sleep probes here
+    if FUNNEL not in kernel.kallsyms():
         sys.exit(f"{FUNNEL} is not in /proc/kallsyms on this kernel")
     print(f"preempt mode: {preempt_mode()}; {len(funcs)} might-sleep functions probed by --might-sleep here")
     for mode, ops in SIZES["full"]["ambient"].items():
