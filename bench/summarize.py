@@ -148,6 +148,17 @@ def ambient_cost(lab: dict, x: dict) -> float | None:
             + (x.get("ambient_tool_cpu_share") or 0.0))
 
 
+def warm_sentence(lab: dict) -> str:
+    """What the ready times are: warm starts where the bench made one uncounted
+    start of each family first (bench/lab_bench.py warm_starts); "" before it did."""
+    w = lab.get("warm_starts")
+    if not w:
+        return ""
+    return (" Ready after: from the tool's start to its ready signal, a warm start for each tool: "
+            "the lab reads its root file system from the host through 9p, and a family's first start of "
+            "the boot (" + ", ".join(f"{n} {v:.1f} s" for n, v in w.items()) + ") was made first, not counted.")
+
+
 def goals(lab: dict) -> list[dict]:
     t = lab["tools"]
     out = []
@@ -437,7 +448,7 @@ def main() -> int:
                "on one host thread, in slices of up to 100 ms (TCG_KICK_PERIOD), and a task that is running "
                "on one vCPU while the other's slice runs is charged that time too: a recorder that wakes "
                "during a run may show a few tenths of a second of it in a run no slower than the others. "
-               "The slowdown is the cost; this column says where to look.", "", table(lab), ""]
+               "The slowdown is the cost; this column says where to look." + warm_sentence(lab), "", table(lab), ""]
         amb = ambient_table(lab)
         if amb:
             md += ["Ambient tax: the same tools on paths that never reach a notifier "

@@ -366,3 +366,27 @@ def test_streaming_goals_are_judged_against_funclatency_and_the_issues_rate():
     other = dict(lab, kernel="6.6.0-1-amd64")
     assert not [x for x in summarize.goals(other) if "sustained rate" in x["goal"]]
     assert [x for x in summarize.goals(other) if x["goal"].startswith("streaming (kprobe)")]
+
+
+def test_each_family_is_started_once_before_the_counted_starts(tmp_path, monkeypatch):
+    """The boot's first start of a tool reads its libraries through the lab's 9p
+    root; the counted starts are warm ones: the first tool of each family
+    (mmntrace, funclatency, bpftrace) is started and stopped once first."""
+    import summarize
+    started = []
+
+    class T(lab_bench.Tool):
+        def start(self, timeout=300):
+            started.append((self.name, self.work))
+            return 1.5
+
+        def stop(self):
+            return {}
+    monkeypatch.setattr(lab_bench, "Tool", T)
+    monkeypatch.setattr(lab_bench, "SETTLE_S", 0)
+    w = lab_bench.warm_starts(["mmntrace-kprobe", "mmntrace-agg-kprobe", "funclatency", "funclatency-callback",
+                               "bpftrace"], ["f"], tmp_path)
+    assert w == {"mmntrace-kprobe": 1.5, "funclatency": 1.5, "bpftrace": 1.5}
+    assert all(work == tmp_path / "warm" and work.is_dir() for _n, work in started)
+    assert "mmntrace-kprobe 1.5 s" in summarize.warm_sentence({"warm_starts": w})
+    assert summarize.warm_sentence({}) == ""
