@@ -47,7 +47,8 @@ def sustained_goal(lab: dict, name: str) -> dict | None:
         return None
     at_full = not (x.get("sweep") or [])
     value = (f"{rate:,} events/s" + (" (the workload's full traced rate, 0 dropped: the limit lies above)"
-                                     if at_full else " (paced)") + f": {rate / before:.1f}x the {before:,} before")
+                                     if at_full else " (paced)") + f": {rate / before:.1f}x the {before:,} the issue measured (its own host's: a slower one's"
+             " workload runs slower too)")
     return {"goal": f"{name} zero-drop sustained rate >= 10 x issue 12's ({before:,} events/s)",
             "value": value, "met": rate >= 10 * before}
 
