@@ -306,6 +306,11 @@ def _record(held, duration, out, pid, comm, hook_list, aggregate, backend, trans
     # segments took goes back with the heap's (mmntrace/heap.py); the user's own
     # choice stands
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    # and every thread's allocations from one arena (heap.one_arena: the segment
+    # worker's own arena kept ~15 MiB of a streaming recorder's peak), set before
+    # the import threads below start
+    from .heap import one_arena
+    one_arena()
     imports, pools = [], []
 
     def importer(*modules):

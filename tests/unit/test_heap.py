@@ -1,6 +1,7 @@
 """heap.py: which mappings may lose their resident pages, and that losing
 them takes them out of this process' memory and nothing else."""
 
+import os
 import re
 import subprocess
 import sys
@@ -95,3 +96,33 @@ def test_declines_while_another_thread_runs():
     finally:
         stop.set()
         t.join()
+
+
+_ARENAS = """
+import ctypes, os, sys, threading
+from mmntrace.heap import one_arena
+print(one_arena(), flush=True)
+def work():
+    keep = [bytearray(1000) for _ in range(20000)]
+ts = [threading.Thread(target=work) for _ in range(3)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+os.dup2(1, 2)
+ctypes.CDLL("libc.so.6").malloc_stats()     # one "Arena N:" block per arena, on stderr
+"""
+
+
+def test_one_arena_keeps_every_threads_allocations_in_the_main_one_unless_the_user_chose():
+    """heap.one_arena (record's start, before its threads): three threads that
+    allocate share glibc's main arena, where by default each gets its own; a
+    MALLOC_ARENA_MAX of the user's own stands."""
+    import subprocess
+    import sys
+
+    def run(**env):
+        out = subprocess.run([sys.executable, "-c", _ARENAS], capture_output=True, text=True, check=True,
+                             env={**{k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}, **env})
+        return out.stdout.splitlines()[0], out.stdout.count("Arena ")
+    assert run() == ("True", 1)
+    done, arenas = run(MALLOC_ARENA_MAX="8")
+    assert done == "False" and arenas == 4
