@@ -152,19 +152,33 @@ int main(int argc, char **argv)
 	unsigned long long calls = 0;
 	for (int h = 0; h < MMNT_T_NR_HOOKS; h++)	/* change_pte too, where the kernel has it */
 		calls += c1.calls[h] - c0.calls[h];
+	/* The whole subscription's counts, read once it is over (the module keeps them
+	 * past MMNT_IOC_UNREGISTER): every call of its callbacks from the open to the
+	 * unregister, release left out, and when (sub_window_ns: the open, the read). */
+	struct mmnt_test_counts c2 = {0};
+	unsigned long long sub_calls = 0;
+	if (mod >= 0) {
+		if (ioctl(mod, MMNT_IOC_UNREGISTER) < 0)
+			die("MMNT_IOC_UNREGISTER");
+		if (counts(mod, &c2) < 0)
+			die("MMNT_IOC_COUNTS");
+		for (int h = 0; h < MMNT_T_NR_HOOKS; h++)
+			if (h != MMNT_T_RELEASE)
+				sub_calls += c2.calls[h];
+	}
 	/* hook_calls are the module's calls between its two counts: window_ns, on the
 	 * kernel's monotonic clock (a tracer's timestamps), says when. The process may
 	 * see more outside it: automatic NUMA balancing migrates its pages in its own
-	 * context, while it waits for the go file or before it unsubscribes. */
+	 * context, while it waits for the go file or before it unsubscribes; sub_calls
+	 * has those too. */
 	printf("{\"ops\": %ld, \"seconds\": %.6f, \"ops_per_s\": %.1f, \"hook_calls\": %llu, "
-	       "\"window_ns\": [%llu, %llu], "
+	       "\"window_ns\": [%llu, %llu], \"sub_calls\": %llu, \"sub_window_ns\": [%llu, %llu], "
 	       "\"kvm\": %s, \"module\": %s, \"rounds\": %ld, \"pages\": %ld}\n",
 	       ops, t1 - t0, ops / (t1 - t0), calls,
 	       (unsigned long long)c0.read_ns, (unsigned long long)c1.read_ns,
+	       sub_calls, (unsigned long long)c2.reset_ns, (unsigned long long)c2.read_ns,
 	       use_kvm ? "true" : "false", use_mod ? "true" : "false", rounds, pages);
 	fflush(stdout);
-	if (mod >= 0 && ioctl(mod, MMNT_IOC_UNREGISTER) < 0)
-		die("MMNT_IOC_UNREGISTER");
 	(void)sink;
 	return 0;
 }

@@ -167,6 +167,17 @@ def _in_window(cbs, res):
     return cbs[(cbs["ts_ns"] >= lo) & (cbs["ts_ns"] <= hi)]
 
 
+def _in_subscription(ev, res):
+    """The module's callbacks (its release left out) from notifier_bench's open of
+    the device to its read of the counts after unsubscribing (sub_window_ns), in
+    any process: what its sub_calls count, when it is the module's only subscriber."""
+    cb = ev[ev["kind"] == "callback"]
+    name = cb["callback"].astype(str)
+    cb = cb[name.str.startswith("mmnt_") & ~name.str.startswith("mmnt_release")]
+    lo, hi = res["sub_window_ns"]
+    return cb[(cb["ts_ns"] >= lo) & (cb["ts_ns"] <= hi)]
+
+
 def _reload_module():
     """rmmod, insmod, and the device back: what a user does, without a look at the recorder."""
     subprocess.run(["rmmod", "mmnt_test"], check=True)
@@ -197,17 +208,21 @@ def test_module_reload_then_kill9_redacted(tmp_path):
     r2 = b2.go()
     # what the recorder took in reaches the disk (segments and metadata every 2 s;
     # attaching the reloaded module's callbacks and reloading kallsyms take seconds
-    # under TCG): the b2 calls it recorded, and in the metadata those it counted untimed
+    # under TCG): b1's calls, the b2 calls it recorded, and in the metadata those it
+    # counted untimed. The metadata may be ahead of the segments (a burst's records
+    # become segments once it is over): b1's are waited for too.
     deadline = time.monotonic() + 90
     while True:
         time.sleep(2)
         try:
             live = Recording(tmp_path / "rec")
-            got = len(_in_window(_module_cbs(live.events(), b2.p.pid), r2))
+            ev = live.events()
+            got1 = len(_in_window(_module_cbs(ev, b1.p.pid), r1))
+            got2 = len(_in_subscription(ev, r2))
             untimed = _untimed_in_hooks(live.meta)
         except Exception:            # a segment being replaced as we read
-            got = untimed = -1
-        if got + untimed >= r2["hook_calls"] or time.monotonic() > deadline:
+            got1 = got2 = untimed = -1
+        if (got1 >= r1["hook_calls"] and got2 + untimed >= r2["sub_calls"]) or time.monotonic() > deadline:
             break
     time.sleep(2)            # one more flush
     rec.proc.kill()          # kill -9: no flush, no final metadata
@@ -233,9 +248,13 @@ def test_module_reload_then_kill9_redacted(tmp_path):
     # last segment flush: a killed recorder leaves that)
     b1_all = _module_cbs(ev, b1.p.pid)
     assert len(_in_window(b1_all, r1)) == r1["hook_calls"] > 0, (len(b1_all), r1)
+    # b2's calls whether in its rounds or not: untimed calls have no time, so one
+    # made outside its rounds before the new probes (say a NUMA balancing scan in
+    # its context) is counted with them (a CI run on 6.1: 556 untimed, 532 in the rounds)
     untimed = _untimed_in_hooks(r.meta)
-    b2_got = len(_in_window(_module_cbs(ev, b2.p.pid), r2))
-    assert b2_got + untimed == r2["hook_calls"] > 0, (b2_got, untimed, r2, r.meta["drops"])
+    b2_got = len(_in_subscription(ev, r2))
+    assert b2_got + untimed == r2["sub_calls"] >= r2["hook_calls"] > 0, (b2_got, untimed, r2, r.meta["drops"])
+    print(f"after the reload: {b2_got} calls timed, {untimed} untimed, of {r2['sub_calls']}")
     # --redact: symbols kept, raw addresses gone
     assert (ev[["mm", "start", "end", "func"]] == 0).all().all()
     assert all(u["func"] == 0 for u in r.meta.get("untimed", []))
