@@ -19,10 +19,16 @@ MMNT_READ_ARRAY(walk_gen, u32, 1);	/* read at every poll: mmap()ed where it can 
  * cb_expected and cb_seen (user space reads those maps only when it moved),
  * [3] ops records the record buffer had no room for (ops_unsent) */
 BPF_ARRAY(disc, u64, 4);
-/* mm -> the interval notifiers' ops table whose record found the buffer full
- * (the last one per mm): found at a hook on that mm, not by a walk (ops_unsent);
- * least recently used first out, as an mm that is gone never takes its own */
-BPF_TABLE("lru_hash", u64, u64, unsent_iops, 256);
+/* mm -> the interval notifiers' ops tables whose records found the buffer full
+ * (up to MMNT_UNSENT_IOPS per mm, as two drivers' userptrs on one process;
+ * more, and the last slot holds the latest): found at a hook on that mm, not
+ * by a walk (ops_unsent); least recently used first out, as an mm that is gone
+ * never takes its own */
+#define MMNT_UNSENT_IOPS 4
+struct unsent_iops_v {
+	u64 ops[MMNT_UNSENT_IOPS];
+};
+BPF_TABLE("lru_hash", u64, struct unsent_iops_v, unsent_iops, 256);
 BPF_HASH(cb_expected, u64, u64, 1024);	/* op -> its calls by hooks while probing was under way */
 BPF_HASH(cb_seen, u64, u64, 1024);	/* op -> those of them our callback probes timed */
 
@@ -188,6 +194,29 @@ static __always_inline void emit_ops(void *ctx, u64 ops, u64 mm)
 	emit_ops_to(ctx, 0, ops, mm);
 }
 
+/* an interval notifiers' table lost to a full buffer: kept for its mm's next
+ * walk (walk_subs_to), beside those kept already */
+static __always_inline void iops_keep(u64 mm, u64 ops)
+{
+	struct unsent_iops_v *v = unsent_iops.lookup(&mm);
+
+	if (!v) {
+		struct unsent_iops_v n = {};
+		n.ops[0] = ops;
+		unsent_iops.update(&mm, &n);
+		return;
+	}
+#pragma unroll
+	for (int i = 0; i < MMNT_UNSENT_IOPS; i++) {
+		if (v->ops[i] == ops)
+			return;
+		if (!v->ops[i] || i == MMNT_UNSENT_IOPS - 1) {
+			v->ops[i] = ops;
+			return;
+		}
+	}
+}
+
 static __always_inline void emit_interval_ops_to(void *ctx, void *seq, u64 ops, u64 mm)
 {
 	u64 invalidate = 0;
@@ -211,7 +240,7 @@ static __always_inline void emit_interval_ops_to(void *ctx, void *seq, u64 ops, 
 	if (put_ops(ctx, seq, &r)) {
 		ops_unsent(ops, mm);
 		if (mm)
-			unsent_iops.update(&mm, &ops);
+			iops_keep(mm, ops);
 	}
 }
 
@@ -233,11 +262,23 @@ static __always_inline void walk_subs_to(void *ctx, void *seq, u64 mm, bool forc
 	if (!mm || (!force && (v = seen_mm.lookup(&mm)) && *v == g))
 		return;
 	seen_mm.update(&mm, &g);
-	u64 *iops = unsent_iops.lookup(&mm);
-	if (iops) {			/* an interval notifiers' table lost to a full buffer */
-		u64 o = *iops;
+	struct unsent_iops_v *iops = unsent_iops.lookup(&mm);
+	if (iops) {			/* interval notifiers' tables lost to a full buffer */
+		struct unsent_iops_v o = *iops;
 		unsent_iops.delete(&mm);
-		emit_interval_ops_to(ctx, seq, o, mm);	/* (kept again if lost again) */
+		/* a loop, not unrolled (one copy of the emit in the program), that
+		 * takes the first and shifts the rest down: constant offsets only */
+#pragma clang loop unroll(disable)
+		for (int i = 0; i < MMNT_UNSENT_IOPS; i++) {
+			u64 first = o.ops[0];
+			if (!first)
+				break;
+#pragma unroll
+			for (int j = 0; j < MMNT_UNSENT_IOPS - 1; j++)
+				o.ops[j] = o.ops[j + 1];
+			o.ops[MMNT_UNSENT_IOPS - 1] = 0;
+			emit_interval_ops_to(ctx, seq, first, mm);	/* (kept again if lost again) */
+		}
 	}
 	if (bpf_probe_read_kernel(&subs, sizeof(subs),
 				  (void *)(mm + MMNT_L_MM_SUBS)) || !subs)

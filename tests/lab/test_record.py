@@ -1026,11 +1026,12 @@ for i in range(N):
 alt = clients[-1]
 alt.interval(base + N * PAGE, PAGE, alt=True)
 def counts():
-    return json.dumps({"alt": alt.counts()["calls"]["interval"],
+    a = alt.counts()
+    return json.dumps({"alt": a["calls"]["interval"], "read_ns": a["read_ns"],
                        "others": sum(c.counts()["calls"]["interval"] for c in clients[:-1])})
 print("ready", flush=True)
 sys.stdin.readline()
-print(counts(), flush=True)         # the recorder is ready: what was called before, it did not see
+print(counts(), flush=True)         # the recorder is ready: the calls compared come after this count
 for _ in range(5):                  # each flip invalidates the last page: the alt notifier only
     libc.mprotect(base + N * PAGE, PAGE, PROT_READ)
     libc.mprotect(base + N * PAGE, PAGE, PROT_READ | PROT_WRITE)
@@ -1077,6 +1078,9 @@ def test_sweep_walks_interval_trees_longer_than_one_run(tmp_path):
     # 145 notifiers, 32 a run (MMNT_ITREE_NODES): five runs at least
     assert r.meta["timing"]["sweep_itree_runs"] >= 5 and r.meta["sweep_unfinished_mms"] == 0, r.meta["timing"]
     ev = r.events()
+    # between the two counts: a call after the recorder's ready but before the
+    # first count (kcompactd, NUMA balancing) is recorded and not in res (6.1: 11 / 10)
     alt = _cb(ev, "mmnt_interval_invalidate_alt")
+    alt = alt[(alt["ts_ns"] >= before["read_ns"]) & (alt["ts_ns"] <= after["read_ns"])]
     assert len(alt) == res["alt"] >= 5, (len(alt), res, before)
     assert not [u for u in r.meta["untimed"] if u["callback"].startswith("mmnt_interval_invalidate_alt")]
