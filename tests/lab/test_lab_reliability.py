@@ -149,21 +149,25 @@ def _untimed_in_hooks(meta) -> int:
 
 
 def _module_cbs(ev, pid, release=False):
-    """The module's callbacks in this process (change_pte too, where the kernel has it);
-    its release comes after the rounds, when notifier_bench unsubscribes."""
-    cb = ev[(ev["kind"] == "callback") & (ev["pid"] == pid)]
+    """The module's callbacks in this process (``pid`` None: in any; change_pte too,
+    where the kernel has it); its release comes after the rounds, when
+    notifier_bench unsubscribes."""
+    cb = ev[ev["kind"] == "callback"]
+    if pid is not None:
+        cb = cb[cb["pid"] == pid]
     name = cb["callback"].astype(str)
     return cb[name.str.startswith("mmnt_") & (release | ~name.str.startswith("mmnt_release"))]
 
 
-def _in_window(cbs, res):
+def _in_window(cbs, res, window="window_ns"):
     """The callbacks made between notifier_bench's two reads of the module's counts
     (its window_ns, the kernel's monotonic clock, as the records' ts_ns): what its
     hook_calls count. Outside them the process may have more of its own: automatic
     NUMA balancing migrates its pages in its context (try_to_migrate_one) while it
     waits for the go file, and the tracer records those too (6.12 and 6.1 guests
-    have two nodes: 10 and 49 such calls of a process held 40 s)."""
-    lo, hi = res["window_ns"]
+    have two nodes: 10 and 49 such calls of a process held 40 s). ``window``:
+    another pair of its times (sub_window_ns)."""
+    lo, hi = res[window]
     return cbs[(cbs["ts_ns"] >= lo) & (cbs["ts_ns"] <= hi)]
 
 
@@ -171,11 +175,7 @@ def _in_subscription(ev, res):
     """The module's callbacks (its release left out) from notifier_bench's open of
     the device to its read of the counts after unsubscribing (sub_window_ns), in
     any process: what its sub_calls count, when it is the module's only subscriber."""
-    cb = ev[ev["kind"] == "callback"]
-    name = cb["callback"].astype(str)
-    cb = cb[name.str.startswith("mmnt_") & ~name.str.startswith("mmnt_release")]
-    lo, hi = res["sub_window_ns"]
-    return cb[(cb["ts_ns"] >= lo) & (cb["ts_ns"] <= hi)]
+    return _in_window(_module_cbs(ev, None), res, "sub_window_ns")
 
 
 def _reload_module():
