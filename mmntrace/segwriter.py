@@ -76,6 +76,16 @@ MAX_BACKLOG_BYTES = 1 << 30
 #: time): a burst of 160,000 records (notifier_bench 300 64) took the 6.12 guest's
 #: recorder 0.43-0.85 s of CPU at 8 MiB, 0.28-0.41 s at 24 MiB, when measured alone
 MEMORY_BACKLOG_BYTES = 8 << 20
+#: what the spool file keeps of its space once the worker has emptied it: the next
+#: burst is written into pages the file already has, not into new ones, allocated
+#: (and, on tmpfs, zeroed) while the traced tasks run, then freed again. The 6.1 lab
+#: guest's streaming recorder (`notifier_bench 800 64`: about 30 MB through the file
+#: a run; its recording in the guest's tmpfs), seven runs of each alternated in two
+#: boots: its main thread's system time a run 1.05 -> 0.73 s, user 1.45 -> 1.06, the
+#: run 11.99 -> 9.72 s (medians; untraced 3.5-4.9 s). Past it the file is cut back to
+#: it: at most this much stays held by an idle recorder (RAM where the recording's
+#: directory is tmpfs; page cache on a disk, which may write the pages back once)
+SPOOL_KEEP_BYTES = 64 << 20
 #: events a second (records, and the callbacks hook records carry), over the last
 #: QUIET_S seconds, below which the recorder is quiet enough to convert; above it,
 #: a burst: its records wait, raw
@@ -203,7 +213,8 @@ class Backlog:
     """Raw records waiting for the segment worker, oldest first: in memory up to
     ``memory_bytes``, then in an unnamed file in ``spool_dir`` (the recording's
     directory: no name to leave behind, whatever ends the recorder; its space is
-    the recording's) until the worker has taken what is in it.
+    the recording's) until the worker has taken what is in it. Emptied, the file
+    keeps up to ``keep_bytes`` of its space for the next burst (:data:`SPOOL_KEEP_BYTES`).
 
     Raises OSError from the file (ENOSPC: the recording's file system is full).
 
@@ -217,8 +228,8 @@ class Backlog:
     either way are allocated, are a likelier place: on the build host,
     writing 64 MiB into pages a tmpfs file had took 20 ms, into new ones 47.)"""
 
-    def __init__(self, spool_dir, memory_bytes: int = MEMORY_BACKLOG_BYTES):
-        self.spool_dir, self.memory_bytes = spool_dir, memory_bytes
+    def __init__(self, spool_dir, memory_bytes: int = MEMORY_BACKLOG_BYTES, keep_bytes: int = SPOOL_KEEP_BYTES):
+        self.spool_dir, self.memory_bytes, self.keep_bytes = spool_dir, memory_bytes, keep_bytes
         self._mem: list[bytes] = []
         self._mem_bytes = 0
         self._file = None
@@ -258,9 +269,11 @@ class Backlog:
             got = os.pread(self._file.fileno(), min(room, self._wr - self._rd), self._rd)
             self._rd += len(got)
             out += got
-            if self._rd == self._wr:    # emptied: its space goes back
+            if self._rd == self._wr:    # emptied: the next burst writes from its start again,
+                # into the pages it has (up to keep_bytes of them; the rest go back)
+                if self._wr > self.keep_bytes:
+                    os.ftruncate(self._file.fileno(), self.keep_bytes)
                 self._rd = self._wr = 0
-                os.ftruncate(self._file.fileno(), 0)
         return out
 
     def clear(self) -> None:
@@ -296,4 +309,4 @@ def take_job(pending: list[bytes], rec_size: int, limit: int = MAX_JOB_RECORDS) 
 
 
 __all__ = ["SegmentWorker", "Backlog", "take_job", "Arrivals", "convert_now", "in_burst", "MAX_JOB_RECORDS", "MAX_BACKLOG_BYTES",
-           "MEMORY_BACKLOG_BYTES", "DEFER_BYTES", "QUIET_RATE", "QUIET_S"]
+           "MEMORY_BACKLOG_BYTES", "SPOOL_KEEP_BYTES", "DEFER_BYTES", "QUIET_RATE", "QUIET_S"]
