@@ -83,8 +83,9 @@ MEMORY_BACKLOG_BYTES = 8 << 20
 #: a run; its recording in the guest's tmpfs), seven runs of each alternated in two
 #: boots: its main thread's system time a run 1.05 -> 0.73 s, user 1.45 -> 1.06, the
 #: run 11.99 -> 9.72 s (medians; untraced 3.5-4.9 s). Past it the file is cut back to
-#: it: at most this much stays held by an idle recorder (RAM where the recording's
-#: directory is tmpfs; page cache on a disk, which may write the pages back once)
+#: it, and to a quarter of the space its file system has free besides (the segments
+#: come first): at most this much stays held by an idle recorder (RAM where the
+#: recording's directory is tmpfs; page cache on a disk, which may write it back once)
 SPOOL_KEEP_BYTES = 64 << 20
 #: events a second (records, and the callbacks hook records carry), over the last
 #: QUIET_S seconds, below which the recorder is quiet enough to convert; above it,
@@ -272,10 +273,21 @@ class Backlog:
             out += got
             if self._rd == self._wr:    # emptied: the next burst writes from its start again,
                 # into the pages it has (up to keep_bytes of them; the rest go back)
-                if self._wr > self.keep_bytes:
-                    os.ftruncate(self._file.fileno(), self.keep_bytes)
+                keep = min(self.keep_bytes, self._room_to_keep())
+                if os.fstat(self._file.fileno()).st_size > keep:
+                    os.ftruncate(self._file.fileno(), keep)
                 self._rd = self._wr = 0
         return out
+
+    def _room_to_keep(self) -> int:
+        """The most of its space the emptied file may keep: a quarter of what its
+        file system has free besides, so that a recording's segments never meet a
+        full disk for want of space an idle spool holds."""
+        try:
+            st = os.fstatvfs(self._file.fileno())
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize // 4
 
     def clear(self) -> None:
         self._mem.clear()

@@ -131,26 +131,42 @@ def test_backlog_keeps_order_through_memory_and_file_and_leaves_no_name(tmp_path
     assert not b and list(tmp_path.iterdir()) == []
 
 
-def test_backlog_file_keeps_its_pages_for_the_next_burst_up_to_keep_bytes(tmp_path):
-    def drain(b):
-        got = []
-        while b:
-            got += _ids(b.take(REC, limit=3))
-        return got
+def _drain(b):
+    got = []
+    while b:
+        got += _ids(b.take(REC, limit=3))
+    return got
 
+
+def test_backlog_file_keeps_its_pages_for_the_next_burst_up_to_keep_bytes(tmp_path):
     b = Backlog(tmp_path, memory_bytes=2 * REC, keep_bytes=6 * REC)
     b.append(_recs(0, 2))               # memory
     b.append(_recs(2, 5))               # the file: 5 records
-    assert drain(b) == list(range(7))
+    assert _drain(b) == list(range(7))
     size = os.fstat(b._file.fileno()).st_size
     assert size == 5 * REC              # emptied, its space kept (under keep_bytes)
     b.append(_recs(7, 2))               # memory again, then the file from its start
     b.append(_recs(9, 3))
     assert os.fstat(b._file.fileno()).st_size == size   # written into the pages it had
-    assert drain(b) == list(range(7, 12))               # nothing of the first burst
+    assert _drain(b) == list(range(7, 12))               # nothing of the first burst
     b.append(_recs(12, 2))
     b.append(_recs(14, 9))              # 9 records: past keep_bytes
-    assert drain(b) == list(range(12, 23))
+    assert _drain(b) == list(range(12, 23))
     assert os.fstat(b._file.fileno()).st_size == 6 * REC   # cut back to keep_bytes
     b.clear()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_backlog_file_keeps_no_more_than_a_quarter_of_the_free_space(tmp_path, monkeypatch):
+    class Vfs:
+        f_frsize = 1
+        f_bavail = 12 * REC             # free besides the file: a quarter is 3 records
+    monkeypatch.setattr(os, "fstatvfs", lambda fd: Vfs)
+    b = Backlog(tmp_path, memory_bytes=0, keep_bytes=6 * REC)
+    b.append(_recs(0, 5))
+    assert _drain(b) == list(range(5))
+    assert os.fstat(b._file.fileno()).st_size == 3 * REC
+    Vfs.f_bavail = 0                    # the file system full: the file gives it all back
+    b.append(_recs(5, 2))
+    assert _drain(b) == [5, 6] and os.fstat(b._file.fileno()).st_size == 0
+    b.clear()
