@@ -281,8 +281,8 @@ class Backlog:
 
     def _room_to_keep(self) -> int:
         """The most of its space the emptied file may keep: a quarter of what its
-        file system has free besides, so that a recording's segments never meet a
-        full disk for want of space an idle spool holds."""
+        file system has free besides (the segments come first: a filling disk
+        takes the spool's space back, a full one all of it)."""
         try:
             st = os.fstatvfs(self._file.fileno())
         except OSError:
