@@ -155,9 +155,22 @@ def warm_sentence(lab: dict) -> str:
     w = lab.get("warm_starts")
     if not w:
         return ""
-    return (" Ready after: from the tool's start to its ready signal, a warm start for each tool: "
-            "the lab reads its root file system from the host through 9p, and a family's first start of "
+    starts = max((len(x.get("startup_runs_s") or []) for x in lab.get("tools", {}).values()), default=0)
+    return (" Ready after: from the tool's start to its ready signal, a warm start for each tool"
+            + (f" (the median of {starts} starts: one start's time moves with the host by more than the "
+               "goal's margin)" if starts > 1 else "")
+            + ": the lab reads its root file system from the host through 9p, and a family's first start of "
             "the boot (" + ", ".join(f"{n} {v:.1f} s" for n, v in w.items()) + ") was made first, not counted.")
+
+
+def starts_range(x: dict, lead: str = ": starts ") -> str:
+    """The spread of a tool's ready times where the bench started it more than
+    once (its ready time is then their median: bench/lab_bench.py ready_rounds);
+    "" for one start."""
+    r = x.get("startup_runs_s") or []
+    if len(r) < 2:
+        return ""
+    return f"{lead}{min(r):.1f}-{max(r):.1f} s"
 
 
 def goals(lab: dict) -> list[dict]:
@@ -238,8 +251,9 @@ def goals(lab: dict) -> list[dict]:
     fs = fl.get("startup_s")
     for n, x in t.items():
         if n.startswith("mmntrace") and fs:
-            out.append({"goal": f"{n} ready <= 1.5 x funclatency's ({fs:.1f} s)",
-                        "value": f"{x['startup_s'] / fs:.2f}x", "met": x["startup_s"] <= 1.5 * fs})
+            out.append({"goal": f"{n} ready <= 1.5 x funclatency's ({fs:.1f} s{starts_range(fl)})",
+                        "value": f"{x['startup_s'] / fs:.2f}x" + starts_range(x, ", starts "),
+                        "met": x["startup_s"] <= 1.5 * fs})
         if n.startswith("mmntrace") and x.get("peak_rss_mib"):
             out.append({"goal": f"{n} peak RSS <= 150 MiB", "value": f"{x['peak_rss_mib']:.0f} MiB",
                         "met": x["peak_rss_mib"] <= 150})
