@@ -195,6 +195,13 @@ def machine_quiet(busy_share: float = 0.1, window_s: float = SETTLE_WINDOW_S, ti
     return time.monotonic() - t0
 
 
+def quiet_before(name: str) -> None:
+    """:func:`machine_quiet` before a timed start of ``name``, said when it took long."""
+    waited = machine_quiet()
+    if waited > 2 * SETTLE_WINDOW_S:
+        log(f"{name}: waited {waited:.0f} s for the machine to go quiet before its start")
+
+
 def parse_log2_hists(text: str) -> dict[str, dict[int, int]]:
     """funclatency -F output: function -> {log2 slot: count} (its rows read
     "lo -> hi : count", lo = 2**slot, slot 0 covering 0 -> 1)."""
@@ -533,7 +540,7 @@ def ready_rounds(names: list[str], syms: list[str], work: Path, rounds: int) -> 
         for name in names:
             tool = Tool(name, syms, more)
             shutil.rmtree(tool.rec, ignore_errors=True)     # record's -o must be new or empty
-            machine_quiet()     # (the tool before it: what its exit left the kernel to free)
+            quiet_before(name)  # (the tool before it: what its exit left the kernel to free)
             try:
                 out[name].append(round(tool.start(), 2))
             except RuntimeError as e:
@@ -597,7 +604,7 @@ def main() -> int:
     before = untraced_block()
     for name in tools:
         tool = Tool(name, syms, work)
-        machine_quiet()         # as before each further start (ready_rounds)
+        quiet_before(name)      # as before each further start (ready_rounds)
         startup = tool.start()
         log(f"{name}: ready after {startup:.1f} s")
         if name.startswith("mmntrace"):

@@ -416,7 +416,7 @@ def test_ready_time_is_the_median_of_its_starts_and_the_goal_shows_their_spread(
     monkeypatch.setattr(lab_bench, "Tool", T)
     monkeypatch.setattr(lab_bench, "SETTLE_S", 0)
     quiet = []
-    monkeypatch.setattr(lab_bench, "machine_quiet", lambda: quiet.append(len(seen)))
+    monkeypatch.setattr(lab_bench, "machine_quiet", lambda: quiet.append(len(seen)) or 0.0)
     more = lab_bench.ready_rounds(["mmntrace-kprobe", "funclatency"], ["f"], tmp_path, 2)
     assert more == {"mmntrace-kprobe": [40.0, 61.0], "funclatency": [20.0]}
     # in turns, each -o new (record refuses a used one)
@@ -437,7 +437,7 @@ def test_ready_time_is_the_median_of_its_starts_and_the_goal_shows_their_spread(
     assert "median" not in summarize.warm_sentence({"warm_starts": {"funclatency": 1.5}, "tools": {}})
 
 
-def test_machine_quiet_waits_for_the_kernels_leftovers(tmp_path, monkeypatch):
+def test_machine_quiet_waits_for_the_kernels_leftovers(tmp_path, monkeypatch, capsys):
     """A tool's exit leaves the kernel work (its programs, maps and probes freed
     by RCU and workqueues) that the next timed start would pay for: the bench
     waits until the machine is nearly idle, read from /proc/stat."""
@@ -454,3 +454,6 @@ def test_machine_quiet_waits_for_the_kernels_leftovers(tmp_path, monkeypatch):
     clock = iter([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
     monkeypatch.setattr(lab_bench.time, "monotonic", lambda: next(clock))
     assert lab_bench.machine_quiet(window_s=1.0, timeout_s=2.0, busy=lambda: next(late)) == 2.5   # never quiet: its limit
+    monkeypatch.setattr(lab_bench, "machine_quiet", lambda: 30.0)
+    lab_bench.quiet_before("funclatency")
+    assert "funclatency: waited 30 s for the machine to go quiet" in capsys.readouterr().err
