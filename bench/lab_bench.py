@@ -159,11 +159,18 @@ def settle(pid: int, quiet_cpu_s: float = 0.05, window_s: float = SETTLE_WINDOW_
     recorder decodes and writes its backlog); return the seconds waited.
     A lab guest's vCPUs share one host thread, so work the tool still does
     during the ambient run would be charged to the ambient workload."""
+    return wait_quiet(lambda: tree_cpu_s(pid), quiet_cpu_s, window_s, timeout_s)
+
+
+def wait_quiet(cpu_s, quiet_cpu_s: float, window_s: float, timeout_s: float) -> float:
+    """Wait until the CPU seconds ``cpu_s()`` reads grow by less than
+    ``quiet_cpu_s`` over ``window_s``, at most ``timeout_s``; return the seconds
+    waited (:func:`settle`'s tool, :func:`machine_quiet`'s whole machine)."""
     t0 = time.monotonic()
-    last = tree_cpu_s(pid)
+    last = cpu_s()
     while time.monotonic() - t0 < timeout_s:
         time.sleep(window_s)
-        now = tree_cpu_s(pid)
+        now = cpu_s()
         if now - last < quiet_cpu_s:
             break
         last = now
@@ -184,15 +191,7 @@ def machine_quiet(busy_share: float = 0.1, window_s: float = SETTLE_WINDOW_S, ti
     kernel to do (its programs, maps and probes are freed after it exits, some of
     it by RCU and workqueues) is done before the next one is timed, since a lab
     guest's vCPUs share one host thread. Returns the seconds waited."""
-    t0 = time.monotonic()
-    last = busy()
-    while time.monotonic() - t0 < timeout_s:
-        time.sleep(window_s)
-        now = busy()
-        if now - last < busy_share * window_s:
-            break
-        last = now
-    return time.monotonic() - t0
+    return wait_quiet(busy, busy_share * window_s, window_s, timeout_s)
 
 
 def quiet_before(name: str) -> None:
