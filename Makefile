@@ -7,7 +7,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 KERNELS ?= 6.1 6.12
 
-.PHONY: setup setup-host test unit boot-test lab-test lab-test-all lab-test-arm64 arm64-root kmod demo clean bench bench-tiny bench-ab wheel
+.PHONY: setup setup-host test unit boot-test lab-test lab-recordings-check lab-test-all lab-test-arm64 arm64-root kmod demo clean bench bench-tiny bench-ab wheel
 
 # make bench: the tracer against its peers in the lab (both kernels) plus the
 # host-side decode and report benchmarks -> bench/results.json, BENCHMARKS.md.
@@ -75,6 +75,11 @@ lab-test: setup-host kmod build/bench/notifier_bench wheel $(if $(findstring arm
 	$(if $(filter 1,$(LAB_BOOT_TESTS)),@$(MAKE) --no-print-directory boot-test)
 	@echo "== lab tests: $(LAB_MATRIX), $(LAB_JOBS) guest(s) at once"
 	$(PY) scripts/lab_suite.py $(LAB_MATRIX) --timeout $(LAB_TEST_TIMEOUT) --jobs $(LAB_JOBS)
+	$(if $(filter 1,$(LAB_RECORDINGS_CHECK)),@$(MAKE) --no-print-directory lab-recordings-check)
+
+# LAB_RECORDINGS_CHECK=0: the guests only (make test checks the recordings beside bench-tiny)
+LAB_RECORDINGS_CHECK ?= 1
+lab-recordings-check: setup-host
 	@echo "== notebooks, HTML report and plots on the lab recordings, by this checkout and by the installed wheel (host)"
 	MMNTRACE_REQUIRE_LAB_RECORDINGS=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_lab_recordings.py \
 	  tests/unit/test_installed.py
@@ -97,13 +102,14 @@ lab-test-all:
 
 # The unit tests, the lab's boot tests (one guest) and the arm64 lab's root (about
 # 5 minutes of downloads and qemu-user, at a lower priority) are made side by side,
-# then the lab tests.
+# then the lab tests; then bench-tiny (one guest: one host CPU) beside the host's
+# check of the lab recordings (the other), instead of one after the other.
 test: setup-host
 	@mkdir -p build
 	@start=$$(date +%s); $(MAKE) --no-print-directory -j3 unit boot-test \
 	    $(if $(findstring arm64,$(LAB_MATRIX)),arm64-root) \
-	  && $(MAKE) --no-print-directory lab-test LAB_BOOT_TESTS=0 \
-	  && $(MAKE) --no-print-directory bench-tiny; \
+	  && $(MAKE) --no-print-directory lab-test LAB_BOOT_TESTS=0 LAB_RECORDINGS_CHECK=0 \
+	  && $(MAKE) --no-print-directory -j2 lab-recordings-check bench-tiny; \
 	  rc=$$?; echo "make test: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 build/bench/notifier_bench: bench/notifier_bench.c tests/kmod/mmnt_test_uapi.h

@@ -113,6 +113,14 @@ def _need_fentry(backend):
             pytest.skip(f"no fentry on this kernel: {v.reason}")
 
 
+def _losses(r) -> str:
+    """What a recording lost or counted untimed, each kind that is not zero,
+    and the calls counted untimed by callback: an assertion's message in full
+    (pytest shortens a dict's repr)."""
+    drops = {k: v for k, v in r.meta["drops"].items() if v}
+    return f"drops {drops}; untimed {r.meta.get('untimed')}"
+
+
 def _check_backend(r, backend, transport):
     """The metadata says which mechanism each probe used: hooks follow the
     backend; driver callbacks too where their module has BTF and the kernel
@@ -204,7 +212,7 @@ def test_counts_lock_state_kvm_and_no_violations(tmp_path, backend, transport):
     assert r.complete
     _check_backend(r, backend, transport)
     rep = report.build(r)
-    assert rep["dropped"] == 0, (r.meta["drops"], r.meta.get("untimed"))
+    assert rep["dropped"] == 0, _losses(r)
     calls = res["counts"]["calls"]
     assert len(mod) == sum(calls.values())      # the module's log is complete
     # Compare what the workload's own thread did: kcompactd, khugepaged or NUMA
