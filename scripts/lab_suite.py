@@ -12,6 +12,7 @@ any test may run (its kernel wedged: under QEMU TCG a 6.1 guest has hung
 silently, both CPUs, no watchdog output) is stopped and counts as a death.
 
 usage: lab_suite.py KERNEL[:SCOPE] [KERNEL[:SCOPE]...] [--timeout SECONDS] [--jobs N]
+                    [--prepare KERNEL=COMMAND...]
 
 SCOPE says which lab tests a kernel's guest runs (pytest markers, pyproject.toml):
   all      every lab test (the default)
@@ -38,6 +39,11 @@ With several kernels, their suites run at the same time, one guest each
 (single-threaded TCG: a host CPU per guest), at most --jobs guests at once
 (default 2, this machine's CPUs: a third guest would only slow the other
 two), the next one starting as one ends; lines led by their kernel.
+
+--prepare KERNEL=COMMAND: what that kernel's guest needs first (make lab-test:
+the arm64 lab's root file system, `make arm64-root`, minutes of downloads and
+qemu-user), run at once beside the first suites instead of before them all; that
+kernel's suite waits for it, and fails, saying so, if it fails.
 """
 
 from __future__ import annotations
@@ -108,20 +114,73 @@ def watch(proc: subprocess.Popen, prog: Path, stall_s: float) -> float:
     return 0.0
 
 
-def parallel(specs: list[str], timeout: str, jobs: int) -> int:
+def parse_prepare(items: list[str], specs: list[str]) -> dict[str, str]:
+    """``["6.12-arm64=make arm64-root"]`` -> {"6.12-arm64": "make arm64-root"};
+    one sentence (SystemExit) for a malformed one or a kernel no suite runs."""
+    kernels = {parse_spec(s)[0] for s in specs}
+    out = {}
+    for item in items:
+        k, _, cmd = item.partition("=")
+        if not k or not cmd.strip():
+            raise SystemExit(f"lab_suite: --prepare {item!r}: want KERNEL=COMMAND")
+        if k not in kernels:
+            raise SystemExit(f"lab_suite: --prepare {item!r}: no suite given runs kernel {k}")
+        out[k] = cmd
+    return out
+
+
+def prepare_cmd(k: str, cmd: str, say) -> int:
+    """Run a kernel's preparation (a shell command, in the checkout), each of
+    its lines passed to ``say``; its exit status."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, shell=True, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    for line in proc.stdout:
+        say(line)
+    rc = proc.wait()
+    say(f"prepared by `{cmd}` in {time.monotonic() - t0:.0f} s" if rc == 0 else
+        f"its preparation `{cmd}` failed (exit {rc}): its suite does not run")
+    return rc
+
+
+def parallel(specs: list[str], timeout: str, jobs: int, prepare: dict[str, str] | None = None) -> int:
     """One suite per kernel, each in its own guest, ``jobs`` at a time: a
     guest runs single-threaded TCG, one host CPU each, so two kernels take
     about the time of one; the next starts as soon as one ends, in the
     order given. Each line is printed as it comes, led by its kernel; the
-    exit status is the first failing suite's (0 when all passed)."""
+    exit status is the first failing suite's (0 when all passed).
+    ``prepare``: kernel -> a command its suite waits for (started at once,
+    beside the first suites, taking no guest's place)."""
     import threading
     lock = threading.Lock()
     rcs: dict[str, int] = {}
     why: dict[str, list[str]] = {}      # each suite's failed tests, repeated at the very end
     sem = threading.Semaphore(max(1, jobs))
+    prepared: dict[str, threading.Event] = {}
+    prep_rc: dict[str, int] = {}
+
+    def say(k: str, line: str) -> None:
+        with lock:
+            print(f"[{k}] {line.rstrip()}", flush=True)
+
+    def prep(k: str, cmd: str) -> None:
+        try:
+            prep_rc[k] = prepare_cmd(k, cmd, lambda line: say(k, line))
+        finally:
+            prepared[k].set()
+
+    for k, cmd in (prepare or {}).items():
+        prepared[k] = threading.Event()
+        threading.Thread(target=prep, args=(k, cmd), daemon=True).start()
 
     def run(spec: str) -> None:
         k = parse_spec(spec)[0]
+        if k in prepared:
+            prepared[k].wait()
+            if prep_rc.get(k, 1):
+                rcs[spec] = prep_rc.get(k, 1)
+                why.setdefault(spec, []).append(f"its preparation `{prepare[k]}` failed (exit {rcs[spec]})")
+                return
         with sem:
             t0 = time.monotonic()
             proc = subprocess.Popen([sys.executable, __file__, spec, "--timeout", timeout], cwd=REPO,
@@ -156,12 +215,20 @@ def main() -> int:
                                               "their suites run side by side")
     ap.add_argument("--timeout", default="600", help="per-test limit (pytest-timeout), seconds")
     ap.add_argument("--jobs", type=int, default=2, help="guests at once (default 2)")
+    ap.add_argument("--prepare", action="append", default=[], metavar="KERNEL=COMMAND",
+                    help="a command that kernel's suite waits for (e.g. 6.12-arm64='make arm64-root'), "
+                         "run at once beside the first suites; repeatable")
     a = ap.parse_args()
     for spec in a.kernel:
         parse_spec(spec)
+    prepare = parse_prepare(a.prepare, a.kernel)
     if len(a.kernel) > 1:
-        return parallel(a.kernel, a.timeout, a.jobs)
+        return parallel(a.kernel, a.timeout, a.jobs, prepare)
     a.kernel, scope = parse_spec(a.kernel[0])
+    if a.kernel in prepare:
+        rc = prepare_cmd(a.kernel, prepare[a.kernel], lambda line: print(line.rstrip(), flush=True))
+        if rc:
+            return rc
     build = Path(os.environ.get("LAB_SUITE_BUILD", REPO / "build"))
     build.mkdir(exist_ok=True)
     prog = build / f"lab-progress-{a.kernel}.txt"

@@ -172,3 +172,49 @@ def test_matrix_scopes_and_at_most_jobs_guests(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "lab_suite.py"), "6.1:most"], env=env,
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "SCOPE one of all, main, kernel, context" in bad.stderr
+
+
+PREP = r"""import sys, time
+d, rc = sys.argv[1], int(sys.argv[2])
+open(f"{d}/prep-begin", "w").write(f"{time.monotonic()}\n")
+time.sleep(2)
+print("root built", flush=True)
+open(f"{d}/prep-end", "w").write(f"{time.monotonic()}\n")
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize("prep_rc", [0, 3])
+def test_a_prepared_suite_waits_for_its_preparation_and_no_other_does(tmp_path, prep_rc):
+    """`lab_suite.py 6.1 6.12 --prepare 6.12=CMD` (make lab-test's arm64 root
+    file system): CMD starts at once, beside the first guest, which does not
+    wait for it; the 6.12 guest starts only once CMD has ended, and a CMD that
+    fails fails that suite, saying so at the end, without booting its guest,
+    while the other passes. A --prepare for a kernel no suite runs is one
+    sentence before anything starts."""
+    fake = tmp_path / "mmntrace"
+    fake.write_text(PARALLEL_FAKE)
+    fake.chmod(0o755)
+    (tmp_path / "prep.py").write_text(PREP)
+    env = dict(os.environ, LAB_SUITE_MMNTRACE=str(fake), LAB_SUITE_BUILD=str(tmp_path))
+    cmd = f"{sys.executable} {tmp_path / 'prep.py'} {tmp_path} {prep_rc}"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "lab_suite.py"), "6.1", "6.12", "--jobs", "2",
+                        "--prepare", f"6.12={cmd}"], env=env, capture_output=True, text=True)
+    lines = r.stdout.splitlines()
+    begin = float((tmp_path / "prep-begin").read_text())
+    end = float((tmp_path / "prep-end").read_text())
+    first = _span(tmp_path, "6.1")
+    assert begin < first[1] and first[0] < end, (begin, end, first)     # beside the 6.1 guest
+    assert "[6.12] root built" in lines, r.stdout
+    assert "lab-test: 6.1: passed" in lines
+    if prep_rc == 0:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert _span(tmp_path, "6.12")[0] >= end
+        assert "lab-test: 6.12: passed" in lines
+    else:
+        assert r.returncode == prep_rc and not (tmp_path / "argv-6.12").exists(), r.stdout
+        assert "lab-test: 6.12: failed (exit 3)" in lines
+        assert lines[-1] == f"lab-test:   its preparation `{cmd}` failed (exit 3)", r.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "lab_suite.py"), "6.1", "--prepare", "6.9=true"],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "no suite given runs kernel 6.9" in bad.stderr and not bad.stdout
