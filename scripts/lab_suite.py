@@ -129,7 +129,7 @@ def parse_prepare(items: list[str], specs: list[str]) -> dict[str, str]:
     return out
 
 
-def prepare_cmd(k: str, cmd: str, say) -> int:
+def prepare_cmd(cmd: str, say) -> int:
     """Run a kernel's preparation (a shell command, in the checkout), each of
     its lines passed to ``say``; its exit status."""
     t0 = time.monotonic()
@@ -165,7 +165,7 @@ def parallel(specs: list[str], timeout: str, jobs: int, prepare: dict[str, str] 
 
     def prep(k: str, cmd: str) -> None:
         try:
-            prep_rc[k] = prepare_cmd(k, cmd, lambda line: say(k, line))
+            prep_rc[k] = prepare_cmd(cmd, lambda line: say(k, line))
         finally:
             prepared[k].set()
 
@@ -186,13 +186,11 @@ def parallel(specs: list[str], timeout: str, jobs: int, prepare: dict[str, str] 
             proc = subprocess.Popen([sys.executable, __file__, spec, "--timeout", timeout], cwd=REPO,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             for line in proc.stdout:
-                with lock:
-                    print(f"[{k}] {line}", end="", flush=True)
+                say(k, line)
                 if line.startswith(("FAILED ", "ERROR ", "lab-test: ")):
                     why.setdefault(spec, []).append(line.rstrip()[:300])
             rcs[spec] = proc.wait()
-            with lock:
-                print(f"[{k}] suite ({spec}) ended after {time.monotonic() - t0:.0f} s", flush=True)
+            say(k, f"suite ({spec}) ended after {time.monotonic() - t0:.0f} s")
     threads = []
     for spec in specs:      # started in order: each waits for a free slot
         t = threading.Thread(target=run, args=(spec,), daemon=True)
@@ -226,7 +224,7 @@ def main() -> int:
         return parallel(a.kernel, a.timeout, a.jobs, prepare)
     a.kernel, scope = parse_spec(a.kernel[0])
     if a.kernel in prepare:
-        rc = prepare_cmd(a.kernel, prepare[a.kernel], lambda line: print(line.rstrip(), flush=True))
+        rc = prepare_cmd(prepare[a.kernel], lambda line: print(line.rstrip(), flush=True))
         if rc:
             return rc
     build = Path(os.environ.get("LAB_SUITE_BUILD", REPO / "build"))
