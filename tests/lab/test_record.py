@@ -707,7 +707,7 @@ def test_subscriber_invalidated_as_it_registers_is_counted_from_its_first_call(t
     assert r.meta["drops"].get("interval_uncounted", 0) == 0
     print(f"module calls {calls}, released at once {res['released_at_once']}; untimed {untimed}")
     rep = report.build(r)
-    assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]   # nothing else lost
+    assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], _losses(r)   # nothing else lost
     assert rep["verdict"]["untimed"] == r.meta["drops"]["untimed"] == sum(untimed.values())
     assert rep["dropped"] == r.meta["drops"]["total"] >= rep["verdict"]["untimed"]
     assert {u["callback"].split(" ")[0] for u in rep["coverage"]["untimed"]} == set(untimed)
@@ -766,7 +766,7 @@ def test_record_a_command_and_its_children_from_their_first_call(tmp_path):
     calls = res["counts"]["calls"]
     for hook, fn in MODULE_CB.items():
         assert len(_cb(mine, fn)) + untimed.get(fn, 0) == calls[hook], (hook, untimed, calls, r.meta["drops"])
-    assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]
+    assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], _losses(r)
 
 
 #: 2**18 ns: a log2 slot boundary (slot 19 and up hold the calls at least this long),
@@ -792,7 +792,7 @@ def test_min_latency_sends_the_slow_calls_and_counts_every_call(tmp_path):
     res = _register_at_once_under(rec, script)
     r = Recording(tmp_path / "rec")
     assert r.meta["min_latency_ns"] == SLOW_NS and r.meta["aggregate"] is False
-    assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], r.meta["drops"]
+    assert r.meta["drops"]["total"] == r.meta["drops"]["untimed"], _losses(r)
     ev = r.events()
     assert len(ev) and (ev["dur_ns"] >= SLOW_NS).all(), ev["dur_ns"].describe()
     def bare(names):      # "(hook)", or the callback's function name (no module, no offset)
@@ -849,7 +849,7 @@ def test_aggregate_says_which_entry_point_made_each_callback_call(tmp_path):
     assert rec.stop() == 0, rec.log.read_text()
     bt.stop()
     r = Recording(tmp_path / "rec")
-    assert r.meta["aggregate"] and r.meta["drops"]["untimed"] == 0, r.meta["drops"]
+    assert r.meta["aggregate"] and r.meta["drops"]["untimed"] == 0, _losses(r)
     via = [v for v in r.meta["via"] if str(v["callback"]).startswith("mmnt_")]
     by = {(v["callback"].split(" ")[0], v["via"]): v["count"] for v in via}
     for fn, hook in ((MODULE_CB["start"], "invalidate_range_start"), (MODULE_CB["end"], "invalidate_range_end")):
